@@ -1,0 +1,353 @@
+//! The cached, asynchronous lookup service that the dataflow's enrichment operator calls.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use compact_str::CompactString;
+use moka::sync::Cache;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use crate::catalogue::{Catalogue, CatalogueError};
+use crate::symbols::{Sym, Symbols};
+
+/// What to do with an event whose lookup still fails when the deadline has passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// Enrich as `unknown` (counted in `degraded`), so the event is not held up further.
+    Degrade,
+    /// Keep retrying with backoff; the event (and, through backpressure, the source) waits.
+    Wait,
+}
+
+/// Enrichment settings; every field has a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// Entries kept per cache (tracks and ads each).
+    pub cache_capacity: u64,
+    /// How long a cached answer (found or not found) is used before it is looked up again.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Lookups in flight to the store at once, for the whole process.
+    pub max_in_flight: usize,
+    /// Time allowed for one request before it counts as failed and is retried.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Time after the first attempt when [`OnTimeout`] applies.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// What to do when the deadline passes.
+    pub on_timeout: OnTimeout,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        EnrichConfig {
+            cache_capacity: 1_000_000,
+            cache_ttl: Duration::from_secs(600),
+            max_in_flight: 256,
+            request_timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(10),
+            on_timeout: OnTimeout::Wait,
+        }
+    }
+}
+
+/// An id to enrich.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// A `tracks.track_id`.
+    Track(CompactString),
+    /// An `ads.ad_id`.
+    Ad(CompactString),
+}
+
+/// The enrichment of one id, as process-local symbols. Ids missing from the store get
+/// [`crate::UNKNOWN`] in every field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Info {
+    /// Of a track.
+    Track {
+        /// Genre.
+        genre: Sym,
+        /// Artist id.
+        artist: Sym,
+    },
+    /// Of an ad.
+    Ad {
+        /// Category.
+        category: Sym,
+        /// Advertiser id.
+        advertiser: Sym,
+    },
+}
+
+/// Counters of an [`Enricher`], shared by every clone.
+#[derive(Debug, Default)]
+pub struct EnricherStats {
+    /// Lookups answered from the cache.
+    pub hits: AtomicU64,
+    /// Lookups that had to go to the store.
+    pub misses: AtomicU64,
+    /// Requests sent to the store (retries included).
+    pub requests: AtomicU64,
+    /// Ids the store did not have.
+    pub not_found: AtomicU64,
+    /// Failed requests (each retry counts).
+    pub errors: AtomicU64,
+    /// Lookups given up at the deadline and enriched as unknown.
+    pub degraded: AtomicU64,
+    /// Lookups in flight or waiting for a permit.
+    pub in_flight: AtomicU64,
+}
+
+/// Cached, asynchronous, bounded-concurrency lookups. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Enricher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tracks: Cache<CompactString, Info>,
+    ads: Cache<CompactString, Info>,
+    catalogue: Arc<dyn Catalogue>,
+    symbols: Symbols,
+    runtime: Handle,
+    permits: Arc<Semaphore>,
+    config: EnrichConfig,
+    stats: EnricherStats,
+}
+
+impl Enricher {
+    /// A service over `catalogue` that runs its requests on `runtime`.
+    pub fn new(catalogue: Arc<dyn Catalogue>, symbols: Symbols, config: EnrichConfig, runtime: Handle) -> Self {
+        let cache = || Cache::builder().max_capacity(config.cache_capacity).time_to_live(config.cache_ttl).build();
+        Enricher {
+            inner: Arc::new(Inner {
+                tracks: cache(),
+                ads: cache(),
+                catalogue,
+                symbols,
+                runtime,
+                permits: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+                config,
+                stats: EnricherStats::default(),
+            }),
+        }
+    }
+
+    /// The symbol table the answers are written in.
+    pub fn symbols(&self) -> &Symbols {
+        &self.inner.symbols
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &EnricherStats {
+        &self.inner.stats
+    }
+
+    /// The cached answer for `key`, if any. Does not count hits or misses: callers count their
+    /// own and report them with [`Enricher::record`], off the per-event path.
+    #[inline]
+    pub fn cached(&self, key: &Key) -> Option<Info> {
+        match key {
+            Key::Track(id) => self.inner.tracks.get(id),
+            Key::Ad(id) => self.inner.ads.get(id),
+        }
+    }
+
+    /// Adds a caller's hit and miss counts to the shared counters.
+    pub fn record(&self, hits: u64, misses: u64) {
+        self.inner.stats.hits.fetch_add(hits, Relaxed);
+        self.inner.stats.misses.fetch_add(misses, Relaxed);
+    }
+
+    /// Looks `key` up in the store on the runtime, caches the answer, then calls `done` with it
+    /// (on a runtime thread). Returns at once.
+    pub fn fetch(&self, key: Key, done: impl FnOnce(Key, Info) + Send + 'static) {
+        let this = self.clone();
+        self.inner.stats.in_flight.fetch_add(1, Relaxed);
+        self.inner.runtime.spawn(async move {
+            let info = this.load(&key).await;
+            this.inner.stats.in_flight.fetch_sub(1, Relaxed);
+            done(key, info);
+        });
+    }
+
+    /// The answer for `key`: from the cache, or looked up now. For callers that may wait.
+    pub async fn lookup(&self, key: Key) -> Info {
+        if let Some(info) = self.cached(&key) {
+            self.record(1, 0);
+            return info;
+        }
+        self.record(0, 1);
+        self.load(&key).await
+    }
+
+    /// Queries the store with retries and backoff, honouring the deadline policy, and caches
+    /// what it learns (degraded answers are not cached, so the id is tried again later).
+    async fn load(&self, key: &Key) -> Info {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        let mut warned = false;
+        loop {
+            let attempt = {
+                let _permit = inner.permits.acquire().await.expect("the semaphore is never closed");
+                inner.stats.requests.fetch_add(1, Relaxed);
+                tokio::time::timeout(inner.config.request_timeout, self.query(key)).await
+            };
+            let error = match attempt {
+                Ok(Ok(info)) => {
+                    match key {
+                        Key::Track(id) => inner.tracks.insert(id.clone(), info),
+                        Key::Ad(id) => inner.ads.insert(id.clone(), info),
+                    }
+                    return info;
+                }
+                Ok(Err(e)) => e,
+                Err(_) => CatalogueError::Request(format!("timed out after {:?}", inner.config.request_timeout)),
+            };
+            inner.stats.errors.fetch_add(1, Relaxed);
+            if started.elapsed() >= inner.config.deadline {
+                if inner.config.on_timeout == OnTimeout::Degrade {
+                    inner.stats.degraded.fetch_add(1, Relaxed);
+                    tracing::warn!(?key, %error, "enrichment deadline passed; enriching as unknown");
+                    return self.unknown(key);
+                }
+                if !warned {
+                    warned = true;
+                    tracing::warn!(?key, %error, "enrichment deadline passed; still retrying (on_timeout = wait)");
+                }
+            } else {
+                tracing::debug!(?key, %error, "enrichment lookup failed; retrying");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn query(&self, key: &Key) -> Result<Info, CatalogueError> {
+        let inner = &self.inner;
+        let intern = |s: Option<String>| s.map_or(inner.symbols.unknown(), |s| inner.symbols.intern(&s));
+        Ok(match key {
+            Key::Track(id) => match inner.catalogue.track(id).await? {
+                Some(row) => Info::Track { genre: intern(row.genre), artist: intern(row.artist_id) },
+                None => {
+                    inner.stats.not_found.fetch_add(1, Relaxed);
+                    self.unknown(key)
+                }
+            },
+            Key::Ad(id) => match inner.catalogue.ad(id).await? {
+                Some(row) => Info::Ad { category: intern(row.category), advertiser: intern(row.advertiser_id) },
+                None => {
+                    inner.stats.not_found.fetch_add(1, Relaxed);
+                    self.unknown(key)
+                }
+            },
+        })
+    }
+
+    fn unknown(&self, key: &Key) -> Info {
+        let u = self.inner.symbols.unknown();
+        match key {
+            Key::Track(_) => Info::Track { genre: u, artist: u },
+            Key::Ad(_) => Info::Ad { category: u, advertiser: u },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{AdRow, MemoryCatalogue, TrackRow};
+    use futures::future::BoxFuture;
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+
+    fn catalogue() -> MemoryCatalogue {
+        let mut tracks = HashMap::new();
+        tracks.insert("t1".to_owned(), TrackRow { genre: Some("rock".into()), artist_id: Some("ar1".into()), duration_ms: Some(1) });
+        let mut ads = HashMap::new();
+        ads.insert("a1".to_owned(), AdRow { advertiser_id: Some("adv".into()), category: Some("cars".into()) });
+        MemoryCatalogue { tracks: Arc::new(tracks), ads: Arc::new(ads) }
+    }
+
+    fn enricher(c: Arc<dyn Catalogue>, config: EnrichConfig) -> Enricher {
+        Enricher::new(c, Symbols::default(), config, Handle::current())
+    }
+
+    #[tokio::test]
+    async fn found_missing_and_cached() {
+        let e = enricher(Arc::new(catalogue()), EnrichConfig::default());
+        let s = e.symbols().clone();
+        let rock = e.lookup(Key::Track("t1".into())).await;
+        assert_eq!(rock, Info::Track { genre: s.intern("rock"), artist: s.intern("ar1") });
+        let missing = e.lookup(Key::Track("nope".into())).await;
+        assert_eq!(missing, Info::Track { genre: s.unknown(), artist: s.unknown() });
+        let ad = e.lookup(Key::Ad("a1".into())).await;
+        assert_eq!(ad, Info::Ad { category: s.intern("cars"), advertiser: s.intern("adv") });
+        // Second time round, all three come from the cache, the negative answer included.
+        assert_eq!(e.cached(&Key::Track("nope".into())), Some(missing));
+        e.lookup(Key::Track("t1".into())).await;
+        assert_eq!(e.stats().requests.load(Relaxed), 3);
+        assert_eq!(e.stats().hits.load(Relaxed), 1);
+        assert_eq!(e.stats().not_found.load(Relaxed), 1);
+    }
+
+    /// Fails the first `failures` requests, then answers from an inner catalogue.
+    struct Flaky {
+        failures: AtomicUsize,
+        inner: MemoryCatalogue,
+    }
+
+    impl Catalogue for Flaky {
+        fn track(&self, id: &str) -> BoxFuture<'static, Result<Option<TrackRow>, CatalogueError>> {
+            if self.failures.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok() {
+                return Box::pin(async { Err(CatalogueError::Request("injected".into())) });
+            }
+            self.inner.track(id)
+        }
+        fn ad(&self, id: &str) -> BoxFuture<'static, Result<Option<AdRow>, CatalogueError>> {
+            self.inner.ad(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_until_the_store_answers() {
+        let flaky = Flaky { failures: AtomicUsize::new(3), inner: catalogue() };
+        let e = enricher(Arc::new(flaky), EnrichConfig::default());
+        let info = e.lookup(Key::Track("t1".into())).await;
+        assert_eq!(info, Info::Track { genre: e.symbols().intern("rock"), artist: e.symbols().intern("ar1") });
+        assert_eq!(e.stats().errors.load(Relaxed), 3);
+        assert_eq!(e.stats().requests.load(Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn degrades_after_the_deadline_and_does_not_cache_it() {
+        let flaky = Flaky { failures: AtomicUsize::new(usize::MAX), inner: catalogue() };
+        let config = EnrichConfig { deadline: Duration::from_millis(30), on_timeout: OnTimeout::Degrade, ..Default::default() };
+        let e = enricher(Arc::new(flaky), config);
+        let info = e.lookup(Key::Track("t1".into())).await;
+        assert_eq!(info, Info::Track { genre: e.symbols().unknown(), artist: e.symbols().unknown() });
+        assert_eq!(e.stats().degraded.load(Relaxed), 1);
+        assert!(e.cached(&Key::Track("t1".into())).is_none());
+    }
+
+    #[tokio::test]
+    async fn fetch_calls_back_with_the_answer() {
+        let e = enricher(Arc::new(catalogue()), EnrichConfig::default());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        e.fetch(Key::Ad("a1".into()), move |k, i| {
+            let _ = tx.send((k, i));
+        });
+        let (k, i) = tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
+        assert_eq!(k, Key::Ad("a1".into()));
+        assert_eq!(i, Info::Ad { category: e.symbols().intern("cars"), advertiser: e.symbols().intern("adv") });
+        assert_eq!(e.cached(&k), Some(i));
+    }
+}

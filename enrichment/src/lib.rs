@@ -1,0 +1,10 @@
+//! Catalogue enrichment: track and ad lookups through prepared CQL statements, behind a TTL cache, never blocking a caller.
+#![warn(missing_docs)]
+
+mod catalogue;
+mod enricher;
+mod symbols;
+
+pub use catalogue::{AdRow, Catalogue, CatalogueError, CqlCatalogue, MemoryCatalogue, TrackRow, schema};
+pub use enricher::{EnrichConfig, Enricher, EnricherStats, Info, Key, OnTimeout};
+pub use symbols::{Sym, Symbols, UNKNOWN};

@@ -1,0 +1,280 @@
+//! Per-user attribute state: what each event changes, and how the state reads as attributes.
+//!
+//! # Notes
+//! - Counts saturate at `u32::MAX` instead of wrapping.
+//! - `top_genres`: up to three genres by play count, descending; ties by genre name ascending.
+//! - `last_seen_ts` is the largest `ts` of any counted event, whatever the arrival order.
+//! - `genre_affinity` (version 2): per genre, the sum over its plays of `2^((ts - last_seen_ts) / 7 days)`.
+//!   It is kept as a sum relative to a per-user reference time, so it does not depend on the order
+//!   in which events arrive, and is rescaled to `last_seen_ts` when read.
+
+use std::collections::BTreeMap;
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use squall_enrichment::{Sym, Symbols};
+
+/// Plays shorter than this many milliseconds are skips.
+pub const SKIP_BELOW_MS: u64 = 30_000;
+/// Half-life of `genre_affinity`, in event-time milliseconds.
+pub const AFFINITY_HALF_LIFE_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
+/// How many half-lives a new play may lie beyond the reference time before the sums are rebased.
+const REBASE_HALF_LIVES: f64 = 64.0;
+
+/// Which attributes a topology version maintains: the code a topology file names.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeSet {
+    /// plays, skips, genre_plays, top_genres, ad_impressions, ad_categories, last_seen_ts.
+    PersonalizationV1,
+    /// Version 1 plus skip_rate and genre_affinity.
+    PersonalizationV2,
+}
+
+impl AttributeSet {
+    fn keeps_affinity(self) -> bool {
+        self == AttributeSet::PersonalizationV2
+    }
+}
+
+/// An enriched, keyed event: the only input the attribute state sees.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activity {
+    /// The user.
+    pub user: CompactString,
+    /// Hash of (kind, user, event_id), for deduplication.
+    pub dedup_key: u128,
+    /// Event time, epoch milliseconds.
+    pub ts: i64,
+    /// What happened.
+    pub what: What,
+}
+
+/// The enriched content of an [`Activity`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum What {
+    /// A song completion.
+    Play {
+        /// The track's genre (`unknown` if the track is not in the catalogue).
+        genre: Sym,
+        /// `ms_played < 30000`.
+        skip: bool,
+    },
+    /// An ad impression.
+    Ad {
+        /// The ad's category (`unknown` if the ad is not in the catalogue).
+        category: Sym,
+    },
+}
+
+/// The attributes of one user, as they are served.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attributes {
+    /// Song completions.
+    pub plays: u64,
+    /// Song completions with `ms_played < 30000`.
+    pub skips: u64,
+    /// Genre -> song completions.
+    pub genre_plays: BTreeMap<String, u64>,
+    /// Up to three genres by plays, descending; ties by name ascending.
+    pub top_genres: Vec<String>,
+    /// Ad impressions.
+    pub ad_impressions: u64,
+    /// Category -> ad impressions.
+    pub ad_categories: BTreeMap<String, u64>,
+    /// Largest `ts` of the user's events.
+    pub last_seen_ts: i64,
+    /// Version 2: skips / plays, 0 when there are no plays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_rate: Option<f64>,
+    /// Version 2: genre -> decayed play weight relative to `last_seen_ts` (7-day half-life).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genre_affinity: Option<BTreeMap<String, f64>>,
+}
+
+/// The state kept per user, in process-local symbols. About 100 bytes plus 8 per genre and category
+/// (version 2: plus 8 per genre).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserState {
+    plays: u32,
+    skips: u32,
+    ads: u32,
+    last_seen_ts: i64,
+    genres: Vec<(Sym, u32)>,
+    categories: Vec<(Sym, u32)>,
+    /// Version 2 only: per entry of `genres`, the sum of `2^((ts - affinity_ref) / half-life)`.
+    affinity: Vec<f64>,
+    affinity_ref: i64,
+}
+
+fn bump(list: &mut Vec<(Sym, u32)>, sym: Sym) -> usize {
+    match list.iter().position(|(s, _)| *s == sym) {
+        Some(i) => {
+            list[i].1 = list[i].1.saturating_add(1);
+            i
+        }
+        None => {
+            list.push((sym, 1));
+            list.len() - 1
+        }
+    }
+}
+
+impl UserState {
+    /// Applies one (already deduplicated) event.
+    #[inline]
+    pub fn apply(&mut self, set: AttributeSet, ts: i64, what: What) {
+        let first = self.plays == 0 && self.ads == 0;
+        self.last_seen_ts = if first { ts } else { self.last_seen_ts.max(ts) };
+        match what {
+            What::Play { genre, skip } => {
+                self.plays = self.plays.saturating_add(1);
+                self.skips = self.skips.saturating_add(u32::from(skip));
+                let i = bump(&mut self.genres, genre);
+                if set.keeps_affinity() {
+                    self.add_affinity(i, ts);
+                }
+            }
+            What::Ad { category } => {
+                self.ads = self.ads.saturating_add(1);
+                bump(&mut self.categories, category);
+            }
+        }
+    }
+
+    fn add_affinity(&mut self, i: usize, ts: i64) {
+        if self.affinity.is_empty() {
+            self.affinity_ref = ts;
+        }
+        let ahead = (ts - self.affinity_ref) as f64 / AFFINITY_HALF_LIFE_MS;
+        if ahead > REBASE_HALF_LIVES {
+            let scale = (-ahead).exp2();
+            self.affinity.iter_mut().for_each(|w| *w *= scale);
+            self.affinity_ref = ts;
+        }
+        self.affinity.resize(self.genres.len(), 0.0);
+        self.affinity[i] += ((ts - self.affinity_ref) as f64 / AFFINITY_HALF_LIFE_MS).exp2();
+    }
+
+    /// Song completions so far.
+    pub fn plays(&self) -> u64 {
+        u64::from(self.plays)
+    }
+
+    /// The attributes of `set`, names resolved through `symbols`.
+    pub fn attributes(&self, set: AttributeSet, symbols: &Symbols) -> Attributes {
+        let names = |list: &[(Sym, u32)]| -> BTreeMap<String, u64> {
+            list.iter().map(|(s, n)| (symbols.resolve(*s).to_string(), u64::from(*n))).collect()
+        };
+        let genre_plays = names(&self.genres);
+        let mut ranked: Vec<(&String, &u64)> = genre_plays.iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let top_genres = ranked.into_iter().take(3).map(|(g, _)| g.clone()).collect();
+        let (skip_rate, genre_affinity) = if set.keeps_affinity() {
+            let rate = if self.plays == 0 { 0.0 } else { f64::from(self.skips) / f64::from(self.plays) };
+            let rescale = ((self.affinity_ref - self.last_seen_ts) as f64 / AFFINITY_HALF_LIFE_MS).exp2();
+            let affinity = self
+                .genres
+                .iter()
+                .zip(&self.affinity)
+                .map(|((s, _), w)| (symbols.resolve(*s).to_string(), w * rescale))
+                .collect();
+            (Some(rate), Some(affinity))
+        } else {
+            (None, None)
+        };
+        Attributes {
+            plays: u64::from(self.plays),
+            skips: u64::from(self.skips),
+            genre_plays,
+            top_genres,
+            ad_impressions: u64::from(self.ads),
+            ad_categories: names(&self.categories),
+            last_seen_ts: self.last_seen_ts,
+            skip_rate,
+            genre_affinity,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_763_750_000_000;
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn play(s: &mut UserState, set: AttributeSet, genre: Sym, ms: u64, ts: i64) {
+        s.apply(set, ts, What::Play { genre, skip: ms < SKIP_BELOW_MS });
+    }
+
+    #[test]
+    fn v1_counts_skips_maps_and_last_seen() {
+        let sy = Symbols::default();
+        let (rock, jazz, cars) = (sy.intern("rock"), sy.intern("jazz"), sy.intern("cars"));
+        let mut s = UserState::default();
+        let v1 = AttributeSet::PersonalizationV1;
+        play(&mut s, v1, rock, 183_000, T0 + 5);
+        play(&mut s, v1, rock, 29_999, T0 + 1);
+        play(&mut s, v1, jazz, 30_000, T0 + 3);
+        s.apply(v1, T0 + 9, What::Ad { category: cars });
+        s.apply(v1, T0 - 100, What::Ad { category: sy.unknown() });
+        let a = s.attributes(v1, &sy);
+        assert_eq!((a.plays, a.skips, a.ad_impressions, a.last_seen_ts), (3, 1, 2, T0 + 9));
+        assert_eq!(a.genre_plays, BTreeMap::from([("rock".into(), 2), ("jazz".into(), 1)]));
+        assert_eq!(a.ad_categories, BTreeMap::from([("cars".into(), 1), ("unknown".into(), 1)]));
+        assert_eq!(a.top_genres, vec!["rock", "jazz"]);
+        assert_eq!((a.skip_rate, a.genre_affinity), (None, None));
+    }
+
+    #[test]
+    fn last_seen_of_an_only_event_in_the_past_is_that_event() {
+        let sy = Symbols::default();
+        let mut s = UserState::default();
+        s.apply(AttributeSet::PersonalizationV1, 1_000_000_000_000, What::Ad { category: sy.unknown() });
+        assert_eq!(s.attributes(AttributeSet::PersonalizationV1, &sy).last_seen_ts, 1_000_000_000_000);
+    }
+
+    #[test]
+    fn top_genres_break_ties_by_name_and_keep_three() {
+        let sy = Symbols::default();
+        let mut s = UserState::default();
+        let v1 = AttributeSet::PersonalizationV1;
+        for (g, n) in [("pop", 2), ("blues", 2), ("rock", 5), ("ambient", 2), ("jazz", 1)] {
+            for _ in 0..n {
+                play(&mut s, v1, sy.intern(g), 60_000, T0);
+            }
+        }
+        assert_eq!(s.attributes(v1, &sy).top_genres, vec!["rock", "ambient", "blues"]);
+    }
+
+    #[test]
+    fn v2_skip_rate_and_affinity_decay_from_last_seen() {
+        let sy = Symbols::default();
+        let (rock, jazz) = (sy.intern("rock"), sy.intern("jazz"));
+        let v2 = AttributeSet::PersonalizationV2;
+        let mut s = UserState::default();
+        assert_eq!(s.attributes(v2, &sy).skip_rate, Some(0.0));
+        // Out of order on purpose: the result must not depend on arrival order.
+        play(&mut s, v2, rock, 10_000, T0 + 14 * DAY);
+        play(&mut s, v2, jazz, 60_000, T0);
+        play(&mut s, v2, rock, 60_000, T0 + 7 * DAY);
+        let a = s.attributes(v2, &sy);
+        assert_eq!(a.skip_rate, Some(1.0 / 3.0));
+        let aff = a.genre_affinity.unwrap();
+        assert!((aff["rock"] - 1.5).abs() < 1e-12, "{aff:?}");
+        assert!((aff["jazz"] - 0.25).abs() < 1e-12, "{aff:?}");
+    }
+
+    #[test]
+    fn v2_affinity_survives_years_of_event_time() {
+        let sy = Symbols::default();
+        let g = sy.intern("rock");
+        let v2 = AttributeSet::PersonalizationV2;
+        let mut s = UserState::default();
+        play(&mut s, v2, g, 60_000, T0);
+        play(&mut s, v2, g, 60_000, T0 + 3000 * DAY);
+        let aff = s.attributes(v2, &sy).genre_affinity.unwrap()["rock"];
+        assert!((aff - 1.0).abs() < 1e-12 && aff.is_finite(), "{aff}");
+    }
+}

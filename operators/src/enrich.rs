@@ -1,0 +1,164 @@
+//! `events.enrich_with(&enricher, ..)`: keys events by user and attaches their catalogue attributes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use squall_enrichment::{Enricher, Info, Key, Sym};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use crate::attributes::{Activity, SKIP_BELOW_MS, What};
+use crate::dedup::dedup_key;
+use crate::event::{Event, EventKind};
+use crate::source::Epoch;
+use crate::store::user_hash;
+
+/// Enriches a stream of events.
+pub trait EnrichWith<'scope> {
+    /// Exchanges events to the worker that owns their user, then enriches each one.
+    ///
+    /// Cache hits pass straight through. Misses are looked up on the enricher's runtime; the
+    /// operator keeps a capability for each waiting event's epoch and is woken when an answer
+    /// arrives, so the worker never blocks. Concurrent misses for one id share one lookup.
+    /// `pending` counts events received and not yet applied (the source pauses when it is high).
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::AtomicUsize};
+    /// use squall_enrichment::{Enricher, MemoryCatalogue, Symbols, EnrichConfig};
+    /// use squall_operators::{EnrichWith, Event, event::AdImpression};
+    /// use timely::dataflow::operators::{ToStream, Capture, capture::Event as Captured};
+    ///
+    /// let rt = tokio::runtime::Runtime::new().unwrap();
+    /// let enricher = Enricher::new(Arc::new(MemoryCatalogue::default()), Symbols::default(),
+    ///                              EnrichConfig::default(), rt.handle().clone());
+    /// let e = enricher.clone();
+    /// let captured = timely::example(move |scope| {
+    ///     let ev = Event::Ad(AdImpression { event_id: "e".into(), user_id: "u".into(),
+    ///                                       ad_id: "a".into(), ts: 1_763_750_000_000 });
+    ///     vec![ev].to_stream(scope).container::<Vec<_>>()
+    ///         .enrich_with(&e, Arc::new(AtomicUsize::new(0))).capture()
+    /// });
+    /// let out: Vec<_> = captured.try_iter()
+    ///     .flat_map(|c| if let Captured::Messages(_, v) = c { v } else { vec![] })
+    ///     .collect();
+    /// assert_eq!(out[0].user, "u");
+    /// assert_eq!(out[0].what, squall_operators::What::Ad { category: enricher.symbols().unknown() });
+    /// ```
+    fn enrich_with(self, enricher: &Enricher, pending: Arc<AtomicUsize>) -> Stream<'scope, Epoch, Vec<Activity>>;
+}
+
+fn key_of(event: &Event) -> Key {
+    match event {
+        Event::Song(s) => Key::Track(s.track_id.clone()),
+        Event::Ad(a) => Key::Ad(a.ad_id.clone()),
+    }
+}
+
+/// Joins an event with its enrichment.
+fn activity(event: Event, info: Info, unknown: Sym) -> Activity {
+    match event {
+        Event::Song(s) => {
+            let genre = if let Info::Track { genre, .. } = info { genre } else { unknown };
+            Activity {
+                dedup_key: dedup_key(EventKind::Song, &s.user_id, &s.event_id),
+                user: s.user_id,
+                ts: s.ts,
+                what: What::Play { genre, skip: s.ms_played < SKIP_BELOW_MS },
+            }
+        }
+        Event::Ad(a) => {
+            let category = if let Info::Ad { category, .. } = info { category } else { unknown };
+            Activity {
+                dedup_key: dedup_key(EventKind::Ad, &a.user_id, &a.event_id),
+                user: a.user_id,
+                ts: a.ts,
+                what: What::Ad { category },
+            }
+        }
+    }
+}
+
+impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
+    fn enrich_with(self, enricher: &Enricher, pending: Arc<AtomicUsize>) -> Stream<'scope, Epoch, Vec<Activity>> {
+        let scope = self.scope();
+        let mut builder = OperatorBuilder::new("EnrichWith".to_owned(), scope);
+        let info = builder.operator_info();
+        let mut input = builder.new_input(self, Exchange::new(|e: &Event| user_hash(e.user_id())));
+        let (output, stream) = builder.new_output::<Vec<Activity>>();
+        let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Activity>>>::from(output);
+
+        let (answers_tx, answers) = crossbeam_channel::unbounded::<(Key, Info)>();
+        let activator = Arc::new(scope.worker().sync_activator_for(info.address.to_vec()));
+        let enricher = enricher.clone();
+        let unknown = enricher.symbols().unknown();
+
+        builder.build(move |_caps| {
+            // Events waiting for a lookup, by key, with their epochs.
+            let mut waiting: HashMap<Key, Vec<(Epoch, Event)>> = HashMap::new();
+            // A capability per epoch that has waiting events, and how many.
+            let mut held: BTreeMap<Epoch, (Capability<Epoch>, usize)> = BTreeMap::new();
+            let mut ready: Vec<Activity> = Vec::new();
+            move |_frontiers| {
+                let mut out = output.activate();
+                // Answers first: they release capabilities.
+                let mut answered: BTreeMap<Epoch, Vec<Activity>> = BTreeMap::new();
+                while let Ok((key, info)) = answers.try_recv() {
+                    for (epoch, event) in waiting.remove(&key).unwrap_or_default() {
+                        answered.entry(epoch).or_default().push(activity(event, info, unknown));
+                    }
+                }
+                for (epoch, mut batch) in answered {
+                    let Some((cap, count)) = held.get_mut(&epoch) else { continue };
+                    *count -= batch.len();
+                    out.session(cap).give_container(&mut batch);
+                    if *count == 0 {
+                        held.remove(&epoch);
+                    }
+                }
+
+                let (mut hits, mut misses) = (0u64, 0u64);
+                input.for_each(|cap, data| {
+                    pending.fetch_add(data.len(), Relaxed);
+                    let Some(epoch) = cap.least().copied() else { return };
+                    for event in data.drain(..) {
+                        let key = key_of(&event);
+                        if let Some(info) = enricher.cached(&key) {
+                            hits += 1;
+                            ready.push(activity(event, info, unknown));
+                            continue;
+                        }
+                        misses += 1;
+                        held.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), 0)).1 += 1;
+                        match waiting.entry(key) {
+                            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().push((epoch, event)),
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                let tx = answers_tx.clone();
+                                let act = Arc::clone(&activator);
+                                enricher.fetch(v.key().clone(), move |k, i| {
+                                    // The receiver is gone only when the dataflow was dropped.
+                                    if tx.send((k, i)).is_ok() {
+                                        let _ = act.activate();
+                                    }
+                                });
+                                v.insert(vec![(epoch, event)]);
+                            }
+                        }
+                    }
+                    if !ready.is_empty() {
+                        out.session(&cap).give_container(&mut ready);
+                        ready.clear();
+                    }
+                });
+                if hits + misses > 0 {
+                    enricher.record(hits, misses);
+                }
+            }
+        });
+        stream
+    }
+}

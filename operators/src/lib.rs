@@ -1,0 +1,19 @@
+//! squall's dataflow: events in, per-user attributes out, as timely operators named after their verbs.
+#![warn(missing_docs)]
+
+pub mod attributes;
+pub mod dead_letter;
+pub mod dedup;
+pub mod enrich;
+pub mod event;
+pub mod maintain;
+pub mod source;
+pub mod store;
+
+pub use attributes::{Activity, AttributeSet, Attributes, UserState, What};
+pub use dead_letter::DeadLetterTo;
+pub use enrich::EnrichWith;
+pub use event::{DecodeError, DecodeLimits, DlqReason, Event, EventKind};
+pub use maintain::MaintainAttributes;
+pub use source::{ConsumeKafka, DeadLetter, Epoch, Partition, SourceConfig, StartFrom};
+pub use store::{UserStore, user_hash};

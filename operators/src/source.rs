@@ -1,0 +1,300 @@
+//! `scope.consume_kafka(..)`: the topics' partitions, spread over the workers, decoded into events.
+//!
+//! Each worker owns a fixed set of partitions (`assign`, no group rebalancing), so the owner of a
+//! partition is a pure function of the partition list and the worker count. Offsets are not
+//! committed here: the checkpoint path commits them once the state that covers them is durable.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::Offset;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::{Scope, Stream};
+
+use crate::event::{DecodeLimits, DlqReason, Event, EventKind, decode};
+
+/// The timely timestamp: a checkpoint epoch, `unix_ms / epoch_interval`.
+pub type Epoch = u64;
+
+/// One input partition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Partition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+/// Where a partition starts when there is no checkpoint for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// The oldest retained offset.
+    Earliest,
+    /// Only messages produced from now on.
+    Latest,
+}
+
+/// What the source needs; one per dataflow, shared by its workers.
+#[derive(Clone)]
+pub struct SourceConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The version's consumer group id (offsets are committed under it).
+    pub group_id: String,
+    /// Every input partition with its topic's event kind, in a fixed order.
+    pub partitions: Vec<(Partition, EventKind)>,
+    /// Per partition, the next offset to read, from a checkpoint; others use `start_from`.
+    pub resume_at: BTreeMap<Partition, i64>,
+    /// Where partitions without a resume offset start.
+    pub start_from: StartFrom,
+    /// Decoder limits.
+    pub limits: DecodeLimits,
+    /// Length of an epoch (the checkpoint interval).
+    pub epoch_interval: Duration,
+    /// Most messages read in one activation before yielding to other operators.
+    pub max_batch: usize,
+    /// Events received by this process's enrichment and not yet applied; the source pauses above `max_pending`.
+    pub pending: Arc<AtomicUsize>,
+    /// Backpressure threshold for `pending`.
+    pub max_pending: usize,
+    /// Set to stop reading; the source then closes its outputs and the dataflow drains.
+    pub shutdown: Arc<AtomicBool>,
+    /// Extra librdkafka properties, applied last.
+    pub properties: Vec<(String, String)>,
+}
+
+/// A record that could not be decoded, on its way to the dead-letter topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// The original key bytes.
+    pub key: Option<Vec<u8>>,
+    /// The original payload bytes.
+    pub payload: Vec<u8>,
+    /// Reason category (`reason` header).
+    pub reason: String,
+    /// What exactly was wrong (`detail` header).
+    pub detail: String,
+}
+
+/// Per epoch, the next offset of each partition this worker owns at the end of that epoch.
+pub type EpochOffsets = Rc<RefCell<BTreeMap<Epoch, Vec<(Partition, i64)>>>>;
+
+/// The current epoch of wall-clock time.
+pub fn epoch_now(interval: Duration) -> Epoch {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    ms / (interval.as_millis().max(1) as u64)
+}
+
+/// The partitions (indexes into `partitions`) owned by `worker` of `peers`.
+pub fn owned_by(n_partitions: usize, worker: usize, peers: usize) -> impl Iterator<Item = usize> {
+    (0..n_partitions).filter(move |i| i % peers == worker)
+}
+
+/// Errors building the source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The consumer could not be created or assigned.
+    #[error("kafka consumer for group {group}: {source}")]
+    Kafka {
+        /// The group id.
+        group: String,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// Reads Kafka into a dataflow.
+pub trait ConsumeKafka<'scope> {
+    /// Consumes this worker's share of `config.partitions`, from epoch `first_epoch` on.
+    /// Returns the decoded events, the dead letters, and the per-epoch offsets this worker read.
+    #[allow(clippy::type_complexity)]
+    fn consume_kafka(
+        &self,
+        config: &SourceConfig,
+        first_epoch: Epoch,
+    ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, EpochOffsets), SourceError>;
+}
+
+impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
+    fn consume_kafka(
+        &self,
+        config: &SourceConfig,
+        first_epoch: Epoch,
+    ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, EpochOffsets), SourceError> {
+        let (worker, peers) = (self.index(), self.peers());
+        let kafka_err = |source| SourceError::Kafka { group: config.group_id.clone(), source };
+
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            // Offsets are committed by the checkpoint path only after the state covering them is durable.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Used only for partitions with neither a checkpoint nor an explicit start offset.
+            .set("auto.offset.reset", match config.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            })
+            // Events are consumed as soon as they are fetched: a short fetch wait keeps latency low.
+            .set("fetch.wait.max.ms", "10")
+            // Enough prefetch per partition to keep a worker busy while the next fetch is in flight.
+            .set("queued.max.messages.kbytes", "65536")
+            .set("client.id", format!("squall-{}-w{worker}", config.group_id));
+        for (k, v) in &config.properties {
+            client.set(k, v);
+        }
+        let mut consumer: BaseConsumer = client.create().map_err(kafka_err)?;
+
+        let mut owned: Vec<(Partition, EventKind, i64)> = Vec::new();
+        let mut tpl = TopicPartitionList::new();
+        for i in owned_by(config.partitions.len(), worker, peers) {
+            let (p, kind) = &config.partitions[i];
+            let offset = match config.resume_at.get(p) {
+                Some(o) => Offset::Offset(*o),
+                None => match config.start_from {
+                    StartFrom::Earliest => Offset::Beginning,
+                    StartFrom::Latest => Offset::End,
+                },
+            };
+            tpl.add_partition_offset(&p.topic, p.partition, offset).map_err(kafka_err)?;
+            owned.push((p.clone(), *kind, config.resume_at.get(p).copied().unwrap_or(-1)));
+        }
+        consumer.assign(&tpl).map_err(kafka_err)?;
+
+        let mut builder = OperatorBuilder::new(format!("KafkaSource({})", config.group_id), *self);
+        let info = builder.operator_info();
+        let (events_out, events) = builder.new_output::<Vec<Event>>();
+        let (dlq_out, dead) = builder.new_output::<Vec<DeadLetter>>();
+        let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Event>>>::from(events_out);
+        let mut dlq_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dlq_out);
+
+        let activator = self.activator_for(Rc::clone(&info.address));
+        let sync_activator = self.worker().sync_activator_for(info.address.to_vec());
+        // librdkafka calls this when the consumer queue turns non-empty: wake the worker.
+        consumer.set_nonempty_callback(move || {
+            let _ = sync_activator.activate();
+        });
+
+        let epoch_offsets: EpochOffsets = Rc::default();
+        let offsets_out = Rc::clone(&epoch_offsets);
+        let config = config.clone();
+        let consumed = metrics::counter!("squall_events_consumed_total", "group_id" => config.group_id.clone());
+        let dead_lettered: Vec<_> = DlqReason::ALL
+            .iter()
+            .map(|r| metrics::counter!("squall_events_dead_lettered_total", "group_id" => config.group_id.clone(), "reason" => r.as_str()))
+            .collect();
+
+        builder.build(move |mut caps| {
+            let mut dlq_cap = caps.pop();
+            let mut ev_cap = caps.pop();
+            let mut epoch = first_epoch.max(epoch_now(config.epoch_interval));
+            if let (Some(e), Some(d)) = (ev_cap.as_mut(), dlq_cap.as_mut()) {
+                e.downgrade(&epoch);
+                d.downgrade(&epoch);
+            }
+            let mut warned_at = std::time::Instant::now() - Duration::from_secs(60);
+            move |_frontiers| {
+                let (Some(ev), Some(dl)) = (ev_cap.as_mut(), dlq_cap.as_mut()) else { return };
+                if config.shutdown.load(Relaxed) {
+                    ev_cap = None;
+                    dlq_cap = None;
+                    return;
+                }
+                let now = epoch_now(config.epoch_interval);
+                if now > epoch {
+                    let ends: Vec<(Partition, i64)> = owned.iter().map(|(p, _, next)| (p.clone(), *next)).collect();
+                    offsets_out.borrow_mut().insert(epoch, ends);
+                    epoch = now;
+                    ev.downgrade(&epoch);
+                    dl.downgrade(&epoch);
+                }
+                if config.pending.load(Relaxed) > config.max_pending {
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+                let mut read = 0;
+                {
+                    let mut ev_out = events_out.activate();
+                    let mut events = ev_out.session(ev);
+                    let mut dl_out = dlq_out.activate();
+                    let mut dead = dl_out.session(dl);
+                    while read < config.max_batch {
+                        let msg = match consumer.poll(Duration::ZERO) {
+                            None => break,
+                            Some(Ok(msg)) => msg,
+                            Some(Err(e)) => {
+                                // Broker down and similar: librdkafka retries by itself; say so now and then.
+                                if warned_at.elapsed() > Duration::from_secs(10) {
+                                    tracing::warn!(group_id = %config.group_id, error = %e, "kafka consumer error; retrying");
+                                    warned_at = std::time::Instant::now();
+                                }
+                                break;
+                            }
+                        };
+                        read += 1;
+                        let Some(slot) = owned.iter_mut().find(|(p, _, _)| p.partition == msg.partition() && p.topic == msg.topic())
+                        else {
+                            continue;
+                        };
+                        slot.2 = msg.offset() + 1;
+                        match decode(slot.1, msg.payload().unwrap_or_default(), &config.limits) {
+                            Ok(event) => events.give(event),
+                            Err(e) => {
+                                dead_lettered[DlqReason::ALL.iter().position(|r| *r == e.reason).unwrap_or(0)].increment(1);
+                                dead.give(DeadLetter {
+                                    topic: msg.topic().to_owned(),
+                                    partition: msg.partition(),
+                                    offset: msg.offset(),
+                                    key: msg.key().map(<[u8]>::to_vec),
+                                    payload: msg.payload().unwrap_or_default().to_vec(),
+                                    reason: e.reason.as_str().to_owned(),
+                                    detail: e.detail,
+                                });
+                            }
+                        }
+                    }
+                }
+                consumed.increment(read as u64);
+                if read == config.max_batch {
+                    activator.activate();
+                } else {
+                    // Wake for the next epoch boundary even if no message arrives.
+                    let ms = config.epoch_interval.as_millis().max(1) as u64;
+                    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+                    activator.activate_after(Duration::from_millis(ms - now_ms % ms + 1));
+                }
+            }
+        });
+        Ok((events, dead, epoch_offsets))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_spread_round_robin() {
+        let all: Vec<Vec<usize>> = (0..3).map(|w| owned_by(8, w, 3).collect()).collect();
+        assert_eq!(all, vec![vec![0, 3, 6], vec![1, 4, 7], vec![2, 5]]);
+    }
+}

@@ -1,0 +1,33 @@
+//! The `personalization` topology's dataflow: enrich each event, key it by user, maintain attributes.
+//!
+//! Both versions run this dataflow; they differ in the [`squall_operators::AttributeSet`] the
+//! store maintains (named by the topology file's `attributes`).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use squall_enrichment::Enricher;
+use squall_operators::{EnrichWith, Epoch, Event, MaintainAttributes, UserStore};
+use timely::dataflow::Stream;
+
+/// What the dataflow's operators share within one process.
+#[derive(Clone)]
+pub struct Context {
+    /// Catalogue lookups.
+    pub enricher: Enricher,
+    /// Per-user state, one shard per worker.
+    pub store: Arc<UserStore>,
+    /// Events in enrichment, for source backpressure.
+    pub pending: Arc<AtomicUsize>,
+    /// Dedup horizon, event-time milliseconds.
+    pub dedup_horizon_ms: i64,
+}
+
+/// Builds the dataflow over `events`; the returned stream's frontier tells which epochs are applied.
+pub fn dataflow<'scope>(events: Stream<'scope, Epoch, Vec<Event>>, ctx: &Context) -> Stream<'scope, Epoch, Vec<()>> {
+    events.enrich_with(&ctx.enricher, Arc::clone(&ctx.pending)).maintain_attributes(
+        Arc::clone(&ctx.store),
+        ctx.dedup_horizon_ms,
+        Arc::clone(&ctx.pending),
+    )
+}

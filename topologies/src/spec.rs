@@ -1,0 +1,263 @@
+//! A topology file, typed: embedded defaults, then the TOML file, then `SQUALL__*` variables.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use squall_enrichment::EnrichConfig;
+use squall_operators::{AttributeSet, StartFrom};
+
+/// A topology version: what it reads, what it computes, where it keeps and serves it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySpec {
+    /// Topology name, e.g. `personalization`; with the version it makes the group id.
+    pub name: String,
+    /// Version number, >= 1.
+    pub version: u32,
+    /// The attribute code this version runs.
+    pub attributes: AttributeSet,
+    /// Kafka settings.
+    #[serde(default)]
+    pub kafka: KafkaSpec,
+    /// CQL store settings.
+    #[serde(default)]
+    pub cql: CqlSpec,
+    /// Enrichment cache and lookup settings.
+    #[serde(default)]
+    pub enrichment: EnrichConfig,
+    /// State settings.
+    #[serde(default)]
+    pub state: StateSpec,
+    /// Worker settings.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+    /// HTTP settings.
+    #[serde(default)]
+    pub http: HttpSpec,
+}
+
+/// `[kafka]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topic of song completions.
+    pub song_completions: String,
+    /// Topic of ad impressions.
+    pub ad_impressions: String,
+    /// Start of a version that has no checkpoint.
+    pub start_from: StartFrom,
+    /// Dead letters of topic `t` go to `t` + this suffix.
+    pub dlq_suffix: String,
+    /// Larger messages are dead-lettered as `oversized`.
+    pub max_message_bytes: usize,
+}
+
+impl Default for KafkaSpec {
+    fn default() -> Self {
+        KafkaSpec {
+            brokers: "127.0.0.1:9092".into(),
+            song_completions: "song-completions".into(),
+            ad_impressions: "ad-impressions".into(),
+            start_from: StartFrom::Earliest,
+            dlq_suffix: ".dlq".into(),
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[cql]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CqlSpec {
+    /// Contact points, comma separated `host:port`.
+    pub nodes: String,
+    /// Keyspace of the `tracks` and `ads` tables.
+    pub keyspace: String,
+}
+
+impl Default for CqlSpec {
+    fn default() -> Self {
+        CqlSpec { nodes: "127.0.0.1:9042".into(), keyspace: "squall".into() }
+    }
+}
+
+/// `[state]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateSpec {
+    /// Resends within this much event time are counted once.
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: Duration,
+    /// Length of an epoch: the unit of consistent cuts (and checkpoints).
+    #[serde(with = "humantime_serde")]
+    pub epoch: Duration,
+}
+
+impl Default for StateSpec {
+    fn default() -> Self {
+        StateSpec { dedup_horizon: Duration::from_secs(24 * 3600), epoch: Duration::from_secs(1) }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// timely worker threads in this process.
+    pub workers: usize,
+    /// Events in enrichment before the sources pause.
+    pub max_pending: usize,
+}
+
+impl Default for RuntimeSpec {
+    fn default() -> Self {
+        RuntimeSpec { workers: 2, max_pending: 200_000 }
+    }
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSpec {
+    /// Address the attribute API listens on; port 0 picks a free port.
+    pub listen: String,
+}
+
+impl Default for HttpSpec {
+    fn default() -> Self {
+        HttpSpec { listen: "127.0.0.1:8080".into() }
+    }
+}
+
+/// A topology file that cannot be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file is missing, not TOML, or has a wrong or unknown field.
+    #[error("topology {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, including the field.
+        message: String,
+    },
+}
+
+impl TopologySpec {
+    /// Loads `path`, then applies `SQUALL__SECTION__FIELD` environment variables.
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let invalid = |message: String| SpecError::Invalid { path: path.display().to_string(), message };
+        if !path.is_file() {
+            return Err(invalid("no such file".into()));
+        }
+        let spec: TopologySpec = Figment::new()
+            .merge(Serialized::defaults(Defaults::default()))
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("SQUALL__").split("__").lowercase(true))
+            .extract()
+            .map_err(|e| invalid(e.to_string()))?;
+        spec.validate().map_err(invalid)?;
+        Ok(spec)
+    }
+
+    /// Parses TOML text (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let invalid = |message: String| SpecError::Invalid { path: "<text>".into(), message };
+        let spec: TopologySpec = Figment::new()
+            .merge(Serialized::defaults(Defaults::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| invalid(e.to_string()))?;
+        spec.validate().map_err(invalid)?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(format!("name {:?}: use 1-64 characters from [A-Za-z0-9_-]", self.name));
+        }
+        if self.version == 0 {
+            return Err("version must be >= 1".into());
+        }
+        if self.runtime.workers == 0 || self.runtime.workers > 256 {
+            return Err(format!("runtime.workers = {}: use 1..=256", self.runtime.workers));
+        }
+        if self.state.epoch < Duration::from_millis(10) {
+            return Err("state.epoch must be at least 10ms".into());
+        }
+        if self.kafka.song_completions == self.kafka.ad_impressions {
+            return Err("kafka.song_completions and kafka.ad_impressions must be different topics".into());
+        }
+        Ok(())
+    }
+
+    /// The consumer group id of this version: `<name>-v<version>`.
+    pub fn group_id(&self) -> String {
+        format!("{}-v{}", self.name, self.version)
+    }
+}
+
+/// Defaults for the sections, so a file needs only `name`, `version` and `attributes`.
+#[derive(Default, Serialize)]
+struct Defaults {
+    kafka: KafkaSpec,
+    cql: CqlSpec,
+    enrichment: EnrichConfig,
+    state: StateSpec,
+    runtime: RuntimeSpec,
+    http: HttpSpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_files_load_and_differ_in_version_and_code() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let v1 = TopologySpec::load(&dir.join("personalization.toml")).unwrap();
+        let v2 = TopologySpec::load(&dir.join("personalization-v2.toml")).unwrap();
+        assert_eq!((v1.group_id().as_str(), v1.attributes), ("personalization-v1", AttributeSet::PersonalizationV1));
+        assert_eq!((v2.group_id().as_str(), v2.attributes), ("personalization-v2", AttributeSet::PersonalizationV2));
+        assert_eq!(v1.state.dedup_horizon, Duration::from_secs(86_400));
+        assert_eq!(v1.enrichment.cache_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let s = TopologySpec::from_toml("name = \"p\"\nversion = 3\nattributes = \"personalization_v2\"").unwrap();
+        assert_eq!(s.kafka, KafkaSpec::default());
+        assert_eq!(s.group_id(), "p-v3");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = |t: &str| TopologySpec::from_toml(t).unwrap_err().to_string();
+        assert!(err("name = \"p\"\nversion = 1\nattributes = \"v9\"").contains("attributes"));
+        assert!(err("name = \"p\"\nversion = 0\nattributes = \"personalization_v1\"").contains("version must be"));
+        assert!(err("name = \"p q\"\nversion = 1\nattributes = \"personalization_v1\"").contains("name"));
+        assert!(err("name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[kafka]\nbrokerz = \"x\"").contains("brokerz"));
+        assert!(err("name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[state]\nepoch = \"soon\"").contains("epoch"));
+        assert!(err("version = 1").contains("name"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[kafka]\nbrokers = \"file:1\"")?;
+            jail.set_env("SQUALL__KAFKA__BROKERS", "env:2");
+            jail.set_env("SQUALL__RUNTIME__WORKERS", "3");
+            let s = TopologySpec::load(Path::new("t.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(s.kafka.brokers, "env:2");
+            assert_eq!(s.runtime.workers, 3);
+            Ok(())
+        });
+    }
+}
