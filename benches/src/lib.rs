@@ -1,1 +1,4 @@
-//! placeholder
+//! Benchmark harnesses for squall; each binary's `//!` line says what it measures and how to run it.
+#![warn(missing_docs)]
+
+pub mod engine;

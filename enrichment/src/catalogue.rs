@@ -37,7 +37,7 @@ pub enum CatalogueError {
         /// The contact points tried.
         nodes: String,
         /// The driver's error.
-        source: scylla::errors::NewSessionError,
+        source: Box<scylla::errors::NewSessionError>,
     },
     /// Preparing a statement failed; usually the keyspace or table does not exist.
     #[error("cannot prepare `{statement}` (does the keyspace/table exist? run `squall-gen schema`): {source}")]
@@ -45,7 +45,7 @@ pub enum CatalogueError {
         /// The statement text.
         statement: String,
         /// The driver's error.
-        source: scylla::errors::PrepareError,
+        source: Box<scylla::errors::PrepareError>,
     },
     /// A request failed or timed out; retrying may help.
     #[error("CQL request failed: {0}")]
@@ -94,11 +94,9 @@ impl CqlCatalogue {
             format!("SELECT genre, artist_id, duration_ms FROM {keyspace}.tracks WHERE track_id = ?"),
         )
         .await?;
-        let ad = schema::prepare(
-            &session,
-            format!("SELECT advertiser_id, category FROM {keyspace}.ads WHERE ad_id = ?"),
-        )
-        .await?;
+        let ad =
+            schema::prepare(&session, format!("SELECT advertiser_id, category FROM {keyspace}.ads WHERE ad_id = ?"))
+                .await?;
         Ok(CqlCatalogue { session, track, ad })
     }
 
@@ -117,10 +115,8 @@ impl Catalogue for CqlCatalogue {
         let stmt = self.track.clone();
         let id = track_id.to_owned();
         Box::pin(async move {
-            let result = session
-                .execute_unpaged(&stmt, (id,))
-                .await
-                .map_err(|e| CatalogueError::Request(e.to_string()))?;
+            let result =
+                session.execute_unpaged(&stmt, (id,)).await.map_err(|e| CatalogueError::Request(e.to_string()))?;
             let rows = result.into_rows_result().map_err(|e| CatalogueError::Request(e.to_string()))?;
             let row = rows.maybe_first_row::<TrackTuple>().map_err(|e| CatalogueError::Request(e.to_string()))?;
             Ok(row.map(|(genre, artist_id, duration_ms)| TrackRow { genre, artist_id, duration_ms }))
@@ -132,10 +128,8 @@ impl Catalogue for CqlCatalogue {
         let stmt = self.ad.clone();
         let id = ad_id.to_owned();
         Box::pin(async move {
-            let result = session
-                .execute_unpaged(&stmt, (id,))
-                .await
-                .map_err(|e| CatalogueError::Request(e.to_string()))?;
+            let result =
+                session.execute_unpaged(&stmt, (id,)).await.map_err(|e| CatalogueError::Request(e.to_string()))?;
             let rows = result.into_rows_result().map_err(|e| CatalogueError::Request(e.to_string()))?;
             let row = rows.maybe_first_row::<AdTuple>().map_err(|e| CatalogueError::Request(e.to_string()))?;
             Ok(row.map(|(advertiser_id, category)| AdRow { advertiser_id, category }))
@@ -177,7 +171,7 @@ pub mod schema {
             .connection_timeout(std::time::Duration::from_secs(5))
             .build()
             .await
-            .map_err(|source| CatalogueError::Connect { nodes: nodes.to_owned(), source })
+            .map_err(|source| CatalogueError::Connect { nodes: nodes.to_owned(), source: Box::new(source) })
     }
 
     /// Refuses keyspace names that would not be a plain CQL identifier.
@@ -189,7 +183,7 @@ pub mod schema {
     }
 
     pub(crate) async fn prepare(session: &Session, statement: String) -> Result<PreparedStatement, CatalogueError> {
-        session.prepare(statement.clone()).await.map_err(|source| CatalogueError::Prepare { statement, source })
+        session.prepare(statement.clone()).await.map_err(|source| CatalogueError::Prepare { statement, source: Box::new(source) })
     }
 
     /// Creates the keyspace (SimpleStrategy, `replication_factor`) and the `tracks` and `ads` tables.
@@ -243,11 +237,9 @@ pub mod schema {
         parallelism: usize,
     ) -> Result<usize, CatalogueError> {
         check_keyspace(keyspace)?;
-        let stmt = prepare(
-            session,
-            format!("INSERT INTO {keyspace}.ads (ad_id, advertiser_id, category) VALUES (?, ?, ?)"),
-        )
-        .await?;
+        let stmt =
+            prepare(session, format!("INSERT INTO {keyspace}.ads (ad_id, advertiser_id, category) VALUES (?, ?, ?)"))
+                .await?;
         run_inserts(rows, parallelism, |(id, r)| {
             let stmt = &stmt;
             async move { session.execute_unpaged(stmt, (id, r.advertiser_id, r.category)).await }

@@ -271,7 +271,10 @@ mod tests {
 
     fn catalogue() -> MemoryCatalogue {
         let mut tracks = HashMap::new();
-        tracks.insert("t1".to_owned(), TrackRow { genre: Some("rock".into()), artist_id: Some("ar1".into()), duration_ms: Some(1) });
+        tracks.insert(
+            "t1".to_owned(),
+            TrackRow { genre: Some("rock".into()), artist_id: Some("ar1".into()), duration_ms: Some(1) },
+        );
         let mut ads = HashMap::new();
         ads.insert("a1".to_owned(), AdRow { advertiser_id: Some("adv".into()), category: Some("cars".into()) });
         MemoryCatalogue { tracks: Arc::new(tracks), ads: Arc::new(ads) }
@@ -330,7 +333,8 @@ mod tests {
     #[tokio::test]
     async fn degrades_after_the_deadline_and_does_not_cache_it() {
         let flaky = Flaky { failures: AtomicUsize::new(usize::MAX), inner: catalogue() };
-        let config = EnrichConfig { deadline: Duration::from_millis(30), on_timeout: OnTimeout::Degrade, ..Default::default() };
+        let config =
+            EnrichConfig { deadline: Duration::from_millis(30), on_timeout: OnTimeout::Degrade, ..Default::default() };
         let e = enricher(Arc::new(flaky), config);
         let info = e.lookup(Key::Track("t1".into())).await;
         assert_eq!(info, Info::Track { genre: e.symbols().unknown(), artist: e.symbols().unknown() });

@@ -223,7 +223,8 @@ pub fn decode(kind: EventKind, payload: &[u8], limits: &DecodeLimits) -> Result<
     };
     let int = |name: &'static str, v: Option<serde_json::Number>| -> Result<i64, DecodeError> {
         let v = v.ok_or_else(|| DecodeError::new(DlqReason::MissingField, format!("missing field `{name}`")))?;
-        v.as_i64().ok_or_else(|| DecodeError::new(DlqReason::InvalidValue, format!("`{name}` must be an integer, got {v}")))
+        v.as_i64()
+            .ok_or_else(|| DecodeError::new(DlqReason::InvalidValue, format!("`{name}` must be an integer, got {v}")))
     };
     let event_id = id("event_id", wire.event_id)?;
     let user_id = id("user_id", wire.user_id)?;
@@ -267,7 +268,8 @@ mod tests {
 
     #[test]
     fn decodes_both_kinds_and_round_trips() {
-        let e = song(r#"{"event_id":"e1","user_id":"u1","track_id":"t9","ms_played":183000,"ts":1763750000123}"#).unwrap();
+        let e =
+            song(r#"{"event_id":"e1","user_id":"u1","track_id":"t9","ms_played":183000,"ts":1763750000123}"#).unwrap();
         assert_eq!(
             e,
             Event::Song(SongCompletion {
@@ -295,14 +297,20 @@ mod tests {
         assert_eq!(reason(song("{not json")), DlqReason::MalformedJson);
         assert_eq!(reason(song("")), DlqReason::MalformedJson);
         assert_eq!(reason(song("[1,2]")), DlqReason::WrongType);
-        assert_eq!(reason(song(r#"{"user_id":"u1","track_id":"t9","ms_played":1,"ts":1763750000123}"#)), DlqReason::MissingField);
+        assert_eq!(
+            reason(song(r#"{"user_id":"u1","track_id":"t9","ms_played":1,"ts":1763750000123}"#)),
+            DlqReason::MissingField
+        );
         assert_eq!(reason(song(&ok.replace(r#""track_id":"t9","#, ""))), DlqReason::MissingField);
         assert_eq!(reason(song(&ok.replace(r#""u1""#, "null"))), DlqReason::MissingField);
         assert_eq!(reason(song(&ok.replace(r#""u1""#, "17"))), DlqReason::WrongType);
         assert_eq!(reason(song(&ok.replace(r#""ms_played":1"#, r#""ms_played":"1""#))), DlqReason::WrongType);
         assert_eq!(reason(song(&ok.replace(r#""ms_played":1"#, r#""ms_played":-5"#))), DlqReason::InvalidValue);
         assert_eq!(reason(song(&ok.replace(r#""ms_played":1"#, r#""ms_played":1.5"#))), DlqReason::InvalidValue);
-        assert_eq!(reason(song(&ok.replace(r#""ms_played":1"#, r#""ms_played":999999999999"#))), DlqReason::InvalidValue);
+        assert_eq!(
+            reason(song(&ok.replace(r#""ms_played":1"#, r#""ms_played":999999999999"#))),
+            DlqReason::InvalidValue
+        );
         assert_eq!(reason(song(&ok.replace("1763750000123", "12"))), DlqReason::InvalidValue);
         assert_eq!(reason(song(&ok.replace("1763750000123", "1e30"))), DlqReason::InvalidValue);
         assert_eq!(reason(song(&ok.replace(r#""u1""#, r#""""#))), DlqReason::InvalidValue);

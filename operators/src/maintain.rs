@@ -73,6 +73,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                     shard.entry(a.user).or_default().apply(set, a.ts, a.what);
                 }
                 pending.fetch_sub(n, Relaxed);
+                store.record(n as u64 - dups, dups);
                 duplicates.increment(dups);
                 applied.increment(n as u64 - dups);
             };

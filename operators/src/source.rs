@@ -138,7 +138,8 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
         &self,
         config: &SourceConfig,
         first_epoch: Epoch,
-    ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, EpochOffsets), SourceError> {
+    ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, EpochOffsets), SourceError>
+    {
         let (worker, peers) = (self.index(), self.peers());
         let kafka_err = |source| SourceError::Kafka { group: config.group_id.clone(), source };
 
@@ -150,10 +151,13 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             // Used only for partitions with neither a checkpoint nor an explicit start offset.
-            .set("auto.offset.reset", match config.start_from {
-                StartFrom::Earliest => "earliest",
-                StartFrom::Latest => "latest",
-            })
+            .set(
+                "auto.offset.reset",
+                match config.start_from {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                },
+            )
             // Events are consumed as soon as they are fetched: a short fetch wait keeps latency low.
             .set("fetch.wait.max.ms", "10")
             // Enough prefetch per partition to keep a worker busy while the next fetch is in flight.

@@ -1,5 +1,7 @@
 //! The per-user state of one topology version, sharded by worker and readable while it changes.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use compact_str::CompactString;
 use dashmap::DashMap;
 use squall_enrichment::Symbols;
@@ -18,12 +20,20 @@ pub struct UserStore {
     set: AttributeSet,
     symbols: Symbols,
     shards: Vec<DashMap<CompactString, UserState>>,
+    applied: AtomicU64,
+    duplicates: AtomicU64,
 }
 
 impl UserStore {
     /// An empty store for `peers` workers.
     pub fn new(set: AttributeSet, symbols: Symbols, peers: usize) -> Self {
-        UserStore { set, symbols, shards: (0..peers.max(1)).map(|_| DashMap::new()).collect() }
+        UserStore {
+            set,
+            symbols,
+            shards: (0..peers.max(1)).map(|_| DashMap::new()).collect(),
+            applied: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+        }
     }
 
     /// The attribute set this store maintains.
@@ -50,6 +60,22 @@ impl UserStore {
     pub fn attributes(&self, user_id: &str) -> Option<Attributes> {
         let state = self.shards[self.owner(user_id)].get(user_id)?;
         Some(state.attributes(self.set, &self.symbols))
+    }
+
+    /// Adds to the counts of applied events and of resends dropped.
+    pub fn record(&self, applied: u64, duplicates: u64) {
+        self.applied.fetch_add(applied, Relaxed);
+        self.duplicates.fetch_add(duplicates, Relaxed);
+    }
+
+    /// Events applied so far (resends not included).
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Relaxed)
+    }
+
+    /// Resends dropped so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Relaxed)
     }
 
     /// Users with state.

@@ -1,1 +1,205 @@
-//! placeholder
+//! Fixtures shared by the integration tests: the dev broker and CQL server, unique names, the `squall` binary.
+//!
+//! The tests need a running broker and CQL server, named by `SQUALL_TEST_BROKERS` and
+//! `SQUALL_TEST_CQL`; `scripts/test.sh` starts both and sets them. A test run without them fails
+//! at once with a message saying so; it never skips.
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: these integration tests need the dev broker and CQL server. \
+             Run `scripts/test.sh`, or `scripts/devenv.sh up` and export \
+             SQUALL_TEST_BROKERS=127.0.0.1:9092 SQUALL_TEST_CQL=127.0.0.1:9042"
+        )
+    })
+}
+
+/// The test broker's `bootstrap.servers`.
+pub fn brokers() -> String {
+    required_env("SQUALL_TEST_BROKERS")
+}
+
+/// The test CQL server's contact point.
+pub fn cql() -> String {
+    required_env("SQUALL_TEST_CQL")
+}
+
+/// A name no other test (in this or a concurrent run) uses: `<prefix>_<pid>_<n>`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what` and the last `Err`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => panic!("timed out after {timeout:?} waiting for {what}: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Produces `(topic, key, payload)` records and waits for every delivery.
+pub async fn produce(records: impl IntoIterator<Item = (String, String, Vec<u8>)>) {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
+    let mut pending = Vec::new();
+    for (topic, key, payload) in records {
+        let p = producer.clone();
+        pending.push(tokio::spawn(async move {
+            p.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| format!("produce to {topic}: {e}"))
+                .map(|_| ())
+        }));
+    }
+    for p in pending {
+        p.await.expect("join").expect("delivery");
+    }
+}
+
+/// A topology's inputs, made unique for one test.
+pub struct Fixture {
+    /// `song-completions` stand-in.
+    pub songs: String,
+    /// `ad-impressions` stand-in.
+    pub ads: String,
+    /// CQL keyspace with `tracks` and `ads`.
+    pub keyspace: String,
+}
+
+impl Fixture {
+    /// Creates the topics (with DLQs) and the keyspace with the given catalogue rows.
+    pub async fn new(
+        partitions: i32,
+        tracks: Vec<(String, squall_enrichment::TrackRow)>,
+        ads: Vec<(String, squall_enrichment::AdRow)>,
+    ) -> Fixture {
+        let f = Fixture { songs: unique("songs"), ads: unique("ads"), keyspace: unique("ks") };
+        let topics = [f.songs.clone(), f.ads.clone(), format!("{}.dlq", f.songs), format!("{}.dlq", f.ads)];
+        squall::kafka::create_topics(&brokers(), &topics, partitions).await.expect("create topics");
+        let session = squall_enrichment::schema::connect(&cql()).await.expect("connect to the CQL server");
+        squall_enrichment::schema::create(&session, &f.keyspace, 1).await.expect("schema");
+        squall_enrichment::schema::insert_tracks(&session, &f.keyspace, tracks, 64).await.expect("tracks");
+        squall_enrichment::schema::insert_ads(&session, &f.keyspace, ads, 64).await.expect("ads");
+        f
+    }
+
+    /// A topology file for this fixture: `attributes` code, version, and extra TOML sections.
+    pub fn topology(&self, name: &str, version: u32, attributes: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            "name = \"{name}\"\nversion = {version}\nattributes = \"{attributes}\"\n\
+             [kafka]\nbrokers = \"{}\"\nsong_completions = \"{}\"\nad_impressions = \"{}\"\n\
+             [cql]\nnodes = \"{}\"\nkeyspace = \"{}\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            brokers(),
+            self.songs,
+            self.ads,
+            cql(),
+            self.keyspace
+        );
+        let path = std::env::temp_dir().join(format!("{}.toml", unique("topology")));
+        std::fs::write(&path, text).expect("write topology");
+        path
+    }
+}
+
+/// The path of a binary of this workspace, built by `cargo build` before the tests run.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A `squall run` child process, killed on drop.
+pub struct Squall {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl Squall {
+    /// Runs `squall run --topology <topology> <args>` and waits until it serves HTTP.
+    pub fn run(topology: &std::path::Path, args: &[&str]) -> Squall {
+        let mut child = Command::new(binary("squall"))
+            .arg("run")
+            .arg("--topology")
+            .arg(topology)
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn squall");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("serving on ").nth(1) {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("squall did not start serving within 60 s (exit: {:?})", child.try_wait());
+            }
+        };
+        Squall { child, url }
+    }
+
+    /// GET `path`; the status and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = reqwest::get(format!("{}{path}", self.url)).await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    /// Stops the process with SIGTERM and waits for it; its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "squall did not exit within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Squall {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

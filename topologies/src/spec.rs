@@ -243,15 +243,25 @@ mod tests {
         assert!(err("name = \"p\"\nversion = 1\nattributes = \"v9\"").contains("attributes"));
         assert!(err("name = \"p\"\nversion = 0\nattributes = \"personalization_v1\"").contains("version must be"));
         assert!(err("name = \"p q\"\nversion = 1\nattributes = \"personalization_v1\"").contains("name"));
-        assert!(err("name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[kafka]\nbrokerz = \"x\"").contains("brokerz"));
-        assert!(err("name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[state]\nepoch = \"soon\"").contains("epoch"));
+        assert!(
+            err("name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[kafka]\nbrokerz = \"x\"")
+                .contains("brokerz")
+        );
+        assert!(
+            err("name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[state]\nepoch = \"soon\"")
+                .contains("epoch")
+        );
         assert!(err("version = 1").contains("name"));
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type.
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("t.toml", "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[kafka]\nbrokers = \"file:1\"")?;
+            jail.create_file(
+                "t.toml",
+                "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[kafka]\nbrokers = \"file:1\"",
+            )?;
             jail.set_env("SQUALL__KAFKA__BROKERS", "env:2");
             jail.set_env("SQUALL__RUNTIME__WORKERS", "3");
             let s = TopologySpec::load(Path::new("t.toml")).map_err(|e| e.to_string())?;

@@ -26,7 +26,8 @@ fn catalogue(rng: &mut StdRng) -> (MemoryCatalogue, Catalogue) {
     for i in 0..40 {
         let genre = (i % 13 != 5).then(|| genres[rng.random_range(0..genres.len())].to_owned());
         oracle.tracks.insert(format!("t{i}"), genre.clone());
-        tracks.insert(format!("t{i}"), TrackRow { genre, artist_id: Some(format!("ar{i}")), duration_ms: Some(200_000) });
+        tracks
+            .insert(format!("t{i}"), TrackRow { genre, artist_id: Some(format!("ar{i}")), duration_ms: Some(200_000) });
     }
     for i in 0..8 {
         let category = Some(["cars", "food", "travel"][i % 3].to_owned());
@@ -82,7 +83,12 @@ fn run(set: AttributeSet, seed: u64, workers: usize, n: usize) {
     let config = EnrichConfig { cache_capacity: 8, cache_ttl: Duration::from_millis(2), ..Default::default() };
     let enricher = Enricher::new(Arc::new(mem), symbols.clone(), config, runtime.handle().clone());
     let store = Arc::new(UserStore::new(set, symbols, workers));
-    let ctx = Context { enricher: enricher.clone(), store: Arc::clone(&store), pending: Arc::new(AtomicUsize::new(0)), dedup_horizon_ms: 24 * 3600 * 1000 };
+    let ctx = Context {
+        enricher: enricher.clone(),
+        store: Arc::clone(&store),
+        pending: Arc::new(AtomicUsize::new(0)),
+        dedup_horizon_ms: 24 * 3600 * 1000,
+    };
     let pending = Arc::clone(&ctx.pending);
 
     timely::execute(timely::Config::process(workers), move |worker| {

@@ -1,0 +1,8 @@
+//! The `squall` process: runs a topology version's timely workers beside an HTTP API, and the dev tools that feed it.
+#![warn(missing_docs)]
+
+pub mod generate;
+pub mod http;
+pub mod kafka;
+pub mod runner;
+pub mod telemetry;

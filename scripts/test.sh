@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what the tests need, starts the dev broker and CQL
+# server on their own loopback ports, checks formatting and lints, runs every test, stops the servers.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+export SQUALL_KAFKA_PORT=${SQUALL_TEST_KAFKA_PORT:-19092}
+export SQUALL_CQL_PORT=${SQUALL_TEST_CQL_PORT:-19042}
+export SQUALL_DEVENV_DIR="$ROOT/.devenv/test"
+export SQUALL_PROFILE=debug
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "install (Debian packages, nisshi broker; skipped when present)"
+scripts/devenv.sh install
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --bins --locked
+# Benches are built, not run, here (see benches/README.md for running them).
+cargo build -p squall-benches --benches --locked
+
+step "dev environment on 127.0.0.1:$SQUALL_KAFKA_PORT (broker) and 127.0.0.1:$SQUALL_CQL_PORT (CQL)"
+rm -rf "$SQUALL_DEVENV_DIR"
+trap 'scripts/devenv.sh down' EXIT
+scripts/devenv.sh up
+
+step "tests"
+export SQUALL_TEST_BROKERS="127.0.0.1:$SQUALL_KAFKA_PORT"
+export SQUALL_TEST_CQL="127.0.0.1:$SQUALL_CQL_PORT"
+cargo test --workspace --locked
