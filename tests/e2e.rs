@@ -52,7 +52,7 @@ async fn exact_attributes_with_resends_and_unknown_ids() {
         vec![("a1".into(), ad("cars"))],
     )
     .await;
-    let squall = Squall::run(&f.topology("personalization", 1, "personalization_v1", ""), &["--workers", "2"]);
+    let squall = Squall::run(&f.topology("personalization", 1, "personalization_v1", &[]), &["--workers", "2"]);
     produce([
         song(&f, "e1", "alice", "t1", 183_000, T0 + 10),
         song(&f, "e2", "alice", "t1", 12_000, T0 + 20),
@@ -97,7 +97,7 @@ async fn exact_attributes_with_resends_and_unknown_ids() {
 async fn the_enrichment_cache_answers_hits_and_negative_results() {
     let f = Fixture::new(1, vec![("t1".into(), track("rock"))], vec![]).await;
     let squall = Squall::run(
-        &f.topology("personalization", 1, "personalization_v1", "[enrichment]\ncache_ttl = \"10m\"\n"),
+        &f.topology("personalization", 1, "personalization_v1", &[("enrichment", "cache_ttl = \"10m\"")]),
         &[],
     );
     produce([song(&f, "e1", "carol", "t1", 60_000, T0), song(&f, "e2", "carol", "t9", 60_000, T0)]).await;
@@ -120,7 +120,7 @@ async fn the_enrichment_cache_answers_hits_and_negative_results() {
 
     // With a cache TTL shorter than the gap between events, the new rows are seen.
     let fresh = Squall::run(
-        &f.topology("personalization", 2, "personalization_v1", "[enrichment]\ncache_ttl = \"1ms\"\n"),
+        &f.topology("personalization", 2, "personalization_v1", &[("enrichment", "cache_ttl = \"1ms\"")]),
         &[],
     );
     let body = attributes_after(&fresh, "carol", 4).await;
@@ -136,7 +136,7 @@ async fn the_enrichment_cache_answers_hits_and_negative_results() {
 async fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let f = Fixture::new(2, vec![("t1".into(), track("rock"))], vec![]).await;
     let squall = Squall::run(
-        &f.topology("personalization", 1, "personalization_v1", "[kafka]\nmax_message_bytes = 1024\n"),
+        &f.topology("personalization", 1, "personalization_v1", &[("kafka", "max_message_bytes = 1024")]),
         &[],
     );
     let bad: Vec<(&str, Vec<u8>)> = vec![
@@ -240,7 +240,7 @@ async fn generated_stream_equals_the_oracle_for_every_user() {
         (AttributeSet::PersonalizationV2, "personalization_v2", 2),
     ] {
         let expected = oracle::expected(set, events.iter(), &catalogue.oracle());
-        let squall = Squall::run(&f.topology("personalization", version, name, ""), &["--workers", "2"]);
+        let squall = Squall::run(&f.topology("personalization", version, name, &[]), &["--workers", "2"]);
         if version == 1 {
             produce(records.clone()).await;
         }
@@ -266,7 +266,7 @@ async fn generated_stream_equals_the_oracle_for_every_user() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http_refuses_bad_requests_with_json_errors() {
     let f = Fixture::new(1, vec![], vec![]).await;
-    let squall = Squall::run(&f.topology("personalization", 1, "personalization_v1", ""), &[]);
+    let squall = Squall::run(&f.topology("personalization", 1, "personalization_v1", &[]), &[]);
     let long = "u".repeat(300);
     for (path, want) in [
         (format!("/v1/users/{long}/attributes"), 400),

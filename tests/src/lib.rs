@@ -104,19 +104,32 @@ impl Fixture {
         f
     }
 
-    /// A topology file for this fixture: `attributes` code, version, and extra TOML sections.
-    pub fn topology(&self, name: &str, version: u32, attributes: &str, extra: &str) -> PathBuf {
-        let text = format!(
-            "name = \"{name}\"\nversion = {version}\nattributes = \"{attributes}\"\n\
-             [kafka]\nbrokers = \"{}\"\nsong_completions = \"{}\"\nad_impressions = \"{}\"\n\
-             [cql]\nnodes = \"{}\"\nkeyspace = \"{}\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n{extra}",
-            brokers(),
-            self.songs,
-            self.ads,
-            cql(),
-            self.keyspace
-        );
+    /// A topology file for this fixture: `attributes` code, version, and extra `key = value` lines
+    /// per section, e.g. `&[("kafka", "max_message_bytes = 1024")]`.
+    pub fn topology(&self, name: &str, version: u32, attributes: &str, extra: &[(&str, &str)]) -> PathBuf {
+        let mut sections: Vec<(String, String)> = vec![
+            (
+                "kafka".into(),
+                format!(
+                    "brokers = \"{}\"\nsong_completions = \"{}\"\nad_impressions = \"{}\"\n",
+                    brokers(),
+                    self.songs,
+                    self.ads
+                ),
+            ),
+            ("cql".into(), format!("nodes = \"{}\"\nkeyspace = \"{}\"\n", cql(), self.keyspace)),
+            ("http".into(), "listen = \"127.0.0.1:0\"\n".into()),
+        ];
+        for (section, lines) in extra {
+            match sections.iter_mut().find(|(s, _)| s == section) {
+                Some((_, body)) => body.push_str(&format!("{lines}\n")),
+                None => sections.push((section.to_string(), format!("{lines}\n"))),
+            }
+        }
+        let mut text = format!("name = \"{name}\"\nversion = {version}\nattributes = \"{attributes}\"\n");
+        for (section, body) in sections {
+            text.push_str(&format!("[{section}]\n{body}"));
+        }
         let path = std::env::temp_dir().join(format!("{}.toml", unique("topology")));
         std::fs::write(&path, text).expect("write topology");
         path
