@@ -183,7 +183,10 @@ pub mod schema {
     }
 
     pub(crate) async fn prepare(session: &Session, statement: String) -> Result<PreparedStatement, CatalogueError> {
-        session.prepare(statement.clone()).await.map_err(|source| CatalogueError::Prepare { statement, source: Box::new(source) })
+        session
+            .prepare(statement.clone())
+            .await
+            .map_err(|source| CatalogueError::Prepare { statement, source: Box::new(source) })
     }
 
     /// Creates the keyspace (SimpleStrategy, `replication_factor`) and the `tracks` and `ads` tables.
