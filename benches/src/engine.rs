@@ -89,7 +89,7 @@ pub fn run(r: &EngineRun) -> EngineResult {
     timely::execute(timely::Config::process(r.workers), move |worker| {
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, events) = scope.new_input::<Vec<Event>>();
-            let (probe, _) = personalization::dataflow(events, &ctx).probe();
+            let (probe, _) = personalization::dataflow(events, &ctx, None).probe();
             (input, probe)
         });
         let mine = &inputs[worker.index()];

@@ -53,6 +53,9 @@ struct RunArgs {
     /// HTTP listen address (port 0 picks a free port, printed at start).
     #[arg(long)]
     listen: Option<String>,
+    /// Checkpoint state and offsets to `<dir>/<group id>/` every epoch, and resume from there.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
     /// Where partitions without a checkpoint start.
     #[arg(long, value_enum)]
     start_from: Option<StartFromArg>,
@@ -94,6 +97,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(k) = args.keyspace {
         spec.cql.keyspace = k;
     }
+    if let Some(d) = args.checkpoint_dir {
+        spec.state.checkpoint_dir = Some(d);
+    }
     if let Some(l) = args.listen {
         spec.http.listen = l;
     }
@@ -119,6 +125,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         });
         let addr = listener.local_addr()?;
         // One line on stdout that scripts and tests wait for.
+        if let Some(cut) = running.recovered_cut {
+            println!("squall: {} recovered from checkpoint cut {cut}", spec.group_id());
+        }
         println!("squall: {} serving on http://{addr}", spec.group_id());
         tracing::info!(group_id = %spec.group_id(), %addr, "serving attributes");
         let server = tokio::spawn(http::serve(listener, http::router(api), shutdown_signal()));

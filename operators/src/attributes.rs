@@ -107,6 +107,19 @@ pub struct UserState {
     affinity_ref: i64,
 }
 
+/// A [`UserState`] with names instead of symbols: what checkpoints store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserSnapshot {
+    plays: u32,
+    skips: u32,
+    ads: u32,
+    last_seen_ts: i64,
+    genres: Vec<(String, u32)>,
+    categories: Vec<(String, u32)>,
+    affinity: Vec<f64>,
+    affinity_ref: i64,
+}
+
 fn bump(list: &mut Vec<(Sym, u32)>, sym: Sym) -> usize {
     match list.iter().position(|(s, _)| *s == sym) {
         Some(i) => {
@@ -154,6 +167,36 @@ impl UserState {
         }
         self.affinity.resize(self.genres.len(), 0.0);
         self.affinity[i] += ((ts - self.affinity_ref) as f64 / AFFINITY_HALF_LIFE_MS).exp2();
+    }
+
+    /// This state with names instead of process-local symbols, for checkpoints.
+    pub fn snapshot(&self, symbols: &Symbols) -> UserSnapshot {
+        let names = |list: &[(Sym, u32)]| list.iter().map(|(s, n)| (symbols.resolve(*s).to_string(), *n)).collect();
+        UserSnapshot {
+            plays: self.plays,
+            skips: self.skips,
+            ads: self.ads,
+            last_seen_ts: self.last_seen_ts,
+            genres: names(&self.genres),
+            categories: names(&self.categories),
+            affinity: self.affinity.clone(),
+            affinity_ref: self.affinity_ref,
+        }
+    }
+
+    /// The state a snapshot describes, in `symbols`.
+    pub fn restore(snapshot: &UserSnapshot, symbols: &Symbols) -> Self {
+        let syms = |list: &[(String, u32)]| list.iter().map(|(s, n)| (symbols.intern(s), *n)).collect();
+        UserState {
+            plays: snapshot.plays,
+            skips: snapshot.skips,
+            ads: snapshot.ads,
+            last_seen_ts: snapshot.last_seen_ts,
+            genres: syms(&snapshot.genres),
+            categories: syms(&snapshot.categories),
+            affinity: snapshot.affinity.clone(),
+            affinity_ref: snapshot.affinity_ref,
+        }
     }
 
     /// Song completions so far.
@@ -225,6 +268,18 @@ mod tests {
         assert_eq!(a.ad_categories, BTreeMap::from([("cars".into(), 1), ("unknown".into(), 1)]));
         assert_eq!(a.top_genres, vec!["rock", "jazz"]);
         assert_eq!((a.skip_rate, a.genre_affinity), (None, None));
+    }
+
+    #[test]
+    fn snapshots_restore_into_another_symbol_table() {
+        let (a, b) = (Symbols::default(), Symbols::default());
+        b.intern("padding");
+        let v2 = AttributeSet::PersonalizationV2;
+        let mut s = UserState::default();
+        play(&mut s, v2, a.intern("rock"), 10_000, T0);
+        s.apply(v2, T0 + 5, What::Ad { category: a.intern("cars") });
+        let restored = UserState::restore(&s.snapshot(&a), &b);
+        assert_eq!(restored.attributes(v2, &b), s.attributes(v2, &a));
     }
 
     #[test]

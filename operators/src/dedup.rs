@@ -6,6 +6,7 @@
 //! behind the newest `ts` this worker has seen (its watermark), checked by [`Dedup::expire`].
 //! So a resend within the horizon is always dropped; one arriving later may be counted again.
 //! Keys are 128-bit hashes: an accidental collision is far less likely than a hardware error.
+//! A horizon of zero turns deduplication off (every event counts).
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -59,6 +60,9 @@ impl Dedup {
     /// Records `key`; true if it is new (count the event), false if it is a resend.
     #[inline]
     pub fn first_time(&mut self, key: u128, ts: i64) -> bool {
+        if self.horizon_ms <= 0 {
+            return true;
+        }
         self.watermark = self.watermark.max(ts);
         match self.seen.entry(key) {
             std::collections::hash_map::Entry::Occupied(_) => false,
@@ -117,6 +121,14 @@ mod tests {
         assert!(d.first_time(dedup_key(EventKind::Song, "u2", "e1"), 10));
         // The length prefix keeps ("u1", "2e") and ("u12", "e") apart.
         assert_ne!(dedup_key(EventKind::Song, "u1", "2e"), dedup_key(EventKind::Song, "u12", "e"));
+    }
+
+    #[test]
+    fn a_zero_horizon_counts_everything() {
+        let mut d = Dedup::new(0);
+        let k = dedup_key(EventKind::Song, "u1", "e1");
+        assert!(d.first_time(k, 10) && d.first_time(k, 10));
+        assert!(d.is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod attributes;
+pub mod checkpoint;
 pub mod dead_letter;
 pub mod dedup;
 pub mod enrich;
@@ -10,10 +11,10 @@ pub mod maintain;
 pub mod source;
 pub mod store;
 
-pub use attributes::{Activity, AttributeSet, Attributes, UserState, What};
+pub use attributes::{Activity, AttributeSet, Attributes, UserSnapshot, UserState, What};
 pub use dead_letter::DeadLetterTo;
 pub use enrich::EnrichWith;
 pub use event::{DecodeError, DecodeLimits, DlqReason, Event, EventKind};
-pub use maintain::MaintainAttributes;
+pub use maintain::{CheckpointHook, MaintainAttributes};
 pub use source::{ConsumeKafka, DeadLetter, Epoch, Partition, SourceConfig, StartFrom};
 pub use store::{UserStore, user_hash};

@@ -94,8 +94,14 @@ pub struct DeadLetter {
     pub detail: String,
 }
 
-/// Per epoch, the next offset of each partition this worker owns at the end of that epoch.
+/// Per epoch, the next offset of each partition this worker owns at the end of that epoch
+/// (-1: nothing read yet and no resume offset).
 pub type EpochOffsets = Rc<RefCell<BTreeMap<Epoch, Vec<(Partition, i64)>>>>;
+
+/// The offsets of this worker's partitions at cut `cut` (after every message of epochs `< cut`).
+pub fn offsets_at(offsets: &EpochOffsets, cut: Epoch) -> Vec<(Partition, i64)> {
+    offsets.borrow().range(..cut).next_back().map(|(_, o)| o.clone()).unwrap_or_default()
+}
 
 /// The current epoch of wall-clock time.
 pub fn epoch_now(interval: Duration) -> Epoch {
@@ -210,11 +216,15 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
         builder.build(move |mut caps| {
             let mut dlq_cap = caps.pop();
             let mut ev_cap = caps.pop();
-            let mut epoch = first_epoch.max(epoch_now(config.epoch_interval));
+            let epoch = first_epoch.max(epoch_now(config.epoch_interval));
             if let (Some(e), Some(d)) = (ev_cap.as_mut(), dlq_cap.as_mut()) {
                 e.downgrade(&epoch);
                 d.downgrade(&epoch);
             }
+            // The starting positions count as the end of the epoch before the first.
+            let starts: Vec<(Partition, i64)> = owned.iter().map(|(p, _, next)| (p.clone(), *next)).collect();
+            offsets_out.borrow_mut().insert(epoch.saturating_sub(1), starts);
+            let mut epoch = epoch;
             let mut warned_at = std::time::Instant::now() - Duration::from_secs(60);
             move |_frontiers| {
                 let (Some(ev), Some(dl)) = (ev_cap.as_mut(), dlq_cap.as_mut()) else { return };
@@ -223,13 +233,18 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                     dlq_cap = None;
                     return;
                 }
+                // Epochs are dense: step through every number, one per activation, so that every
+                // cut exists on every worker (see `checkpoint`).
                 let now = epoch_now(config.epoch_interval);
                 if now > epoch {
                     let ends: Vec<(Partition, i64)> = owned.iter().map(|(p, _, next)| (p.clone(), *next)).collect();
                     offsets_out.borrow_mut().insert(epoch, ends);
-                    epoch = now;
+                    epoch += 1;
                     ev.downgrade(&epoch);
                     dl.downgrade(&epoch);
+                    if now > epoch {
+                        activator.activate();
+                    }
                 }
                 if config.pending.load(Relaxed) > config.max_pending {
                     activator.activate_after(Duration::from_millis(1));

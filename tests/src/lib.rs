@@ -154,6 +154,7 @@ pub struct Squall {
     child: Child,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Squall {
@@ -171,11 +172,14 @@ impl Squall {
             .expect("spawn squall");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.split("serving on ").nth(1) {
                     let _ = tx.send(url.trim().to_owned());
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         let url = match rx.recv_timeout(Duration::from_secs(60)) {
@@ -185,7 +189,18 @@ impl Squall {
                 panic!("squall did not start serving within 60 s (exit: {:?})", child.try_wait());
             }
         };
-        Squall { child, url }
+        Squall { child, url, stdout: lines }
+    }
+
+    /// The lines the process printed on stdout so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
     }
 
     /// GET `path`; the status and the JSON body.

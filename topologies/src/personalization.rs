@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use squall_enrichment::Enricher;
-use squall_operators::{EnrichWith, Epoch, Event, MaintainAttributes, UserStore};
+use squall_operators::{CheckpointHook, EnrichWith, Epoch, Event, MaintainAttributes, UserStore};
 use timely::dataflow::Stream;
 
 /// What the dataflow's operators share within one process.
@@ -23,11 +23,17 @@ pub struct Context {
     pub dedup_horizon_ms: i64,
 }
 
-/// Builds the dataflow over `events`; the returned stream's frontier tells which epochs are applied.
-pub fn dataflow<'scope>(events: Stream<'scope, Epoch, Vec<Event>>, ctx: &Context) -> Stream<'scope, Epoch, Vec<()>> {
+/// Builds the dataflow over `events`, checkpointing through `checkpoint` if given; the returned
+/// stream's frontier tells which epochs are applied.
+pub fn dataflow<'scope>(
+    events: Stream<'scope, Epoch, Vec<Event>>,
+    ctx: &Context,
+    checkpoint: Option<CheckpointHook>,
+) -> Stream<'scope, Epoch, Vec<()>> {
     events.enrich_with(&ctx.enricher, Arc::clone(&ctx.pending)).maintain_attributes(
         Arc::clone(&ctx.store),
         ctx.dedup_horizon_ms,
         Arc::clone(&ctx.pending),
+        checkpoint,
     )
 }

@@ -93,14 +93,17 @@ pub struct StateSpec {
     /// Resends within this much event time are counted once.
     #[serde(with = "humantime_serde")]
     pub dedup_horizon: Duration,
-    /// Length of an epoch: the unit of consistent cuts (and checkpoints).
+    /// Length of an epoch: the unit of consistent cuts, and the checkpoint interval.
     #[serde(with = "humantime_serde")]
     pub epoch: Duration,
+    /// Checkpoints go to `<checkpoint_dir>/<group id>/`; unset: no checkpoints, and a restart
+    /// rebuilds the state from `kafka.start_from`.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for StateSpec {
     fn default() -> Self {
-        StateSpec { dedup_horizon: Duration::from_secs(24 * 3600), epoch: Duration::from_secs(1) }
+        StateSpec { dedup_horizon: Duration::from_secs(24 * 3600), epoch: Duration::from_secs(1), checkpoint_dir: None }
     }
 }
 

@@ -94,7 +94,7 @@ fn run(set: AttributeSet, seed: u64, workers: usize, n: usize) {
     timely::execute(timely::Config::process(workers), move |worker| {
         let (mut handle, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (handle, events) = scope.new_input::<Vec<Event>>();
-            let (probe, _) = personalization::dataflow(events, &ctx).probe();
+            let (probe, _) = personalization::dataflow(events, &ctx, None).probe();
             (handle, probe)
         });
         // Each worker feeds a share of the input, over several epochs.

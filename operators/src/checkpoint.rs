@@ -1,0 +1,247 @@
+//! Checkpoints: each worker's state changes, cut at epoch boundaries, written to local disk
+//! together with the source offsets they cover; recovery folds them back.
+//!
+//! # Notes
+//! Epochs are dense (every source steps through every epoch number) and every worker writes a
+//! part for every cut `c`: the users it changed with events of epochs `< c` since its previous
+//! part, the event ids it added to its dedup state, and the next offset of each partition it owns
+//! after all messages of epochs `< c`. A cut is *complete* when all workers wrote their part; only
+//! then are its offsets committed to Kafka. Recovery takes the latest complete cut, folds every
+//! part up to it in cut order (a user's latest snapshot wins, dedup ids accumulate), restarts the
+//! sources at that cut's offsets, and deletes parts beyond it. A part's size is proportional to
+//! what changed in its epoch, not to the whole state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::attributes::UserSnapshot;
+use crate::source::{Epoch, Partition};
+
+/// One worker's contribution to one cut.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// The cut: the part covers events of epochs `< cut`.
+    pub cut: Epoch,
+    /// Writing worker.
+    pub worker: usize,
+    /// Workers of the run that wrote it.
+    pub peers: usize,
+    /// Users changed since the worker's previous part, with their whole state.
+    pub users: Vec<(String, UserSnapshot)>,
+    /// Dedup ids added since the previous part: (user hash, key, event ts).
+    pub dedup: Vec<(u64, u128, i64)>,
+    /// Next offset of each partition the worker owns, at the cut.
+    pub offsets: Vec<(Partition, i64)>,
+}
+
+/// The state at the latest complete cut.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The cut.
+    pub cut: Epoch,
+    /// Every user's state.
+    pub users: HashMap<String, UserSnapshot>,
+    /// Every dedup id: (user hash, key, event ts).
+    pub dedup: Vec<(u64, u128, i64)>,
+    /// Next offset of every partition.
+    pub offsets: BTreeMap<Partition, i64>,
+}
+
+/// A version's checkpoint directory: `<root>/<group_id>/`.
+#[derive(Clone, Debug)]
+pub struct CheckpointDir {
+    dir: PathBuf,
+}
+
+fn part_name(cut: Epoch, worker: usize) -> String {
+    format!("{cut:020}-w{worker:04}.part")
+}
+
+fn parse_part_name(name: &str) -> Option<(Epoch, usize)> {
+    let stem = name.strip_suffix(".part")?;
+    let (cut, worker) = stem.split_once("-w")?;
+    Some((cut.parse().ok()?, worker.parse().ok()?))
+}
+
+impl CheckpointDir {
+    /// Opens (creating) the directory of `group_id` under `root`.
+    pub fn open(root: &Path, group_id: &str) -> io::Result<Self> {
+        let dir = root.join(group_id);
+        fs::create_dir_all(&dir)?;
+        Ok(CheckpointDir { dir })
+    }
+
+    /// Where the parts are.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a part durably (temporary file, fsync, rename, fsync of the directory); its size in bytes.
+    pub fn write_part(&self, part: &Part) -> io::Result<u64> {
+        let bytes = bincode::serialize(part).map_err(io::Error::other)?;
+        let name = part_name(part.cut, part.worker);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(&name))?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Every part file: (cut, worker, path), sorted by cut then worker.
+    fn parts(&self) -> io::Result<Vec<(Epoch, usize, PathBuf)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Some((cut, worker)) = entry.file_name().to_str().and_then(parse_part_name) {
+                out.push((cut, worker, entry.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether all `peers` parts of `cut` are written.
+    pub fn is_complete(&self, cut: Epoch, peers: usize) -> bool {
+        (0..peers).all(|w| self.dir.join(part_name(cut, w)).is_file())
+    }
+
+    /// Folds every part up to the latest complete cut; deletes the parts after it (they belong to
+    /// cuts that never completed). `None` when there is no complete cut.
+    pub fn recover(&self) -> io::Result<Option<Recovered>> {
+        let parts = self.parts()?;
+        let mut read: Vec<Part> = Vec::with_capacity(parts.len());
+        for (_, _, path) in &parts {
+            let bytes = fs::read(path)?;
+            let part: Part = bincode::deserialize(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+            read.push(part);
+        }
+        let mut by_cut: BTreeMap<Epoch, (usize, usize)> = BTreeMap::new();
+        for p in &read {
+            let e = by_cut.entry(p.cut).or_insert((0, p.peers));
+            e.0 += 1;
+        }
+        let Some(latest) = by_cut.iter().rev().find(|(_, (n, peers))| n == peers).map(|(c, _)| *c) else {
+            return Ok(None);
+        };
+        let mut rec = Recovered { cut: latest, ..Default::default() };
+        for part in read {
+            if part.cut > latest {
+                continue;
+            }
+            rec.users.extend(part.users);
+            rec.dedup.extend(part.dedup);
+            if part.cut == latest {
+                rec.offsets.extend(part.offsets);
+            }
+        }
+        for (cut, _, path) in parts {
+            if cut > latest {
+                fs::remove_file(path)?;
+            }
+        }
+        Ok(Some(rec))
+    }
+}
+
+/// Starts the thread that writes the parts of `peers` workers to `dir` and calls `on_complete`
+/// with each cut's offsets once all its parts are durable. The thread ends when every sender
+/// is dropped.
+pub fn spawn_writer(
+    dir: CheckpointDir,
+    group_id: String,
+    peers: usize,
+    mut on_complete: impl FnMut(Epoch, &[(Partition, i64)]) + Send + 'static,
+) -> (crossbeam_channel::Sender<Part>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = crossbeam_channel::unbounded::<Part>();
+    let handle = std::thread::Builder::new()
+        .name(format!("checkpoint-{group_id}"))
+        .spawn(move || {
+            let duration = metrics::histogram!("squall_checkpoint_write_seconds", "group_id" => group_id.clone());
+            let size = metrics::counter!("squall_checkpoint_bytes_total", "group_id" => group_id.clone());
+            let completed = metrics::gauge!("squall_checkpoint_last_complete_cut", "group_id" => group_id.clone());
+            let mut waiting: BTreeMap<Epoch, (usize, Vec<(Partition, i64)>)> = BTreeMap::new();
+            for part in rx {
+                let started = std::time::Instant::now();
+                // A failed write is retried: the offsets of this cut must not be committed before it is durable.
+                let bytes = loop {
+                    match dir.write_part(&part) {
+                        Ok(bytes) => break bytes,
+                        Err(e) => {
+                            tracing::error!(group_id = %group_id, cut = part.cut, error = %e, "cannot write checkpoint part; retrying");
+                            std::thread::sleep(std::time::Duration::from_millis(500));
+                        }
+                    }
+                };
+                duration.record(started.elapsed().as_secs_f64());
+                size.increment(bytes);
+                let entry = waiting.entry(part.cut).or_insert((0, Vec::new()));
+                entry.0 += 1;
+                entry.1.extend(part.offsets);
+                if entry.0 == peers {
+                    let (_, offsets) = waiting.remove(&part.cut).expect("present");
+                    completed.set(part.cut as f64);
+                    on_complete(part.cut, &offsets);
+                }
+            }
+        })
+        .expect("spawn the checkpoint writer");
+    (tx, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attributes::{AttributeSet, UserState, What};
+    use squall_enrichment::Symbols;
+
+    fn snapshot(plays: usize) -> UserSnapshot {
+        let s = Symbols::default();
+        let mut u = UserState::default();
+        for _ in 0..plays {
+            u.apply(AttributeSet::PersonalizationV1, 1, What::Play { genre: s.intern("rock"), skip: false });
+        }
+        u.snapshot(&s)
+    }
+
+    fn p(cut: Epoch, worker: usize, users: &[(&str, usize)], offset: i64) -> Part {
+        Part {
+            cut,
+            worker,
+            peers: 2,
+            users: users.iter().map(|(u, n)| (u.to_string(), snapshot(*n))).collect(),
+            dedup: vec![(worker as u64, cut as u128, 0)],
+            offsets: vec![(Partition { topic: "t".into(), partition: worker as i32 }, offset)],
+        }
+    }
+
+    #[test]
+    fn recovery_folds_up_to_the_latest_complete_cut() {
+        let root = std::env::temp_dir().join(format!("squall-ckpt-{}-{}", std::process::id(), line!()));
+        let dir = CheckpointDir::open(&root, "g-v1").unwrap();
+        assert!(dir.recover().unwrap().is_none());
+        dir.write_part(&p(10, 0, &[("a", 1)], 5)).unwrap();
+        dir.write_part(&p(10, 1, &[("b", 1)], 7)).unwrap();
+        dir.write_part(&p(11, 0, &[("a", 2)], 6)).unwrap();
+        dir.write_part(&p(11, 1, &[], 7)).unwrap();
+        // Cut 12 never completed: worker 1 crashed before writing it.
+        dir.write_part(&p(12, 0, &[("a", 3)], 9)).unwrap();
+        assert!(dir.is_complete(11, 2) && !dir.is_complete(12, 2));
+        let rec = dir.recover().unwrap().unwrap();
+        assert_eq!(rec.cut, 11);
+        assert_eq!(rec.users["a"], snapshot(2));
+        assert_eq!(rec.users["b"], snapshot(1));
+        assert_eq!(rec.dedup.len(), 4);
+        assert_eq!(rec.offsets.values().copied().collect::<Vec<_>>(), vec![6, 7]);
+        assert!(!dir.path().join(part_name(12, 0)).exists(), "the incomplete cut is deleted");
+        fs::remove_dir_all(root).unwrap();
+    }
+}

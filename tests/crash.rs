@@ -1,0 +1,145 @@
+//! Crash test: `kill -9` the squall process at random moments while events flow, restart it from
+//! its checkpoints each time, and compare every user's attributes with the oracle at the end.
+//! Deduplication is off and the stream has no resends, so a replayed event would be counted twice
+//! and show up as a mismatch.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::TopicPartitionList;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
+use squall_operators::{AttributeSet, Attributes, Event, EventKind};
+use squall_tests::{Fixture, Squall, brokers, produce, unique, wait_for};
+use squall_topologies::oracle;
+
+const T0: i64 = 1_763_750_000_000;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
+    let seed: u64 = std::env::var("SQUALL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("crash test seed {seed} (rerun with SQUALL_CRASH_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let catalogue = CatalogueGen { tracks: 200, ads: 20, seed: 5 };
+    let f = Fixture::new(
+        4,
+        (0..catalogue.tracks).map(|i| catalogue.track(i)).collect(),
+        (0..catalogue.ads).map(|i| catalogue.ad(i)).collect(),
+    )
+    .await;
+    let checkpoints = std::env::temp_dir().join(unique("checkpoints"));
+    let topology = f.topology(
+        "crash",
+        1,
+        "personalization_v1",
+        &[(
+            "state",
+            &format!("epoch = \"100ms\"\ndedup_horizon = \"0s\"\ncheckpoint_dir = \"{}\"", checkpoints.display()),
+        )],
+    );
+
+    let config = EventGenConfig {
+        users: 300,
+        catalogue,
+        run_id: unique("run"),
+        duplicate_share: 0.0,
+        unknown_share: 0.02,
+        malformed_share: 0.01,
+        ..Default::default()
+    };
+    let mut generator = EventGen::new(config, seed);
+    let mut events: Vec<Event> = Vec::new();
+    let mut batches: Vec<Vec<(String, String, Vec<u8>)>> = vec![Vec::new(); 8];
+    for i in 0..24_000 {
+        let record = match generator.next_at(T0 + i) {
+            Generated::Event(e) => {
+                let topic = if e.kind() == EventKind::Song { f.songs.clone() } else { f.ads.clone() };
+                let r = (topic, e.user_id().to_owned(), e.to_json());
+                events.push(e);
+                r
+            }
+            Generated::Malformed(_, bytes) => (f.songs.clone(), "x".into(), bytes),
+        };
+        batches[i as usize * 8 / 24_000].push(record);
+    }
+
+    let mut kills = 0;
+    let mut recoveries = 0;
+    let last = batches.pop().expect("8 batches");
+    for batch in batches {
+        let squall = Squall::run(&topology, &["--workers", "2"]);
+        recoveries += squall.stdout().iter().filter(|l| l.contains("recovered from checkpoint")).count();
+        let producing = tokio::spawn(produce(batch));
+        // The moment of the kill is random by design; nothing is awaited here.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..1500))).await;
+        squall.kill9();
+        kills += 1;
+        producing.await.expect("producer");
+    }
+    let squall = Squall::run(&topology, &["--workers", "2"]);
+    recoveries += squall.stdout().iter().filter(|l| l.contains("recovered from checkpoint")).count();
+    produce(last).await;
+
+    let expected = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &catalogue.oracle());
+    let mut mismatches = BTreeMap::new();
+    for (user, want) in &expected {
+        let result = tokio::time::timeout(
+            Duration::from_secs(120),
+            wait_for(&format!("{user} to equal the oracle"), Duration::from_secs(120), || async {
+                let (status, body) = squall.get(&format!("/v1/users/{user}/attributes")).await;
+                let got: Attributes =
+                    serde_json::from_value(body["attributes"].clone()).map_err(|e| format!("{status}: {e}"))?;
+                match oracle::difference(&got, want) {
+                    None => Ok(()),
+                    Some(d) => Err(d),
+                }
+            }),
+        )
+        .await;
+        if result.is_err() {
+            let (_, body) = squall.get(&format!("/v1/users/{user}/attributes")).await;
+            mismatches.insert(user.clone(), body);
+        }
+    }
+    println!(
+        "crash test: kills={kills} recoveries={recoveries} events={} users={} mismatches={}",
+        events.len(),
+        expected.len(),
+        mismatches.len()
+    );
+    assert!(mismatches.is_empty(), "users differing from the oracle: {mismatches:?}");
+    assert!(recoveries >= 1, "at least one restart resumed from a checkpoint");
+
+    // The offsets of complete checkpoints are committed under the version's group id.
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", "crash-v1").create().unwrap();
+    wait_for("committed offsets to reach the end of every partition", Duration::from_secs(30), || async {
+        let mut tpl = TopicPartitionList::new();
+        for topic in [&f.songs, &f.ads] {
+            for p in 0..4 {
+                tpl.add_partition(topic, p);
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        for e in committed.elements() {
+            let (_, high) = consumer
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            if e.offset() != rdkafka::Offset::Offset(high) {
+                return Err(format!(
+                    "{}/{}: committed {:?}, high watermark {high}",
+                    e.topic(),
+                    e.partition(),
+                    e.offset()
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&checkpoints);
+}
