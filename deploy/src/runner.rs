@@ -184,12 +184,15 @@ pub async fn start(spec: TopologySpec, runtime: tokio::runtime::Handle) -> Resul
     Ok(Running { spec, store, enricher, pending, recovered_cut, shutdown, guards, writer })
 }
 
+/// A partition and its next offset.
+type PartitionOffset = (Partition, i64);
+
 /// Commits a complete cut's offsets under the version's group id, so that ordinary Kafka tools
 /// see the version's progress. Called only after the cut's checkpoint is durable.
 fn offset_committer(
     brokers: &str,
     group_id: &str,
-) -> Result<impl Fn(Epoch, &[(Partition, i64)]) + Send + 'static, StartError> {
+) -> Result<impl Fn(Epoch, &[PartitionOffset]) + Send + 'static, StartError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group_id)
@@ -198,7 +201,7 @@ fn offset_committer(
         .create()
         .map_err(|source| StartError::Kafka(KafkaSetupError::Metadata { brokers: brokers.into(), source }))?;
     let group_id = group_id.to_owned();
-    Ok(move |cut: Epoch, offsets: &[(Partition, i64)]| {
+    Ok(move |cut: Epoch, offsets: &[PartitionOffset]| {
         let mut tpl = TopicPartitionList::new();
         for (p, next) in offsets.iter().filter(|(_, o)| *o >= 0) {
             let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(*next));
