@@ -34,12 +34,14 @@ cleanup() {
 trap cleanup EXIT
 say "starting the dev broker ($KAFKA) and CQL server ($CQL)"
 scripts/devenv.sh up
+# The broker keeps no data across demo runs (memory storage), so neither may the checkpoints.
+rm -rf "$STATE/checkpoints"
 "$BIN/squall-gen" topics --brokers "$KAFKA" --partitions 6
 "$BIN/squall-gen" catalogue --cql "$CQL" --tracks 100000 --ads 2000
 
 say "running squall (topology personalization, version 1, $WORKERS workers)"
 "$BIN/squall" run --topology topologies/personalization.toml --workers "$WORKERS" \
-    --brokers "$KAFKA" --cql "$CQL" --listen "$HTTP" >"$STATE/squall.out" 2>"$STATE/squall.log" &
+    --brokers "$KAFKA" --cql "$CQL" --listen "$HTTP" --checkpoint-dir "$STATE/checkpoints" >"$STATE/squall.out" 2>"$STATE/squall.log" &
 SQUALL_PID=$!
 for _ in $(seq 300); do grep -q "serving on" "$STATE/squall.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "serving on" "$STATE/squall.out" || { cat "$STATE/squall.log"; exit 1; }
