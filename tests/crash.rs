@@ -38,7 +38,10 @@ async fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
         "personalization_v1",
         &[(
             "state",
-            &format!("epoch = \"100ms\"\ndedup_horizon = \"0s\"\ncheckpoint_dir = \"{}\"", checkpoints.display()),
+            &format!(
+                "epoch = \"100ms\"\ncompact_every = 5\ndedup_horizon = \"0s\"\ncheckpoint_dir = \"{}\"",
+                checkpoints.display()
+            ),
         )],
     );
 

@@ -122,9 +122,12 @@ pub async fn start(spec: TopologySpec, runtime: tokio::runtime::Handle) -> Resul
             recovered_cut = Some(rec.cut);
         }
         let committer = offset_committer(&spec.kafka.brokers, &group_id)?;
-        let (tx, writer) = checkpoint::spawn_writer(dir, group_id.clone(), workers, move |cut, offsets| {
-            committer(cut, offsets);
-        });
+        let horizon_ms = spec.state.dedup_horizon.as_millis() as i64;
+        let compact_every = spec.state.compact_every;
+        let (tx, writer) =
+            checkpoint::spawn_writer(dir, group_id.clone(), workers, compact_every, horizon_ms, move |cut, offsets| {
+                committer(cut, offsets);
+            });
         checkpoints = Some((tx, Arc::new(Mutex::new(dedup_shares)), writer));
     }
     let start_epoch = first_epoch.max(epoch_now(spec.state.epoch));

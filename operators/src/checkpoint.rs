@@ -57,6 +57,9 @@ pub struct CheckpointDir {
     dir: PathBuf,
 }
 
+/// A part file on disk: (cut, worker, path).
+type PartFile = (Epoch, usize, PathBuf);
+
 fn part_name(cut: Epoch, worker: usize) -> String {
     format!("{cut:020}-w{worker:04}.part")
 }
@@ -96,7 +99,7 @@ impl CheckpointDir {
     }
 
     /// Every part file: (cut, worker, path), sorted by cut then worker.
-    fn parts(&self) -> io::Result<Vec<(Epoch, usize, PathBuf)>> {
+    fn parts(&self) -> io::Result<Vec<PartFile>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
@@ -113,9 +116,8 @@ impl CheckpointDir {
         (0..peers).all(|w| self.dir.join(part_name(cut, w)).is_file())
     }
 
-    /// Folds every part up to the latest complete cut; deletes the parts after it (they belong to
-    /// cuts that never completed). `None` when there is no complete cut.
-    pub fn recover(&self) -> io::Result<Option<Recovered>> {
+    /// Reads every part and folds those up to the latest complete cut. `None` when no cut is complete.
+    fn fold(&self) -> io::Result<Option<(Recovered, Vec<PartFile>)>> {
         let parts = self.parts()?;
         let mut read: Vec<Part> = Vec::with_capacity(parts.len());
         for (_, _, path) in &parts {
@@ -143,22 +145,63 @@ impl CheckpointDir {
                 rec.offsets.extend(part.offsets);
             }
         }
+        Ok(Some((rec, parts)))
+    }
+
+    /// Folds every part up to the latest complete cut; deletes the parts after it (they belong to
+    /// cuts that never completed). `None` when there is no complete cut.
+    pub fn recover(&self) -> io::Result<Option<Recovered>> {
+        let Some((rec, parts)) = self.fold()? else { return Ok(None) };
         for (cut, _, path) in parts {
-            if cut > latest {
+            if cut > rec.cut {
                 fs::remove_file(path)?;
             }
         }
         Ok(Some(rec))
     }
+
+    /// Replaces every part up to the latest complete cut `c` by one part of `c` holding the whole
+    /// state (dedup ids older than `dedup_horizon_ms` behind the newest dropped), then deletes the
+    /// older parts. Safe at any crash point: until the deletions, the older parts fold to the same
+    /// state. Returns the cut compacted and the parts removed.
+    pub fn compact(&self, dedup_horizon_ms: i64) -> io::Result<Option<(Epoch, usize)>> {
+        let Some((rec, parts)) = self.fold()? else { return Ok(None) };
+        let peers = parts.iter().filter(|(c, _, _)| *c == rec.cut).count();
+        let newest = rec.dedup.iter().map(|d| d.2).max().unwrap_or(i64::MIN);
+        let cutoff = if dedup_horizon_ms <= 0 { i64::MAX } else { newest.saturating_sub(dedup_horizon_ms) };
+        let mut whole = Part {
+            cut: rec.cut,
+            worker: 0,
+            peers,
+            users: rec.users.into_iter().collect(),
+            dedup: rec.dedup.into_iter().filter(|d| d.2 >= cutoff).collect(),
+            offsets: rec.offsets.into_iter().collect(),
+        };
+        self.write_part(&whole)?;
+        for worker in 1..peers {
+            whole = Part { cut: rec.cut, worker, peers, ..Default::default() };
+            self.write_part(&whole)?;
+        }
+        let mut removed = 0;
+        for (cut, _, path) in parts {
+            if cut < rec.cut {
+                fs::remove_file(path)?;
+                removed += 1;
+            }
+        }
+        Ok(Some((rec.cut, removed)))
+    }
 }
 
 /// Starts the thread that writes the parts of `peers` workers to `dir` and calls `on_complete`
-/// with each cut's offsets once all its parts are durable. The thread ends when every sender
-/// is dropped.
+/// with each cut's offsets once all its parts are durable; every `compact_every` complete cuts it
+/// compacts the directory. The thread ends when every sender is dropped.
 pub fn spawn_writer(
     dir: CheckpointDir,
     group_id: String,
     peers: usize,
+    compact_every: usize,
+    dedup_horizon_ms: i64,
     mut on_complete: impl FnMut(Epoch, &[(Partition, i64)]) + Send + 'static,
 ) -> (crossbeam_channel::Sender<Part>, std::thread::JoinHandle<()>) {
     let (tx, rx) = crossbeam_channel::unbounded::<Part>();
@@ -169,6 +212,7 @@ pub fn spawn_writer(
             let size = metrics::counter!("squall_checkpoint_bytes_total", "group_id" => group_id.clone());
             let completed = metrics::gauge!("squall_checkpoint_last_complete_cut", "group_id" => group_id.clone());
             let mut waiting: BTreeMap<Epoch, (usize, Vec<(Partition, i64)>)> = BTreeMap::new();
+            let mut since_compaction = 0usize;
             for part in rx {
                 let started = std::time::Instant::now();
                 // A failed write is retried: the offsets of this cut must not be committed before it is durable.
@@ -190,6 +234,18 @@ pub fn spawn_writer(
                     let (_, offsets) = waiting.remove(&part.cut).expect("present");
                     completed.set(part.cut as f64);
                     on_complete(part.cut, &offsets);
+                    since_compaction += 1;
+                    if since_compaction >= compact_every.max(1) {
+                        since_compaction = 0;
+                        let started = std::time::Instant::now();
+                        match dir.compact(dedup_horizon_ms) {
+                            Ok(Some((cut, removed))) => {
+                                tracing::info!(group_id = %group_id, cut, removed, elapsed = ?started.elapsed(), "compacted checkpoints")
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(group_id = %group_id, error = %e, "checkpoint compaction failed; will retry"),
+                        }
+                    }
                 }
             }
         })
@@ -242,6 +298,20 @@ mod tests {
         assert_eq!(rec.dedup.len(), 4);
         assert_eq!(rec.offsets.values().copied().collect::<Vec<_>>(), vec![6, 7]);
         assert!(!dir.path().join(part_name(12, 0)).exists(), "the incomplete cut is deleted");
+
+        // Compaction leaves one cut that folds to the same state.
+        dir.write_part(&p(13, 0, &[("c", 4)], 10)).unwrap();
+        dir.write_part(&p(13, 1, &[], 8)).unwrap();
+        let before = dir.recover().unwrap().unwrap();
+        assert_eq!(dir.compact(1000).unwrap(), Some((13, 4)));
+        assert_eq!(dir.parts().unwrap().len(), 2);
+        let after = dir.recover().unwrap().unwrap();
+        assert_eq!((after.cut, &after.users, &after.offsets), (before.cut, &before.users, &before.offsets));
+        let sorted = |mut d: Vec<(u64, u128, i64)>| {
+            d.sort();
+            d
+        };
+        assert_eq!(sorted(after.dedup), sorted(before.dedup));
         fs::remove_dir_all(root).unwrap();
     }
 }

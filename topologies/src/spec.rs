@@ -99,11 +99,18 @@ pub struct StateSpec {
     /// Checkpoints go to `<checkpoint_dir>/<group id>/`; unset: no checkpoints, and a restart
     /// rebuilds the state from `kafka.start_from`.
     pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Complete cuts between compactions of the checkpoint directory (old parts folded into one).
+    pub compact_every: usize,
 }
 
 impl Default for StateSpec {
     fn default() -> Self {
-        StateSpec { dedup_horizon: Duration::from_secs(24 * 3600), epoch: Duration::from_secs(1), checkpoint_dir: None }
+        StateSpec {
+            dedup_horizon: Duration::from_secs(24 * 3600),
+            epoch: Duration::from_secs(1),
+            checkpoint_dir: None,
+            compact_every: 60,
+        }
     }
 }
 
