@@ -32,4 +32,5 @@ scripts/devenv.sh up
 step "tests"
 export SQUALL_TEST_BROKERS="127.0.0.1:$SQUALL_KAFKA_PORT"
 export SQUALL_TEST_CQL="127.0.0.1:$SQUALL_CQL_PORT"
-cargo test --workspace --locked
+# --show-output: tests that report figures (the crash test) print them in the CI log.
+cargo test --workspace --locked -- --show-output

@@ -300,36 +300,28 @@ async fn check(url: &str, path: &PathBuf, timeout: Duration) -> anyhow::Result<(
     Ok(())
 }
 
-/// A minimal HTTP/1.1 GET client over tokio, enough for the attribute API on loopback.
+/// Reads attributes from a squall process's HTTP API.
 struct HttpClient {
-    authority: String,
+    base: String,
+    client: reqwest::Client,
 }
 
 impl HttpClient {
     fn new(url: &str) -> anyhow::Result<Self> {
-        let authority =
-            url.strip_prefix("http://").context("--url must start with http://")?.trim_end_matches('/').to_owned();
-        Ok(HttpClient { authority })
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--url must start with http:// or https://"
+        );
+        Ok(HttpClient { base: url.trim_end_matches('/').to_owned(), client: reqwest::Client::new() })
     }
 
     async fn attributes(&self, user: &str) -> anyhow::Result<Option<UserAttributes>> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .with_context(|| format!("connect {}", self.authority))?;
-        let req = format!(
-            "GET /v1/users/{user}/attributes HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.authority
-        );
-        stream.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
-        if head.starts_with("HTTP/1.1 404") {
-            return Ok(None);
+        let url = format!("{}/v1/users/{user}/attributes", self.base);
+        let resp = self.client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+        match resp.status().as_u16() {
+            404 => Ok(None),
+            200 => Ok(Some(resp.json().await.with_context(|| format!("GET {url}: body"))?)),
+            other => anyhow::bail!("GET {url}: unexpected status {other}: {}", resp.text().await.unwrap_or_default()),
         }
-        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "unexpected response: {head}");
-        Ok(Some(serde_json::from_str(body)?))
     }
 }
