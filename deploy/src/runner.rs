@@ -1,15 +1,13 @@
 //! Starts one topology version: connects to the store and the brokers, then runs its timely workers.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use squall_enrichment::{CatalogueError, CqlCatalogue, Enricher, Symbols};
-use std::sync::Mutex;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use squall_enrichment::{CatalogueError, CqlCatalogue, Enricher, Symbols};
 use squall_operators::checkpoint::{self, CheckpointDir};
 use squall_operators::source::epoch_now;
 use squall_operators::{
@@ -99,6 +97,7 @@ pub async fn start(spec: TopologySpec, runtime: tokio::runtime::Handle) -> Resul
     let pending = Arc::new(AtomicUsize::new(0));
     let shutdown = Arc::new(AtomicBool::new(false));
     let group_id = spec.group_id();
+    let dedup_horizon_ms = spec.state.dedup_horizon.as_millis() as i64;
 
     // Recover from the latest complete checkpoint, if checkpoints are on and there is one.
     let mut resume_at = std::collections::BTreeMap::new();
@@ -122,12 +121,14 @@ pub async fn start(spec: TopologySpec, runtime: tokio::runtime::Handle) -> Resul
             recovered_cut = Some(rec.cut);
         }
         let committer = offset_committer(&spec.kafka.brokers, &group_id)?;
-        let horizon_ms = spec.state.dedup_horizon.as_millis() as i64;
-        let compact_every = spec.state.compact_every;
-        let (tx, writer) =
-            checkpoint::spawn_writer(dir, group_id.clone(), workers, compact_every, horizon_ms, move |cut, offsets| {
-                committer(cut, offsets);
-            });
+        let (tx, writer) = checkpoint::spawn_writer(
+            dir,
+            group_id.clone(),
+            workers,
+            spec.state.compact_every,
+            dedup_horizon_ms,
+            committer,
+        );
         checkpoints = Some((tx, Arc::new(Mutex::new(dedup_shares)), writer));
     }
     let start_epoch = first_epoch.max(epoch_now(spec.state.epoch));
@@ -135,7 +136,7 @@ pub async fn start(spec: TopologySpec, runtime: tokio::runtime::Handle) -> Resul
         enricher: enricher.clone(),
         store: Arc::clone(&store),
         pending: Arc::clone(&pending),
-        dedup_horizon_ms: spec.state.dedup_horizon.as_millis() as i64,
+        dedup_horizon_ms,
     };
     let source = SourceConfig {
         brokers: spec.kafka.brokers.clone(),
