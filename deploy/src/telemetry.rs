@@ -25,3 +25,47 @@ pub fn metrics() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Publishes `enricher`'s counters as Prometheus metrics labelled `group_id`, refreshed every
+/// second on `runtime` until `stop` is set: cache hits and misses, store requests, failed
+/// requests, retries, ids not found, lookups degraded to `unknown` at the deadline
+/// (`on_timeout = "degrade"`), lookups that kept waiting past the deadline (`on_timeout = "wait"`),
+/// and lookups in flight.
+pub fn export_enrichment(
+    enricher: squall_enrichment::Enricher,
+    group_id: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    runtime: &tokio::runtime::Handle,
+) {
+    use squall_enrichment::EnricherStats;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    type Field = fn(&EnricherStats) -> &AtomicU64;
+    let fields: [(&'static str, Field); 8] = [
+        ("squall_enrichment_cache_hits_total", |s| &s.hits),
+        ("squall_enrichment_cache_misses_total", |s| &s.misses),
+        ("squall_enrichment_requests_total", |s| &s.requests),
+        ("squall_enrichment_request_errors_total", |s| &s.errors),
+        ("squall_enrichment_retries_total", |s| &s.retries),
+        ("squall_enrichment_not_found_total", |s| &s.not_found),
+        ("squall_enrichment_degraded_total", |s| &s.degraded),
+        ("squall_enrichment_deadline_waits_total", |s| &s.deadline_waits),
+    ];
+    let counters: Vec<(metrics::Counter, Field)> =
+        fields.into_iter().map(|(name, f)| (metrics::counter!(name, "group_id" => group_id.clone()), f)).collect();
+    let in_flight = metrics::gauge!("squall_enrichment_in_flight", "group_id" => group_id);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let s = enricher.stats();
+            for (counter, field) in &counters {
+                counter.absolute(field(s).load(Relaxed));
+            }
+            in_flight.set(s.in_flight.load(Relaxed) as f64);
+            if stop.load(Relaxed) {
+                return;
+            }
+        }
+    });
+}

@@ -99,8 +99,13 @@ pub struct EnricherStats {
     pub not_found: AtomicU64,
     /// Failed requests (each retry counts).
     pub errors: AtomicU64,
-    /// Lookups given up at the deadline and enriched as unknown.
+    /// Requests sent again after a failure (after a backoff).
+    pub retries: AtomicU64,
+    /// Lookups given up at the deadline and enriched as unknown (`on_timeout = "degrade"`).
     pub degraded: AtomicU64,
+    /// Lookups still failing at the deadline that kept retrying (`on_timeout = "wait"`); each
+    /// lookup counts once.
+    pub deadline_waits: AtomicU64,
     /// Lookups in flight or waiting for a permit.
     pub in_flight: AtomicU64,
 }
@@ -112,8 +117,9 @@ pub struct Enricher {
 }
 
 struct Inner {
-    tracks: Cache<CompactString, Info>,
-    ads: Cache<CompactString, Info>,
+    /// Answers with the instant they were cached, so that callers' local copies expire with them.
+    tracks: Cache<CompactString, (Info, Instant)>,
+    ads: Cache<CompactString, (Info, Instant)>,
     catalogue: Arc<dyn Catalogue>,
     symbols: Symbols,
     runtime: Handle,
@@ -154,10 +160,23 @@ impl Enricher {
     /// own and report them with [`Enricher::record`], off the per-event path.
     #[inline]
     pub fn cached(&self, key: &Key) -> Option<Info> {
-        match key {
+        self.cached_until(key).map(|(info, _)| info)
+    }
+
+    /// The cached answer for `key` and the instant its entry expires (`cache_ttl` after it was
+    /// cached). A caller may keep a local copy until then: it is the answer the cache would give.
+    #[inline]
+    pub fn cached_until(&self, key: &Key) -> Option<(Info, Instant)> {
+        let (info, at) = match key {
             Key::Track(id) => self.inner.tracks.get(id),
             Key::Ad(id) => self.inner.ads.get(id),
-        }
+        }?;
+        Some((info, at + self.inner.config.cache_ttl))
+    }
+
+    /// The settings this enricher runs with.
+    pub fn config(&self) -> &EnrichConfig {
+        &self.inner.config
     }
 
     /// Adds a caller's hit and miss counts to the shared counters.
@@ -203,9 +222,10 @@ impl Enricher {
             };
             let error = match attempt {
                 Ok(Ok(info)) => {
+                    let now = Instant::now();
                     match key {
-                        Key::Track(id) => inner.tracks.insert(id.clone(), info),
-                        Key::Ad(id) => inner.ads.insert(id.clone(), info),
+                        Key::Track(id) => inner.tracks.insert(id.clone(), (info, now)),
+                        Key::Ad(id) => inner.ads.insert(id.clone(), (info, now)),
                     }
                     return info;
                 }
@@ -221,12 +241,14 @@ impl Enricher {
                 }
                 if !warned {
                     warned = true;
+                    inner.stats.deadline_waits.fetch_add(1, Relaxed);
                     tracing::warn!(?key, %error, "enrichment deadline passed; still retrying (on_timeout = wait)");
                 }
             } else {
                 tracing::debug!(?key, %error, "enrichment lookup failed; retrying");
             }
             tokio::time::sleep(backoff).await;
+            inner.stats.retries.fetch_add(1, Relaxed);
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
@@ -327,6 +349,7 @@ mod tests {
         let info = e.lookup(Key::Track("t1".into())).await;
         assert_eq!(info, Info::Track { genre: e.symbols().intern("rock"), artist: e.symbols().intern("ar1") });
         assert_eq!(e.stats().errors.load(Relaxed), 3);
+        assert_eq!(e.stats().retries.load(Relaxed), 3);
         assert_eq!(e.stats().requests.load(Relaxed), 4);
     }
 
@@ -340,6 +363,19 @@ mod tests {
         assert_eq!(info, Info::Track { genre: e.symbols().unknown(), artist: e.symbols().unknown() });
         assert_eq!(e.stats().degraded.load(Relaxed), 1);
         assert!(e.cached(&Key::Track("t1".into())).is_none());
+    }
+
+    #[tokio::test]
+    async fn waits_past_the_deadline_are_counted_and_the_answer_arrives() {
+        let flaky = Flaky { failures: AtomicUsize::new(6), inner: catalogue() };
+        let config =
+            EnrichConfig { deadline: Duration::from_millis(20), on_timeout: OnTimeout::Wait, ..Default::default() };
+        let e = enricher(Arc::new(flaky), config);
+        let info = e.lookup(Key::Track("t1".into())).await;
+        assert_eq!(info, Info::Track { genre: e.symbols().intern("rock"), artist: e.symbols().intern("ar1") });
+        assert_eq!(e.stats().deadline_waits.load(Relaxed), 1, "one lookup waited past the deadline");
+        assert_eq!(e.stats().retries.load(Relaxed), 6);
+        assert_eq!(e.stats().degraded.load(Relaxed), 0);
     }
 
     #[tokio::test]

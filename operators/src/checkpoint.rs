@@ -1,4 +1,5 @@
-//! Checkpoints: each worker's state changes, cut at epoch boundaries, written to local disk
+//! Checkpoints: each worker's state changes, cut at epoch boundaries, written to a
+//! [`CheckpointStore`] (a local directory here, or the CQL store in [`crate::checkpoint_cql`])
 //! together with the source offsets they cover; recovery folds them back.
 //!
 //! # Notes
@@ -51,6 +52,57 @@ pub struct Recovered {
     pub offsets: BTreeMap<Partition, i64>,
 }
 
+/// Why a checkpoint could not be written, read or compacted. Every variant may succeed when
+/// retried once the store is back (the writer retries with backoff); at start-up it stops squall.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Local disk.
+    #[error("checkpoint directory {dir}: {source}")]
+    Io {
+        /// The directory.
+        dir: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The CQL store refused or did not answer a statement.
+    #[error("CQL checkpoint store, `{statement}`: {message} (is the CQL store up and the keyspace created?)")]
+    Cql {
+        /// The statement, shortened.
+        statement: String,
+        /// The driver's error.
+        message: String,
+    },
+    /// A stored part or row cannot be decoded: written by an incompatible squall, or damaged.
+    #[error("checkpoint data {what} cannot be decoded: {message}")]
+    Corrupt {
+        /// Which part or row.
+        what: String,
+        /// The decoder's error.
+        message: String,
+    },
+}
+
+/// Where checkpoint parts go: a directory ([`CheckpointDir`]) or the CQL store
+/// ([`crate::checkpoint_cql::CqlCheckpoints`]). Both keep the semantics in the module notes.
+pub trait CheckpointStore: Send + 'static {
+    /// Where the parts are, for logs.
+    fn location(&self) -> String;
+    /// Writes `part` durably (it survives a crash of this process once this returns); the bytes written.
+    fn write_part(&mut self, part: &Part) -> Result<u64, CheckpointError>;
+    /// Folds every part up to the latest complete cut and deletes what lies beyond it (parts of
+    /// cuts that never completed). `None` when no cut is complete.
+    fn recover(&mut self) -> Result<Option<Recovered>, CheckpointError>;
+    /// Folds every part up to the latest complete cut and changes nothing: what the processes of a
+    /// multi-process version other than process 0 do while process 0 runs [`recover`](Self::recover).
+    fn recover_shared(&mut self) -> Result<Option<Recovered>, CheckpointError>;
+    /// Whether the parts of all `peers` workers (of every process) of `cut` are durable.
+    fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError>;
+    /// Folds what precedes the latest complete cut into it and removes what that makes
+    /// redundant; dedup ids older than `dedup_horizon_ms` behind the newest are dropped. Safe at
+    /// any crash point. The cut compacted and the number of parts or rows removed.
+    fn compact(&mut self, dedup_horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError>;
+}
+
 /// A version's checkpoint directory: `<root>/<group_id>/`.
 #[derive(Clone, Debug)]
 pub struct CheckpointDir {
@@ -81,6 +133,10 @@ impl CheckpointDir {
     /// Where the parts are.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    fn error(&self, source: io::Error) -> CheckpointError {
+        CheckpointError::Io { dir: self.dir.display().to_string(), source }
     }
 
     /// Writes a part durably (temporary file, fsync, rename, fsync of the directory); its size in bytes.
@@ -121,7 +177,13 @@ impl CheckpointDir {
         let parts = self.parts()?;
         let mut read: Vec<Part> = Vec::with_capacity(parts.len());
         for (_, _, path) in &parts {
-            let bytes = fs::read(path)?;
+            let bytes = match fs::read(path) {
+                Ok(b) => b,
+                // Deleted since the listing by another process's recovery: a part of a cut that
+                // never completed, so not part of the fold.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             let part: Part = bincode::deserialize(&bytes)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
             read.push(part);
@@ -151,7 +213,14 @@ impl CheckpointDir {
     /// Folds every part up to the latest complete cut; deletes the parts after it (they belong to
     /// cuts that never completed). `None` when there is no complete cut.
     pub fn recover(&self) -> io::Result<Option<Recovered>> {
-        let Some((rec, parts)) = self.fold()? else { return Ok(None) };
+        let Some((rec, parts)) = self.fold()? else {
+            // No cut ever completed: these parts can never be recovered, and a later complete cut
+            // must not fold them in.
+            for (_, _, path) in self.parts()? {
+                fs::remove_file(path)?;
+            }
+            return Ok(None);
+        };
         for (cut, _, path) in parts {
             if cut > rec.cut {
                 fs::remove_file(path)?;
@@ -193,13 +262,41 @@ impl CheckpointDir {
     }
 }
 
-/// Starts the thread that writes the parts of `peers` workers to `dir` and calls `on_complete`
+impl CheckpointStore for CheckpointDir {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn write_part(&mut self, part: &Part) -> Result<u64, CheckpointError> {
+        CheckpointDir::write_part(self, part).map_err(|source| self.error(source))
+    }
+
+    fn recover(&mut self) -> Result<Option<Recovered>, CheckpointError> {
+        CheckpointDir::recover(self).map_err(|source| self.error(source))
+    }
+
+    fn recover_shared(&mut self) -> Result<Option<Recovered>, CheckpointError> {
+        Ok(self.fold().map_err(|source| self.error(source))?.map(|(rec, _)| rec))
+    }
+
+    fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError> {
+        Ok(CheckpointDir::is_complete(self, cut, peers))
+    }
+
+    fn compact(&mut self, dedup_horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError> {
+        CheckpointDir::compact(self, dedup_horizon_ms).map_err(|source| self.error(source))
+    }
+}
+
+/// Starts the thread that writes the parts of `peers` workers to `store` and calls `on_complete`
 /// with each cut's offsets once all its parts are durable; every `compact_every` complete cuts it
-/// compacts the directory. The thread ends when every sender is dropped.
+/// compacts the store. A failed write is retried with backoff (100 ms doubling to 5 s) until it
+/// succeeds: a cut's offsets are never reported before its parts are durable. The thread ends when
+/// every sender is dropped.
 pub fn spawn_writer(
-    dir: CheckpointDir,
+    mut store: Box<dyn CheckpointStore>,
     group_id: String,
-    peers: usize,
+    layout: Layout,
     compact_every: usize,
     dedup_horizon_ms: i64,
     mut on_complete: impl FnMut(Epoch, &[(Partition, i64)]) + Send + 'static,
@@ -208,20 +305,60 @@ pub fn spawn_writer(
     let handle = std::thread::Builder::new()
         .name(format!("checkpoint-{group_id}"))
         .spawn(move || {
-            let duration = metrics::histogram!("squall_checkpoint_write_seconds", "group_id" => group_id.clone());
-            let size = metrics::counter!("squall_checkpoint_bytes_total", "group_id" => group_id.clone());
-            let completed = metrics::gauge!("squall_checkpoint_last_complete_cut", "group_id" => group_id.clone());
+            let g = group_id.clone();
+            let duration = metrics::histogram!("squall_checkpoint_write_seconds", "group_id" => g.clone());
+            let size = metrics::counter!("squall_checkpoint_bytes_total", "group_id" => g.clone());
+            let completed = metrics::gauge!("squall_checkpoint_last_complete_cut", "group_id" => g.clone());
+            let errors = metrics::counter!("squall_checkpoint_errors_total", "group_id" => g.clone());
+            let queued = metrics::gauge!("squall_checkpoint_parts_queued", "group_id" => g.clone());
+            let compaction = metrics::histogram!("squall_checkpoint_compaction_seconds", "group_id" => g);
+            // Cuts whose local parts are not all written yet: (parts written, offsets).
             let mut waiting: BTreeMap<Epoch, (usize, Vec<(Partition, i64)>)> = BTreeMap::new();
+            // Cuts whose local parts are durable, waiting for the other processes' parts.
+            let mut local_done: BTreeMap<Epoch, Vec<(Partition, i64)>> = BTreeMap::new();
             let mut since_compaction = 0usize;
-            for part in rx {
+            loop {
+                let next = if local_done.is_empty() {
+                    rx.recv().ok()
+                } else {
+                    match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                        Ok(part) => Some(part),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    }
+                };
+                let Some(part) = next else {
+                    if local_done.is_empty() {
+                        break;
+                    }
+                    // Nothing new: check again whether the other processes have finished.
+                    report_complete(
+                        &mut local_done,
+                        &mut *store,
+                        &layout,
+                        &mut on_complete,
+                        &completed,
+                        &errors,
+                        &group_id,
+                        &mut since_compaction,
+                    );
+                    if layout.compacts && since_compaction >= compact_every.max(1) {
+                        since_compaction = 0;
+                        compact(&mut *store, dedup_horizon_ms, &group_id, &compaction, &errors);
+                    }
+                    continue;
+                };
+                queued.set(rx.len() as f64);
                 let started = std::time::Instant::now();
-                // A failed write is retried: the offsets of this cut must not be committed before it is durable.
+                let mut backoff = std::time::Duration::from_millis(100);
                 let bytes = loop {
-                    match dir.write_part(&part) {
+                    match store.write_part(&part) {
                         Ok(bytes) => break bytes,
                         Err(e) => {
-                            tracing::error!(group_id = %group_id, cut = part.cut, error = %e, "cannot write checkpoint part; retrying");
-                            std::thread::sleep(std::time::Duration::from_millis(500));
+                            errors.increment(1);
+                            tracing::error!(group_id = %group_id, cut = part.cut, worker = part.worker, error = %e, retry_in = ?backoff, "cannot write checkpoint part; retrying");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                         }
                     }
                 };
@@ -230,27 +367,96 @@ pub fn spawn_writer(
                 let entry = waiting.entry(part.cut).or_insert((0, Vec::new()));
                 entry.0 += 1;
                 entry.1.extend(part.offsets);
-                if entry.0 == peers {
+                if entry.0 == layout.local {
                     let (_, offsets) = waiting.remove(&part.cut).expect("present");
-                    completed.set(part.cut as f64);
-                    on_complete(part.cut, &offsets);
-                    since_compaction += 1;
-                    if since_compaction >= compact_every.max(1) {
-                        since_compaction = 0;
-                        let started = std::time::Instant::now();
-                        match dir.compact(dedup_horizon_ms) {
-                            Ok(Some((cut, removed))) => {
-                                tracing::info!(group_id = %group_id, cut, removed, elapsed = ?started.elapsed(), "compacted checkpoints")
-                            }
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!(group_id = %group_id, error = %e, "checkpoint compaction failed; will retry"),
-                        }
-                    }
+                    local_done.insert(part.cut, offsets);
+                }
+                report_complete(
+                    &mut local_done,
+                    &mut *store,
+                    &layout,
+                    &mut on_complete,
+                    &completed,
+                    &errors,
+                    &group_id,
+                    &mut since_compaction,
+                );
+                if layout.compacts && since_compaction >= compact_every.max(1) {
+                    since_compaction = 0;
+                    compact(&mut *store, dedup_horizon_ms, &group_id, &compaction, &errors);
                 }
             }
         })
         .expect("spawn the checkpoint writer");
     (tx, handle)
+}
+
+/// Who writes a version's checkpoints: this process's workers, all workers, and whether this
+/// process compacts (one process of a multi-process version does).
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// Workers of this process (parts this writer receives per cut).
+    pub local: usize,
+    /// Workers of every process (parts that make a cut complete).
+    pub global: usize,
+    /// Whether this writer compacts the store.
+    pub compacts: bool,
+}
+
+impl Layout {
+    /// One process with `workers` workers.
+    pub fn single(workers: usize) -> Self {
+        Layout { local: workers, global: workers, compacts: true }
+    }
+}
+
+/// Reports, oldest first, the cuts of `local_done` that are complete in every process.
+#[allow(clippy::too_many_arguments)]
+fn report_complete(
+    local_done: &mut BTreeMap<Epoch, Vec<(Partition, i64)>>,
+    store: &mut dyn CheckpointStore,
+    layout: &Layout,
+    on_complete: &mut impl FnMut(Epoch, &[(Partition, i64)]),
+    completed: &metrics::Gauge,
+    errors: &metrics::Counter,
+    group_id: &str,
+    since_compaction: &mut usize,
+) {
+    while let Some((&cut, _)) = local_done.first_key_value() {
+        let complete = layout.global == layout.local || store.is_complete(cut, layout.global).unwrap_or_else(|e| {
+            errors.increment(1);
+            tracing::warn!(group_id = %group_id, cut, error = %e, "cannot check whether the cut is complete; retrying");
+            false
+        });
+        if !complete {
+            return;
+        }
+        let offsets = local_done.remove(&cut).expect("present");
+        completed.set(cut as f64);
+        on_complete(cut, &offsets);
+        *since_compaction += 1;
+    }
+}
+
+fn compact(
+    store: &mut dyn CheckpointStore,
+    dedup_horizon_ms: i64,
+    group_id: &str,
+    compaction: &metrics::Histogram,
+    errors: &metrics::Counter,
+) {
+    let started = std::time::Instant::now();
+    match store.compact(dedup_horizon_ms) {
+        Ok(Some((cut, removed))) => {
+            compaction.record(started.elapsed().as_secs_f64());
+            tracing::info!(group_id = %group_id, cut, removed, elapsed = ?started.elapsed(), "compacted checkpoints")
+        }
+        Ok(None) => {}
+        Err(e) => {
+            errors.increment(1);
+            tracing::warn!(group_id = %group_id, error = %e, "checkpoint compaction failed; the next one will retry")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +490,11 @@ mod tests {
         let root = std::env::temp_dir().join(format!("squall-ckpt-{}-{}", std::process::id(), line!()));
         let dir = CheckpointDir::open(&root, "g-v1").unwrap();
         assert!(dir.recover().unwrap().is_none());
+        // Parts of a cut that never completed are deleted even when no cut is complete: a later
+        // complete cut must not fold them in.
+        dir.write_part(&p(9, 0, &[("ghost", 7)], 3)).unwrap();
+        assert!(dir.recover().unwrap().is_none());
+        assert!(dir.parts().unwrap().is_empty());
         dir.write_part(&p(10, 0, &[("a", 1)], 5)).unwrap();
         dir.write_part(&p(10, 1, &[("b", 1)], 7)).unwrap();
         dir.write_part(&p(11, 0, &[("a", 2)], 6)).unwrap();

@@ -25,6 +25,9 @@ impl<'scope> DeadLetterTo for Stream<'scope, Epoch, Vec<DeadLetter>> {
             .set("bootstrap.servers", brokers)
             // Dead letters are rare; send them promptly rather than batching.
             .set("linger.ms", "5")
+            // Keep dead letters queued through a broker outage of any length instead of dropping
+            // them after the default 5 minutes (librdkafka retries delivery until it succeeds).
+            .set("message.timeout.ms", "0")
             .create()?;
         let suffix = suffix.to_owned();
         self.sink(Pipeline, "DeadLetterTo", move |(input, _frontier)| {

@@ -3,6 +3,7 @@
 
 pub mod attributes;
 pub mod checkpoint;
+pub mod checkpoint_cql;
 pub mod dead_letter;
 pub mod dedup;
 pub mod enrich;

@@ -208,6 +208,7 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
         let offsets_out = Rc::clone(&epoch_offsets);
         let config = config.clone();
         let consumed = metrics::counter!("squall_events_consumed_total", "group_id" => config.group_id.clone());
+        let errors = metrics::counter!("squall_source_errors_total", "group_id" => config.group_id.clone());
         let dead_lettered: Vec<_> = DlqReason::ALL
             .iter()
             .map(|r| metrics::counter!("squall_events_dead_lettered_total", "group_id" => config.group_id.clone(), "reason" => r.as_str()))
@@ -261,6 +262,7 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                             None => break,
                             Some(Ok(msg)) => msg,
                             Some(Err(e)) => {
+                                errors.increment(1);
                                 // Broker down and similar: librdkafka retries by itself; say so now and then.
                                 if warned_at.elapsed() > Duration::from_secs(10) {
                                     tracing::warn!(group_id = %config.group_id, error = %e, "kafka consumer error; retrying");

@@ -1,13 +1,26 @@
-//! Checkpoint write cost: `cargo run --release -p squall-benches --bin checkpoint -- --users 1000000`.
-//! Writes one whole-state part (what compaction writes) and one incremental part (the users one
-//! epoch changed), durably, and prints their sizes and durations as `key=value` lines.
+//! Checkpoint write and recovery cost:
+//! `cargo run --release -p squall-benches --bin checkpoint -- --users 1000000 [--store cql --cql 127.0.0.1:9042]`.
+//! Writes one whole-state part (with `--store dir` what compaction writes; with `--store cql` the
+//! first checkpoint after every user changed: one row per user) and one incremental part (the users
+//! one epoch changed), durably, then recovers from a freshly opened store (with `cql`, compacts
+//! first: the incremental part's users supersede their first rows). Prints `key=value` lines.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use squall_enrichment::Symbols;
-use squall_operators::checkpoint::{CheckpointDir, Part};
+use squall_operators::checkpoint::{CheckpointDir, CheckpointStore, Part};
+use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::{AttributeSet, UserState, What};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Store {
+    /// bincode part files with fsync + rename.
+    Dir,
+    /// The CQL tables `checkpoint_*`: a row per changed user.
+    Cql,
+}
 
 #[derive(Parser)]
 struct Args {
@@ -17,9 +30,15 @@ struct Args {
     /// Users changed in one epoch, for the incremental part.
     #[arg(long, default_value_t = 20_000)]
     changed: usize,
-    /// Directory to write to (a temporary one by default).
+    /// Where checkpoints go.
+    #[arg(long, value_enum, default_value_t = Store::Dir)]
+    store: Store,
+    /// Directory to write to with `--store dir` (a temporary one by default).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// CQL contact point with `--store cql`; a fresh keyspace `ckpt_bench_<pid>` is created there.
+    #[arg(long, default_value = "127.0.0.1:9042")]
+    cql: String,
 }
 
 fn main() {
@@ -41,8 +60,25 @@ fn main() {
         s.apply(AttributeSet::PersonalizationV1, 1_763_750_000_000, What::Ad { category: categories[i % 3] });
         (format!("u{i}"), s.snapshot(&symbols))
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let root = a.dir.unwrap_or_else(|| std::env::temp_dir().join(format!("squall-ckpt-bench-{}", std::process::id())));
-    let dir = CheckpointDir::open(&root, "bench-v1").expect("checkpoint dir");
+    let keyspace = format!("ckpt_bench_{}", std::process::id());
+    let open = || -> Box<dyn CheckpointStore> {
+        match a.store {
+            Store::Dir => Box::new(CheckpointDir::open(&root, "bench-v1").expect("checkpoint dir")),
+            Store::Cql => runtime.block_on(async {
+                let session = Arc::new(squall_enrichment::schema::connect(&a.cql).await.expect("connect"));
+                squall_enrichment::schema::create(&session, &keyspace, 1).await.expect("keyspace");
+                Box::new(
+                    CqlCheckpoints::open(session, &keyspace, "bench-v1", runtime.handle().clone())
+                        .await
+                        .expect("checkpoint tables"),
+                )
+            }),
+        }
+    };
+    let mut store = open();
+    println!("checkpoint store={}", store.location());
     for (label, n, cut) in [("whole", a.users, 1), ("incremental", a.changed, 2)] {
         let built = Instant::now(); // includes making the users, not only snapshotting them
         let part = Part {
@@ -55,15 +91,33 @@ fn main() {
         };
         let build_s = built.elapsed().as_secs_f64();
         let started = Instant::now();
-        let bytes = dir.write_part(&part).expect("write");
+        let bytes = store.write_part(&part).expect("write");
         let write_s = started.elapsed().as_secs_f64();
         println!(
-            "checkpoint kind={label} users={n} bytes={bytes} bytes_per_user={:.1} build_s={build_s:.3} write_s={write_s:.3}",
-            bytes as f64 / n as f64
+            "checkpoint kind={label} users={n} bytes={bytes} bytes_per_user={:.1} build_s={build_s:.3} write_s={write_s:.3} users_per_s={:.0}",
+            bytes as f64 / n as f64,
+            n as f64 / write_s
         );
     }
+    if a.store == Store::Cql {
+        let started = Instant::now();
+        let (cut, removed) = store.compact(24 * 3600 * 1000).expect("compact").expect("a complete cut");
+        println!(
+            "checkpoint kind=compact cut={cut} rows_removed={removed} compact_s={:.3}",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    drop(store);
+    let mut fresh = open();
     let started = Instant::now();
-    let rec = dir.recover().expect("recover").expect("a complete cut");
-    println!("checkpoint kind=recover users={} read_fold_s={:.3}", rec.users.len(), started.elapsed().as_secs_f64());
-    let _ = std::fs::remove_dir_all(root);
+    let rec = fresh.recover().expect("recover").expect("a complete cut");
+    println!(
+        "checkpoint kind=recover users={} dedup_ids={} read_fold_s={:.3}",
+        rec.users.len(),
+        rec.dedup.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if a.store == Store::Dir {
+        let _ = std::fs::remove_dir_all(root);
+    }
 }
