@@ -2,6 +2,7 @@
 # The dev/test environment on 127.0.0.1: a Kafka-protocol broker (nisshi) and the CQL dev server.
 #
 #   scripts/devenv.sh install   # Debian packages and the broker binary (idempotent; fast when present)
+#   scripts/devenv.sh install-browser   # Debian's chromium, for the status page test
 #   scripts/devenv.sh up        # start both (no-op for one already listening), wait until they answer
 #   scripts/devenv.sh down      # stop what `up` started
 #   scripts/devenv.sh status
@@ -54,6 +55,16 @@ install() {
         # nisshi 0.8.1 declares rustc 1.96 through a dependency; it builds with 1.95 (measured).
         log "installing the nisshi broker $NISSHI_VERSION (about 15 minutes on 2 cores, once)"
         cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version
+    fi
+}
+
+# Debian's Chromium, for the status page's headless browser test (scripts/test.sh only).
+install_browser() {
+    if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed"; then
+        log "installing Debian's chromium (headless browser for the status page test)"
+        local sudo=""; [[ $(id -u) -ne 0 ]] && sudo=sudo
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
     fi
 }
 
@@ -115,8 +126,9 @@ status() {
 
 case "${1:-}" in
     install) install ;;
+    install-browser) install_browser ;;
     up) up ;;
     down) down ;;
     status) status ;;
-    *) echo "usage: $0 install|up|down|status" >&2; exit 2 ;;
+    *) echo "usage: $0 install|install-browser|up|down|status" >&2; exit 2 ;;
 esac

@@ -14,6 +14,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "install (Debian packages, nisshi broker; skipped when present)"
 scripts/devenv.sh install
+scripts/devenv.sh install-browser
 
 step "format and lints"
 cargo fmt --all --check

@@ -90,3 +90,79 @@ pub async fn create_topics(brokers: &str, topics: &[String], partitions: i32) ->
     }
     Ok(())
 }
+
+/// One partition's progress under a group: what the group committed, and the high watermark.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PartitionLag {
+    /// Topic.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// Next offset the group will read, as committed; `None` when it never committed.
+    pub committed: Option<i64>,
+    /// Offset of the next message produced to the partition.
+    pub high_watermark: i64,
+    /// Messages not yet covered by a commit (`high_watermark - committed`, or all retained ones).
+    pub lag: i64,
+}
+
+/// A consumer that only reads metadata and committed offsets of `group_id`; it never joins the group.
+pub fn group_reader(brokers: &str, group_id: &str) -> Result<BaseConsumer, KafkaSetupError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.into(), source })
+}
+
+/// The offsets `reader`'s group committed for `partitions` (partitions without a commit are left out).
+pub fn committed(
+    reader: &BaseConsumer,
+    brokers: &str,
+    partitions: &[Partition],
+) -> Result<std::collections::BTreeMap<Partition, i64>, KafkaSetupError> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(&p.topic, p.partition);
+    }
+    let got = reader
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.into(), source })?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) if o >= 0 => {
+                Some((Partition { topic: e.topic().to_owned(), partition: e.partition() }, o))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// Per partition of `partitions`: committed offset of `reader`'s group, high watermark, lag.
+pub fn lag(
+    reader: &BaseConsumer,
+    brokers: &str,
+    partitions: &[Partition],
+) -> Result<Vec<PartitionLag>, KafkaSetupError> {
+    let committed = committed(reader, brokers, partitions)?;
+    partitions
+        .iter()
+        .map(|p| {
+            let (low, high) = reader
+                .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(10))
+                .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.into(), source })?;
+            let c = committed.get(p).copied();
+            Ok(PartitionLag {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                committed: c,
+                high_watermark: high,
+                lag: (high - c.unwrap_or(low)).max(0),
+            })
+        })
+        .collect()
+}

@@ -1,8 +1,13 @@
 //! The `squall` process: runs a topology version's timely workers beside an HTTP API, and the dev tools that feed it.
 #![warn(missing_docs)]
 
+pub mod client;
+pub mod cluster;
 pub mod generate;
 pub mod http;
 pub mod kafka;
+pub mod promtext;
+pub mod registry;
 pub mod runner;
+pub mod server;
 pub mod telemetry;

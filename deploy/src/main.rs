@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use squall::client::{Client, ClientArgs};
 use squall::http::{self, Api};
+use squall::server::{self, Server, ServerConfig};
 use squall::{runner, telemetry};
 use squall_operators::StartFrom;
 use squall_topologies::TopologySpec;
@@ -15,7 +17,7 @@ use tokio::net::TcpListener;
 
 /// Real-time personalization on timely dataflow: Kafka in, per-user attributes out over HTTP.
 #[derive(Parser)]
-#[command(version, propagate_version = true)]
+#[command(version)]
 struct Cli {
     /// Log lines as JSON instead of text (filter with RUST_LOG, e.g. RUST_LOG=squall=debug).
     #[arg(long, global = true)]
@@ -31,6 +33,98 @@ enum Command {
     /// Consumes under the group id `<name>-v<version>` of the topology file. Settings come from the
     /// file, then `SQUALL__SECTION__FIELD` environment variables, then these flags.
     Run(RunArgs),
+    /// Run the control plane: a durable registry of deployments, each version in its own processes,
+    /// one HTTP API for deployments and attributes.
+    Server(ServerArgs),
+    /// Deploy a topology version beside the running ones, under group `<name>-v<version>`.
+    Deploy {
+        /// The topology file, e.g. topologies/personalization.toml.
+        file: PathBuf,
+        /// Which version of the file to deploy (default: the file's `version`).
+        #[arg(long)]
+        version: Option<u32>,
+        /// earliest (default), latest, or group:<group id> to start at that group's committed offsets.
+        #[arg(long, value_parser = parse_start_from)]
+        start_from: Option<String>,
+        /// Worker threads per process (default: the file's runtime.workers).
+        #[arg(long, short)]
+        workers: Option<usize>,
+        /// timely processes on this host (cluster mode when > 1).
+        #[arg(long)]
+        processes: Option<usize>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every deployment: state, group id, lag.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One deployment: per-partition committed offset, high watermark and lag, events/s, errors.
+    Status {
+        /// Group id, e.g. personalization-v2.
+        group_id: String,
+        /// While it catches up, show a progress bar and return once it has.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make this version the one that answers queries of its topology by default.
+    Promote {
+        /// Group id.
+        group_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Promote this (older) version again and stop every newer version of the same topology.
+    Rollback {
+        /// Group id.
+        group_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a version; its committed offsets and checkpoints stay.
+    Stop {
+        /// Group id.
+        group_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The end of a version's log.
+    Logs {
+        /// Group id.
+        group_id: String,
+        /// Lines to show.
+        #[arg(long, default_value_t = 200)]
+        tail: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the server API's OpenAPI document (kept in docs/openapi.json).
+    Openapi,
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Registry, deployment files, logs and checkpoints.
+    #[arg(long, default_value = ".squall")]
+    state_dir: PathBuf,
+    /// Bearer token for mutations; default: the one in `<state dir>/token`, created on first start.
+    #[arg(long, env = "SQUALL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Kafka bootstrap servers for every deployment (default: each topology file's).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// CQL contact points for every deployment (default: each topology file's).
+    #[arg(long)]
+    cql: Option<String>,
+    /// A running version lagging by more messages than this is shown as catching-up.
+    #[arg(long, default_value_t = 10_000)]
+    catch_up_lag: i64,
 }
 
 #[derive(clap::Args)]
@@ -38,6 +132,9 @@ struct RunArgs {
     /// The topology file, e.g. topologies/personalization.toml.
     #[arg(long, short)]
     topology: PathBuf,
+    /// Which version of the file to run (default: the file's `version`).
+    #[arg(long)]
+    version: Option<u32>,
     /// timely worker threads; Kafka partitions are spread across them.
     #[arg(long, short)]
     workers: Option<usize>,
@@ -56,15 +153,34 @@ struct RunArgs {
     /// Checkpoint state and offsets to `<dir>/<group id>/` every epoch, and resume from there.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
-    /// Where partitions without a checkpoint start.
-    #[arg(long, value_enum)]
-    start_from: Option<StartFromArg>,
+    /// Where partitions without a checkpoint start: earliest, latest, or group:<group id> (that
+    /// group's committed offsets).
+    #[arg(long, value_parser = parse_start_from)]
+    start_from: Option<String>,
+    /// Processes of this version's timely cluster (with --process and --hostfile); Kafka partitions
+    /// and users are spread over all workers of all processes.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// This process's index in the cluster, 0..processes.
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// One line per process: `<timely host:port> [<http host:port>]`. With HTTP addresses listed,
+    /// each process listens on its own and forwards queries for users kept by another process.
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+    /// Exit when the parent process (the squall server) dies.
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum StartFromArg {
-    Earliest,
-    Latest,
+fn parse_start_from(s: &str) -> Result<String, String> {
+    match s {
+        "earliest" | "latest" => Ok(s.to_owned()),
+        _ => match s.strip_prefix("group:") {
+            Some(g) if !g.is_empty() && g.len() <= 255 && !g.chars().any(char::is_control) => Ok(s.to_owned()),
+            _ => Err("use earliest, latest or group:<group id>".into()),
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -72,6 +188,24 @@ fn main() -> ExitCode {
     telemetry::init_logging(cli.log_json);
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Server(args) => serve(args),
+        Command::Openapi => {
+            println!("{}", server::openapi_json());
+            Ok(())
+        }
+        Command::Deploy { file, version, start_from, workers, processes, client } => {
+            client_call(client, |c| async move { c.deploy(&file, version, start_from, workers, processes).await })
+        }
+        Command::List { client } => client_call(client, |c| async move { c.list().await }),
+        Command::Status { group_id, watch, client } => {
+            client_call(client, |c| async move { c.status(&group_id, watch).await })
+        }
+        Command::Promote { group_id, client } => client_call(client, |c| async move { c.promote(&group_id).await }),
+        Command::Rollback { group_id, client } => client_call(client, |c| async move { c.rollback(&group_id).await }),
+        Command::Stop { group_id, client } => client_call(client, |c| async move { c.stop(&group_id).await }),
+        Command::Logs { group_id, tail, client } => {
+            client_call(client, |c| async move { c.logs(&group_id, tail).await })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,8 +216,79 @@ fn main() -> ExitCode {
     }
 }
 
+fn client_call<F, Fut>(args: ClientArgs, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let client = Client::new(args)?;
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f(client))
+}
+
+fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create the state directory {}", args.state_dir.display()))?;
+    let token = match args.token {
+        Some(t) if t.len() >= 16 => t,
+        Some(_) => anyhow::bail!("--token / SQUALL_TOKEN: use at least 16 characters"),
+        None => token_in(&args.state_dir)?,
+    };
+    let cfg = ServerConfig {
+        state_dir: args.state_dir.clone(),
+        token,
+        brokers: args.brokers,
+        cql: args.cql,
+        program: std::env::current_exe().context("cannot find the squall executable")?,
+        catch_up_lag: args.catch_up_lag,
+    };
+    let _metrics = telemetry::metrics();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+        let server = Server::start(cfg).await?;
+        let addr = listener.local_addr()?;
+        println!("squall server: serving on http://{addr} (state in {})", args.state_dir.display());
+        tracing::info!(%addr, "control plane serving");
+        http::serve(listener, server::router(Arc::clone(&server)), shutdown_signal()).await?;
+        tracing::info!("stopping every deployment's processes");
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+/// The token in `<state dir>/token`, created (readable by the owner only) when missing.
+fn token_in(state_dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = state_dir.join("token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_owned());
+    }
+    let token: String = {
+        use rand::Rng as _;
+        let mut rng = rand::rng();
+        (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, token.as_bytes())?;
+    eprintln!("squall server: created a bearer token in {} (the CLI reads it from there)", path.display());
+    Ok(token)
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.exit_with_parent {
+        exit_with_parent()?;
+    }
     let mut spec = TopologySpec::load(&args.topology)?;
+    if let Some(v) = args.version {
+        spec = spec.with_version(v)?;
+    }
     if let Some(w) = args.workers {
         anyhow::ensure!((1..=256).contains(&w), "--workers {w}: use 1..=256");
         spec.runtime.workers = w;
@@ -100,14 +305,29 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(d) = args.checkpoint_dir {
         spec.state.checkpoint_dir = Some(d);
     }
+    let listen_given = args.listen.is_some();
     if let Some(l) = args.listen {
         spec.http.listen = l;
     }
-    if let Some(s) = args.start_from {
-        spec.kafka.start_from = match s {
-            StartFromArg::Earliest => StartFrom::Earliest,
-            StartFromArg::Latest => StartFrom::Latest,
-        };
+    match args.start_from.as_deref() {
+        Some("earliest") => spec.kafka.start_from = StartFrom::Earliest,
+        Some("latest") => spec.kafka.start_from = StartFrom::Latest,
+        Some(other) => spec.kafka.start_from_group = other.strip_prefix("group:").map(str::to_owned),
+        None => {}
+    }
+    let cluster = match (&args.hostfile, args.processes) {
+        (None, 1) => None,
+        (None, n) => anyhow::bail!("--processes {n} needs --hostfile with the {n} processes' addresses"),
+        (Some(file), n) => {
+            anyhow::ensure!((1..=64).contains(&n), "--processes {n}: use 1..=64");
+            Some(squall::cluster::Cluster::from_hostfile(file, n, args.process)?)
+        }
+    };
+    if let Some(c) = &cluster
+        && !listen_given
+        && let Some(Some(addr)) = c.http.get(c.process)
+    {
+        spec.http.listen = addr.clone();
     }
     let metrics = telemetry::metrics();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -115,13 +335,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let listener = TcpListener::bind(&spec.http.listen)
             .await
             .with_context(|| format!("cannot listen on {} (http.listen / --listen)", spec.http.listen))?;
-        let running = runner::start(spec.clone(), tokio::runtime::Handle::current()).await?;
+        let routing = cluster.clone().map(|cluster| http::Routing {
+            cluster,
+            workers: spec.runtime.workers,
+            client: reqwest::Client::new(),
+        });
+        let running = runner::start(spec.clone(), tokio::runtime::Handle::current(), cluster).await?;
         let api = Arc::new(Api {
             topology: spec.name.clone(),
             version: spec.version,
             group_id: spec.group_id(),
             store: Arc::clone(&running.store),
             metrics,
+            enricher: running.enricher.clone(),
+            recovered_cut: running.recovered_cut,
+            routing,
         });
         let addr = listener.local_addr()?;
         // One line on stdout that scripts and tests wait for.
@@ -139,6 +367,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || running.join()).await?.map_err(anyhow::Error::msg)?;
         Ok(())
     })
+}
+
+/// Dies with the parent (the server), so a killed server leaves no orphaned versions behind.
+fn exit_with_parent() -> anyhow::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("prctl(PR_SET_PDEATHSIG)")?;
+    // The parent may have died before the call: then we are already an orphan.
+    if let Ok(expected) = std::env::var("SQUALL_PARENT_PID")
+        && nix::unistd::getppid().as_raw().to_string() != expected
+    {
+        anyhow::bail!("the parent process {expected} is gone");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -173,5 +413,14 @@ async fn report(store: Arc<squall_operators::UserStore>, enricher: squall_enrich
             "throughput"
         );
         last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }

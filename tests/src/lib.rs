@@ -5,6 +5,9 @@
 //! at once with a message saying so; it never skips.
 #![warn(missing_docs)]
 
+pub mod outage;
+pub mod server;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

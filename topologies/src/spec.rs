@@ -19,6 +19,10 @@ pub struct TopologySpec {
     pub version: u32,
     /// The attribute code this version runs.
     pub attributes: AttributeSet,
+    /// Other versions of the topology this file can run, by number: the code each names.
+    /// `squall deploy <file> --version N` picks one; `version`/`attributes` above are the default.
+    #[serde(default)]
+    pub versions: std::collections::BTreeMap<String, AttributeSet>,
     /// Kafka settings.
     #[serde(default)]
     pub kafka: KafkaSpec,
@@ -51,6 +55,9 @@ pub struct KafkaSpec {
     pub ad_impressions: String,
     /// Start of a version that has no checkpoint.
     pub start_from: StartFrom,
+    /// Start a version that has no checkpoint at the offsets this other group committed
+    /// (partitions it never committed start at `start_from`). Wins over `start_from`.
+    pub start_from_group: Option<String>,
     /// Dead letters of topic `t` go to `t` + this suffix.
     pub dlq_suffix: String,
     /// Larger messages are dead-lettered as `oversized`.
@@ -64,6 +71,7 @@ impl Default for KafkaSpec {
             song_completions: "song-completions".into(),
             ad_impressions: "ad-impressions".into(),
             start_from: StartFrom::Earliest,
+            start_from_group: None,
             dlq_suffix: ".dlq".into(),
             max_message_bytes: 64 * 1024,
         }
@@ -96,11 +104,47 @@ pub struct StateSpec {
     /// Length of an epoch: the unit of consistent cuts, and the checkpoint interval.
     #[serde(with = "humantime_serde")]
     pub epoch: Duration,
-    /// Checkpoints go to `<checkpoint_dir>/<group id>/`; unset: no checkpoints, and a restart
-    /// rebuilds the state from `kafka.start_from`.
+    /// Where checkpoints go: `"dir"` (files under `checkpoint_dir`) or `"cql"` (the
+    /// `checkpoint_*` tables in the `[cql]` keyspace). Unset: `"dir"` if `checkpoint_dir` is set,
+    /// otherwise no checkpoints, and a restart rebuilds the state from `kafka.start_from`.
+    pub checkpoint_store: Option<CheckpointStoreKind>,
+    /// Checkpoints go to `<checkpoint_dir>/<group id>/` (with `checkpoint_store = "dir"`).
     pub checkpoint_dir: Option<std::path::PathBuf>,
-    /// Complete cuts between compactions of the checkpoint directory (old parts folded into one).
+    /// Complete cuts between compactions of the checkpoints (older parts folded into the latest
+    /// complete cut, superseded rows deleted).
     pub compact_every: usize,
+}
+
+/// `state.checkpoint_store`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStoreKind {
+    /// Files on local disk, under `state.checkpoint_dir`.
+    Dir,
+    /// The CQL store of `[cql]`: state rows per user per version (`operators/src/checkpoint_cql.rs`).
+    Cql,
+}
+
+/// Where a topology's checkpoints go, resolved from `[state]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckpointTarget {
+    /// No checkpoints.
+    None,
+    /// `<dir>/<group id>/`.
+    Dir(std::path::PathBuf),
+    /// The `checkpoint_*` tables in the `[cql]` keyspace.
+    Cql,
+}
+
+impl StateSpec {
+    /// Where checkpoints go (see [`StateSpec::checkpoint_store`]).
+    pub fn checkpoints(&self) -> CheckpointTarget {
+        match (self.checkpoint_store, &self.checkpoint_dir) {
+            (Some(CheckpointStoreKind::Cql), _) => CheckpointTarget::Cql,
+            (_, Some(dir)) => CheckpointTarget::Dir(dir.clone()),
+            _ => CheckpointTarget::None,
+        }
+    }
 }
 
 impl Default for StateSpec {
@@ -108,6 +152,7 @@ impl Default for StateSpec {
         StateSpec {
             dedup_horizon: Duration::from_secs(24 * 3600),
             epoch: Duration::from_secs(1),
+            checkpoint_store: None,
             checkpoint_dir: None,
             compact_every: 60,
         }
@@ -186,7 +231,44 @@ impl TopologySpec {
         Ok(spec)
     }
 
+    /// Selects version `version` of this topology: the file's own version, or one of its `[versions]`.
+    pub fn with_version(mut self, version: u32) -> Result<Self, SpecError> {
+        let invalid = |message: String| SpecError::Invalid { path: self.name.clone(), message };
+        if version == self.version {
+            return Ok(self);
+        }
+        let Some(code) = self.versions.get(&version.to_string()).copied() else {
+            let mut known: Vec<u32> = self.versions.keys().filter_map(|k| k.parse().ok()).collect();
+            known.push(self.version);
+            known.sort_unstable();
+            known.dedup();
+            let known = known.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+            return Err(invalid(format!(
+                "topology {} has no version {version} (versions in this file: {known}); add it under [versions]",
+                self.name
+            )));
+        };
+        self.version = version;
+        self.attributes = code;
+        Ok(self)
+    }
+
     fn validate(&self) -> Result<(), String> {
+        for key in self.versions.keys() {
+            if !key.parse::<u32>().is_ok_and(|v| v >= 1) {
+                return Err(format!("versions.{key}: version keys are numbers >= 1"));
+            }
+        }
+        if let Some(code) = self.versions.get(&self.version.to_string())
+            && *code != self.attributes
+        {
+            return Err(format!("versions.{} names other code than `attributes` for the same version", self.version));
+        }
+        if let Some(group) = &self.kafka.start_from_group
+            && (group.is_empty() || group.len() > 255)
+        {
+            return Err("kafka.start_from_group: a group id has 1..=255 characters".into());
+        }
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
@@ -198,6 +280,17 @@ impl TopologySpec {
         }
         if self.runtime.workers == 0 || self.runtime.workers > 256 {
             return Err(format!("runtime.workers = {}: use 1..=256", self.runtime.workers));
+        }
+        match (self.state.checkpoint_store, &self.state.checkpoint_dir) {
+            (Some(CheckpointStoreKind::Dir), None) => {
+                return Err("state.checkpoint_store = \"dir\" needs state.checkpoint_dir".into());
+            }
+            (Some(CheckpointStoreKind::Cql), Some(_)) => {
+                return Err(
+                    "state.checkpoint_dir is only used with checkpoint_store = \"dir\"; remove one of them".into()
+                );
+            }
+            _ => {}
         }
         if self.state.epoch < Duration::from_millis(10) {
             return Err("state.epoch must be at least 10ms".into());
@@ -233,11 +326,43 @@ mod tests {
     fn shipped_files_load_and_differ_in_version_and_code() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         let v1 = TopologySpec::load(&dir.join("personalization.toml")).unwrap();
-        let v2 = TopologySpec::load(&dir.join("personalization-v2.toml")).unwrap();
+        let v2 = v1.clone().with_version(2).unwrap();
         assert_eq!((v1.group_id().as_str(), v1.attributes), ("personalization-v1", AttributeSet::PersonalizationV1));
         assert_eq!((v2.group_id().as_str(), v2.attributes), ("personalization-v2", AttributeSet::PersonalizationV2));
         assert_eq!(v1.state.dedup_horizon, Duration::from_secs(86_400));
         assert_eq!(v1.enrichment.cache_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let v1 = TopologySpec::load(&dir.join("personalization.toml")).unwrap();
+        let e = v1.with_version(7).unwrap_err().to_string();
+        assert!(e.contains("no version 7 (versions in this file: 1, 2)"), "{e}");
+        let e = TopologySpec::from_toml(
+            "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[versions]\nx = \"personalization_v2\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("versions.x"), "{e}");
+    }
+
+    #[test]
+    fn checkpoint_store_is_resolved_and_checked() {
+        let base = "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[state]\n";
+        let spec = |state: &str| TopologySpec::from_toml(&format!("{base}{state}"));
+        assert_eq!(spec("").unwrap().state.checkpoints(), CheckpointTarget::None);
+        assert_eq!(spec("checkpoint_dir = \"/c\"").unwrap().state.checkpoints(), CheckpointTarget::Dir("/c".into()));
+        assert_eq!(
+            spec("checkpoint_store = \"dir\"\ncheckpoint_dir = \"/c\"").unwrap().state.checkpoints(),
+            CheckpointTarget::Dir("/c".into())
+        );
+        assert_eq!(spec("checkpoint_store = \"cql\"").unwrap().state.checkpoints(), CheckpointTarget::Cql);
+        assert!(spec("checkpoint_store = \"dir\"").unwrap_err().to_string().contains("needs state.checkpoint_dir"));
+        assert!(
+            spec("checkpoint_store = \"cql\"\ncheckpoint_dir = \"/c\"").unwrap_err().to_string().contains("only used")
+        );
+        assert!(spec("checkpoint_store = \"s3\"").unwrap_err().to_string().contains("checkpoint_store"));
     }
 
     #[test]

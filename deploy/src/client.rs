@@ -1,0 +1,260 @@
+//! The CLI side of the control plane: `squall deploy|list|status|promote|rollback|stop|logs` talk
+//! to a `squall server` over its HTTP API.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::de::DeserializeOwned;
+use squall_topologies::TopologySpec;
+
+use crate::server::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
+
+/// Where the server is and how to authenticate.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// The squall server's base URL.
+    #[arg(long, env = "SQUALL_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
+    pub server: String,
+    /// Bearer token for deploy/promote/rollback/stop (else read from --token-file).
+    #[arg(long, env = "SQUALL_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// File holding the token; `squall server` writes one to `<state dir>/token` when none is configured.
+    #[arg(long, default_value = ".squall/token", global = true)]
+    pub token_file: PathBuf,
+}
+
+/// A client of one server.
+pub struct Client {
+    base: reqwest::Url,
+    args: ClientArgs,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// Checks the server URL.
+    pub fn new(args: ClientArgs) -> anyhow::Result<Self> {
+        let base = reqwest::Url::parse(&args.server)
+            .with_context(|| format!("--server {:?} is not a URL (e.g. http://127.0.0.1:7070)", args.server))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            bail!("--server {:?}: use an http:// or https:// URL", args.server);
+        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        Ok(Client { base, args, http })
+    }
+
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.args.token {
+            return Ok(t.clone());
+        }
+        std::fs::read_to_string(&self.args.token_file).map(|t| t.trim().to_owned()).map_err(|e| {
+            anyhow!(
+                "this command needs the server's token: pass --token or set SQUALL_TOKEN (cannot read {}: {e})",
+                self.args.token_file.display()
+            )
+        })
+    }
+
+    fn url(&self, segments: &[&str]) -> reqwest::Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the squall server at {}: {e} (start it with `squall server`, or pass --server)",
+                self.base
+            )
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let e = &body["error"];
+        let mut msg = e["message"].as_str().map(str::to_owned).unwrap_or_else(|| format!("server answered {status}"));
+        for key in ["detail", "hint"] {
+            if let Some(v) = e[key].as_str() {
+                msg.push_str(&format!("\n  {key}: {v}"));
+            }
+        }
+        Err(anyhow!(msg))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> anyhow::Result<T> {
+        Ok(self.send(self.http.get(self.url(segments))).await?.json().await?)
+    }
+
+    async fn post<T: DeserializeOwned>(&self, segments: &[&str], body: Option<&DeployRequest>) -> anyhow::Result<T> {
+        let mut req = self.http.post(self.url(segments)).bearer_auth(self.token()?);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    /// `squall deploy`.
+    pub async fn deploy(
+        &self,
+        file: &Path,
+        version: Option<u32>,
+        start_from: Option<String>,
+        workers: Option<usize>,
+        processes: Option<usize>,
+    ) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        // Check the file here, so that a mistake is reported before anything is sent.
+        let spec = TopologySpec::from_toml(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+        if let Some(v) = version {
+            spec.with_version(v).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+        }
+        let req = DeployRequest { topology_toml: text, version, start_from, workers, processes };
+        let view: DeploymentView = self.post(&["v1", "deployments"], Some(&req)).await?;
+        println!(
+            "deployed {} (topology {} version {}, {}, starting from {}); follow it with `squall status {}`",
+            view.deployment.group_id,
+            view.deployment.topology,
+            view.deployment.version,
+            view.deployment.attributes,
+            view.deployment.start_from,
+            view.deployment.group_id
+        );
+        Ok(())
+    }
+
+    /// `squall list`.
+    pub async fn list(&self) -> anyhow::Result<()> {
+        let all: Vec<DeploymentView> = self.get(&["v1", "deployments"]).await?;
+        if all.is_empty() {
+            println!("no deployments (deploy one with `squall deploy topologies/personalization.toml`)");
+            return Ok(());
+        }
+        println!(
+            "{:<32} {:<12} {:>8} {:>10} {:>10} {:>8}  {:<8}",
+            "GROUP ID", "STATE", "VERSION", "LAG", "EVENTS/S", "RESTARTS", "PROMOTED"
+        );
+        for v in all {
+            println!(
+                "{:<32} {:<12} {:>8} {:>10} {:>10.0} {:>8}  {:<8}",
+                v.deployment.group_id,
+                v.state,
+                v.deployment.version,
+                v.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                v.events_per_sec,
+                v.restarts,
+                if v.promoted { "yes" } else { "" }
+            );
+        }
+        Ok(())
+    }
+
+    /// `squall status`; with `watch`, a progress bar until the version has caught up.
+    pub async fn status(&self, group: &str, watch: bool) -> anyhow::Result<()> {
+        let mut d: DeploymentDetail = self.get(&["v1", "deployments", group]).await?;
+        if watch && matches!(d.view.state.as_str(), "starting" | "catching-up") {
+            let bar = indicatif::ProgressBar::new(1);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} messages committed, {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(group.to_owned());
+            while matches!(d.view.state.as_str(), "starting" | "catching-up") {
+                let high: i64 = d.partitions.iter().map(|p| p.high_watermark).sum();
+                let done: i64 = d.partitions.iter().map(|p| p.committed.unwrap_or(0)).sum();
+                bar.set_length(high.max(1) as u64);
+                bar.set_position(done.max(0) as u64);
+                bar.set_message(format!("{}, {:.0} events/s", d.view.state, d.view.events_per_sec));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                d = self.get(&["v1", "deployments", group]).await?;
+            }
+            bar.finish_and_clear();
+        }
+        print_detail(&d);
+        Ok(())
+    }
+
+    /// `squall promote`.
+    pub async fn promote(&self, group: &str) -> anyhow::Result<()> {
+        let v: DeploymentView = self.post(&["v1", "deployments", group, "promote"], None).await?;
+        println!(
+            "promoted {}: queries of topology {} now answer from it",
+            v.deployment.group_id, v.deployment.topology
+        );
+        Ok(())
+    }
+
+    /// `squall rollback`.
+    pub async fn rollback(&self, group: &str) -> anyhow::Result<()> {
+        let r: RollbackResponse = self.post(&["v1", "deployments", group, "rollback"], None).await?;
+        println!("rolled back to {}: it answers queries now", r.promoted.deployment.group_id);
+        if r.stopped.is_empty() {
+            println!("no newer version was running");
+        } else {
+            println!("stopped {} (offsets and checkpoints kept for inspection)", r.stopped.join(", "));
+        }
+        Ok(())
+    }
+
+    /// `squall stop`.
+    pub async fn stop(&self, group: &str) -> anyhow::Result<()> {
+        let v: DeploymentView = self.post(&["v1", "deployments", group, "stop"], None).await?;
+        println!("stopped {} (offsets and checkpoints kept)", v.deployment.group_id);
+        Ok(())
+    }
+
+    /// `squall logs`.
+    pub async fn logs(&self, group: &str, tail: usize) -> anyhow::Result<()> {
+        let mut url = self.url(&["v1", "deployments", group, "logs"]);
+        url.query_pairs_mut().append_pair("tail", &tail.to_string());
+        let text = self.send(self.http.get(url)).await?.text().await?;
+        print!("{text}");
+        if !text.is_empty() && !text.ends_with('\n') {
+            println!();
+        }
+        Ok(())
+    }
+}
+
+fn print_detail(d: &DeploymentDetail) {
+    let v = &d.view;
+    println!("group id:     {}", v.deployment.group_id);
+    println!("topology:     {} version {} ({})", v.deployment.topology, v.deployment.version, v.deployment.attributes);
+    println!("state:        {}{}", v.state, if v.promoted { " (promoted)" } else { "" });
+    println!("started from: {}", v.deployment.start_from);
+    println!("processes:    {} x {} workers", v.deployment.processes, v.deployment.workers);
+    println!("events/s:     {:.0}", v.events_per_sec);
+    println!("lag:          {}", v.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()));
+    if let Some(s) = &d.status {
+        println!(
+            "errors:       {} dead letters, {} failed store requests, {} degraded lookups, {} restarts",
+            s.dead_letters, s.enrich_errors, s.enrich_degraded, v.restarts
+        );
+        println!("applied:      {} events ({} resends dropped), {} users", s.applied, s.duplicates, s.users);
+    } else {
+        println!("errors:       {} restarts", v.restarts);
+    }
+    if let Some(e) = &v.last_error {
+        println!("last error:   {e}");
+    }
+    if let Some(e) = &d.lag_error {
+        println!("lag error:    {e}");
+    }
+    if !d.partitions.is_empty() {
+        println!("{:<28} {:>9} {:>12} {:>14} {:>10}", "TOPIC", "PARTITION", "COMMITTED", "HIGH WATERMARK", "LAG");
+        for p in &d.partitions {
+            println!(
+                "{:<28} {:>9} {:>12} {:>14} {:>10}",
+                p.topic,
+                p.partition,
+                p.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                p.high_watermark,
+                p.lag
+            );
+        }
+    }
+}

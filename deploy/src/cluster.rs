@@ -1,0 +1,107 @@
+//! One topology version across several processes, with timely's own cluster mode: the layout (who
+//! is where) and which process owns a user.
+
+use std::path::Path;
+
+/// This process's place in a version's cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index, `0..addresses.len()`.
+    pub process: usize,
+    /// Every process's timely address (`host:port`), in process order.
+    pub addresses: Vec<String>,
+    /// Every process's HTTP address, when the hostfile names them (queries are forwarded there).
+    pub http: Vec<Option<String>>,
+}
+
+impl Cluster {
+    /// Reads a hostfile: one line per process, `<timely host:port> [<http host:port>]`; blank
+    /// lines and `#` comments are ignored. `processes` must match the number of lines.
+    pub fn from_hostfile(path: &Path, processes: usize, process: usize) -> anyhow::Result<Cluster> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--hostfile {}: {e}", path.display()))?;
+        Cluster::parse(&text, processes, process).map_err(|e| anyhow::anyhow!("--hostfile {}: {e}", path.display()))
+    }
+
+    /// Parses hostfile text.
+    pub fn parse(text: &str, processes: usize, process: usize) -> Result<Cluster, String> {
+        let mut addresses = Vec::new();
+        let mut http = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let timely = fields.next().unwrap_or_default();
+            if !valid_addr(timely) {
+                return Err(format!("line {}: {timely:?} is not host:port", n + 1));
+            }
+            let web = fields.next();
+            if let Some(w) = web
+                && !valid_addr(w)
+            {
+                return Err(format!("line {}: HTTP address {w:?} is not host:port", n + 1));
+            }
+            if fields.next().is_some() {
+                return Err(format!("line {}: expected `<timely host:port> [<http host:port>]`", n + 1));
+            }
+            addresses.push(timely.to_owned());
+            http.push(web.map(str::to_owned));
+        }
+        if addresses.len() != processes {
+            return Err(format!("{} processes listed, --processes {processes}", addresses.len()));
+        }
+        if process >= processes {
+            return Err(format!("--process {process}: use 0..{processes}"));
+        }
+        Ok(Cluster { process, addresses, http })
+    }
+
+    /// Processes in the cluster.
+    pub fn processes(&self) -> usize {
+        self.addresses.len()
+    }
+
+    /// The process whose workers own `user_id`, with `workers` threads per process.
+    pub fn owner(&self, user_id: &str, workers: usize) -> usize {
+        owner_process(user_id, workers, self.processes())
+    }
+}
+
+/// The process whose workers own `user_id`: timely numbers workers process by process, and
+/// events are exchanged to worker `user_hash % (workers * processes)`.
+pub fn owner_process(user_id: &str, workers: usize, processes: usize) -> usize {
+    (squall_operators::user_hash(user_id) % (workers * processes) as u64) as usize / workers
+}
+
+fn valid_addr(s: &str) -> bool {
+    s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hostfiles_and_names_mistakes() {
+        let c = Cluster::parse("# two\n127.0.0.1:2101 127.0.0.1:8081\n\n127.0.0.1:2102\n", 2, 1).unwrap();
+        assert_eq!(c.addresses, vec!["127.0.0.1:2101", "127.0.0.1:2102"]);
+        assert_eq!(c.http, vec![Some("127.0.0.1:8081".into()), None]);
+        assert_eq!(c.process, 1);
+        assert!(Cluster::parse("a:1\n", 2, 0).unwrap_err().contains("1 processes listed, --processes 2"));
+        assert!(Cluster::parse("a:1\nb:2\n", 2, 2).unwrap_err().contains("--process 2"));
+        assert!(Cluster::parse("a:1\nb\n", 2, 0).unwrap_err().contains("line 2"));
+        assert!(Cluster::parse("a:1 b:x\n", 1, 0).unwrap_err().contains("HTTP address"));
+        assert!(Cluster::parse("a:1 b:2 c:3\n", 1, 0).unwrap_err().contains("expected"));
+    }
+
+    #[test]
+    fn owners_follow_timely_worker_numbering() {
+        // With 2 processes x 2 workers, worker w lives in process w / 2.
+        for user in ["u1", "u2", "alice", "bob", "carol"] {
+            let worker = (squall_operators::user_hash(user) % 4) as usize;
+            assert_eq!(owner_process(user, 2, 2), worker / 2);
+        }
+        assert_eq!(owner_process("anyone", 4, 1), 0);
+    }
+}

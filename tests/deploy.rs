@@ -1,0 +1,381 @@
+//! Versioned deployments through `squall server` and the CLI, against the real broker and CQL server:
+//! versions side by side, promote, rollback, `--start-from group:`, server restarts, bad arguments.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
+use squall_operators::{AttributeSet, Attributes, Event, EventKind};
+use squall_tests::server::{SquallServer, alive};
+use squall_tests::{Fixture, brokers, produce, unique, wait_for};
+use squall_topologies::oracle;
+
+const T0: i64 = 1_763_750_000_000;
+const TOKEN: &str = "test-token-0123456789abcdef";
+type Records = Vec<(String, String, Vec<u8>)>;
+
+/// A fixture, its two-version topology file, a unique topology name, and a generated stream.
+struct Setup {
+    f: Fixture,
+    catalogue: CatalogueGen,
+    name: String,
+    file: PathBuf,
+    generator: EventGen,
+    at: i64,
+}
+
+impl Setup {
+    async fn new(seed: u64) -> Setup {
+        let catalogue = CatalogueGen { tracks: 300, ads: 20, seed };
+        let f = Fixture::new(
+            4,
+            (0..catalogue.tracks).map(|i| catalogue.track(i)).collect(),
+            (0..catalogue.ads).map(|i| catalogue.ad(i)).collect(),
+        )
+        .await;
+        // Kafka keeps group ids across tests on the shared broker: the name makes them unique.
+        let name = unique("p").replace('_', "-");
+        let file = f.topology(
+            &name,
+            1,
+            "personalization_v1",
+            &[
+                ("versions", "1 = \"personalization_v1\"\n2 = \"personalization_v2\""),
+                ("state", "epoch = \"200ms\""),
+                ("runtime", "workers = 2"),
+            ],
+        );
+        let config = EventGenConfig {
+            users: 150,
+            catalogue,
+            run_id: unique("run"),
+            unknown_share: 0.02,
+            duplicate_share: 0.03,
+            malformed_share: 0.01,
+            ..Default::default()
+        };
+        Setup { f, catalogue, name, file, generator: EventGen::new(config, seed), at: T0 }
+    }
+
+    fn group(&self, version: u32) -> String {
+        format!("{}-v{version}", self.name)
+    }
+
+    /// The next `n` generated records, and the valid events among them.
+    fn batch(&mut self, n: usize) -> (Records, Vec<Event>) {
+        let (mut records, mut events) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            self.at += 1;
+            match self.generator.next_at(self.at) {
+                Generated::Event(e) => {
+                    let topic = if e.kind() == EventKind::Song { self.f.songs.clone() } else { self.f.ads.clone() };
+                    records.push((topic, e.user_id().to_owned(), e.to_json()));
+                    events.push(e);
+                }
+                Generated::Malformed(_, bytes) => records.push((self.f.songs.clone(), "x".into(), bytes)),
+            }
+        }
+        (records, events)
+    }
+
+    fn file(&self) -> &str {
+        self.file.to_str().expect("utf-8 path")
+    }
+}
+
+fn state_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("squall-server"));
+    std::fs::create_dir_all(&dir).expect("state dir");
+    dir
+}
+
+/// Waits until `group` is serving (its state is running, promoted or catching-up).
+async fn serving(server: &SquallServer, group: &str) {
+    wait_for(&format!("{group} to serve"), Duration::from_secs(60), || async {
+        let (status, body) = server.get(&format!("/v1/deployments/{group}")).await;
+        match body["state"].as_str() {
+            Some("running" | "promoted" | "catching-up") if !body["urls"].as_array().is_none_or(Vec::is_empty) => {
+                Ok(())
+            }
+            _ => Err(format!("{status} {body}")),
+        }
+    })
+    .await
+}
+
+/// Waits until every user of `expected` read through the server (`query` appended) equals the oracle.
+async fn equals_oracle(server: &SquallServer, query: &str, expected: &BTreeMap<String, Attributes>) {
+    for (user, want) in expected {
+        wait_for(&format!("{user}{query} to equal the oracle"), Duration::from_secs(90), || async {
+            let (status, body) = server.get(&format!("/v1/users/{user}/attributes{query}")).await;
+            let got: Attributes =
+                serde_json::from_value(body["attributes"].clone()).map_err(|e| format!("{status} {body}: {e}"))?;
+            oracle::difference(&got, want).map_or(Ok(()), Err)
+        })
+        .await;
+    }
+}
+
+/// Offsets committed under `group`, read with a plain Kafka consumer (as any Kafka tool would).
+fn committed(group: &str, topics: &[&str], partitions: i32) -> BTreeMap<(String, i32), i64> {
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in 0..partitions {
+            tpl.add_partition(t, p);
+        }
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn high_watermarks(topics: &[&str], partitions: i32) -> BTreeMap<(String, i32), i64> {
+    let consumer: BaseConsumer =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("consumer");
+    let mut out = BTreeMap::new();
+    for t in topics {
+        for p in 0..partitions {
+            let (_, high) = consumer.fetch_watermarks(t, p, Duration::from_secs(10)).expect("watermarks");
+            out.insert((t.to_string(), p), high);
+        }
+    }
+    out
+}
+
+/// Waits until `group` has committed every message of the fixture's topics.
+async fn fully_committed(s: &Setup, group: &str) {
+    let topics = [s.f.songs.as_str(), s.f.ads.as_str()];
+    wait_for(&format!("{group} to commit every offset"), Duration::from_secs(60), || async {
+        let (got, want) = (committed(group, &topics, 4), high_watermarks(&topics, 4));
+        if got == want { Ok(()) } else { Err(format!("committed {got:?}, high watermarks {want:?}")) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_side_by_side_then_promote_and_rollback() {
+    let mut s = Setup::new(21).await;
+    let server = SquallServer::start(&state_dir(), TOKEN);
+    let (v1, v2) = (s.group(1), s.group(2));
+
+    let out = server.cli_ok(&["deploy", s.file(), "--version", "1"]);
+    assert!(out.contains(&format!("deployed {v1}")), "{out}");
+    let (first, mut events) = s.batch(3000);
+    produce(first).await;
+    serving(&server, &v1).await;
+    server.cli_ok(&["promote", &v1]);
+
+    // Version 2 starts mid-stream, from the earliest offsets, beside version 1.
+    let out = server.cli_ok(&["deploy", s.file(), "--version", "2"]);
+    assert!(out.contains(&format!("deployed {v2}")) && out.contains("personalization_v2"), "{out}");
+    let (second, more) = s.batch(3000);
+    produce(second).await;
+    events.extend(more);
+
+    let want_v1 = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &s.catalogue.oracle());
+    let want_v2 = oracle::expected(AttributeSet::PersonalizationV2, events.iter(), &s.catalogue.oracle());
+    equals_oracle(&server, &format!("?group={v1}"), &want_v1).await;
+    equals_oracle(&server, &format!("?group={v2}"), &want_v2).await;
+    // Without ?group= the promoted version (v1) answers.
+    let user = want_v2.keys().next().expect("a user");
+    let (_, body) = server.get(&format!("/v1/users/{user}/attributes")).await;
+    assert_eq!(body["group_id"], v1.as_str());
+    assert!(body["attributes"].get("skip_rate").is_none(), "v1 has no skip_rate: {body}");
+
+    server.cli_ok(&["promote", &v2]);
+    let (_, body) = server.get(&format!("/v1/users/{user}/attributes")).await;
+    assert_eq!(body["group_id"], v2.as_str());
+    assert!(body["attributes"]["skip_rate"].is_number() && body["attributes"]["genre_affinity"].is_object(), "{body}");
+    wait_for("`squall list` to show v2 promoted and caught up", Duration::from_secs(60), || async {
+        let list = server.cli_ok(&["list"]);
+        let row = list.lines().find(|l| l.starts_with(&v2)).unwrap_or_default().to_owned();
+        if row.contains(" promoted ") && row.trim_end().ends_with("yes") { Ok(()) } else { Err(list) }
+    })
+    .await;
+
+    // Committed offsets are visible under each version's group id to a plain Kafka consumer.
+    fully_committed(&s, &v1).await;
+    fully_committed(&s, &v2).await;
+
+    // Roll back: v1 answers at once, v2 is stopped (its offsets stay).
+    let v2_urls = server.get(&format!("/v1/deployments/{v2}")).await.1["urls"].clone();
+    // Queries run continuously while the rollback happens; the first one answered by v1 says when
+    // the rollback took effect.
+    let stop_probe = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let (url, user, v1, stop) = (server.url.clone(), user.clone(), v1.clone(), stop_probe.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body: serde_json::Value = match client.get(format!("{url}/v1/users/{user}/attributes")).send().await
+                {
+                    Ok(r) => r.json().await.unwrap_or_default(),
+                    Err(_) => continue,
+                };
+                if body["group_id"] == v1.as_str() {
+                    return Some(Instant::now());
+                }
+            }
+            None
+        })
+    };
+    let started = Instant::now();
+    let out = server.cli_ok(&["rollback", &v1]);
+    let returned = started.elapsed();
+    let (_, body) = server.get(&format!("/v1/users/{user}/attributes")).await;
+    assert_eq!(body["group_id"], v1.as_str(), "the first query after the rollback: {body}");
+    stop_probe.store(true, std::sync::atomic::Ordering::Relaxed);
+    let effective = probe.await.expect("probe").expect("a query answered by v1").duration_since(started);
+    println!(
+        "rollback: queries answered from {v1} {:.1} ms after `squall rollback` started (the CLI returned after {:.1} ms, once v2's processes had exited)",
+        effective.as_secs_f64() * 1e3,
+        returned.as_secs_f64() * 1e3
+    );
+    assert!(out.contains(&format!("stopped {v2}")), "{out}");
+    let (_, d2) = server.get(&format!("/v1/deployments/{v2}")).await;
+    assert_eq!(d2["state"], "stopped");
+    // v2's processes are gone: its old address refuses connections.
+    let old = v2_urls[0].as_str().expect("v2 url");
+    assert!(reqwest::get(format!("{old}/healthz")).await.is_err(), "v2 still answers at {old}");
+    let (status, body) = server.get(&format!("/v1/users/{user}/attributes?group={v2}")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(!committed(&v2, &[&s.f.songs, &s.f.ads], 4).is_empty(), "v2's offsets stay for inspection");
+    // Nothing lost or double counted in v1 across all this.
+    equals_oracle(&server, "", &want_v1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_from_another_groups_committed_offsets() {
+    let mut s = Setup::new(22).await;
+    let server = SquallServer::start(&state_dir(), TOKEN);
+    let (v1, v2) = (s.group(1), s.group(2));
+    server.cli_ok(&["deploy", s.file(), "--version", "1"]);
+    let (first, _) = s.batch(2000);
+    produce(first).await;
+    serving(&server, &v1).await;
+    fully_committed(&s, &v1).await;
+    let at_deploy = committed(&v1, &[&s.f.songs, &s.f.ads], 4);
+
+    server.cli_ok(&["deploy", s.file(), "--version", "2", "--start-from", &format!("group:{v1}")]);
+    serving(&server, &v2).await;
+    let (second, later) = s.batch(2000);
+    produce(second).await;
+    // v2 saw exactly the events after v1's committed offsets.
+    let want = oracle::expected(AttributeSet::PersonalizationV2, later.iter(), &s.catalogue.oracle());
+    equals_oracle(&server, &format!("?group={v2}"), &want).await;
+    fully_committed(&s, &v2).await;
+    let (_, d) = server.get(&format!("/v1/deployments/{v2}")).await;
+    assert_eq!(d["start_from"], format!("group:{v1}"));
+    let applied = d["status"]["applied"].as_u64().unwrap_or(0) + d["status"]["duplicates"].as_u64().unwrap_or(0);
+    assert_eq!(applied, later.len() as u64, "v2 read only what came after v1's offsets {at_deploy:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_server_resumes_its_deployments_and_promotion() {
+    let mut s = Setup::new(23).await;
+    let dir = state_dir();
+    let server = SquallServer::start(&dir, TOKEN);
+    let v1 = s.group(1);
+    server.cli_ok(&["deploy", s.file(), "--version", "1"]);
+    let (first, mut events) = s.batch(2000);
+    produce(first).await;
+    serving(&server, &v1).await;
+    server.cli_ok(&["promote", &v1]);
+    let want = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &s.catalogue.oracle());
+    equals_oracle(&server, "", &want).await;
+
+    // SIGKILL the server: its version's process dies with it, nothing is shut down cleanly.
+    let (_, d) = server.get(&format!("/v1/deployments/{v1}")).await;
+    let child_url = d["urls"][0].as_str().expect("url").to_owned();
+    server.kill9();
+    wait_for("the version's process to die with the server", Duration::from_secs(10), || async {
+        match reqwest::get(format!("{child_url}/healthz")).await {
+            Err(_) => Ok(()),
+            Ok(r) => Err(format!("still answering: {}", r.status())),
+        }
+    })
+    .await;
+    let (second, more) = s.batch(2000);
+    produce(second).await;
+    events.extend(more);
+
+    let server = SquallServer::start(&dir, TOKEN);
+    let (_, list) = server.get("/v1/deployments").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["promoted"], true, "{list}");
+    let want = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &s.catalogue.oracle());
+    equals_oracle(&server, "", &want).await;
+    let status = server.cli_ok(&["status", &v1]);
+    assert!(status.contains("promoted") && status.contains(&s.f.songs), "{status}");
+    let pid = server.pid();
+    assert!(server.stop().success());
+    assert!(!alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_change_nothing_and_say_why() {
+    let s = Setup::new(24).await;
+    let server = SquallServer::start(&state_dir(), TOKEN);
+    let v1 = s.group(1);
+    let fails = |args: &[&str], token: Option<&str>, needle: &str| {
+        let out = server.cli_with_token(args, token);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "`squall {}` should fail", args.join(" "));
+        assert!(stderr.contains(needle), "`squall {}`: expected {needle:?} in {stderr}", args.join(" "));
+    };
+    let bad = std::env::temp_dir().join(format!("{}.toml", unique("bad")));
+    std::fs::write(&bad, "name = \"p\"\nversion = 1\nattributes = \"personalization_v9\"\n").expect("write");
+    fails(&["deploy", bad.to_str().unwrap()], Some(TOKEN), "attributes");
+    fails(&["deploy", "/nonexistent/topology.toml"], Some(TOKEN), "cannot read /nonexistent/topology.toml");
+    fails(&["deploy", s.file(), "--version", "7"], Some(TOKEN), "no version 7");
+    fails(&["deploy", s.file(), "--start-from", "yesterday"], Some(TOKEN), "earliest, latest or group:");
+    fails(&["deploy", s.file(), "--start-from", "group:nobody-ever"], Some(TOKEN), "has committed no offsets");
+    fails(&["deploy", s.file()], None, "needs the server's token");
+    fails(&["deploy", s.file()], Some("wrong-token-0123456789"), "wrong bearer token");
+    fails(&["promote", "nope-v1"], Some(TOKEN), "no deployment with group id \"nope-v1\"");
+    fails(&["status", "nope-v1"], Some(TOKEN), "no deployment with group id");
+    let (_, list) = server.get("/v1/deployments").await;
+    assert_eq!(list, serde_json::json!([]), "failed commands changed nothing");
+
+    server.cli_ok(&["deploy", s.file()]);
+    fails(&["deploy", s.file(), "--version", "1"], Some(TOKEN), &format!("{v1} is already deployed"));
+    serving(&server, &v1).await;
+    server.cli_ok(&["promote", &v1]);
+    fails(&["stop", &v1], Some(TOKEN), "is the promoted version");
+    // Mutations over plain HTTP: no token 401, wrong token 403, unknown group 404.
+    let (status, body) = server.post(&format!("/v1/deployments/{v1}/stop"), None).await;
+    assert_eq!((status, body["error"]["status"].as_u64()), (401, Some(401)), "{body}");
+    let (status, _) = server.post(&format!("/v1/deployments/{v1}/stop"), Some("nope-nope-nope-nope")).await;
+    assert_eq!(status, 403);
+    let (status, _) = server.post("/v1/deployments/x-v9/promote", Some(TOKEN)).await;
+    assert_eq!(status, 404);
+    let (status, _) = server.get(&format!("/v1/users/{}/attributes", "u".repeat(300))).await;
+    assert_eq!(status, 400);
+    let (status, body) = server.get("/v1/users/u1/attributes?group=nope-v1").await;
+    assert_eq!(status, 404, "{body}");
+    let out = server.cli_ok(&["logs", &v1, "--tail", "50"]);
+    assert!(out.contains(&format!("{v1} serving on http://127.0.0.1:")), "{out}");
+    let (status, doc) = server.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/v1/deployments/{group_id}/rollback"]["post"].is_object(), "{doc}");
+    // The CLI says where it tried when there is no server.
+    let out = std::process::Command::new(squall_tests::binary("squall"))
+        .args(["list", "--server", "http://127.0.0.1:9"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the squall server at http://127.0.0.1:9/"));
+}
