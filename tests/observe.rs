@@ -76,14 +76,18 @@ async fn metrics_carry_fixed_labels_lag_and_the_versions_series() {
         ],
     );
     assert!(lag.ends_with(" 0"), "{lag}");
-    let consumed = line("squall_events_consumed_total{", &[&format!("group_id=\"{group}\""), "version=\"1\""]);
+    let consumed = line(
+        "squall_events_consumed_total{",
+        &[&format!("group_id=\"{group}\""), "version=\"1\"", "topology=", &format!("topic=\"{}\"", f.songs)],
+    );
     let consumed: f64 = consumed.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(consumed >= 500.0, "{consumed}");
     line("squall_events_dead_lettered_total{", &[&format!("group_id=\"{group}\""), "reason=\"malformed_json\""]);
     line("squall_events_applied_total{", &["worker=\""]);
     line("squall_http_request_seconds", &["route=\"/v1/users/{user_id}/attributes\""]);
     line("squall_enrichment_cache_misses_total{", &[&format!("group_id=\"{group}\"")]);
-    line("squall_checkpoint_write_seconds", &[&format!("group_id=\"{group}\"")]);
+    line("squall_checkpoint_write_seconds_bucket{", &[&format!("group_id=\"{group}\""), "le=\""]);
+    line("squall_enrichment_lookup_seconds_bucket{", &["version=\"1\"", "process=\"0\"", "le=\""]);
     // One TYPE line per family, as the exposition format requires.
     let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
     let n = types.len();

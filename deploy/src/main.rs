@@ -329,7 +329,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         spec.http.listen = addr.clone();
     }
-    let metrics = telemetry::metrics();
+    let metrics =
+        telemetry::metrics_with_labels(&[("topology", spec.name.clone()), ("version", spec.version.to_string())]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(&spec.http.listen)

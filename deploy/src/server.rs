@@ -604,8 +604,9 @@ pub fn router(server: Shared) -> Router {
         .with_state(server)
 }
 
-/// The server's own metrics (consumer lag per partition per group) followed by every serving
-/// version process's metrics, each series labelled with its `topology`, `version` and `group_id`.
+/// The server's own metrics (consumer lag per partition per group) merged with every serving
+/// version process's metrics (labelled `topology`, `version`, `group_id` by the process), each
+/// series of a version also labelled with its `process` index.
 async fn server_metrics(State(server): State<Shared>) -> Response {
     let own = crate::telemetry::metrics().render();
     let mut children: Vec<(String, Vec<(&str, String)>)> = Vec::new();
@@ -615,11 +616,8 @@ async fn server_metrics(State(server): State<Shared>) -> Response {
             if let Ok(resp) = server.http.get(format!("{url}/metrics")).send().await
                 && let Ok(body) = resp.text().await
             {
-                let labels = vec![
-                    ("topology", d.topology.clone()),
-                    ("version", d.version.to_string()),
-                    ("process", index.to_string()),
-                ];
+                // Each version's series carry its topology and version already; add the process.
+                let labels = vec![("process", index.to_string())];
                 children.push((body, labels));
             }
         }

@@ -191,7 +191,9 @@ impl Enricher {
         let this = self.clone();
         self.inner.stats.in_flight.fetch_add(1, Relaxed);
         self.inner.runtime.spawn(async move {
+            let started = Instant::now();
             let info = this.load(&key).await;
+            metrics::histogram!("squall_enrichment_lookup_seconds").record(started.elapsed().as_secs_f64());
             this.inner.stats.in_flight.fetch_sub(1, Relaxed);
             done(key, info);
         });

@@ -207,7 +207,13 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
         let epoch_offsets: EpochOffsets = Rc::default();
         let offsets_out = Rc::clone(&epoch_offsets);
         let config = config.clone();
-        let consumed = metrics::counter!("squall_events_consumed_total", "group_id" => config.group_id.clone());
+        // Per topic: index 0 counts song completions, 1 ad impressions.
+        let topic_of = |kind: EventKind| {
+            config.partitions.iter().find(|(_, k)| *k == kind).map(|(p, _)| p.topic.clone()).unwrap_or_default()
+        };
+        let consumed = [EventKind::Song, EventKind::Ad].map(|kind| {
+            metrics::counter!("squall_events_consumed_total", "group_id" => config.group_id.clone(), "topic" => topic_of(kind))
+        });
         let errors = metrics::counter!("squall_source_errors_total", "group_id" => config.group_id.clone());
         let dead_lettered: Vec<_> = DlqReason::ALL
             .iter()
@@ -252,6 +258,7 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                     return;
                 }
                 let mut read = 0;
+                let mut per_topic = [0u64; 2];
                 {
                     let mut ev_out = events_out.activate();
                     let mut events = ev_out.session(ev);
@@ -277,6 +284,7 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                             continue;
                         };
                         slot.2 = msg.offset() + 1;
+                        per_topic[usize::from(slot.1 == EventKind::Ad)] += 1;
                         match decode(slot.1, msg.payload().unwrap_or_default(), &config.limits) {
                             Ok(event) => events.give(event),
                             Err(e) => {
@@ -294,7 +302,9 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                         }
                     }
                 }
-                consumed.increment(read as u64);
+                for (counter, n) in consumed.iter().zip(per_topic) {
+                    counter.increment(n);
+                }
                 if read == config.max_batch {
                     activator.activate();
                 } else {
