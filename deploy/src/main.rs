@@ -188,7 +188,7 @@ fn main() -> ExitCode {
     telemetry::init_logging(cli.log_json);
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Server(args) => serve(args),
+        Command::Server(args) => serve(args, cli.log_json),
         Command::Openapi => {
             println!("{}", server::openapi_json());
             Ok(())
@@ -225,7 +225,7 @@ where
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f(client))
 }
 
-fn serve(args: ServerArgs) -> anyhow::Result<()> {
+fn serve(args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create the state directory {}", args.state_dir.display()))?;
     let token = match args.token {
@@ -240,6 +240,7 @@ fn serve(args: ServerArgs) -> anyhow::Result<()> {
         cql: args.cql,
         program: std::env::current_exe().context("cannot find the squall executable")?,
         catch_up_lag: args.catch_up_lag,
+        log_json,
     };
     let _metrics = telemetry::metrics();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub program: PathBuf,
     /// A running version whose Kafka lag is above this many messages is `catching-up`.
     pub catch_up_lag: i64,
+    /// Whether the versions log JSON lines (as the server does with `--log-json`).
+    pub log_json: bool,
 }
 
 /// A deployment as the API shows it: the record plus what is observed now.
@@ -395,6 +397,9 @@ async fn run_processes(server: &Shared, d: &Deployment, stop: &mut watch::Receiv
             cmd.args(["--processes", &d.processes.to_string(), "--process", &index.to_string()])
                 .arg("--hostfile")
                 .arg(&hostfile);
+        }
+        if server.cfg.log_json {
+            cmd.arg("--log-json");
         }
         if let Some(b) = &server.cfg.brokers {
             cmd.args(["--brokers", b]);
