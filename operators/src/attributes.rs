@@ -92,19 +92,47 @@ pub struct Attributes {
     pub genre_affinity: Option<BTreeMap<String, f64>>,
 }
 
-/// The state kept per user, in process-local symbols. About 100 bytes plus 8 per genre and category
-/// (version 2: plus 8 per genre).
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The state kept per user, in process-local symbols: 48 bytes, plus one exact-size allocation of
+/// 8 bytes per genre and category (version 2: plus a boxed weight per entry). Compact because a
+/// process holds millions of these (see the memory figures in `benches/RESULTS.md`).
+#[derive(Clone, Debug, Default)]
 pub struct UserState {
     plays: u32,
     skips: u32,
     ads: u32,
     last_seen_ts: i64,
-    genres: Vec<(Sym, u32)>,
-    categories: Vec<(Sym, u32)>,
-    /// Version 2 only: per entry of `genres`, the sum of `2^((ts - affinity_ref) / half-life)`.
-    affinity: Vec<f64>,
-    affinity_ref: i64,
+    /// Genre and category play counts in first-seen order; a category's symbol has [`CATEGORY`] set.
+    counts: Box<[(u32, u32)]>,
+    /// Version 2 only.
+    affinity: Option<Box<Affinity>>,
+}
+
+/// Version 2's decayed genre weights.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Affinity {
+    /// Per entry of `counts` (0 for categories), the sum of `2^((ts - reference) / half-life)`.
+    weights: Vec<f64>,
+    reference: i64,
+}
+
+/// Marks a category in [`UserState`]'s counts (symbols are dense and far below 2^31).
+const CATEGORY: u32 = 1 << 31;
+
+impl PartialEq for UserState {
+    /// Equal when they hold the same counts and weights, whatever order genres were first seen in.
+    fn eq(&self, other: &Self) -> bool {
+        let sorted = |s: &UserState| {
+            let w = |i: usize| s.affinity.as_ref().and_then(|a| a.weights.get(i).copied()).unwrap_or(0.0);
+            let mut v: Vec<(u32, u32, u64)> =
+                s.counts.iter().enumerate().map(|(i, (k, n))| (*k, *n, w(i).to_bits())).collect();
+            v.sort_unstable();
+            v
+        };
+        (self.plays, self.skips, self.ads, self.last_seen_ts)
+            == (other.plays, other.skips, other.ads, other.last_seen_ts)
+            && self.affinity.as_ref().map(|a| a.reference) == other.affinity.as_ref().map(|a| a.reference)
+            && sorted(self) == sorted(other)
+    }
 }
 
 /// A [`UserState`] with names instead of symbols: what checkpoints store.
@@ -120,19 +148,6 @@ pub struct UserSnapshot {
     affinity_ref: i64,
 }
 
-fn bump(list: &mut Vec<(Sym, u32)>, sym: Sym) -> usize {
-    match list.iter().position(|(s, _)| *s == sym) {
-        Some(i) => {
-            list[i].1 = list[i].1.saturating_add(1);
-            i
-        }
-        None => {
-            list.push((sym, 1));
-            list.len() - 1
-        }
-    }
-}
-
 impl UserState {
     /// Applies one (already deduplicated) event.
     #[inline]
@@ -143,59 +158,89 @@ impl UserState {
             What::Play { genre, skip } => {
                 self.plays = self.plays.saturating_add(1);
                 self.skips = self.skips.saturating_add(u32::from(skip));
-                let i = bump(&mut self.genres, genre);
+                let i = self.bump(genre.0);
                 if set.keeps_affinity() {
                     self.add_affinity(i, ts);
                 }
             }
             What::Ad { category } => {
                 self.ads = self.ads.saturating_add(1);
-                bump(&mut self.categories, category);
+                self.bump(category.0 | CATEGORY);
             }
         }
     }
 
-    fn add_affinity(&mut self, i: usize, ts: i64) {
-        if self.affinity.is_empty() {
-            self.affinity_ref = ts;
+    /// Counts one more for `key`; its index in `counts`.
+    #[inline]
+    fn bump(&mut self, key: u32) -> usize {
+        if let Some(i) = self.counts.iter().position(|(k, _)| *k == key) {
+            self.counts[i].1 = self.counts[i].1.saturating_add(1);
+            return i;
         }
-        let ahead = (ts - self.affinity_ref) as f64 / AFFINITY_HALF_LIFE_MS;
+        // A new genre or category: grow to the exact size (rare next to counting, and no slack).
+        let mut grown = Vec::with_capacity(self.counts.len() + 1);
+        grown.extend_from_slice(&self.counts);
+        grown.push((key, 1));
+        self.counts = grown.into_boxed_slice();
+        self.counts.len() - 1
+    }
+
+    fn genres(&self) -> impl Iterator<Item = (usize, Sym, u32)> + '_ {
+        self.counts.iter().enumerate().filter(|(_, (k, _))| k & CATEGORY == 0).map(|(i, (k, n))| (i, Sym(*k), *n))
+    }
+
+    fn categories(&self) -> impl Iterator<Item = (Sym, u32)> + '_ {
+        self.counts.iter().filter(|(k, _)| k & CATEGORY != 0).map(|(k, n)| (Sym(k & !CATEGORY), *n))
+    }
+
+    fn add_affinity(&mut self, i: usize, ts: i64) {
+        let a = self.affinity.get_or_insert_with(|| Box::new(Affinity { weights: Vec::new(), reference: ts }));
+        let ahead = (ts - a.reference) as f64 / AFFINITY_HALF_LIFE_MS;
         if ahead > REBASE_HALF_LIVES {
             let scale = (-ahead).exp2();
-            self.affinity.iter_mut().for_each(|w| *w *= scale);
-            self.affinity_ref = ts;
+            a.weights.iter_mut().for_each(|w| *w *= scale);
+            a.reference = ts;
         }
-        self.affinity.resize(self.genres.len(), 0.0);
-        self.affinity[i] += ((ts - self.affinity_ref) as f64 / AFFINITY_HALF_LIFE_MS).exp2();
+        a.weights.resize(self.counts.len(), 0.0);
+        a.weights[i] += ((ts - a.reference) as f64 / AFFINITY_HALF_LIFE_MS).exp2();
     }
 
     /// This state with names instead of process-local symbols, for checkpoints.
     pub fn snapshot(&self, symbols: &Symbols) -> UserSnapshot {
-        let names = |list: &[(Sym, u32)]| list.iter().map(|(s, n)| (symbols.resolve(*s).to_string(), *n)).collect();
+        let name = |s: Sym| symbols.resolve(s).to_string();
+        let affinity = match &self.affinity {
+            Some(a) => self.genres().map(|(i, _, _)| a.weights.get(i).copied().unwrap_or(0.0)).collect(),
+            None => Vec::new(),
+        };
         UserSnapshot {
             plays: self.plays,
             skips: self.skips,
             ads: self.ads,
             last_seen_ts: self.last_seen_ts,
-            genres: names(&self.genres),
-            categories: names(&self.categories),
-            affinity: self.affinity.clone(),
-            affinity_ref: self.affinity_ref,
+            genres: self.genres().map(|(_, s, n)| (name(s), n)).collect(),
+            categories: self.categories().map(|(s, n)| (name(s), n)).collect(),
+            affinity,
+            affinity_ref: self.affinity.as_ref().map_or(0, |a| a.reference),
         }
     }
 
     /// The state a snapshot describes, in `symbols`.
     pub fn restore(snapshot: &UserSnapshot, symbols: &Symbols) -> Self {
-        let syms = |list: &[(String, u32)]| list.iter().map(|(s, n)| (symbols.intern(s), *n)).collect();
+        let genres = snapshot.genres.iter().map(|(s, n)| (symbols.intern(s).0, *n));
+        let categories = snapshot.categories.iter().map(|(s, n)| (symbols.intern(s).0 | CATEGORY, *n));
+        let counts: Box<[(u32, u32)]> = genres.chain(categories).collect();
+        let affinity = (!snapshot.affinity.is_empty()).then(|| {
+            let mut weights = snapshot.affinity.clone();
+            weights.resize(counts.len(), 0.0);
+            Box::new(Affinity { weights, reference: snapshot.affinity_ref })
+        });
         UserState {
             plays: snapshot.plays,
             skips: snapshot.skips,
             ads: snapshot.ads,
             last_seen_ts: snapshot.last_seen_ts,
-            genres: syms(&snapshot.genres),
-            categories: syms(&snapshot.categories),
-            affinity: snapshot.affinity.clone(),
-            affinity_ref: snapshot.affinity_ref,
+            counts,
+            affinity,
         }
     }
 
@@ -206,22 +251,22 @@ impl UserState {
 
     /// The attributes of `set`, names resolved through `symbols`.
     pub fn attributes(&self, set: AttributeSet, symbols: &Symbols) -> Attributes {
-        let names = |list: &[(Sym, u32)]| -> BTreeMap<String, u64> {
-            list.iter().map(|(s, n)| (symbols.resolve(*s).to_string(), u64::from(*n))).collect()
-        };
-        let genre_plays = names(&self.genres);
+        let genre_plays: BTreeMap<String, u64> =
+            self.genres().map(|(_, s, n)| (symbols.resolve(s).to_string(), u64::from(n))).collect();
         let mut ranked: Vec<(&String, &u64)> = genre_plays.iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
         let top_genres = ranked.into_iter().take(3).map(|(g, _)| g.clone()).collect();
         let (skip_rate, genre_affinity) = if set.keeps_affinity() {
             let rate = if self.plays == 0 { 0.0 } else { f64::from(self.skips) / f64::from(self.plays) };
-            let rescale = ((self.affinity_ref - self.last_seen_ts) as f64 / AFFINITY_HALF_LIFE_MS).exp2();
-            let affinity = self
-                .genres
-                .iter()
-                .zip(&self.affinity)
-                .map(|((s, _), w)| (symbols.resolve(*s).to_string(), w * rescale))
-                .collect();
+            let affinity = match &self.affinity {
+                Some(a) => {
+                    let rescale = ((a.reference - self.last_seen_ts) as f64 / AFFINITY_HALF_LIFE_MS).exp2();
+                    self.genres()
+                        .filter_map(|(i, s, _)| Some((symbols.resolve(s).to_string(), a.weights.get(i)? * rescale)))
+                        .collect()
+                }
+                None => BTreeMap::new(),
+            };
             (Some(rate), Some(affinity))
         } else {
             (None, None)
@@ -232,7 +277,7 @@ impl UserState {
             genre_plays,
             top_genres,
             ad_impressions: u64::from(self.ads),
-            ad_categories: names(&self.categories),
+            ad_categories: self.categories().map(|(s, n)| (symbols.resolve(s).to_string(), u64::from(n))).collect(),
             last_seen_ts: self.last_seen_ts,
             skip_rate,
             genre_affinity,
@@ -249,6 +294,11 @@ mod tests {
 
     fn play(s: &mut UserState, set: AttributeSet, genre: Sym, ms: u64, ts: i64) {
         s.apply(set, ts, What::Play { genre, skip: ms < SKIP_BELOW_MS });
+    }
+
+    #[test]
+    fn the_state_stays_compact() {
+        assert!(std::mem::size_of::<UserState>() <= 48, "{}", std::mem::size_of::<UserState>());
     }
 
     #[test]

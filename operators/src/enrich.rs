@@ -3,6 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use compact_str::CompactString;
 
 use squall_enrichment::{Enricher, Info, Key, Sym};
 use timely::container::CapacityContainerBuilder;
@@ -16,7 +19,7 @@ use crate::attributes::{Activity, SKIP_BELOW_MS, What};
 use crate::dedup::dedup_key;
 use crate::event::{Event, EventKind};
 use crate::source::Epoch;
-use crate::store::user_hash;
+use crate::store::{StrHash, user_hash};
 
 /// Enriches a stream of events.
 pub trait EnrichWith<'scope> {
@@ -56,6 +59,45 @@ fn key_of(event: &Event) -> Key {
     match event {
         Event::Song(s) => Key::Track(s.track_id.clone()),
         Event::Ad(a) => Key::Ad(a.ad_id.clone()),
+    }
+}
+
+/// A worker-local copy of the shared cache's answers, each kept until its shared entry expires.
+///
+/// The shared cache (moka) costs a concurrent hash map probe, an LRU update and a read-log entry
+/// shared by all workers on every get: the profile showed it as the largest item of the
+/// enrichment operator and a source of cross-core traffic. The memo answers repeated ids with one
+/// local probe; it never outlives the shared entry, so answers are exactly what the cache gives.
+struct Memo {
+    tracks: HashMap<CompactString, (Info, Instant), StrHash>,
+    ads: HashMap<CompactString, (Info, Instant), StrHash>,
+    capacity: usize,
+}
+
+impl Memo {
+    fn new(capacity: u64) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
+        Memo { tracks: HashMap::default(), ads: HashMap::default(), capacity }
+    }
+
+    /// The answer for `event`'s id as of `now`, from the memo or the shared cache.
+    #[inline]
+    fn get(&mut self, event: &Event, now: Instant, enricher: &Enricher) -> Option<Info> {
+        let (map, id) = match event {
+            Event::Song(s) => (&mut self.tracks, &s.track_id),
+            Event::Ad(a) => (&mut self.ads, &a.ad_id),
+        };
+        if let Some((info, until)) = map.get(id.as_str())
+            && now < *until
+        {
+            return Some(*info);
+        }
+        let (info, until) = enricher.cached_until(&key_of(event))?;
+        if map.len() >= self.capacity {
+            map.clear();
+        }
+        map.insert(id.clone(), (info, until));
+        Some(info)
     }
 }
 
@@ -103,6 +145,7 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
             // A capability per epoch that has waiting events, and how many.
             let mut held: BTreeMap<Epoch, (Capability<Epoch>, usize)> = BTreeMap::new();
             let mut ready: Vec<Activity> = Vec::new();
+            let mut memo = Memo::new(enricher.config().cache_capacity);
             move |_frontiers| {
                 let mut out = output.activate();
                 // Answers first: they release capabilities.
@@ -125,13 +168,15 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 input.for_each(|cap, data| {
                     pending.fetch_add(data.len(), Relaxed);
                     let Some(epoch) = cap.least().copied() else { return };
+                    let now = Instant::now();
+                    ready.reserve(data.len());
                     for event in data.drain(..) {
-                        let key = key_of(&event);
-                        if let Some(info) = enricher.cached(&key) {
+                        if let Some(info) = memo.get(&event, now, &enricher) {
                             hits += 1;
                             ready.push(activity(event, info, unknown));
                             continue;
                         }
+                        let key = key_of(&event);
                         misses += 1;
                         held.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), 0)).1 += 1;
                         match waiting.entry(key) {
