@@ -1,8 +1,11 @@
-//! Operator micro-benchmarks: decoding, dedup, and applying an event to user state.
+//! Operator micro-benchmarks: decoding, dedup, applying an event to user state, and the two costs
+//! the engine profile pointed at (a shared-cache get, hashing user ids).
 //! Run: `cargo bench -p squall-benches --bench operators`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use squall_enrichment::Symbols;
+use std::hash::BuildHasher;
+
+use squall_enrichment::{EnrichConfig, Enricher, Key, Symbols};
 use squall_operators::dedup::{Dedup, dedup_key};
 use squall_operators::event::{DecodeLimits, EventKind, decode};
 use squall_operators::{AttributeSet, UserState, What};
@@ -36,6 +39,40 @@ fn operators(c: &mut Criterion) {
                 1_763_750_000_000,
                 What::Play { genre: genres[n % 8], skip: n.is_multiple_of(3) },
             )
+        })
+    });
+    let ids: Vec<String> = (0..1024).map(|i| format!("u{}", i * 7919)).collect();
+    let sip = std::collections::hash_map::RandomState::new();
+    let xxh = squall_operators::store::StrHash::default();
+    g.bench_function("hash_user_id_siphash", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            sip.hash_one(ids[i].as_str())
+        })
+    });
+    g.bench_function("hash_user_id_xxh3", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            xxh.hash_one(ids[i].as_str())
+        })
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let catalogue = squall_benches::engine::memory_catalogue(1_000);
+    let enricher =
+        Enricher::new(std::sync::Arc::new(catalogue), Symbols::default(), EnrichConfig::default(), rt.handle().clone());
+    let keys: Vec<Key> = (0..1_000).map(|i| Key::Track(format!("t{i}").into())).collect();
+    rt.block_on(async {
+        for k in &keys {
+            enricher.lookup(k.clone()).await;
+        }
+    });
+    g.bench_function("shared_cache_get_moka", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            enricher.cached(&keys[i])
         })
     });
     g.finish();

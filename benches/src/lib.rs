@@ -1,4 +1,6 @@
 //! Benchmark harnesses for squall; each binary's `//!` line says what it measures and how to run it.
 #![warn(missing_docs)]
 
+pub mod differential;
 pub mod engine;
+pub mod pipeline;

@@ -1,0 +1,115 @@
+//! Resident memory per user of the v1 attributes, and per retained event id of the dedup state:
+//! `cargo run --release -p squall-benches --bin memory -- --users 1000000,10000000`.
+//! Each size runs in a fresh child process (so freed memory from a previous size cannot hide
+//! growth); prints `memory users=.. bytes_per_user=..` and `memory_dedup ids=.. bytes_per_id=..`.
+
+use std::time::Instant;
+
+use clap::Parser;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use squall::generate::CatalogueGen;
+use squall_enrichment::Symbols;
+use squall_operators::dedup::{Dedup, dedup_key};
+use squall_operators::{AttributeSet, EventKind, UserStore, What};
+
+#[derive(Parser)]
+struct Args {
+    /// User counts; more than one runs each in its own child process.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+    users: Vec<u64>,
+    /// Song completions per user: uniform in 1..=2*plays-1 (mean `plays`), tracks Zipf over 100k.
+    #[arg(long, default_value_t = 12)]
+    plays: u64,
+    /// Ad impressions per user: uniform in 0..=2*ads (mean `ads`).
+    #[arg(long, default_value_t = 2)]
+    ads: u64,
+    /// Retained event ids for the dedup measurement (0: skip).
+    #[arg(long, default_value_t = 10_000_000)]
+    dedup_ids: u64,
+    /// Workers (store shards).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+fn main() {
+    let a = Args::parse();
+    if a.users.len() > 1 {
+        for users in &a.users {
+            let status = std::process::Command::new(std::env::current_exe().expect("own path"))
+                .args(["--users", &users.to_string(), "--plays", &a.plays.to_string(), "--ads", &a.ads.to_string()])
+                .args(["--workers", &a.workers.to_string()])
+                .args(["--dedup-ids", "0"])
+                .status()
+                .expect("child");
+            assert!(status.success(), "child for {users} users failed");
+        }
+        if a.dedup_ids > 0 {
+            dedup(a.dedup_ids);
+        }
+        return;
+    }
+    let users = a.users[0];
+    let catalogue = CatalogueGen { tracks: 100_000, ads: 2_000, seed: 7 };
+    let symbols = Symbols::default();
+    let genres: Vec<_> = squall::generate::GENRES.iter().map(|g| symbols.intern(g)).collect();
+    let categories: Vec<_> = squall::generate::CATEGORIES.iter().map(|c| symbols.intern(c)).collect();
+    let tracks = Zipf::new(catalogue.tracks as f64, 1.0).expect("zipf");
+    let mut rng = StdRng::seed_from_u64(11);
+    let set = AttributeSet::PersonalizationV1;
+    let before = rss_bytes();
+    let store = UserStore::new(set, symbols.clone(), a.workers);
+    let started = Instant::now();
+    let (mut events, mut genre_entries) = (0u64, 0u64);
+    for u in 1..=users {
+        let id = format!("u{u}");
+        let mut state = store.shard(store.owner(&id)).entry(id.into()).or_default();
+        for _ in 0..rng.random_range(1..2 * a.plays) {
+            let track = tracks.sample(&mut rng) as u64 - 1;
+            let g = catalogue.genre(track);
+            let genre = genres[squall::generate::GENRES.iter().position(|x| *x == g).unwrap_or(0)];
+            state.apply(set, 1_763_750_000_000, What::Play { genre, skip: rng.random_bool(0.3) });
+            events += 1;
+        }
+        for _ in 0..rng.random_range(0..=2 * a.ads) {
+            let c = categories[rng.random_range(0..categories.len())];
+            state.apply(set, 1_763_750_000_000, What::Ad { category: c });
+            events += 1;
+        }
+        genre_entries += state.attributes(set, &symbols).genre_plays.len() as u64;
+    }
+    let after = rss_bytes();
+    println!(
+        "memory users={users} events={events} genres_per_user={:.2} rss_delta_bytes={} bytes_per_user={:.1} build_s={:.2}",
+        genre_entries as f64 / users as f64,
+        after - before,
+        (after - before) as f64 / users as f64,
+        started.elapsed().as_secs_f64()
+    );
+    drop(store);
+    if a.dedup_ids > 0 {
+        dedup(a.dedup_ids);
+    }
+}
+
+/// Resident bytes per retained event id in the dedup state.
+fn dedup(ids: u64) {
+    let before = rss_bytes();
+    let mut d = Dedup::new(24 * 3600 * 1000);
+    for i in 0..ids {
+        d.first_time(dedup_key(EventKind::Song, "u1", &i.to_string()), 1_763_750_000_000);
+    }
+    let after = rss_bytes();
+    println!(
+        "memory_dedup ids={ids} retained={} rss_delta_bytes={} bytes_per_id={:.1}",
+        d.len(),
+        after - before,
+        (after - before) as f64 / ids as f64
+    );
+}

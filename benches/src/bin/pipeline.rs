@@ -1,0 +1,189 @@
+//! End to end through the Kafka-protocol broker, all figures from one run:
+//! `cargo run --release -p squall-benches --bin pipeline -- --brokers 127.0.0.1:9092 --cql 127.0.0.1:9042`.
+//! Needs the dev environment (`scripts/devenv.sh up`) and `cargo build --release --bins` (it runs
+//! `squall` and `squall-gen` from its own directory). Phases, in order, on one pre-produced topic pair:
+//! 1. `ceiling`: bare rdkafka consumers read everything (as many as squall has workers);
+//! 2. `squall`: `squall run` from the earliest offsets until every event is applied: the ratio to 1;
+//! 3. `bytewax`: `benches/bytewax/run.sh` on the same topics (squall idle): squall/Bytewax;
+//! 4. `latency`: events produced at 50% of squall's rate, plus a probe event for a fresh user every
+//!    20 ms whose attributes are polled over HTTP until they show it: p50/p99 production -> visible;
+//! 5. `http`: under the same 50% load, a keep-alive HTTP load on `GET /v1/users/{id}/attributes`.
+//!
+//! Prints one `key=value` line per phase (`pipeline_ceiling`, `pipeline_squall`, `pipeline_latency`,
+//! `pipeline_http`, `pipeline_bytewax`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use squall::generate::{CatalogueGen, EventGenConfig};
+use squall_benches::pipeline::{Load, Squall, bare_consume, bin_dir, http_load, probe_latency, quantile, squall_gen};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "127.0.0.1:9042")]
+    cql: String,
+    /// Events pre-produced for the throughput phases.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    #[arg(long, default_value_t = 1_000_000)]
+    users: u64,
+    /// squall workers (and bare consumers).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Phases to run (ceiling and squall always run; the others need squall's rate).
+    #[arg(long, value_delimiter = ',', default_value = "latency,http,bytewax")]
+    phases: Vec<String>,
+    #[arg(long, default_value_t = 20)]
+    latency_secs: u64,
+    /// Background load of the latency and HTTP phases, as a share of squall's measured rate.
+    #[arg(long, default_value_t = 0.5)]
+    load_share: f64,
+    #[arg(long, default_value_t = 10)]
+    http_secs: u64,
+    #[arg(long, default_value_t = 32)]
+    http_connections: usize,
+    /// Bytewax worker processes' `-w`.
+    #[arg(long, default_value_t = 2)]
+    bytewax_workers: usize,
+    /// Where `squall` and `squall-gen` are (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+fn main() {
+    let a = Args::parse();
+    let bins = a.bin_dir.clone().unwrap_or_else(bin_dir);
+    let run = format!("bench{}", std::process::id());
+    let (songs, ads) = (format!("{run}-songs"), format!("{run}-ads"));
+    let n = a.events.to_string();
+    let users = a.users.to_string();
+    squall_gen(
+        &bins,
+        &["topics", "--brokers", &a.brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "6"],
+    );
+    squall_gen(&bins, &["catalogue", "--cql", &a.cql]);
+    let t = Instant::now();
+    squall_gen(
+        &bins,
+        &[
+            "events",
+            "--brokers",
+            &a.brokers,
+            "--song-topic",
+            &songs,
+            "--ad-topic",
+            &ads,
+            "--rate",
+            "0",
+            "--count",
+            &n,
+            "--users",
+            &users,
+            "--malformed",
+            "0",
+        ],
+    );
+    println!("pipeline_produce events={n} seconds={:.2}", t.elapsed().as_secs_f64());
+
+    let (read, bytes, secs) = bare_consume(&a.brokers, &[&songs, &ads], a.workers);
+    let ceiling = read as f64 / secs;
+    println!(
+        "pipeline_ceiling consumers={} events={read} bytes={bytes} seconds={secs:.2} events_per_sec={ceiling:.0}",
+        a.workers
+    );
+
+    let squall = Squall::start(&bins, &run, &a.brokers, &a.cql, (&songs, &ads), a.workers);
+    let done = squall.wait_for(a.events as f64, Duration::from_secs(600)).expect("squall applied every event");
+    let from_serving = (done - squall.serving_at).as_secs_f64();
+    let from_spawn = (done - squall.spawned_at).as_secs_f64();
+    let rate = a.events as f64 / from_serving;
+    println!(
+        "pipeline_squall workers={} events={n} seconds={from_serving:.2} seconds_from_spawn={from_spawn:.2} events_per_sec={rate:.0} ratio_to_ceiling={:.3}",
+        a.workers,
+        rate / ceiling,
+    );
+
+    let catalogue = CatalogueGen { tracks: 100_000, ads: 2_000, seed: 7 };
+    // Bytewax reads the same pre-produced topics while squall, done with them, idles.
+    if a.phases.iter().any(|p| p == "bytewax") {
+        let tracks: BTreeMap<String, String> =
+            (0..catalogue.tracks).map(|i| (format!("t{i}"), catalogue.genre(i).to_owned())).collect();
+        let ad_rows: BTreeMap<String, String> =
+            (0..catalogue.ads).map(|i| (format!("a{i}"), catalogue.category(i).to_owned())).collect();
+        let file = std::env::temp_dir().join(format!("{run}-catalogue.json"));
+        std::fs::write(&file, serde_json::json!({"tracks": tracks, "ads": ad_rows}).to_string()).expect("catalogue");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(root.join("bytewax/run.sh"))
+            .arg(a.bytewax_workers.to_string())
+            .env("BROKERS", &a.brokers)
+            .env("SONG_TOPIC", &songs)
+            .env("AD_TOPIC", &ads)
+            .env("CATALOGUE", &file)
+            .env("EVENTS", &n)
+            .output()
+            .expect("run bytewax");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let applied: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("bytewax_worker"))
+            .filter_map(|l| l.rsplit("applied=").next()?.trim().parse::<u64>().ok())
+            .sum();
+        let line = text.lines().find(|l| l.starts_with("bytewax ")).unwrap_or("");
+        let secs: f64 =
+            line.split_whitespace().find_map(|kv| kv.strip_prefix("seconds=")?.parse().ok()).unwrap_or(f64::NAN);
+        let bw = a.events as f64 / secs;
+        println!(
+            "pipeline_bytewax workers={} events={n} applied={applied} seconds={secs:.2} events_per_sec={bw:.0} squall_from_spawn_events_per_sec={:.0} ratio_squall_over_bytewax={:.2}",
+            a.bytewax_workers,
+            a.events as f64 / from_spawn,
+            (a.events as f64 / from_spawn) / bw
+        );
+        if !out.status.success() {
+            eprintln!("bytewax failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let load_config = EventGenConfig { users: a.users, catalogue, run_id: format!("{run}-load"), ..Default::default() };
+    let half = rate * a.load_share;
+    if a.phases.iter().any(|p| p == "latency") {
+        let load = Load::start(&a.brokers, (&songs, &ads), load_config.clone(), half);
+        std::thread::sleep(Duration::from_secs(2));
+        let mut lat = probe_latency(
+            &a.brokers,
+            &songs,
+            &squall.addr,
+            Duration::from_millis(20),
+            Duration::from_secs(a.latency_secs),
+        );
+        let produced = load.stop();
+        lat.sort_unstable();
+        println!(
+            "pipeline_latency load_events_per_sec={half:.0} load_events={produced} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} epoch_s=1 checkpoints=off",
+            lat.len(),
+            quantile(&lat, 0.5) as f64 / 1000.0,
+            quantile(&lat, 0.99) as f64 / 1000.0,
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        );
+    }
+    if a.phases.iter().any(|p| p == "http") {
+        let load = Load::start(&a.brokers, (&songs, &ads), load_config, half);
+        let r = http_load(&squall.addr, a.users.min(1_000_000), a.http_connections, Duration::from_secs(a.http_secs));
+        load.stop();
+        println!(
+            "pipeline_http connections={} requests={} ok={} not_found={} errors={} seconds={:.2} requests_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} load_events_per_sec={half:.0}",
+            a.http_connections,
+            r.requests,
+            r.ok,
+            r.not_found,
+            r.errors,
+            r.seconds,
+            r.requests as f64 / r.seconds,
+            quantile(&r.latencies_us, 0.5) as f64 / 1000.0,
+            quantile(&r.latencies_us, 0.99) as f64 / 1000.0,
+        );
+    }
+    drop(squall);
+}

@@ -1,0 +1,424 @@
+//! Helpers of the `pipeline` harness: a running `squall`, a bare rdkafka consumer (the ceiling),
+//! a paced producer with latency probes, and an HTTP load generator.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Zipf};
+use rdkafka::Offset;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use squall::generate::{EventGen, EventGenConfig, Generated};
+use squall_operators::event::SongCompletion;
+use squall_operators::{Event, EventKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One blocking HTTP/1.1 GET (connection closed after): status and body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The sum of every sample of the Prometheus metric `name` in `text`.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A `squall run` child process.
+pub struct Squall {
+    child: Child,
+    /// `host:port` of its HTTP server.
+    pub addr: String,
+    /// When it printed "serving on".
+    pub serving_at: Instant,
+    /// When it was spawned.
+    pub spawned_at: Instant,
+}
+
+impl Squall {
+    /// Writes a topology file for the topics and starts `squall run` on it.
+    pub fn start(bin_dir: &Path, name: &str, brokers: &str, cql: &str, topics: (&str, &str), workers: usize) -> Self {
+        let topo = std::env::temp_dir().join(format!("{name}.toml"));
+        std::fs::write(
+            &topo,
+            format!(
+                "name = \"{name}\"\nversion = 1\nattributes = \"personalization_v1\"\n[kafka]\nbrokers = \"{brokers}\"\n\
+                 song_completions = \"{}\"\nad_impressions = \"{}\"\n[cql]\nnodes = \"{cql}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+                topics.0, topics.1
+            ),
+        )
+        .expect("write topology");
+        let spawned_at = Instant::now();
+        let mut child = Command::new(bin_dir.join("squall"))
+            .args(["run", "--topology"])
+            .arg(&topo)
+            .args(["--workers", &workers.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn squall");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let addr = loop {
+            let line = lines.next().expect("squall exited before serving").expect("read stdout");
+            if let Some((_, url)) = line.split_once("serving on ") {
+                break url.trim().trim_start_matches("http://").to_owned();
+            }
+        };
+        let serving_at = Instant::now();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Squall { child, addr, serving_at, spawned_at }
+    }
+
+    /// Events applied plus resends dropped, from `/metrics`.
+    pub fn processed(&self) -> f64 {
+        match http_get(&self.addr, "/metrics") {
+            Ok((200, text)) => {
+                metric(&text, "squall_events_applied_total") + metric(&text, "squall_events_duplicate_total")
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Waits until `n` events are processed; the instant it saw them.
+    pub fn wait_for(&self, n: f64, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.processed() >= n {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Squall {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a `squall-gen` subcommand, panicking with its output on failure.
+pub fn squall_gen(bin_dir: &Path, args: &[&str]) {
+    let out = Command::new(bin_dir.join("squall-gen")).args(args).output().expect("spawn squall-gen");
+    assert!(out.status.success(), "squall-gen {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The partitions of `topics` (ids 0..n each).
+fn partitions(consumer: &BaseConsumer, topics: &[&str]) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10)).expect("metadata");
+        for topic in md.topics() {
+            for p in topic.partitions() {
+                out.push((t.to_string(), p.id()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The ceiling: `workers` bare rdkafka consumers (one thread each, partitions spread as squall
+/// spreads them, same fetch settings) read both topics from the beginning, touching every payload.
+/// Returns (messages, bytes, seconds).
+pub fn bare_consume(brokers: &str, topics: &[&str], workers: usize) -> (u64, u64, f64) {
+    let config = |w: usize| {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", brokers)
+            .set("group.id", format!("bare-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .set("queued.max.messages.kbytes", "65536")
+            .set("client.id", format!("bare-w{w}"));
+        c
+    };
+    let probe: BaseConsumer = config(99).create().expect("consumer");
+    let all = partitions(&probe, topics);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..workers)
+        .map(|w| {
+            let mine: Vec<(String, i32)> =
+                all.iter().enumerate().filter(|(i, _)| i % workers == w).map(|(_, p)| p.clone()).collect();
+            let consumer: BaseConsumer = config(w).create().expect("consumer");
+            std::thread::spawn(move || {
+                let mut tpl = TopicPartitionList::new();
+                let mut want = 0i64;
+                for (t, p) in &mine {
+                    let (lo, hi) = consumer.fetch_watermarks(t, *p, Duration::from_secs(10)).expect("watermarks");
+                    want += hi - lo;
+                    tpl.add_partition_offset(t, *p, Offset::Beginning).expect("tpl");
+                }
+                consumer.assign(&tpl).expect("assign");
+                let (mut n, mut bytes) = (0i64, 0u64);
+                while n < want {
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            n += 1;
+                            bytes += m.payload().map_or(0, |p| std::hint::black_box(p).len() as u64);
+                        }
+                        Some(Err(e)) => eprintln!("bare consumer: {e}"),
+                        None => {}
+                    }
+                }
+                (n as u64, bytes)
+            })
+        })
+        .collect();
+    let (mut n, mut bytes) = (0, 0);
+    for t in threads {
+        let (a, b) = t.join().expect("consumer thread");
+        n += a;
+        bytes += b;
+    }
+    (n, bytes, started.elapsed().as_secs_f64())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+/// A producer of generated events at a steady rate, for the latency and HTTP phases.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+fn producer(brokers: &str, linger_ms: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", linger_ms)
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer")
+}
+
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8]) {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => panic!("produce to {topic}: {e}"),
+        }
+    }
+}
+
+impl Load {
+    /// Produces `config`'s events to `topics` at `rate` per second until stopped.
+    pub fn start(brokers: &str, topics: (&str, &str), config: EventGenConfig, rate: f64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stopped, brokers) = (Arc::clone(&stop), brokers.to_owned());
+        let (songs, ads) = (topics.0.to_owned(), topics.1.to_owned());
+        let thread = std::thread::spawn(move || {
+            // A short linger: the latency phase measures squall, not producer batching.
+            let p = producer(&brokers, "1");
+            let mut g = EventGen::new(config, 99);
+            let started = Instant::now();
+            let mut n = 0u64;
+            while !stopped.load(Relaxed) {
+                let due = Duration::from_secs_f64(n as f64 / rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait.min(Duration::from_millis(5)));
+                    continue;
+                }
+                if let Generated::Event(e) = g.next_at(now_ms()) {
+                    let topic = if e.kind() == EventKind::Song { &songs } else { &ads };
+                    send(&p, topic, e.user_id(), &e.to_json());
+                }
+                n += 1;
+            }
+            let _ = p.flush(Duration::from_secs(10));
+            n
+        });
+        Load { stop, thread: Some(thread) }
+    }
+
+    /// Stops producing; how many events were produced.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
+
+/// Latency probes: every `every`, produce one song completion for a fresh user and poll its
+/// attributes over HTTP (every 0.5 ms) until they show it. Returns the latencies in microseconds.
+pub fn probe_latency(brokers: &str, song_topic: &str, http: &str, every: Duration, total: Duration) -> Vec<u64> {
+    let p = producer(brokers, "0");
+    let started = Instant::now();
+    let run = format!("lat{}", now_ms());
+    let mut out = Vec::new();
+    let mut i = 0u64;
+    while started.elapsed() < total {
+        let next = started + every * i as u32;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        i += 1;
+        let user = format!("{run}-{i}");
+        let e = Event::Song(SongCompletion {
+            event_id: format!("{run}-e{i}").into(),
+            user_id: user.as_str().into(),
+            track_id: "t1".into(),
+            ms_played: 100_000,
+            ts: now_ms(),
+        });
+        let sent = Instant::now();
+        // No flush: with linger 0 the record leaves at once, and flush() would wait for the
+        // delivery report, which the producer's polling thread serves only every 100 ms.
+        send(&p, song_topic, &user, &e.to_json());
+        let path = format!("/v1/users/{user}/attributes");
+        loop {
+            if let Ok((200, _)) = http_get(http, &path) {
+                out.push(sent.elapsed().as_micros() as u64);
+                break;
+            }
+            if sent.elapsed() > Duration::from_secs(30) {
+                eprintln!("probe {user} not visible after 30 s");
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    out
+}
+
+/// The `q` quantile of sorted `v`.
+pub fn quantile(v: &[u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// What the HTTP load generator measured.
+#[derive(Debug, Default)]
+pub struct HttpLoad {
+    /// Requests completed.
+    pub requests: u64,
+    /// Of which 200.
+    pub ok: u64,
+    /// Of which 404 (a user with no events yet).
+    pub not_found: u64,
+    /// Other statuses or errors.
+    pub errors: u64,
+    /// Seconds.
+    pub seconds: f64,
+    /// Latencies, microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+}
+
+/// `connections` keep-alive connections each sending `GET /v1/users/u<n>/attributes` (n Zipf over
+/// `users`) back to back for `duration`, on a 1-thread tokio runtime (the load generator shares
+/// the machine with squall; one thread keeps its share fixed).
+pub fn http_load(addr: &str, users: u64, connections: usize, duration: Duration) -> HttpLoad {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..connections)
+            .map(|c| {
+                let addr = addr.to_owned();
+                tokio::spawn(async move {
+                    let mut r = HttpLoad::default();
+                    let mut rng = StdRng::seed_from_u64(c as u64);
+                    let zipf = Zipf::new(users as f64, 1.0).expect("zipf");
+                    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+                    s.set_nodelay(true).ok();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut have = 0usize;
+                    while started.elapsed() < duration {
+                        let u = zipf.sample(&mut rng) as u64;
+                        let req = format!("GET /v1/users/u{u}/attributes HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+                        let sent = Instant::now();
+                        if s.write_all(req.as_bytes()).await.is_err() {
+                            r.errors += 1;
+                            break;
+                        }
+                        // Read one response: headers, then Content-Length bytes of body.
+                        let status = loop {
+                            if let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                                let len: usize = head
+                                    .lines()
+                                    .find_map(|l| {
+                                        l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                                    })
+                                    .unwrap_or(0);
+                                while have < end + 4 + len {
+                                    match s.read(&mut buf[have..]).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => have += n,
+                                    }
+                                }
+                                let status: u16 =
+                                    head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                                let used = (end + 4 + len).min(have);
+                                buf.copy_within(used..have, 0);
+                                have -= used;
+                                break Some(status);
+                            }
+                            match s.read(&mut buf[have..]).await {
+                                Ok(0) | Err(_) => break None,
+                                Ok(n) => have += n,
+                            }
+                        };
+                        r.requests += 1;
+                        r.latencies_us.push(sent.elapsed().as_micros() as u64);
+                        match status {
+                            Some(200) => r.ok += 1,
+                            Some(404) => r.not_found += 1,
+                            Some(_) => r.errors += 1,
+                            None => {
+                                r.errors += 1;
+                                break;
+                            }
+                        }
+                    }
+                    r
+                })
+            })
+            .collect();
+        let mut total = HttpLoad::default();
+        for t in tasks {
+            let r = t.await.expect("load task");
+            total.requests += r.requests;
+            total.ok += r.ok;
+            total.not_found += r.not_found;
+            total.errors += r.errors;
+            total.latencies_us.extend(r.latencies_us);
+        }
+        total.seconds = started.elapsed().as_secs_f64();
+        total.latencies_us.sort_unstable();
+        total
+    })
+}
+
+/// The directory of this executable (where cargo puts the other binaries).
+pub fn bin_dir() -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| ".".into())
+}
