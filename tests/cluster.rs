@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
-use squall_operators::{AttributeSet, Attributes, Event, EventKind};
+use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
+use squall_operators::{AttributeSet, Attributes, Event};
 use squall_tests::server::{SquallServer, find_process, free_ports};
 use squall_tests::{Fixture, Squall, produce, unique, wait_for};
 use squall_topologies::oracle;
@@ -22,31 +22,14 @@ struct Stream {
 
 impl Stream {
     fn batch(&mut self, f: &Fixture, n: usize) -> (Records, Vec<Event>) {
-        let (mut records, mut events) = (Vec::new(), Vec::new());
-        for _ in 0..n {
-            self.at += 1;
-            match self.generator.next_at(self.at) {
-                Generated::Event(e) => {
-                    let topic = if e.kind() == EventKind::Song { f.songs.clone() } else { f.ads.clone() };
-                    records.push((topic, e.user_id().to_owned(), e.to_json()));
-                    events.push(e);
-                }
-                Generated::Malformed(_, bytes) => records.push((f.songs.clone(), "x".into(), bytes)),
-            }
-        }
-        (records, events)
+        f.batch(&mut self.generator, &mut self.at, n)
     }
 }
 
 /// `resends`: the share of events sent twice (the dedup state must then be on).
 async fn setup(seed: u64, resends: f64) -> (Fixture, CatalogueGen, Stream) {
     let catalogue = CatalogueGen { tracks: 300, ads: 20, seed };
-    let f = Fixture::new(
-        6,
-        (0..catalogue.tracks).map(|i| catalogue.track(i)).collect(),
-        (0..catalogue.ads).map(|i| catalogue.ad(i)).collect(),
-    )
-    .await;
+    let f = Fixture::with_catalogue(6, &catalogue).await;
     let config = EventGenConfig {
         users: 200,
         catalogue,

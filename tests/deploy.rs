@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
-use squall_operators::{AttributeSet, Attributes, Event, EventKind};
+use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
+use squall_operators::{AttributeSet, Attributes, Event};
 use squall_tests::server::{SquallServer, alive};
 use squall_tests::{Fixture, brokers, produce, unique, wait_for};
 use squall_topologies::oracle;
@@ -30,12 +30,7 @@ struct Setup {
 impl Setup {
     async fn new(seed: u64) -> Setup {
         let catalogue = CatalogueGen { tracks: 300, ads: 20, seed };
-        let f = Fixture::new(
-            4,
-            (0..catalogue.tracks).map(|i| catalogue.track(i)).collect(),
-            (0..catalogue.ads).map(|i| catalogue.ad(i)).collect(),
-        )
-        .await;
+        let f = Fixture::with_catalogue(4, &catalogue).await;
         // Kafka keeps group ids across tests on the shared broker: the name makes them unique.
         let name = unique("p").replace('_', "-");
         let file = f.topology(
@@ -66,19 +61,7 @@ impl Setup {
 
     /// The next `n` generated records, and the valid events among them.
     fn batch(&mut self, n: usize) -> (Records, Vec<Event>) {
-        let (mut records, mut events) = (Vec::new(), Vec::new());
-        for _ in 0..n {
-            self.at += 1;
-            match self.generator.next_at(self.at) {
-                Generated::Event(e) => {
-                    let topic = if e.kind() == EventKind::Song { self.f.songs.clone() } else { self.f.ads.clone() };
-                    records.push((topic, e.user_id().to_owned(), e.to_json()));
-                    events.push(e);
-                }
-                Generated::Malformed(_, bytes) => records.push((self.f.songs.clone(), "x".into(), bytes)),
-            }
-        }
-        (records, events)
+        self.f.batch(&mut self.generator, &mut self.at, n)
     }
 
     fn file(&self) -> &str {

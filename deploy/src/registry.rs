@@ -83,6 +83,14 @@ impl Registry {
         write_atomically(&self.path, &serde_json::to_vec_pretty(&self.data).map_err(io::Error::other)?)
     }
 
+    /// Applies `change` and saves; if the save fails, the change is undone, so memory and disk
+    /// never disagree.
+    pub fn update(&mut self, change: impl FnOnce(&mut RegistryData)) -> io::Result<()> {
+        let before = self.data.clone();
+        change(&mut self.data);
+        self.save().inspect_err(|_| self.data = before)
+    }
+
     /// The promoted group id of `topology`, if any.
     pub fn promoted(&self, topology: &str) -> Option<&str> {
         self.data.promoted.get(topology).map(String::as_str)

@@ -804,11 +804,10 @@ async fn deploy(
         stopped_at_ms: None,
         topology_toml: req.topology_toml,
     };
-    reg.data.deployments.insert(group_id.clone(), d.clone());
-    if let Err(e) = reg.save() {
-        reg.data.deployments.remove(&group_id);
-        return Err(io_error("save the registry", e));
-    }
+    reg.update(|data| {
+        data.deployments.insert(group_id.clone(), d.clone());
+    })
+    .map_err(|e| io_error("save the registry", e))?;
     tracing::info!(group_id = %group_id, "deployed");
     server.launch(d.clone());
     Ok((StatusCode::CREATED, Json(server.view(&reg, &d))))
@@ -849,15 +848,13 @@ async fn promote(
 }
 
 fn set_promoted(reg: &mut Registry, d: &Deployment) -> Result<(), ApiError> {
-    let before = reg.data.clone();
-    reg.data.promoted.insert(d.topology.clone(), d.group_id.clone());
-    if let Some(rec) = reg.data.deployments.get_mut(&d.group_id) {
-        rec.promoted_at_ms = Some(now_ms());
-    }
-    reg.save().map_err(|e| {
-        reg.data = before;
-        io_error("save the registry", e)
+    reg.update(|data| {
+        data.promoted.insert(d.topology.clone(), d.group_id.clone());
+        if let Some(rec) = data.deployments.get_mut(&d.group_id) {
+            rec.promoted_at_ms = Some(now_ms());
+        }
     })
+    .map_err(|e| io_error("save the registry", e))
 }
 
 #[utoipa::path(post, path = "/v1/deployments/{group_id}/rollback", tag = "deployments", security(("bearer" = [])),
@@ -882,22 +879,20 @@ async fn rollback(
             .map(|o| o.group_id.clone())
             .collect();
         // One registry write: the promotion and the stops land together or not at all.
-        let before = reg.data.clone();
-        reg.data.promoted.insert(d.topology.clone(), g.clone());
-        let now = now_ms();
-        if let Some(rec) = reg.data.deployments.get_mut(&g) {
-            rec.promoted_at_ms = Some(now);
-        }
-        for n in &newer {
-            if let Some(rec) = reg.data.deployments.get_mut(n) {
-                rec.desired = Desired::Stopped;
-                rec.stopped_at_ms = Some(now);
+        reg.update(|data| {
+            data.promoted.insert(d.topology.clone(), g.clone());
+            let now = now_ms();
+            if let Some(rec) = data.deployments.get_mut(&g) {
+                rec.promoted_at_ms = Some(now);
             }
-        }
-        if let Err(e) = reg.save() {
-            reg.data = before;
-            return Err(io_error("save the registry", e));
-        }
+            for n in &newer {
+                if let Some(rec) = data.deployments.get_mut(n) {
+                    rec.desired = Desired::Stopped;
+                    rec.stopped_at_ms = Some(now);
+                }
+            }
+        })
+        .map_err(|e| io_error("save the registry", e))?;
         let d = reg.data.deployments[&g].clone();
         (server.view(&reg, &d), newer)
     };
@@ -930,15 +925,13 @@ async fn stop(
                 .detail("stopping it would leave the topology without a version that answers queries")
                 .hint("promote or roll back to another version first"));
         }
-        let before = reg.data.clone();
-        if let Some(rec) = reg.data.deployments.get_mut(&g) {
-            rec.desired = Desired::Stopped;
-            rec.stopped_at_ms = Some(now_ms());
-        }
-        if let Err(e) = reg.save() {
-            reg.data = before;
-            return Err(io_error("save the registry", e));
-        }
+        reg.update(|data| {
+            if let Some(rec) = data.deployments.get_mut(&g) {
+                rec.desired = Desired::Stopped;
+                rec.stopped_at_ms = Some(now_ms());
+            }
+        })
+        .map_err(|e| io_error("save the registry", e))?;
     }
     server.halt(&g).await;
     tracing::info!(group_id = %g, "stopped");

@@ -327,49 +327,23 @@ pub fn spawn_writer(
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                     }
                 };
-                let Some(part) = next else {
-                    if local_done.is_empty() {
-                        break;
+                // Without a new part (a timeout), check again whether the other processes have finished.
+                if next.is_none() && local_done.is_empty() {
+                    break;
+                }
+                if let Some(part) = next {
+                    queued.set(rx.len() as f64);
+                    let started = std::time::Instant::now();
+                    let bytes = write_with_retry(&mut *store, &part, &group_id, &errors);
+                    duration.record(started.elapsed().as_secs_f64());
+                    size.increment(bytes);
+                    let entry = waiting.entry(part.cut).or_insert((0, Vec::new()));
+                    entry.0 += 1;
+                    entry.1.extend(part.offsets);
+                    if entry.0 == layout.local {
+                        let (_, offsets) = waiting.remove(&part.cut).expect("present");
+                        local_done.insert(part.cut, offsets);
                     }
-                    // Nothing new: check again whether the other processes have finished.
-                    report_complete(
-                        &mut local_done,
-                        &mut *store,
-                        &layout,
-                        &mut on_complete,
-                        &completed,
-                        &errors,
-                        &group_id,
-                        &mut since_compaction,
-                    );
-                    if layout.compacts && since_compaction >= compact_every.max(1) {
-                        since_compaction = 0;
-                        compact(&mut *store, dedup_horizon_ms, &group_id, &compaction, &errors);
-                    }
-                    continue;
-                };
-                queued.set(rx.len() as f64);
-                let started = std::time::Instant::now();
-                let mut backoff = std::time::Duration::from_millis(100);
-                let bytes = loop {
-                    match store.write_part(&part) {
-                        Ok(bytes) => break bytes,
-                        Err(e) => {
-                            errors.increment(1);
-                            tracing::error!(group_id = %group_id, cut = part.cut, worker = part.worker, error = %e, retry_in = ?backoff, "cannot write checkpoint part; retrying");
-                            std::thread::sleep(backoff);
-                            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                        }
-                    }
-                };
-                duration.record(started.elapsed().as_secs_f64());
-                size.increment(bytes);
-                let entry = waiting.entry(part.cut).or_insert((0, Vec::new()));
-                entry.0 += 1;
-                entry.1.extend(part.offsets);
-                if entry.0 == layout.local {
-                    let (_, offsets) = waiting.remove(&part.cut).expect("present");
-                    local_done.insert(part.cut, offsets);
                 }
                 report_complete(
                     &mut local_done,
@@ -407,6 +381,22 @@ impl Layout {
     /// One process with `workers` workers.
     pub fn single(workers: usize) -> Self {
         Layout { local: workers, global: workers, compacts: true }
+    }
+}
+
+/// Writes `part`, retrying with backoff (100 ms doubling to 5 s) until it is durable; its bytes.
+fn write_with_retry(store: &mut dyn CheckpointStore, part: &Part, group_id: &str, errors: &metrics::Counter) -> u64 {
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        match store.write_part(part) {
+            Ok(bytes) => return bytes,
+            Err(e) => {
+                errors.increment(1);
+                tracing::error!(group_id = %group_id, cut = part.cut, worker = part.worker, error = %e, retry_in = ?backoff, "cannot write checkpoint part; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
     }
 }
 

@@ -80,6 +80,9 @@ pub async fn produce(records: impl IntoIterator<Item = (String, String, Vec<u8>)
     }
 }
 
+/// A record to produce: (topic, key, payload).
+pub type Record = (String, String, Vec<u8>);
+
 /// A topology's inputs, made unique for one test.
 pub struct Fixture {
     /// `song-completions` stand-in.
@@ -105,6 +108,40 @@ impl Fixture {
         squall_enrichment::schema::insert_tracks(&session, &f.keyspace, tracks, 64).await.expect("tracks");
         squall_enrichment::schema::insert_ads(&session, &f.keyspace, ads, 64).await.expect("ads");
         f
+    }
+
+    /// A fixture whose catalogue is every track and ad of `catalogue`.
+    pub async fn with_catalogue(partitions: i32, catalogue: &squall::generate::CatalogueGen) -> Fixture {
+        Fixture::new(
+            partitions,
+            (0..catalogue.tracks).map(|i| catalogue.track(i)).collect(),
+            (0..catalogue.ads).map(|i| catalogue.ad(i)).collect(),
+        )
+        .await
+    }
+
+    /// The next `n` records of `generator` (event times after `*at`, which advances), addressed to
+    /// this fixture's topics (malformed ones to the songs topic), and the valid events among them.
+    pub fn batch(
+        &self,
+        generator: &mut squall::generate::EventGen,
+        at: &mut i64,
+        n: usize,
+    ) -> (Vec<Record>, Vec<squall_operators::Event>) {
+        use squall::generate::Generated;
+        let (mut records, mut events) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            *at += 1;
+            match generator.next_at(*at) {
+                Generated::Event(e) => {
+                    let topic = if e.kind() == squall_operators::EventKind::Song { &self.songs } else { &self.ads };
+                    records.push((topic.clone(), e.user_id().to_owned(), e.to_json()));
+                    events.push(e);
+                }
+                Generated::Malformed(_, bytes) => records.push((self.songs.clone(), "x".into(), bytes)),
+            }
+        }
+        (records, events)
     }
 
     /// A topology file for this fixture: `attributes` code, version, and extra `key = value` lines
