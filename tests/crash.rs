@@ -8,12 +8,9 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::TopicPartitionList;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
 use squall_operators::{AttributeSet, Attributes, Event, EventKind};
-use squall_tests::{Fixture, Squall, brokers, produce, unique, wait_for};
+use squall_tests::{Fixture, Squall, brokers, produce, unique, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -122,31 +119,6 @@ async fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     assert!(recoveries >= 1, "at least one restart resumed from a checkpoint");
 
     // The offsets of complete checkpoints are committed under the version's group id.
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", "crash-v1").create().unwrap();
-    wait_for("committed offsets to reach the end of every partition", Duration::from_secs(30), || async {
-        let mut tpl = TopicPartitionList::new();
-        for topic in [&f.songs, &f.ads] {
-            for p in 0..4 {
-                tpl.add_partition(topic, p);
-            }
-        }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        for e in committed.elements() {
-            let (_, high) = consumer
-                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
-                .map_err(|e| e.to_string())?;
-            if e.offset() != rdkafka::Offset::Offset(high) {
-                return Err(format!(
-                    "{}/{}: committed {:?}, high watermark {high}",
-                    e.topic(),
-                    e.partition(),
-                    e.offset()
-                ));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    wait_for_committed_at_end(&brokers(), "crash-v1", &[&f.songs, &f.ads], 4, Duration::from_secs(30)).await;
     let _ = std::fs::remove_dir_all(&checkpoints);
 }

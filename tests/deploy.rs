@@ -10,7 +10,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
 use squall_operators::{AttributeSet, Attributes, Event};
 use squall_tests::server::{SquallServer, alive};
-use squall_tests::{Fixture, brokers, produce, unique, wait_for};
+use squall_tests::{Fixture, brokers, produce, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -125,27 +125,9 @@ fn committed(group: &str, topics: &[&str], partitions: i32) -> BTreeMap<(String,
         .collect()
 }
 
-fn high_watermarks(topics: &[&str], partitions: i32) -> BTreeMap<(String, i32), i64> {
-    let consumer: BaseConsumer =
-        rdkafka::config::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("consumer");
-    let mut out = BTreeMap::new();
-    for t in topics {
-        for p in 0..partitions {
-            let (_, high) = consumer.fetch_watermarks(t, p, Duration::from_secs(10)).expect("watermarks");
-            out.insert((t.to_string(), p), high);
-        }
-    }
-    out
-}
-
 /// Waits until `group` has committed every message of the fixture's topics.
 async fn fully_committed(s: &Setup, group: &str) {
-    let topics = [s.f.songs.as_str(), s.f.ads.as_str()];
-    wait_for(&format!("{group} to commit every offset"), Duration::from_secs(60), || async {
-        let (got, want) = (committed(group, &topics, 4), high_watermarks(&topics, 4));
-        if got == want { Ok(()) } else { Err(format!("committed {got:?}, high watermarks {want:?}")) }
-    })
-    .await
+    wait_for_committed_at_end(&brokers(), group, &[&s.f.songs, &s.f.ads], 4, Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,14 +12,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
 use squall_enrichment::{Symbols, schema};
 use squall_operators::checkpoint::{CheckpointStore, Part};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::{AttributeSet, Attributes, Event, EventKind, Partition, UserSnapshot, UserState, What};
 use squall_tests::outage::{Broker, CqlServer, PrivateFixture, metric};
-use squall_tests::{Squall, unique, wait_for};
+use squall_tests::{Squall, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -118,36 +117,6 @@ async fn wait_for_metric(squall: &Squall, name: &str, at_least: f64, timeout: Du
     .await
 }
 
-/// Waits until the offsets committed under `group` equal the high watermarks of `topics`.
-async fn wait_for_committed_at_end(brokers: &str, group: &str, topics: &[&str]) {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().expect("consumer");
-    wait_for("committed offsets at the end of every partition", Duration::from_secs(60), || async {
-        let mut tpl = TopicPartitionList::new();
-        for topic in topics {
-            for p in 0..PARTITIONS {
-                tpl.add_partition(topic, p);
-            }
-        }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        for e in committed.elements() {
-            let (_, high) = consumer
-                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
-                .map_err(|e| e.to_string())?;
-            if e.offset() != Offset::Offset(high) {
-                return Err(format!(
-                    "{}/{}: committed {:?}, high watermark {high}",
-                    e.topic(),
-                    e.partition(),
-                    e.offset()
-                ));
-            }
-        }
-        Ok(())
-    })
-    .await;
-}
-
 /// Waits until `topic` holds `n` records in all.
 async fn wait_for_records(brokers: &str, topic: &str, n: i64) {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("consumer");
@@ -208,7 +177,8 @@ async fn broker_killed_and_restarted_mid_run_loses_nothing() {
     let applied = metric(&metrics_text(&squall).await, "squall_events_applied_total", "");
     assert_eq!(applied as usize, events.len(), "each event applied exactly once ({n1} + {n2} + the rest)");
     // The offset committer and the dead-letter producer came through the outage too.
-    wait_for_committed_at_end(&f.brokers, "brokerout-v1", &[&f.songs, &f.ads]).await;
+    wait_for_committed_at_end(&f.brokers, "brokerout-v1", &[&f.songs, &f.ads], PARTITIONS, Duration::from_secs(60))
+        .await;
     wait_for_records(&f.brokers, &format!("{}.dlq", f.songs), malformed as i64).await;
     let text = metrics_text(&squall).await;
     println!(
@@ -326,7 +296,8 @@ async fn kill_9_with_cql_checkpoints_loses_nothing_and_counts_nothing_twice() {
     recoveries += squall.stdout().iter().filter(|l| l.contains("recovered from checkpoint")).count();
     f.produce(last).await;
     wait_for_oracle("every user equal to the oracle", &squall, &events, Duration::from_secs(120)).await;
-    wait_for_committed_at_end(&f.brokers, "cqlcrash-v1", &[&f.songs, &f.ads]).await;
+    wait_for_committed_at_end(&f.brokers, "cqlcrash-v1", &[&f.songs, &f.ads], PARTITIONS, Duration::from_secs(60))
+        .await;
     let text = metrics_text(&squall).await;
     let (writes, write_s) = (
         metric(&text, "squall_checkpoint_write_seconds_count", ""),

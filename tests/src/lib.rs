@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 fn required_env(name: &str) -> String {
@@ -59,6 +60,46 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// Waits until the offsets committed under `group`, read with a plain Kafka consumer (as any Kafka
+/// tool would), equal the high watermarks of partitions `0..partitions` of `topics`.
+pub async fn wait_for_committed_at_end(
+    brokers: &str,
+    group: &str,
+    topics: &[&str],
+    partitions: i32,
+    timeout: Duration,
+) {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    wait_for("committed offsets at the end of every partition", timeout, || async {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for topic in topics {
+            for p in 0..partitions {
+                tpl.add_partition(topic, p);
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        for e in committed.elements() {
+            let (_, high) = consumer
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            if e.offset() != rdkafka::Offset::Offset(high) {
+                return Err(format!(
+                    "{}/{}: committed {:?}, high watermark {high}",
+                    e.topic(),
+                    e.partition(),
+                    e.offset()
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// Produces `(topic, key, payload)` records and waits for every delivery.
