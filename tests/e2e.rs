@@ -130,6 +130,49 @@ async fn the_enrichment_cache_answers_hits_and_negative_results() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn preload_reads_the_whole_catalogue_and_only_unknown_ids_are_looked_up() {
+    // More rows than one scan page (squall_enrichment::SCAN_PAGE_ROWS), so paging is exercised.
+    let tracks: Vec<(String, TrackRow)> =
+        (0..12_000).map(|i| (format!("t{i}"), track(&format!("g{}", i % 7)))).collect();
+    let ads = vec![("a1".to_owned(), ad("cars")), ("a2".to_owned(), ad("food"))];
+    let f = Fixture::new(2, tracks, ads).await;
+    let squall =
+        Squall::run(&f.topology("personalization", 1, "personalization_v1", &[("enrichment", "preload = true")]), &[]);
+    produce([
+        song(&f, "e1", "dora", "t0", 60_000, T0),
+        song(&f, "e2", "dora", "t11999", 60_000, T0 + 1),
+        song(&f, "e3", "dora", "t5006", 60_000, T0 + 2),
+        song(&f, "e4", "dora", "no-such-track", 60_000, T0 + 3),
+        impression(&f, "e5", "dora", "a2", T0 + 4),
+    ])
+    .await;
+    let body = attributes_after(&squall, "dora", 5).await;
+    // Genre of t<i> is g<i % 7>: t0 -> g0, t11999 -> g1, t5006 -> g1.
+    assert_eq!(body["attributes"]["genre_plays"], json!({"g0": 1, "g1": 2, "unknown": 1}));
+    assert_eq!(body["attributes"]["ad_categories"], json!({"food": 1}));
+    // Every row came from the scan; only the id the store does not have was looked up.
+    let metrics = wait_for("the enrichment counters", Duration::from_secs(10), || async {
+        let text = reqwest::get(format!("{}/metrics", squall.url))
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        if squall_tests::outage::metric(&text, "squall_enrichment_not_found_total", "") >= 1.0 {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    let m = |name| squall_tests::outage::metric(&metrics, name, "");
+    assert_eq!(m("squall_enrichment_preloaded_rows_total"), 12_002.0);
+    assert_eq!(m("squall_enrichment_requests_total"), 1.0, "only no-such-track went to the store");
+    assert_eq!(m("squall_enrichment_not_found_total"), 1.0);
+    assert!(squall.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let f = Fixture::new(2, vec![("t1".into(), track("rock"))], vec![]).await;
     let squall = Squall::run(

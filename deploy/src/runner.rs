@@ -75,6 +75,46 @@ impl Running {
     }
 }
 
+/// Warms the enrichment cache with the whole catalogue before the dataflow starts (`preload`),
+/// then reloads it every half `cache_ttl` in the background so that entries are refreshed before
+/// they expire. A load that fails or takes longer than the enrichment `deadline` is logged and
+/// does not stop anything: lookups then go to the store one id at a time, as without preload.
+async fn preload_catalogue(
+    enricher: &Enricher,
+    group_id: &str,
+    stop: Arc<AtomicBool>,
+    runtime: &tokio::runtime::Handle,
+) {
+    async fn load(enricher: &Enricher, group_id: &str) {
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(enricher.config().deadline, enricher.preload()).await {
+            Ok(Ok(p)) => tracing::info!(
+                %group_id, tracks = p.tracks, ads = p.ads, truncated = p.truncated,
+                seconds = started.elapsed().as_secs_f64(), "catalogue preloaded into the enrichment cache"
+            ),
+            Ok(Err(error)) => {
+                tracing::warn!(%group_id, %error, "catalogue preload failed; ids are looked up one at a time")
+            }
+            Err(_) => tracing::warn!(
+                %group_id, deadline = ?enricher.config().deadline,
+                "catalogue preload did not finish within the enrichment deadline; ids are looked up one at a time"
+            ),
+        }
+    }
+    load(enricher, group_id).await;
+    let (enricher, group_id) = (enricher.clone(), group_id.to_owned());
+    let every = (enricher.config().cache_ttl / 2).max(Duration::from_secs(1));
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if stop.load(Relaxed) {
+                return;
+            }
+            load(&enricher, &group_id).await;
+        }
+    });
+}
+
 /// Connects to the store and brokers named by `spec` and starts its workers on this process, alone
 /// or as process `cluster.process` of a timely cluster. Lookups run on `runtime`.
 pub async fn start(
@@ -105,6 +145,9 @@ pub async fn start(
     let shutdown = Arc::new(AtomicBool::new(false));
     let group_id = spec.group_id();
     crate::telemetry::export_enrichment(enricher.clone(), group_id.clone(), Arc::clone(&shutdown), &runtime);
+    if spec.enrichment.preload {
+        preload_catalogue(&enricher, &group_id, Arc::clone(&shutdown), &runtime).await;
+    }
     let dedup_horizon_ms = spec.state.dedup_horizon.as_millis() as i64;
 
     // Recover from the latest complete checkpoint, if checkpoints are on and there is one.

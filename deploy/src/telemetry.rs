@@ -58,7 +58,7 @@ pub fn export_enrichment(
     use squall_enrichment::EnricherStats;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     type Field = fn(&EnricherStats) -> &AtomicU64;
-    let fields: [(&'static str, Field); 8] = [
+    let fields: [(&'static str, Field); 10] = [
         ("squall_enrichment_cache_hits_total", |s| &s.hits),
         ("squall_enrichment_cache_misses_total", |s| &s.misses),
         ("squall_enrichment_requests_total", |s| &s.requests),
@@ -67,6 +67,8 @@ pub fn export_enrichment(
         ("squall_enrichment_not_found_total", |s| &s.not_found),
         ("squall_enrichment_degraded_total", |s| &s.degraded),
         ("squall_enrichment_deadline_waits_total", |s| &s.deadline_waits),
+        ("squall_enrichment_joined_total", |s| &s.joined),
+        ("squall_enrichment_preloaded_rows_total", |s| &s.preloaded),
     ];
     let counters: Vec<(metrics::Counter, Field)> =
         fields.into_iter().map(|(name, f)| (metrics::counter!(name, "group_id" => group_id.clone()), f)).collect();

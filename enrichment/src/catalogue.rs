@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use futures::stream::{BoxStream, StreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
@@ -62,13 +63,20 @@ impl CatalogueError {
     }
 }
 
-/// A source of catalogue rows, looked up one id at a time.
+/// A source of catalogue rows: looked up one id at a time, or read whole to warm a cache.
 pub trait Catalogue: Send + Sync + 'static {
     /// The `tracks` row of `track_id`, `None` if there is none.
     fn track(&self, track_id: &str) -> BoxFuture<'static, Result<Option<TrackRow>, CatalogueError>>;
     /// The `ads` row of `ad_id`, `None` if there is none.
     fn ad(&self, ad_id: &str) -> BoxFuture<'static, Result<Option<AdRow>, CatalogueError>>;
+    /// Every `tracks` row with its id, in pages, in no particular order.
+    fn scan_tracks(&self) -> BoxStream<'static, Result<(String, TrackRow), CatalogueError>>;
+    /// Every `ads` row with its id, in pages, in no particular order.
+    fn scan_ads(&self) -> BoxStream<'static, Result<(String, AdRow), CatalogueError>>;
 }
+
+/// Rows per page of a [`Catalogue`] scan.
+pub const SCAN_PAGE_ROWS: i32 = 5000;
 
 /// The catalogue in a Cassandra-compatible store, read through prepared statements.
 ///
@@ -77,6 +85,8 @@ pub struct CqlCatalogue {
     session: Arc<Session>,
     track: PreparedStatement,
     ad: PreparedStatement,
+    scan_tracks: PreparedStatement,
+    scan_ads: PreparedStatement,
 }
 
 impl CqlCatalogue {
@@ -97,7 +107,14 @@ impl CqlCatalogue {
         let ad =
             schema::prepare(&session, format!("SELECT advertiser_id, category FROM {keyspace}.ads WHERE ad_id = ?"))
                 .await?;
-        Ok(CqlCatalogue { session, track, ad })
+        let mut scan_tracks =
+            schema::prepare(&session, format!("SELECT track_id, genre, artist_id, duration_ms FROM {keyspace}.tracks"))
+                .await?;
+        let mut scan_ads =
+            schema::prepare(&session, format!("SELECT ad_id, advertiser_id, category FROM {keyspace}.ads")).await?;
+        scan_tracks.set_page_size(SCAN_PAGE_ROWS);
+        scan_ads.set_page_size(SCAN_PAGE_ROWS);
+        Ok(CqlCatalogue { session, track, ad, scan_tracks, scan_ads })
     }
 
     /// The driver session, for callers that share it.
@@ -108,6 +125,27 @@ impl CqlCatalogue {
 
 type TrackTuple = (Option<String>, Option<String>, Option<i32>);
 type AdTuple = (Option<String>, Option<String>);
+
+/// Pages through every row of `stmt` (a `SELECT` with no bind markers), decoded as `Row`.
+fn scan_rows<Row>(session: &Arc<Session>, stmt: &PreparedStatement) -> BoxStream<'static, Result<Row, CatalogueError>>
+where
+    Row: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+{
+    let (session, stmt) = (Arc::clone(session), stmt.clone());
+    let request = |e: &dyn std::fmt::Display| CatalogueError::Request(e.to_string());
+    futures::stream::once(async move {
+        let pager = session.execute_iter(stmt, ()).await.map_err(|e| request(&e))?;
+        Ok::<_, CatalogueError>(
+            pager.rows_stream::<Row>().map_err(|e| request(&e))?.map(move |r| r.map_err(|e| request(&e))),
+        )
+    })
+    .map(|pages| match pages {
+        Ok(rows) => rows.boxed(),
+        Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+    })
+    .flatten()
+    .boxed()
+}
 
 impl Catalogue for CqlCatalogue {
     fn track(&self, track_id: &str) -> BoxFuture<'static, Result<Option<TrackRow>, CatalogueError>> {
@@ -135,6 +173,18 @@ impl Catalogue for CqlCatalogue {
             Ok(row.map(|(advertiser_id, category)| AdRow { advertiser_id, category }))
         })
     }
+
+    fn scan_tracks(&self) -> BoxStream<'static, Result<(String, TrackRow), CatalogueError>> {
+        scan_rows::<(String, Option<String>, Option<String>, Option<i32>)>(&self.session, &self.scan_tracks)
+            .map(|r| r.map(|(id, genre, artist_id, duration_ms)| (id, TrackRow { genre, artist_id, duration_ms })))
+            .boxed()
+    }
+
+    fn scan_ads(&self) -> BoxStream<'static, Result<(String, AdRow), CatalogueError>> {
+        scan_rows::<(String, Option<String>, Option<String>)>(&self.session, &self.scan_ads)
+            .map(|r| r.map(|(id, advertiser_id, category)| (id, AdRow { advertiser_id, category })))
+            .boxed()
+    }
 }
 
 /// A catalogue held in memory: for the engine benchmark and unit tests of the dataflow, which
@@ -156,6 +206,16 @@ impl Catalogue for MemoryCatalogue {
     fn ad(&self, ad_id: &str) -> BoxFuture<'static, Result<Option<AdRow>, CatalogueError>> {
         let row = self.ads.get(ad_id).cloned();
         Box::pin(async move { Ok(row) })
+    }
+
+    fn scan_tracks(&self) -> BoxStream<'static, Result<(String, TrackRow), CatalogueError>> {
+        let rows: Vec<_> = self.tracks.iter().map(|(k, v)| Ok((k.clone(), v.clone()))).collect();
+        futures::stream::iter(rows).boxed()
+    }
+
+    fn scan_ads(&self) -> BoxStream<'static, Result<(String, AdRow), CatalogueError>> {
+        let rows: Vec<_> = self.ads.iter().map(|(k, v)| Ok((k.clone(), v.clone()))).collect();
+        futures::stream::iter(rows).boxed()
     }
 }
 

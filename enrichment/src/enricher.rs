@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
+use dashmap::DashMap;
+use futures::StreamExt;
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -42,6 +44,11 @@ pub struct EnrichConfig {
     pub deadline: Duration,
     /// What to do when the deadline passes.
     pub on_timeout: OnTimeout,
+    /// Read the whole `tracks` and `ads` tables into the cache before consuming (up to
+    /// `cache_capacity` rows each), and again every half `cache_ttl` in the background, like
+    /// Flink's `FULL` lookup cache: known ids never miss; ids added to the store between reloads
+    /// and unknown ids are looked up one by one as usual. Suits catalogues that fit in memory.
+    pub preload: bool,
 }
 
 impl Default for EnrichConfig {
@@ -53,6 +60,7 @@ impl Default for EnrichConfig {
             request_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(10),
             on_timeout: OnTimeout::Wait,
+            preload: false,
         }
     }
 }
@@ -108,7 +116,25 @@ pub struct EnricherStats {
     pub deadline_waits: AtomicU64,
     /// Lookups in flight or waiting for a permit.
     pub in_flight: AtomicU64,
+    /// Lookups that joined a request already in flight for the same id instead of sending one.
+    pub joined: AtomicU64,
+    /// Rows read into the cache by [`Enricher::preload`] (every reload counts).
+    pub preloaded: AtomicU64,
 }
+
+/// What one [`Enricher::preload`] read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Preloaded {
+    /// `tracks` rows cached.
+    pub tracks: u64,
+    /// `ads` rows cached.
+    pub ads: u64,
+    /// Whether a table had more rows than `cache_capacity` (the rest are looked up on demand).
+    pub truncated: bool,
+}
+
+/// A caller waiting for the answer of a lookup in flight.
+type Waiter = Box<dyn FnOnce(Key, Info) + Send + Sync>;
 
 /// Cached, asynchronous, bounded-concurrency lookups. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -124,6 +150,8 @@ struct Inner {
     symbols: Symbols,
     runtime: Handle,
     permits: Arc<Semaphore>,
+    /// Lookups in flight, with the callers waiting for each (the first one's included).
+    in_flight: DashMap<Key, Vec<Waiter>>,
     config: EnrichConfig,
     stats: EnricherStats,
 }
@@ -140,6 +168,7 @@ impl Enricher {
                 symbols,
                 runtime,
                 permits: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+                in_flight: DashMap::new(),
                 config,
                 stats: EnricherStats::default(),
             }),
@@ -186,17 +215,66 @@ impl Enricher {
     }
 
     /// Looks `key` up in the store on the runtime, caches the answer, then calls `done` with it
-    /// (on a runtime thread). Returns at once.
-    pub fn fetch(&self, key: Key, done: impl FnOnce(Key, Info) + Send + 'static) {
-        let this = self.clone();
-        self.inner.stats.in_flight.fetch_add(1, Relaxed);
-        self.inner.runtime.spawn(async move {
-            let started = Instant::now();
-            let info = this.load(&key).await;
-            metrics::histogram!("squall_enrichment_lookup_seconds").record(started.elapsed().as_secs_f64());
-            this.inner.stats.in_flight.fetch_sub(1, Relaxed);
-            done(key, info);
-        });
+    /// (on a runtime thread). Returns at once. Callers asking for an id whose lookup is already in
+    /// flight (from any worker) join it instead of sending another request.
+    pub fn fetch(&self, key: Key, done: impl FnOnce(Key, Info) + Send + Sync + 'static) {
+        match self.inner.in_flight.entry(key) {
+            dashmap::Entry::Occupied(mut waiting) => {
+                self.inner.stats.joined.fetch_add(1, Relaxed);
+                waiting.get_mut().push(Box::new(done));
+            }
+            dashmap::Entry::Vacant(slot) => {
+                let key = slot.key().clone();
+                slot.insert(vec![Box::new(done)]);
+                let this = self.clone();
+                self.inner.stats.in_flight.fetch_add(1, Relaxed);
+                self.inner.runtime.spawn(async move {
+                    let started = Instant::now();
+                    let info = this.load(&key).await;
+                    metrics::histogram!("squall_enrichment_lookup_seconds").record(started.elapsed().as_secs_f64());
+                    this.inner.stats.in_flight.fetch_sub(1, Relaxed);
+                    // The answer is cached by now: callers arriving after the removal find it there.
+                    let waiters = this.inner.in_flight.remove(&key).map(|(_, w)| w).unwrap_or_default();
+                    for done in waiters {
+                        done(key.clone(), info);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Reads every `tracks` and `ads` row into the cache (up to `cache_capacity` each), as if
+    /// each had just been looked up. Returns what it read, or the first store error (the rows
+    /// read before it stay cached).
+    pub async fn preload(&self) -> Result<Preloaded, CatalogueError> {
+        let inner = &self.inner;
+        let intern = |s: Option<String>| s.map_or(inner.symbols.unknown(), |s| inner.symbols.intern(&s));
+        let limit = inner.config.cache_capacity;
+        let mut done = Preloaded::default();
+        let mut tracks = inner.catalogue.scan_tracks();
+        while let Some(row) = tracks.next().await {
+            if done.tracks == limit {
+                done.truncated = true;
+                break;
+            }
+            let (id, row) = row?;
+            let info = Info::Track { genre: intern(row.genre), artist: intern(row.artist_id) };
+            inner.tracks.insert(CompactString::from(id), (info, Instant::now()));
+            done.tracks += 1;
+        }
+        let mut ads = inner.catalogue.scan_ads();
+        while let Some(row) = ads.next().await {
+            if done.ads == limit {
+                done.truncated = true;
+                break;
+            }
+            let (id, row) = row?;
+            let info = Info::Ad { category: intern(row.category), advertiser: intern(row.advertiser_id) };
+            inner.ads.insert(CompactString::from(id), (info, Instant::now()));
+            done.ads += 1;
+        }
+        inner.stats.preloaded.fetch_add(done.tracks + done.ads, Relaxed);
+        Ok(done)
     }
 
     /// The answer for `key`: from the cache, or looked up now. For callers that may wait.
@@ -290,6 +368,7 @@ mod tests {
     use super::*;
     use crate::catalogue::{AdRow, MemoryCatalogue, TrackRow};
     use futures::future::BoxFuture;
+    use futures::stream::BoxStream;
     use std::collections::HashMap;
     use std::sync::atomic::AtomicUsize;
 
@@ -342,6 +421,15 @@ mod tests {
         fn ad(&self, id: &str) -> BoxFuture<'static, Result<Option<AdRow>, CatalogueError>> {
             self.inner.ad(id)
         }
+        fn scan_tracks(&self) -> BoxStream<'static, Result<(String, TrackRow), CatalogueError>> {
+            if self.failures.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok() {
+                return futures::stream::once(async { Err(CatalogueError::Request("injected".into())) }).boxed();
+            }
+            self.inner.scan_tracks()
+        }
+        fn scan_ads(&self) -> BoxStream<'static, Result<(String, AdRow), CatalogueError>> {
+            self.inner.scan_ads()
+        }
     }
 
     #[tokio::test]
@@ -391,5 +479,100 @@ mod tests {
         assert_eq!(k, Key::Ad("a1".into()));
         assert_eq!(i, Info::Ad { category: e.symbols().intern("cars"), advertiser: e.symbols().intern("adv") });
         assert_eq!(e.cached(&k), Some(i));
+    }
+
+    #[tokio::test]
+    async fn preload_fills_the_cache_up_to_its_capacity() {
+        let e = enricher(Arc::new(catalogue()), EnrichConfig::default());
+        let done = e.preload().await.unwrap();
+        assert_eq!(done, Preloaded { tracks: 1, ads: 1, truncated: false });
+        let s = e.symbols().clone();
+        assert_eq!(
+            e.cached(&Key::Track("t1".into())),
+            Some(Info::Track { genre: s.intern("rock"), artist: s.intern("ar1") })
+        );
+        assert_eq!(
+            e.cached(&Key::Ad("a1".into())),
+            Some(Info::Ad { category: s.intern("cars"), advertiser: s.intern("adv") })
+        );
+        assert_eq!(e.stats().requests.load(Relaxed), 0, "a scan is not a lookup");
+        assert_eq!(e.stats().preloaded.load(Relaxed), 2);
+
+        let mut big = catalogue();
+        big.tracks = Arc::new((0..10).map(|i| (format!("t{i}"), TrackRow::default())).collect());
+        let small = enricher(Arc::new(big), EnrichConfig { cache_capacity: 4, ..Default::default() });
+        assert_eq!(small.preload().await.unwrap(), Preloaded { tracks: 4, ads: 1, truncated: true });
+    }
+
+    #[tokio::test]
+    async fn a_failing_scan_is_reported() {
+        let flaky = Flaky { failures: AtomicUsize::new(1), inner: catalogue() };
+        let e = enricher(Arc::new(flaky), EnrichConfig::default());
+        assert!(matches!(e.preload().await, Err(CatalogueError::Request(_))));
+        assert_eq!(e.preload().await.unwrap().tracks, 1, "the next reload succeeds");
+    }
+
+    /// Answers track lookups only when released, so that lookups pile up in flight.
+    struct Gated {
+        gate: Arc<tokio::sync::Notify>,
+        requests: Arc<AtomicUsize>,
+        inner: MemoryCatalogue,
+    }
+
+    impl Catalogue for Gated {
+        fn track(&self, id: &str) -> BoxFuture<'static, Result<Option<TrackRow>, CatalogueError>> {
+            self.requests.fetch_add(1, Relaxed);
+            let (gate, answer) = (Arc::clone(&self.gate), self.inner.track(id));
+            Box::pin(async move {
+                gate.notified().await;
+                answer.await
+            })
+        }
+        fn ad(&self, id: &str) -> BoxFuture<'static, Result<Option<AdRow>, CatalogueError>> {
+            self.inner.ad(id)
+        }
+        fn scan_tracks(&self) -> BoxStream<'static, Result<(String, TrackRow), CatalogueError>> {
+            self.inner.scan_tracks()
+        }
+        fn scan_ads(&self) -> BoxStream<'static, Result<(String, AdRow), CatalogueError>> {
+            self.inner.scan_ads()
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_fetches_of_one_id_share_one_request() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let gated = Gated { gate: Arc::clone(&gate), requests: Arc::clone(&requests), inner: catalogue() };
+        let e = enricher(Arc::new(gated), EnrichConfig::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for caller in 0..3 {
+            let tx = tx.clone();
+            e.fetch(Key::Track("t1".into()), move |k, i| {
+                let _ = tx.send((caller, k, i));
+            });
+        }
+        // The first request is held at the gate until all three callers are waiting on it.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while requests.load(Relaxed) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        gate.notify_one();
+        let mut callers = Vec::new();
+        for _ in 0..3 {
+            let (caller, k, i) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            assert_eq!(k, Key::Track("t1".into()));
+            assert_eq!(i, Info::Track { genre: e.symbols().intern("rock"), artist: e.symbols().intern("ar1") });
+            callers.push(caller);
+        }
+        callers.sort();
+        assert_eq!(callers, [0, 1, 2]);
+        assert_eq!(requests.load(Relaxed), 1);
+        assert_eq!(e.stats().joined.load(Relaxed), 2);
+        // Once answered, the id is no longer in flight: a new fetch after expiry would ask again.
+        assert!(e.inner.in_flight.is_empty());
     }
 }

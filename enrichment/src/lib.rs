@@ -5,6 +5,8 @@ mod catalogue;
 mod enricher;
 mod symbols;
 
-pub use catalogue::{AdRow, Catalogue, CatalogueError, CqlCatalogue, MemoryCatalogue, TrackRow, schema};
-pub use enricher::{EnrichConfig, Enricher, EnricherStats, Info, Key, OnTimeout};
+pub use catalogue::{
+    AdRow, Catalogue, CatalogueError, CqlCatalogue, MemoryCatalogue, SCAN_PAGE_ROWS, TrackRow, schema,
+};
+pub use enricher::{EnrichConfig, Enricher, EnricherStats, Info, Key, OnTimeout, Preloaded};
 pub use symbols::{Sym, Symbols, UNKNOWN};

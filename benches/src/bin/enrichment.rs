@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 use clap::Parser;
 use squall_benches::engine::{EngineRun, Source, generate, key_of, run_on};
@@ -49,6 +50,13 @@ impl Catalogue for Delayed {
             tokio::time::sleep(d).await;
             f.await
         })
+    }
+    // The harness measures lookups with a cold cache: it never preloads.
+    fn scan_tracks(&self) -> BoxStream<'static, Result<(String, TrackRow), CatalogueError>> {
+        self.inner.scan_tracks()
+    }
+    fn scan_ads(&self) -> BoxStream<'static, Result<(String, AdRow), CatalogueError>> {
+        self.inner.scan_ads()
     }
 }
 
