@@ -239,7 +239,7 @@ pub async fn start(
         pending: Arc::clone(&pending),
         max_pending: spec.runtime.max_pending,
         shutdown: Arc::clone(&shutdown),
-        properties: Vec::new(),
+        properties: spec.kafka.consumer.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     let (parts_tx, dedup_shares, writer) = match checkpoints {
         Some((tx, shares, writer)) => (Some(tx), Some(shares), Some(writer)),

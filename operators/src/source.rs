@@ -168,6 +168,10 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
             .set("fetch.wait.max.ms", "10")
             // Enough prefetch per partition to keep a worker busy while the next fetch is in flight.
             .set("queued.max.messages.kbytes", "65536")
+            // When a partition's prefetch queue is full, librdkafka waits this long before it
+            // checks again (default 1 s). Events are consumed faster than that: with the default
+            // the queues ran dry and squall read at half the rate (benches/RESULTS.md).
+            .set("fetch.queue.backoff.ms", "1")
             .set("client.id", format!("squall-{}-w{worker}", config.group_id));
         for (k, v) in &config.properties {
             client.set(k, v);

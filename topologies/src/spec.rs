@@ -62,7 +62,16 @@ pub struct KafkaSpec {
     pub dlq_suffix: String,
     /// Larger messages are dead-lettered as `oversized`.
     pub max_message_bytes: usize,
+    /// `[kafka.consumer]`: librdkafka properties of the source consumers (not the dead-letter
+    /// producer or the offset committer), applied after squall's own, e.g. fetch tuning. The
+    /// properties that exactly-once depends on (offsets are committed only with a complete
+    /// checkpoint) cannot be set here.
+    pub consumer: std::collections::BTreeMap<String, String>,
 }
+
+/// librdkafka properties squall sets itself and `[kafka.consumer]` may not change.
+pub const RESERVED_CONSUMER_PROPERTIES: [&str; 4] =
+    ["group.id", "enable.auto.commit", "enable.auto.offset.store", "bootstrap.servers"];
 
 impl Default for KafkaSpec {
     fn default() -> Self {
@@ -74,6 +83,7 @@ impl Default for KafkaSpec {
             start_from_group: None,
             dlq_suffix: ".dlq".into(),
             max_message_bytes: 64 * 1024,
+            consumer: Default::default(),
         }
     }
 }
@@ -264,6 +274,16 @@ impl TopologySpec {
         {
             return Err(format!("versions.{} names other code than `attributes` for the same version", self.version));
         }
+        if let Some(key) = self.kafka.consumer.keys().find(|k| RESERVED_CONSUMER_PROPERTIES.contains(&k.as_str())) {
+            return Err(format!(
+                "kafka.consumer.\"{key}\": squall sets this itself ({}); offsets are committed only with a complete checkpoint",
+                match key.as_str() {
+                    "group.id" => "from the topology name and version",
+                    "bootstrap.servers" => "from kafka.brokers",
+                    _ => "to false",
+                }
+            ));
+        }
         if let Some(group) = &self.kafka.start_from_group
             && (group.is_empty() || group.len() > 255)
         {
@@ -387,6 +407,17 @@ mod tests {
                 .contains("epoch")
         );
         assert!(err("version = 1").contains("name"));
+    }
+
+    #[test]
+    fn consumer_properties_pass_through_except_the_reserved_ones() {
+        let base = "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[kafka.consumer]\n";
+        let spec = TopologySpec::from_toml(&format!("{base}\"fetch.wait.max.ms\" = \"50\"")).unwrap();
+        assert_eq!(spec.kafka.consumer.get("fetch.wait.max.ms").map(String::as_str), Some("50"));
+        for key in RESERVED_CONSUMER_PROPERTIES {
+            let err = TopologySpec::from_toml(&format!("{base}\"{key}\" = \"x\"")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("squall sets this itself"), "{err}");
+        }
     }
 
     #[test]
