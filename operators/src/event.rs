@@ -198,10 +198,10 @@ pub fn decode(kind: EventKind, payload: &[u8], limits: &DecodeLimits) -> Result<
             format!("{} bytes > max_message_bytes {}", payload.len(), limits.max_message_bytes),
         ));
     }
-    if let Err(e) = std::str::from_utf8(payload) {
-        return Err(DecodeError::new(DlqReason::NotUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to())));
-    }
-    let wire: Wire = serde_json::from_slice(payload).map_err(|e| {
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| DecodeError::new(DlqReason::NotUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+    // From the checked `str`: serde_json does not validate the UTF-8 of every string again.
+    let wire: Wire = serde_json::from_str(text).map_err(|e| {
         let reason = match e.classify() {
             serde_json::error::Category::Data => DlqReason::WrongType,
             _ => DlqReason::MalformedJson,
