@@ -139,7 +139,13 @@ pub fn key_of(e: &Event) -> Key {
 
 /// Process CPU time (user + system, all threads), from `/proc/self/stat`; 0 where unavailable.
 pub fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    cpu_seconds_of("self")
+}
+
+/// CPU time (user + system, all threads, exited ones included) of process `pid` (a number or
+/// `self`), from `/proc/<pid>/stat`; 0 where unavailable.
+pub fn cpu_seconds_of(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
     let f: Vec<&str> = rest.split_whitespace().collect();

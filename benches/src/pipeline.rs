@@ -56,14 +56,23 @@ pub struct Squall {
 }
 
 impl Squall {
-    /// Writes a topology file for the topics and starts `squall run` on it.
-    pub fn start(bin_dir: &Path, name: &str, brokers: &str, cql: &str, topics: (&str, &str), workers: usize) -> Self {
+    /// Writes a topology file for the topics (plus the TOML `extra`, e.g. an `[enrichment]`
+    /// section) and starts `squall run` on it.
+    pub fn start(
+        bin_dir: &Path,
+        name: &str,
+        brokers: &str,
+        cql: &str,
+        topics: (&str, &str),
+        workers: usize,
+        extra: &str,
+    ) -> Self {
         let topo = std::env::temp_dir().join(format!("{name}.toml"));
         std::fs::write(
             &topo,
             format!(
                 "name = \"{name}\"\nversion = 1\nattributes = \"personalization_v1\"\n[kafka]\nbrokers = \"{brokers}\"\n\
-                 song_completions = \"{}\"\nad_impressions = \"{}\"\n[cql]\nnodes = \"{cql}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+                 song_completions = \"{}\"\nad_impressions = \"{}\"\n[cql]\nnodes = \"{cql}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}",
                 topics.0, topics.1
             ),
         )
@@ -98,6 +107,11 @@ impl Squall {
             }
             _ => 0.0,
         }
+    }
+
+    /// The CPU time squall has used so far (all its threads).
+    pub fn cpu_seconds(&self) -> f64 {
+        crate::engine::cpu_seconds_of(&self.child.id().to_string())
     }
 
     /// Waits until `n` events are processed; the instant it saw them.
@@ -152,6 +166,7 @@ pub fn bare_consume(brokers: &str, topics: &[&str], workers: usize) -> (u64, u64
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
             .set("queued.max.messages.kbytes", "65536")
+            .set("fetch.queue.backoff.ms", "1")
             .set("client.id", format!("bare-w{w}"));
         c
     };

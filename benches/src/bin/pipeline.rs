@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use squall::generate::{CatalogueGen, EventGenConfig};
+use squall_benches::engine::process_cpu_seconds;
 use squall_benches::pipeline::{Load, Squall, bare_consume, bin_dir, http_load, probe_latency, quantile, squall_gen};
 
 #[derive(Parser)]
@@ -49,6 +50,13 @@ struct Args {
     /// Bytewax worker processes' `-w`.
     #[arg(long, default_value_t = 2)]
     bytewax_workers: usize,
+    /// Whether squall reads the whole catalogue into its cache before consuming
+    /// (`[enrichment] preload`); false: every id's first event waits for a lookup.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    preload: bool,
+    /// librdkafka consumer properties for squall (`[kafka.consumer]`), as `key=value`; repeatable.
+    #[arg(long = "consumer-property")]
+    consumer_properties: Vec<String>,
     /// Where `squall` and `squall-gen` are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -89,22 +97,36 @@ fn main() {
     );
     println!("pipeline_produce events={n} seconds={:.2}", t.elapsed().as_secs_f64());
 
+    let cpu0 = process_cpu_seconds();
     let (read, bytes, secs) = bare_consume(&a.brokers, &[&songs, &ads], a.workers);
+    let ceiling_cpu = process_cpu_seconds() - cpu0;
     let ceiling = read as f64 / secs;
     println!(
-        "pipeline_ceiling consumers={} events={read} bytes={bytes} seconds={secs:.2} events_per_sec={ceiling:.0}",
-        a.workers
+        "pipeline_ceiling consumers={} events={read} bytes={bytes} seconds={secs:.2} events_per_sec={ceiling:.0} cpu_s={ceiling_cpu:.2} events_per_cpu_s={:.0}",
+        a.workers,
+        read as f64 / ceiling_cpu.max(1e-9),
     );
 
-    let squall = Squall::start(&bins, &run, &a.brokers, &a.cql, (&songs, &ads), a.workers);
+    let mut extra = format!("[enrichment]\npreload = {}\n[kafka.consumer]\n", a.preload);
+    for kv in &a.consumer_properties {
+        let (k, v) = kv.split_once('=').expect("--consumer-property key=value");
+        extra.push_str(&format!("{k:?} = {v:?}\n"));
+    }
+    let squall = Squall::start(&bins, &run, &a.brokers, &a.cql, (&songs, &ads), a.workers, &extra);
+    let cpu_at_serving = squall.cpu_seconds();
     let done = squall.wait_for(a.events as f64, Duration::from_secs(600)).expect("squall applied every event");
+    let squall_cpu = squall.cpu_seconds() - cpu_at_serving;
     let from_serving = (done - squall.serving_at).as_secs_f64();
     let from_spawn = (done - squall.spawned_at).as_secs_f64();
     let rate = a.events as f64 / from_serving;
     println!(
-        "pipeline_squall workers={} events={n} seconds={from_serving:.2} seconds_from_spawn={from_spawn:.2} events_per_sec={rate:.0} ratio_to_ceiling={:.3}",
+        "pipeline_squall workers={} preload={} events={n} seconds={from_serving:.2} seconds_from_spawn={from_spawn:.2} events_per_sec={rate:.0} ratio_to_ceiling={:.3} ratio_from_spawn={:.3} cpu_s={squall_cpu:.2} events_per_cpu_s={:.0} cpu_ratio_to_ceiling={:.3}",
         a.workers,
+        a.preload,
         rate / ceiling,
+        (a.events as f64 / from_spawn) / ceiling,
+        a.events as f64 / squall_cpu.max(1e-9),
+        (a.events as f64 / squall_cpu.max(1e-9)) / (read as f64 / ceiling_cpu.max(1e-9)),
     );
 
     let catalogue = CatalogueGen { tracks: 100_000, ads: 2_000, seed: 7 };
