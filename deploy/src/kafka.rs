@@ -51,6 +51,16 @@ pub fn partitions(
         .set("allow.auto.create.topics", "false")
         .create()
         .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.into(), source })?;
+    partitions_with(&consumer, brokers, topics)
+}
+
+/// As [`partitions`], through an existing client (one made with `allow.auto.create.topics=false`,
+/// such as a [`group_reader`]).
+pub fn partitions_with(
+    consumer: &BaseConsumer,
+    brokers: &str,
+    topics: &[(String, EventKind)],
+) -> Result<Vec<(Partition, EventKind)>, KafkaSetupError> {
     let mut out = Vec::new();
     for (topic, kind) in topics {
         let md = consumer

@@ -481,24 +481,50 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 /// Once a second: each deployment's counters (from its processes) and Kafka lag (from the brokers).
+/// What the monitor keeps per deployment between ticks: its effective spec (read once) and its
+/// input partitions (looked up again every [`PARTITIONS_EVERY`], since topics can grow).
+struct Watched {
+    spec: TopologySpec,
+    partitions: Option<LookedUp>,
+}
+
+/// Input partitions and when they were looked up.
+type LookedUp = (Instant, Vec<Partition>);
+
+/// How often the monitor looks up a deployment's input partitions again.
+const PARTITIONS_EVERY: Duration = Duration::from_secs(60);
+
 async fn monitor(server: Shared) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watched: HashMap<String, Watched> = HashMap::new();
     loop {
         tick.tick().await;
         let deployments: Vec<Deployment> = server.registry.lock().await.data.deployments.values().cloned().collect();
+        watched.retain(|group, _| deployments.iter().any(|d| &d.group_id == group));
         for d in deployments {
             let status = match server.urls(&d.group_id) {
                 Some(urls) => child_status(&server.http, &urls).await,
                 None => None,
             };
-            let lag = match server.spec_of(&d) {
-                Ok(spec) => {
+            let lag = match watched.entry(d.group_id.clone()) {
+                std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    server.spec_of(&d).map(|spec| v.insert(Watched { spec, partitions: None }))
+                }
+            };
+            let lag = match lag {
+                Ok(w) => {
                     let server = Arc::clone(&server);
-                    let group = d.group_id.clone();
-                    tokio::task::spawn_blocking(move || read_lag(&server, &group, &spec))
+                    let (group, spec) = (d.group_id.clone(), w.spec.clone());
+                    let known = w.partitions.clone().filter(|(at, _)| at.elapsed() < PARTITIONS_EVERY);
+                    let read = tokio::task::spawn_blocking(move || read_lag(&server, &group, &spec, known))
                         .await
-                        .unwrap_or_else(|e| Err(e.to_string()))
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    read.map(|(partitions, lag)| {
+                        w.partitions = Some(partitions);
+                        lag
+                    })
                 }
                 Err(e) => Err(e),
             };
@@ -559,7 +585,14 @@ async fn child_status(http: &reqwest::Client, urls: &[String]) -> Option<RunStat
     Some(sum)
 }
 
-fn read_lag(server: &Server, group_id: &str, spec: &TopologySpec) -> Result<Vec<PartitionLag>, String> {
+/// The lag of `group_id` on every partition of `spec`'s topics, through one cached client per
+/// group; `known` partitions (and when they were looked up) are used if given, else looked up.
+fn read_lag(
+    server: &Server,
+    group_id: &str,
+    spec: &TopologySpec,
+    known: Option<LookedUp>,
+) -> Result<(LookedUp, Vec<PartitionLag>), String> {
     let brokers = &spec.kafka.brokers;
     let reader = {
         let mut readers = lock(&server.readers);
@@ -572,14 +605,27 @@ fn read_lag(server: &Server, group_id: &str, spec: &TopologySpec) -> Result<Vec<
             }
         }
     };
-    let partitions = topic_partitions(brokers, spec)?;
-    kafka::lag(&reader, brokers, &partitions).map_err(|e| e.to_string())
+    let partitions = match known {
+        Some(k) => k,
+        None => (Instant::now(), topic_partitions(brokers, spec, Some(&reader))?),
+    };
+    let lag = kafka::lag(&reader, brokers, &partitions.1).map_err(|e| e.to_string())?;
+    Ok((partitions, lag))
 }
 
-fn topic_partitions(brokers: &str, spec: &TopologySpec) -> Result<Vec<Partition>, String> {
+/// The partitions of `spec`'s input topics, through `client` if given (else a new one).
+fn topic_partitions(
+    brokers: &str,
+    spec: &TopologySpec,
+    client: Option<&rdkafka::consumer::BaseConsumer>,
+) -> Result<Vec<Partition>, String> {
     let topics =
         [(spec.kafka.song_completions.clone(), EventKind::Song), (spec.kafka.ad_impressions.clone(), EventKind::Ad)];
-    Ok(kafka::partitions(brokers, &topics).map_err(|e| e.to_string())?.into_iter().map(|(p, _)| p).collect())
+    let found = match client {
+        Some(c) => kafka::partitions_with(c, brokers, &topics),
+        None => kafka::partitions(brokers, &topics),
+    };
+    Ok(found.map_err(|e| e.to_string())?.into_iter().map(|(p, _)| p).collect())
 }
 
 // ---------------------------------------------------------------- HTTP
@@ -769,7 +815,7 @@ async fn deploy(
             probe.kafka.brokers = b.clone();
         }
         let found = tokio::task::spawn_blocking(move || -> Result<usize, String> {
-            let parts = topic_partitions(&probe.kafka.brokers, &probe)?;
+            let parts = topic_partitions(&probe.kafka.brokers, &probe, None)?;
             let reader = kafka::group_reader(&probe.kafka.brokers, &from).map_err(|e| e.to_string())?;
             Ok(kafka::committed(&reader, &probe.kafka.brokers, &parts).map_err(|e| e.to_string())?.len())
         })
