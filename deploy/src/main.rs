@@ -10,11 +10,6 @@ use clap::{Parser, Subcommand};
 use squall::client::{Client, ClientArgs};
 use squall::http::{self, Api};
 use squall::server::{self, Server, ServerConfig};
-
-/// jemalloc for the whole process, librdkafka's C allocations included: with glibc malloc the
-/// workers freeing consumed messages waited on the arena locks of librdkafka's broker threads.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use squall::{runner, telemetry};
 use squall_operators::StartFrom;
 use squall_topologies::TopologySpec;
