@@ -242,9 +242,15 @@ async fn start_from_another_groups_committed_offsets() {
     let want = oracle::expected(AttributeSet::PersonalizationV2, later.iter(), &s.catalogue.oracle());
     equals_oracle(&server, &format!("?group={v2}"), &want).await;
     fully_committed(&s, &v2).await;
-    let (_, d) = server.get(&format!("/v1/deployments/{v2}")).await;
-    assert_eq!(d["start_from"], format!("group:{v1}"));
-    let applied = d["status"]["applied"].as_u64().unwrap_or(0) + d["status"]["duplicates"].as_u64().unwrap_or(0);
+    // The server's monitor refreshes a deployment's status once a second: wait until it has seen
+    // v2's events, then check it saw no more than those.
+    let applied = wait_for("the monitor to report v2's events", Duration::from_secs(15), || async {
+        let (_, d) = server.get(&format!("/v1/deployments/{v2}")).await;
+        assert_eq!(d["start_from"], format!("group:{v1}"));
+        let n = d["status"]["applied"].as_u64().unwrap_or(0) + d["status"]["duplicates"].as_u64().unwrap_or(0);
+        if n >= later.len() as u64 { Ok(n) } else { Err(format!("{n} so far")) }
+    })
+    .await;
     assert_eq!(applied, later.len() as u64, "v2 read only what came after v1's offsets {at_deploy:?}");
 }
 

@@ -138,10 +138,16 @@ async fn the_status_page_renders_deployments_and_charts_in_chromium() {
     let shot = dir.join("status.png");
     let out = browser(&[&format!("--screenshot={}", shot.display())]);
     assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
-    let mut reader = decoder.read_info().expect("a PNG");
-    let mut pixels = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut pixels).expect("frame");
+    // Chromium can return before the file is complete on a loaded machine: read it once it
+    // decodes whole.
+    let (info, pixels) = wait_for("a complete PNG screenshot", Duration::from_secs(10), || async {
+        let file = std::fs::File::open(&shot).map_err(|e| e.to_string())?;
+        let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| e.to_string())?;
+        let mut pixels = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut pixels).map_err(|e| e.to_string())?;
+        Ok((info, pixels))
+    })
+    .await;
     assert_eq!((info.width, info.height), (1280, 900));
     let channels = info.line_size / info.width as usize;
     let matches = |p: &[u8], rgb: [u8; 3]| p[..3].iter().zip(rgb).all(|(a, b)| a.abs_diff(b) <= 24);
