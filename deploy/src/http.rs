@@ -1,16 +1,18 @@
 //! The HTTP API: a user's attributes, health, and metrics. One JSON error shape for every failure.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 
+use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use squall_operators::attributes::AttributesView;
 use squall_operators::{Attributes, UserStore};
 use tokio::net::TcpListener;
 
@@ -88,6 +90,17 @@ pub struct UserAttributes {
     pub attributes: Attributes,
 }
 
+/// What `GET /v1/users/{user_id}/attributes` writes: the JSON of [`UserAttributes`] (same fields
+/// in the same order), serialised straight from the user's state with borrowed strings.
+#[derive(Serialize)]
+struct UserAttributesBody<'a> {
+    user_id: &'a str,
+    topology: &'a str,
+    version: u32,
+    group_id: &'a str,
+    attributes: AttributesView<'a>,
+}
+
 /// The error body: `{"error": {"status", "message", "detail", "hint"}}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -119,13 +132,18 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         #[derive(Serialize)]
+        struct Error<'a> {
+            error: Body<'a>,
+        }
+        /// Keys in alphabetical order: the body has always been written that way.
+        #[derive(Serialize)]
         struct Body<'a> {
-            status: u16,
-            message: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
             detail: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             hint: Option<&'a str>,
+            message: &'a str,
+            status: u16,
         }
         let body = Body {
             status: self.status.as_u16(),
@@ -133,7 +151,7 @@ impl IntoResponse for ApiError {
             detail: self.detail.as_deref(),
             hint: self.hint.as_deref(),
         };
-        (self.status, Json(serde_json::json!({ "error": body }))).into_response()
+        (self.status, Json(Error { error: body })).into_response()
     }
 }
 
@@ -156,16 +174,55 @@ pub fn router(api: Arc<Api>) -> Router {
 
 /// Records every request's latency as `squall_http_request_seconds{route, status}`.
 pub async fn track_latency(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    metrics::histogram!("squall_http_request_seconds", "route" => route, "status" => resp.status().as_u16().to_string())
-        .record(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    match LATENCY.get(route, resp.status()) {
+        Some(histogram) => histogram.record(seconds),
+        None => {
+            let (route, status) = (route.to_owned(), resp.status().as_str().to_owned());
+            metrics::histogram!("squall_http_request_seconds", "route" => route, "status" => status).record(seconds)
+        }
+    }
     resp
+}
+
+/// The `squall_http_request_seconds` series of the routes `squall run` serves, registered on first
+/// use and kept, so that a request costs no label strings and no registry lookup. Other routes and
+/// statuses go through the registry.
+static LATENCY: LazyLock<Latency> = LazyLock::new(|| {
+    // Handles belong to the recorder present when they are made: make sure it is the process's.
+    let _ = crate::telemetry::metrics();
+    Latency { series: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())) }
+});
+
+/// Routes with kept series (the ones of [`router`]).
+const ROUTES: [&str; 4] = ["/v1/users/{user_id}/attributes", "/healthz", "/metrics", "/v1/status"];
+/// Statuses with kept series.
+const STATUSES: [StatusCode; 6] = [
+    StatusCode::OK,
+    StatusCode::NOT_FOUND,
+    StatusCode::BAD_REQUEST,
+    StatusCode::METHOD_NOT_ALLOWED,
+    StatusCode::MISDIRECTED_REQUEST,
+    StatusCode::BAD_GATEWAY,
+];
+
+struct Latency {
+    series: [[OnceLock<metrics::Histogram>; STATUSES.len()]; ROUTES.len()],
+}
+
+impl Latency {
+    fn get(&self, route: &str, status: StatusCode) -> Option<&metrics::Histogram> {
+        let r = ROUTES.iter().position(|r| *r == route)?;
+        let s = STATUSES.iter().position(|s| *s == status)?;
+        Some(self.series[r][s].get_or_init(|| {
+            let status = status.as_str().to_owned();
+            metrics::histogram!("squall_http_request_seconds", "route" => ROUTES[r], "status" => status)
+        }))
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -238,18 +295,29 @@ async fn attributes(
             return forward(r, owner, &user_id).await;
         }
     }
-    let attributes = api.store.attributes(&user_id).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, format!("no attributes for user {user_id:?}"))
-            .detail(format!("topology {} version {} has consumed no event of this user", api.topology, api.version))
-    })?;
-    Ok(Json(UserAttributes {
-        user_id,
-        topology: api.topology.clone(),
-        version: api.version,
-        group_id: api.group_id.clone(),
-        attributes,
-    })
-    .into_response())
+    let body = api.store.view(&user_id, |attributes| {
+        let mut out = Vec::with_capacity(128 + user_id.len() + attributes.json_len_hint());
+        let body = UserAttributesBody {
+            user_id: &user_id,
+            topology: &api.topology,
+            version: api.version,
+            group_id: &api.group_id,
+            attributes,
+        };
+        serde_json::to_writer(&mut out, &body).map(|()| out)
+    });
+    match body {
+        Some(Ok(json)) => {
+            Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], Bytes::from(json))
+                .into_response())
+        }
+        Some(Err(e)) => {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot serialise the attributes")
+                .detail(e.to_string()))
+        }
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no attributes for user {user_id:?}"))
+            .detail(format!("topology {} version {} has consumed no event of this user", api.topology, api.version))),
+    }
 }
 
 /// Asks process `owner` for the attributes of a user it owns, and passes its answer on.
@@ -275,4 +343,106 @@ async fn forward(r: &Routing, owner: usize, user_id: &str) -> Result<Response, A
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squall_enrichment::{EnrichConfig, Enricher, MemoryCatalogue, Symbols};
+    use squall_operators::{Activity, AttributeSet, What};
+
+    /// A version 2 store with one user who played two genres and saw an ad.
+    fn store() -> Arc<UserStore> {
+        let symbols = Symbols::default();
+        let store = Arc::new(UserStore::new(AttributeSet::PersonalizationV2, symbols.clone(), 2));
+        let t0 = 1_763_750_000_000;
+        let events = [
+            (t0, What::Play { genre: symbols.intern("rock"), skip: false }),
+            (t0 + 86_400_000, What::Play { genre: symbols.intern("jazz"), skip: true }),
+            (t0 + 5, What::Ad { category: symbols.intern("travel") }),
+        ];
+        for (i, (ts, what)) in events.into_iter().enumerate() {
+            let a = Activity { user: "u\"1".into(), dedup_key: i as u128, ts, what };
+            let shard = store.shard(store.owner(&a.user));
+            shard.entry(a.user.clone()).or_default().apply(store.attribute_set(), a.ts, a.what);
+        }
+        store
+    }
+
+    async fn serve_store(store: Arc<UserStore>) -> String {
+        let catalogue = MemoryCatalogue { tracks: Default::default(), ads: Default::default() };
+        let enricher = Enricher::new(
+            Arc::new(catalogue),
+            store.symbols().clone(),
+            EnrichConfig::default(),
+            tokio::runtime::Handle::current(),
+        );
+        let api = Arc::new(Api {
+            topology: "personalization".into(),
+            version: 2,
+            group_id: "personalization-v2".into(),
+            store,
+            metrics: crate::telemetry::metrics(),
+            enricher,
+            recovered_cut: None,
+            routing: None,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(listener, router(api), std::future::pending()));
+        format!("http://{addr}")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attributes_answer_the_json_of_user_attributes() {
+        let store = store();
+        let expected = serde_json::to_string(&UserAttributes {
+            user_id: "u\"1".into(),
+            topology: "personalization".into(),
+            version: 2,
+            group_id: "personalization-v2".into(),
+            attributes: store.attributes("u\"1").expect("the user has attributes"),
+        })
+        .expect("serialises");
+        assert!(expected.contains(r#""genre_affinity":{"jazz":1.0,"rock":0.9057236642639067}"#), "{expected}");
+        let base = serve_store(store).await;
+        let resp = reqwest::get(format!("{base}/v1/users/u%221/attributes")).await.expect("request");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(resp.text().await.expect("body"), expected);
+
+        let missing = reqwest::get(format!("{base}/v1/users/nobody/attributes")).await.expect("request");
+        assert_eq!(missing.status(), 404);
+        assert_eq!(missing.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            missing.text().await.expect("body"),
+            r#"{"error":{"detail":"topology personalization version 2 has consumed no event of this user","message":"no attributes for user \"nobody\"","status":404}}"#
+        );
+
+        let metrics = reqwest::get(format!("{base}/metrics")).await.expect("request").text().await.expect("body");
+        for status in ["200", "404"] {
+            let series = format!(
+                r#"squall_http_request_seconds_count{{route="/v1/users/{{user_id}}/attributes",status="{status}"}} 1"#
+            );
+            assert!(metrics.contains(&series), "{series} not in\n{metrics}");
+        }
+    }
+
+    #[test]
+    fn errors_keep_their_json() {
+        let body = |e: ApiError| {
+            let resp = e.into_response();
+            let status = resp.status();
+            let bytes = futures::executor::block_on(axum::body::to_bytes(resp.into_body(), usize::MAX)).expect("body");
+            (status.as_u16(), String::from_utf8(bytes.to_vec()).expect("utf-8"))
+        };
+        assert_eq!(
+            body(ApiError::new(StatusCode::BAD_REQUEST, "invalid user id").detail("d \"q\"").hint("h")),
+            (400, r#"{"error":{"detail":"d \"q\"","hint":"h","message":"invalid user id","status":400}}"#.into())
+        );
+        assert_eq!(
+            body(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+            (404, r#"{"error":{"message":"no such endpoint","status":404}}"#.into())
+        );
+    }
 }

@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 
 use compact_str::CompactString;
-use serde::{Deserialize, Serialize};
+use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
 use squall_enrichment::{Sym, Symbols};
 
 /// Plays shorter than this many milliseconds are skips.
@@ -207,7 +208,7 @@ impl UserState {
 
     /// This state with names instead of process-local symbols, for checkpoints.
     pub fn snapshot(&self, symbols: &Symbols) -> UserSnapshot {
-        let name = |s: Sym| symbols.resolve(s).to_string();
+        let name = |s: Sym| symbols.name(s).to_owned();
         let affinity = match &self.affinity {
             Some(a) => self.genres().map(|(i, _, _)| a.weights.get(i).copied().unwrap_or(0.0)).collect(),
             None => Vec::new(),
@@ -249,10 +250,16 @@ impl UserState {
         u64::from(self.plays)
     }
 
+    /// The attributes of `set` as [`AttributesView`]: serialises like [`UserState::attributes`]
+    /// without building it.
+    pub fn view<'a>(&'a self, set: AttributeSet, symbols: &'a Symbols) -> AttributesView<'a> {
+        AttributesView { state: self, set, symbols }
+    }
+
     /// The attributes of `set`, names resolved through `symbols`.
     pub fn attributes(&self, set: AttributeSet, symbols: &Symbols) -> Attributes {
         let genre_plays: BTreeMap<String, u64> =
-            self.genres().map(|(_, s, n)| (symbols.resolve(s).to_string(), u64::from(n))).collect();
+            self.genres().map(|(_, s, n)| (symbols.name(s).to_owned(), u64::from(n))).collect();
         let mut ranked: Vec<(&String, &u64)> = genre_plays.iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
         let top_genres = ranked.into_iter().take(3).map(|(g, _)| g.clone()).collect();
@@ -262,7 +269,7 @@ impl UserState {
                 Some(a) => {
                     let rescale = ((a.reference - self.last_seen_ts) as f64 / AFFINITY_HALF_LIFE_MS).exp2();
                     self.genres()
-                        .filter_map(|(i, s, _)| Some((symbols.resolve(s).to_string(), a.weights.get(i)? * rescale)))
+                        .filter_map(|(i, s, _)| Some((symbols.name(s).to_owned(), a.weights.get(i)? * rescale)))
                         .collect()
                 }
                 None => BTreeMap::new(),
@@ -277,11 +284,160 @@ impl UserState {
             genre_plays,
             top_genres,
             ad_impressions: u64::from(self.ads),
-            ad_categories: self.categories().map(|(s, n)| (symbols.resolve(s).to_string(), u64::from(n))).collect(),
+            ad_categories: self.categories().map(|(s, n)| (symbols.name(s).to_owned(), u64::from(n))).collect(),
             last_seen_ts: self.last_seen_ts,
             skip_rate,
             genre_affinity,
         }
+    }
+}
+
+/// A user's attributes as they serialise: the same JSON as the [`Attributes`] that
+/// [`UserState::attributes`] returns (same fields, same order, same values), written straight from
+/// the state with names borrowed from the symbol table, so answering a query builds no maps and
+/// copies no names. The HTTP API serialises this; `attributes_json_matches_the_attributes_type`
+/// pins it to [`Attributes`].
+#[derive(Clone, Copy)]
+pub struct AttributesView<'a> {
+    state: &'a UserState,
+    set: AttributeSet,
+    symbols: &'a Symbols,
+}
+
+/// One genre or category of a [`UserState`] with its name.
+#[derive(Clone, Copy, Default)]
+struct Named<'a> {
+    /// The first 8 bytes of `name`, big-endian, zero-padded: ordering by `(prefix, name)` is
+    /// ordering by `name`, mostly without reading the strings.
+    prefix: u64,
+    name: &'a str,
+    count: u32,
+    /// Its index in `UserState::counts` (for the affinity weight).
+    index: u32,
+}
+
+/// Genres and categories of most users fit on the stack; more spill to the heap.
+const ON_STACK: usize = 32;
+
+impl AttributesView<'_> {
+    /// Roughly how many bytes of JSON this is, to size a buffer.
+    pub fn json_len_hint(&self) -> usize {
+        let per_entry = if self.set.keeps_affinity() { 64 } else { 32 };
+        200 + per_entry * self.state.counts.len()
+    }
+}
+
+impl Serialize for AttributesView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let state = self.state;
+        let mut stack = [Named::default(); ON_STACK];
+        let mut heap = Vec::new();
+        let all: &mut [Named<'_>] = if state.counts.len() <= ON_STACK {
+            &mut stack[..state.counts.len()]
+        } else {
+            heap.resize(state.counts.len(), Named::default());
+            &mut heap
+        };
+        // Genres first, then categories, each by name: the key order of `Attributes`' maps.
+        let named = |(i, (k, n)): (usize, &(u32, u32))| {
+            let name = self.symbols.name(Sym(k & !CATEGORY));
+            let mut prefix = [0; 8];
+            let len = name.len().min(8);
+            prefix[..len].copy_from_slice(&name.as_bytes()[..len]);
+            Named { prefix: u64::from_be_bytes(prefix), name, count: *n, index: i as u32 }
+        };
+        let genres = state.counts.iter().enumerate().filter(|(_, (k, _))| k & CATEGORY == 0).map(named);
+        let categories = state.counts.iter().enumerate().filter(|(_, (k, _))| k & CATEGORY != 0).map(named);
+        let mut split = 0;
+        for (slot, entry) in all.iter_mut().zip(genres) {
+            *slot = entry;
+            split += 1;
+        }
+        for (slot, entry) in all[split..].iter_mut().zip(categories) {
+            *slot = entry;
+        }
+        let (genres, categories) = all.split_at_mut(split);
+        let by_name = |a: &Named<'_>, b: &Named<'_>| a.prefix.cmp(&b.prefix).then_with(|| a.name.cmp(b.name));
+        genres.sort_unstable_by(by_name);
+        categories.sort_unstable_by(by_name);
+
+        let v2 = self.set.keeps_affinity();
+        let mut out = serializer.serialize_struct("Attributes", if v2 { 9 } else { 7 })?;
+        out.serialize_field("plays", &u64::from(state.plays))?;
+        out.serialize_field("skips", &u64::from(state.skips))?;
+        out.serialize_field("genre_plays", &Counts(genres))?;
+        out.serialize_field("top_genres", &TopGenres(genres))?;
+        out.serialize_field("ad_impressions", &u64::from(state.ads))?;
+        out.serialize_field("ad_categories", &Counts(categories))?;
+        out.serialize_field("last_seen_ts", &state.last_seen_ts)?;
+        if v2 {
+            let rate = if state.plays == 0 { 0.0 } else { f64::from(state.skips) / f64::from(state.plays) };
+            out.serialize_field("skip_rate", &rate)?;
+            out.serialize_field("genre_affinity", &Weights { genres, state })?;
+        } else {
+            out.skip_field("skip_rate")?;
+            out.skip_field("genre_affinity")?;
+        }
+        out.end()
+    }
+}
+
+/// Name -> count, in the given (name) order.
+struct Counts<'a>(&'a [Named<'a>]);
+
+impl Serialize for Counts<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for e in self.0 {
+            map.serialize_entry(e.name, &u64::from(e.count))?;
+        }
+        map.end()
+    }
+}
+
+/// Up to three genres by count, descending; ties by name ascending (`genres` is by name).
+struct TopGenres<'a>(&'a [Named<'a>]);
+
+impl Serialize for TopGenres<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut top: [Option<Named<'_>>; 3] = [None; 3];
+        for &e in self.0 {
+            // By name, so an equal count ranks after the ones already placed.
+            if let Some(at) = top.iter().position(|t| t.is_none_or(|t| e.count > t.count)) {
+                top[at..].rotate_right(1);
+                top[at] = Some(e);
+            }
+        }
+        let n = top.iter().flatten().count();
+        let mut seq = serializer.serialize_seq(Some(n))?;
+        for e in top.iter().flatten() {
+            seq.serialize_element(e.name)?;
+        }
+        seq.end()
+    }
+}
+
+/// Version 2's genre -> decayed weight relative to `last_seen_ts`, by name.
+struct Weights<'a> {
+    genres: &'a [Named<'a>],
+    state: &'a UserState,
+}
+
+impl Serialize for Weights<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some(a) = &self.state.affinity else {
+            return serializer.serialize_map(Some(0))?.end();
+        };
+        let rescale = ((a.reference - self.state.last_seen_ts) as f64 / AFFINITY_HALF_LIFE_MS).exp2();
+        let weight = |e: &Named<'_>| a.weights.get(e.index as usize).map(|w| w * rescale);
+        let n = self.genres.iter().filter(|e| weight(e).is_some()).count();
+        let mut map = serializer.serialize_map(Some(n))?;
+        for e in self.genres {
+            if let Some(w) = weight(e) {
+                map.serialize_entry(e.name, &w)?;
+            }
+        }
+        map.end()
     }
 }
 
@@ -381,5 +537,122 @@ mod tests {
         play(&mut s, v2, g, 60_000, T0 + 3000 * DAY);
         let aff = s.attributes(v2, &sy).genre_affinity.unwrap()["rock"];
         assert!((aff - 1.0).abs() < 1e-12 && aff.is_finite(), "{aff}");
+    }
+
+    fn json<T: Serialize>(t: &T) -> String {
+        serde_json::to_string(t).expect("serialises")
+    }
+
+    #[test]
+    fn attributes_json_matches_the_attributes_type() {
+        let sy = Symbols::default();
+        let (v1, v2) = (AttributeSet::PersonalizationV1, AttributeSet::PersonalizationV2);
+        let mut s = UserState::default();
+        // Ties on purpose (pop/blues/ambient), and names whose order differs from first-seen order.
+        for (g, n, ms) in [("rock", 3, 60_000), ("pop", 2, 10_000), ("blues", 2, 60_000), ("ambient", 2, 45_000)] {
+            for i in 0..n {
+                play(&mut s, v2, sy.intern(g), ms, T0 + i * DAY);
+            }
+        }
+        s.apply(v2, T0 + 2 * DAY, What::Ad { category: sy.intern("travel") });
+        s.apply(v2, T0 - DAY, What::Ad { category: sy.intern("cars") });
+        s.apply(v2, T0 - DAY, What::Ad { category: sy.intern("cars") });
+        play(&mut s, v2, sy.unknown(), 1_000, T0 + 3 * DAY);
+        assert_eq!(
+            json(&s.view(v2, &sy)),
+            concat!(
+                r#"{"plays":10,"skips":3,"genre_plays":{"ambient":2,"blues":2,"pop":2,"rock":3,"unknown":1},"#,
+                r#""top_genres":["rock","ambient","blues"],"ad_impressions":3,"ad_categories":{"cars":2,"travel":1},"#,
+                r#""last_seen_ts":1764009200000,"skip_rate":0.3,"genre_affinity":{"ambient":1.5633325005761118,"#,
+                r#""blues":1.5633325005761118,"pop":1.5633325005761118,"rock":2.4690561648400187,"unknown":1.0}}"#,
+            )
+        );
+        assert_eq!(json(&s.view(v2, &sy)), json(&s.attributes(v2, &sy)));
+        // The same state read as version 1: no skip_rate, no genre_affinity.
+        assert_eq!(
+            json(&s.view(v1, &sy)),
+            concat!(
+                r#"{"plays":10,"skips":3,"genre_plays":{"ambient":2,"blues":2,"pop":2,"rock":3,"unknown":1},"#,
+                r#""top_genres":["rock","ambient","blues"],"ad_impressions":3,"ad_categories":{"cars":2,"travel":1},"#,
+                r#""last_seen_ts":1764009200000}"#,
+            )
+        );
+        assert_eq!(json(&s.view(v1, &sy)), json(&s.attributes(v1, &sy)));
+        // And it reads back as the type the API documents.
+        let back: Attributes = serde_json::from_str(&json(&s.view(v2, &sy))).expect("parses");
+        assert_eq!(back, s.attributes(v2, &sy));
+    }
+
+    #[test]
+    fn attributes_json_of_edge_cases_matches_the_attributes_type() {
+        let sy = Symbols::default();
+        let sets = [AttributeSet::PersonalizationV1, AttributeSet::PersonalizationV2];
+        let mut cases = Vec::new();
+        // No plays (v2: skip_rate 0, empty affinity), one genre, ads only.
+        let mut ads_only = UserState::default();
+        ads_only.apply(sets[1], T0, What::Ad { category: sy.intern("food") });
+        cases.push(ads_only);
+        let mut one = UserState::default();
+        play(&mut one, sets[1], sy.intern("jazz"), 1, T0);
+        cases.push(one);
+        // More genres and categories than fit on the stack, with names that need escaping.
+        let mut many = UserState::default();
+        for i in 0..(ON_STACK as i64 + 9) {
+            let genre = sy.intern(&format!("g\"{}\u{e9}", 50 - i));
+            for _ in 0..(i % 4) + 1 {
+                play(&mut many, sets[1], genre, 40_000, T0 + i * 3_600_000);
+            }
+            many.apply(sets[1], T0, What::Ad { category: sy.intern(&format!("c{}", i % 17)) });
+        }
+        cases.push(many);
+        // Names that share their first 8 bytes, are prefixes of one another, or hold NUL bytes.
+        let mut prefixes = UserState::default();
+        for (i, g) in
+            ["electronica", "electronic", "electro", "electro\0", "electro\0\0x", "electronic\u{0}", "é-électro"]
+                .into_iter()
+                .enumerate()
+        {
+            for _ in 0..=(i % 3) {
+                play(&mut prefixes, sets[1], sy.intern(g), 60_000, T0 + i as i64);
+            }
+        }
+        cases.push(prefixes);
+        // A version 1 state read as version 2 (no affinity kept), and after a rebase far in the future.
+        let mut v1_state = UserState::default();
+        play(&mut v1_state, sets[0], sy.intern("rock"), 60_000, T0);
+        cases.push(v1_state);
+        let mut rebased = UserState::default();
+        play(&mut rebased, sets[1], sy.intern("rock"), 60_000, T0);
+        play(&mut rebased, sets[1], sy.intern("pop"), 60_000, T0 + 4000 * DAY);
+        rebased.apply(sets[1], T0 + 4001 * DAY, What::Ad { category: sy.unknown() });
+        cases.push(rebased);
+        for (i, s) in cases.iter().enumerate() {
+            for set in sets {
+                assert_eq!(json(&s.view(set, &sy)), json(&s.attributes(set, &sy)), "case {i}, {set:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn attributes_json_of_random_users_matches_the_attributes_type(
+            events in proptest::collection::vec((0u8..40, proptest::bool::ANY, 0u64..60_000, -40i64..40), 0..120),
+        ) {
+            let sy = Symbols::default();
+            for set in [AttributeSet::PersonalizationV1, AttributeSet::PersonalizationV2] {
+                let mut s = UserState::default();
+                for &(key, ad, ms, day) in &events {
+                    // Keys 0..20 are genres ("unknown" among them), 20..40 categories.
+                    let ts = T0 + day * DAY / 3;
+                    if ad {
+                        s.apply(set, ts, What::Ad { category: sy.intern(&format!("c{}", key % 20)) });
+                    } else {
+                        let genre = if key == 0 { sy.unknown() } else { sy.intern(&format!("genre-{}", key % 20)) };
+                        play(&mut s, set, genre, ms, ts);
+                    }
+                }
+                proptest::prop_assert_eq!(json(&s.view(set, &sy)), json(&s.attributes(set, &sy)));
+            }
+        }
     }
 }

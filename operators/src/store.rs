@@ -7,7 +7,7 @@ use compact_str::CompactString;
 use dashmap::DashMap;
 use squall_enrichment::Symbols;
 
-use crate::attributes::{AttributeSet, Attributes, UserState};
+use crate::attributes::{AttributeSet, Attributes, AttributesView, UserState};
 
 /// The hash that decides which worker owns a user; the dataflow exchanges on it.
 #[inline]
@@ -103,6 +103,15 @@ impl UserStore {
     pub fn attributes(&self, user_id: &str) -> Option<Attributes> {
         let state = self.shards[self.owner(user_id)].get(user_id)?;
         Some(state.attributes(self.set, &self.symbols))
+    }
+
+    /// Calls `f` with the attributes of `user_id` as they serialise, if any event of theirs was
+    /// applied: what queries use, as it copies nothing. `f` runs under the read lock of the user's
+    /// shard (which holds up the owning worker's writes to that part of the shard), so it should
+    /// only serialise.
+    pub fn view<R>(&self, user_id: &str, f: impl FnOnce(AttributesView<'_>) -> R) -> Option<R> {
+        let state = self.shards[self.owner(user_id)].get(user_id)?;
+        Some(f(state.view(self.set, &self.symbols)))
     }
 
     /// Adds to the counts of applied events and of resends dropped.
