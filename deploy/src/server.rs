@@ -1099,7 +1099,7 @@ mod tests {
         let kept = include_str!("../../docs/openapi.json");
         assert!(
             kept.trim_end() == super::openapi_json().trim_end(),
-            "docs/openapi.json is stale: run `cargo run -p squall -- openapi > docs/openapi.json`"
+            "docs/openapi.json is stale: run `cargo run -p squall --bin squall -- openapi > docs/openapi.json`"
         );
     }
 }
