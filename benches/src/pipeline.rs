@@ -245,9 +245,13 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, pa
 }
 
 impl Load {
-    /// Produces `config`'s events to `topics` at `rate` per second until stopped.
+    /// Produces `config`'s events to `topics` at `rate` per second until stopped (none at a rate
+    /// of 0 or less; as fast as it can at `f64::INFINITY`).
     pub fn start(brokers: &str, topics: (&str, &str), config: EventGenConfig, rate: f64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        if rate <= 0.0 || rate.is_nan() {
+            return Load { stop, thread: None };
+        }
         let (stopped, brokers) = (Arc::clone(&stop), brokers.to_owned());
         let (songs, ads) = (topics.0.to_owned(), topics.1.to_owned());
         let thread = std::thread::spawn(move || {
@@ -281,14 +285,74 @@ impl Load {
     }
 }
 
+/// A blocking HTTP/1.1 client on one keep-alive connection, reconnecting after an error. The
+/// prober polls thousands of times a second: a connection per request ran the machine out of
+/// ephemeral ports (sockets in TIME_WAIT) within a minute.
+struct KeepAlive {
+    addr: String,
+    conn: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    fn new(addr: &str) -> Self {
+        KeepAlive { addr: addr.to_owned(), conn: None, buf: Vec::with_capacity(4096) }
+    }
+
+    /// The status of `GET path`.
+    fn get(&mut self, path: &str) -> std::io::Result<u16> {
+        let r = self.exchange(path);
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+
+    fn exchange(&mut self, path: &str) -> std::io::Result<u16> {
+        let s = match &mut self.conn {
+            Some(s) => s,
+            None => {
+                let s = TcpStream::connect(&self.addr)?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                self.conn.insert(s)
+            }
+        };
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr)?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        let mut fill = |s: &mut TcpStream, buf: &mut Vec<u8>| -> std::io::Result<()> {
+            match s.read(&mut chunk)? {
+                0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    Ok(())
+                }
+            }
+        };
+        loop {
+            fill(s, &mut self.buf)?;
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let (status, len) = response_head(&self.buf[..end]);
+                while self.buf.len() < end + 4 + len {
+                    fill(s, &mut self.buf)?;
+                }
+                return Ok(status);
+            }
+        }
+    }
+}
+
 /// Latency probes: every `every`, produce one song completion for a fresh user and poll its
-/// attributes over HTTP (every 0.5 ms) until they show it. Returns the latencies in microseconds.
+/// attributes over HTTP (every 0.5 ms, one keep-alive connection) until they show it. Returns the
+/// latencies in microseconds.
 pub fn probe_latency(brokers: &str, song_topic: &str, http: &str, every: Duration, total: Duration) -> Vec<u64> {
     let p = producer(brokers, "0");
     let started = Instant::now();
     let run = format!("lat{}", now_ms());
     let mut out = Vec::new();
     let mut i = 0u64;
+    let mut client = KeepAlive::new(http);
     while started.elapsed() < total {
         let next = started + every * i as u32;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
@@ -309,7 +373,7 @@ pub fn probe_latency(brokers: &str, song_topic: &str, http: &str, every: Duratio
         send(&p, song_topic, &user, &e.to_json());
         let path = format!("/v1/users/{user}/attributes");
         loop {
-            if let Ok((200, _)) = http_get(http, &path) {
+            if let Ok(200) = client.get(&path) {
                 out.push(sent.elapsed().as_micros() as u64);
                 break;
             }
@@ -348,6 +412,17 @@ pub struct HttpLoad {
     pub latencies_us: Vec<u64>,
 }
 
+/// The status and `Content-Length` (0 if absent) of an HTTP/1.1 response head.
+fn response_head(head: &[u8]) -> (u16, usize) {
+    let number = |b: &[u8]| b.iter().filter(|c| c.is_ascii_digit()).fold(0usize, |n, c| n * 10 + usize::from(c - b'0'));
+    let status = head.get(9..12).map_or(0, |b| number(b) as u16);
+    let len = head
+        .split(|&c| c == b'\n')
+        .find(|l| l.len() > 15 && l[..15].eq_ignore_ascii_case(b"content-length:"))
+        .map_or(0, |l| number(&l[15..]));
+    (status, len)
+}
+
 /// `connections` keep-alive connections each sending `GET /v1/users/u<n>/attributes` (n Zipf over
 /// `users`) back to back for `duration`, on a 1-thread tokio runtime (the load generator shares
 /// the machine with squall; one thread keeps its share fixed).
@@ -366,37 +441,38 @@ pub fn http_load(addr: &str, users: u64, connections: usize, duration: Duration)
                     s.set_nodelay(true).ok();
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut have = 0usize;
+                    let mut req = Vec::with_capacity(128);
                     while started.elapsed() < duration {
                         let u = zipf.sample(&mut rng) as u64;
-                        let req = format!("GET /v1/users/u{u}/attributes HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+                        req.clear();
+                        write!(req, "GET /v1/users/u{u}/attributes HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+                            .expect("to a Vec");
                         let sent = Instant::now();
-                        if s.write_all(req.as_bytes()).await.is_err() {
+                        if s.write_all(&req).await.is_err() {
                             r.errors += 1;
                             break;
                         }
-                        // Read one response: headers, then Content-Length bytes of body.
+                        // Read one response: headers, then Content-Length bytes of body. Parsed in
+                        // place, without copies: the generator shares the cores with squall.
+                        let mut scanned = 0usize;
                         let status = loop {
-                            if let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                                let len: usize = head
-                                    .lines()
-                                    .find_map(|l| {
-                                        l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
-                                    })
-                                    .unwrap_or(0);
+                            let from = scanned.saturating_sub(3);
+                            if let Some(end) =
+                                buf[from..have].windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + from)
+                            {
+                                let (status, len) = response_head(&buf[..end]);
                                 while have < end + 4 + len {
                                     match s.read(&mut buf[have..]).await {
                                         Ok(0) | Err(_) => break,
                                         Ok(n) => have += n,
                                     }
                                 }
-                                let status: u16 =
-                                    head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
                                 let used = (end + 4 + len).min(have);
                                 buf.copy_within(used..have, 0);
                                 have -= used;
                                 break Some(status);
                             }
+                            scanned = have;
                             match s.read(&mut buf[have..]).await {
                                 Ok(0) | Err(_) => break None,
                                 Ok(n) => have += n,
@@ -436,4 +512,19 @@ pub fn http_load(addr: &str, users: u64, connections: usize, duration: Duration)
 /// The directory of this executable (where cargo puts the other binaries).
 pub fn bin_dir() -> PathBuf {
     std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| ".".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_heads_are_read_in_place() {
+        assert_eq!(
+            response_head(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 123"),
+            (200, 123)
+        );
+        assert_eq!(response_head(b"HTTP/1.1 404 Not Found\r\nContent-Length:7\r\nx: y"), (404, 7));
+        assert_eq!(response_head(b"HTTP/1.1 503 Service Unavailable"), (503, 0));
+    }
 }

@@ -1,5 +1,7 @@
 //! The two input events, and the decoder that turns a Kafka payload into one or a dead-letter reason.
 
+use std::borrow::Cow;
+
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
@@ -176,12 +178,14 @@ impl Default for DecodeLimits {
 }
 
 /// The JSON fields, typed loosely so that each problem gets its own reason.
+///
+/// The fast path borrows the strings from the payload; serde_json's path owns them.
 #[derive(Default, Deserialize)]
-struct Wire {
-    event_id: Option<CompactString>,
-    user_id: Option<CompactString>,
-    track_id: Option<CompactString>,
-    ad_id: Option<CompactString>,
+struct Wire<'a> {
+    event_id: Option<Cow<'a, str>>,
+    user_id: Option<Cow<'a, str>>,
+    track_id: Option<Cow<'a, str>>,
+    ad_id: Option<Cow<'a, str>>,
     ms_played: Option<serde_json::Number>,
     ts: Option<serde_json::Number>,
     /// Which known fields [`Wire::parse_flat`] has read.
@@ -217,9 +221,9 @@ fn decode_general(kind: EventKind, payload: &[u8], limits: &DecodeLimits) -> Res
     validate(kind, Wire::parse(text)?, limits)
 }
 
-impl Wire {
+impl<'a> Wire<'a> {
     /// The general parser: any JSON, with serde_json's error messages.
-    fn parse(text: &str) -> Result<Wire, DecodeError> {
+    fn parse(text: &'a str) -> Result<Wire<'a>, DecodeError> {
         // From the checked `str`: serde_json does not validate the UTF-8 of every string again.
         serde_json::from_str(text).map_err(|e| {
             let reason = match e.classify() {
@@ -236,7 +240,7 @@ impl Wire {
     /// [`Wire::parse`], so every record gets the same answer and every error the same reason and
     /// message whichever path reads it (property-tested below). It parses a typical event in about
     /// half serde_json's time (`benches/RESULTS.md`).
-    fn parse_flat(text: &str) -> Option<Wire> {
+    fn parse_flat(text: &'a str) -> Option<Wire<'a>> {
         let mut r = Flat { text, b: text.as_bytes(), at: 0 };
         let mut wire = Wire::default();
         r.skip_ws();
@@ -266,7 +270,7 @@ impl Wire {
                 let value = r.scalar()?;
                 match (slot, value) {
                     (Field::Ignored, _) => {}
-                    (Field::Str(s), Scalar::Str(v)) => *s = Some(CompactString::new(v)),
+                    (Field::Str(s), Scalar::Str(v)) => *s = Some(Cow::Borrowed(v)),
                     (Field::Int(n), Scalar::Int(v)) => *n = Some(serde_json::Number::from(v)),
                     (_, Scalar::Null) => {}
                     // Wrong type: the general parser words the error.
@@ -309,9 +313,9 @@ impl Wire {
 }
 
 /// Where [`Wire::parse_flat`] puts a value.
-enum Field<'a> {
-    Str(&'a mut Option<CompactString>),
-    Int(&'a mut Option<serde_json::Number>),
+enum Field<'w, 'a> {
+    Str(&'w mut Option<Cow<'a, str>>),
+    Int(&'w mut Option<serde_json::Number>),
     Ignored,
 }
 
@@ -413,8 +417,8 @@ impl<'a> Flat<'a> {
 }
 
 /// Checks the fields of `wire` for an event of `kind`.
-fn validate(kind: EventKind, wire: Wire, limits: &DecodeLimits) -> Result<Event, DecodeError> {
-    let id = |name: &'static str, v: Option<CompactString>| -> Result<CompactString, DecodeError> {
+fn validate(kind: EventKind, wire: Wire<'_>, limits: &DecodeLimits) -> Result<Event, DecodeError> {
+    let id = |name: &'static str, v: Option<Cow<'_, str>>| -> Result<CompactString, DecodeError> {
         let v = v.ok_or_else(|| DecodeError::new(DlqReason::MissingField, format!("missing field `{name}`")))?;
         if v.is_empty() || v.len() > limits.max_id_bytes {
             return Err(DecodeError::new(
@@ -427,7 +431,7 @@ fn validate(kind: EventKind, wire: Wire, limits: &DecodeLimits) -> Result<Event,
         if control {
             return Err(DecodeError::new(DlqReason::InvalidValue, format!("`{name}` contains control characters")));
         }
-        Ok(v)
+        Ok(CompactString::new(&v))
     };
     let int = |name: &'static str, v: Option<serde_json::Number>| -> Result<i64, DecodeError> {
         let v = v.ok_or_else(|| DecodeError::new(DlqReason::MissingField, format!("missing field `{name}`")))?;

@@ -5,12 +5,15 @@
 //! 1. `ceiling`: bare rdkafka consumers read everything (as many as squall has workers);
 //! 2. `squall`: `squall run` from the earliest offsets until every event is applied: the ratio to 1;
 //! 3. `bytewax`: `benches/bytewax/run.sh` on the same topics (squall idle): squall/Bytewax;
-//! 4. `latency`: events produced at 50% of squall's rate, plus a probe event for a fresh user every
+//! 4. `latency`: events produced at 50% of a maximum rate, plus a probe event for a fresh user every
 //!    20 ms whose attributes are polled over HTTP until they show it: p50/p99 production -> visible;
 //! 5. `http`: under the same 50% load, a keep-alive HTTP load on `GET /v1/users/{id}/attributes`.
 //!
-//! Prints one `key=value` line per phase (`pipeline_ceiling`, `pipeline_squall`, `pipeline_latency`,
-//! `pipeline_http`, `pipeline_bytewax`).
+//! Phases 4 and 5 run once per `--load-base`: `batch` takes the maximum from phase 2; `live` first
+//! measures the rate squall keeps up with while the harness produces flat out on the same cores.
+//!
+//! Prints one `key=value` line per phase (`pipeline_ceiling`, `pipeline_squall`, `pipeline_live_max`,
+//! `pipeline_latency`, `pipeline_http`, `pipeline_bytewax`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,9 +43,17 @@ struct Args {
     phases: Vec<String>,
     #[arg(long, default_value_t = 20)]
     latency_secs: u64,
-    /// Background load of the latency and HTTP phases, as a share of squall's measured rate.
+    /// Background load of the latency and HTTP phases, as a share of a maximum rate (`--load-base`);
+    /// 0: none (HTTP lookups alone).
     #[arg(long, default_value_t = 0.5)]
     load_share: f64,
+    /// Which maximum rate `--load-share` is taken of, each in turn: `batch`, squall's rate on the
+    /// pre-produced events (nothing else running); `live`, the rate squall keeps up with while the
+    /// harness produces as fast as it can on the same machine (measured for `--live-secs`).
+    #[arg(long, value_delimiter = ',', default_value = "batch,live")]
+    load_base: Vec<String>,
+    #[arg(long, default_value_t = 8)]
+    live_secs: u64,
     #[arg(long, default_value_t = 10)]
     http_secs: u64,
     #[arg(long, default_value_t = 32)]
@@ -60,6 +71,28 @@ struct Args {
     /// Where `squall` and `squall-gen` are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+}
+
+/// The rate squall applies events at while the harness produces as fast as it can: the most this
+/// machine sustains with its load generator, broker and squall sharing the cores. Waits until squall
+/// has caught up before returning.
+fn live_max(squall: &Squall, a: &Args, topics: (&str, &str), config: EventGenConfig) -> f64 {
+    let before = squall.processed();
+    let started = Instant::now();
+    let load = Load::start(&a.brokers, topics, config, f64::INFINITY);
+    std::thread::sleep(Duration::from_secs(2));
+    let (p1, t1) = (squall.processed(), Instant::now());
+    std::thread::sleep(Duration::from_secs(a.live_secs));
+    let (p2, t2) = (squall.processed(), Instant::now());
+    let produced = load.stop();
+    let produce_rate = produced as f64 / started.elapsed().as_secs_f64();
+    let max = (p2 - p1) / (t2 - t1).as_secs_f64();
+    let caught_up = squall.wait_for(before + produced as f64, Duration::from_secs(600)).is_some();
+    println!(
+        "pipeline_live_max events_per_sec={max:.0} produced={produced} produced_events_per_sec={produce_rate:.0} lag_at_end={:.0} caught_up={caught_up}",
+        (before + produced as f64 - p2).max(0.0),
+    );
+    max
 }
 
 fn main() {
@@ -168,44 +201,58 @@ fn main() {
             eprintln!("bytewax failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    let load_config = EventGenConfig { users: a.users, catalogue, run_id: format!("{run}-load"), ..Default::default() };
-    let half = rate * a.load_share;
-    if a.phases.iter().any(|p| p == "latency") {
-        let load = Load::start(&a.brokers, (&songs, &ads), load_config.clone(), half);
-        std::thread::sleep(Duration::from_secs(2));
-        let mut lat = probe_latency(
-            &a.brokers,
-            &songs,
-            &squall.addr,
-            Duration::from_millis(20),
-            Duration::from_secs(a.latency_secs),
-        );
-        let produced = load.stop();
-        lat.sort_unstable();
-        println!(
-            "pipeline_latency load_events_per_sec={half:.0} load_events={produced} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} epoch_s=1 checkpoints=off",
-            lat.len(),
-            quantile(&lat, 0.5) as f64 / 1000.0,
-            quantile(&lat, 0.99) as f64 / 1000.0,
-            lat.last().copied().unwrap_or(0) as f64 / 1000.0,
-        );
-    }
-    if a.phases.iter().any(|p| p == "http") {
-        let load = Load::start(&a.brokers, (&songs, &ads), load_config, half);
-        let r = http_load(&squall.addr, a.users.min(1_000_000), a.http_connections, Duration::from_secs(a.http_secs));
-        load.stop();
-        println!(
-            "pipeline_http connections={} requests={} ok={} not_found={} errors={} seconds={:.2} requests_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} load_events_per_sec={half:.0}",
-            a.http_connections,
-            r.requests,
-            r.ok,
-            r.not_found,
-            r.errors,
-            r.seconds,
-            r.requests as f64 / r.seconds,
-            quantile(&r.latencies_us, 0.5) as f64 / 1000.0,
-            quantile(&r.latencies_us, 0.99) as f64 / 1000.0,
-        );
+    let load_config = |name: &str| EventGenConfig {
+        users: a.users,
+        catalogue,
+        run_id: format!("{run}-{name}"),
+        ..Default::default()
+    };
+    let loaded = a.phases.iter().any(|p| p == "latency" || p == "http");
+    for base in a.load_base.iter().filter(|_| loaded) {
+        let max = match base.as_str() {
+            "batch" => rate,
+            "live" => live_max(&squall, &a, (&songs, &ads), load_config("max")),
+            other => panic!("--load-base {other}: expected batch or live"),
+        };
+        let share = max * a.load_share;
+        if a.phases.iter().any(|p| p == "latency") {
+            let load = Load::start(&a.brokers, (&songs, &ads), load_config(&format!("lat-{base}")), share);
+            std::thread::sleep(Duration::from_secs(2));
+            let mut lat = probe_latency(
+                &a.brokers,
+                &songs,
+                &squall.addr,
+                Duration::from_millis(20),
+                Duration::from_secs(a.latency_secs),
+            );
+            let produced = load.stop();
+            lat.sort_unstable();
+            println!(
+                "pipeline_latency load_base={base} max_events_per_sec={max:.0} load_events_per_sec={share:.0} load_events={produced} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} epoch_s=1 checkpoints=off",
+                lat.len(),
+                quantile(&lat, 0.5) as f64 / 1000.0,
+                quantile(&lat, 0.99) as f64 / 1000.0,
+                lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+            );
+        }
+        if a.phases.iter().any(|p| p == "http") {
+            let load = Load::start(&a.brokers, (&songs, &ads), load_config(&format!("http-{base}")), share);
+            let r =
+                http_load(&squall.addr, a.users.min(1_000_000), a.http_connections, Duration::from_secs(a.http_secs));
+            load.stop();
+            println!(
+                "pipeline_http load_base={base} connections={} requests={} ok={} not_found={} errors={} seconds={:.2} requests_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} load_events_per_sec={share:.0}",
+                a.http_connections,
+                r.requests,
+                r.ok,
+                r.not_found,
+                r.errors,
+                r.seconds,
+                r.requests as f64 / r.seconds,
+                quantile(&r.latencies_us, 0.5) as f64 / 1000.0,
+                quantile(&r.latencies_us, 0.99) as f64 / 1000.0,
+            );
+        }
     }
     drop(squall);
 }
