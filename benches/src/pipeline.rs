@@ -424,10 +424,15 @@ fn response_head(head: &[u8]) -> (u16, usize) {
 }
 
 /// `connections` keep-alive connections each sending `GET /v1/users/u<n>/attributes` (n Zipf over
-/// `users`) back to back for `duration`, on a 1-thread tokio runtime (the load generator shares
-/// the machine with squall; one thread keeps its share fixed).
-pub fn http_load(addr: &str, users: u64, connections: usize, duration: Duration) -> HttpLoad {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+/// `users`) back to back for `duration`, on a tokio runtime of `threads` threads (the load
+/// generator shares the machine with squall; one thread keeps its share fixed).
+pub fn http_load(addr: &str, users: u64, connections: usize, threads: usize, duration: Duration) -> HttpLoad {
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+    .expect("runtime");
     rt.block_on(async {
         let started = Instant::now();
         let tasks: Vec<_> = (0..connections)

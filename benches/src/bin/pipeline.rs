@@ -58,6 +58,9 @@ struct Args {
     http_secs: u64,
     #[arg(long, default_value_t = 32)]
     http_connections: usize,
+    /// Threads of the HTTP load generator.
+    #[arg(long, default_value_t = 1)]
+    http_threads: usize,
     /// Bytewax worker processes' `-w`.
     #[arg(long, default_value_t = 2)]
     bytewax_workers: usize,
@@ -237,12 +240,18 @@ fn main() {
         }
         if a.phases.iter().any(|p| p == "http") {
             let load = Load::start(&a.brokers, (&songs, &ads), load_config(&format!("http-{base}")), share);
-            let r =
-                http_load(&squall.addr, a.users.min(1_000_000), a.http_connections, Duration::from_secs(a.http_secs));
+            let r = http_load(
+                &squall.addr,
+                a.users.min(1_000_000),
+                a.http_connections,
+                a.http_threads,
+                Duration::from_secs(a.http_secs),
+            );
             load.stop();
             println!(
-                "pipeline_http load_base={base} connections={} requests={} ok={} not_found={} errors={} seconds={:.2} requests_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} load_events_per_sec={share:.0}",
+                "pipeline_http load_base={base} connections={} threads={} requests={} ok={} not_found={} errors={} seconds={:.2} requests_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} load_events_per_sec={share:.0}",
                 a.http_connections,
+                a.http_threads,
                 r.requests,
                 r.ok,
                 r.not_found,
