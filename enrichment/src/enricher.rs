@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use compact_str::CompactString;
 use dashmap::DashMap;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -250,29 +251,16 @@ impl Enricher {
         let inner = &self.inner;
         let intern = |s: Option<String>| s.map_or(inner.symbols.unknown(), |s| inner.symbols.intern(&s));
         let limit = inner.config.cache_capacity;
-        let mut done = Preloaded::default();
-        let mut tracks = inner.catalogue.scan_tracks();
-        while let Some(row) = tracks.next().await {
-            if done.tracks == limit {
-                done.truncated = true;
-                break;
-            }
-            let (id, row) = row?;
-            let info = Info::Track { genre: intern(row.genre), artist: intern(row.artist_id) };
-            inner.tracks.insert(CompactString::from(id), (info, Instant::now()));
-            done.tracks += 1;
-        }
-        let mut ads = inner.catalogue.scan_ads();
-        while let Some(row) = ads.next().await {
-            if done.ads == limit {
-                done.truncated = true;
-                break;
-            }
-            let (id, row) = row?;
-            let info = Info::Ad { category: intern(row.category), advertiser: intern(row.advertiser_id) };
-            inner.ads.insert(CompactString::from(id), (info, Instant::now()));
-            done.ads += 1;
-        }
+        let (tracks, more_tracks) = cache_rows(inner.catalogue.scan_tracks(), &inner.tracks, limit, |row| {
+            Info::Track { genre: intern(row.genre), artist: intern(row.artist_id) }
+        })
+        .await?;
+        let (ads, more_ads) = cache_rows(inner.catalogue.scan_ads(), &inner.ads, limit, |row| Info::Ad {
+            category: intern(row.category),
+            advertiser: intern(row.advertiser_id),
+        })
+        .await?;
+        let done = Preloaded { tracks, ads, truncated: more_tracks || more_ads };
         inner.stats.preloaded.fetch_add(done.tracks + done.ads, Relaxed);
         Ok(done)
     }
@@ -363,12 +351,31 @@ impl Enricher {
     }
 }
 
+/// Caches each row of `rows` as `info` makes it, up to `limit` rows: how many were cached, and
+/// whether rows were left over.
+async fn cache_rows<R>(
+    mut rows: BoxStream<'static, Result<(String, R), CatalogueError>>,
+    cache: &Cache<CompactString, (Info, Instant)>,
+    limit: u64,
+    info: impl Fn(R) -> Info,
+) -> Result<(u64, bool), CatalogueError> {
+    let mut cached = 0;
+    while let Some(row) = rows.next().await {
+        if cached == limit {
+            return Ok((cached, true));
+        }
+        let (id, row) = row?;
+        cache.insert(CompactString::from(id), (info(row), Instant::now()));
+        cached += 1;
+    }
+    Ok((cached, false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::catalogue::{AdRow, MemoryCatalogue, TrackRow};
     use futures::future::BoxFuture;
-    use futures::stream::BoxStream;
     use std::collections::HashMap;
     use std::sync::atomic::AtomicUsize;
 
