@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
-use squall_operators::{AttributeSet, Attributes, Event};
+use squall_operators::{Attributes, Event};
 use squall_tests::server::{SquallServer, find_process, free_ports};
 use squall_tests::{Fixture, Squall, produce, unique, wait_for};
 use squall_topologies::oracle;
@@ -87,7 +87,7 @@ async fn two_processes_answer_every_user_from_either_process() {
 
     let (records, events) = stream.batch(&f, 4000);
     produce(records).await;
-    let want = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &catalogue.oracle());
+    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &catalogue.oracle());
     // Each process answers for every user: its own, and the other's by forwarding.
     equals_oracle(&first.url, "", &want).await;
     equals_oracle(&second.url, "", &want).await;
@@ -118,7 +118,7 @@ async fn a_two_process_deployment_recovers_after_one_process_is_killed() {
 
     let (records, mut events) = stream.batch(&f, 3000);
     produce(records).await;
-    let want = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &catalogue.oracle());
+    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &catalogue.oracle());
     equals_oracle(&server.url, &format!("?group={group}"), &want).await;
 
     // SIGKILL process 1 while more events flow; the server restarts the whole version, which
@@ -136,7 +136,7 @@ async fn a_two_process_deployment_recovers_after_one_process_is_killed() {
         if d["restarts"].as_u64().unwrap_or(0) >= 1 { Ok(()) } else { Err(d.to_string()) }
     })
     .await;
-    let want = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &catalogue.oracle());
+    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &catalogue.oracle());
     equals_oracle(&server.url, &format!("?group={group}"), &want).await;
     // The restarted processes resumed from a checkpoint, not from the earliest offsets.
     let d = wait_for("the restarted version's counters", Duration::from_secs(30), || async {

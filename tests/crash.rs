@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
-use squall_operators::{AttributeSet, Attributes, Event, EventKind};
+use squall_operators::{Attributes, Event, EventKind};
 use squall_tests::{Fixture, Squall, brokers, produce, unique, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
@@ -84,7 +84,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     recoveries += squall.stdout().iter().filter(|l| l.contains("recovered from checkpoint")).count();
     produce(last).await;
 
-    let expected = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &catalogue.oracle());
+    let expected = oracle::expected(&squall_tests::declaration(1), events.iter(), &catalogue.oracle());
     // Wait (up to 120 s in all) until every user equals the oracle; then count who does not.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut mismatches: BTreeMap<String, String> = BTreeMap::new();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
-use squall_operators::{AttributeSet, Attributes, Event};
+use squall_operators::{Attributes, Event};
 use squall_tests::server::{SquallServer, alive};
 use squall_tests::{Fixture, brokers, produce, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
@@ -150,8 +150,8 @@ async fn versions_side_by_side_then_promote_and_rollback() {
     produce(second).await;
     events.extend(more);
 
-    let want_v1 = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &s.catalogue.oracle());
-    let want_v2 = oracle::expected(AttributeSet::PersonalizationV2, events.iter(), &s.catalogue.oracle());
+    let want_v1 = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.catalogue.oracle());
+    let want_v2 = oracle::expected(&squall_tests::declaration(2), events.iter(), &s.catalogue.oracle());
     equals_oracle(&server, &format!("?group={v1}"), &want_v1).await;
     equals_oracle(&server, &format!("?group={v2}"), &want_v2).await;
     // Without ?group= the promoted version (v1) answers.
@@ -239,7 +239,7 @@ async fn start_from_another_groups_committed_offsets() {
     let (second, later) = s.batch(2000);
     produce(second).await;
     // v2 saw exactly the events after v1's committed offsets.
-    let want = oracle::expected(AttributeSet::PersonalizationV2, later.iter(), &s.catalogue.oracle());
+    let want = oracle::expected(&squall_tests::declaration(2), later.iter(), &s.catalogue.oracle());
     equals_oracle(&server, &format!("?group={v2}"), &want).await;
     fully_committed(&s, &v2).await;
     // The server's monitor refreshes a deployment's status once a second: wait until it has seen
@@ -265,7 +265,7 @@ async fn a_restarted_server_resumes_its_deployments_and_promotion() {
     produce(first).await;
     serving(&server, &v1).await;
     server.cli_ok(&["promote", &v1]);
-    let want = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &s.catalogue.oracle());
+    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.catalogue.oracle());
     equals_oracle(&server, "", &want).await;
 
     // SIGKILL the server: its version's process dies with it, nothing is shut down cleanly.
@@ -287,7 +287,7 @@ async fn a_restarted_server_resumes_its_deployments_and_promotion() {
     let (_, list) = server.get("/v1/deployments").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list[0]["promoted"], true, "{list}");
-    let want = oracle::expected(AttributeSet::PersonalizationV1, events.iter(), &s.catalogue.oracle());
+    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.catalogue.oracle());
     equals_oracle(&server, "", &want).await;
     let status = server.cli_ok(&["status", &v1]);
     assert!(status.contains("promoted") && status.contains(&s.f.songs), "{status}");

@@ -6,9 +6,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hash::BuildHasher;
 
 use squall_enrichment::{EnrichConfig, Enricher, Key, Symbols};
+use squall_operators::UserState;
 use squall_operators::dedup::{Dedup, dedup_key};
 use squall_operators::event::{DecodeLimits, EventKind, decode};
-use squall_operators::{AttributeSet, UserState, What};
 
 fn operators(c: &mut Criterion) {
     let payload =
@@ -31,14 +31,21 @@ fn operators(c: &mut Criterion) {
     let genres: Vec<_> = (0..8).map(|i| symbols.intern(&format!("g{i}"))).collect();
     let mut state = UserState::default();
     let mut n = 0usize;
+    let plan = squall_benches::fixtures::plan(1, &symbols);
+    let plays: Vec<_> = (0..24)
+        .map(|n| {
+            squall_benches::fixtures::play(
+                genres[n % 8],
+                if n % 3 == 0 { 1_000 } else { 60_000 },
+                1_763_750_000_000,
+                symbols.unknown(),
+            )
+        })
+        .collect();
     g.bench_function("apply_play_v1", |b| {
         b.iter(|| {
             n += 1;
-            state.apply(
-                AttributeSet::PersonalizationV1,
-                1_763_750_000_000,
-                What::Play { genre: genres[n % 8], skip: n.is_multiple_of(3) },
-            )
+            state.apply(&plan, "u", &plays[n % 24], &symbols)
         })
     });
     let ids: Vec<String> = (0..1024).map(|i| format!("u{}", i * 7919)).collect();

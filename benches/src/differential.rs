@@ -26,8 +26,8 @@ const SYM: u32 = SKIP - 1;
 
 fn record(a: Activity) -> Record {
     let what = match a.what {
-        What::Play { genre, skip } => genre.0 | if skip { SKIP } else { 0 },
-        What::Ad { category } => category.0 | AD,
+        What::Play { track, ms_played, .. } => track.genre.0 | if ms_played < 30_000 { SKIP } else { 0 },
+        What::Ad { ad, .. } => ad.category.0 | AD,
     };
     (a.user, a.dedup_key, what)
 }

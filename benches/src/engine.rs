@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
 use squall_enrichment::{Catalogue, EnrichConfig, Enricher, Key, MemoryCatalogue, Symbols};
-use squall_operators::{AttributeSet, EnrichWith, Event, UserStore};
+use squall_operators::{EnrichWith, Event, UserStore};
 use squall_topologies::personalization::{self, Context};
 use timely::dataflow::operators::{Input, Probe};
 
@@ -59,6 +59,8 @@ pub struct EngineRun {
     pub aggregation: Aggregation,
     /// Where enrichment answers come from.
     pub source: Source,
+    /// Which version of `topologies/personalization.toml` the timely aggregation keeps.
+    pub version: u32,
 }
 
 impl EngineRun {
@@ -72,6 +74,7 @@ impl EngineRun {
             batch: 10_000,
             aggregation: Aggregation::Timely,
             source: Source::Warm,
+            version: 1,
         }
     }
 }
@@ -181,7 +184,8 @@ pub fn run_on(r: &EngineRun, inputs: Arc<Vec<Vec<Event>>>) -> EngineResult {
         enricher.stats().misses.store(0, Relaxed);
         enricher.stats().requests.store(0, Relaxed);
     }
-    let store = Arc::new(UserStore::new(AttributeSet::PersonalizationV1, symbols, r.workers));
+    let plan = crate::fixtures::plan(r.version, &symbols);
+    let store = Arc::new(UserStore::new(plan, symbols, r.workers));
     let ctx = Context {
         enricher: enricher.clone(),
         store: Arc::clone(&store),

@@ -3,4 +3,5 @@
 
 pub mod differential;
 pub mod engine;
+pub mod fixtures;
 pub mod pipeline;

@@ -349,22 +349,32 @@ async fn forward(r: &Routing, owner: usize, user_id: &str) -> Result<Response, A
 mod tests {
     use super::*;
     use squall_enrichment::{EnrichConfig, Enricher, MemoryCatalogue, Symbols};
-    use squall_operators::{Activity, AttributeSet, What};
+    use squall_operators::attributes::{AdInfo, TrackInfo};
+    use squall_operators::{Activity, Plan, What};
 
     /// A version 2 store with one user who played two genres and saw an ad.
     fn store() -> Arc<UserStore> {
         let symbols = Symbols::default();
-        let store = Arc::new(UserStore::new(AttributeSet::PersonalizationV2, symbols.clone(), 2));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/personalization.toml");
+        let v2 = squall_topologies::TopologySpec::load(&path).and_then(|s| s.with_version(2)).expect("version 2");
+        let plan = Arc::new(Plan::compile(&v2.attributes, &symbols));
+        let store = Arc::new(UserStore::new(Arc::clone(&plan), symbols.clone(), 2));
         let t0 = 1_763_750_000_000;
+        let u = symbols.unknown();
+        let play = |genre: &str, ms_played| What::Play {
+            track_id: "t".into(),
+            ms_played,
+            track: TrackInfo { genre: symbols.intern(genre), artist: u, duration_ms: None },
+        };
         let events = [
-            (t0, What::Play { genre: symbols.intern("rock"), skip: false }),
-            (t0 + 86_400_000, What::Play { genre: symbols.intern("jazz"), skip: true }),
-            (t0 + 5, What::Ad { category: symbols.intern("travel") }),
+            (t0, play("rock", 60_000)),
+            (t0 + 86_400_000, play("jazz", 1_000)),
+            (t0 + 5, What::Ad { ad_id: "a".into(), ad: AdInfo { category: symbols.intern("travel"), advertiser: u } }),
         ];
         for (i, (ts, what)) in events.into_iter().enumerate() {
-            let a = Activity { user: "u\"1".into(), dedup_key: i as u128, ts, what };
+            let a = Activity { user: "u\"1".into(), dedup_key: i as u128, ts, event_id: "e".into(), what };
             let shard = store.shard(store.owner(&a.user));
-            shard.entry(a.user.clone()).or_default().apply(store.attribute_set(), a.ts, a.what);
+            shard.entry(a.user.clone()).or_default().apply(&plan, &a.user, &a, store.symbols());
         }
         store
     }

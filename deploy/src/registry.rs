@@ -26,7 +26,8 @@ pub struct Deployment {
     pub topology: String,
     /// Version number.
     pub version: u32,
-    /// The code the version runs, e.g. `personalization_v2`.
+    /// What the version computes: `declared: <attribute names>`, or the built-in declaration it
+    /// names (e.g. `personalization_v2`).
     pub attributes: String,
     /// Where the version started: `earliest`, `latest` or `group:<group id>`.
     pub start_from: String,

@@ -12,8 +12,8 @@ use squall_operators::checkpoint::{self, CheckpointDir, CheckpointError, Checkpo
 use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::source::epoch_now;
 use squall_operators::{
-    CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, Partition, SourceConfig, UserState,
-    UserStore,
+    CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, Partition, Plan, SourceConfig,
+    UserState, UserStore,
 };
 use squall_topologies::TopologySpec;
 use squall_topologies::personalization::{self, Context};
@@ -140,7 +140,9 @@ pub async fn start(
     let local = process * workers..(process + 1) * workers;
     let symbols = Symbols::default();
     let enricher = Enricher::new(Arc::new(catalogue), symbols.clone(), spec.enrichment.clone(), runtime.clone());
-    let store = Arc::new(UserStore::new(spec.attributes, symbols.clone(), peers));
+    // The declaration, compiled once for this process's workers.
+    let plan = Arc::new(Plan::compile(&spec.attributes, &symbols));
+    let store = Arc::new(UserStore::new(Arc::clone(&plan), symbols.clone(), peers));
     let pending = Arc::new(AtomicUsize::new(0));
     let shutdown = Arc::new(AtomicBool::new(false));
     let group_id = spec.group_id();
@@ -182,7 +184,12 @@ pub async fn start(
             for (user, snapshot) in &rec.users {
                 let owner = store.owner(user);
                 if local.contains(&owner) {
-                    store.shard(owner).insert(user.as_str().into(), UserState::restore(snapshot, &symbols));
+                    let state =
+                        UserState::restore(snapshot, &plan, &symbols).map_err(|e| CheckpointError::Corrupt {
+                            what: format!("user {user:?} of cut {}", rec.cut),
+                            message: e.to_string(),
+                        })?;
+                    store.shard(owner).insert(user.as_str().into(), state);
                 }
             }
             for entry in rec.dedup {

@@ -837,10 +837,7 @@ async fn deploy(
         group_id: group_id.clone(),
         topology: spec.name.clone(),
         version,
-        attributes: serde_json::to_value(spec.attributes)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        attributes: spec.describe_attributes(),
         start_from,
         workers,
         processes,

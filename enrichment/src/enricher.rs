@@ -85,6 +85,8 @@ pub enum Info {
         genre: Sym,
         /// Artist id.
         artist: Sym,
+        /// Length in milliseconds (`None` when unknown or null).
+        duration_ms: Option<i32>,
     },
     /// Of an ad.
     Ad {
@@ -252,7 +254,7 @@ impl Enricher {
         let intern = |s: Option<String>| s.map_or(inner.symbols.unknown(), |s| inner.symbols.intern(&s));
         let limit = inner.config.cache_capacity;
         let (tracks, more_tracks) = cache_rows(inner.catalogue.scan_tracks(), &inner.tracks, limit, |row| {
-            Info::Track { genre: intern(row.genre), artist: intern(row.artist_id) }
+            Info::Track { genre: intern(row.genre), artist: intern(row.artist_id), duration_ms: row.duration_ms }
         })
         .await?;
         let (ads, more_ads) = cache_rows(inner.catalogue.scan_ads(), &inner.ads, limit, |row| Info::Ad {
@@ -326,7 +328,11 @@ impl Enricher {
         let intern = |s: Option<String>| s.map_or(inner.symbols.unknown(), |s| inner.symbols.intern(&s));
         Ok(match key {
             Key::Track(id) => match inner.catalogue.track(id).await? {
-                Some(row) => Info::Track { genre: intern(row.genre), artist: intern(row.artist_id) },
+                Some(row) => Info::Track {
+                    genre: intern(row.genre),
+                    artist: intern(row.artist_id),
+                    duration_ms: row.duration_ms,
+                },
                 None => {
                     inner.stats.not_found.fetch_add(1, Relaxed);
                     self.unknown(key)
@@ -345,7 +351,7 @@ impl Enricher {
     fn unknown(&self, key: &Key) -> Info {
         let u = self.inner.symbols.unknown();
         match key {
-            Key::Track(_) => Info::Track { genre: u, artist: u },
+            Key::Track(_) => Info::Track { genre: u, artist: u, duration_ms: None },
             Key::Ad(_) => Info::Ad { category: u, advertiser: u },
         }
     }
@@ -399,9 +405,9 @@ mod tests {
         let e = enricher(Arc::new(catalogue()), EnrichConfig::default());
         let s = e.symbols().clone();
         let rock = e.lookup(Key::Track("t1".into())).await;
-        assert_eq!(rock, Info::Track { genre: s.intern("rock"), artist: s.intern("ar1") });
+        assert_eq!(rock, Info::Track { genre: s.intern("rock"), artist: s.intern("ar1"), duration_ms: Some(1) });
         let missing = e.lookup(Key::Track("nope".into())).await;
-        assert_eq!(missing, Info::Track { genre: s.unknown(), artist: s.unknown() });
+        assert_eq!(missing, Info::Track { genre: s.unknown(), artist: s.unknown(), duration_ms: None });
         let ad = e.lookup(Key::Ad("a1".into())).await;
         assert_eq!(ad, Info::Ad { category: s.intern("cars"), advertiser: s.intern("adv") });
         // Second time round, all three come from the cache, the negative answer included.
@@ -444,7 +450,10 @@ mod tests {
         let flaky = Flaky { failures: AtomicUsize::new(3), inner: catalogue() };
         let e = enricher(Arc::new(flaky), EnrichConfig::default());
         let info = e.lookup(Key::Track("t1".into())).await;
-        assert_eq!(info, Info::Track { genre: e.symbols().intern("rock"), artist: e.symbols().intern("ar1") });
+        assert_eq!(
+            info,
+            Info::Track { genre: e.symbols().intern("rock"), artist: e.symbols().intern("ar1"), duration_ms: Some(1) }
+        );
         assert_eq!(e.stats().errors.load(Relaxed), 3);
         assert_eq!(e.stats().retries.load(Relaxed), 3);
         assert_eq!(e.stats().requests.load(Relaxed), 4);
@@ -457,7 +466,10 @@ mod tests {
             EnrichConfig { deadline: Duration::from_millis(30), on_timeout: OnTimeout::Degrade, ..Default::default() };
         let e = enricher(Arc::new(flaky), config);
         let info = e.lookup(Key::Track("t1".into())).await;
-        assert_eq!(info, Info::Track { genre: e.symbols().unknown(), artist: e.symbols().unknown() });
+        assert_eq!(
+            info,
+            Info::Track { genre: e.symbols().unknown(), artist: e.symbols().unknown(), duration_ms: None }
+        );
         assert_eq!(e.stats().degraded.load(Relaxed), 1);
         assert!(e.cached(&Key::Track("t1".into())).is_none());
     }
@@ -469,7 +481,10 @@ mod tests {
             EnrichConfig { deadline: Duration::from_millis(20), on_timeout: OnTimeout::Wait, ..Default::default() };
         let e = enricher(Arc::new(flaky), config);
         let info = e.lookup(Key::Track("t1".into())).await;
-        assert_eq!(info, Info::Track { genre: e.symbols().intern("rock"), artist: e.symbols().intern("ar1") });
+        assert_eq!(
+            info,
+            Info::Track { genre: e.symbols().intern("rock"), artist: e.symbols().intern("ar1"), duration_ms: Some(1) }
+        );
         assert_eq!(e.stats().deadline_waits.load(Relaxed), 1, "one lookup waited past the deadline");
         assert_eq!(e.stats().retries.load(Relaxed), 6);
         assert_eq!(e.stats().degraded.load(Relaxed), 0);
@@ -496,7 +511,7 @@ mod tests {
         let s = e.symbols().clone();
         assert_eq!(
             e.cached(&Key::Track("t1".into())),
-            Some(Info::Track { genre: s.intern("rock"), artist: s.intern("ar1") })
+            Some(Info::Track { genre: s.intern("rock"), artist: s.intern("ar1"), duration_ms: Some(1) })
         );
         assert_eq!(
             e.cached(&Key::Ad("a1".into())),
@@ -572,7 +587,14 @@ mod tests {
         for _ in 0..3 {
             let (caller, k, i) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
             assert_eq!(k, Key::Track("t1".into()));
-            assert_eq!(i, Info::Track { genre: e.symbols().intern("rock"), artist: e.symbols().intern("ar1") });
+            assert_eq!(
+                i,
+                Info::Track {
+                    genre: e.symbols().intern("rock"),
+                    artist: e.symbols().intern("ar1"),
+                    duration_ms: Some(1)
+                }
+            );
             callers.push(caller);
         }
         callers.sort();

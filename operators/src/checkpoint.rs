@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::attributes::UserSnapshot;
+use crate::plan::UserSnapshot;
 use crate::source::{Epoch, Partition};
 
 /// One worker's contribution to one cut.
@@ -452,16 +452,10 @@ fn compact(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attributes::{AttributeSet, UserState, What};
-    use squall_enrichment::Symbols;
 
+    /// A user's state as checkpoints keep it; the store treats it as opaque, so any words do.
     fn snapshot(plays: usize) -> UserSnapshot {
-        let s = Symbols::default();
-        let mut u = UserState::default();
-        for _ in 0..plays {
-            u.apply(AttributeSet::PersonalizationV1, 1, What::Play { genre: s.intern("rock"), skip: false });
-        }
-        u.snapshot(&s)
+        UserSnapshot { plan: 7, words: vec![plays as u32, 1, 2], names: vec!["rock".into()] }
     }
 
     fn p(cut: Epoch, worker: usize, users: &[(&str, usize)], offset: i64) -> Part {

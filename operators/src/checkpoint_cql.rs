@@ -39,8 +39,8 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use tokio::runtime::Handle;
 
-use crate::attributes::UserSnapshot;
 use crate::checkpoint::{CheckpointError, CheckpointStore, Part, Recovered};
+use crate::plan::UserSnapshot;
 use crate::source::{Epoch, Partition};
 use crate::store::user_hash;
 

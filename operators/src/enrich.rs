@@ -15,7 +15,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::attributes::{Activity, SKIP_BELOW_MS, What};
+use crate::attributes::{Activity, AdInfo, TrackInfo, What};
 use crate::dedup::dedup_key;
 use crate::event::{Event, EventKind};
 use crate::source::Epoch;
@@ -50,7 +50,9 @@ pub trait EnrichWith<'scope> {
     ///     .flat_map(|c| if let Captured::Messages(_, v) = c { v } else { vec![] })
     ///     .collect();
     /// assert_eq!(out[0].user, "u");
-    /// assert_eq!(out[0].what, squall_operators::What::Ad { category: enricher.symbols().unknown() });
+    /// let unknown = enricher.symbols().unknown();
+    /// let ad = squall_operators::attributes::AdInfo { category: unknown, advertiser: unknown };
+    /// assert_eq!(out[0].what, squall_operators::What::Ad { ad_id: "a".into(), ad });
     /// ```
     fn enrich_with(self, enricher: &Enricher, pending: Arc<AtomicUsize>) -> Stream<'scope, Epoch, Vec<Activity>>;
 }
@@ -105,21 +107,29 @@ impl Memo {
 fn activity(event: Event, info: Info, unknown: Sym) -> Activity {
     match event {
         Event::Song(s) => {
-            let genre = if let Info::Track { genre, .. } = info { genre } else { unknown };
+            let track = match info {
+                Info::Track { genre, artist, duration_ms } => TrackInfo { genre, artist, duration_ms },
+                Info::Ad { .. } => TrackInfo { genre: unknown, artist: unknown, duration_ms: None },
+            };
             Activity {
                 dedup_key: dedup_key(EventKind::Song, &s.user_id, &s.event_id),
                 user: s.user_id,
                 ts: s.ts,
-                what: What::Play { genre, skip: s.ms_played < SKIP_BELOW_MS },
+                event_id: s.event_id,
+                what: What::Play { track_id: s.track_id, ms_played: s.ms_played, track },
             }
         }
         Event::Ad(a) => {
-            let category = if let Info::Ad { category, .. } = info { category } else { unknown };
+            let ad = match info {
+                Info::Ad { category, advertiser } => AdInfo { category, advertiser },
+                Info::Track { .. } => AdInfo { category: unknown, advertiser: unknown },
+            };
             Activity {
                 dedup_key: dedup_key(EventKind::Ad, &a.user_id, &a.event_id),
                 user: a.user_id,
                 ts: a.ts,
-                what: What::Ad { category },
+                event_id: a.event_id,
+                what: What::Ad { ad_id: a.ad_id, ad },
             }
         }
     }

@@ -74,11 +74,11 @@ struct Maintainer {
 
 impl Maintainer {
     fn apply(&mut self, batch: &mut Vec<Activity>) {
-        let set = self.store.attribute_set();
+        let (plan, symbols) = (self.store.plan(), self.store.symbols());
         let shard = self.store.shard(self.worker);
         let n = batch.len();
         let mut dups = 0u64;
-        for a in batch.drain(..) {
+        for mut a in batch.drain(..) {
             if !self.dedup.first_time(a.dedup_key, a.ts) {
                 dups += 1;
                 continue;
@@ -89,7 +89,9 @@ impl Maintainer {
                     self.dirty.insert(a.user.clone());
                 }
             }
-            shard.entry(a.user).or_default().apply(set, a.ts, a.what);
+            let mut entry = shard.entry(std::mem::take(&mut a.user)).or_default();
+            let (user, state) = entry.pair_mut();
+            state.apply(plan, user, &a, symbols);
         }
         self.pending.fetch_sub(n, Relaxed);
         self.store.record(n as u64 - dups, dups);
@@ -110,13 +112,13 @@ impl Maintainer {
         if target <= sealed {
             return;
         }
-        let symbols = self.store.symbols();
+        let (plan, symbols) = (self.store.plan(), self.store.symbols());
         let shard = self.store.shard(self.worker);
         for cut in sealed + 1..=target {
             let users = self
                 .dirty
                 .drain()
-                .filter_map(|u| shard.get(&u).map(|s| (u.to_string(), s.snapshot(symbols))))
+                .filter_map(|u| shard.get(&u).map(|s| (u.to_string(), s.snapshot(plan, symbols))))
                 .collect();
             let part = Part {
                 cut,

@@ -7,7 +7,10 @@ use compact_str::CompactString;
 use dashmap::DashMap;
 use squall_enrichment::Symbols;
 
-use crate::attributes::{AttributeSet, Attributes, AttributesView, UserState};
+use std::sync::Arc;
+
+use crate::attributes::{Attributes, AttributesView};
+use crate::plan::{Plan, UserState};
 
 /// The hash that decides which worker owns a user; the dataflow exchanges on it.
 #[inline]
@@ -60,7 +63,7 @@ pub type Shard = DashMap<CompactString, UserState, StrHash>;
 /// Per-user state, one shard per worker. The owning worker writes its shard; HTTP readers take
 /// short read locks on it, so an attribute is readable as soon as its event is applied.
 pub struct UserStore {
-    set: AttributeSet,
+    plan: Arc<Plan>,
     symbols: Symbols,
     shards: Vec<Shard>,
     applied: AtomicU64,
@@ -68,10 +71,10 @@ pub struct UserStore {
 }
 
 impl UserStore {
-    /// An empty store for `peers` workers.
-    pub fn new(set: AttributeSet, symbols: Symbols, peers: usize) -> Self {
+    /// An empty store for `peers` workers, keeping the attributes of `plan` (compiled with `symbols`).
+    pub fn new(plan: Arc<Plan>, symbols: Symbols, peers: usize) -> Self {
         UserStore {
-            set,
+            plan,
             symbols,
             shards: (0..peers.max(1)).map(|_| Shard::default()).collect(),
             applied: AtomicU64::new(0),
@@ -79,9 +82,9 @@ impl UserStore {
         }
     }
 
-    /// The attribute set this store maintains.
-    pub fn attribute_set(&self) -> AttributeSet {
-        self.set
+    /// The plan of the attributes this store keeps.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
     }
 
     /// The symbols its state is written in.
@@ -101,8 +104,7 @@ impl UserStore {
 
     /// The attributes of `user_id`, if any event of theirs was applied.
     pub fn attributes(&self, user_id: &str) -> Option<Attributes> {
-        let state = self.shards[self.owner(user_id)].get(user_id)?;
-        Some(state.attributes(self.set, &self.symbols))
+        self.view(user_id, |v| v.to_attributes())
     }
 
     /// Calls `f` with the attributes of `user_id` as they serialise, if any event of theirs was
@@ -111,7 +113,7 @@ impl UserStore {
     /// only serialise.
     pub fn view<R>(&self, user_id: &str, f: impl FnOnce(AttributesView<'_>) -> R) -> Option<R> {
         let state = self.shards[self.owner(user_id)].get(user_id)?;
-        Some(f(state.view(self.set, &self.symbols)))
+        Some(f(AttributesView::new(&state, &self.plan, &self.symbols)))
     }
 
     /// Adds to the counts of applied events and of resends dropped.

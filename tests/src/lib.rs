@@ -185,9 +185,20 @@ impl Fixture {
         (records, events)
     }
 
-    /// A topology file for this fixture: `attributes` code, version, and extra `key = value` lines
-    /// per section, e.g. `&[("kafka", "max_message_bytes = 1024")]`.
+    /// A topology file for this fixture: the built-in declaration `attributes` (e.g.
+    /// `personalization_v1`) as its default version, and extra `key = value` lines per section,
+    /// e.g. `&[("kafka", "max_message_bytes = 1024")]`.
     pub fn topology(&self, name: &str, version: u32, attributes: &str, extra: &[(&str, &str)]) -> PathBuf {
+        self.topology_text(name, version, &format!("attributes = \"{attributes}\"\n"), "", extra)
+    }
+
+    /// A topology file for this fixture whose versions are `versions` (TOML `[versions.N]`
+    /// tables, appended at the end of the file).
+    pub fn topology_with_versions(&self, name: &str, version: u32, versions: &str, extra: &[(&str, &str)]) -> PathBuf {
+        self.topology_text(name, version, "", versions, extra)
+    }
+
+    fn topology_text(&self, name: &str, version: u32, head: &str, tail: &str, extra: &[(&str, &str)]) -> PathBuf {
         let mut sections: Vec<(String, String)> = vec![
             (
                 "kafka".into(),
@@ -207,10 +218,11 @@ impl Fixture {
                 None => sections.push((section.to_string(), format!("{lines}\n"))),
             }
         }
-        let mut text = format!("name = \"{name}\"\nversion = {version}\nattributes = \"{attributes}\"\n");
+        let mut text = format!("name = \"{name}\"\nversion = {version}\n{head}");
         for (section, body) in sections {
             text.push_str(&format!("[{section}]\n{body}"));
         }
+        text.push_str(tail);
         let path = std::env::temp_dir().join(format!("{}.toml", unique("topology")));
         std::fs::write(&path, text).expect("write topology");
         path
@@ -311,4 +323,16 @@ impl Drop for Squall {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Version `version` of the shipped `topologies/personalization.toml`.
+pub fn declaration(version: u32) -> std::sync::Arc<squall_operators::Declaration> {
+    topology_version("personalization.toml", version)
+}
+
+/// Version `version` of topology file `file` under `topologies/` (e.g. `tests/windowed.toml`).
+pub fn topology_version(file: &str, version: u32) -> std::sync::Arc<squall_operators::Declaration> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies").join(file);
+    let spec = squall_topologies::TopologySpec::load(&path).and_then(|s| s.with_version(version));
+    spec.unwrap_or_else(|e| panic!("{}: {e}", path.display())).attributes
 }

@@ -4,5 +4,6 @@
 pub mod oracle;
 pub mod personalization;
 pub mod spec;
+pub mod versions;
 
 pub use spec::{SpecError, TopologySpec};

@@ -1,7 +1,7 @@
 //! The `personalization` topology's dataflow: enrich each event, key it by user, maintain attributes.
 //!
-//! Both versions run this dataflow; they differ in the [`squall_operators::AttributeSet`] the
-//! store maintains (named by the topology file's `attributes`).
+//! Every version runs this dataflow; they differ in the declared attributes the store keeps (its
+//! [`squall_operators::Plan`], compiled from the topology file's `[versions]`).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;

@@ -1,46 +1,82 @@
 //! A topology file, typed: embedded defaults, then the TOML file, then `SQUALL__*` variables.
+//!
+//! The file declares its versions' attributes (`[versions.N] attributes = [...]`, see
+//! [`squall_operators::declare`]); they are checked here, and an error names the file's line.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use squall_enrichment::EnrichConfig;
-use squall_operators::{AttributeSet, StartFrom};
+use squall_operators::{Declaration, StartFrom};
 
 /// A topology version: what it reads, what it computes, where it keeps and serves it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TopologySpec {
     /// Topology name, e.g. `personalization`; with the version it makes the group id.
     pub name: String,
     /// Version number, >= 1.
     pub version: u32,
-    /// The attribute code this version runs.
-    pub attributes: AttributeSet,
-    /// Other versions of the topology this file can run, by number: the code each names.
-    /// `squall deploy <file> --version N` picks one; `version`/`attributes` above are the default.
-    #[serde(default)]
-    pub versions: std::collections::BTreeMap<String, AttributeSet>,
+    /// The attributes this version keeps.
+    pub attributes: Arc<Declaration>,
+    /// Every version the file declares, by number.
+    pub versions: BTreeMap<u32, VersionSpec>,
     /// Kafka settings.
-    #[serde(default)]
     pub kafka: KafkaSpec,
     /// CQL store settings.
-    #[serde(default)]
     pub cql: CqlSpec,
     /// Enrichment cache and lookup settings.
-    #[serde(default)]
     pub enrichment: EnrichConfig,
     /// State settings.
-    #[serde(default)]
     pub state: StateSpec,
     /// Worker settings.
-    #[serde(default)]
     pub runtime: RuntimeSpec,
     /// HTTP settings.
-    #[serde(default)]
     pub http: HttpSpec,
+}
+
+/// One version a topology file declares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VersionSpec {
+    /// Its attributes.
+    pub attributes: Arc<Declaration>,
+    /// `personalization_v1` etc. when the file names a built-in declaration instead of writing one.
+    pub builtin: Option<String>,
+}
+
+impl VersionSpec {
+    /// How listings describe it: the built-in's name, or the attributes it answers.
+    pub fn describe(&self) -> String {
+        match &self.builtin {
+            Some(name) => name.clone(),
+            None => format!("declared: {}", self.attributes.summary()),
+        }
+    }
+}
+
+/// The file as figment reads it: the settings, with the version declarations left to [`Decls`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    name: String,
+    version: u32,
+    #[serde(default)]
+    #[allow(dead_code)] // Read with line numbers by `Decls`.
+    attributes: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    versions: Option<IgnoredAny>,
+    kafka: KafkaSpec,
+    cql: CqlSpec,
+    enrichment: EnrichConfig,
+    state: StateSpec,
+    runtime: RuntimeSpec,
+    http: HttpSpec,
 }
 
 /// `[kafka]`.
@@ -213,67 +249,73 @@ pub enum SpecError {
 }
 
 impl TopologySpec {
-    /// Loads `path`, then applies `SQUALL__SECTION__FIELD` environment variables.
+    /// Loads `path`, then applies `SQUALL__SECTION__FIELD` environment variables (the version
+    /// declarations come from the file only).
     pub fn load(path: &Path) -> Result<Self, SpecError> {
         let invalid = |message: String| SpecError::Invalid { path: path.display().to_string(), message };
         if !path.is_file() {
             return Err(invalid("no such file".into()));
         }
-        let spec: TopologySpec = Figment::new()
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        let file: FileSpec = Figment::new()
             .merge(Serialized::defaults(Defaults::default()))
-            .merge(Toml::file_exact(path))
+            .merge(Toml::string(&text))
             .merge(Env::prefixed("SQUALL__").split("__").lowercase(true))
             .extract()
             .map_err(|e| invalid(e.to_string()))?;
-        spec.validate().map_err(invalid)?;
-        Ok(spec)
+        TopologySpec::resolve(file, &text, true).map_err(invalid)
     }
 
-    /// Parses TOML text (no environment), for tests and tools.
+    /// Parses TOML text (no environment), for the server, tests and tools.
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
         let invalid = |message: String| SpecError::Invalid { path: "<text>".into(), message };
-        let spec: TopologySpec = Figment::new()
+        let file: FileSpec = Figment::new()
             .merge(Serialized::defaults(Defaults::default()))
             .merge(Toml::string(text))
             .extract()
             .map_err(|e| invalid(e.to_string()))?;
-        spec.validate().map_err(invalid)?;
+        TopologySpec::resolve(file, text, true).map_err(invalid)
+    }
+
+    fn resolve(file: FileSpec, text: &str, builtins: bool) -> Result<Self, String> {
+        let versions = crate::versions::parse(text, file.version, builtins)?;
+        let attributes = versions
+            .get(&file.version)
+            .map(|v| Arc::clone(&v.attributes))
+            .ok_or_else(|| crate::versions::missing(file.version, &versions))?;
+        let spec = TopologySpec {
+            name: file.name,
+            version: file.version,
+            attributes,
+            versions,
+            kafka: file.kafka,
+            cql: file.cql,
+            enrichment: file.enrichment,
+            state: file.state,
+            runtime: file.runtime,
+            http: file.http,
+        };
+        spec.validate()?;
         Ok(spec)
     }
 
-    /// Selects version `version` of this topology: the file's own version, or one of its `[versions]`.
+    /// Selects version `version` of this topology (one of its `[versions]`).
     pub fn with_version(mut self, version: u32) -> Result<Self, SpecError> {
-        let invalid = |message: String| SpecError::Invalid { path: self.name.clone(), message };
-        if version == self.version {
-            return Ok(self);
-        }
-        let Some(code) = self.versions.get(&version.to_string()).copied() else {
-            let mut known: Vec<u32> = self.versions.keys().filter_map(|k| k.parse().ok()).collect();
-            known.push(self.version);
-            known.sort_unstable();
-            known.dedup();
-            let known = known.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
-            return Err(invalid(format!(
-                "topology {} has no version {version} (versions in this file: {known}); add it under [versions]",
-                self.name
-            )));
+        let Some(v) = self.versions.get(&version) else {
+            let message = crate::versions::missing(version, &self.versions);
+            return Err(SpecError::Invalid { path: self.name.clone(), message });
         };
+        self.attributes = Arc::clone(&v.attributes);
         self.version = version;
-        self.attributes = code;
         Ok(self)
     }
 
+    /// How listings describe the selected version's attributes.
+    pub fn describe_attributes(&self) -> String {
+        self.versions.get(&self.version).map(VersionSpec::describe).unwrap_or_default()
+    }
+
     fn validate(&self) -> Result<(), String> {
-        for key in self.versions.keys() {
-            if !key.parse::<u32>().is_ok_and(|v| v >= 1) {
-                return Err(format!("versions.{key}: version keys are numbers >= 1"));
-            }
-        }
-        if let Some(code) = self.versions.get(&self.version.to_string())
-            && *code != self.attributes
-        {
-            return Err(format!("versions.{} names other code than `attributes` for the same version", self.version));
-        }
         if let Some(key) = self.kafka.consumer.keys().find(|k| RESERVED_CONSUMER_PROPERTIES.contains(&k.as_str())) {
             return Err(format!(
                 "kafka.consumer.\"{key}\": squall sets this itself ({}); offsets are committed only with a complete checkpoint",
@@ -327,7 +369,7 @@ impl TopologySpec {
     }
 }
 
-/// Defaults for the sections, so a file needs only `name`, `version` and `attributes`.
+/// Defaults for the sections, so a file needs only `name`, `version` and its versions.
 #[derive(Default, Serialize)]
 struct Defaults {
     kafka: KafkaSpec,
@@ -347,8 +389,11 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         let v1 = TopologySpec::load(&dir.join("personalization.toml")).unwrap();
         let v2 = v1.clone().with_version(2).unwrap();
-        assert_eq!((v1.group_id().as_str(), v1.attributes), ("personalization-v1", AttributeSet::PersonalizationV1));
-        assert_eq!((v2.group_id().as_str(), v2.attributes), ("personalization-v2", AttributeSet::PersonalizationV2));
+        assert_eq!(v1.group_id(), "personalization-v1");
+        assert_eq!(v2.group_id(), "personalization-v2");
+        assert_eq!(v1.attributes.attributes.len(), 7);
+        assert_eq!(v2.attributes.summary(), format!("{}, skip_rate, genre_affinity", v1.attributes.summary()));
+        assert!(v2.describe_attributes().starts_with("declared: plays, skips"), "{}", v2.describe_attributes());
         assert_eq!(v1.state.dedup_horizon, Duration::from_secs(86_400));
         assert_eq!(v1.enrichment.cache_ttl, Duration::from_secs(600));
     }
@@ -395,7 +440,8 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let err = |t: &str| TopologySpec::from_toml(t).unwrap_err().to_string();
-        assert!(err("name = \"p\"\nversion = 1\nattributes = \"v9\"").contains("attributes"));
+        assert!(err("name = \"p\"\nversion = 1\nattributes = \"v9\"").contains("unknown built-in attributes \"v9\""));
+        assert!(err("name = \"p\"\nversion = 2\n[versions]\n1 = \"personalization_v1\"").contains("no version 2"));
         assert!(err("name = \"p\"\nversion = 0\nattributes = \"personalization_v1\"").contains("version must be"));
         assert!(err("name = \"p q\"\nversion = 1\nattributes = \"personalization_v1\"").contains("name"));
         assert!(

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use squall_enrichment::{AdRow, EnrichConfig, Enricher, MemoryCatalogue, Symbols, TrackRow};
 use squall_operators::event::{AdImpression, SongCompletion};
-use squall_operators::{AttributeSet, Event, UserStore};
+use squall_operators::{Declaration, Event, Plan, UserStore};
 use squall_topologies::oracle::{self, Catalogue};
 use squall_topologies::personalization::{self, Context};
 use timely::dataflow::operators::{Input, Probe};
@@ -25,14 +25,18 @@ fn catalogue(rng: &mut StdRng) -> (MemoryCatalogue, Catalogue) {
     // t0..t39 exist (a few with a null genre); t40..t49 are unknown to the store.
     for i in 0..40 {
         let genre = (i % 13 != 5).then(|| genres[rng.random_range(0..genres.len())].to_owned());
-        oracle.tracks.insert(format!("t{i}"), genre.clone());
-        tracks
-            .insert(format!("t{i}"), TrackRow { genre, artist_id: Some(format!("ar{i}")), duration_ms: Some(200_000) });
+        // A few with no artist or length; lengths vary.
+        let artist_id = (i % 11 != 3).then(|| format!("ar{}", i % 17));
+        let duration_ms = (i % 7 != 2).then(|| rng.random_range(60_000..400_000));
+        let row = TrackRow { genre, artist_id, duration_ms };
+        oracle.tracks.insert(format!("t{i}"), row.clone());
+        tracks.insert(format!("t{i}"), row);
     }
     for i in 0..8 {
         let category = Some(["cars", "food", "travel"][i % 3].to_owned());
-        oracle.ads.insert(format!("a{i}"), category.clone());
-        ads.insert(format!("a{i}"), AdRow { advertiser_id: Some(format!("adv{i}")), category });
+        let row = AdRow { advertiser_id: Some(format!("adv{i}")), category };
+        oracle.ads.insert(format!("a{i}"), row.clone());
+        ads.insert(format!("a{i}"), row);
     }
     mem.tracks = Arc::new(tracks);
     mem.ads = Arc::new(ads);
@@ -71,18 +75,26 @@ fn events(rng: &mut StdRng, n: usize) -> Vec<Event> {
     out
 }
 
-fn run(set: AttributeSet, seed: u64, workers: usize, n: usize) {
+/// Version `version` of the topology file `file` (in `topologies/`).
+fn declaration(file: &str, version: u32) -> Arc<Declaration> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let spec = squall_topologies::TopologySpec::load(&path).unwrap().with_version(version).unwrap();
+    spec.attributes
+}
+
+fn run(declaration: &Declaration, seed: u64, workers: usize, n: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let (mem, oracle_catalogue) = catalogue(&mut rng);
     let input = Arc::new(events(&mut rng, n));
-    let expected = oracle::expected(set, input.iter(), &oracle_catalogue);
+    let expected = oracle::expected(declaration, input.iter(), &oracle_catalogue);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let symbols = Symbols::default();
     // A tiny cache with a short TTL, so that the asynchronous miss path is taken over and over.
     let config = EnrichConfig { cache_capacity: 8, cache_ttl: Duration::from_millis(2), ..Default::default() };
     let enricher = Enricher::new(Arc::new(mem), symbols.clone(), config, runtime.handle().clone());
-    let store = Arc::new(UserStore::new(set, symbols, workers));
+    let plan = Arc::new(Plan::compile(declaration, &symbols));
+    let store = Arc::new(UserStore::new(plan, symbols, workers));
     let ctx = Context {
         enricher: enricher.clone(),
         store: Arc::clone(&store),
@@ -129,20 +141,31 @@ fn run(set: AttributeSet, seed: u64, workers: usize, n: usize) {
 
 #[test]
 fn v1_equals_the_oracle_on_seeded_random_events() {
+    let v1 = declaration("personalization.toml", 1);
     for seed in 0..4 {
-        run(AttributeSet::PersonalizationV1, seed, 2, 3000);
+        run(&v1, seed, 2, 3000);
     }
 }
 
 #[test]
 fn v2_equals_the_oracle_on_seeded_random_events() {
+    let v2 = declaration("personalization.toml", 2);
     for seed in 10..14 {
-        run(AttributeSet::PersonalizationV2, seed, 2, 3000);
+        run(&v2, seed, 2, 3000);
+    }
+}
+
+#[test]
+fn a_windowed_declaration_equals_the_oracle() {
+    let v3 = declaration("tests/windowed.toml", 3);
+    for seed in 20..24 {
+        run(&v3, seed, 2, 3000);
     }
 }
 
 #[test]
 fn one_and_three_workers_agree_with_the_oracle() {
-    run(AttributeSet::PersonalizationV2, 99, 1, 2000);
-    run(AttributeSet::PersonalizationV1, 98, 3, 2000);
+    run(&declaration("personalization.toml", 2), 99, 1, 2000);
+    run(&declaration("personalization.toml", 1), 98, 3, 2000);
+    run(&declaration("tests/windowed.toml", 3), 97, 3, 2000);
 }

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use squall_enrichment::Symbols;
+use squall_operators::UserState;
 use squall_operators::checkpoint::{CheckpointDir, CheckpointStore, Part};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
-use squall_operators::{AttributeSet, UserState, What};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Store {
@@ -48,17 +48,17 @@ fn main() {
         ["pop", "rock", "jazz", "hip-hop", "indie", "metal"].iter().map(|g| symbols.intern(g)).collect();
     let categories: Vec<_> = ["food", "travel", "retail"].iter().map(|c| symbols.intern(c)).collect();
     // A typical user: a handful of genres and categories.
+    let plan = squall_benches::fixtures::plan(1, &symbols);
+    let unknown = symbols.unknown();
     let user = |i: usize| {
         let mut s = UserState::default();
         for k in 0..(3 + i % 5) {
-            s.apply(
-                AttributeSet::PersonalizationV1,
-                1_763_750_000_000 + k as i64,
-                What::Play { genre: genres[(i + k) % 6], skip: k % 3 == 0 },
-            );
+            let ms = if k % 3 == 0 { 1_000 } else { 60_000 };
+            let play = squall_benches::fixtures::play(genres[(i + k) % 6], ms, 1_763_750_000_000 + k as i64, unknown);
+            s.apply(&plan, "u", &play, &symbols);
         }
-        s.apply(AttributeSet::PersonalizationV1, 1_763_750_000_000, What::Ad { category: categories[i % 3] });
-        (format!("u{i}"), s.snapshot(&symbols))
+        s.apply(&plan, "u", &squall_benches::fixtures::ad(categories[i % 3], 1_763_750_000_000, unknown), &symbols);
+        (format!("u{i}"), s.snapshot(&plan, &symbols))
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let root = a.dir.unwrap_or_else(|| std::env::temp_dir().join(format!("squall-ckpt-bench-{}", std::process::id())));

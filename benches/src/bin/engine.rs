@@ -32,6 +32,9 @@ struct Args {
     /// Runs of each configuration; the best is reported (the machine is shared).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// The version of topologies/personalization.toml the timely aggregation keeps.
+    #[arg(long, default_value_t = 1)]
+    version: u32,
 }
 
 fn main() {
@@ -47,7 +50,13 @@ fn main() {
         .collect();
     let mut best = Vec::new();
     for &workers in &a.workers {
-        let base = EngineRun { users: a.users, tracks: a.tracks, batch: a.batch, ..EngineRun::new(workers, a.events) };
+        let base = EngineRun {
+            users: a.users,
+            tracks: a.tracks,
+            batch: a.batch,
+            version: a.version,
+            ..EngineRun::new(workers, a.events)
+        };
         let inputs = Arc::new(generate(&base));
         for &aggregation in &aggregations {
             let r = EngineRun { aggregation, ..base.clone() };

@@ -12,7 +12,7 @@ use rand_distr::{Distribution, Zipf};
 use squall::generate::CatalogueGen;
 use squall_enrichment::Symbols;
 use squall_operators::dedup::{Dedup, dedup_key};
-use squall_operators::{AttributeSet, EventKind, UserStore, What};
+use squall_operators::{EventKind, UserStore};
 
 #[derive(Parser)]
 struct Args {
@@ -62,9 +62,10 @@ fn main() {
     let categories: Vec<_> = squall::generate::CATEGORIES.iter().map(|c| symbols.intern(c)).collect();
     let tracks = Zipf::new(catalogue.tracks as f64, 1.0).expect("zipf");
     let mut rng = StdRng::seed_from_u64(11);
-    let set = AttributeSet::PersonalizationV1;
+    let plan = squall_benches::fixtures::plan(1, &symbols);
+    let unknown = symbols.unknown();
     let before = rss_bytes();
-    let store = UserStore::new(set, symbols.clone(), a.workers);
+    let store = UserStore::new(std::sync::Arc::clone(&plan), symbols.clone(), a.workers);
     let started = Instant::now();
     let (mut events, mut genre_entries) = (0u64, 0u64);
     for u in 1..=users {
@@ -74,15 +75,19 @@ fn main() {
             let track = tracks.sample(&mut rng) as u64 - 1;
             let g = catalogue.genre(track);
             let genre = genres[squall::generate::GENRES.iter().position(|x| *x == g).unwrap_or(0)];
-            state.apply(set, 1_763_750_000_000, What::Play { genre, skip: rng.random_bool(0.3) });
+            let ms = if rng.random_bool(0.3) { 1_000 } else { 60_000 };
+            state.apply(&plan, "u", &squall_benches::fixtures::play(genre, ms, 1_763_750_000_000, unknown), &symbols);
             events += 1;
         }
         for _ in 0..rng.random_range(0..=2 * a.ads) {
             let c = categories[rng.random_range(0..categories.len())];
-            state.apply(set, 1_763_750_000_000, What::Ad { category: c });
+            state.apply(&plan, "u", &squall_benches::fixtures::ad(c, 1_763_750_000_000, unknown), &symbols);
             events += 1;
         }
-        genre_entries += state.attributes(set, &symbols).genre_plays.len() as u64;
+        genre_entries += squall_operators::attributes::AttributesView::new(&state, &plan, &symbols)
+            .to_attributes()
+            .get("genre_plays")
+            .map_or(0, |g| if let squall_operators::Value::Map(m) = g { m.len() as u64 } else { 0 });
     }
     let after = rss_bytes();
     println!(

@@ -15,8 +15,8 @@ use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
 use squall::http::UserAttributes;
 use squall::{kafka, telemetry};
 use squall_enrichment::schema;
-use squall_operators::{AttributeSet, Attributes, Event, EventKind};
-use squall_topologies::oracle;
+use squall_operators::{Attributes, Event, EventKind};
+use squall_topologies::{TopologySpec, oracle};
 
 /// Dev tools for squall: topics, catalogue, events, and checking the answers.
 #[derive(Parser)]
@@ -76,9 +76,12 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         catalogue: CatalogueArgs,
-        /// Write the expected v1 and v2 attributes of users u1..=u<N> to this JSON file.
+        /// Write the expected attributes of users u1..=u<N>, under every version of --topology, to this JSON file.
         #[arg(long)]
         expect_file: Option<PathBuf>,
+        /// The topology file whose versions --expect-file covers.
+        #[arg(long, default_value = "topologies/personalization.toml")]
+        topology: PathBuf,
         #[arg(long, default_value_t = 5)]
         expect_users: u64,
     },
@@ -155,6 +158,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             catalogue,
             expect_file,
             expect_users,
+            topology,
         } => {
             let run_id = format!("r{}s{seed}", now_ms());
             let config = EventGenConfig {
@@ -173,13 +177,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await??;
             if let Some(path) = expect_file {
                 let oracle_catalogue = catalogue.generator().oracle();
-                let expectations = Expectations {
-                    v1: oracle::expected(AttributeSet::PersonalizationV1, produced.iter(), &oracle_catalogue),
-                    v2: oracle::expected(AttributeSet::PersonalizationV2, produced.iter(), &oracle_catalogue),
-                };
+                let spec = TopologySpec::load(&topology)?;
+                let expectations: Expectations = spec
+                    .versions
+                    .iter()
+                    .map(|(v, s)| (*v, oracle::expected(&s.attributes, produced.iter(), &oracle_catalogue)))
+                    .collect();
                 std::fs::write(&path, serde_json::to_vec_pretty(&expectations)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;
-                println!("expected attributes of {} users written to {}", expectations.v1.len(), path.display());
+                let users = expectations.values().next().map_or(0, BTreeMap::len);
+                println!("expected attributes of {users} users written to {}", path.display());
             }
         }
         Command::Check { url, expect_file, timeout_secs } => {
@@ -189,11 +196,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Expectations {
-    v1: BTreeMap<String, Attributes>,
-    v2: BTreeMap<String, Attributes>,
-}
+/// Per version, every watched user's expected attributes.
+type Expectations = BTreeMap<u32, BTreeMap<String, Attributes>>;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
@@ -272,20 +276,25 @@ async fn check(url: &str, path: &PathBuf, timeout: Duration) -> anyhow::Result<(
     let expected: Expectations = serde_json::from_slice(&text)?;
     let deadline = Instant::now() + timeout;
     let client = HttpClient::new(url)?;
-    for (user, _) in expected.v1.iter() {
+    let users: Vec<String> = expected.values().next().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    for user in &users {
         loop {
             let got = client.attributes(user).await?;
-            let want = got.as_ref().map(|g| if g.version >= 2 { &expected.v2[user] } else { &expected.v1[user] });
+            let want = got.as_ref().and_then(|g| expected.get(&g.version)).and_then(|m| m.get(user));
             let diff = match (&got, want) {
                 (Some(g), Some(w)) => oracle::difference(&g.attributes, w),
+                (Some(g), None) => Some(format!("no expectation for version {}", g.version)),
                 _ => Some("not found yet".to_owned()),
             };
             match diff {
                 None => {
                     let g = got.expect("matched");
+                    let show = |n: &str| g.attributes.get(n).map_or("-".to_owned(), ToString::to_string);
                     println!(
-                        "{user}: matches ({} plays, {} ads, top genres {:?})",
-                        g.attributes.plays, g.attributes.ad_impressions, g.attributes.top_genres
+                        "{user}: matches ({} plays, {} ads, top genres {})",
+                        show("plays"),
+                        show("ad_impressions"),
+                        show("top_genres")
                     );
                     break;
                 }
@@ -296,7 +305,7 @@ async fn check(url: &str, path: &PathBuf, timeout: Duration) -> anyhow::Result<(
             }
         }
     }
-    println!("all {} users match the expected attributes", expected.v1.len());
+    println!("all {} users match the expected attributes", users.len());
     Ok(())
 }
 
