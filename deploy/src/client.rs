@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use squall_topologies::TopologySpec;
 
 use crate::server::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
+use crate::values::StartPosition;
 
 /// Where the server is and how to authenticate.
 #[derive(clap::Args, Clone, Debug)]
@@ -102,7 +103,7 @@ impl Client {
         &self,
         file: &Path,
         version: Option<u32>,
-        start_from: Option<String>,
+        start_from: Option<StartPosition>,
         workers: Option<usize>,
         processes: Option<usize>,
     ) -> anyhow::Result<()> {
@@ -112,6 +113,7 @@ impl Client {
         if let Some(v) = version {
             spec.with_version(v).map_err(|e| anyhow!("{}: {e}", file.display()))?;
         }
+        let start_from = start_from.map(|p| p.to_string());
         let req = DeployRequest { topology_toml: text, version, start_from, workers, processes };
         let view: DeploymentView = self.post(&["v1", "deployments"], Some(&req)).await?;
         println!(

@@ -11,3 +11,4 @@ pub mod registry;
 pub mod runner;
 pub mod server;
 pub mod telemetry;
+pub mod values;

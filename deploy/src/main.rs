@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use squall::client::{Client, ClientArgs};
 use squall::http::{self, Api};
 use squall::server::{self, Server, ServerConfig};
+use squall::values::StartPosition;
 use squall::{runner, telemetry};
-use squall_operators::StartFrom;
 use squall_topologies::TopologySpec;
 use tokio::net::TcpListener;
 
@@ -44,8 +44,8 @@ enum Command {
         #[arg(long)]
         version: Option<u32>,
         /// earliest (default), latest, or group:<group id> to start at that group's committed offsets.
-        #[arg(long, value_parser = parse_start_from)]
-        start_from: Option<String>,
+        #[arg(long)]
+        start_from: Option<StartPosition>,
         /// Worker threads per process (default: the file's runtime.workers).
         #[arg(long, short)]
         workers: Option<usize>,
@@ -155,8 +155,8 @@ struct RunArgs {
     checkpoint_dir: Option<PathBuf>,
     /// Where partitions without a checkpoint start: earliest, latest, or group:<group id> (that
     /// group's committed offsets).
-    #[arg(long, value_parser = parse_start_from)]
-    start_from: Option<String>,
+    #[arg(long)]
+    start_from: Option<StartPosition>,
     /// Processes of this version's timely cluster (with --process and --hostfile); Kafka partitions
     /// and users are spread over all workers of all processes.
     #[arg(long, default_value_t = 1)]
@@ -171,16 +171,6 @@ struct RunArgs {
     /// Exit when the parent process (the squall server) dies.
     #[arg(long, hide = true)]
     exit_with_parent: bool,
-}
-
-fn parse_start_from(s: &str) -> Result<String, String> {
-    match s {
-        "earliest" | "latest" => Ok(s.to_owned()),
-        _ => match s.strip_prefix("group:") {
-            Some(g) if !g.is_empty() && g.len() <= 255 && !g.chars().any(char::is_control) => Ok(s.to_owned()),
-            _ => Err("use earliest, latest or group:<group id>".into()),
-        },
-    }
 }
 
 fn main() -> ExitCode {
@@ -310,11 +300,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         spec.http.listen = l;
     }
-    match args.start_from.as_deref() {
-        Some("earliest") => spec.kafka.start_from = StartFrom::Earliest,
-        Some("latest") => spec.kafka.start_from = StartFrom::Latest,
-        Some(other) => spec.kafka.start_from_group = other.strip_prefix("group:").map(str::to_owned),
-        None => {}
+    if let Some(p) = &args.start_from {
+        p.apply_to(&mut spec.kafka);
     }
     let cluster = match (&args.hostfile, args.processes) {
         (None, 1) => None,

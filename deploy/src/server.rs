@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::http::{ApiError, RunStatus, check_user_id};
 use crate::kafka::{self, PartitionLag};
 use crate::registry::{Deployment, Desired, Registry, now_ms};
+use crate::values::{GroupId, StartPosition};
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -699,10 +700,8 @@ fn authorize(server: &Server, headers: &HeaderMap) -> Result<(), ApiError> {
 
 fn group_path(p: Result<UrlPath<String>, PathRejection>) -> Result<String, ApiError> {
     let UrlPath(g) = p.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid group id").detail(e.body_text()))?;
-    if g.is_empty() || g.len() > 255 || g.chars().any(|c| c.is_control()) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid group id")
-            .detail("a group id has 1..=255 characters and no control characters"));
-    }
+    g.parse::<GroupId>()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid group id").detail(e.to_string()))?;
     Ok(g)
 }
 
@@ -784,16 +783,12 @@ async fn deploy(
     if !(1..=64).contains(&processes) {
         return Err(bad(format!("processes = {processes}: use 1..=64")));
     }
-    let start_from = req.start_from.unwrap_or_else(|| "earliest".into());
-    let from_group = match start_from.as_str() {
-        "earliest" | "latest" => None,
-        other => match other.strip_prefix("group:") {
-            Some(g) if !g.is_empty() => Some(g.to_owned()),
-            _ => {
-                return Err(bad(format!("start_from {other:?}: use earliest, latest or group:<group id>")));
-            }
-        },
+    let start_from: StartPosition = match &req.start_from {
+        Some(s) => s.parse().map_err(|e| bad(format!("start_from {e}")))?,
+        None => StartPosition::default(),
     };
+    let from_group = start_from.group().map(GroupId::to_string);
+    let start_from = start_from.to_string();
     let group_id = spec.group_id();
     let mut reg = server.registry.lock().await;
     if let Some(existing) = reg.data.deployments.get(&group_id) {
