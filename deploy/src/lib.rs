@@ -7,6 +7,7 @@ pub mod generate;
 pub mod http;
 pub mod kafka;
 pub mod promtext;
+pub mod ready;
 pub mod registry;
 pub mod runner;
 pub mod server;

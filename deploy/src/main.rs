@@ -11,7 +11,7 @@ use squall::client::{Client, ClientArgs};
 use squall::http::{self, Api};
 use squall::server::{self, Server, ServerConfig};
 use squall::values::StartPosition;
-use squall::{runner, telemetry};
+use squall::{ready, runner, telemetry};
 use squall_topologies::TopologySpec;
 use tokio::net::TcpListener;
 
@@ -240,7 +240,8 @@ fn serve(args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
         let server = Server::start(cfg).await?;
         let addr = listener.local_addr()?;
-        println!("squall server: serving on http://{addr} (state in {})", args.state_dir.display());
+        let url = format!("http://{addr}");
+        println!("{} (state in {})", ready::line("squall server:", &url), args.state_dir.display());
         tracing::info!(%addr, "control plane serving");
         http::serve(listener, server::router(Arc::clone(&server)), shutdown_signal()).await?;
         tracing::info!("stopping every deployment's processes");
@@ -341,11 +342,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             routing,
         });
         let addr = listener.local_addr()?;
-        // One line on stdout that scripts and tests wait for.
         if let Some(cut) = running.recovered_cut {
             println!("squall: {} recovered from checkpoint cut {cut}", spec.group_id());
         }
-        println!("squall: {} serving on http://{addr}", spec.group_id());
+        // The readiness line the server and the tests wait for.
+        println!("{}", ready::line(&format!("squall: {}", spec.group_id()), &format!("http://{addr}")));
         tracing::info!(group_id = %spec.group_id(), %addr, "serving attributes");
         let server = tokio::spawn(http::serve(listener, http::router(api), shutdown_signal()));
         let reporter = tokio::spawn(report(Arc::clone(&running.store), running.enricher.clone(), spec.group_id()));

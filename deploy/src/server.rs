@@ -425,10 +425,10 @@ async fn run_processes(server: &Shared, d: &Deployment, stop: &mut watch::Receiv
                     if let Some(log) = log.as_mut() {
                         let _ = writeln!(log, "{line}");
                     }
-                    if let Some((_, url)) = line.split_once(" serving on ") {
+                    if let Some(url) = crate::ready::url(&line) {
                         let mut live = lock(&server.live);
                         if let Some(slot) = live.get_mut(&group).and_then(|l| l.urls.get_mut(index)) {
-                            *slot = Some(url.trim().to_owned());
+                            *slot = Some(url.to_owned());
                         }
                     }
                 }

@@ -257,8 +257,8 @@ impl Squall {
         let kept = std::sync::Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("serving on ").nth(1) {
-                    let _ = tx.send(url.trim().to_owned());
+                if let Some(url) = squall::ready::url(&line) {
+                    let _ = tx.send(url.to_owned());
                 }
                 kept.lock().unwrap().push(line);
             }

@@ -34,8 +34,8 @@ impl SquallServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("serving on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                if let Some(url) = squall::ready::url(&line) {
+                    let _ = tx.send(url.to_owned());
                 }
             }
         });
