@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod counters;
 pub mod generate;
 pub mod http;
 pub mod kafka;

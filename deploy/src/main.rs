@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use squall::client::{Client, ClientArgs};
+use squall::counters::Counters;
 use squall::http::{self, Api};
 use squall::server::{self, Server, ServerConfig};
 use squall::values::StartPosition;
@@ -337,7 +338,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             group_id: spec.group_id(),
             store: Arc::clone(&running.store),
             metrics,
-            enricher: running.enricher.clone(),
+            counters: Counters::new(
+                &spec.group_id(),
+                running.local.clone(),
+                Arc::clone(&running.store),
+                running.enricher.clone(),
+                Arc::clone(&running.dead_letters),
+            ),
             recovered_cut: running.recovered_cut,
             routing,
         });
@@ -348,8 +355,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // The readiness line the server and the tests wait for.
         println!("{}", ready::line(&format!("squall: {}", spec.group_id()), &format!("http://{addr}")));
         tracing::info!(group_id = %spec.group_id(), %addr, "serving attributes");
-        let server = tokio::spawn(http::serve(listener, http::router(api), shutdown_signal()));
-        let reporter = tokio::spawn(report(Arc::clone(&running.store), running.enricher.clone(), spec.group_id()));
+        let server = tokio::spawn(http::serve(listener, http::router(Arc::clone(&api)), shutdown_signal()));
+        let reporter = tokio::spawn(report(Arc::clone(&api), spec.group_id()));
         server.await??;
         reporter.abort();
         tracing::info!("stopping workers");
@@ -381,24 +388,24 @@ async fn shutdown_signal() {
 }
 
 /// Logs throughput every 5 seconds.
-async fn report(store: Arc<squall_operators::UserStore>, enricher: squall_enrichment::Enricher, group_id: String) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut last = (Instant::now(), store.applied() + store.duplicates());
+async fn report(api: Arc<Api>, group_id: String) {
+    let seen = |s: &squall::counters::RunStatus| s.applied + s.duplicates;
+    let mut last = (Instant::now(), seen(&api.counters.status()));
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let now = (Instant::now(), store.applied() + store.duplicates());
+        let s = api.counters.status();
+        let now = (Instant::now(), seen(&s));
         let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
-        let s = enricher.stats();
-        let (hits, misses) = (s.hits.load(Relaxed), s.misses.load(Relaxed));
+        let (hits, misses) = (s.cache_hits, s.cache_misses);
         let hit_ratio = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
         tracing::info!(
             group_id = %group_id,
             events_per_sec = rate.round(),
-            applied = store.applied(),
-            duplicates = store.duplicates(),
-            users = store.users(),
+            applied = s.applied,
+            duplicates = s.duplicates,
+            users = s.users,
             cache_hit_ratio = format!("{hit_ratio:.3}"),
             "throughput"
         );

@@ -19,9 +19,10 @@ use squall_topologies::TopologySpec;
 use squall_topologies::personalization::{self, Context};
 use squall_topologies::spec::CheckpointTarget;
 use timely::communication::WorkerGuards;
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::{Inspect, Probe};
 
 use crate::cluster::Cluster;
+use crate::counters::DeadLetters;
 use crate::kafka::{self, KafkaSetupError};
 
 /// Why a topology could not start.
@@ -53,6 +54,10 @@ pub struct Running {
     pub pending: Arc<AtomicUsize>,
     /// The cut the state was recovered from, if any.
     pub recovered_cut: Option<Epoch>,
+    /// Records it sent to the dead-letter topics.
+    pub dead_letters: Arc<DeadLetters>,
+    /// The workers this process runs.
+    pub local: std::ops::Range<usize>,
     shutdown: Arc<AtomicBool>,
     guards: WorkerGuards<Result<(), String>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -144,7 +149,6 @@ pub async fn start(
     let pending = Arc::new(AtomicUsize::new(0));
     let shutdown = Arc::new(AtomicBool::new(false));
     let group_id = spec.group_id();
-    crate::telemetry::export_enrichment(enricher.clone(), group_id.clone(), Arc::clone(&shutdown), &runtime);
     if spec.enrichment.preload {
         preload_catalogue(&enricher, &group_id, Arc::clone(&shutdown), &runtime).await;
     }
@@ -246,6 +250,8 @@ pub async fn start(
         None => (None, None, None),
     };
     let (brokers, dlq_suffix) = (spec.kafka.brokers.clone(), spec.kafka.dlq_suffix.clone());
+    let dead_letters = Arc::new(DeadLetters::default());
+    let counts = Arc::clone(&dead_letters);
     let stop = Arc::clone(&shutdown);
     tracing::info!(group_id = %source.group_id, workers, process, processes, partitions = source.partitions.len(), "starting workers");
     let config = match cluster {
@@ -265,7 +271,10 @@ pub async fn start(
     let guards = timely::execute(config, move |worker| {
         let built = worker.dataflow::<Epoch, _, _>(|scope| {
             let (events, dead, offsets) = scope.consume_kafka(&source, start_epoch).map_err(|e| e.to_string())?;
-            dead.dead_letter_to(&brokers, &dlq_suffix).map_err(|e| e.to_string())?;
+            let counts = Arc::clone(&counts);
+            dead.inspect(move |letter| counts.record(&letter.reason))
+                .dead_letter_to(&brokers, &dlq_suffix)
+                .map_err(|e| e.to_string())?;
             let hook = parts_tx.as_ref().map(|parts| CheckpointHook {
                 offsets,
                 parts: parts.clone(),
@@ -288,7 +297,7 @@ pub async fn start(
         Ok(())
     })
     .map_err(StartError::Workers)?;
-    Ok(Running { spec, store, enricher, pending, recovered_cut, shutdown, guards, writer })
+    Ok(Running { spec, store, enricher, pending, recovered_cut, dead_letters, local, shutdown, guards, writer })
 }
 
 /// A partition and its next offset.

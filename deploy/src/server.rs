@@ -25,7 +25,8 @@ use squall_topologies::TopologySpec;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
-use crate::http::{ApiError, RunStatus, check_user_id};
+use crate::counters::RunStatus;
+use crate::http::{ApiError, check_user_id};
 use crate::kafka::{self, PartitionLag};
 use crate::registry::{Deployment, Desired, Registry, now_ms};
 use crate::values::{GroupId, StartPosition};
@@ -569,21 +570,11 @@ async fn monitor(server: Shared) {
 
 /// Sums the `/v1/status` of a deployment's processes; `None` if any does not answer.
 async fn child_status(http: &reqwest::Client, urls: &[String]) -> Option<RunStatus> {
-    let mut sum = RunStatus::default();
+    let mut each = Vec::with_capacity(urls.len());
     for url in urls {
-        let s: RunStatus = http.get(format!("{url}/v1/status")).send().await.ok()?.json().await.ok()?;
-        sum.group_id = s.group_id;
-        sum.applied += s.applied;
-        sum.duplicates += s.duplicates;
-        sum.dead_letters += s.dead_letters;
-        sum.users += s.users;
-        sum.cache_hits += s.cache_hits;
-        sum.cache_misses += s.cache_misses;
-        sum.enrich_errors += s.enrich_errors;
-        sum.enrich_degraded += s.enrich_degraded;
-        sum.recovered_cut = sum.recovered_cut.or(s.recovered_cut);
+        each.push(http.get(format!("{url}/v1/status")).send().await.ok()?.json::<RunStatus>().await.ok()?);
     }
-    Some(sum)
+    Some(RunStatus::total(&each))
 }
 
 /// The lag of `group_id` on every partition of `spec`'s topics, through one cached client per
