@@ -34,6 +34,10 @@ pub struct RunStatus {
     pub enrich_degraded: u64,
     /// The checkpoint cut the state was recovered from at start.
     pub recovered_cut: Option<u64>,
+    /// The id the starter gave this process (`--launch-id`), so that it can tell its own
+    /// processes from others at the same address.
+    #[serde(default)]
+    pub launch_id: Option<String>,
 }
 
 impl RunStatus {
@@ -53,6 +57,7 @@ impl RunStatus {
                 enrich_errors,
                 enrich_degraded,
                 recovered_cut,
+                launch_id: _,
             } = s;
             sum.group_id.clone_from(group_id);
             sum.applied += applied;

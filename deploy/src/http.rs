@@ -37,6 +37,8 @@ pub struct Api {
     pub counters: Counters,
     /// The checkpoint cut the state was recovered from.
     pub recovered_cut: Option<u64>,
+    /// The id the process was started with (`--launch-id`).
+    pub launch_id: Option<String>,
     /// Where the other processes of a multi-process version are (queries for their users go there).
     pub routing: Option<Routing>,
 }
@@ -221,7 +223,12 @@ async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
 }
 
 async fn status(State(api): State<Arc<Api>>) -> Json<RunStatus> {
-    Json(RunStatus { group_id: api.group_id.clone(), recovered_cut: api.recovered_cut, ..api.counters.status() })
+    Json(RunStatus {
+        group_id: api.group_id.clone(),
+        recovered_cut: api.recovered_cut,
+        launch_id: api.launch_id.clone(),
+        ..api.counters.status()
+    })
 }
 
 /// Checks a user id from a request: 1..=256 bytes, no control characters.
@@ -354,6 +361,7 @@ mod tests {
             metrics: crate::telemetry::metrics(),
             counters,
             recovered_cut: None,
+            launch_id: Some("0123456789abcdef".into()),
             routing: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

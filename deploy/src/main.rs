@@ -172,6 +172,9 @@ struct RunArgs {
     /// Exit when the parent process (the squall server) dies.
     #[arg(long, hide = true)]
     exit_with_parent: bool,
+    /// The id this process was started with, reported on /v1/status (set by the squall server).
+    #[arg(long, hide = true)]
+    launch_id: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -346,6 +349,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 Arc::clone(&running.dead_letters),
             ),
             recovered_cut: running.recovered_cut,
+            launch_id: args.launch_id,
             routing,
         });
         let addr = listener.local_addr()?;

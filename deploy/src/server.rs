@@ -348,6 +348,12 @@ async fn supervise(server: Shared, d: Deployment, mut stop: watch::Receiver<bool
     }
 }
 
+/// A fresh launch id: 16 hex digits, different for every process started.
+fn launch_id() -> String {
+    use rand::Rng as _;
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
 /// Picks `n` free loopback ports (for timely's cluster addresses).
 fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let listeners: Vec<std::net::TcpListener> =
@@ -393,6 +399,7 @@ async fn run_processes(server: &Shared, d: &Deployment, stop: &mut watch::Receiv
             .arg("--checkpoint-dir")
             .arg(server.cfg.state_dir.join("checkpoints"))
             .args(["--start-from", &d.start_from])
+            .args(["--launch-id", &launch_id()])
             .arg("--exit-with-parent")
             .env("SQUALL_PARENT_PID", std::process::id().to_string());
         if d.processes > 1 {
