@@ -334,7 +334,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             workers: spec.runtime.workers,
             client: reqwest::Client::new(),
         });
-        let running = runner::start(spec.clone(), tokio::runtime::Handle::current(), cluster).await?;
+        let running = runner::start(spec.clone(), tokio::runtime::Handle::current(), cluster)
+            .await
+            .with_context(|| format!("cannot start {}", spec.group_id()))?;
         let api = Arc::new(Api {
             topology: spec.name.clone(),
             version: spec.version,
@@ -343,7 +345,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics,
             counters: Counters::new(
                 &spec.group_id(),
-                running.local.clone(),
+                running.layout.local(),
                 Arc::clone(&running.store),
                 running.enricher.clone(),
                 Arc::clone(&running.dead_letters),
