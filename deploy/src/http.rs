@@ -4,8 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -243,16 +242,24 @@ pub fn check_user_id(user_id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn attributes(
-    State(api): State<Arc<Api>>,
-    user_id: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
-    let Path(user_id) = user_id.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid user id")
-            .detail(e.body_text())
-            .hint("user ids are UTF-8, percent-encoded in the path")
-    })?;
-    check_user_id(&user_id)?;
+/// The `{user_id}` of a path, checked with [`check_user_id`].
+pub struct UserPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(user_id) = Path::<String>::from_request_parts(parts, state).await.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid user id")
+                .detail(e.body_text())
+                .hint("user ids are UTF-8, percent-encoded in the path")
+        })?;
+        check_user_id(&user_id)?;
+        Ok(UserPath(user_id))
+    }
+}
+
+async fn attributes(State(api): State<Arc<Api>>, UserPath(user_id): UserPath) -> Result<Response, ApiError> {
     if let Some(r) = &api.routing {
         let owner = r.cluster.owner(&user_id, r.workers);
         if owner != r.cluster.process {
@@ -293,19 +300,24 @@ async fn forward(r: &Routing, owner: usize, user_id: &str) -> Result<Response, A
         )
         .hint("query the squall server, or list every process's HTTP address in the hostfile"));
     };
-    let unavailable = |e: String| {
+    proxy_attributes(&r.client, &format!("http://{addr}"), user_id).await.map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, format!("process {owner} ({addr}) did not answer")).detail(e)
-    };
-    let mut url = reqwest::Url::parse(&format!("http://{addr}/")).map_err(|e| unavailable(e.to_string()))?;
-    url.path_segments_mut().map_err(|_| unavailable("bad address".into()))?.pop_if_empty().extend([
+    })
+}
+
+/// Asks the process at `base` (`http://host:port`) for `user_id`'s attributes and passes its
+/// answer on, status and body; an error says why it did not answer.
+pub async fn proxy_attributes(client: &reqwest::Client, base: &str, user_id: &str) -> Result<Response, String> {
+    let mut url = reqwest::Url::parse(base).map_err(|e| format!("{base}: {e}"))?;
+    url.path_segments_mut().map_err(|_| format!("{base} cannot have a path"))?.pop_if_empty().extend([
         "v1",
         "users",
         user_id,
         "attributes",
     ]);
-    let resp = r.client.get(url).send().await.map_err(|e| unavailable(e.to_string()))?;
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -415,6 +427,7 @@ mod tests {
         let status: RunStatus =
             reqwest::get(format!("{base}/v1/status")).await.expect("request").json().await.expect("json");
         assert_eq!((status.applied, status.duplicates, status.dead_letters, status.users), (3, 1, 1, 1), "{status:?}");
+        assert_eq!(status.launch_id.as_deref(), Some("0123456789abcdef"));
         let metrics = reqwest::get(format!("{base}/metrics")).await.expect("request").text().await.expect("body");
         for series in [
             r#"squall_events_applied_total{worker="1"} 3"#,
