@@ -8,7 +8,9 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::de::DeserializeOwned;
 use squall_topologies::TopologySpec;
 
-use crate::server::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
+use crate::control::state::DeploymentState;
+use crate::control::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
+use crate::values::StartPosition;
 
 /// Where the server is and how to authenticate.
 #[derive(clap::Args, Clone, Debug)]
@@ -102,7 +104,7 @@ impl Client {
         &self,
         file: &Path,
         version: Option<u32>,
-        start_from: Option<String>,
+        start_from: Option<StartPosition>,
         workers: Option<usize>,
         processes: Option<usize>,
     ) -> anyhow::Result<()> {
@@ -112,6 +114,7 @@ impl Client {
         if let Some(v) = version {
             spec.with_version(v).map_err(|e| anyhow!("{}: {e}", file.display()))?;
         }
+        let start_from = start_from.map(|p| p.to_string());
         let req = DeployRequest { topology_toml: text, version, start_from, workers, processes };
         let view: DeploymentView = self.post(&["v1", "deployments"], Some(&req)).await?;
         println!(
@@ -119,7 +122,7 @@ impl Client {
             view.deployment.group_id,
             view.deployment.topology,
             view.deployment.version,
-            view.deployment.attributes,
+            view.deployment.code(),
             view.deployment.start_from,
             view.deployment.group_id
         );
@@ -155,7 +158,9 @@ impl Client {
     /// `squall status`; with `watch`, a progress bar until the version has caught up.
     pub async fn status(&self, group: &str, watch: bool) -> anyhow::Result<()> {
         let mut d: DeploymentDetail = self.get(&["v1", "deployments", group]).await?;
-        if watch && matches!(d.view.state.as_str(), "starting" | "catching-up") {
+        let catching_up =
+            |d: &DeploymentDetail| matches!(d.view.state, DeploymentState::Starting | DeploymentState::CatchingUp);
+        if watch && catching_up(&d) {
             let bar = indicatif::ProgressBar::new(1);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} messages committed, {msg}")
@@ -163,7 +168,7 @@ impl Client {
                     .progress_chars("=> "),
             );
             bar.set_prefix(group.to_owned());
-            while matches!(d.view.state.as_str(), "starting" | "catching-up") {
+            while catching_up(&d) {
                 let high: i64 = d.partitions.iter().map(|p| p.high_watermark).sum();
                 let done: i64 = d.partitions.iter().map(|p| p.committed.unwrap_or(0)).sum();
                 bar.set_length(high.max(1) as u64);
@@ -223,7 +228,7 @@ impl Client {
 fn print_detail(d: &DeploymentDetail) {
     let v = &d.view;
     println!("group id:     {}", v.deployment.group_id);
-    println!("topology:     {} version {} ({})", v.deployment.topology, v.deployment.version, v.deployment.attributes);
+    println!("topology:     {} version {} ({})", v.deployment.topology, v.deployment.version, v.deployment.code());
     println!("state:        {}{}", v.state, if v.promoted { " (promoted)" } else { "" });
     println!("started from: {}", v.deployment.start_from);
     println!("processes:    {} x {} workers", v.deployment.processes, v.deployment.workers);

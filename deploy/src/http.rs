@@ -4,8 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,6 +14,8 @@ use serde::Serialize;
 use squall_operators::attributes::AttributesView;
 use squall_operators::{Attributes, UserStore};
 use tokio::net::TcpListener;
+
+use crate::counters::{Counters, RunStatus};
 
 /// Longest user id the API accepts, in bytes (the decoder's limit for ids).
 pub const MAX_USER_ID_BYTES: usize = 256;
@@ -31,10 +32,12 @@ pub struct Api {
     pub store: Arc<UserStore>,
     /// Prometheus metrics of the process.
     pub metrics: PrometheusHandle,
-    /// The version's enrichment service (for its counters).
-    pub enricher: squall_enrichment::Enricher,
+    /// The version's counters.
+    pub counters: Counters,
     /// The checkpoint cut the state was recovered from.
     pub recovered_cut: Option<u64>,
+    /// The id the process was started with (`--launch-id`).
+    pub launch_id: Option<String>,
     /// Where the other processes of a multi-process version are (queries for their users go there).
     pub routing: Option<Routing>,
 }
@@ -47,31 +50,6 @@ pub struct Routing {
     pub workers: usize,
     /// Client for forwarded queries.
     pub client: reqwest::Client,
-}
-
-/// `GET /v1/status` of one `squall run` process: what it has done so far.
-#[derive(Serialize, serde::Deserialize, Debug, Default, Clone, PartialEq, utoipa::ToSchema)]
-pub struct RunStatus {
-    /// Consumer group id.
-    pub group_id: String,
-    /// Events applied to attributes.
-    pub applied: u64,
-    /// Events dropped as resends.
-    pub duplicates: u64,
-    /// Records sent to a dead-letter topic.
-    pub dead_letters: u64,
-    /// Users with state in this process.
-    pub users: u64,
-    /// Enrichment lookups answered from the cache.
-    pub cache_hits: u64,
-    /// Enrichment lookups that went to the store.
-    pub cache_misses: u64,
-    /// Failed store requests (retries included).
-    pub enrich_errors: u64,
-    /// Lookups enriched as `unknown` after the deadline.
-    pub enrich_degraded: u64,
-    /// The checkpoint cut the state was recovered from at start.
-    pub recovered_cut: Option<u64>,
 }
 
 /// `GET /v1/users/{user_id}/attributes`.
@@ -239,32 +217,17 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
+    api.counters.export();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.metrics.render())
 }
 
 async fn status(State(api): State<Arc<Api>>) -> Json<RunStatus> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let e = api.enricher.stats();
     Json(RunStatus {
         group_id: api.group_id.clone(),
-        applied: api.store.applied(),
-        duplicates: api.store.duplicates(),
-        dead_letters: sum_counter(&api.metrics.render(), "squall_events_dead_lettered_total"),
-        users: api.store.users() as u64,
-        cache_hits: e.hits.load(Relaxed),
-        cache_misses: e.misses.load(Relaxed),
-        enrich_errors: e.errors.load(Relaxed),
-        enrich_degraded: e.degraded.load(Relaxed),
         recovered_cut: api.recovered_cut,
+        launch_id: api.launch_id.clone(),
+        ..api.counters.status()
     })
-}
-
-/// The sum of every series of counter `name` in Prometheus text.
-pub fn sum_counter(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// Checks a user id from a request: 1..=256 bytes, no control characters.
@@ -279,16 +242,24 @@ pub fn check_user_id(user_id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn attributes(
-    State(api): State<Arc<Api>>,
-    user_id: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
-    let Path(user_id) = user_id.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid user id")
-            .detail(e.body_text())
-            .hint("user ids are UTF-8, percent-encoded in the path")
-    })?;
-    check_user_id(&user_id)?;
+/// The `{user_id}` of a path, checked with [`check_user_id`].
+pub struct UserPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(user_id) = Path::<String>::from_request_parts(parts, state).await.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid user id")
+                .detail(e.body_text())
+                .hint("user ids are UTF-8, percent-encoded in the path")
+        })?;
+        check_user_id(&user_id)?;
+        Ok(UserPath(user_id))
+    }
+}
+
+async fn attributes(State(api): State<Arc<Api>>, UserPath(user_id): UserPath) -> Result<Response, ApiError> {
     if let Some(r) = &api.routing {
         let owner = r.cluster.owner(&user_id, r.workers);
         if owner != r.cluster.process {
@@ -329,19 +300,24 @@ async fn forward(r: &Routing, owner: usize, user_id: &str) -> Result<Response, A
         )
         .hint("query the squall server, or list every process's HTTP address in the hostfile"));
     };
-    let unavailable = |e: String| {
+    proxy_attributes(&r.client, &format!("http://{addr}"), user_id).await.map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, format!("process {owner} ({addr}) did not answer")).detail(e)
-    };
-    let mut url = reqwest::Url::parse(&format!("http://{addr}/")).map_err(|e| unavailable(e.to_string()))?;
-    url.path_segments_mut().map_err(|_| unavailable("bad address".into()))?.pop_if_empty().extend([
+    })
+}
+
+/// Asks the process at `base` (`http://host:port`) for `user_id`'s attributes and passes its
+/// answer on, status and body; an error says why it did not answer.
+pub async fn proxy_attributes(client: &reqwest::Client, base: &str, user_id: &str) -> Result<Response, String> {
+    let mut url = reqwest::Url::parse(base).map_err(|e| format!("{base}: {e}"))?;
+    url.path_segments_mut().map_err(|_| format!("{base} cannot have a path"))?.pop_if_empty().extend([
         "v1",
         "users",
         user_id,
         "attributes",
     ]);
-    let resp = r.client.get(url).send().await.map_err(|e| unavailable(e.to_string()))?;
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -380,6 +356,17 @@ mod tests {
     }
 
     async fn serve_store(store: Arc<UserStore>) -> String {
+        // Its counters are exported under another label and no worker, so that tests running at
+        // the same time do not overwrite each other's series in the process's one recorder.
+        serve_counted(store, Default::default(), "uncounted", 0..0).await
+    }
+
+    async fn serve_counted(
+        store: Arc<UserStore>,
+        dead_letters: Arc<crate::counters::DeadLetters>,
+        label: &str,
+        workers: std::ops::Range<usize>,
+    ) -> String {
         let catalogue = MemoryCatalogue { tracks: Default::default(), ads: Default::default() };
         let enricher = Enricher::new(
             Arc::new(catalogue),
@@ -387,14 +374,16 @@ mod tests {
             EnrichConfig::default(),
             tokio::runtime::Handle::current(),
         );
+        let counters = Counters::new(label, workers, Arc::clone(&store), enricher, dead_letters);
         let api = Arc::new(Api {
             topology: "personalization".into(),
             version: 2,
             group_id: "personalization-v2".into(),
             store,
             metrics: crate::telemetry::metrics(),
-            enricher,
+            counters,
             recovered_cut: None,
+            launch_id: Some("0123456789abcdef".into()),
             routing: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -435,6 +424,28 @@ mod tests {
                 r#"squall_http_request_seconds_count{{route="/v1/users/{{user_id}}/attributes",status="{status}"}} 1"#
             );
             assert!(metrics.contains(&series), "{series} not in\n{metrics}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_and_metrics_read_the_same_counters() {
+        let store = store();
+        store.record(1, 3, 1);
+        let dead_letters = Arc::new(crate::counters::DeadLetters::default());
+        dead_letters.record("not_utf8");
+        let base = serve_counted(Arc::clone(&store), Arc::clone(&dead_letters), "personalization-v2", 0..2).await;
+        let status: RunStatus =
+            reqwest::get(format!("{base}/v1/status")).await.expect("request").json().await.expect("json");
+        assert_eq!((status.applied, status.duplicates, status.dead_letters, status.users), (3, 1, 1, 1), "{status:?}");
+        assert_eq!(status.launch_id.as_deref(), Some("0123456789abcdef"));
+        let metrics = reqwest::get(format!("{base}/metrics")).await.expect("request").text().await.expect("body");
+        for series in [
+            r#"squall_events_applied_total{worker="1"} 3"#,
+            r#"squall_events_duplicate_total{worker="1"} 1"#,
+            r#"squall_events_dead_lettered_total{group_id="personalization-v2",reason="not_utf8"} 1"#,
+            r#"squall_enrichment_cache_hits_total{group_id="personalization-v2"} 0"#,
+        ] {
+            assert!(metrics.contains(series), "{series} not in\n{metrics}");
         }
     }
 

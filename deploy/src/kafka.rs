@@ -8,6 +8,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use squall_operators::{EventKind, Partition};
+use squall_topologies::TopologySpec;
 
 /// Kafka metadata problems, with what to do about them.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,33 @@ pub enum KafkaSetupError {
         /// Why.
         message: String,
     },
+}
+
+/// The input topics of a topology, each with its event kind, and the brokers they are on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inputs {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The topics and the kind of event each carries.
+    pub topics: Vec<(String, EventKind)>,
+}
+
+impl Inputs {
+    /// The inputs of `spec`.
+    pub fn of(spec: &TopologySpec) -> Inputs {
+        Inputs {
+            brokers: spec.kafka.brokers.clone(),
+            topics: vec![
+                (spec.kafka.song_completions.clone(), EventKind::Song),
+                (spec.kafka.ad_impressions.clone(), EventKind::Ad),
+            ],
+        }
+    }
+
+    /// Every partition of the topics (see [`partitions`]).
+    pub fn partitions(&self) -> Result<Vec<(Partition, EventKind)>, KafkaSetupError> {
+        partitions(&self.brokers, &self.topics)
+    }
 }
 
 /// Every partition of `topics`, sorted by topic then partition, each with its topic's event kind.

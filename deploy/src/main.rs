@@ -8,10 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use squall::client::{Client, ClientArgs};
+use squall::cluster::Cluster;
+use squall::control::child::ChildLauncher;
+use squall::control::lag::KafkaLag;
+use squall::control::statedir::StateDir;
+use squall::control::{Control, ServerConfig, api, openapi};
+use squall::counters::Counters;
 use squall::http::{self, Api};
-use squall::server::{self, Server, ServerConfig};
-use squall::{runner, telemetry};
-use squall_operators::StartFrom;
+use squall::values::StartPosition;
+use squall::{ready, runner, telemetry};
 use squall_topologies::TopologySpec;
 use tokio::net::TcpListener;
 
@@ -44,8 +49,8 @@ enum Command {
         #[arg(long)]
         version: Option<u32>,
         /// earliest (default), latest, or group:<group id> to start at that group's committed offsets.
-        #[arg(long, value_parser = parse_start_from)]
-        start_from: Option<String>,
+        #[arg(long)]
+        start_from: Option<StartPosition>,
         /// Worker threads per process (default: the file's runtime.workers).
         #[arg(long, short)]
         workers: Option<usize>,
@@ -155,8 +160,8 @@ struct RunArgs {
     checkpoint_dir: Option<PathBuf>,
     /// Where partitions without a checkpoint start: earliest, latest, or group:<group id> (that
     /// group's committed offsets).
-    #[arg(long, value_parser = parse_start_from)]
-    start_from: Option<String>,
+    #[arg(long)]
+    start_from: Option<StartPosition>,
     /// Processes of this version's timely cluster (with --process and --hostfile); Kafka partitions
     /// and users are spread over all workers of all processes.
     #[arg(long, default_value_t = 1)]
@@ -171,16 +176,9 @@ struct RunArgs {
     /// Exit when the parent process (the squall server) dies.
     #[arg(long, hide = true)]
     exit_with_parent: bool,
-}
-
-fn parse_start_from(s: &str) -> Result<String, String> {
-    match s {
-        "earliest" | "latest" => Ok(s.to_owned()),
-        _ => match s.strip_prefix("group:") {
-            Some(g) if !g.is_empty() && g.len() <= 255 && !g.chars().any(char::is_control) => Ok(s.to_owned()),
-            _ => Err("use earliest, latest or group:<group id>".into()),
-        },
-    }
+    /// The id this process was started with, reported on /v1/status (set by the squall server).
+    #[arg(long, hide = true)]
+    launch_id: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -190,7 +188,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args, cli.log_json),
         Command::Openapi => {
-            println!("{}", server::openapi_json());
+            println!("{}", openapi::openapi_json());
             Ok(())
         }
         Command::Deploy { file, version, start_from, workers, processes, client } => {
@@ -226,44 +224,46 @@ where
 }
 
 fn serve(args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.state_dir)
+    let state_dir = StateDir::new(&args.state_dir);
+    std::fs::create_dir_all(state_dir.path())
         .with_context(|| format!("cannot create the state directory {}", args.state_dir.display()))?;
     let token = match args.token {
         Some(t) if t.len() >= 16 => t,
         Some(_) => anyhow::bail!("--token / SQUALL_TOKEN: use at least 16 characters"),
-        None => token_in(&args.state_dir)?,
+        None => token_in(&state_dir.token())?,
     };
     let cfg = ServerConfig {
-        state_dir: args.state_dir.clone(),
+        state_dir: state_dir.clone(),
         token,
-        brokers: args.brokers,
-        cql: args.cql,
+        brokers: args.brokers.clone(),
+        cql: args.cql.clone(),
         program: std::env::current_exe().context("cannot find the squall executable")?,
         catch_up_lag: args.catch_up_lag,
-        log_json,
+        poll_every: Duration::from_secs(1),
     };
+    let launcher = ChildLauncher { state: state_dir, brokers: args.brokers, cql: args.cql, log_json };
     let _metrics = telemetry::metrics();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-        let server = Server::start(cfg).await?;
+        let control = Control::start(cfg, Arc::new(launcher), Arc::new(KafkaLag::default())).await?;
         let addr = listener.local_addr()?;
-        println!("squall server: serving on http://{addr} (state in {})", args.state_dir.display());
+        let url = format!("http://{addr}");
+        println!("{} (state in {})", ready::line("squall server:", &url), args.state_dir.display());
         tracing::info!(%addr, "control plane serving");
-        http::serve(listener, server::router(Arc::clone(&server)), shutdown_signal()).await?;
+        http::serve(listener, api::router(Arc::clone(&control)), shutdown_signal()).await?;
         tracing::info!("stopping every deployment's processes");
-        server.shutdown().await;
+        control.shutdown().await;
         Ok(())
     })
 }
 
-/// The token in `<state dir>/token`, created (readable by the owner only) when missing.
-fn token_in(state_dir: &std::path::Path) -> anyhow::Result<String> {
+/// The token in `path`, created (readable by the owner only) when missing.
+fn token_in(path: &std::path::Path) -> anyhow::Result<String> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let path = state_dir.join("token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
+    if let Ok(t) = std::fs::read_to_string(path) {
         return Ok(t.trim().to_owned());
     }
     let token: String = {
@@ -275,7 +275,7 @@ fn token_in(state_dir: &std::path::Path) -> anyhow::Result<String> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     std::io::Write::write_all(&mut f, token.as_bytes())?;
     eprintln!("squall server: created a bearer token in {} (the CLI reads it from there)", path.display());
@@ -286,89 +286,107 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.exit_with_parent {
         exit_with_parent()?;
     }
-    let mut spec = TopologySpec::load(&args.topology)?;
-    if let Some(v) = args.version {
-        spec = spec.with_version(v)?;
-    }
-    if let Some(w) = args.workers {
-        anyhow::ensure!((1..=256).contains(&w), "--workers {w}: use 1..=256");
-        spec.runtime.workers = w;
-    }
-    if let Some(b) = args.brokers {
-        spec.kafka.brokers = b;
-    }
-    if let Some(c) = args.cql {
-        spec.cql.nodes = c;
-    }
-    if let Some(k) = args.keyspace {
-        spec.cql.keyspace = k;
-    }
-    if let Some(d) = args.checkpoint_dir {
-        spec.state.checkpoint_dir = Some(d);
-    }
-    let listen_given = args.listen.is_some();
-    if let Some(l) = args.listen {
-        spec.http.listen = l;
-    }
-    match args.start_from.as_deref() {
-        Some("earliest") => spec.kafka.start_from = StartFrom::Earliest,
-        Some("latest") => spec.kafka.start_from = StartFrom::Latest,
-        Some(other) => spec.kafka.start_from_group = other.strip_prefix("group:").map(str::to_owned),
-        None => {}
-    }
-    let cluster = match (&args.hostfile, args.processes) {
-        (None, 1) => None,
-        (None, n) => anyhow::bail!("--processes {n} needs --hostfile with the {n} processes' addresses"),
-        (Some(file), n) => {
-            anyhow::ensure!((1..=64).contains(&n), "--processes {n}: use 1..=64");
-            Some(squall::cluster::Cluster::from_hostfile(file, n, args.process)?)
-        }
-    };
-    if let Some(c) = &cluster
-        && !listen_given
-        && let Some(Some(addr)) = c.http.get(c.process)
-    {
-        spec.http.listen = addr.clone();
-    }
+    let (spec, cluster) = args.settings()?;
     let metrics =
         telemetry::metrics_with_labels(&[("topology", spec.name.clone()), ("version", spec.version.to_string())]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async move {
-        let listener = TcpListener::bind(&spec.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (http.listen / --listen)", spec.http.listen))?;
-        let routing = cluster.clone().map(|cluster| http::Routing {
-            cluster,
-            workers: spec.runtime.workers,
-            client: reqwest::Client::new(),
-        });
-        let running = runner::start(spec.clone(), tokio::runtime::Handle::current(), cluster).await?;
-        let api = Arc::new(Api {
-            topology: spec.name.clone(),
-            version: spec.version,
-            group_id: spec.group_id(),
-            store: Arc::clone(&running.store),
-            metrics,
-            enricher: running.enricher.clone(),
-            recovered_cut: running.recovered_cut,
-            routing,
-        });
-        let addr = listener.local_addr()?;
-        // One line on stdout that scripts and tests wait for.
-        if let Some(cut) = running.recovered_cut {
-            println!("squall: {} recovered from checkpoint cut {cut}", spec.group_id());
+    rt.block_on(serve_version(spec, cluster, metrics, args.launch_id))
+}
+
+impl RunArgs {
+    /// The topology file, then `SQUALL__*` variables (applied by `load`), then these flags; and
+    /// the version's cluster, if it has several processes.
+    fn settings(&self) -> anyhow::Result<(TopologySpec, Option<Cluster>)> {
+        let mut spec = TopologySpec::load(&self.topology)?;
+        if let Some(v) = self.version {
+            spec = spec.with_version(v)?;
         }
-        println!("squall: {} serving on http://{addr}", spec.group_id());
-        tracing::info!(group_id = %spec.group_id(), %addr, "serving attributes");
-        let server = tokio::spawn(http::serve(listener, http::router(api), shutdown_signal()));
-        let reporter = tokio::spawn(report(Arc::clone(&running.store), running.enricher.clone(), spec.group_id()));
-        server.await??;
-        reporter.abort();
-        tracing::info!("stopping workers");
-        running.shutdown();
-        tokio::task::spawn_blocking(move || running.join()).await?.map_err(anyhow::Error::msg)?;
-        Ok(())
-    })
+        if let Some(w) = self.workers {
+            anyhow::ensure!((1..=256).contains(&w), "--workers {w}: use 1..=256");
+            spec.runtime.workers = w;
+        }
+        let set = |to: &mut String, from: &Option<String>| from.iter().for_each(|v| v.clone_into(to));
+        set(&mut spec.kafka.brokers, &self.brokers);
+        set(&mut spec.cql.nodes, &self.cql);
+        set(&mut spec.cql.keyspace, &self.keyspace);
+        set(&mut spec.http.listen, &self.listen);
+        if let Some(d) = &self.checkpoint_dir {
+            spec.state.checkpoint_dir = Some(d.clone());
+        }
+        if let Some(p) = &self.start_from {
+            p.apply_to(&mut spec.kafka);
+        }
+        let cluster = match (&self.hostfile, self.processes) {
+            (None, 1) => None,
+            (None, n) => anyhow::bail!("--processes {n} needs --hostfile with the {n} processes' addresses"),
+            (Some(file), n) => {
+                anyhow::ensure!((1..=64).contains(&n), "--processes {n}: use 1..=64");
+                Some(Cluster::from_hostfile(file, n, self.process)?)
+            }
+        };
+        // A process listed with an HTTP address in the hostfile listens there, unless told otherwise.
+        if let Some(c) = &cluster
+            && self.listen.is_none()
+            && let Some(Some(addr)) = c.http.get(c.process)
+        {
+            spec.http.listen = addr.clone();
+        }
+        Ok((spec, cluster))
+    }
+}
+
+/// Starts the version and serves its HTTP API until SIGTERM or Ctrl-C, then stops its workers.
+async fn serve_version(
+    spec: TopologySpec,
+    cluster: Option<Cluster>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    launch_id: Option<String>,
+) -> anyhow::Result<()> {
+    let group_id = spec.group_id();
+    let listener = TcpListener::bind(&spec.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen / --listen)", spec.http.listen))?;
+    let routing = cluster.clone().map(|cluster| http::Routing {
+        cluster,
+        workers: spec.runtime.workers,
+        client: reqwest::Client::new(),
+    });
+    let running = runner::start(spec.clone(), tokio::runtime::Handle::current(), cluster)
+        .await
+        .with_context(|| format!("cannot start {group_id}"))?;
+    let counters = Counters::new(
+        &group_id,
+        running.layout.local(),
+        Arc::clone(&running.store),
+        running.enricher.clone(),
+        Arc::clone(&running.dead_letters),
+    );
+    let api = Arc::new(Api {
+        topology: spec.name.clone(),
+        version: spec.version,
+        group_id: group_id.clone(),
+        store: Arc::clone(&running.store),
+        metrics,
+        counters,
+        recovered_cut: running.recovered_cut,
+        launch_id,
+        routing,
+    });
+    let addr = listener.local_addr()?;
+    if let Some(cut) = running.recovered_cut {
+        println!("squall: {group_id} recovered from checkpoint cut {cut}");
+    }
+    // The readiness line the server and the tests wait for.
+    println!("{}", ready::line(&format!("squall: {group_id}"), &format!("http://{addr}")));
+    tracing::info!(group_id = %group_id, %addr, "serving attributes");
+    let server = tokio::spawn(http::serve(listener, http::router(Arc::clone(&api)), shutdown_signal()));
+    let reporter = tokio::spawn(report(api, group_id));
+    server.await??;
+    reporter.abort();
+    tracing::info!("stopping workers");
+    running.shutdown();
+    tokio::task::spawn_blocking(move || running.join()).await?.map_err(anyhow::Error::msg)?;
+    Ok(())
 }
 
 /// Dies with the parent (the server), so a killed server leaves no orphaned versions behind.
@@ -393,24 +411,24 @@ async fn shutdown_signal() {
 }
 
 /// Logs throughput every 5 seconds.
-async fn report(store: Arc<squall_operators::UserStore>, enricher: squall_enrichment::Enricher, group_id: String) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut last = (Instant::now(), store.applied() + store.duplicates());
+async fn report(api: Arc<Api>, group_id: String) {
+    let seen = |s: &squall::counters::RunStatus| s.applied + s.duplicates;
+    let mut last = (Instant::now(), seen(&api.counters.status()));
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let now = (Instant::now(), store.applied() + store.duplicates());
+        let s = api.counters.status();
+        let now = (Instant::now(), seen(&s));
         let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
-        let s = enricher.stats();
-        let (hits, misses) = (s.hits.load(Relaxed), s.misses.load(Relaxed));
+        let (hits, misses) = (s.cache_hits, s.cache_misses);
         let hit_ratio = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
         tracing::info!(
             group_id = %group_id,
             events_per_sec = rate.round(),
-            applied = store.applied(),
-            duplicates = store.duplicates(),
-            users = store.users(),
+            applied = s.applied,
+            duplicates = s.duplicates,
+            users = s.users,
             cache_hit_ratio = format!("{hit_ratio:.3}"),
             "throughput"
         );

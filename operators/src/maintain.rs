@@ -61,8 +61,6 @@ struct Maintainer {
     peers: usize,
     dedup: Dedup,
     pending: Arc<AtomicUsize>,
-    duplicates: metrics::Counter,
-    applied: metrics::Counter,
     checkpoint: Option<CheckpointHook>,
     /// The last cut written (or the first one observed).
     sealed: Option<Epoch>,
@@ -94,9 +92,7 @@ impl Maintainer {
             state.apply(plan, user, &a, symbols);
         }
         self.pending.fetch_sub(n, Relaxed);
-        self.store.record(n as u64 - dups, dups);
-        self.duplicates.increment(dups);
-        self.applied.increment(n as u64 - dups);
+        self.store.record(self.worker, n as u64 - dups, dups);
     }
 
     /// Writes a part for every cut in `(sealed, target]`; the first carries the changes.
@@ -163,8 +159,6 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
             peers,
             dedup,
             pending,
-            duplicates: metrics::counter!("squall_events_duplicate_total", "worker" => worker.to_string()),
-            applied: metrics::counter!("squall_events_applied_total", "worker" => worker.to_string()),
             checkpoint,
             sealed: None,
             dirty: HashSet::new(),

@@ -22,7 +22,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 
-use crate::event::{DecodeLimits, DlqReason, Event, EventKind, decode};
+use crate::event::{DecodeLimits, Event, EventKind, decode};
 
 /// The timely timestamp: a checkpoint epoch, `unix_ms / epoch_interval`.
 pub type Epoch = u64;
@@ -219,10 +219,6 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
             metrics::counter!("squall_events_consumed_total", "group_id" => config.group_id.clone(), "topic" => topic_of(kind))
         });
         let errors = metrics::counter!("squall_source_errors_total", "group_id" => config.group_id.clone());
-        let dead_lettered: Vec<_> = DlqReason::ALL
-            .iter()
-            .map(|r| metrics::counter!("squall_events_dead_lettered_total", "group_id" => config.group_id.clone(), "reason" => r.as_str()))
-            .collect();
 
         builder.build(move |mut caps| {
             let mut dlq_cap = caps.pop();
@@ -292,7 +288,6 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                         match decode(slot.1, msg.payload().unwrap_or_default(), &config.limits) {
                             Ok(event) => events.give(event),
                             Err(e) => {
-                                dead_lettered[DlqReason::ALL.iter().position(|r| *r == e.reason).unwrap_or(0)].increment(1);
                                 dead.give(DeadLetter {
                                     topic: msg.topic().to_owned(),
                                     partition: msg.partition(),

@@ -66,6 +66,14 @@ pub struct UserStore {
     plan: Arc<Plan>,
     symbols: Symbols,
     shards: Vec<Shard>,
+    counts: Vec<WorkerCounts>,
+}
+
+/// One worker's counts: the only record of events applied and resends dropped (exported as
+/// metrics by whoever serves the store). Aligned so that workers never share a cache line.
+#[derive(Default)]
+#[repr(align(64))]
+struct WorkerCounts {
     applied: AtomicU64,
     duplicates: AtomicU64,
 }
@@ -77,8 +85,7 @@ impl UserStore {
             plan,
             symbols,
             shards: (0..peers.max(1)).map(|_| Shard::default()).collect(),
-            applied: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
+            counts: (0..peers.max(1)).map(|_| WorkerCounts::default()).collect(),
         }
     }
 
@@ -116,20 +123,27 @@ impl UserStore {
         Some(f(AttributesView::new(&state, &self.plan, &self.symbols)))
     }
 
-    /// Adds to the counts of applied events and of resends dropped.
-    pub fn record(&self, applied: u64, duplicates: u64) {
-        self.applied.fetch_add(applied, Relaxed);
-        self.duplicates.fetch_add(duplicates, Relaxed);
+    /// Adds to worker `worker`'s counts of applied events and of resends dropped.
+    pub fn record(&self, worker: usize, applied: u64, duplicates: u64) {
+        let c = &self.counts[worker];
+        c.applied.fetch_add(applied, Relaxed);
+        c.duplicates.fetch_add(duplicates, Relaxed);
+    }
+
+    /// Events applied so far by worker `worker`, and resends it dropped.
+    pub fn worker_counts(&self, worker: usize) -> (u64, u64) {
+        let c = &self.counts[worker];
+        (c.applied.load(Relaxed), c.duplicates.load(Relaxed))
     }
 
     /// Events applied so far (resends not included).
     pub fn applied(&self) -> u64 {
-        self.applied.load(Relaxed)
+        self.counts.iter().map(|c| c.applied.load(Relaxed)).sum()
     }
 
     /// Resends dropped so far.
     pub fn duplicates(&self) -> u64 {
-        self.duplicates.load(Relaxed)
+        self.counts.iter().map(|c| c.duplicates.load(Relaxed)).sum()
     }
 
     /// Users with state.

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -229,6 +230,45 @@ impl Fixture {
     }
 }
 
+/// Reads `child`'s stdout on a thread until its readiness line (`squall::ready::url`) and
+/// returns the URL it announces, with every line it prints kept; kills it and panics if no
+/// readiness line comes within `timeout`.
+pub fn wait_until_serving(child: &mut Child, what: &str, timeout: Duration) -> (String, Arc<Mutex<Vec<String>>>) {
+    let stdout = child.stdout.take().expect("a piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = squall::ready::url(&line) {
+                let _ = tx.send(url.to_owned());
+            }
+            kept.lock().unwrap().push(line);
+        }
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(url) => (url, lines),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{what} did not start serving within {timeout:?} (exit: {:?})", child.try_wait());
+        }
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to `timeout` for it to exit: its exit status, or
+/// `None` if it is still running.
+pub fn terminate(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// The path of a binary of this workspace, built by `cargo build` before the tests run.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -247,7 +287,7 @@ pub struct Squall {
     child: Child,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
-    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Squall {
@@ -263,25 +303,7 @@ impl Squall {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn squall");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = std::sync::Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("serving on ").nth(1) {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-                kept.lock().unwrap().push(line);
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("squall did not start serving within 60 s (exit: {:?})", child.try_wait());
-            }
-        };
+        let (url, lines) = wait_until_serving(&mut child, "squall", Duration::from_secs(60));
         Squall { child, url, stdout: lines }
     }
 
@@ -306,15 +328,7 @@ impl Squall {
 
     /// Stops the process with SIGTERM and waits for it; its exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "squall did not exit within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child, Duration::from_secs(30)).expect("squall did not exit within 30 s of SIGTERM")
     }
 }
 

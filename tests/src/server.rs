@@ -1,11 +1,10 @@
 //! A `squall server` child process and the `squall` CLI that talks to it.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::binary;
+use crate::{binary, terminate, wait_until_serving};
 
 /// A running `squall server`, killed on drop.
 pub struct SquallServer {
@@ -30,22 +29,7 @@ impl SquallServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn squall server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("serving on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("squall server did not start serving within 30 s (exit: {:?})", child.try_wait());
-            }
-        };
+        let (url, _) = wait_until_serving(&mut child, "squall server", Duration::from_secs(30));
         SquallServer { child, url, token: token.into(), state_dir: state_dir.into() }
     }
 
@@ -114,15 +98,7 @@ impl SquallServer {
 
     /// Stops the server with SIGTERM and waits (it stops its deployments' processes first).
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "squall server did not exit within 60 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child, Duration::from_secs(60)).expect("squall server did not exit within 60 s of SIGTERM")
     }
 }
 
@@ -132,13 +108,8 @@ impl Drop for SquallServer {
             return;
         }
         // SIGTERM first so that the server stops its children; SIGKILL if it does not exit.
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if terminate(&mut self.child, Duration::from_secs(30)).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,277 @@
+//! The control plane's HTTP API: thin handlers over [`Control`]. Mutations take an [`Authorized`]
+//! extractor, deployments a typed [`Group`] path parameter; every failure is an [`ApiError`].
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::routing::RouteError;
+use super::state::Refusal;
+use super::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
+use super::{CommandError, Control};
+use crate::http::{ApiError, UserPath};
+use crate::values::GroupId;
+
+type Shared = Arc<Control>;
+
+/// The server's routes.
+pub fn router(control: Shared) -> Router {
+    Router::new()
+        .route("/", get(|| async { axum::response::Html(include_str!("../status.html")) }))
+        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], super::openapi::openapi_json()) }),
+        )
+        .route("/v1/deployments", get(list).post(deploy))
+        .route("/v1/deployments/{group_id}", get(detail))
+        .route("/v1/deployments/{group_id}/logs", get(logs))
+        .route("/v1/deployments/{group_id}/promote", post(promote))
+        .route("/v1/deployments/{group_id}/rollback", post(rollback))
+        .route("/v1/deployments/{group_id}/stop", post(stop))
+        .route("/v1/users/{user_id}/attributes", get(user_attributes))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint").hint("see GET /openapi.json for the API")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                .hint("see GET /openapi.json for the API")
+        })
+        .route_layer(axum::middleware::from_fn(crate::http::track_latency))
+        .with_state(control)
+}
+
+/// Proof that the request carries the server's bearer token.
+pub struct Authorized;
+
+impl FromRequestParts<Shared> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, control: &Shared) -> Result<Self, ApiError> {
+        let hint = "send `Authorization: Bearer <token>`; the CLI reads it from --token or SQUALL_TOKEN";
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this request changes deployments and needs a bearer token",
+            )
+            .hint(hint));
+        };
+        let given = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        // Compare without an early exit, so the time taken does not tell how much of the token matched.
+        let expected = control.token().as_bytes();
+        let same =
+            given.len() == expected.len() && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "wrong bearer token").hint(hint));
+        }
+        Ok(Authorized)
+    }
+}
+
+/// The `{group_id}` of a path, checked.
+pub struct Group(pub GroupId);
+
+impl<S: Send + Sync> FromRequestParts<S> for Group {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let invalid = |detail: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid group id").detail(detail);
+        let Path(g) = Path::<String>::from_request_parts(parts, state).await.map_err(|e| invalid(e.body_text()))?;
+        g.parse().map(Group).map_err(|e: crate::values::InvalidGroupId| invalid(e.to_string()))
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> ApiError {
+        match e {
+            CommandError::Refused(r) => refusal(r),
+            CommandError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            CommandError::Kafka(detail) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "cannot read committed offsets").detail(detail)
+            }
+            CommandError::Io { what, error } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot {what}")).detail(error)
+            }
+        }
+    }
+}
+
+fn refusal(r: Refusal) -> ApiError {
+    let message = r.to_string();
+    match r {
+        Refusal::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, message).hint("`squall list` shows them"),
+        Refusal::AlreadyDeployed(d) => ApiError::new(StatusCode::CONFLICT, message)
+            .detail(format!("topology {} version {} exists (state {:?})", d.topology, d.version, d.desired))
+            .hint("deploy another version number, or `squall rollback`/`squall promote` the existing one"),
+        Refusal::StartsFromItself(_) => ApiError::new(StatusCode::BAD_REQUEST, message),
+        Refusal::Stopped(_) => ApiError::new(StatusCode::CONFLICT, message)
+            .detail("a stopped version cannot answer queries")
+            .hint("deploy a new version, or promote one that is running"),
+        Refusal::NotServing { state, .. } => ApiError::new(StatusCode::CONFLICT, message)
+            .detail(format!("state: {state}"))
+            .hint("wait until `squall list` shows it running, then retry"),
+        Refusal::AlreadyStopped(_) => ApiError::new(StatusCode::CONFLICT, message),
+        Refusal::IsPromoted { .. } => ApiError::new(StatusCode::CONFLICT, message)
+            .detail("stopping it would leave the topology without a version that answers queries")
+            .hint("promote or roll back to another version first"),
+    }
+}
+
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(e.body_text())
+}
+
+#[utoipa::path(get, path = "/v1/deployments", tag = "deployments",
+    responses((status = 200, description = "Every deployment", body = [DeploymentView])))]
+pub(super) async fn list(State(control): State<Shared>) -> Json<Vec<DeploymentView>> {
+    Json(control.list())
+}
+
+#[utoipa::path(get, path = "/v1/deployments/{group_id}", tag = "deployments",
+    params(("group_id" = String, Path, description = "e.g. personalization-v2")),
+    responses((status = 200, body = DeploymentDetail), (status = 404, description = "Unknown group id")))]
+pub(super) async fn detail(State(control): State<Shared>, Group(g): Group) -> Result<Json<DeploymentDetail>, ApiError> {
+    Ok(Json(control.detail(&g)?))
+}
+
+/// `?tail=N`.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct LogsQuery {
+    /// Last lines to return (default 200, at most 100000).
+    tail: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/deployments/{group_id}/logs", tag = "deployments",
+    params(("group_id" = String, Path, description = "Group id"), LogsQuery),
+    responses((status = 200, description = "The end of the version's log", content_type = "text/plain", body = String),
+              (status = 404, description = "Unknown group id")))]
+pub(super) async fn logs(
+    State(control): State<Shared>,
+    Group(g): Group,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let text = control.logs(&g, q.tail.unwrap_or(200).min(100_000))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/deployments", tag = "deployments", request_body = DeployRequest,
+    security(("bearer" = [])),
+    responses((status = 201, body = DeploymentView), (status = 400, description = "Bad topology or arguments"),
+              (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
+              (status = 409, description = "That version is already deployed")))]
+pub(super) async fn deploy(
+    State(control): State<Shared>,
+    _: Authorized,
+    body: Result<Json<DeployRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid deploy request").detail(e.body_text()))?;
+    Ok((StatusCode::CREATED, Json(control.deploy(req).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{group_id}/promote", tag = "deployments", security(("bearer" = [])),
+    params(("group_id" = String, Path, description = "Group id")),
+    responses((status = 200, body = DeploymentView), (status = 404, description = "Unknown group id"),
+              (status = 409, description = "Stopped or not serving"), (status = 401), (status = 403)))]
+pub(super) async fn promote(
+    State(control): State<Shared>,
+    _: Authorized,
+    Group(g): Group,
+) -> Result<Json<DeploymentView>, ApiError> {
+    Ok(Json(control.promote(&g).await?))
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{group_id}/rollback", tag = "deployments", security(("bearer" = [])),
+    params(("group_id" = String, Path, description = "The older version to return to")),
+    responses((status = 200, body = RollbackResponse), (status = 404, description = "Unknown group id"),
+              (status = 409, description = "Stopped or not serving"), (status = 401), (status = 403)))]
+pub(super) async fn rollback(
+    State(control): State<Shared>,
+    _: Authorized,
+    Group(g): Group,
+) -> Result<Json<RollbackResponse>, ApiError> {
+    Ok(Json(control.rollback(&g).await?))
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{group_id}/stop", tag = "deployments", security(("bearer" = [])),
+    params(("group_id" = String, Path, description = "Group id")),
+    responses((status = 200, body = DeploymentView), (status = 404, description = "Unknown group id"),
+              (status = 409, description = "Already stopped, or the promoted version"), (status = 401), (status = 403)))]
+pub(super) async fn stop(
+    State(control): State<Shared>,
+    _: Authorized,
+    Group(g): Group,
+) -> Result<Json<DeploymentView>, ApiError> {
+    Ok(Json(control.stop(&g).await?))
+}
+
+/// `?group=` and `?topology=`.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct UserQuery {
+    /// Read this version (group id) instead of the promoted one.
+    #[param(value_type = Option<String>)]
+    group: Option<GroupId>,
+    /// The topology whose promoted version answers (needed only when several topologies are deployed).
+    topology: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/users/{user_id}/attributes", tag = "users",
+    params(("user_id" = String, Path, description = "The user, percent-encoded"), UserQuery),
+    responses((status = 200, body = crate::http::UserAttributes), (status = 400, description = "Invalid user id or query"),
+              (status = 404, description = "Unknown user or group"), (status = 503, description = "No promoted or serving version")))]
+pub(super) async fn user_attributes(
+    State(control): State<Shared>,
+    UserPath(user_id): UserPath,
+    query: Result<Query<UserQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let route = control.routes().route(q.group.as_ref(), q.topology.as_deref(), &user_id).map_err(|e| match e {
+        RouteError::NotPromoted(t) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("topology {t:?} has no promoted version"))
+                .hint("`squall promote <group id>`, or ask a version with ?group=")
+        }
+        RouteError::NonePromoted => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no version is promoted")
+            .hint("`squall promote <group id>`, or ask a version with ?group=<group id>"),
+        RouteError::SeveralPromoted => ApiError::new(StatusCode::BAD_REQUEST, "several topologies are promoted")
+            .hint("name one with ?topology=<name>"),
+        RouteError::Unknown(g) => refusal(Refusal::Unknown(g)),
+        RouteError::NotServing(g) => {
+            let state = control.state_of(&g).map(|s| s.as_str()).unwrap_or("unknown");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{g} is not serving"))
+                .detail(format!("state: {state}"))
+        }
+    })?;
+    crate::http::proxy_attributes(control.http(), &route.url, &user_id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{} did not answer", route.group_id)).detail(e))
+}
+
+/// The server's own metrics (consumer lag per partition per group) merged with every serving
+/// version process's metrics (labelled `topology`, `version`, `group_id` by the process), each
+/// series of a version also labelled with its `process` index.
+async fn metrics(State(control): State<Shared>) -> Response {
+    let own = crate::telemetry::metrics().render();
+    let routes = control.routes();
+    let mut children: Vec<(String, Vec<(&str, String)>)> = Vec::new();
+    for d in routes.registry().deployments.values() {
+        for (index, url) in routes.serving(&d.group_id).unwrap_or_default().iter().enumerate() {
+            if let Ok(resp) = control.http().get(format!("{url}/metrics")).send().await
+                && let Ok(body) = resp.text().await
+            {
+                // Each version's series carry its topology and version already; add the process.
+                children.push((body, vec![("process", index.to_string())]));
+            }
+        }
+    }
+    let mut sources: Vec<(&str, Vec<(&str, String)>)> = vec![(own.as_str(), Vec::new())];
+    sources.extend(children.iter().map(|(t, l)| (t.as_str(), l.clone())));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::promtext::merge(&sources)).into_response()
+}

@@ -1,0 +1,136 @@
+//! The seam between the control plane and the processes of a version: a [`Launcher`] starts the
+//! processes of one run and hands back a [`ProcessHandle`] per process, through which the
+//! supervisor observes it (ready, exited) and stops it. The server uses [`super::child::ChildLauncher`]
+//! (`squall run` children); tests use fakes, so the control plane runs in-process without a broker.
+//!
+//! A handle does not say how its process came to be ours: [`Origin`] is `Spawned` for a child of
+//! this server, and `Adopted` is there for a process a restarted server takes over.
+
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+
+use crate::values::{GroupId, StartPosition};
+
+/// What to run: one deployment's processes, with everything the launcher needs to start them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// The deployment.
+    pub group_id: GroupId,
+    /// The executable its processes run (the server's own unless the deployment pins one).
+    pub program: PathBuf,
+    /// The topology file as deployed.
+    pub topology: PathBuf,
+    /// The version of the file to run.
+    pub version: u32,
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Processes (a timely cluster on this host when > 1).
+    pub processes: usize,
+    /// Where a version without a checkpoint starts.
+    pub start_from: StartPosition,
+}
+
+/// How a process came to be managed by this server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Started by this server, as its child.
+    Spawned {
+        /// Its process id.
+        pid: Option<u32>,
+    },
+    /// Started by an earlier server and taken over by this one.
+    Adopted {
+        /// Its process id.
+        pid: u32,
+    },
+}
+
+/// What a process reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// It serves HTTP at this address.
+    Ready(String),
+    /// It exited (or can no longer be watched); why, with the end of its log when there is one.
+    Exited(String),
+}
+
+/// How the supervisor asks a process to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Finish what is in flight and exit (SIGTERM).
+    Terminate,
+    /// Exit now (SIGKILL).
+    Kill,
+}
+
+/// One process of a run, as the supervisor holds it.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    /// How it came to be ours.
+    pub origin: Origin,
+    /// The id it was given and reports on `/v1/status`.
+    pub launch_id: String,
+    events: mpsc::UnboundedReceiver<ProcessEvent>,
+    signals: mpsc::UnboundedSender<Signal>,
+}
+
+/// The launcher's side of a [`ProcessHandle`]: where it reports events and receives signals.
+#[derive(Debug)]
+pub struct ProcessSide {
+    /// Events for the supervisor.
+    pub events: mpsc::UnboundedSender<ProcessEvent>,
+    /// Signals from the supervisor.
+    pub signals: mpsc::UnboundedReceiver<Signal>,
+}
+
+impl ProcessHandle {
+    /// A handle and the launcher's side of it.
+    pub fn new(origin: Origin, launch_id: String) -> (ProcessHandle, ProcessSide) {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (signals, signals_rx) = mpsc::unbounded_channel();
+        (ProcessHandle { origin, launch_id, events, signals }, ProcessSide { events: events_tx, signals: signals_rx })
+    }
+
+    /// The next thing the process reports; `Exited` once the launcher's side is gone.
+    pub async fn next_event(&mut self) -> ProcessEvent {
+        self.events.recv().await.unwrap_or_else(|| ProcessEvent::Exited("its launcher stopped watching it".into()))
+    }
+
+    /// Asks the process to end (nothing happens if it has exited already).
+    pub fn signal(&self, s: Signal) {
+        let _ = self.signals.send(s);
+    }
+
+    /// Asks the process to terminate and waits until it has exited; kills it after `grace`.
+    pub async fn stop(&mut self, grace: std::time::Duration) {
+        self.signal(Signal::Terminate);
+        if tokio::time::timeout(grace, self.exited()).await.is_err() {
+            self.signal(Signal::Kill);
+            self.exited().await;
+        }
+    }
+
+    /// Waits until the process has exited.
+    pub async fn exited(&mut self) -> String {
+        loop {
+            if let ProcessEvent::Exited(why) = self.next_event().await {
+                return why;
+            }
+        }
+    }
+}
+
+/// Starts the processes of deployments.
+pub trait Launcher: Send + Sync + 'static {
+    /// Starts one run of `spec`'s processes: a handle per process, in process order, each
+    /// reporting `Ready` once it serves and `Exited` when it ends. An error says why the run could
+    /// not start (then none of its processes runs).
+    fn start(&self, spec: &LaunchSpec) -> Result<Vec<ProcessHandle>, String>;
+}
+
+/// A fresh launch id: 16 hex digits, different for every process started.
+pub fn launch_id() -> String {
+    use rand::Rng as _;
+    format!("{:016x}", rand::rng().random::<u64>())
+}

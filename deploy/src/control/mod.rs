@@ -1,0 +1,402 @@
+//! `squall server`: the control plane. It keeps a durable registry of deployments, runs each
+//! deployed version in its own processes (restarted when they die), watches their progress in
+//! Kafka, and serves the deployments and user attributes over one HTTP API.
+//!
+//! One job per file:
+//! - [`registry`]: the durable state (`registry.json`); [`statedir`]: where every file lives.
+//! - [`state`]: the deployment state machine, pure: states, commands, observations.
+//! - [`launcher`]: the seam to processes (the [`launcher::Launcher`] trait); [`child`]: the
+//!   launcher that runs `squall run` children; [`supervisor`]: restarts and stops a deployment's runs.
+//! - [`lag`]: the seam to Kafka (the [`lag::LagSource`] trait); [`monitor`]: lag and child status.
+//! - [`routing`]: which process answers which query, from a lock-free snapshot.
+//! - [`api`]: thin HTTP handlers; [`views`]: the API's types; [`openapi`]: its document.
+//!
+//! This module ties them together: [`Control`] decides each command with the state machine,
+//! makes the change durable, publishes it for routing, then starts and stops processes.
+//! Versions are isolated in their own processes, so a crash or a slow store in one version does
+//! not stop another; the control plane reaches them only through the two seams and their HTTP API.
+
+pub mod api;
+pub mod child;
+pub mod lag;
+pub mod launcher;
+pub mod monitor;
+pub mod openapi;
+pub mod registry;
+pub mod routing;
+pub mod state;
+pub mod statedir;
+pub mod supervisor;
+pub mod views;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use squall_topologies::TopologySpec;
+
+use self::lag::LagSource;
+use self::launcher::{LaunchSpec, Launcher};
+use self::monitor::Progress;
+use self::registry::{Deployment, Registry, RegistryData, now_ms};
+use self::routing::Routing;
+use self::state::{Change, Facts, Observation, Observed, Refusal};
+use self::statedir::StateDir;
+use self::supervisor::Supervisor;
+use self::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
+use crate::kafka::Inputs;
+use crate::values::{GroupId, StartPosition};
+
+/// How the server runs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the registry, the deployments' files, logs and checkpoints live.
+    pub state_dir: StateDir,
+    /// Bearer token required by every mutation.
+    pub token: String,
+    /// Kafka brokers for every deployment (else each topology file's, or `SQUALL__KAFKA__BROKERS`).
+    pub brokers: Option<String>,
+    /// CQL contact points for every deployment.
+    pub cql: Option<String>,
+    /// The `squall` executable the versions run.
+    pub program: PathBuf,
+    /// A running version whose Kafka lag is above this many messages is `catching-up`.
+    pub catch_up_lag: i64,
+    /// How often the monitor reads each deployment's lag and counters.
+    pub poll_every: Duration,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The state machine refused it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The request is malformed or names something impossible.
+    #[error("{0}")]
+    Invalid(String),
+    /// Kafka could not be asked what the command depends on.
+    #[error("cannot read committed offsets: {0}")]
+    Kafka(String),
+    /// The change could not be made durable.
+    #[error("cannot {what}: {error}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        error: String,
+    },
+}
+
+impl CommandError {
+    fn io(what: &'static str, e: impl std::fmt::Display) -> CommandError {
+        CommandError::Io { what, error: e.to_string() }
+    }
+}
+
+/// What is observed of every deployment: what the state machine uses, and the monitor's readings.
+#[derive(Default)]
+struct Book {
+    observed: HashMap<GroupId, Observed>,
+    progress: HashMap<GroupId, Progress>,
+}
+
+/// The control plane's shared state.
+pub struct Control {
+    cfg: ServerConfig,
+    /// Held while a command decides and commits, so commands apply one at a time. Nothing else
+    /// takes it: readers use the routing snapshot.
+    registry: tokio::sync::Mutex<Registry>,
+    book: Mutex<Book>,
+    routes: Routing,
+    supervisors: Mutex<HashMap<GroupId, Supervisor>>,
+    launcher: Arc<dyn Launcher>,
+    lag: Arc<dyn LagSource>,
+    http: reqwest::Client,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Control {
+    /// Opens the registry in the state directory, starts every deployment it records as running
+    /// through `launcher`, and starts the monitor, which reads lag from `lag`.
+    pub async fn start(
+        cfg: ServerConfig,
+        launcher: Arc<dyn Launcher>,
+        lag: Arc<dyn LagSource>,
+    ) -> anyhow::Result<Arc<Control>> {
+        let registry = Registry::open(&cfg.state_dir.registry())
+            .map_err(|e| anyhow::anyhow!("registry in {}: {e}", cfg.state_dir.path().display()))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| anyhow::anyhow!("http client: {e}"))?;
+        let routes = Routing::default();
+        routes.set_registry(registry.data());
+        let resume: Vec<Deployment> =
+            registry.data().deployments.values().filter(|d| d.desired == registry::Desired::Running).cloned().collect();
+        let control = Arc::new(Control {
+            registry: tokio::sync::Mutex::new(registry),
+            book: Mutex::new(Book::default()),
+            routes,
+            supervisors: Mutex::new(HashMap::new()),
+            launcher,
+            lag,
+            http,
+            cfg,
+        });
+        for d in resume {
+            tracing::info!(group_id = %d.group_id, "resuming deployment");
+            control.launch(&d);
+        }
+        tokio::spawn(monitor::run(Arc::downgrade(&control), control.cfg.poll_every));
+        Ok(control)
+    }
+
+    /// Stops every deployment's processes (the registry keeps them as running, so a restart resumes them).
+    pub async fn shutdown(&self) {
+        let all: Vec<Supervisor> = lock(&self.supervisors).drain().map(|(_, s)| s).collect();
+        futures::future::join_all(all.into_iter().map(Supervisor::halt)).await;
+    }
+
+    /// The bearer token mutations need.
+    pub fn token(&self) -> &str {
+        &self.cfg.token
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        lock(&self.book)
+    }
+
+    /// Runs `f` over the facts: `registry` and the observations.
+    fn with_facts<T>(&self, registry: &RegistryData, f: impl FnOnce(&Facts, &HashMap<GroupId, Progress>) -> T) -> T {
+        let book = self.book();
+        let facts = Facts { registry, observed: &book.observed, catch_up_lag: self.cfg.catch_up_lag };
+        f(&facts, &book.progress)
+    }
+
+    /// Records an observation of `g` and republishes its addresses if they changed.
+    fn observe(&self, g: &GroupId, o: Observation) {
+        let mut book = self.book();
+        let observed = book.observed.entry(g.clone()).or_default();
+        let before = observed.serving();
+        observed.apply(o);
+        let after = observed.serving();
+        if after != before {
+            // Under the book's lock, so that the snapshot follows the observations in order.
+            self.routes.set_serving(g, after);
+        }
+    }
+
+    /// Starts the supervisor of `d`.
+    fn launch(self: &Arc<Self>, d: &Deployment) {
+        let control = Arc::downgrade(self);
+        let g = d.group_id.clone();
+        let report = Arc::new(move |o: Observation| {
+            if let Some(c) = control.upgrade() {
+                c.observe(&g, o);
+            }
+        });
+        let supervisor = Supervisor::spawn(Arc::clone(&self.launcher), self.launch_spec(d), report);
+        lock(&self.supervisors).insert(d.group_id.clone(), supervisor);
+    }
+
+    /// What the launcher runs for `d`.
+    fn launch_spec(&self, d: &Deployment) -> LaunchSpec {
+        LaunchSpec {
+            group_id: d.group_id.clone(),
+            program: self.cfg.program.clone(),
+            topology: self.cfg.state_dir.deployment(&d.group_id).topology(),
+            version: d.version,
+            workers: d.workers,
+            processes: d.processes,
+            start_from: d.start_from.clone(),
+        }
+    }
+
+    /// Stops the processes of `g` and waits until they are gone.
+    async fn halt(&self, g: &GroupId) {
+        let supervisor = lock(&self.supervisors).remove(g);
+        if let Some(s) = supervisor {
+            s.halt().await;
+        }
+    }
+
+    /// Makes `change` durable and visible, and starts what it starts; the deployments it stops
+    /// are returned, to be halted once the registry lock is released.
+    fn commit(self: &Arc<Self>, registry: &mut Registry, change: Change) -> Result<Vec<GroupId>, CommandError> {
+        registry.commit(change.registry).map_err(|e| CommandError::io("save the registry", e))?;
+        self.routes.set_registry(registry.data());
+        if let Some(g) = &change.start
+            && let Some(d) = registry.data().deployments.get(g)
+        {
+            self.launch(d);
+        }
+        Ok(change.stop)
+    }
+
+    /// The input topics of a deployment, from its stored file with the server's overrides.
+    fn stored_inputs(&self, d: &Deployment) -> Result<Inputs, String> {
+        let path = self.cfg.state_dir.deployment(&d.group_id).topology();
+        let spec =
+            TopologySpec::load(&path).map_err(|e| e.to_string())?.with_version(d.version).map_err(|e| e.to_string())?;
+        Ok(self.inputs(&spec))
+    }
+
+    /// The input topics of `spec`, on the server's brokers if it was given them.
+    fn inputs(&self, spec: &TopologySpec) -> Inputs {
+        let mut inputs = Inputs::of(spec);
+        if let Some(b) = &self.cfg.brokers {
+            inputs.brokers = b.clone();
+        }
+        inputs
+    }
+
+    // ------------------------------------------------------------ commands
+
+    /// Deploys a topology version beside the others.
+    pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<DeploymentView, CommandError> {
+        let bad = CommandError::Invalid;
+        let spec = TopologySpec::from_toml(&req.topology_toml).map_err(|e| bad(e.to_string()))?;
+        let version = req.version.unwrap_or(spec.version);
+        let spec = spec.with_version(version).map_err(|e| bad(e.to_string()))?;
+        let workers = req.workers.unwrap_or(spec.runtime.workers);
+        if !(1..=256).contains(&workers) {
+            return Err(bad(format!("workers = {workers}: use 1..=256")));
+        }
+        let processes = req.processes.unwrap_or(1);
+        if !(1..=64).contains(&processes) {
+            return Err(bad(format!("processes = {processes}: use 1..=64")));
+        }
+        let start_from: StartPosition = match &req.start_from {
+            Some(s) => s.parse().map_err(|e| bad(format!("start_from {e}")))?,
+            None => StartPosition::default(),
+        };
+        let d = Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms());
+        // Refusals first, as far as they can be seen without the lock; then what Kafka says.
+        self.with_facts(self.routes.load().registry(), |f, _| state::deploy(f, d.clone()))?;
+        self.check_start_group(&d, &spec).await?;
+        let mut registry = self.registry.lock().await;
+        let change = self.with_facts(registry.data(), |f, _| state::deploy(f, d.clone()))?;
+        let dir = self.cfg.state_dir.deployment(&d.group_id);
+        std::fs::create_dir_all(dir.path()).map_err(|e| CommandError::io("create the deployment directory", e))?;
+        registry::write_atomically(&dir.topology(), d.topology_toml.as_bytes())
+            .map_err(|e| CommandError::io("store the topology file", e))?;
+        self.commit(&mut registry, change)?;
+        tracing::info!(group_id = %d.group_id, "deployed");
+        Ok(self.with_facts(registry.data(), |f, p| DeploymentView::of(f, &d, p.get(&d.group_id))))
+    }
+
+    /// A deployment that starts at another group's offsets must name a group deployed here or
+    /// one that has committed offsets on the topology's topics.
+    async fn check_start_group(&self, d: &Deployment, spec: &TopologySpec) -> Result<(), CommandError> {
+        let Some(from) = d.start_from.group().cloned() else { return Ok(()) };
+        if from == d.group_id || self.routes.load().registry().deployments.contains_key(&from) {
+            return Ok(());
+        }
+        let (source, inputs, group) = (Arc::clone(&self.lag), self.inputs(spec), from.clone());
+        let found = tokio::task::spawn_blocking(move || source.committed(&group, &inputs))
+            .await
+            .map_err(|e| CommandError::io("check the group", e))?
+            .map_err(|e| CommandError::Kafka(e.to_string()))?;
+        if found.is_empty() {
+            return Err(CommandError::Invalid(format!(
+                "start_from {}: group {:?} is not deployed here and has committed no offsets on the topology's topics",
+                d.start_from,
+                from.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes `g` the version that answers its topology's queries by default.
+    pub async fn promote(self: &Arc<Self>, g: &GroupId) -> Result<DeploymentView, CommandError> {
+        let mut registry = self.registry.lock().await;
+        let change = self.with_facts(registry.data(), |f, _| state::promote(f, g, now_ms()))?;
+        self.commit(&mut registry, change)?;
+        tracing::info!(group_id = %g, "promoted");
+        Ok(self.view_of(registry.data(), g))
+    }
+
+    /// Promotes the older version `g` again and stops every newer running version of its topology.
+    pub async fn rollback(self: &Arc<Self>, g: &GroupId) -> Result<RollbackResponse, CommandError> {
+        let (promoted, stopped) = {
+            let mut registry = self.registry.lock().await;
+            let change = self.with_facts(registry.data(), |f, _| state::rollback(f, g, now_ms()))?;
+            let stopped = self.commit(&mut registry, change)?;
+            (self.view_of(registry.data(), g), stopped)
+        };
+        tracing::info!(group_id = %g, stopped = ?stopped, "rolled back");
+        for n in &stopped {
+            self.halt(n).await;
+        }
+        Ok(RollbackResponse { promoted, stopped })
+    }
+
+    /// Stops `g`; its committed offsets and checkpoints stay.
+    pub async fn stop(self: &Arc<Self>, g: &GroupId) -> Result<DeploymentView, CommandError> {
+        let stopped = {
+            let mut registry = self.registry.lock().await;
+            let change = self.with_facts(registry.data(), |f, _| state::stop(f, g, now_ms()))?;
+            self.commit(&mut registry, change)?
+        };
+        for n in &stopped {
+            self.halt(n).await;
+        }
+        tracing::info!(group_id = %g, "stopped");
+        Ok(self.view_of(self.routes.load().registry(), g))
+    }
+
+    // ------------------------------------------------------------ reads (no registry lock)
+
+    /// The view of `g`, which `registry` holds.
+    fn view_of(&self, registry: &RegistryData, g: &GroupId) -> DeploymentView {
+        let d = &registry.deployments[g];
+        self.with_facts(registry, |f, p| DeploymentView::of(f, d, p.get(g)))
+    }
+
+    /// Every deployment.
+    pub fn list(&self) -> Vec<DeploymentView> {
+        let routes = self.routes.load();
+        let registry = routes.registry();
+        self.with_facts(registry, |f, p| {
+            registry.deployments.values().map(|d| DeploymentView::of(f, d, p.get(&d.group_id))).collect()
+        })
+    }
+
+    /// One deployment in detail.
+    pub fn detail(&self, g: &GroupId) -> Result<DeploymentDetail, CommandError> {
+        let routes = self.routes.load();
+        let d = routes.registry().deployments.get(g).ok_or_else(|| Refusal::Unknown(g.clone()))?;
+        Ok(self.with_facts(routes.registry(), |f, p| DeploymentDetail::of(f, d, p.get(g))))
+    }
+
+    /// The state of `g`, if it is deployed.
+    pub fn state_of(&self, g: &GroupId) -> Option<state::DeploymentState> {
+        let routes = self.routes.load();
+        let d = routes.registry().deployments.get(g)?;
+        Some(self.with_facts(routes.registry(), |f, _| f.state(d)))
+    }
+
+    /// The last `n` lines of `g`'s log.
+    pub fn logs(&self, g: &GroupId, n: usize) -> Result<String, CommandError> {
+        if !self.routes.load().registry().deployments.contains_key(g) {
+            return Err(Refusal::Unknown(g.clone()).into());
+        }
+        Ok(statedir::tail(&self.cfg.state_dir.deployment(g).log(), n))
+    }
+
+    /// The routing snapshot.
+    pub fn routes(&self) -> Arc<routing::Routes> {
+        self.routes.load()
+    }
+
+    /// The client the control plane talks to versions with.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}

@@ -1,0 +1,160 @@
+//! Which process answers which query. The answer comes from [`Routes`], an immutable snapshot of
+//! the registry and of the addresses of every serving deployment, replaced whole whenever either
+//! changes and read without a lock, so that no query waits on a registry write or a Kafka call.
+//! The snapshot is derived: the registry and the observations stay the only sources.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::registry::{Desired, RegistryData};
+use crate::values::GroupId;
+
+/// The snapshot queries are routed by.
+#[derive(Clone, Debug, Default)]
+pub struct Routes {
+    registry: Arc<RegistryData>,
+    serving: HashMap<GroupId, Arc<[String]>>,
+}
+
+/// Where a query goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The version that answers.
+    pub group_id: GroupId,
+    /// The HTTP address of the process that owns the user.
+    pub url: String,
+}
+
+/// Why a query cannot be routed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// `?topology=` names a topology without a promoted version.
+    NotPromoted(String),
+    /// No topology has a promoted version.
+    NonePromoted,
+    /// Several topologies have one, and the query did not say which.
+    SeveralPromoted,
+    /// No deployment has this group id.
+    Unknown(GroupId),
+    /// The version is stopped or not every process of it serves.
+    NotServing(GroupId),
+}
+
+impl Routes {
+    /// The registry as last committed.
+    pub fn registry(&self) -> &RegistryData {
+        &self.registry
+    }
+
+    /// The addresses of `g`'s processes, in process order, when every one of them serves.
+    pub fn serving(&self, g: &GroupId) -> Option<&[String]> {
+        self.serving.get(g).map(|u| &u[..])
+    }
+
+    /// The process that answers for `user_id`: of version `group` if given, else of the promoted
+    /// version of `topology`, else of the only promoted version.
+    pub fn route(&self, group: Option<&GroupId>, topology: Option<&str>, user_id: &str) -> Result<Route, RouteError> {
+        let group = match (group, topology) {
+            (Some(g), _) => g,
+            (None, Some(t)) => self.registry.promoted(t).ok_or_else(|| RouteError::NotPromoted(t.to_owned()))?,
+            (None, None) => match self.registry.promoted.values().collect::<Vec<_>>().as_slice() {
+                [one] => *one,
+                [] => return Err(RouteError::NonePromoted),
+                _ => return Err(RouteError::SeveralPromoted),
+            },
+        };
+        let d = self.registry.deployments.get(group).ok_or_else(|| RouteError::Unknown(group.clone()))?;
+        let urls = self
+            .serving(group)
+            .filter(|u| d.desired == Desired::Running && u.len() == d.processes)
+            .ok_or_else(|| RouteError::NotServing(group.clone()))?;
+        let owner = crate::cluster::owner_process(user_id, d.workers, d.processes);
+        Ok(Route { group_id: group.clone(), url: urls[owner].clone() })
+    }
+}
+
+/// The current [`Routes`], swapped atomically.
+#[derive(Default)]
+pub struct Routing(ArcSwap<Routes>);
+
+impl Routing {
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Routes> {
+        self.0.load_full()
+    }
+
+    /// Publishes a newly committed registry.
+    pub fn set_registry(&self, registry: &RegistryData) {
+        let registry = Arc::new(registry.clone());
+        self.0.rcu(|r| Routes { registry: Arc::clone(&registry), serving: r.serving.clone() });
+    }
+
+    /// Publishes whether every process of `g` serves, and where.
+    pub fn set_serving(&self, g: &GroupId, urls: Option<Vec<String>>) {
+        let urls: Option<Arc<[String]>> = urls.map(Into::into);
+        self.0.rcu(|r| {
+            let mut serving = r.serving.clone();
+            match &urls {
+                Some(u) => serving.insert(g.clone(), Arc::clone(u)),
+                None => serving.remove(g),
+            };
+            Routes { registry: Arc::clone(&r.registry), serving }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::registry::Deployment;
+
+    fn g(s: &str) -> GroupId {
+        s.parse().unwrap()
+    }
+
+    fn deployment(group: &str, processes: usize) -> Deployment {
+        Deployment::example(group, 1, processes)
+    }
+
+    #[test]
+    fn queries_go_to_the_promoted_or_named_version_and_the_process_that_owns_the_user() {
+        let routing = Routing::default();
+        let mut data = RegistryData::default();
+        for d in [deployment("p-v1", 2), deployment("p-v2", 1), deployment("q-v1", 1)] {
+            data.deployments.insert(d.group_id.clone(), d);
+        }
+        routing.set_registry(&data);
+        let r = routing.load();
+        assert_eq!(r.route(None, None, "u1"), Err(RouteError::NonePromoted));
+        assert_eq!(r.route(Some(&g("x-v1")), None, "u1"), Err(RouteError::Unknown(g("x-v1"))));
+        assert_eq!(r.route(Some(&g("p-v1")), None, "u1"), Err(RouteError::NotServing(g("p-v1"))));
+
+        data.promoted.insert("p".into(), g("p-v1"));
+        routing.set_registry(&data);
+        routing.set_serving(&g("p-v1"), Some(vec!["http://a".into(), "http://b".into()]));
+        routing.set_serving(&g("p-v2"), Some(vec!["http://c".into()]));
+        let r = routing.load();
+        for user in ["u1", "u2", "u3", "alice", "bob"] {
+            let owner = crate::cluster::owner_process(user, 2, 2);
+            let want = Route { group_id: g("p-v1"), url: ["http://a", "http://b"][owner].into() };
+            assert_eq!(r.route(None, None, user).as_ref(), Ok(&want));
+            assert_eq!(r.route(None, Some("p"), user).as_ref(), Ok(&want));
+        }
+        assert_eq!(r.route(Some(&g("p-v2")), None, "u1").unwrap().url, "http://c");
+        assert_eq!(r.route(None, Some("q"), "u1"), Err(RouteError::NotPromoted("q".into())));
+
+        data.promoted.insert("q".into(), g("q-v1"));
+        routing.set_registry(&data);
+        assert_eq!(routing.load().route(None, None, "u1"), Err(RouteError::SeveralPromoted));
+        // A stopped version does not answer, even while its processes are still exiting.
+        data.deployments.get_mut(&g("p-v2")).unwrap().desired = Desired::Stopped;
+        routing.set_registry(&data);
+        assert_eq!(routing.load().route(Some(&g("p-v2")), None, "u1"), Err(RouteError::NotServing(g("p-v2"))));
+        routing.set_serving(&g("p-v1"), None);
+        assert_eq!(routing.load().route(None, Some("p"), "u1"), Err(RouteError::NotServing(g("p-v1"))));
+        // The snapshot taken earlier is unchanged.
+        assert_eq!(r.serving(&g("p-v1")).map(<[String]>::len), Some(2));
+    }
+}

@@ -1,0 +1,212 @@
+//! The counters of one `squall run` process. Each is kept once, as an atomic next to the code that
+//! counts (the store per worker, the enricher, the dead letters here); `/v1/status` reads them
+//! and [`Counters::export`] publishes them as Prometheus series when the metrics are scraped.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+use squall_enrichment::{Enricher, EnricherStats};
+use squall_operators::DlqReason;
+use squall_operators::UserStore;
+
+/// `GET /v1/status` of one `squall run` process: what it has done so far.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, utoipa::ToSchema)]
+pub struct RunStatus {
+    /// Consumer group id.
+    pub group_id: String,
+    /// Events applied to attributes.
+    pub applied: u64,
+    /// Events dropped as resends.
+    pub duplicates: u64,
+    /// Records sent to a dead-letter topic.
+    pub dead_letters: u64,
+    /// Users with state in this process.
+    pub users: u64,
+    /// Enrichment lookups answered from the cache.
+    pub cache_hits: u64,
+    /// Enrichment lookups that went to the store.
+    pub cache_misses: u64,
+    /// Failed store requests (retries included).
+    pub enrich_errors: u64,
+    /// Lookups enriched as `unknown` after the deadline.
+    pub enrich_degraded: u64,
+    /// The checkpoint cut the state was recovered from at start.
+    pub recovered_cut: Option<u64>,
+    /// The id the starter gave this process (`--launch-id`), so that it can tell its own
+    /// processes from others at the same address.
+    #[serde(default)]
+    pub launch_id: Option<String>,
+}
+
+impl RunStatus {
+    /// The status of a version across its processes: counters summed, the first recovered cut.
+    pub fn total<'a>(processes: impl IntoIterator<Item = &'a RunStatus>) -> RunStatus {
+        let mut sum = RunStatus::default();
+        for s in processes {
+            // Destructured whole, so that a new field cannot be forgotten here.
+            let RunStatus {
+                group_id,
+                applied,
+                duplicates,
+                dead_letters,
+                users,
+                cache_hits,
+                cache_misses,
+                enrich_errors,
+                enrich_degraded,
+                recovered_cut,
+                launch_id: _,
+            } = s;
+            sum.group_id.clone_from(group_id);
+            sum.applied += applied;
+            sum.duplicates += duplicates;
+            sum.dead_letters += dead_letters;
+            sum.users += users;
+            sum.cache_hits += cache_hits;
+            sum.cache_misses += cache_misses;
+            sum.enrich_errors += enrich_errors;
+            sum.enrich_degraded += enrich_degraded;
+            sum.recovered_cut = sum.recovered_cut.or(*recovered_cut);
+        }
+        sum
+    }
+}
+
+/// Records sent to the dead-letter topics, per reason: the only record of them.
+#[derive(Debug, Default)]
+pub struct DeadLetters([AtomicU64; DlqReason::ALL.len()]);
+
+impl DeadLetters {
+    /// Counts one dead letter with `reason` (a [`DlqReason`] name; others count as the first).
+    pub fn record(&self, reason: &str) {
+        let i = DlqReason::ALL.iter().position(|r| r.as_str() == reason).unwrap_or(0);
+        self.0[i].fetch_add(1, Relaxed);
+    }
+
+    /// Dead letters so far, of every reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+/// The Prometheus series of the enricher's counters, each with the field that is its source.
+type EnrichField = fn(&EnricherStats) -> &AtomicU64;
+const ENRICHMENT: [(&str, EnrichField); 10] = [
+    ("squall_enrichment_cache_hits_total", |s| &s.hits),
+    ("squall_enrichment_cache_misses_total", |s| &s.misses),
+    ("squall_enrichment_requests_total", |s| &s.requests),
+    ("squall_enrichment_request_errors_total", |s| &s.errors),
+    ("squall_enrichment_retries_total", |s| &s.retries),
+    ("squall_enrichment_not_found_total", |s| &s.not_found),
+    ("squall_enrichment_degraded_total", |s| &s.degraded),
+    ("squall_enrichment_deadline_waits_total", |s| &s.deadline_waits),
+    ("squall_enrichment_joined_total", |s| &s.joined),
+    ("squall_enrichment_preloaded_rows_total", |s| &s.preloaded),
+];
+
+/// Where one process's counters are kept, and the series they are exported as.
+pub struct Counters {
+    store: Arc<UserStore>,
+    enricher: Enricher,
+    dead_letters: Arc<DeadLetters>,
+    /// `squall_events_applied_total` and `squall_events_duplicate_total` of each local worker.
+    workers: Vec<(usize, metrics::Counter, metrics::Counter)>,
+    dead_lettered: Vec<metrics::Counter>,
+    enrichment: Vec<(metrics::Counter, EnrichField)>,
+    in_flight: metrics::Gauge,
+}
+
+impl Counters {
+    /// The counters of a version whose workers `local` run in this process, labelled `group_id`.
+    pub fn new(
+        group_id: &str,
+        local: Range<usize>,
+        store: Arc<UserStore>,
+        enricher: Enricher,
+        dead_letters: Arc<DeadLetters>,
+    ) -> Counters {
+        // Handles belong to the recorder present when they are made: make sure it is the process's.
+        let _ = crate::telemetry::metrics();
+        let g = group_id.to_owned();
+        Counters {
+            workers: local
+                .map(|w| {
+                    let label = w.to_string();
+                    let applied = metrics::counter!("squall_events_applied_total", "worker" => label.clone());
+                    (w, applied, metrics::counter!("squall_events_duplicate_total", "worker" => label))
+                })
+                .collect(),
+            dead_lettered: DlqReason::ALL
+                .iter()
+                .map(|r| metrics::counter!("squall_events_dead_lettered_total", "group_id" => g.clone(), "reason" => r.as_str()))
+                .collect(),
+            enrichment: ENRICHMENT
+                .iter()
+                .map(|(name, field)| (metrics::counter!(*name, "group_id" => g.clone()), *field))
+                .collect(),
+            in_flight: metrics::gauge!("squall_enrichment_in_flight", "group_id" => g),
+            store,
+            enricher,
+            dead_letters,
+        }
+    }
+
+    /// The counters as `/v1/status` shows them (identity fields left empty).
+    pub fn status(&self) -> RunStatus {
+        let e = self.enricher.stats();
+        RunStatus {
+            applied: self.store.applied(),
+            duplicates: self.store.duplicates(),
+            dead_letters: self.dead_letters.total(),
+            users: self.store.users() as u64,
+            cache_hits: e.hits.load(Relaxed),
+            cache_misses: e.misses.load(Relaxed),
+            enrich_errors: e.errors.load(Relaxed),
+            enrich_degraded: e.degraded.load(Relaxed),
+            ..RunStatus::default()
+        }
+    }
+
+    /// Sets every series to its source's current value (called before the metrics are rendered).
+    pub fn export(&self) {
+        for (worker, applied, duplicates) in &self.workers {
+            let (a, d) = self.store.worker_counts(*worker);
+            applied.absolute(a);
+            duplicates.absolute(d);
+        }
+        for (counter, source) in self.dead_lettered.iter().zip(&self.dead_letters.0) {
+            counter.absolute(source.load(Relaxed));
+        }
+        let stats = self.enricher.stats();
+        for (counter, field) in &self.enrichment {
+            counter.absolute(field(stats).load(Relaxed));
+        }
+        self.in_flight.set(stats.in_flight.load(Relaxed) as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_versions_status_sums_its_processes() {
+        let a = RunStatus { group_id: "p-v1".into(), applied: 3, dead_letters: 1, users: 2, ..Default::default() };
+        let b = RunStatus { group_id: "p-v1".into(), applied: 4, recovered_cut: Some(9), ..Default::default() };
+        let t = RunStatus::total([&a, &b]);
+        assert_eq!((t.group_id.as_str(), t.applied, t.dead_letters, t.users), ("p-v1", 7, 1, 2));
+        assert_eq!(t.recovered_cut, Some(9));
+    }
+
+    #[test]
+    fn dead_letters_count_by_reason() {
+        let d = DeadLetters::default();
+        d.record("malformed_json");
+        d.record("malformed_json");
+        d.record("oversized");
+        assert_eq!(d.total(), 3);
+        assert_eq!(d.0[DlqReason::ALL.iter().position(|r| *r == DlqReason::MalformedJson).unwrap()].load(Relaxed), 2);
+    }
+}

@@ -1,0 +1,419 @@
+//! Starts one topology version in this process, in named steps: the [`Layout`] of its workers,
+//! connect to the store and find the input partitions, open the checkpoints, recover, choose the
+//! start offsets, configure timely, build the dataflow. A [`StartError`] names the step that failed.
+
+mod committer;
+mod preload;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use squall_enrichment::{CatalogueError, CqlCatalogue, Enricher, Symbols};
+use squall_operators::checkpoint::{self, CheckpointDir, CheckpointError, CheckpointStore, Part};
+use squall_operators::checkpoint_cql::CqlCheckpoints;
+use squall_operators::source::epoch_now;
+use squall_operators::{
+    CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, Partition, Plan, SourceConfig,
+    UserState, UserStore,
+};
+use squall_topologies::TopologySpec;
+use squall_topologies::personalization::{self, Context};
+use squall_topologies::spec::CheckpointTarget;
+use timely::communication::WorkerGuards;
+use timely::dataflow::operators::{Inspect, Probe};
+
+pub use self::committer::CommitterError;
+use crate::cluster::Cluster;
+use crate::counters::DeadLetters;
+use crate::kafka::{self, Inputs, KafkaSetupError};
+
+/// Why a topology could not start, by step. The message names the step; the cause is its source
+/// (print with `{:#}` through anyhow, or walk `source()`).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Connecting to the CQL store failed (unreachable, or the schema is missing).
+    #[error("connect to the CQL store")]
+    Connect(#[source] CatalogueError),
+    /// The input partitions could not be found (Kafka unreachable, or a topic missing).
+    #[error("find the input partitions")]
+    Partitions(#[source] KafkaSetupError),
+    /// The checkpoint store could not be opened.
+    #[error("open the checkpoint store")]
+    OpenCheckpoints(#[source] CheckpointError),
+    /// The latest complete checkpoint could not be read back.
+    #[error("recover from the latest checkpoint")]
+    Recover(#[source] CheckpointError),
+    /// The offset committer could not start.
+    #[error("start the offset committer")]
+    Committer(#[source] CommitterError),
+    /// The offsets of `kafka.start_from_group` could not be read.
+    #[error("read the offsets group {group} committed")]
+    StartOffsets {
+        /// The group.
+        group: String,
+        /// Why.
+        #[source]
+        source: Box<KafkaSetupError>,
+    },
+    /// timely could not start the workers or build the dataflow.
+    #[error("start the timely workers: {0}")]
+    Dataflow(String),
+    /// A blocking step's thread failed.
+    #[error("{step}: {error}")]
+    Blocking {
+        /// Which step.
+        step: &'static str,
+        /// The join error.
+        error: String,
+    },
+}
+
+/// A running topology version.
+pub struct Running {
+    /// Its specification, after overrides.
+    pub spec: TopologySpec,
+    /// Where this process's workers are in the version.
+    pub layout: Layout,
+    /// Its per-user state.
+    pub store: Arc<UserStore>,
+    /// Its enrichment service.
+    pub enricher: Enricher,
+    /// Records it sent to the dead-letter topics.
+    pub dead_letters: Arc<DeadLetters>,
+    /// The cut the state was recovered from, if any.
+    pub recovered_cut: Option<Epoch>,
+    shutdown: Arc<AtomicBool>,
+    guards: WorkerGuards<Result<(), String>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Asks the workers to stop reading; they finish what is in flight and exit.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Relaxed);
+    }
+
+    /// Waits for every worker to exit; the first worker error, if any.
+    pub fn join(self) -> Result<(), String> {
+        let result =
+            self.guards.join().into_iter().map(|r| r.and_then(|w| w)).collect::<Result<Vec<()>, String>>().map(|_| ());
+        if let Some(writer) = self.writer {
+            let _ = writer.join();
+        }
+        result
+    }
+}
+
+/// Where this process's workers sit among a version's: timely numbers workers process by
+/// process, so process `p` runs workers `p * workers .. (p + 1) * workers` of `workers * processes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// This process's index.
+    pub process: usize,
+    /// Processes of the version.
+    pub processes: usize,
+}
+
+impl Layout {
+    /// `workers` threads in this process, alone or as process `cluster.process` of a cluster.
+    pub fn new(workers: usize, cluster: Option<&Cluster>) -> Layout {
+        let (process, processes) = cluster.map(|c| (c.process, c.processes())).unwrap_or((0, 1));
+        Layout { workers, process, processes }
+    }
+
+    /// Workers of every process.
+    pub fn peers(&self) -> usize {
+        self.workers * self.processes
+    }
+
+    /// The workers this process runs.
+    pub fn local(&self) -> Range<usize> {
+        self.process * self.workers..(self.process + 1) * self.workers
+    }
+
+    /// Process 0 alone tidies and compacts a version's checkpoints; the others only read them.
+    pub fn tidies(&self) -> bool {
+        self.process == 0
+    }
+}
+
+/// Connects to the store and brokers named by `spec` and starts its workers on this process, alone
+/// or as process `cluster.process` of a timely cluster. Lookups run on `runtime`.
+pub async fn start(
+    spec: TopologySpec,
+    runtime: tokio::runtime::Handle,
+    cluster: Option<Cluster>,
+) -> Result<Running, StartError> {
+    let layout = Layout::new(spec.runtime.workers, cluster.as_ref());
+    let group_id = spec.group_id();
+    let catalogue = CqlCatalogue::connect(&spec.cql.nodes, &spec.cql.keyspace).await.map_err(StartError::Connect)?;
+    let session = Arc::clone(catalogue.session());
+    let partitions = input_partitions(&spec).await?;
+
+    let symbols = Symbols::default();
+    let enricher = Enricher::new(Arc::new(catalogue), symbols.clone(), spec.enrichment.clone(), runtime.clone());
+    // The declaration, compiled once for this process's workers.
+    let plan = Arc::new(Plan::compile(&spec.attributes, &symbols));
+    let store = Arc::new(UserStore::new(plan, symbols, layout.peers()));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    if spec.enrichment.preload {
+        preload::preload_catalogue(&enricher, &group_id, Arc::clone(&shutdown), &runtime).await;
+    }
+
+    let (recovery, checkpoints) = match open_checkpoints(&spec, session, &group_id, &runtime).await? {
+        None => (Recovery::default(), None),
+        Some(ckpt) => {
+            let (ckpt, recovery) = recover(ckpt, &layout, &store, &group_id).await?;
+            let writer = start_writer(ckpt, &spec, &layout)?;
+            (recovery, Some(writer))
+        }
+    };
+    let resume_at = start_offsets(&spec, &partitions, &recovery).await?;
+    let start_epoch = recovery.cut.unwrap_or(0).max(epoch_now(spec.state.epoch));
+    let dead_letters = Arc::new(DeadLetters::default());
+    let pending = Arc::new(AtomicUsize::new(0));
+    let dataflow = Dataflow {
+        source: SourceConfig {
+            brokers: spec.kafka.brokers.clone(),
+            group_id: group_id.clone(),
+            partitions,
+            resume_at,
+            start_from: spec.kafka.start_from,
+            limits: DecodeLimits { max_message_bytes: spec.kafka.max_message_bytes, ..Default::default() },
+            epoch_interval: spec.state.epoch,
+            max_batch: 4096,
+            pending: Arc::clone(&pending),
+            max_pending: spec.runtime.max_pending,
+            shutdown: Arc::clone(&shutdown),
+            properties: spec.kafka.consumer.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        },
+        dlq_suffix: spec.kafka.dlq_suffix.clone(),
+        ctx: Context {
+            enricher: enricher.clone(),
+            store: Arc::clone(&store),
+            pending,
+            dedup_horizon_ms: spec.state.dedup_horizon.as_millis() as i64,
+        },
+        checkpoints: checkpoints
+            .as_ref()
+            .map(|w| CheckpointParts { parts: w.parts.clone(), dedup: Mutex::new(recovery.dedup) }),
+        start_epoch,
+        dead_letters: Arc::clone(&dead_letters),
+    };
+    tracing::info!(group_id = %group_id, workers = layout.workers, process = layout.process, processes = layout.processes, partitions = dataflow.source.partitions.len(), "starting workers");
+    let guards = build_dataflow(timely_config(&layout, cluster), dataflow)?;
+    Ok(Running {
+        spec,
+        layout,
+        store,
+        enricher,
+        dead_letters,
+        recovered_cut: recovery.cut,
+        shutdown,
+        guards,
+        writer: checkpoints.map(|w| w.thread),
+    })
+}
+
+/// Step: every partition of the input topics.
+async fn input_partitions(spec: &TopologySpec) -> Result<Vec<(Partition, EventKind)>, StartError> {
+    let inputs = Inputs::of(spec);
+    tokio::task::spawn_blocking(move || inputs.partitions())
+        .await
+        .map_err(|e| StartError::Blocking { step: "find the input partitions", error: e.to_string() })?
+        .map_err(StartError::Partitions)
+}
+
+/// Step: the checkpoint store `spec` names, if checkpoints are on.
+async fn open_checkpoints(
+    spec: &TopologySpec,
+    session: Arc<scylla::client::session::Session>,
+    group_id: &str,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<Box<dyn CheckpointStore>>, StartError> {
+    let store: Box<dyn CheckpointStore> = match spec.state.checkpoints() {
+        CheckpointTarget::None => return Ok(None),
+        CheckpointTarget::Dir(root) => Box::new(CheckpointDir::open(&root, group_id).map_err(|source| {
+            StartError::OpenCheckpoints(CheckpointError::Io { dir: root.display().to_string(), source })
+        })?),
+        CheckpointTarget::Cql => Box::new(
+            CqlCheckpoints::open(session, &spec.cql.keyspace, group_id, runtime.clone())
+                .await
+                .map_err(StartError::OpenCheckpoints)?,
+        ),
+    };
+    Ok(Some(store))
+}
+
+/// Recovered dedup ids: (user hash, key, event ts).
+type DedupIds = Vec<(u64, u128, i64)>;
+
+/// What recovery hands on: the cut recovered, where each partition resumes, and the dedup ids
+/// of each worker.
+#[derive(Default)]
+struct Recovery {
+    cut: Option<Epoch>,
+    resume_at: BTreeMap<Partition, i64>,
+    dedup: Vec<DedupIds>,
+}
+
+/// Step: folds the latest complete cut back into `store` (the users this process's workers own)
+/// and hands back the store for the writer.
+async fn recover(
+    mut ckpt: Box<dyn CheckpointStore>,
+    layout: &Layout,
+    store: &UserStore,
+    group_id: &str,
+) -> Result<(Box<dyn CheckpointStore>, Recovery), StartError> {
+    let started = std::time::Instant::now();
+    let tidies = layout.tidies();
+    // Off the runtime's worker threads: the stores block (the CQL one on this same runtime).
+    let (ckpt, recovered) = tokio::task::spawn_blocking(move || {
+        let recovered = if tidies { ckpt.recover() } else { ckpt.recover_shared() };
+        (ckpt, recovered)
+    })
+    .await
+    .map_err(|e| StartError::Blocking { step: "recover from the latest checkpoint", error: e.to_string() })?;
+    let mut recovery = Recovery { dedup: vec![Vec::new(); layout.peers()], ..Recovery::default() };
+    let Some(rec) = recovered.map_err(StartError::Recover)? else { return Ok((ckpt, recovery)) };
+    tracing::info!(group_id = %group_id, store = %ckpt.location(), cut = rec.cut, users = rec.users.len(), dedup_ids = rec.dedup.len(), elapsed = ?started.elapsed(), "recovered from checkpoint");
+    // Every process reads the whole cut and keeps what its own workers own.
+    let local = layout.local();
+    for (user, snapshot) in &rec.users {
+        let owner = store.owner(user);
+        if local.contains(&owner) {
+            let state = UserState::restore(snapshot, store.plan(), store.symbols()).map_err(|e| {
+                StartError::Recover(CheckpointError::Corrupt {
+                    what: format!("user {user:?} of cut {}", rec.cut),
+                    message: e.to_string(),
+                })
+            })?;
+            store.shard(owner).insert(user.as_str().into(), state);
+        }
+    }
+    for entry in rec.dedup {
+        let owner = (entry.0 % layout.peers() as u64) as usize;
+        if local.contains(&owner) {
+            recovery.dedup[owner].push(entry);
+        }
+    }
+    recovery.resume_at = rec.offsets.into_iter().filter(|(_, o)| *o >= 0).collect();
+    recovery.cut = Some(rec.cut);
+    Ok((ckpt, recovery))
+}
+
+/// The checkpoint writer's thread and where parts go to it.
+struct Writer {
+    parts: crossbeam_channel::Sender<Part>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Step: the checkpoint writer, committing each complete cut's offsets.
+fn start_writer(ckpt: Box<dyn CheckpointStore>, spec: &TopologySpec, layout: &Layout) -> Result<Writer, StartError> {
+    let group_id = spec.group_id();
+    let committer = committer::offset_committer(&spec.kafka.brokers, &group_id).map_err(StartError::Committer)?;
+    let (parts, thread) = checkpoint::spawn_writer(
+        ckpt,
+        group_id,
+        checkpoint::Layout { local: layout.workers, global: layout.peers(), compacts: layout.tidies() },
+        spec.state.compact_every,
+        spec.state.dedup_horizon.as_millis() as i64,
+        committer,
+    );
+    Ok(Writer { parts, thread })
+}
+
+/// Step: where each partition starts. A recovered cut's offsets; without a checkpoint, the
+/// offsets `kafka.start_from_group` committed, if it is set; otherwise none (`kafka.start_from`).
+async fn start_offsets(
+    spec: &TopologySpec,
+    partitions: &[(Partition, EventKind)],
+    recovery: &Recovery,
+) -> Result<BTreeMap<Partition, i64>, StartError> {
+    let from = match (&recovery.cut, &spec.kafka.start_from_group) {
+        (Some(_), _) => return Ok(recovery.resume_at.clone()),
+        (None, None) => return Ok(BTreeMap::new()),
+        (None, Some(from)) => from.clone(),
+    };
+    let brokers = spec.kafka.brokers.clone();
+    let wanted: Vec<Partition> = partitions.iter().map(|(p, _)| p.clone()).collect();
+    let group = from.clone();
+    let resume_at = tokio::task::spawn_blocking(move || {
+        kafka::committed(&kafka::group_reader(&brokers, &group)?, &brokers, &wanted)
+    })
+    .await
+    .map_err(|e| StartError::Blocking { step: "read the start offsets", error: e.to_string() })?
+    .map_err(|source| StartError::StartOffsets { group: from.clone(), source: Box::new(source) })?;
+    tracing::info!(group_id = %spec.group_id(), from = %from, partitions = resume_at.len(), "starting at another group's committed offsets");
+    Ok(resume_at)
+}
+
+/// Step: timely's configuration, one process or a cluster.
+fn timely_config(layout: &Layout, cluster: Option<Cluster>) -> timely::Config {
+    match cluster {
+        None => timely::Config::process(layout.workers),
+        Some(c) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: layout.workers,
+                process: c.process,
+                addresses: c.addresses,
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+    }
+}
+
+/// What every worker's dataflow is built from.
+struct Dataflow {
+    source: SourceConfig,
+    dlq_suffix: String,
+    ctx: Context,
+    checkpoints: Option<CheckpointParts>,
+    start_epoch: Epoch,
+    dead_letters: Arc<DeadLetters>,
+}
+
+/// Where checkpoint parts go, and the recovered dedup ids of each worker (each takes its own).
+struct CheckpointParts {
+    parts: crossbeam_channel::Sender<Part>,
+    dedup: Mutex<Vec<DedupIds>>,
+}
+
+/// Step: starts the workers and builds the dataflow on each; in a cluster this returns once
+/// every process has connected.
+fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Result<(), String>>, StartError> {
+    let stop = Arc::clone(&d.source.shutdown);
+    timely::execute(config, move |worker| {
+        let built = worker.dataflow::<Epoch, _, _>(|scope| {
+            let (events, dead, offsets) = scope.consume_kafka(&d.source, d.start_epoch).map_err(|e| e.to_string())?;
+            let counts = Arc::clone(&d.dead_letters);
+            dead.inspect(move |letter| counts.record(&letter.reason))
+                .dead_letter_to(&d.source.brokers, &d.dlq_suffix)
+                .map_err(|e| e.to_string())?;
+            let hook = d.checkpoints.as_ref().map(|c| CheckpointHook {
+                offsets,
+                parts: c.parts.clone(),
+                restore_dedup: std::mem::take(&mut c.dedup.lock().unwrap_or_else(|p| p.into_inner())[scope.index()]),
+                first_epoch: d.start_epoch,
+            });
+            let (probe, _) = personalization::dataflow(events, &d.ctx, hook).probe();
+            Ok::<_, String>(probe)
+        });
+        let probe = built.inspect_err(|e| {
+            tracing::error!(worker = worker.index(), error = %e, "cannot build the dataflow");
+            stop.store(true, Relaxed);
+        })?;
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_secs(1)));
+        }
+        Ok(())
+    })
+    .map_err(StartError::Dataflow)
+}

@@ -1,0 +1,459 @@
+//! The control plane in-process, mini-redis style: a real `Control` and its HTTP API on a
+//! loopback port, with a fake `Launcher` (each "process" is a tiny HTTP server on this runtime)
+//! and a fake `LagSource`. No broker, no CQL server, no child processes: a test binary of its own,
+//! so that the metrics it records are not mixed with the unit tests'.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use serde_json::{Value, json};
+use squall_operators::Partition;
+use tokio::sync::oneshot;
+
+use squall::control::lag::LagSource;
+use squall::control::launcher::{
+    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, launch_id,
+};
+use squall::control::statedir::StateDir;
+use squall::control::{Control, ServerConfig, api};
+use squall::counters::RunStatus;
+use squall::kafka::{Inputs, KafkaSetupError, PartitionLag};
+use squall::values::GroupId;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+/// The shipped topology file: versions 1 and 2 of `personalization`.
+const TOPOLOGY: &str = include_str!("../../topologies/personalization.toml");
+
+fn g(s: &str) -> GroupId {
+    s.parse().unwrap()
+}
+
+// ---------------------------------------------------------------- fakes
+
+/// Starts "processes" that are HTTP servers on this runtime, and lets tests kill them.
+#[derive(Default)]
+struct FakeLauncher {
+    state: Arc<Mutex<FakeState>>,
+    /// While set, processes do not announce that they serve.
+    hold_ready: AtomicBool,
+}
+
+#[derive(Default)]
+struct FakeState {
+    /// Starts that are to fail, from the next one on.
+    fail_starts: usize,
+    /// Runs started per deployment.
+    starts: HashMap<GroupId, usize>,
+    /// Processes alive per deployment.
+    alive: HashMap<GroupId, usize>,
+    /// How to kill each live process, by deployment and index.
+    kills: HashMap<(GroupId, usize), oneshot::Sender<()>>,
+    /// The launch ids handed out, by deployment.
+    launch_ids: HashMap<GroupId, Vec<String>>,
+}
+
+impl FakeLauncher {
+    fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    fn starts(&self, group: &str) -> usize {
+        self.with(|s| s.starts.get(&g(group)).copied().unwrap_or(0))
+    }
+
+    fn alive(&self, group: &str) -> usize {
+        self.with(|s| s.alive.get(&g(group)).copied().unwrap_or(0))
+    }
+
+    /// Kills process `index` of `group` (as SIGKILL would).
+    fn kill(&self, group: &str, index: usize) {
+        let kill = self.with(|s| s.kills.remove(&(g(group), index))).expect("a live process to kill");
+        let _ = kill.send(());
+    }
+}
+
+impl Launcher for FakeLauncher {
+    fn start(&self, spec: &LaunchSpec) -> Result<Vec<ProcessHandle>, String> {
+        let mut handles = Vec::new();
+        let mut state = self.state.lock().unwrap();
+        if state.fail_starts > 0 {
+            state.fail_starts -= 1;
+            return Err(format!("cannot start {}: No such file or directory", spec.program.display()));
+        }
+        *state.starts.entry(spec.group_id.clone()).or_default() += 1;
+        for index in 0..spec.processes {
+            let id = launch_id();
+            let (handle, side) = ProcessHandle::new(Origin::Spawned { pid: None }, id.clone());
+            let (kill, killed) = oneshot::channel();
+            state.kills.insert((spec.group_id.clone(), index), kill);
+            *state.alive.entry(spec.group_id.clone()).or_default() += 1;
+            state.launch_ids.entry(spec.group_id.clone()).or_default().push(id.clone());
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            let process = FakeProcess { group: spec.group_id.clone(), index, launch_id: id };
+            let fleet = Arc::clone(&self.state);
+            tokio::spawn(run_process(process, listener, side, killed, !self.hold_ready.load(SeqCst), fleet));
+            handles.push(handle);
+        }
+        Ok(handles)
+    }
+}
+
+/// What a fake process answers with.
+#[derive(Clone)]
+struct FakeProcess {
+    group: GroupId,
+    index: usize,
+    launch_id: String,
+}
+
+/// A fake `squall run`: serves `/v1/status` and attributes (naming itself) until it is signalled
+/// or killed, then reports its exit.
+async fn run_process(
+    p: FakeProcess,
+    listener: std::net::TcpListener,
+    side: ProcessSide,
+    killed: oneshot::Receiver<()>,
+    announce: bool,
+    fleet: Arc<Mutex<FakeState>>,
+) {
+    let ProcessSide { events, mut signals } = side;
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = Router::new()
+        .route(
+            "/v1/status",
+            get(|State(p): State<FakeProcess>| async move {
+                axum::Json(RunStatus {
+                    group_id: p.group.to_string(),
+                    applied: 10,
+                    launch_id: Some(p.launch_id),
+                    ..Default::default()
+                })
+            }),
+        )
+        .route(
+            "/v1/users/{user}/attributes",
+            get(|State(p): State<FakeProcess>, Path(user): Path<String>| async move {
+                axum::Json(json!({ "user_id": user, "group_id": p.group, "process": p.index }))
+            }),
+        )
+        .with_state(p.clone());
+    let (stop_server, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(squall::http::serve(listener, router, async {
+        let _ = stopped.await;
+    }));
+    if announce {
+        let _ = events.send(ProcessEvent::Ready(url));
+    }
+    let why = tokio::select! {
+        s = signals.recv() => match s {
+            Some(Signal::Terminate) => "exit status: 0",
+            Some(Signal::Kill) | None => "signal: 9 (SIGKILL)",
+        },
+        _ = killed => "signal: 9 (SIGKILL)",
+    };
+    let _ = stop_server.send(());
+    let _ = server.await;
+    // Gone before it says so, as a real process is.
+    {
+        let mut fleet = fleet.lock().unwrap();
+        fleet.kills.remove(&(p.group.clone(), p.index));
+        *fleet.alive.entry(p.group.clone()).or_default() -= 1;
+    }
+    let _ = events.send(ProcessEvent::Exited(format!("process {} exited ({why}); log tail:\n", p.index)));
+}
+
+/// Lag readings set by the test; a lag source that can hang, as a broker that does not answer.
+#[derive(Default)]
+struct FakeLag {
+    lag: Mutex<HashMap<GroupId, i64>>,
+    /// Groups that have committed offsets.
+    committed: Mutex<HashSet<GroupId>>,
+    hang: (Mutex<bool>, Condvar),
+}
+
+impl FakeLag {
+    fn set(&self, group: &str, lag: i64) {
+        self.lag.lock().unwrap().insert(g(group), lag);
+    }
+
+    fn hang(&self, on: bool) {
+        *self.hang.0.lock().unwrap() = on;
+        self.hang.1.notify_all();
+    }
+}
+
+impl LagSource for FakeLag {
+    fn lag(&self, group: &GroupId, inputs: &Inputs) -> Result<Vec<PartitionLag>, KafkaSetupError> {
+        drop(self.hang.1.wait_while(self.hang.0.lock().unwrap(), |hung| *hung).unwrap());
+        let lag = self.lag.lock().unwrap().get(group).copied().unwrap_or(0);
+        let topic = inputs.topics[0].0.clone();
+        Ok(vec![PartitionLag { topic, partition: 0, committed: Some(100 - lag), high_watermark: 100, lag }])
+    }
+
+    fn committed(&self, group: &GroupId, inputs: &Inputs) -> Result<BTreeMap<Partition, i64>, KafkaSetupError> {
+        let mut found = BTreeMap::new();
+        if self.committed.lock().unwrap().contains(group) {
+            found.insert(Partition { topic: inputs.topics[0].0.clone(), partition: 0 }, 7);
+        }
+        Ok(found)
+    }
+}
+
+// ---------------------------------------------------------------- harness
+
+/// A control plane with fakes, serving its API on a loopback port.
+struct Harness {
+    control: Arc<Control>,
+    url: String,
+    launcher: Arc<FakeLauncher>,
+    lag: Arc<FakeLag>,
+    dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = std::env::temp_dir().join(format!(
+            "squall-control-{}-{}",
+            std::process::id(),
+            launch_id() // unique enough for concurrent tests
+        ));
+        Harness::start_in(dir, Arc::default(), Arc::default()).await
+    }
+
+    async fn start_in(dir: PathBuf, launcher: Arc<FakeLauncher>, lag: Arc<FakeLag>) -> Harness {
+        let cfg = ServerConfig {
+            state_dir: StateDir::new(&dir),
+            token: TOKEN.into(),
+            brokers: Some("127.0.0.1:1".into()),
+            cql: None,
+            program: PathBuf::from("/fake/squall"),
+            catch_up_lag: 10,
+            poll_every: Duration::from_millis(10),
+        };
+        let control = Control::start(cfg, launcher.clone(), lag.clone()).await.expect("control plane");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(squall::http::serve(listener, api::router(control.clone()), std::future::pending()));
+        Harness { control, url, launcher, lag, dir, http: reqwest::Client::new() }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(format!("{}{path}", self.url)).send().await.expect("GET");
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("POST");
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Deploys `version` of the shipped topology; the answer.
+    async fn deploy(&self, body: Value) -> (u16, Value) {
+        let mut body = body;
+        body["topology_toml"] = TOPOLOGY.into();
+        self.post("/v1/deployments", Some(body), Some(TOKEN)).await
+    }
+
+    /// Waits until `check` holds of `group`'s detail; the detail.
+    async fn wait(&self, group: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, d) = self.get(&format!("/v1/deployments/{group}")).await;
+            if check(&d) {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {group} to be {what}: {d}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn wait_state(&self, group: &str, state: &str) -> Value {
+        self.wait(group, state, |d| d["state"] == state).await
+    }
+
+    /// Who answers `user`'s query (with `query` appended): (status, group id, process).
+    async fn ask(&self, user: &str, query: &str) -> (u16, Value) {
+        self.get(&format!("/v1/users/{user}/attributes{query}")).await
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_deploy_promote_answer_and_roll_back_in_process() {
+    let h = Harness::start().await;
+    let (status, v1) = h.deploy(json!({ "version": 1 })).await;
+    assert_eq!(status, 201, "{v1}");
+    assert_eq!((v1["group_id"].as_str(), v1["start_from"].as_str()), (Some("personalization-v1"), Some("earliest")));
+    h.wait_state("personalization-v1", "running").await;
+    h.wait("personalization-v1", "counted", |d| d["status"]["applied"] == 10).await;
+    assert_eq!(h.ask("u1", "").await.0, 503, "nothing promoted yet");
+    let (status, body) = h.post("/v1/deployments/personalization-v1/promote", None, Some(TOKEN)).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("promoted")), "{body}");
+    let (status, body) = h.ask("u1", "").await;
+    assert_eq!((status, body["group_id"].as_str()), (200, Some("personalization-v1")));
+
+    // Version 2 with two processes, beside version 1, catching up first.
+    h.lag.set("personalization-v2", 1000);
+    let (status, v2) = h.deploy(json!({ "version": 2, "processes": 2, "workers": 3 })).await;
+    assert_eq!(status, 201, "{v2}");
+    h.wait_state("personalization-v2", "catching-up").await;
+    h.lag.set("personalization-v2", 5);
+    let d = h.wait_state("personalization-v2", "running").await;
+    assert_eq!(d["urls"].as_array().map(Vec::len), Some(2), "{d}");
+    for user in ["u1", "u2", "u3", "alice", "bob"] {
+        let (status, body) = h.ask(user, "?group=personalization-v2").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["process"], squall::cluster::owner_process(user, 3, 2), "{user} goes to its owner: {body}");
+    }
+    h.post("/v1/deployments/personalization-v2/promote", None, Some(TOKEN)).await;
+    assert_eq!(h.ask("u1", "").await.1["group_id"], "personalization-v2");
+    assert_eq!(h.ask("u1", "?topology=personalization").await.1["group_id"], "personalization-v2");
+
+    // Roll back: v1 answers at once, v2's processes are gone.
+    let (status, r) = h.post("/v1/deployments/personalization-v1/rollback", None, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["promoted"]["group_id"].as_str(), &r["stopped"]),
+        (Some("personalization-v1"), &json!(["personalization-v2"]))
+    );
+    assert_eq!(h.launcher.alive("personalization-v2"), 0, "v2's processes exited before the answer");
+    assert_eq!(h.ask("u1", "").await.1["group_id"], "personalization-v1");
+    let (status, body) = h.ask("u1", "?group=personalization-v2").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["detail"], "state: stopped");
+    let (_, d) = h.get("/v1/deployments/personalization-v2").await;
+    assert_eq!((d["state"].as_str(), d["urls"].as_array().map(Vec::len)), (Some("stopped"), Some(0)), "{d}");
+
+    // The promoted version cannot be stopped; a stopped one cannot be promoted or stopped again.
+    let (status, body) = h.post("/v1/deployments/personalization-v1/stop", None, Some(TOKEN)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["message"], "personalization-v1 is the promoted version of personalization");
+    assert_eq!(h.post("/v1/deployments/personalization-v2/promote", None, Some(TOKEN)).await.0, 409);
+    assert_eq!(h.post("/v1/deployments/personalization-v2/stop", None, Some(TOKEN)).await.0, 409);
+    let (_, list) = h.get("/v1/deployments").await;
+    let states: Vec<&str> = list.as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["promoted", "stopped"]);
+    h.control.shutdown().await;
+    assert_eq!(h.launcher.alive("personalization-v1"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_process_dies_is_restarted_whole() {
+    let h = Harness::start().await;
+    h.deploy(json!({ "processes": 2 })).await;
+    let before = h.wait_state("personalization-v1", "running").await;
+    let old_urls = before["urls"].clone();
+    h.launcher.kill("personalization-v1", 1);
+    let d =
+        h.wait("personalization-v1", "restarted and serving", |d| d["restarts"] == 1 && d["state"] == "running").await;
+    assert!(d["last_error"].as_str().unwrap().starts_with("process 1 exited (signal: 9 (SIGKILL))"), "{d}");
+    assert_ne!(d["urls"], old_urls, "a new run, on new addresses");
+    assert_eq!((h.launcher.starts("personalization-v1"), h.launcher.alive("personalization-v1")), (2, 2));
+    h.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_start_fails_then_is_retried() {
+    let h = Harness::start().await;
+    h.launcher.with(|s| s.fail_starts = 1);
+    h.deploy(json!({})).await;
+    let d = h.wait("personalization-v1", "failed", |d| d["restarts"] == 1).await;
+    assert!(d["last_error"].as_str().unwrap().contains("cannot start /fake/squall"), "{d}");
+    h.wait_state("personalization-v1", "running").await;
+    h.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_change_nothing_say_why() {
+    let h = Harness::start().await;
+    let deploy = json!({ "topology_toml": TOPOLOGY });
+    let (status, body) = h.post("/v1/deployments", Some(deploy.clone()), None).await;
+    assert_eq!((status, body["error"]["status"].as_u64()), (401, Some(401)), "{body}");
+    assert_eq!(h.post("/v1/deployments", Some(deploy), Some("wrong-wrong-wrong-wrong")).await.0, 403);
+    let (status, body) = h.post("/v1/deployments/a%0Ab/promote", None, Some(TOKEN)).await;
+    assert_eq!((status, body["error"]["message"].as_str()), (400, Some("invalid group id")), "{body}");
+    let (status, body) = h.post("/v1/deployments/nope-v1/promote", None, Some(TOKEN)).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["message"], "no deployment with group id \"nope-v1\"");
+    let (status, body) = h.deploy(json!({ "start_from": "yesterday" })).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["message"], "start_from \"yesterday\": use earliest, latest or group:<group id>");
+    let (status, body) = h.deploy(json!({ "start_from": "group:elsewhere-v1" })).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("has committed no offsets"), "{body}");
+    let (status, body) = h.deploy(json!({ "workers": 0 })).await;
+    assert_eq!((status, body["error"]["message"].as_str()), (400, Some("workers = 0: use 1..=256")));
+    assert_eq!(h.get("/v1/deployments").await.1, json!([]), "nothing changed");
+    assert_eq!(h.launcher.starts("personalization-v1"), 0);
+
+    // A group that committed offsets elsewhere is a valid start.
+    h.lag.committed.lock().unwrap().insert(g("elsewhere-v1"));
+    h.launcher.hold_ready.store(true, SeqCst);
+    let (status, body) = h.deploy(json!({ "start_from": "group:elsewhere-v1" })).await;
+    assert_eq!((status, body["start_from"].as_str()), (201, Some("group:elsewhere-v1")), "{body}");
+    let (status, body) = h.deploy(json!({})).await;
+    assert_eq!((status, body["error"]["message"].as_str()), (409, Some("personalization-v1 is already deployed")));
+    // Not serving yet: cannot be promoted, and queries say so.
+    let (status, body) = h.post("/v1/deployments/personalization-v1/promote", None, Some(TOKEN)).await;
+    assert_eq!((status, body["error"]["detail"].as_str()), (409, Some("state: starting")), "{body}");
+    let (status, body) = h.ask("u1", "?group=personalization-v1").await;
+    assert_eq!((status, body["error"]["detail"].as_str()), (503, Some("state: starting")), "{body}");
+    let (status, _) = h.get(&format!("/v1/users/{}/attributes", "u".repeat(300))).await;
+    assert_eq!(status, 400);
+    assert_eq!(h.get("/v1/deployments/nope-v1").await.0, 404);
+    assert_eq!(h.get("/v1/deployments/personalization-v1/logs").await.0, 200);
+    h.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_resumes_its_deployments_and_promotion() {
+    let h = Harness::start().await;
+    h.deploy(json!({})).await;
+    h.wait_state("personalization-v1", "running").await;
+    h.post("/v1/deployments/personalization-v1/promote", None, Some(TOKEN)).await;
+    h.deploy(json!({ "version": 2 })).await;
+    h.wait_state("personalization-v2", "running").await;
+    h.post("/v1/deployments/personalization-v2/stop", None, Some(TOKEN)).await;
+    h.control.shutdown().await;
+    assert_eq!(h.launcher.alive("personalization-v1"), 0);
+
+    let again = Harness::start_in(h.dir.clone(), h.launcher.clone(), h.lag.clone()).await;
+    again.wait_state("personalization-v1", "promoted").await;
+    assert_eq!(again.ask("u1", "").await.1["group_id"], "personalization-v1");
+    assert_eq!(again.get("/v1/deployments/personalization-v2").await.1["state"], "stopped");
+    assert_eq!((h.launcher.starts("personalization-v1"), h.launcher.starts("personalization-v2")), (2, 1));
+    again.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_and_commands_do_not_wait_for_a_hung_broker() {
+    let h = Harness::start().await;
+    h.lag.hang(true);
+    h.deploy(json!({})).await;
+    // The monitor is stuck in the lag source: the lag is unknown, so the version catches up.
+    h.wait_state("personalization-v1", "catching-up").await;
+    let (status, body) = h.post("/v1/deployments/personalization-v1/promote", None, Some(TOKEN)).await;
+    assert_eq!((status, body["state"].as_str(), body["promoted"].as_bool()), (200, Some("catching-up"), Some(true)));
+    let (status, body) = h.ask("u1", "").await;
+    assert_eq!((status, body["group_id"].as_str()), (200, Some("personalization-v1")), "{body}");
+    h.lag.hang(false);
+    h.wait_state("personalization-v1", "promoted").await;
+    h.control.shutdown().await;
+}
