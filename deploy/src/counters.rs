@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 use squall_enrichment::{Enricher, EnricherStats};
+use squall_feeds::FeedStatus;
 use squall_operators::DlqReason;
 use squall_operators::UserStore;
 
@@ -38,6 +39,10 @@ pub struct RunStatus {
     /// processes from others at the same address.
     #[serde(default)]
     pub launch_id: Option<String>,
+    /// The version's attribute feeds: lag in epochs, users waiting, whether failing.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub feeds: Vec<FeedStatus>,
 }
 
 impl RunStatus {
@@ -58,6 +63,7 @@ impl RunStatus {
                 enrich_degraded,
                 recovered_cut,
                 launch_id: _,
+                feeds,
             } = s;
             sum.group_id.clone_from(group_id);
             sum.applied += applied;
@@ -69,6 +75,25 @@ impl RunStatus {
             sum.enrich_errors += enrich_errors;
             sum.enrich_degraded += enrich_degraded;
             sum.recovered_cut = sum.recovered_cut.or(*recovered_cut);
+            for f in feeds {
+                match sum.feeds.iter_mut().find(|t| t.feed == f.feed) {
+                    None => sum.feeds.push(f.clone()),
+                    // A version's feed is as far as its slowest process's.
+                    Some(t) => {
+                        t.latest_cut = t.latest_cut.max(f.latest_cut);
+                        t.written_cut = t.written_cut.min(f.written_cut);
+                        t.lag_cuts = t.lag_cuts.max(f.lag_cuts);
+                        t.pending_users += f.pending_users;
+                        t.failing_for_s = match (t.failing_for_s, f.failing_for_s) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                        if t.last_error.is_none() {
+                            t.last_error.clone_from(&f.last_error);
+                        }
+                    }
+                }
+            }
         }
         sum
     }

@@ -38,6 +38,8 @@ pub struct Api {
     pub recovered_cut: Option<u64>,
     /// The id the process was started with (`--launch-id`).
     pub launch_id: Option<String>,
+    /// The version's attribute feeds, if any is on.
+    pub feeds: Option<Arc<squall_feeds::Feeds>>,
     /// Where the other processes of a multi-process version are (queries for their users go there).
     pub routing: Option<Routing>,
 }
@@ -226,6 +228,7 @@ async fn status(State(api): State<Arc<Api>>) -> Json<RunStatus> {
         group_id: api.group_id.clone(),
         recovered_cut: api.recovered_cut,
         launch_id: api.launch_id.clone(),
+        feeds: api.feeds.as_ref().map(|f| f.statuses()).unwrap_or_default(),
         ..api.counters.status()
     })
 }
@@ -384,6 +387,7 @@ mod tests {
             counters,
             recovered_cut: None,
             launch_id: Some("0123456789abcdef".into()),
+            feeds: None,
             routing: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -370,6 +370,7 @@ async fn serve_version(
         counters,
         recovered_cut: running.recovered_cut,
         launch_id,
+        feeds: running.feeds.clone(),
         routing,
     });
     let addr = listener.local_addr()?;

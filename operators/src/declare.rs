@@ -652,6 +652,84 @@ impl AttributeDecl {
     }
 }
 
+/// Names an attribute may not take: the profile table's own columns (`squall_feeds`) and the
+/// words CQL reserves (an attribute is a column of that table, and the dev CQL server cannot
+/// quote identifiers).
+const RESERVED: [&str; 5] = ["user_id", "cut", "written_at_ms", "events", "events_hash"];
+const CQL_RESERVED: [&str; 71] = [
+    "add",
+    "aggregate",
+    "all",
+    "allow",
+    "alter",
+    "and",
+    "any",
+    "apply",
+    "as",
+    "asc",
+    "authorize",
+    "batch",
+    "begin",
+    "by",
+    "columnfamily",
+    "create",
+    "delete",
+    "desc",
+    "describe",
+    "drop",
+    "each_quorum",
+    "entries",
+    "execute",
+    "from",
+    "full",
+    "grant",
+    "if",
+    "in",
+    "index",
+    "inet",
+    "infinity",
+    "insert",
+    "into",
+    "keyspace",
+    "keyspaces",
+    "limit",
+    "local_one",
+    "local_quorum",
+    "materialized",
+    "modify",
+    "nan",
+    "norecursive",
+    "not",
+    "of",
+    "on",
+    "one",
+    "order",
+    "partition",
+    "password",
+    "per",
+    "primary",
+    "quorum",
+    "rename",
+    "revoke",
+    "schema",
+    "select",
+    "set",
+    "table",
+    "to",
+    "token",
+    "three",
+    "truncate",
+    "two",
+    "unlogged",
+    "update",
+    "use",
+    "using",
+    "view",
+    "where",
+    "with",
+    "null",
+];
+
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     name.len() <= 64
@@ -676,6 +754,16 @@ impl Declaration {
                 return Err(err(
                     i,
                     format!("name {:?}: use 1-64 characters from [a-z0-9_], starting with a letter", d.name),
+                ));
+            }
+            if RESERVED.contains(&d.name.as_str()) || CQL_RESERVED.contains(&d.name.as_str()) {
+                return Err(err(
+                    i,
+                    format!(
+                        "name {:?} is reserved (a column of the profile table, or a CQL keyword): pick another, e.g. {:?}",
+                        d.name,
+                        format!("{}_n", d.name)
+                    ),
                 ));
             }
             if let Some(j) = decls[..i].iter().position(|o| o.name == d.name) {
@@ -859,8 +947,13 @@ mod tests {
         let mut bad = decls.clone();
         bad[1].name = "plays".into();
         assert!(Declaration::new(&bad).unwrap_err().message.contains("already used"));
-        let mut bad = decls;
+        let mut bad = decls.clone();
         bad[0].name = "Plays".into();
         assert!(Declaration::new(&bad).unwrap_err().message.contains("[a-z0-9_]"));
+        for reserved in ["limit", "events", "user_id"] {
+            let mut bad = decls.clone();
+            bad[1].name = reserved.into();
+            assert!(Declaration::new(&bad).unwrap_err().message.contains("is reserved"), "{reserved}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 pub mod attributes;
 pub mod checkpoint;
 pub mod checkpoint_cql;
+pub mod compare;
 pub mod dead_letter;
 pub mod declare;
 pub mod dedup;
@@ -21,6 +22,6 @@ pub use declare::{AttributeDecl, Declaration};
 pub use enrich::EnrichWith;
 pub use event::{DecodeError, DecodeLimits, DlqReason, Event, EventKind};
 pub use maintain::{CheckpointHook, MaintainAttributes};
-pub use plan::{Plan, UserSnapshot, UserState};
+pub use plan::{Evidence, Plan, UserSnapshot, UserState};
 pub use source::{ConsumeKafka, DeadLetter, Epoch, Partition, SourceConfig, StartFrom};
 pub use store::{UserStore, user_hash};

@@ -11,6 +11,7 @@
 //! | attribute | words (4 bytes each) |
 //! |---|---|
 //! | the user's clock (always) | 2 |
+//! | the evidence of what was applied (always): events and a hash of their keys | 3 |
 //! | `count` | 1; windowed: 1 per tile |
 //! | `sum`, `min`, `max` | 2; windowed: 2 per tile |
 //! | `last` | 4 |
@@ -284,6 +285,8 @@ impl Plan {
         // The clock: words 0..2.
         let clock = layout.take(2);
         layout.inits.push((clock, i64::MIN as u64));
+        // The evidence of what was applied: words 2 (events) and 3..5 (their keys' hash sum).
+        layout.take(3);
         let mut readers = Vec::with_capacity(declaration.attributes.len());
         let (mut song, mut ad, mut windowed) = (Vec::new(), Vec::new(), Vec::new());
         for (i, attribute) in declaration.attributes.iter().enumerate() {
@@ -436,6 +439,20 @@ pub struct UserState {
     words: Box<[u32]>,
 }
 
+/// Offset of the count of events applied.
+const EVENTS: u32 = 2;
+/// Offset of the sum of the applied events' dedup keys.
+const EVENTS_HASH: u32 = 3;
+
+/// What a [`UserState`] has applied; see [`UserState::evidence`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Events applied (saturating at 2^32 - 1).
+    pub events: u32,
+    /// Sum of the low 64 bits of their dedup keys.
+    pub hash: u64,
+}
+
 /// A [`UserState`] with symbols replaced by names: what checkpoints store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSnapshot {
@@ -542,6 +559,17 @@ impl UserState {
         &self.words
     }
 
+    /// What was applied to this state: how many events, and the sum (mod 2^64) of the low 64 bits
+    /// of their dedup keys. Two states that applied the same events have the same evidence
+    /// whatever order the events came in; different events give different evidence but for a
+    /// 2^-64 chance. 12 bytes per user; what a diff of two versions compares users on.
+    pub fn evidence(&self) -> Evidence {
+        if self.words.is_empty() {
+            return Evidence::default();
+        }
+        Evidence { events: self.words[EVENTS as usize], hash: get64(&self.words, EVENTS_HASH) }
+    }
+
     /// The user's clock: the largest `ts` of their events; `None` before the first.
     pub fn clock(&self) -> Option<i64> {
         if self.words.is_empty() {
@@ -596,6 +624,9 @@ impl UserState {
             }
             set64(&mut self.words, 0, a.ts as u64);
         }
+        self.words[EVENTS as usize] = self.words[EVENTS as usize].saturating_add(1);
+        let hash = get64(&self.words, EVENTS_HASH).wrapping_add(a.dedup_key as u64);
+        set64(&mut self.words, EVENTS_HASH, hash);
         let updates = match a.what {
             What::Play { .. } => &plan.song,
             What::Ad { .. } => &plan.ad,
@@ -1195,11 +1226,12 @@ mod tests {
             "ad_categories count by=ad.category",
             "last_seen_ts max field=ts",
         ]);
-        assert_eq!(u.plan.fixed_words(), 7, "clock, 3 counters, 2 map lengths (last_seen_ts is the clock)");
+        assert_eq!(u.plan.fixed_words(), 10, "clock, evidence, 3 counters, 2 map lengths (last_seen_ts is the clock)");
         u.play("rock", 1_000, T0 + 5);
         u.play("rock", 60_000, T0);
         u.ad("cars", T0 + 1);
-        assert_eq!(u.state.words().len(), 7 + 2 + 2);
+        assert_eq!(u.state.words().len(), 10 + 2 + 2);
+        assert_eq!(u.state.evidence().events, 3);
         assert_eq!(
             u.json(),
             r#"{"plays":2,"skips":1,"genre_plays":{"rock":2},"top_genres":["rock"],"ad_impressions":1,"ad_categories":{"cars":1},"last_seen_ts":1763750000005}"#

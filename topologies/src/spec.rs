@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use squall_enrichment::EnrichConfig;
+use squall_feeds::FeedSpec;
 use squall_operators::{Declaration, StartFrom};
 
 /// A topology version: what it reads, what it computes, where it keeps and serves it.
@@ -38,6 +39,8 @@ pub struct TopologySpec {
     pub runtime: RuntimeSpec,
     /// HTTP settings.
     pub http: HttpSpec,
+    /// Attribute feeds: the CQL profile table and the changelog topic.
+    pub feed: FeedSpec,
 }
 
 /// One version a topology file declares.
@@ -77,6 +80,7 @@ struct FileSpec {
     state: StateSpec,
     runtime: RuntimeSpec,
     http: HttpSpec,
+    feed: FeedSpec,
 }
 
 /// `[kafka]`.
@@ -294,6 +298,7 @@ impl TopologySpec {
             state: file.state,
             runtime: file.runtime,
             http: file.http,
+            feed: file.feed,
         };
         spec.validate()?;
         Ok(spec)
@@ -378,6 +383,7 @@ struct Defaults {
     state: StateSpec,
     runtime: RuntimeSpec,
     http: HttpSpec,
+    feed: FeedSpec,
 }
 
 #[cfg(test)]

@@ -26,6 +26,10 @@ use timely::communication::WorkerGuards;
 use timely::dataflow::operators::{Inspect, Probe};
 
 pub use self::committer::CommitterError;
+use squall_feeds::Feeds;
+use squall_feeds::changelog::ChangelogSink;
+use squall_feeds::profile::ProfileSink;
+
 use crate::cluster::Cluster;
 use crate::counters::DeadLetters;
 use crate::kafka::{self, Inputs, KafkaSetupError};
@@ -58,6 +62,9 @@ pub enum StartError {
         #[source]
         source: Box<KafkaSetupError>,
     },
+    /// An attribute feed could not start (its table, topic or progress).
+    #[error("start the attribute feeds: {0}")]
+    Feeds(#[source] squall_feeds::FeedError),
     /// timely could not start the workers or build the dataflow.
     #[error("start the timely workers: {0}")]
     Dataflow(String),
@@ -85,9 +92,12 @@ pub struct Running {
     pub dead_letters: Arc<DeadLetters>,
     /// The cut the state was recovered from, if any.
     pub recovered_cut: Option<Epoch>,
+    /// Its attribute feeds, if any is on.
+    pub feeds: Option<Arc<Feeds>>,
     shutdown: Arc<AtomicBool>,
     guards: WorkerGuards<Result<(), String>>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    /// The threads that take the workers' parts: the tee to the feeds, then the checkpoint writer.
+    writers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -100,12 +110,19 @@ impl Running {
     pub fn join(self) -> Result<(), String> {
         let result =
             self.guards.join().into_iter().map(|r| r.and_then(|w| w)).collect::<Result<Vec<()>, String>>().map(|_| ());
-        if let Some(writer) = self.writer {
+        for writer in self.writers {
             let _ = writer.join();
+        }
+        if let Some(feeds) = self.feeds {
+            // What is complete goes out before the process exits.
+            feeds.stop(FEED_GRACE);
         }
         result
     }
 }
+
+/// How long a stopping version waits for its feeds to write the cuts that are complete.
+const FEED_GRACE: Duration = Duration::from_secs(10);
 
 /// Where this process's workers sit among a version's: timely numbers workers process by
 /// process, so process `p` runs workers `p * workers .. (p + 1) * workers` of `workers * processes`.
@@ -165,14 +182,17 @@ pub async fn start(
         preload::preload_catalogue(&enricher, &group_id, Arc::clone(&shutdown), &runtime).await;
     }
 
-    let (recovery, checkpoints) = match open_checkpoints(&spec, session, &group_id, &runtime).await? {
+    let checkpoint_store = open_checkpoints(&spec, Arc::clone(&session), &group_id, &runtime).await?;
+    let feeds = start_feeds(&spec, &store, session, &layout, checkpoint_store.is_none(), &runtime).await?;
+    let (recovery, writer) = match checkpoint_store {
         None => (Recovery::default(), None),
         Some(ckpt) => {
-            let (ckpt, recovery) = recover(ckpt, &layout, &store, &group_id).await?;
-            let writer = start_writer(ckpt, &spec, &layout)?;
+            let (ckpt, recovery) = recover(ckpt, &layout, &store, &group_id, feeds.as_deref()).await?;
+            let writer = start_writer(ckpt, &spec, &layout, feeds.clone())?;
             (recovery, Some(writer))
         }
     };
+    let parts = tee_parts(writer, feeds.clone()).map_err(|e| StartError::Dataflow(e.to_string()))?;
     let resume_at = start_offsets(&spec, &partitions, &recovery).await?;
     let start_epoch = recovery.cut.unwrap_or(0).max(epoch_now(spec.state.epoch));
     let dead_letters = Arc::new(DeadLetters::default());
@@ -199,7 +219,7 @@ pub async fn start(
             pending,
             dedup_horizon_ms: spec.state.dedup_horizon.as_millis() as i64,
         },
-        checkpoints: checkpoints
+        checkpoints: parts
             .as_ref()
             .map(|w| CheckpointParts { parts: w.parts.clone(), dedup: Mutex::new(recovery.dedup) }),
         start_epoch,
@@ -214,9 +234,10 @@ pub async fn start(
         enricher,
         dead_letters,
         recovered_cut: recovery.cut,
+        feeds,
         shutdown,
         guards,
-        writer: checkpoints.map(|w| w.thread),
+        writers: parts.map(|w| w.threads).unwrap_or_default(),
     })
 }
 
@@ -269,6 +290,7 @@ async fn recover(
     layout: &Layout,
     store: &UserStore,
     group_id: &str,
+    feeds: Option<&Feeds>,
 ) -> Result<(Box<dyn CheckpointStore>, Recovery), StartError> {
     let started = std::time::Instant::now();
     let tidies = layout.tidies();
@@ -296,6 +318,9 @@ async fn recover(
             store.shard(owner).insert(user.as_str().into(), state);
         }
     }
+    if let Some(feeds) = feeds {
+        feeds.recovered(rec.cut, rec.users.iter().filter(|(u, _)| local.contains(&store.owner(u))));
+    }
     for entry in rec.dedup {
         let owner = (entry.0 % layout.peers() as u64) as usize;
         if local.contains(&owner) {
@@ -307,25 +332,110 @@ async fn recover(
     Ok((ckpt, recovery))
 }
 
-/// The checkpoint writer's thread and where parts go to it.
-struct Writer {
+/// Where the workers' parts go, and the threads that take them.
+struct Parts {
     parts: crossbeam_channel::Sender<Part>,
-    thread: std::thread::JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Step: the checkpoint writer, committing each complete cut's offsets.
-fn start_writer(ckpt: Box<dyn CheckpointStore>, spec: &TopologySpec, layout: &Layout) -> Result<Writer, StartError> {
+/// Step: the checkpoint writer, committing each complete cut's offsets and telling the feeds.
+fn start_writer(
+    ckpt: Box<dyn CheckpointStore>,
+    spec: &TopologySpec,
+    layout: &Layout,
+    feeds: Option<Arc<Feeds>>,
+) -> Result<Parts, StartError> {
     let group_id = spec.group_id();
-    let committer = committer::offset_committer(&spec.kafka.brokers, &group_id).map_err(StartError::Committer)?;
+    let mut committer = committer::offset_committer(&spec.kafka.brokers, &group_id).map_err(StartError::Committer)?;
+    let on_complete = move |cut: Epoch, offsets: &[(Partition, i64)]| {
+        committer(cut, offsets);
+        if let Some(feeds) = &feeds {
+            feeds.complete(cut);
+        }
+    };
     let (parts, thread) = checkpoint::spawn_writer(
         ckpt,
         group_id,
         checkpoint::Layout { local: layout.workers, global: layout.peers(), compacts: layout.tidies() },
         spec.state.compact_every,
         spec.state.dedup_horizon.as_millis() as i64,
-        committer,
+        on_complete,
     );
-    Ok(Writer { parts, thread })
+    Ok(Parts { parts, threads: vec![thread] })
+}
+
+/// Step: the attribute feeds the topology turns on. Without a checkpoint store
+/// (`complete_on_parts`), a cut is complete for the feeds once this process's workers produced it.
+async fn start_feeds(
+    spec: &TopologySpec,
+    store: &UserStore,
+    session: Arc<scylla::client::session::Session>,
+    layout: &Layout,
+    complete_on_parts: bool,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<Arc<Feeds>>, StartError> {
+    let f = &spec.feed;
+    if !f.any() {
+        return Ok(None);
+    }
+    let version = squall_feeds::Version {
+        topology: spec.name.clone(),
+        version: spec.version,
+        group_id: spec.group_id(),
+        plan: Arc::clone(store.plan()),
+        symbols: store.symbols().clone(),
+    };
+    let keyspace = &spec.cql.keyspace;
+    let mut sinks: Vec<(Box<dyn squall_feeds::Sink>, Option<Epoch>)> = Vec::new();
+    if f.profile {
+        let (sink, written) =
+            ProfileSink::open(version.clone(), Arc::clone(&session), keyspace, f.max_in_flight, runtime.clone())
+                .await
+                .map_err(StartError::Feeds)?;
+        sinks.push((Box::new(sink), written));
+    }
+    if f.changelog {
+        let (sink, written) = ChangelogSink::open(
+            version,
+            &spec.kafka.brokers,
+            f.changelog_partitions,
+            f.changelog_replication,
+            session,
+            keyspace,
+            runtime.clone(),
+        )
+        .await
+        .map_err(StartError::Feeds)?;
+        sinks.push((Box::new(sink), written));
+    }
+    let feeds = Feeds::start(sinks, complete_on_parts.then_some(layout.workers), f.deadline)
+        .map_err(|e| StartError::Dataflow(format!("cannot start the feed threads: {e}")))?;
+    tracing::info!(group_id = %spec.group_id(), profile = f.profile, changelog = f.changelog, "attribute feeds started");
+    Ok(Some(Arc::new(feeds)))
+}
+
+/// Step: where the workers send their parts: straight to the checkpoint writer, or, with feeds,
+/// through a thread that hands the feeds a copy first. `None` when neither is on.
+fn tee_parts(writer: Option<Parts>, feeds: Option<Arc<Feeds>>) -> std::io::Result<Option<Parts>> {
+    let Some(feeds) = feeds else { return Ok(writer) };
+    let (tx, rx) = crossbeam_channel::unbounded::<Part>();
+    let (to_writer, mut threads) = match writer {
+        Some(w) => (Some(w.parts), w.threads),
+        None => (None, Vec::new()),
+    };
+    let tee = std::thread::Builder::new().name("feed-tee".into()).spawn(move || {
+        for part in rx {
+            feeds.part(&part);
+            if let Some(w) = &to_writer
+                && w.send(part).is_err()
+            {
+                tracing::error!("checkpoint writer is gone; parts go to the feeds only");
+            }
+        }
+    })?;
+    // The tee first: it ends when the workers are done, and its end closes the writer's channel.
+    threads.insert(0, tee);
+    Ok(Some(Parts { parts: tx, threads }))
 }
 
 /// Step: where each partition starts. A recovered cut's offsets; without a checkpoint, the
@@ -400,7 +510,14 @@ fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Re
             let hook = d.checkpoints.as_ref().map(|c| CheckpointHook {
                 offsets,
                 parts: c.parts.clone(),
-                restore_dedup: std::mem::take(&mut c.dedup.lock().unwrap_or_else(|p| p.into_inner())[scope.index()]),
+                // No recovery (no checkpoint store, only feeds): nothing to restore.
+                restore_dedup: c
+                    .dedup
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(scope.index())
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
                 first_epoch: d.start_epoch,
             });
             let (probe, _) = personalization::dataflow(events, &d.ctx, hook).probe();

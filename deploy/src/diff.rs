@@ -1,0 +1,387 @@
+//! `squall diff <a> <b>`: a live, exact comparison of two versions, read from their changelog
+//! topics (`[feed] changelog = true`) so that it costs the versions nothing but the feed, and
+//! works whatever their number of processes. A [`DiffSession`] reads both topics from the start
+//! and keeps reading; each user's latest message per side feeds the differential comparison of
+//! [`squall_operators::compare`], whose counts make the [`DiffReport`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use differential_dataflow::input::{Input, InputSession};
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::{Deserialize, Serialize};
+use squall_operators::Evidence;
+use squall_operators::compare::{CompareWith, Difference, Pending, Record};
+
+/// The relative tolerance float attributes are compared with.
+pub const TOLERANCE: f64 = 1e-9;
+/// Differences kept as a sample.
+pub const SAMPLE: usize = 20;
+
+/// Agreement of one attribute present in both versions, over the users compared.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttributeAgreement {
+    /// The attribute.
+    pub name: String,
+    /// Users whose values agree.
+    pub agree: u64,
+    /// Users whose values differ.
+    pub differ: u64,
+}
+
+/// Users in both versions not compared yet, by why.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NotComparable {
+    /// Version `a` applied more of the user's events (b is behind).
+    pub a_ahead: u64,
+    /// Version `b` applied more of the user's events.
+    pub b_ahead: u64,
+    /// As many events, but not the same ones (e.g. different dedup horizons).
+    pub other_events: u64,
+    /// Only in `a` so far.
+    pub only_in_a: u64,
+    /// Only in `b` so far.
+    pub only_in_b: u64,
+}
+
+/// One differing value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DifferingValue {
+    /// The user.
+    pub user_id: String,
+    /// The attribute.
+    pub attribute: String,
+    /// Its value in `a` (JSON).
+    #[schema(value_type = Object)]
+    pub a: serde_json::Value,
+    /// Its value in `b` (JSON).
+    #[schema(value_type = Object)]
+    pub b: serde_json::Value,
+}
+
+/// `GET /v1/diff`: two versions compared over the users for which both applied the same events.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DiffReport {
+    /// Group id of version `a`.
+    pub a: String,
+    /// Group id of version `b`.
+    pub b: String,
+    /// Whether the diff has read both changelogs up to their ends as of `checked_at_ms`.
+    pub caught_up: bool,
+    /// When the ends were last checked (Unix milliseconds).
+    pub checked_at_ms: u64,
+    /// Changelog messages read so far.
+    pub messages: u64,
+    /// Users compared: in both versions, with the same events applied.
+    pub users_compared: u64,
+    /// Compared users whose every shared attribute agrees.
+    pub users_agreeing: u64,
+    /// `users_agreeing / users_compared` in percent (none before a user is compared).
+    pub agreement_percent: Option<f64>,
+    /// Users not compared yet, and why.
+    pub not_comparable: NotComparable,
+    /// Per attribute present in both versions: users agreeing and differing.
+    pub attributes: Vec<AttributeAgreement>,
+    /// Attributes only `a` answers.
+    pub only_in_a: Vec<String>,
+    /// Attributes only `b` answers.
+    pub only_in_b: Vec<String>,
+    /// Relative tolerance of float comparisons.
+    pub tolerance: f64,
+    /// Some differing values (the smallest user ids first).
+    pub sample: Vec<DifferingValue>,
+}
+
+/// Accumulated updates of a `(key, count)` collection: the live count of each key.
+struct Counts<K>(BTreeMap<(K, isize), isize>);
+
+impl<K: Ord + Clone> Counts<K> {
+    fn add(&mut self, key: K, count: isize, diff: isize) {
+        let m = self.0.entry((key, count)).or_default();
+        *m += diff;
+        if *m == 0 {
+            self.0.retain(|_, m| *m != 0);
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = (&K, u64)> {
+        self.0.iter().filter(|(_, m)| **m > 0).map(|((k, n), _)| (k, (*n).max(0) as u64))
+    }
+}
+
+/// What the dataflow's outputs accumulate to.
+struct Outputs {
+    per_attribute: Counts<(String, bool)>,
+    users: Counts<bool>,
+    pending: Counts<Pending>,
+    sample: BTreeMap<Vec<Difference>, isize>,
+}
+
+/// One side's changelog consumer and what it has read.
+struct Side {
+    topic: String,
+    consumer: BaseConsumer,
+    partitions: Vec<i32>,
+    /// Next offset to read per partition.
+    position: HashMap<i32, i64>,
+    latest: HashMap<String, Record>,
+    names: Option<Vec<String>>,
+}
+
+impl Side {
+    fn open(brokers: &str, group_id: &str) -> Result<Side, String> {
+        let topic = squall_feeds::changelog::topic(group_id);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            // Never joins a group or commits: it assigns every partition itself.
+            .set("group.id", format!("squall-diff-{group_id}"))
+            .set("enable.auto.commit", "false")
+            // Low latency on a broker that waits the whole fetch.max.wait.ms for drained partitions.
+            .set("fetch.wait.max.ms", "20")
+            .create()
+            .map_err(|e| format!("{topic}: {e}"))?;
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).map_err(|e| format!("{topic}: {e}"))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(format!(
+                "{group_id} has no changelog topic {topic}: turn on `[feed] changelog = true` in its topology file"
+            ));
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Beginning).map_err(|e| e.to_string())?;
+        }
+        consumer.assign(&tpl).map_err(|e| format!("{topic}: {e}"))?;
+        Ok(Side { topic, consumer, partitions, position: HashMap::new(), latest: HashMap::new(), names: None })
+    }
+
+    /// Whether every partition is read up to its high watermark (asked of the broker now).
+    fn caught_up(&self) -> bool {
+        self.partitions.iter().all(|p| {
+            self.consumer
+                .fetch_watermarks(&self.topic, *p, Duration::from_secs(5))
+                .is_ok_and(|(_, high)| self.position.get(p).copied().unwrap_or(0) >= high)
+        })
+    }
+
+    /// Reads up to `max` messages (waiting at most `wait` for the first) into `session` as
+    /// retractions and insertions of each user's record.
+    fn read(&mut self, session: &mut InputSession<u64, (String, Record), isize>, max: usize, wait: Duration) -> u64 {
+        let mut n = 0;
+        let mut timeout = wait;
+        while n < max as u64 {
+            let Some(m) = self.consumer.poll(timeout) else { break };
+            timeout = Duration::ZERO;
+            let Ok(m) = m else { continue };
+            self.position.insert(m.partition(), m.offset() + 1);
+            n += 1;
+            let Some((user, record)) = m.payload().and_then(parse) else {
+                tracing::warn!(topic = %self.topic, offset = m.offset(), "diff: a changelog message it cannot read");
+                continue;
+            };
+            if self.names.is_none() {
+                self.names = Some(record.attributes.iter().map(|(n, _)| n.clone()).collect());
+            }
+            match self.latest.get(&user) {
+                // At least once: a message that repeats what is known changes nothing.
+                Some(old) if *old == record => continue,
+                Some(old) => session.remove((user.clone(), old.clone())),
+                None => {}
+            }
+            session.insert((user.clone(), record.clone()));
+            self.latest.insert(user, record);
+        }
+        n
+    }
+}
+
+/// A changelog message's user and record.
+fn parse(payload: &[u8]) -> Option<(String, Record)> {
+    #[derive(Deserialize)]
+    struct Message {
+        user_id: String,
+        attributes: serde_json::Map<String, serde_json::Value>,
+        events: u32,
+        events_hash: String,
+    }
+    let m: Message = serde_json::from_slice(payload).ok()?;
+    let hash = u64::from_str_radix(&m.events_hash, 16).ok()?;
+    let attributes = m.attributes.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    Some((m.user_id, Record { evidence: Evidence { events: m.events, hash }, attributes }))
+}
+
+/// A running comparison of two versions.
+pub struct DiffSession {
+    report: Arc<Mutex<DiffReport>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DiffSession {
+    /// Starts comparing `a` and `b` (group ids) from their changelog topics on `brokers`.
+    pub fn start(brokers: &str, a: &str, b: &str) -> Result<DiffSession, String> {
+        let sides = (Side::open(brokers, a)?, Side::open(brokers, b)?);
+        let report = Arc::new(Mutex::new(DiffReport {
+            a: a.to_owned(),
+            b: b.to_owned(),
+            tolerance: TOLERANCE,
+            ..DiffReport::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (Arc::clone(&report), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name(format!("diff-{a}-{b}"))
+            .spawn(move || run(sides, r, s))
+            .map_err(|e| e.to_string())?;
+        Ok(DiffSession { report, stop, thread: Some(thread) })
+    }
+
+    /// The report as of now.
+    pub fn report(&self) -> DiffReport {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The first report caught up with both changelogs as they were at least at `since`
+    /// (Unix milliseconds), waiting up to `timeout`; the latest report if it does not catch up.
+    pub async fn caught_up_since(&self, since: u64, timeout: Duration) -> DiffReport {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.report();
+            if (r.caught_up && r.checked_at_ms >= since) || Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for DiffSession {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The session's thread: one timely worker running the comparison, fed from both changelogs.
+fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<AtomicBool>) {
+    let outputs = Arc::new(Mutex::new(Outputs {
+        per_attribute: Counts(BTreeMap::new()),
+        users: Counts(BTreeMap::new()),
+        pending: Counts(BTreeMap::new()),
+        sample: BTreeMap::new(),
+    }));
+    let out = Arc::clone(&outputs);
+    timely::execute_directly(move |worker| {
+        let o = out;
+        let (mut a_in, mut b_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (a_in, ac) = scope.new_collection::<(String, Record), isize>();
+            let (b_in, bc) = scope.new_collection::<(String, Record), isize>();
+            let c = ac.compare_with(bc, TOLERANCE, SAMPLE);
+            let lock = |o: &Arc<Mutex<Outputs>>| Arc::clone(o);
+            let (o1, o2, o3, o4) = (lock(&o), lock(&o), lock(&o), lock(&o));
+            c.per_attribute.inspect(move |((k, n), _, d)| {
+                o1.lock().unwrap_or_else(|p| p.into_inner()).per_attribute.add(k.clone(), *n, *d)
+            });
+            c.users.inspect(move |((k, n), _, d)| o2.lock().unwrap_or_else(|p| p.into_inner()).users.add(*k, *n, *d));
+            c.pending
+                .inspect(move |((k, n), _, d)| o3.lock().unwrap_or_else(|p| p.into_inner()).pending.add(*k, *n, *d));
+            let (probe, _) = c
+                .sample
+                .inspect(move |(((), v), _, d)| {
+                    let mut o = o4.lock().unwrap_or_else(|p| p.into_inner());
+                    *o.sample.entry(v.clone()).or_default() += d;
+                    o.sample.retain(|_, m| *m != 0);
+                })
+                .probe();
+            (a_in, b_in, probe)
+        });
+        let mut messages = 0u64;
+        let mut last_check = Instant::now() - Duration::from_secs(1);
+        while !stop.load(Ordering::Relaxed) {
+            let read = a.read(&mut a_in, 20_000, Duration::from_millis(20))
+                + b.read(&mut b_in, 20_000, Duration::from_millis(20));
+            messages += read;
+            let t = *a_in.time() + 1;
+            a_in.advance_to(t);
+            b_in.advance_to(t);
+            a_in.flush();
+            b_in.flush();
+            while probe.less_than(&t) {
+                worker.step();
+            }
+            // Whether both sides are at their ends: asked of the broker when nothing was read.
+            let check = read == 0 && last_check.elapsed() > Duration::from_millis(100);
+            let caught_up = check.then(|| {
+                last_check = Instant::now();
+                (now_ms(), a.caught_up() && b.caught_up())
+            });
+            let o = outputs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+            fill(&mut r, &o, &a, &b, messages);
+            match caught_up {
+                Some((at, yes)) => {
+                    r.caught_up = yes;
+                    r.checked_at_ms = at;
+                }
+                None if read > 0 => r.caught_up = false,
+                None => {}
+            }
+        }
+    });
+}
+
+/// The report from the accumulated outputs.
+fn fill(r: &mut DiffReport, o: &Outputs, a: &Side, b: &Side, messages: u64) {
+    r.messages = messages;
+    r.users_agreeing = o.users.live().filter(|(k, _)| **k).map(|(_, n)| n).sum();
+    r.users_compared = o.users.live().map(|(_, n)| n).sum();
+    r.agreement_percent = (r.users_compared > 0).then(|| 100.0 * r.users_agreeing as f64 / r.users_compared as f64);
+    let mut nc = NotComparable::default();
+    for (k, n) in o.pending.live() {
+        match k {
+            Pending::AAhead => nc.a_ahead = n,
+            Pending::BAhead => nc.b_ahead = n,
+            Pending::OtherEvents => nc.other_events = n,
+            Pending::OnlyA => nc.only_in_a = n,
+            Pending::OnlyB => nc.only_in_b = n,
+        }
+    }
+    r.not_comparable = nc;
+    let mut attributes: Vec<AttributeAgreement> = Vec::new();
+    let (an, bn) = (a.names.clone().unwrap_or_default(), b.names.clone().unwrap_or_default());
+    for name in an.iter().filter(|n| bn.contains(n)) {
+        let count = |ok: bool| o.per_attribute.live().filter(|((k, v), _)| k == name && *v == ok).map(|(_, n)| n).sum();
+        attributes.push(AttributeAgreement { name: name.clone(), agree: count(true), differ: count(false) });
+    }
+    r.attributes = attributes;
+    r.only_in_a = an.iter().filter(|n| !bn.contains(n)).cloned().collect();
+    r.only_in_b = bn.iter().filter(|n| !an.contains(n)).cloned().collect();
+    let json = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
+    r.sample = o
+        .sample
+        .iter()
+        .filter(|(_, m)| **m > 0)
+        .flat_map(|(v, _)| v.iter())
+        .map(|d| DifferingValue {
+            user_id: d.user.clone(),
+            attribute: d.attribute.clone(),
+            a: json(&d.a),
+            b: json(&d.b),
+        })
+        .collect();
+}

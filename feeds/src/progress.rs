@@ -1,0 +1,89 @@
+//! `feed_progress`: the last cut each feed of each version wrote, so that a version recovered
+//! from a later checkpoint knows to write its users again.
+//!
+//! ```text
+//! feed_progress (group_id text, feed text, cut bigint, written_at_ms bigint, PRIMARY KEY ((group_id, feed)))
+//! ```
+
+use std::sync::Arc;
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use squall_operators::source::Epoch;
+
+use crate::{FeedError, cql_error};
+
+/// Reads and records one feed's progress.
+#[derive(Clone)]
+pub struct Progress {
+    session: Arc<Session>,
+    group_id: String,
+    feed: &'static str,
+    save: PreparedStatement,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Creates `table` in `keyspace` with `ddl` unless it exists (looked up first, so a server's
+/// handling of `IF NOT EXISTS` does not matter).
+pub(crate) async fn create_table(session: &Session, keyspace: &str, table: &str, ddl: &str) -> Result<(), FeedError> {
+    let existing = "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?";
+    let rows = session
+        .query_unpaged(existing, (keyspace,))
+        .await
+        .map_err(|e| cql_error(existing, e))?
+        .into_rows_result()
+        .map_err(|e| cql_error(existing, e))?;
+    let mut have = false;
+    for row in rows.rows::<(String,)>().map_err(|e| cql_error(existing, e))? {
+        have |= row.map_err(|e| cql_error(existing, e))?.0 == table;
+    }
+    if !have {
+        session.query_unpaged(ddl, ()).await.map_err(|e| cql_error(ddl, e))?;
+        tracing::info!(keyspace, table, "created feed table");
+    }
+    Ok(())
+}
+
+impl Progress {
+    /// Opens the progress of feed `feed` of `group_id` (creating the table when missing); the last
+    /// cut it wrote, if any.
+    pub async fn open(
+        session: Arc<Session>,
+        keyspace: &str,
+        group_id: &str,
+        feed: &'static str,
+    ) -> Result<(Progress, Option<Epoch>), FeedError> {
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.feed_progress (group_id text, feed text, cut bigint, \
+             written_at_ms bigint, PRIMARY KEY ((group_id, feed)))"
+        );
+        create_table(&session, keyspace, "feed_progress", &ddl).await?;
+        let read = format!("SELECT cut FROM {keyspace}.feed_progress WHERE group_id = ? AND feed = ?");
+        let rows = session
+            .query_unpaged(read.clone(), (group_id, feed))
+            .await
+            .map_err(|e| cql_error(&read, e))?
+            .into_rows_result()
+            .map_err(|e| cql_error(&read, e))?;
+        let cut = rows
+            .maybe_first_row::<(Option<i64>,)>()
+            .map_err(|e| cql_error(&read, e))?
+            .and_then(|(c,)| c)
+            .map(|c| c.max(0) as Epoch);
+        let save =
+            format!("INSERT INTO {keyspace}.feed_progress (group_id, feed, cut, written_at_ms) VALUES (?, ?, ?, ?)");
+        let save = session.prepare(save.clone()).await.map_err(|e| cql_error(&save, e))?;
+        Ok((Progress { session, group_id: group_id.to_owned(), feed, save }, cut))
+    }
+
+    /// Records that everything up to `cut` is written.
+    pub async fn save(&self, cut: Epoch) -> Result<(), FeedError> {
+        let values = (&self.group_id, self.feed, cut as i64, now_ms());
+        self.session.execute_unpaged(&self.save, values).await.map_err(|e| cql_error(self.save.get_statement(), e))?;
+        Ok(())
+    }
+}
