@@ -30,7 +30,7 @@ struct Args {
 
 /// A version 1-like record of user `i` (side `b` differs on `skips` for every 100th user when `differ`).
 fn record(i: usize, differ: bool) -> Record {
-    let skips = if differ && i % 100 == 0 { i % 7 + 1 } else { i % 7 };
+    let skips = if differ && i.is_multiple_of(100) { i % 7 + 1 } else { i % 7 };
     let attributes = vec![
         ("plays".into(), (i % 50).to_string()),
         ("skips".into(), skips.to_string()),
