@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod control;
 pub mod counters;
+pub mod files;
 pub mod generate;
 pub mod http;
 pub mod kafka;

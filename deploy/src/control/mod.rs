@@ -284,7 +284,7 @@ impl Control {
         let change = self.with_facts(registry.data(), |f, _| state::deploy(f, d.clone()))?;
         let dir = self.cfg.state_dir.deployment(&d.group_id);
         std::fs::create_dir_all(dir.path()).map_err(|e| CommandError::io("create the deployment directory", e))?;
-        registry::write_atomically(&dir.topology(), d.topology_toml.as_bytes())
+        crate::files::write_atomically(&dir.topology(), d.topology_toml.as_bytes())
             .map_err(|e| CommandError::io("store the topology file", e))?;
         self.commit(&mut registry, change)?;
         tracing::info!(group_id = %d.group_id, "deployed");

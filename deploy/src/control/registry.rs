@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use squall_topologies::TopologySpec;
 
+use crate::files::write_atomically;
 use crate::values::{GroupId, StartPosition};
 
 /// What the operator asked a deployment to be.
@@ -164,21 +165,6 @@ impl Registry {
         self.data = data;
         Ok(())
     }
-}
-
-/// Replaces `path` with `bytes` atomically and durably.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.
