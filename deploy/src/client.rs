@@ -231,7 +231,15 @@ fn print_detail(d: &DeploymentDetail) {
     println!("topology:     {} version {} ({})", v.deployment.topology, v.deployment.version, v.deployment.code());
     println!("state:        {}{}", v.state, if v.promoted { " (promoted)" } else { "" });
     println!("started from: {}", v.deployment.start_from);
-    println!("processes:    {} x {} workers", v.deployment.processes, v.deployment.workers);
+    println!(
+        "processes:    {} x {} workers{}",
+        v.deployment.processes,
+        v.deployment.workers,
+        if v.adopted { " (adopted from an earlier server)" } else { "" }
+    );
+    if !v.urls.is_empty() {
+        println!("addresses:    {}", v.urls.join(" "));
+    }
     println!("events/s:     {:.0}", v.events_per_sec);
     println!("lag:          {}", v.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()));
     if let Some(s) = &d.status {

@@ -38,6 +38,9 @@ pub struct RunStatus {
     /// processes from others at the same address.
     #[serde(default)]
     pub launch_id: Option<String>,
+    /// The process id of the process that answered.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl RunStatus {
@@ -58,6 +61,7 @@ impl RunStatus {
                 enrich_degraded,
                 recovered_cut,
                 launch_id: _,
+                pid: _,
             } = s;
             sum.group_id.clone_from(group_id);
             sum.applied += applied;

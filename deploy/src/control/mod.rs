@@ -7,7 +7,8 @@
 //! - [`state`]: the deployment state machine, pure: states, commands, observations.
 //! - [`launcher`]: the seam to processes (the [`launcher::Launcher`] trait); [`child`]: the
 //!   launcher that runs `squall run` children; [`supervisor`]: restarts and stops a deployment's runs.
-//! - [`lag`]: the seam to Kafka (the [`lag::LagSource`] trait); [`monitor`]: lag and child status.
+//! - [`lag`]: the seam to Kafka (the [`lag::LagSource`] trait); [`monitor`]: lag, child status
+//!   and the heartbeats that renew the processes' leases.
 //! - [`routing`]: which process answers which query, from a lock-free snapshot.
 //! - [`api`]: thin HTTP handlers; [`views`]: the API's types; [`openapi`]: its document.
 //!
@@ -43,7 +44,7 @@ use self::registry::{Deployment, Registry, RegistryData, now_ms};
 use self::routing::Routing;
 use self::state::{Change, Facts, Observation, Observed, Refusal};
 use self::statedir::StateDir;
-use self::supervisor::Supervisor;
+use self::supervisor::{Begin, Supervisor};
 use self::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
 use crate::kafka::Inputs;
 use crate::values::{GroupId, StartPosition};
@@ -137,8 +138,7 @@ impl Control {
             .map_err(|e| anyhow::anyhow!("http client: {e}"))?;
         let routes = Routing::default();
         routes.set_registry(registry.data());
-        let resume: Vec<Deployment> =
-            registry.data().deployments.values().filter(|d| d.desired == registry::Desired::Running).cloned().collect();
+        let recorded: Vec<Deployment> = registry.data().deployments.values().cloned().collect();
         let control = Arc::new(Control {
             registry: tokio::sync::Mutex::new(registry),
             book: Mutex::new(Book::default()),
@@ -149,11 +149,19 @@ impl Control {
             http,
             cfg,
         });
-        for d in resume {
-            tracing::info!(group_id = %d.group_id, "resuming deployment");
-            control.launch(&d);
+        for d in recorded {
+            match d.desired {
+                registry::Desired::Running => {
+                    tracing::info!(group_id = %d.group_id, "resuming deployment");
+                    control.launch(&d, Begin::Resume);
+                }
+                registry::Desired::Stopped => {
+                    tokio::spawn(supervisor::retire(Arc::clone(&control.launcher), control.launch_spec(&d)));
+                }
+            }
         }
         tokio::spawn(monitor::run(Arc::downgrade(&control), control.cfg.poll_every));
+        tokio::spawn(monitor::heartbeats(Arc::downgrade(&control), control.cfg.poll_every));
         Ok(control)
     }
 
@@ -161,6 +169,18 @@ impl Control {
     pub async fn shutdown(&self) {
         let all: Vec<Supervisor> = lock(&self.supervisors).drain().map(|(_, s)| s).collect();
         futures::future::join_all(all.into_iter().map(Supervisor::halt)).await;
+    }
+
+    /// Stops supervising and leaves every deployment's processes running: a server started later
+    /// on the same state directory adopts them, and each stops itself if none has renewed its
+    /// lease within its adopt timeout.
+    pub async fn detach(&self) {
+        let all: Vec<(GroupId, Supervisor)> = lock(&self.supervisors).drain().collect();
+        for (g, s) in all {
+            s.detach().await;
+            // No longer watched, heartbeaten or routed to by this server.
+            self.observe(&g, Observation::Halted);
+        }
     }
 
     /// The bearer token mutations need.
@@ -193,7 +213,7 @@ impl Control {
     }
 
     /// Starts the supervisor of `d`.
-    fn launch(self: &Arc<Self>, d: &Deployment) {
+    fn launch(self: &Arc<Self>, d: &Deployment, begin: Begin) {
         let control = Arc::downgrade(self);
         let g = d.group_id.clone();
         let report = Arc::new(move |o: Observation| {
@@ -201,7 +221,7 @@ impl Control {
                 c.observe(&g, o);
             }
         });
-        let supervisor = Supervisor::spawn(Arc::clone(&self.launcher), self.launch_spec(d), report);
+        let supervisor = Supervisor::spawn(Arc::clone(&self.launcher), self.launch_spec(d), begin, report);
         lock(&self.supervisors).insert(d.group_id.clone(), supervisor);
     }
 
@@ -234,7 +254,7 @@ impl Control {
         if let Some(g) = &change.start
             && let Some(d) = registry.data().deployments.get(g)
         {
-            self.launch(d);
+            self.launch(d, Begin::Start);
         }
         Ok(change.stop)
     }

@@ -30,8 +30,11 @@ pub struct DeploymentView {
     pub restarts: u32,
     /// Why its processes last died, with the end of their log.
     pub last_error: Option<String>,
-    /// HTTP addresses of its processes (when serving).
+    /// HTTP addresses of its processes (those that serve), in process order. Each answers
+    /// `GET /v1/users/{user_id}/attributes` itself, also while the server is down.
     pub urls: Vec<String>,
+    /// Whether its current processes were started by an earlier server and adopted by this one.
+    pub adopted: bool,
 }
 
 /// `GET /v1/deployments/{group_id}`: the view plus per-partition progress and recent history.
@@ -100,7 +103,8 @@ impl DeploymentView {
             dead_letters: progress.and_then(|p| p.status.as_ref()).map(|s| s.dead_letters).unwrap_or(0),
             restarts: observed.map(|o| o.restarts).unwrap_or(0),
             last_error: observed.and_then(|o| o.last_error.clone()),
-            urls: observed.map(|o| o.processes.iter().flatten().cloned().collect()).unwrap_or_default(),
+            urls: observed.map(|o| o.processes.iter().filter_map(|p| p.url.clone()).collect()).unwrap_or_default(),
+            adopted: observed.is_some_and(|o| o.adopted),
         }
     }
 }
