@@ -1,18 +1,21 @@
-//! Versions outlive the control plane, against the real broker and CQL server (issue 19):
+//! Versions outlive the control plane, against the real broker and CQL server (issue 19), and run
+//! the executables they were deployed with (issue 13, part 2):
 //!
 //! - a SIGKILLed server restarted at once adopts its versions: same pids, no failed query to a
 //!   version's own address, queries through the server answered again within a second;
 //! - versions that no server adopts stop themselves cleanly after the adopt timeout, and a server
 //!   started later resumes them from their checkpoints with nothing lost or counted twice;
 //! - a stale runtime file whose pid now names another process is not adopted (nor is that
-//!   process touched): the version starts afresh.
+//!   process touched): the version starts afresh;
+//! - versions pinned to their own executables keep them across a server upgrade, and rollback
+//!   returns to the old binary's answers.
 //!
 //! Deduplication is off and no event is resent, so an event applied twice shows up as a mismatch.
 //! `SQUALL_ADOPT_USERS` sets the users in state of the restart test (20,000 by default, so that CI
 //! stays short on 2 cores; the figure for 1M users is in benches/RESULTS.md, with its command).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
 use squall_operators::event::SongCompletion;
 use squall_operators::{Attributes, Event};
-use squall_tests::server::{SquallServer, alive, free_ports, pid_at, wait_equal_to_oracle};
+use squall_tests::server::{SquallServer, alive, exe_of, free_ports, pid_at, wait_equal_to_oracle};
 use squall_tests::{Fixture, Record, binary, brokers, produce, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
@@ -437,4 +440,99 @@ async fn a_stale_runtime_file_naming_a_recycled_pid_starts_the_version_afresh() 
         "adopt: a runtime file naming pid {} (now `sleep`) was not adopted; the version started afresh as {new}",
         impostor.id()
     );
+}
+
+/// A copy of the built `squall` that differs from it (and from the other copies) by `marker`
+/// appended after the ELF image, which changes its hash but not what it does.
+fn copy_of_squall(dir: &Path, marker: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(format!("squall-{marker}"));
+    let mut bytes = std::fs::read(binary("squall")).expect("read squall");
+    bytes.extend_from_slice(format!("squall-test-marker:{marker}").as_bytes());
+    std::fs::write(&path, bytes).expect("write the copy");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// The executable the processes at `urls` run.
+async fn exes(urls: &[String]) -> Vec<PathBuf> {
+    pids(urls).await.into_iter().map(exe_of).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_keep_their_own_binaries_across_a_server_upgrade_and_roll_back_to_the_old_answers() {
+    let mut s = Setup::new(44, 300).await;
+    let (v1, v2, v3) = (s.group(1), s.group(2), s.group(3));
+    let bins = s.dir.join("copies");
+    std::fs::create_dir_all(&bins).unwrap();
+    let (b1, b2) = (copy_of_squall(&bins, "v1"), copy_of_squall(&bins, "v2"));
+
+    // The old server, without --stop-versions-on-exit: stopping it for the upgrade stops no version.
+    let server = SquallServer::start_with(&binary("squall"), &s.dir, TOKEN, "127.0.0.1:0", &["--adopt-timeout", "60s"]);
+    let out = server.cli_ok(&["deploy", s.file(), "--version", "1", "--binary", b1.to_str().unwrap()]);
+    assert!(out.contains("uploaded") && out.contains("binary "), "{out}");
+    server.cli_ok(&["deploy", s.file(), "--version", "2", "--binary", b2.to_str().unwrap()]);
+    let (d1, d2) = (server.wait_serving(&v1).await, server.wait_serving(&v2).await);
+    server.cli_ok(&["promote", &v2]);
+    std::fs::remove_file(&b1).unwrap();
+    std::fs::remove_file(&b2).unwrap();
+    let stored = |d: &serde_json::Value| {
+        let hash = d["binary"].as_str().unwrap_or_else(|| panic!("no binary in {d}"));
+        std::fs::canonicalize(s.dir.join("binaries").join(hash)).expect("the stored binary")
+    };
+    let (h1, h2) = (stored(&d1), stored(&d2));
+    assert_ne!(h1, h2);
+    assert!(std::fs::read(&h1).unwrap().ends_with(b"squall-test-marker:v1"));
+    assert_eq!(exes(&urls(&d1)).await, vec![h1.clone()]);
+    assert_eq!(exes(&urls(&d2)).await, vec![h2.clone()]);
+    let (records, mut events) = s.batch(2000);
+    produce(records).await;
+    wait_equal_to_oracle(&server.url, &format!("?group={v1}"), &s.oracle(1, &events), Duration::from_secs(90)).await;
+    wait_equal_to_oracle(&server.url, "", &s.oracle(2, &events), Duration::from_secs(90)).await;
+    let pids_before = [pids(&urls(&d1)).await, pids(&urls(&d2)).await];
+
+    // The upgrade: stop the old server, start the new executable on the same state directory.
+    assert!(server.stop().success());
+    let upgraded = copy_of_squall(&bins, "server-2");
+    let args = ["--adopt-timeout", "60s", "--stop-versions-on-exit"];
+    let server = SquallServer::start_with(&upgraded, &s.dir, TOKEN, "127.0.0.1:0", &args);
+    assert_eq!(exe_of(server.pid()), std::fs::canonicalize(&upgraded).unwrap());
+    let (d1, d2) = (server.wait_serving(&v1).await, server.wait_serving(&v2).await);
+    assert_eq!([pids(&urls(&d1)).await, pids(&urls(&d2)).await], pids_before, "no version restarted");
+    assert_eq!((&d1["adopted"], &d2["adopted"]), (&serde_json::json!(true), &serde_json::json!(true)));
+    assert_eq!(exes(&urls(&d1)).await, vec![h1.clone()]);
+    assert_eq!(exes(&urls(&d2)).await, vec![h2.clone()]);
+
+    // A version the new server restarts still runs its own binary...
+    kill9(pids_before[0][0]);
+    let d1 = wait_for("v1 to be restarted", Duration::from_secs(60), || async {
+        let (_, d) = server.get(&format!("/v1/deployments/{v1}")).await;
+        if d["restarts"] == 1 && d["state"] == "running" { Ok(d) } else { Err(d.to_string()) }
+    })
+    .await;
+    assert_eq!(exes(&urls(&d1)).await, vec![h1.clone()], "restarted with its own binary");
+    // ... and one deployed without --binary runs the server's own, the new one.
+    server.cli_ok(&["deploy", s.file(), "--version", "3"]);
+    let d3 = server.wait_serving(&v3).await;
+    assert_eq!(d3.get("binary"), None, "{d3}");
+    assert_eq!(exes(&urls(&d3)).await, vec![std::fs::canonicalize(&upgraded).unwrap()]);
+
+    // Roll back to v1: the newer versions stop, and v1 answers as its declaration says.
+    let (records, more) = s.batch(2000);
+    produce(records).await;
+    events.extend(more);
+    let out = server.cli_ok(&["rollback", &v1]);
+    assert!(out.contains(&v2) && out.contains(&v3), "{out}");
+    let (_, body) = server.get("/v1/users/u1/attributes").await;
+    assert_eq!(body["group_id"], v1.as_str(), "{body}");
+    wait_equal_to_oracle(&server.url, "", &s.oracle(1, &events), Duration::from_secs(90)).await;
+    println!(
+        "binaries: {v1} runs {} and {v2} runs {} under both servers (the new one from {}); v1 restarted by the new \
+         server kept its binary; rollback to {v1} answers its declaration",
+        h1.display(),
+        h2.display(),
+        upgraded.display()
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&s.dir);
 }

@@ -1,7 +1,7 @@
 //! Files replaced atomically and durably: a temporary file beside the target, fsync, rename over
 //! the target, fsync of the directory. A crash at any point leaves either the old or the new
-//! file, never a torn one. The registry, the deployments' files and the runtime files of version
-//! processes are all written this way.
+//! file, never a torn one. The registry, the deployments' files, the runtime files of version
+//! processes and uploaded binaries are all written this way.
 
 use std::fs;
 use std::io::{self, Write};

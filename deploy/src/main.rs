@@ -59,6 +59,11 @@ enum Command {
         /// timely processes on this host (cluster mode when > 1).
         #[arg(long)]
         processes: Option<usize>,
+        /// Run the version with this executable (a build of squall with custom code) instead of
+        /// the server's own: it is uploaded to the server, kept under its SHA-256, and runs the
+        /// version's processes across server restarts and upgrades.
+        #[arg(long)]
+        binary: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -137,6 +142,9 @@ struct ServerArgs {
     /// server started on the same state directory within it adopts them).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     adopt_timeout: Duration,
+    /// The largest executable `squall deploy --binary` may upload, in bytes (default 512 MiB).
+    #[arg(long, default_value_t = 512 << 20)]
+    max_binary_bytes: u64,
     /// On SIGTERM or Ctrl-C, stop every version's processes too. Without it the server exits
     /// alone and its versions keep serving, to be adopted by the next server (an upgrade).
     #[arg(long)]
@@ -208,8 +216,10 @@ fn main() -> ExitCode {
             println!("{}", openapi::openapi_json());
             Ok(())
         }
-        Command::Deploy { file, version, start_from, workers, processes, client } => {
-            client_call(client, |c| async move { c.deploy(&file, version, start_from, workers, processes).await })
+        Command::Deploy { file, version, start_from, workers, processes, binary, client } => {
+            client_call(client, |c| async move {
+                c.deploy(&file, version, start_from, workers, processes, binary.as_deref()).await
+            })
         }
         Command::List { client } => client_call(client, |c| async move { c.list().await }),
         Command::Status { group_id, watch, client } => {
@@ -258,6 +268,7 @@ fn serve(args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
         program: std::env::current_exe().context("cannot find the squall executable")?,
         catch_up_lag: args.catch_up_lag,
         poll_every: Duration::from_secs(1),
+        max_binary_bytes: args.max_binary_bytes,
     };
     let launcher = ChildLauncher::new(state_dir, args.brokers, args.cql, log_json, args.adopt_timeout)?;
     let _metrics = telemetry::metrics();

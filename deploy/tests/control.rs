@@ -62,6 +62,8 @@ struct FakeState {
     adopters: HashMap<(GroupId, usize), (String, mpsc::UnboundedSender<ProcessSide>)>,
     /// Status requests that named the process's launch id (lease renewals), by deployment and index.
     heartbeats: HashMap<(GroupId, usize), usize>,
+    /// The program of each deployment's last run.
+    programs: HashMap<GroupId, PathBuf>,
 }
 
 impl FakeLauncher {
@@ -97,6 +99,7 @@ impl Launcher for FakeLauncher {
             return Err(format!("cannot start {}: No such file or directory", spec.program.display()));
         }
         *state.starts.entry(spec.group_id.clone()).or_default() += 1;
+        state.programs.insert(spec.group_id.clone(), spec.program.clone());
         for index in 0..spec.processes {
             let id = launch_id();
             let (handle, side) = ProcessHandle::new(Origin::Spawned { pid: None }, id.clone());
@@ -281,6 +284,7 @@ impl Harness {
             program: PathBuf::from("/fake/squall"),
             catch_up_lag: 10,
             poll_every: Duration::from_millis(10),
+            max_binary_bytes: 4096,
         };
         let control = Control::start(cfg, launcher.clone(), lag.clone()).await.expect("control plane");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -578,4 +582,60 @@ async fn the_next_server_finishes_a_stop_the_last_one_recorded() {
         })
         .await;
     assert_eq!(h.launcher.starts("personalization-v1"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_runs_the_binary_it_was_deployed_with() {
+    let h = Harness::start().await;
+    let upload = |body: &'static [u8], token: Option<&'static str>| {
+        let mut req = h.http.post(format!("{}/v1/binaries", h.url)).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.expect("POST");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let script: &[u8] = b"#!/bin/sh\necho squall 9.9.9\n";
+    assert_eq!(upload(script, None).await.0, 401);
+    assert_eq!(upload(script, Some("wrong-wrong-wrong-wrong")).await.0, 403);
+    let (status, body) = upload(&[b'x'; 5000], Some(TOKEN)).await;
+    assert_eq!((status, body["error"]["message"].as_str()), (413, Some("the executable is larger than 4096 bytes")));
+    let (status, body) = upload(b"#!/bin/sh\nexit 3\n", Some(TOKEN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["message"], "the executable does not answer --version");
+    assert_eq!(body["error"]["detail"], " (exit status: 3)");
+    let (status, stored) = upload(script, Some(TOKEN)).await;
+    assert_eq!(
+        (status, stored["version"].as_str(), stored["bytes"].as_u64()),
+        (201, Some("squall 9.9.9"), Some(script.len() as u64))
+    );
+    let sha = stored["sha256"].as_str().unwrap().to_owned();
+    let path = h.dir.join("binaries").join(&sha);
+    assert_eq!(std::fs::read(&path).unwrap(), script);
+
+    let (status, body) = h.deploy(json!({ "binary": "0".repeat(64) })).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("upload it first with POST /v1/binaries"), "{body}");
+    let (status, body) = h.deploy(json!({ "binary": "not-a-hash" })).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, v1) = h.deploy(json!({ "version": 1, "binary": sha })).await;
+    assert_eq!((status, v1["binary"].as_str()), (201, Some(sha.as_str())), "{v1}");
+    let (status, v2) = h.deploy(json!({ "version": 2 })).await;
+    assert_eq!((status, v2.get("binary")), (201, None), "{v2}");
+    h.wait_state("personalization-v1", "running").await;
+    h.wait_state("personalization-v2", "running").await;
+    let programs = h.launcher.with(|s| s.programs.clone());
+    assert_eq!(programs[&g("personalization-v1")], path, "pinned to its binary");
+    assert_eq!(programs[&g("personalization-v2")], PathBuf::from("/fake/squall"), "the server's own");
+    let (_, list) = h.get("/v1/deployments").await;
+    assert_eq!(list[0]["binary"].as_str(), Some(sha.as_str()));
+    h.control.shutdown().await;
+
+    // Across a restart of the server (another executable of its own), the version keeps its binary.
+    let again = Harness::start_in(h.dir.clone(), h.launcher.clone(), h.lag.clone()).await;
+    again.wait_state("personalization-v1", "running").await;
+    assert_eq!(h.launcher.with(|s| s.programs[&g("personalization-v1")].clone()), path);
+    again.control.shutdown().await;
 }

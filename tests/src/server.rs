@@ -192,6 +192,11 @@ pub async fn pid_at(url: &str) -> Result<u32, String> {
     status["pid"].as_u64().map(|p| p as u32).ok_or_else(|| format!("no pid in {status}"))
 }
 
+/// The executable process `pid` runs (`/proc/<pid>/exe`).
+pub fn exe_of(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_else(|e| panic!("/proc/{pid}/exe: {e}"))
+}
+
 /// Waits until every user of `expected`, read at `url` (`query` appended: `""`, `?group=...`),
 /// equals the oracle, asking 16 at a time and asking again only for those that do not yet;
 /// panics after `timeout` with a few of the differences.

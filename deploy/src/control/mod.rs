@@ -9,6 +9,7 @@
 //!   launcher that runs `squall run` children; [`supervisor`]: restarts and stops a deployment's runs.
 //! - [`lag`]: the seam to Kafka (the [`lag::LagSource`] trait); [`monitor`]: lag, child status
 //!   and the heartbeats that renew the processes' leases.
+//! - [`binaries`]: executables uploaded for versions that run custom code.
 //! - [`routing`]: which process answers which query, from a lock-free snapshot.
 //! - [`api`]: thin HTTP handlers; [`views`]: the API's types; [`openapi`]: its document.
 //!
@@ -18,6 +19,7 @@
 //! not stop another; the control plane reaches them only through the two seams and their HTTP API.
 
 pub mod api;
+pub mod binaries;
 pub mod child;
 pub mod lag;
 pub mod launcher;
@@ -47,7 +49,7 @@ use self::statedir::StateDir;
 use self::supervisor::{Begin, Supervisor};
 use self::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
 use crate::kafka::Inputs;
-use crate::values::{GroupId, StartPosition};
+use crate::values::{BinaryHash, GroupId, StartPosition};
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -66,6 +68,8 @@ pub struct ServerConfig {
     pub catch_up_lag: i64,
     /// How often the monitor reads each deployment's lag and counters.
     pub poll_every: Duration,
+    /// The largest executable `POST /v1/binaries` accepts, in bytes.
+    pub max_binary_bytes: u64,
 }
 
 /// Why a command failed.
@@ -225,11 +229,11 @@ impl Control {
         lock(&self.supervisors).insert(d.group_id.clone(), supervisor);
     }
 
-    /// What the launcher runs for `d`.
+    /// What the launcher runs for `d`: its own executable if it names one, else the server's.
     fn launch_spec(&self, d: &Deployment) -> LaunchSpec {
         LaunchSpec {
             group_id: d.group_id.clone(),
-            program: self.cfg.program.clone(),
+            program: d.binary.as_ref().map_or_else(|| self.cfg.program.clone(), |h| self.cfg.state_dir.binary(h)),
             topology: self.cfg.state_dir.deployment(&d.group_id).topology(),
             version: d.version,
             workers: d.workers,
@@ -296,7 +300,23 @@ impl Control {
             Some(s) => s.parse().map_err(|e| bad(format!("start_from {e}")))?,
             None => StartPosition::default(),
         };
-        let d = Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms());
+        let binary: Option<BinaryHash> = match &req.binary {
+            Some(h) => {
+                let h: BinaryHash = h.parse().map_err(|e| bad(format!("binary {e}")))?;
+                if !self.cfg.state_dir.binary(&h).is_file() {
+                    return Err(bad(format!(
+                        "binary {h}: no such executable on this server; upload it first with POST /v1/binaries \
+                         (`squall deploy --binary PATH` does both)"
+                    )));
+                }
+                Some(h)
+            }
+            None => None,
+        };
+        let d = Deployment {
+            binary,
+            ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms())
+        };
         // Refusals first, as far as they can be seen without the lock; then what Kafka says.
         self.with_facts(self.routes.load().registry(), |f, _| state::deploy(f, d.clone()))?;
         self.check_start_group(&d, &spec).await?;
@@ -331,6 +351,22 @@ impl Control {
             )));
         }
         Ok(())
+    }
+
+    /// Stores an uploaded executable (streamed as `body`) once it answers `--version`.
+    pub async fn upload_binary<S, E>(&self, body: S) -> Result<binaries::StoredBinary, binaries::UploadError>
+    where
+        S: futures::Stream<Item = Result<axum::body::Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let stored = binaries::store(&self.cfg.state_dir.binaries(), body, self.cfg.max_binary_bytes).await?;
+        tracing::info!(sha256 = %stored.sha256, bytes = stored.bytes, version = %stored.version, "stored an executable");
+        Ok(stored)
+    }
+
+    /// The largest executable [`Control::upload_binary`] accepts, in bytes.
+    pub fn max_binary_bytes(&self) -> u64 {
+        self.cfg.max_binary_bytes
     }
 
     /// Makes `g` the version that answers its topology's queries by default.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use squall_topologies::TopologySpec;
 
 use crate::files::write_atomically;
-use crate::values::{GroupId, StartPosition};
+use crate::values::{BinaryHash, GroupId, StartPosition};
 
 /// What the operator asked a deployment to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -52,6 +52,11 @@ pub struct Deployment {
     pub stopped_at_ms: Option<u64>,
     /// The topology file as deployed (its config), kept so that a restart runs the same thing.
     pub topology_toml: String,
+    /// The SHA-256 of the executable its processes run (uploaded with `POST /v1/binaries`);
+    /// none: the server's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub binary: Option<BinaryHash>,
 }
 
 impl Deployment {
@@ -78,6 +83,7 @@ impl Deployment {
             promoted_at_ms: None,
             stopped_at_ms: None,
             topology_toml,
+            binary: None,
         }
     }
 
@@ -103,6 +109,7 @@ impl Deployment {
             promoted_at_ms: None,
             stopped_at_ms: None,
             topology_toml: String::new(),
+            binary: None,
         }
     }
 }

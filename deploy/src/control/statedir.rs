@@ -5,6 +5,7 @@
 //! <state dir>/token                              the bearer token, when none is configured
 //! <state dir>/server.lock                        held (flock) by the server using the directory
 //! <state dir>/checkpoints/<group id>/            checkpoints of every version (`--checkpoint-dir`)
+//! <state dir>/binaries/<sha256>                  uploaded executables (`squall deploy --binary`)
 //! <state dir>/deployments/<group id>/topology.toml   the file as deployed
 //! <state dir>/deployments/<group id>/squall.log      its processes' stdout and stderr
 //! <state dir>/deployments/<group id>/hosts.txt       its cluster's hostfile (processes > 1)
@@ -13,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::values::GroupId;
+use crate::values::{BinaryHash, GroupId};
 
 /// The server's state directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +44,16 @@ impl StateDir {
     /// The root of every version's checkpoints.
     pub fn checkpoints(&self) -> PathBuf {
         self.0.join("checkpoints")
+    }
+
+    /// Where uploaded executables are kept.
+    pub fn binaries(&self) -> PathBuf {
+        self.0.join("binaries")
+    }
+
+    /// The uploaded executable `hash` names.
+    pub fn binary(&self, hash: &BinaryHash) -> PathBuf {
+        self.binaries().join(hash.as_str())
     }
 
     /// The lock file a server holds while it uses the directory.

@@ -78,6 +78,10 @@ pub struct DeployRequest {
     pub workers: Option<usize>,
     /// Processes (timely cluster mode on this host when > 1); default 1.
     pub processes: Option<usize>,
+    /// The SHA-256 of an executable uploaded with `POST /v1/binaries`: the version's processes
+    /// run it, across server restarts and upgrades. Default: the server's own executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
 }
 
 /// `POST /v1/deployments/{group_id}/rollback`.
