@@ -9,6 +9,33 @@ use serde::{Deserialize, Serialize};
 use squall_operators::StartFrom;
 use squall_topologies::spec::KafkaSpec;
 
+/// The conversions of a value kept as its checked text (a newtype over `String` with a
+/// `FromStr`): from a `String` by that `FromStr` (serde's `try_from`), back into one (serde's
+/// `into`), and `Display`.
+macro_rules! text_value {
+    ($t:ident) => {
+        impl TryFrom<String> for $t {
+            type Error = <$t as FromStr>::Err;
+
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(&self.0)
+            }
+        }
+    };
+}
+
 /// A Kafka consumer group id, which also names a deployment: 1..=255 characters, none of them a
 /// control character.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -48,25 +75,7 @@ impl FromStr for GroupId {
     }
 }
 
-impl TryFrom<String> for GroupId {
-    type Error = InvalidGroupId;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<GroupId> for String {
-    fn from(g: GroupId) -> String {
-        g.0
-    }
-}
-
-impl fmt::Display for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
+text_value!(GroupId);
 
 impl std::borrow::Borrow<str> for GroupId {
     fn borrow(&self) -> &str {
@@ -200,25 +209,7 @@ impl FromStr for BinaryHash {
     }
 }
 
-impl TryFrom<String> for BinaryHash {
-    type Error = InvalidBinaryHash;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<BinaryHash> for String {
-    fn from(h: BinaryHash) -> String {
-        h.0
-    }
-}
-
-impl fmt::Display for BinaryHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
+text_value!(BinaryHash);
 
 #[cfg(test)]
 mod tests {
