@@ -42,7 +42,8 @@ rm -rf .squall
 "$BIN/squall-gen" catalogue --cql "$CQL" --tracks 100000 --ads 2000
 
 say "starting squall server on http://$HTTP; deploying and promoting personalization v1 ($WORKERS workers)"
-"$BIN/squall" server --listen "$HTTP" --brokers "$KAFKA" --cql "$CQL" >"$STATE/squall.out" 2>"$STATE/squall.log" &
+# The demo stops everything on exit: its versions must not outlive the server (they would by default).
+"$BIN/squall" server --listen "$HTTP" --brokers "$KAFKA" --cql "$CQL" --stop-versions-on-exit >"$STATE/squall.out" 2>"$STATE/squall.log" &
 SQUALL_PID=$!
 for _ in $(seq 300); do grep -q "serving on" "$STATE/squall.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "serving on" "$STATE/squall.out" || { cat "$STATE/squall.log"; exit 1; }

@@ -1,5 +1,6 @@
 //! Versioned deployments through `squall server` and the CLI, against the real broker and CQL server:
 //! versions side by side, promote, rollback, `--start-from group:`, server restarts, bad arguments.
+//! (Versions that outlive the server and are adopted by the next one: `tests/adopt.rs`.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
 use squall_operators::{Attributes, Event};
-use squall_tests::server::{SquallServer, alive};
+use squall_tests::server::{SquallServer, alive, pid_at, wait_equal_to_oracle};
 use squall_tests::{Fixture, brokers, produce, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
@@ -77,29 +78,12 @@ fn state_dir() -> PathBuf {
 
 /// Waits until `group` is serving (its state is running, promoted or catching-up).
 async fn serving(server: &SquallServer, group: &str) {
-    wait_for(&format!("{group} to serve"), Duration::from_secs(60), || async {
-        let (status, body) = server.get(&format!("/v1/deployments/{group}")).await;
-        match body["state"].as_str() {
-            Some("running" | "promoted" | "catching-up") if !body["urls"].as_array().is_none_or(Vec::is_empty) => {
-                Ok(())
-            }
-            _ => Err(format!("{status} {body}")),
-        }
-    })
-    .await
+    server.wait_serving(group).await;
 }
 
 /// Waits until every user of `expected` read through the server (`query` appended) equals the oracle.
 async fn equals_oracle(server: &SquallServer, query: &str, expected: &BTreeMap<String, Attributes>) {
-    for (user, want) in expected {
-        wait_for(&format!("{user}{query} to equal the oracle"), Duration::from_secs(90), || async {
-            let (status, body) = server.get(&format!("/v1/users/{user}/attributes{query}")).await;
-            let got: Attributes =
-                serde_json::from_value(body["attributes"].clone()).map_err(|e| format!("{status} {body}: {e}"))?;
-            oracle::difference(&got, want).map_or(Ok(()), Err)
-        })
-        .await;
-    }
+    wait_equal_to_oracle(&server.url, query, expected, Duration::from_secs(90)).await;
 }
 
 /// Offsets committed under `group`, read with a plain Kafka consumer (as any Kafka tool would).
@@ -268,15 +252,15 @@ async fn a_restarted_server_resumes_its_deployments_and_promotion() {
     let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.catalogue.oracle());
     equals_oracle(&server, "", &want).await;
 
-    // SIGKILL the server: its version's process dies with it, nothing is shut down cleanly.
+    // SIGKILL the server and its version's process, as a crash of the whole host would: nothing
+    // is shut down cleanly, and there is no process left to adopt (tests/adopt.rs has those).
     let (_, d) = server.get(&format!("/v1/deployments/{v1}")).await;
     let child_url = d["urls"][0].as_str().expect("url").to_owned();
+    let child = pid_at(&child_url).await.expect("the version's pid");
     server.kill9();
-    wait_for("the version's process to die with the server", Duration::from_secs(10), || async {
-        match reqwest::get(format!("{child_url}/healthz")).await {
-            Err(_) => Ok(()),
-            Ok(r) => Err(format!("still answering: {}", r.status())),
-        }
+    let _ = std::process::Command::new("kill").args(["-KILL", &child.to_string()]).status();
+    wait_for("the version's process to die", Duration::from_secs(10), || async {
+        if alive(child) { Err(format!("{child} is alive")) } else { Ok(()) }
     })
     .await;
     let (second, more) = s.batch(2000);

@@ -8,9 +8,13 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::de::DeserializeOwned;
 use squall_topologies::TopologySpec;
 
+use crate::control::binaries::StoredBinary;
 use crate::control::state::DeploymentState;
 use crate::control::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
 use crate::values::StartPosition;
+
+/// How long an upload of an executable may take (it is checked to run before the server answers).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where the server is and how to authenticate.
 #[derive(clap::Args, Clone, Debug)]
@@ -99,7 +103,7 @@ impl Client {
         Ok(self.send(req).await?.json().await?)
     }
 
-    /// `squall deploy`.
+    /// `squall deploy`; with `binary`, the executable is uploaded first and the version pinned to it.
     pub async fn deploy(
         &self,
         file: &Path,
@@ -107,6 +111,7 @@ impl Client {
         start_from: Option<StartPosition>,
         workers: Option<usize>,
         processes: Option<usize>,
+        binary: Option<&Path>,
     ) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         // Check the file here, so that a mistake is reported before anything is sent.
@@ -114,19 +119,40 @@ impl Client {
         if let Some(v) = version {
             spec.with_version(v).map_err(|e| anyhow!("{}: {e}", file.display()))?;
         }
+        let binary = match binary {
+            Some(path) => Some(self.upload(path).await?.sha256.to_string()),
+            None => None,
+        };
         let start_from = start_from.map(|p| p.to_string());
-        let req = DeployRequest { topology_toml: text, version, start_from, workers, processes };
+        let req = DeployRequest { topology_toml: text, version, start_from, workers, processes, binary };
         let view: DeploymentView = self.post(&["v1", "deployments"], Some(&req)).await?;
         println!(
-            "deployed {} (topology {} version {}, {}, starting from {}); follow it with `squall status {}`",
+            "deployed {} (topology {} version {}, {}, starting from {}{}); follow it with `squall status {}`",
             view.deployment.group_id,
             view.deployment.topology,
             view.deployment.version,
             view.deployment.code(),
             view.deployment.start_from,
+            view.deployment.binary.as_ref().map(|h| format!(", binary {h}")).unwrap_or_default(),
             view.deployment.group_id
         );
         Ok(())
+    }
+
+    /// Uploads the executable at `path` (`POST /v1/binaries`).
+    async fn upload(&self, path: &Path) -> anyhow::Result<StoredBinary> {
+        let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read --binary {}", path.display()))?;
+        let req = self
+            .http
+            .post(self.url(&["v1", "binaries"]))
+            .bearer_auth(self.token()?)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(UPLOAD_TIMEOUT)
+            .body(bytes);
+        let stored: StoredBinary =
+            self.send(req).await.with_context(|| format!("cannot upload {}", path.display()))?.json().await?;
+        println!("uploaded {} as {} ({} bytes; {})", path.display(), stored.sha256, stored.bytes, stored.version);
+        Ok(stored)
     }
 
     /// `squall list`.
@@ -231,7 +257,19 @@ fn print_detail(d: &DeploymentDetail) {
     println!("topology:     {} version {} ({})", v.deployment.topology, v.deployment.version, v.deployment.code());
     println!("state:        {}{}", v.state, if v.promoted { " (promoted)" } else { "" });
     println!("started from: {}", v.deployment.start_from);
-    println!("processes:    {} x {} workers", v.deployment.processes, v.deployment.workers);
+    println!(
+        "processes:    {} x {} workers{}",
+        v.deployment.processes,
+        v.deployment.workers,
+        if v.adopted { " (adopted from an earlier server)" } else { "" }
+    );
+    match &v.deployment.binary {
+        Some(h) => println!("binary:       {h}"),
+        None => println!("binary:       the server's own"),
+    }
+    if !v.urls.is_empty() {
+        println!("addresses:    {}", v.urls.join(" "));
+    }
     println!("events/s:     {:.0}", v.events_per_sec);
     println!("lag:          {}", v.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()));
     if let Some(s) = &d.status {

@@ -43,6 +43,9 @@ pub struct RunStatus {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub feeds: Vec<FeedStatus>,
+    /// The process id of the process that answered.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl RunStatus {
@@ -64,6 +67,7 @@ impl RunStatus {
                 recovered_cut,
                 launch_id: _,
                 feeds,
+                pid: _,
             } = s;
             sum.group_id.clone_from(group_id);
             sum.applied += applied;

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -40,6 +40,9 @@ pub struct Api {
     pub launch_id: Option<String>,
     /// The version's attribute feeds, if any is on.
     pub feeds: Option<Arc<squall_feeds::Feeds>>,
+    /// Its lease on the server that started or adopted it (`--adopt-timeout`): renewed by
+    /// `GET /v1/status?launch_id=<launch_id>`.
+    pub lease: Option<Arc<crate::lease::Lease>>,
     /// Where the other processes of a multi-process version are (queries for their users go there).
     pub routing: Option<Routing>,
 }
@@ -223,12 +226,28 @@ async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.metrics.render())
 }
 
-async fn status(State(api): State<Arc<Api>>) -> Json<RunStatus> {
+/// `?launch_id=`: the server that started or adopted the process renews its lease by naming it.
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    launch_id: Option<String>,
+}
+
+async fn status(
+    State(api): State<Arc<Api>>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Json<RunStatus> {
+    let given = query.ok().and_then(|Query(q)| q.launch_id);
+    if let (Some(lease), Some(given)) = (&api.lease, &given)
+        && api.launch_id.as_ref() == Some(given)
+    {
+        lease.renew();
+    }
     Json(RunStatus {
         group_id: api.group_id.clone(),
         recovered_cut: api.recovered_cut,
         launch_id: api.launch_id.clone(),
         feeds: api.feeds.as_ref().map(|f| f.statuses()).unwrap_or_default(),
+        pid: Some(std::process::id()),
         ..api.counters.status()
     })
 }
@@ -388,6 +407,7 @@ mod tests {
             recovered_cut: None,
             launch_id: Some("0123456789abcdef".into()),
             feeds: None,
+            lease: None,
             routing: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -15,6 +15,8 @@ use squall::control::statedir::StateDir;
 use squall::control::{Control, ServerConfig, api, openapi};
 use squall::counters::Counters;
 use squall::http::{self, Api};
+use squall::lease::Lease;
+use squall::runfile::RunFile;
 use squall::values::StartPosition;
 use squall::{ready, runner, telemetry};
 use squall_topologies::TopologySpec;
@@ -57,6 +59,11 @@ enum Command {
         /// timely processes on this host (cluster mode when > 1).
         #[arg(long)]
         processes: Option<usize>,
+        /// Run the version with this executable (a build of squall with custom code) instead of
+        /// the server's own: it is uploaded to the server, kept under its SHA-256, and runs the
+        /// version's processes across server restarts and upgrades.
+        #[arg(long)]
+        binary: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -130,6 +137,18 @@ struct ServerArgs {
     /// A running version lagging by more messages than this is shown as catching-up.
     #[arg(long, default_value_t = 10_000)]
     catch_up_lag: i64,
+    /// How long a version process keeps running without a server: the processes this server
+    /// starts stop themselves cleanly once no server has renewed their lease for this long (a
+    /// server started on the same state directory within it adopts them).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    adopt_timeout: Duration,
+    /// The largest executable `squall deploy --binary` may upload, in bytes (default 512 MiB).
+    #[arg(long, default_value_t = 512 << 20)]
+    max_binary_bytes: u64,
+    /// On SIGTERM or Ctrl-C, stop every version's processes too. Without it the server exits
+    /// alone and its versions keep serving, to be adopted by the next server (an upgrade).
+    #[arg(long)]
+    stop_versions_on_exit: bool,
 }
 
 #[derive(clap::Args)]
@@ -173,12 +192,18 @@ struct RunArgs {
     /// each process listens on its own and forwards queries for users kept by another process.
     #[arg(long)]
     hostfile: Option<PathBuf>,
-    /// Exit when the parent process (the squall server) dies.
-    #[arg(long, hide = true)]
-    exit_with_parent: bool,
     /// The id this process was started with, reported on /v1/status (set by the squall server).
     #[arg(long, hide = true)]
     launch_id: Option<String>,
+    /// Record this process (pid, start time, launch id, HTTP address) in this file, atomically,
+    /// for the squall server that starts it and any server started after that one.
+    #[arg(long, hide = true, requires = "launch_id")]
+    runtime_file: Option<PathBuf>,
+    /// Stop cleanly (as on SIGTERM) once no squall server has renewed this process's lease
+    /// (`GET /v1/status?launch_id=<its launch id>`) for this long, e.g. 5m. Set by the squall
+    /// server; without it the process runs until it is stopped.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "launch_id")]
+    adopt_timeout: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -191,8 +216,10 @@ fn main() -> ExitCode {
             println!("{}", openapi::openapi_json());
             Ok(())
         }
-        Command::Deploy { file, version, start_from, workers, processes, client } => {
-            client_call(client, |c| async move { c.deploy(&file, version, start_from, workers, processes).await })
+        Command::Deploy { file, version, start_from, workers, processes, binary, client } => {
+            client_call(client, |c| async move {
+                c.deploy(&file, version, start_from, workers, processes, binary.as_deref()).await
+            })
         }
         Command::List { client } => client_call(client, |c| async move { c.list().await }),
         Command::Status { group_id, watch, client } => {
@@ -227,6 +254,7 @@ fn serve(args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
     let state_dir = StateDir::new(&args.state_dir);
     std::fs::create_dir_all(state_dir.path())
         .with_context(|| format!("cannot create the state directory {}", args.state_dir.display()))?;
+    let _lock = state_dir.lock().context("cannot take the state directory")?;
     let token = match args.token {
         Some(t) if t.len() >= 16 => t,
         Some(_) => anyhow::bail!("--token / SQUALL_TOKEN: use at least 16 characters"),
@@ -240,8 +268,9 @@ fn serve(args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
         program: std::env::current_exe().context("cannot find the squall executable")?,
         catch_up_lag: args.catch_up_lag,
         poll_every: Duration::from_secs(1),
+        max_binary_bytes: args.max_binary_bytes,
     };
-    let launcher = ChildLauncher { state: state_dir, brokers: args.brokers, cql: args.cql, log_json };
+    let launcher = ChildLauncher::new(state_dir, args.brokers, args.cql, log_json, args.adopt_timeout)?;
     let _metrics = telemetry::metrics();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
@@ -254,8 +283,16 @@ fn serve(args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
         println!("{} (state in {})", ready::line("squall server:", &url), args.state_dir.display());
         tracing::info!(%addr, "control plane serving");
         http::serve(listener, api::router(Arc::clone(&control)), shutdown_signal()).await?;
-        tracing::info!("stopping every deployment's processes");
-        control.shutdown().await;
+        if args.stop_versions_on_exit {
+            tracing::info!("stopping every deployment's processes");
+            control.shutdown().await;
+        } else {
+            control.detach().await;
+            tracing::info!(
+                adopt_timeout = ?args.adopt_timeout,
+                "the versions keep running: a server started on this state directory within their adopt timeout adopts them"
+            );
+        }
         Ok(())
     })
 }
@@ -283,14 +320,57 @@ fn token_in(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.exit_with_parent {
-        exit_with_parent()?;
-    }
     let (spec, cluster) = args.settings()?;
     let metrics =
         telemetry::metrics_with_labels(&[("topology", spec.name.clone()), ("version", spec.version.to_string())]);
+    let mut managed = Managed::start(&args, &spec, cluster.as_ref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(serve_version(spec, cluster, metrics, args.launch_id))
+    let result = rt.block_on(serve_version(spec, cluster, metrics, &mut managed));
+    managed.exited();
+    result
+}
+
+/// What a process started by a squall server keeps for it: its launch id, its runtime file and
+/// its lease (all optional: `squall run` by hand has none of them).
+struct Managed {
+    launch_id: Option<String>,
+    runfile: Option<(PathBuf, RunFile)>,
+    adopt_timeout: Option<Duration>,
+}
+
+impl Managed {
+    /// Records the process as starting in its runtime file, if it has one.
+    fn start(args: &RunArgs, spec: &TopologySpec, cluster: Option<&Cluster>) -> anyhow::Result<Managed> {
+        let runfile = match (&args.runtime_file, &args.launch_id) {
+            (Some(path), Some(id)) => {
+                let process = cluster.map_or(0, |c| c.process);
+                let file = RunFile::of_this_process(&spec.group_id(), process, id)
+                    .context("cannot read this process's start time from /proc")?;
+                file.write(path).with_context(|| format!("cannot write --runtime-file {}", path.display()))?;
+                Some((path.clone(), file))
+            }
+            _ => None,
+        };
+        Ok(Managed { launch_id: args.launch_id.clone(), runfile, adopt_timeout: args.adopt_timeout })
+    }
+
+    /// Records the process as serving at `url`.
+    fn serving(&mut self, url: &str) -> anyhow::Result<()> {
+        if let Some((path, file)) = &mut self.runfile {
+            file.url = Some(url.to_owned());
+            file.write(path).with_context(|| format!("cannot write --runtime-file {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the runtime file: the process has stopped.
+    fn exited(&self) {
+        if let Some((path, file)) = &self.runfile
+            && let Err(e) = file.remove(path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the runtime file");
+        }
+    }
 }
 
 impl RunArgs {
@@ -335,12 +415,13 @@ impl RunArgs {
     }
 }
 
-/// Starts the version and serves its HTTP API until SIGTERM or Ctrl-C, then stops its workers.
+/// Starts the version and serves its HTTP API until SIGTERM or Ctrl-C, or until its lease
+/// expires, then stops its workers.
 async fn serve_version(
     spec: TopologySpec,
     cluster: Option<Cluster>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
-    launch_id: Option<String>,
+    managed: &mut Managed,
 ) -> anyhow::Result<()> {
     let group_id = spec.group_id();
     let listener = TcpListener::bind(&spec.http.listen)
@@ -369,36 +450,41 @@ async fn serve_version(
         metrics,
         counters,
         recovered_cut: running.recovered_cut,
-        launch_id,
+        launch_id: managed.launch_id.clone(),
         feeds: running.feeds.clone(),
+        lease: managed.adopt_timeout.map(|t| Arc::new(Lease::new(t))),
         routing,
     });
     let addr = listener.local_addr()?;
     if let Some(cut) = running.recovered_cut {
         println!("squall: {group_id} recovered from checkpoint cut {cut}");
     }
-    // The readiness line the server and the tests wait for.
-    println!("{}", ready::line(&format!("squall: {group_id}"), &format!("http://{addr}")));
+    let url = format!("http://{addr}");
+    // The readiness the server waits for (the runtime file), and the line people and tests read.
+    managed.serving(&url)?;
+    println!("{}", ready::line(&format!("squall: {group_id}"), &url));
     tracing::info!(group_id = %group_id, %addr, "serving attributes");
-    let server = tokio::spawn(http::serve(listener, http::router(Arc::clone(&api)), shutdown_signal()));
+    let stop = {
+        let lease = api.lease.clone();
+        async move {
+            let Some(lease) = lease else { return shutdown_signal().await };
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = lease.expired() => tracing::warn!(
+                    timeout = ?lease.timeout(),
+                    "no squall server has renewed this process's lease (--adopt-timeout): stopping; \
+                     a server started later resumes the version from its last complete checkpoint"
+                ),
+            }
+        }
+    };
+    let server = tokio::spawn(http::serve(listener, http::router(Arc::clone(&api)), stop));
     let reporter = tokio::spawn(report(api, group_id));
     server.await??;
     reporter.abort();
     tracing::info!("stopping workers");
     running.shutdown();
     tokio::task::spawn_blocking(move || running.join()).await?.map_err(anyhow::Error::msg)?;
-    Ok(())
-}
-
-/// Dies with the parent (the server), so a killed server leaves no orphaned versions behind.
-fn exit_with_parent() -> anyhow::Result<()> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("prctl(PR_SET_PDEATHSIG)")?;
-    // The parent may have died before the call: then we are already an orphan.
-    if let Ok(expected) = std::env::var("SQUALL_PARENT_PID")
-        && nix::unistd::getppid().as_raw().to_string() != expected
-    {
-        anyhow::bail!("the parent process {expected} is gone");
-    }
     Ok(())
 }
 

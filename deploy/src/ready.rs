@@ -1,6 +1,8 @@
-//! The readiness protocol between a process that serves HTTP and whoever started it: once it
-//! listens, the process prints one line on stdout, `<who> serving on <url>[ <detail>]`, and the
-//! starter reads the URL back. [`line`] is the only writer and [`url`] the only reader.
+//! The readiness line of a process that serves HTTP, for people and for whoever started it from a
+//! terminal or a test: once it listens, the process prints one line on stdout,
+//! `<who> serving on <url>[ <detail>]`, and the starter reads the URL back. [`line`] is the only
+//! writer and [`url`] the only reader. (A squall server does not read its versions' output, which
+//! goes to their log file: they announce themselves in their runtime file, [`crate::runfile`].)
 
 /// The readiness line of `who` (e.g. `squall: personalization-v1`) serving at `url`.
 pub fn line(who: &str, url: &str) -> String {

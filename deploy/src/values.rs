@@ -1,5 +1,6 @@
-//! Values with rules, parsed once: a consumer group id and where a version starts reading. Each
-//! has one `FromStr` and one serde form, used from the CLI through the API to the registry.
+//! Values with rules, parsed once: a consumer group id, where a version starts reading, and the
+//! hash that names an uploaded executable. Each has one `FromStr` and one serde form, used from
+//! the CLI through the API to the registry.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,6 +8,33 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use squall_operators::StartFrom;
 use squall_topologies::spec::KafkaSpec;
+
+/// The conversions of a value kept as its checked text (a newtype over `String` with a
+/// `FromStr`): from a `String` by that `FromStr` (serde's `try_from`), back into one (serde's
+/// `into`), and `Display`.
+macro_rules! text_value {
+    ($t:ident) => {
+        impl TryFrom<String> for $t {
+            type Error = <$t as FromStr>::Err;
+
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(&self.0)
+            }
+        }
+    };
+}
 
 /// A Kafka consumer group id, which also names a deployment: 1..=255 characters, none of them a
 /// control character.
@@ -47,25 +75,7 @@ impl FromStr for GroupId {
     }
 }
 
-impl TryFrom<String> for GroupId {
-    type Error = InvalidGroupId;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<GroupId> for String {
-    fn from(g: GroupId) -> String {
-        g.0
-    }
-}
-
-impl fmt::Display for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
+text_value!(GroupId);
 
 impl std::borrow::Borrow<str> for GroupId {
     fn borrow(&self) -> &str {
@@ -162,9 +172,61 @@ impl fmt::Display for StartPosition {
     }
 }
 
+/// The SHA-256 of an executable uploaded for versions to run, as 64 lowercase hex digits: its
+/// name in the state directory, the registry and the API.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BinaryHash(String);
+
+/// Why a string is not a [`BinaryHash`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?}: a binary is named by the SHA-256 of its bytes, 64 hex digits")]
+pub struct InvalidBinaryHash {
+    /// What was given.
+    pub given: String,
+}
+
+impl BinaryHash {
+    /// The name of the bytes whose SHA-256 is `digest`.
+    pub fn of_digest(digest: &[u8; 32]) -> BinaryHash {
+        BinaryHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The hash as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for BinaryHash {
+    type Err = InvalidBinaryHash;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(InvalidBinaryHash { given: s.to_owned() });
+        }
+        Ok(BinaryHash(s.to_ascii_lowercase()))
+    }
+}
+
+text_value!(BinaryHash);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_hashes_are_64_hex_digits_in_lowercase() {
+        let h: BinaryHash = "AB".repeat(32).parse().unwrap();
+        assert_eq!(h.as_str(), "ab".repeat(32));
+        assert_eq!(BinaryHash::of_digest(&[0xab; 32]), h);
+        assert_eq!(serde_json::to_string(&h).unwrap(), format!("\"{}\"", "ab".repeat(32)));
+        for bad in ["", "ab", &"g".repeat(64), &"a".repeat(65), "../../etc/passwd"] {
+            let e = bad.parse::<BinaryHash>().unwrap_err();
+            assert!(e.to_string().contains("64 hex digits"), "{e}");
+        }
+        assert!(serde_json::from_str::<BinaryHash>("\"ab\"").is_err());
+    }
 
     #[test]
     fn group_ids_keep_their_rules() {

@@ -87,7 +87,7 @@ fn the_control_plane_never_links_a_dataflow() {
 #[test]
 fn a_version_knows_nothing_of_the_control_plane() {
     let mut files = sources("runner");
-    for file in ["http.rs", "counters.rs", "cluster.rs"] {
+    for file in ["http.rs", "counters.rs", "cluster.rs", "lease.rs", "runfile.rs"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file);
         files.push((path.clone(), std::fs::read_to_string(&path).unwrap()));
     }

@@ -10,15 +10,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use squall_operators::Partition;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use squall::control::lag::LagSource;
 use squall::control::launcher::{
-    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, launch_id,
+    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, Survivor, launch_id,
 };
 use squall::control::statedir::StateDir;
 use squall::control::{Control, ServerConfig, api};
@@ -56,6 +57,13 @@ struct FakeState {
     kills: HashMap<(GroupId, usize), oneshot::Sender<()>>,
     /// The launch ids handed out, by deployment.
     launch_ids: HashMap<GroupId, Vec<String>>,
+    /// Each live process's launch id and how to hand it to a new supervisor (adoption), by
+    /// deployment and index.
+    adopters: HashMap<(GroupId, usize), (String, mpsc::UnboundedSender<ProcessSide>)>,
+    /// Status requests that named the process's launch id (lease renewals), by deployment and index.
+    heartbeats: HashMap<(GroupId, usize), usize>,
+    /// The program of each deployment's last run.
+    programs: HashMap<GroupId, PathBuf>,
 }
 
 impl FakeLauncher {
@@ -76,6 +84,10 @@ impl FakeLauncher {
         let kill = self.with(|s| s.kills.remove(&(g(group), index))).expect("a live process to kill");
         let _ = kill.send(());
     }
+
+    fn heartbeats(&self, group: &str, index: usize) -> usize {
+        self.with(|s| s.heartbeats.get(&(g(group), index)).copied().unwrap_or(0))
+    }
 }
 
 impl Launcher for FakeLauncher {
@@ -87,20 +99,38 @@ impl Launcher for FakeLauncher {
             return Err(format!("cannot start {}: No such file or directory", spec.program.display()));
         }
         *state.starts.entry(spec.group_id.clone()).or_default() += 1;
+        state.programs.insert(spec.group_id.clone(), spec.program.clone());
         for index in 0..spec.processes {
             let id = launch_id();
             let (handle, side) = ProcessHandle::new(Origin::Spawned { pid: None }, id.clone());
             let (kill, killed) = oneshot::channel();
             state.kills.insert((spec.group_id.clone(), index), kill);
+            let (adopter, adoptions) = mpsc::unbounded_channel();
+            state.adopters.insert((spec.group_id.clone(), index), (id.clone(), adopter));
             *state.alive.entry(spec.group_id.clone()).or_default() += 1;
             state.launch_ids.entry(spec.group_id.clone()).or_default().push(id.clone());
             let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            let process = FakeProcess { group: spec.group_id.clone(), index, launch_id: id };
-            let fleet = Arc::clone(&self.state);
-            tokio::spawn(run_process(process, listener, side, killed, !self.hold_ready.load(SeqCst), fleet));
+            let process =
+                FakeProcess { group: spec.group_id.clone(), index, launch_id: id, fleet: Arc::clone(&self.state) };
+            let announce = !self.hold_ready.load(SeqCst);
+            tokio::spawn(run_process(process, listener, side, adoptions, killed, announce));
             handles.push(handle);
         }
         Ok(handles)
+    }
+
+    /// Every live process of the deployment, handed to the caller (all verified: they answer).
+    fn find(&self, spec: &LaunchSpec) -> BoxFuture<'static, Vec<Survivor>> {
+        let state = self.state.lock().unwrap();
+        let mut found = Vec::new();
+        for index in 0..spec.processes {
+            let Some((id, adopter)) = state.adopters.get(&(spec.group_id.clone(), index)) else { continue };
+            let (handle, side) = ProcessHandle::new(Origin::Adopted { pid: 1000 + index as u32 }, id.clone());
+            if adopter.send(side).is_ok() {
+                found.push(Survivor { index, handle, verified: Ok(()) });
+            }
+        }
+        Box::pin(async move { found })
     }
 }
 
@@ -110,26 +140,31 @@ struct FakeProcess {
     group: GroupId,
     index: usize,
     launch_id: String,
+    fleet: Arc<Mutex<FakeState>>,
 }
 
 /// A fake `squall run`: serves `/v1/status` and attributes (naming itself) until it is signalled
-/// or killed, then reports its exit.
+/// or killed, then reports its exit. A supervisor that lets go of it leaves it running until
+/// another one adopts it (through `adoptions`).
 async fn run_process(
     p: FakeProcess,
     listener: std::net::TcpListener,
     side: ProcessSide,
-    killed: oneshot::Receiver<()>,
+    mut adoptions: mpsc::UnboundedReceiver<ProcessSide>,
+    mut killed: oneshot::Receiver<()>,
     announce: bool,
-    fleet: Arc<Mutex<FakeState>>,
 ) {
-    let ProcessSide { events, mut signals } = side;
+    let ProcessSide { mut events, mut signals } = side;
     listener.set_nonblocking(true).unwrap();
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = Router::new()
         .route(
             "/v1/status",
-            get(|State(p): State<FakeProcess>| async move {
+            get(|State(p): State<FakeProcess>, Query(q): Query<HashMap<String, String>>| async move {
+                if q.get("launch_id") == Some(&p.launch_id) {
+                    *p.fleet.lock().unwrap().heartbeats.entry((p.group.clone(), p.index)).or_default() += 1;
+                }
                 axum::Json(RunStatus {
                     group_id: p.group.to_string(),
                     applied: 10,
@@ -150,21 +185,32 @@ async fn run_process(
         let _ = stopped.await;
     }));
     if announce {
-        let _ = events.send(ProcessEvent::Ready(url));
+        let _ = events.send(ProcessEvent::Ready(url.clone()));
     }
-    let why = tokio::select! {
-        s = signals.recv() => match s {
-            Some(Signal::Terminate) => "exit status: 0",
-            Some(Signal::Kill) | None => "signal: 9 (SIGKILL)",
-        },
-        _ = killed => "signal: 9 (SIGKILL)",
+    let why = loop {
+        tokio::select! {
+            s = signals.recv() => match s {
+                Some(Signal::Terminate) => break "exit status: 0",
+                Some(Signal::Kill) => break "signal: 9 (SIGKILL)",
+                // Let go of: keep serving, and wait for someone to adopt it.
+                None => match tokio::select! { side = adoptions.recv() => side, _ = &mut killed => None } {
+                    Some(side) => {
+                        (events, signals) = (side.events, side.signals);
+                        let _ = events.send(ProcessEvent::Ready(url.clone()));
+                    }
+                    None => break "signal: 9 (SIGKILL)",
+                },
+            },
+            _ = &mut killed => break "signal: 9 (SIGKILL)",
+        }
     };
     let _ = stop_server.send(());
     let _ = server.await;
     // Gone before it says so, as a real process is.
     {
-        let mut fleet = fleet.lock().unwrap();
+        let mut fleet = p.fleet.lock().unwrap();
         fleet.kills.remove(&(p.group.clone(), p.index));
+        fleet.adopters.remove(&(p.group.clone(), p.index));
         *fleet.alive.entry(p.group.clone()).or_default() -= 1;
     }
     let _ = events.send(ProcessEvent::Exited(format!("process {} exited ({why}); log tail:\n", p.index)));
@@ -238,6 +284,7 @@ impl Harness {
             program: PathBuf::from("/fake/squall"),
             catch_up_lag: 10,
             poll_every: Duration::from_millis(10),
+            max_binary_bytes: 4096,
         };
         let control = Control::start(cfg, launcher.clone(), lag.clone()).await.expect("control plane");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -449,6 +496,9 @@ async fn queries_and_commands_do_not_wait_for_a_hung_broker() {
     h.deploy(json!({})).await;
     // The monitor is stuck in the lag source: the lag is unknown, so the version catches up.
     h.wait_state("personalization-v1", "catching-up").await;
+    // The heartbeats that keep the version's lease go on meanwhile.
+    let before = h.launcher.heartbeats("personalization-v1", 0);
+    h.wait("personalization-v1", "heartbeaten", |_| h.launcher.heartbeats("personalization-v1", 0) > before + 2).await;
     let (status, body) = h.post("/v1/deployments/personalization-v1/promote", None, Some(TOKEN)).await;
     assert_eq!((status, body["state"].as_str(), body["promoted"].as_bool()), (200, Some("catching-up"), Some(true)));
     let (status, body) = h.ask("u1", "").await;
@@ -456,4 +506,136 @@ async fn queries_and_commands_do_not_wait_for_a_hung_broker() {
     h.lag.hang(false);
     h.wait_state("personalization-v1", "promoted").await;
     h.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_adopts_the_processes_it_left_running() {
+    let h = Harness::start().await;
+    h.deploy(json!({ "processes": 2 })).await;
+    let before = h.wait_state("personalization-v1", "running").await;
+    h.post("/v1/deployments/personalization-v1/promote", None, Some(TOKEN)).await;
+    h.control.detach().await;
+    assert_eq!(h.launcher.alive("personalization-v1"), 2, "detaching stops nothing");
+    // Without a server the processes' own addresses answer.
+    for url in before["urls"].as_array().unwrap() {
+        let resp = reqwest::get(format!("{}/v1/users/u1/attributes", url.as_str().unwrap())).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
+    let again = Harness::start_in(h.dir.clone(), h.launcher.clone(), h.lag.clone()).await;
+    let d = again.wait_state("personalization-v1", "promoted").await;
+    assert_eq!((&d["urls"], &d["adopted"], &d["restarts"]), (&before["urls"], &json!(true), &json!(0)), "{d}");
+    assert_eq!(h.launcher.starts("personalization-v1"), 1, "nothing was started again");
+    for user in ["u1", "u2", "u3", "alice", "bob"] {
+        let (status, body) = again.ask(user, "").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["process"], squall::cluster::owner_process(user, 2, 2), "{user}: {body}");
+    }
+    // The new server renews every process's lease.
+    let beats = [0, 1].map(|i| h.launcher.heartbeats("personalization-v1", i));
+    again
+        .wait("personalization-v1", "heartbeaten", |_| {
+            (0..2).all(|i| h.launcher.heartbeats("personalization-v1", i) > beats[i] + 2)
+        })
+        .await;
+    // An adopted run that loses a process is restarted whole, by this server.
+    h.launcher.kill("personalization-v1", 0);
+    let d = again.wait("personalization-v1", "restarted", |d| d["restarts"] == 1 && d["state"] == "promoted").await;
+    assert_eq!(d["adopted"], false, "{d}");
+    assert_eq!((h.launcher.starts("personalization-v1"), h.launcher.alive("personalization-v1")), (2, 2));
+    again.control.shutdown().await;
+    assert_eq!(h.launcher.alive("personalization-v1"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_lost_a_process_while_no_server_watched_is_replaced() {
+    let h = Harness::start().await;
+    h.deploy(json!({ "processes": 2 })).await;
+    let before = h.wait_state("personalization-v1", "running").await;
+    h.control.detach().await;
+    h.launcher.kill("personalization-v1", 1);
+
+    let again = Harness::start_in(h.dir.clone(), h.launcher.clone(), h.lag.clone()).await;
+    let d =
+        again.wait("personalization-v1", "replaced", |d| d["state"] == "running" && d["urls"] != before["urls"]).await;
+    assert_eq!(d["adopted"], false, "{d}");
+    assert_eq!((h.launcher.starts("personalization-v1"), h.launcher.alive("personalization-v1")), (2, 2));
+    again.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_server_finishes_a_stop_the_last_one_recorded() {
+    let h = Harness::start().await;
+    h.deploy(json!({})).await;
+    h.wait_state("personalization-v1", "running").await;
+    h.control.detach().await;
+    // As if the server had died between recording the stop and stopping the processes.
+    let registry = h.dir.join("registry.json");
+    let mut data: Value = serde_json::from_slice(&std::fs::read(&registry).unwrap()).unwrap();
+    data["deployments"]["personalization-v1"]["desired"] = "stopped".into();
+    std::fs::write(&registry, serde_json::to_vec(&data).unwrap()).unwrap();
+
+    let again = Harness::start_in(h.dir.clone(), h.launcher.clone(), h.lag.clone()).await;
+    again
+        .wait("personalization-v1", "stopped, its process gone", |d| {
+            d["state"] == "stopped" && h.launcher.alive("personalization-v1") == 0
+        })
+        .await;
+    assert_eq!(h.launcher.starts("personalization-v1"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_runs_the_binary_it_was_deployed_with() {
+    let h = Harness::start().await;
+    let upload = |body: &'static [u8], token: Option<&'static str>| {
+        let mut req = h.http.post(format!("{}/v1/binaries", h.url)).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.expect("POST");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let script: &[u8] = b"#!/bin/sh\necho squall 9.9.9\n";
+    assert_eq!(upload(script, None).await.0, 401);
+    assert_eq!(upload(script, Some("wrong-wrong-wrong-wrong")).await.0, 403);
+    let (status, body) = upload(&[b'x'; 5000], Some(TOKEN)).await;
+    assert_eq!((status, body["error"]["message"].as_str()), (413, Some("the executable is larger than 4096 bytes")));
+    let (status, body) = upload(b"#!/bin/sh\nexit 3\n", Some(TOKEN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["message"], "the executable does not answer --version");
+    assert_eq!(body["error"]["detail"], " (exit status: 3)");
+    let (status, stored) = upload(script, Some(TOKEN)).await;
+    assert_eq!(
+        (status, stored["version"].as_str(), stored["bytes"].as_u64()),
+        (201, Some("squall 9.9.9"), Some(script.len() as u64))
+    );
+    let sha = stored["sha256"].as_str().unwrap().to_owned();
+    let path = h.dir.join("binaries").join(&sha);
+    assert_eq!(std::fs::read(&path).unwrap(), script);
+
+    let (status, body) = h.deploy(json!({ "binary": "0".repeat(64) })).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("upload it first with POST /v1/binaries"), "{body}");
+    let (status, body) = h.deploy(json!({ "binary": "not-a-hash" })).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, v1) = h.deploy(json!({ "version": 1, "binary": sha })).await;
+    assert_eq!((status, v1["binary"].as_str()), (201, Some(sha.as_str())), "{v1}");
+    let (status, v2) = h.deploy(json!({ "version": 2 })).await;
+    assert_eq!((status, v2.get("binary")), (201, None), "{v2}");
+    h.wait_state("personalization-v1", "running").await;
+    h.wait_state("personalization-v2", "running").await;
+    let programs = h.launcher.with(|s| s.programs.clone());
+    assert_eq!(programs[&g("personalization-v1")], path, "pinned to its binary");
+    assert_eq!(programs[&g("personalization-v2")], PathBuf::from("/fake/squall"), "the server's own");
+    let (_, list) = h.get("/v1/deployments").await;
+    assert_eq!(list[0]["binary"].as_str(), Some(sha.as_str()));
+    h.control.shutdown().await;
+
+    // Across a restart of the server (another executable of its own), the version keeps its binary.
+    let again = Harness::start_in(h.dir.clone(), h.launcher.clone(), h.lag.clone()).await;
+    again.wait_state("personalization-v1", "running").await;
+    assert_eq!(h.launcher.with(|s| s.programs[&g("personalization-v1")].clone()), path);
+    again.control.shutdown().await;
 }

@@ -4,7 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::{binary, terminate, wait_until_serving};
+use std::collections::BTreeMap;
+
+use squall_operators::Attributes;
+use squall_topologies::oracle;
+
+use crate::{binary, terminate, wait_for, wait_until_serving};
 
 /// A running `squall server`, killed on drop.
 pub struct SquallServer {
@@ -19,11 +24,26 @@ pub struct SquallServer {
 
 impl SquallServer {
     /// Starts `squall server` on a free loopback port with `state_dir`, and waits until it serves.
+    /// It stops its versions when it is stopped (`--stop-versions-on-exit`), and versions it
+    /// leaves behind stop themselves a minute after it is gone (`--adopt-timeout 60s`).
     pub fn start(state_dir: &Path, token: &str) -> SquallServer {
-        let mut child = Command::new(binary("squall"))
-            .args(["server", "--listen", "127.0.0.1:0", "--catch-up-lag", "0", "--token", token])
+        Self::start_with(
+            &binary("squall"),
+            state_dir,
+            token,
+            "127.0.0.1:0",
+            &["--stop-versions-on-exit", "--adopt-timeout", "60s"],
+        )
+    }
+
+    /// Starts the `squall` executable `program` as a server listening on `listen`, with
+    /// `state_dir` and the extra arguments `args`, and waits until it serves.
+    pub fn start_with(program: &Path, state_dir: &Path, token: &str, listen: &str, args: &[&str]) -> SquallServer {
+        let mut child = Command::new(program)
+            .args(["server", "--listen", listen, "--catch-up-lag", "0", "--token", token])
             .arg("--state-dir")
             .arg(state_dir)
+            .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -90,13 +110,28 @@ impl SquallServer {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Waits until `group` serves (running, promoted or catching-up, with its addresses); its detail.
+    pub async fn wait_serving(&self, group: &str) -> serde_json::Value {
+        wait_for(&format!("{group} to serve"), Duration::from_secs(60), || async {
+            let (status, body) = self.get(&format!("/v1/deployments/{group}")).await;
+            match body["state"].as_str() {
+                Some("running" | "promoted" | "catching-up") if !body["urls"].as_array().is_none_or(Vec::is_empty) => {
+                    Ok(body)
+                }
+                _ => Err(format!("{status} {body}")),
+            }
+        })
+        .await
+    }
+
     /// Kills the server with SIGKILL and waits for it.
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("wait");
     }
 
-    /// Stops the server with SIGTERM and waits (it stops its deployments' processes first).
+    /// Stops the server with SIGTERM and waits (with `--stop-versions-on-exit` it stops its
+    /// deployments' processes first; else it leaves them running).
     pub fn stop(mut self) -> std::process::ExitStatus {
         terminate(&mut self.child, Duration::from_secs(60)).expect("squall server did not exit within 60 s of SIGTERM")
     }
@@ -107,7 +142,8 @@ impl Drop for SquallServer {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        // SIGTERM first so that the server stops its children; SIGKILL if it does not exit.
+        // SIGTERM first so that the server stops its versions (when it was told to); SIGKILL if
+        // it does not exit.
         if terminate(&mut self.child, Duration::from_secs(30)).is_some() {
             return;
         }
@@ -143,4 +179,64 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> =
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
     listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
+/// The process id in `/v1/status` of the `squall run` process at `url`.
+pub async fn pid_at(url: &str) -> Result<u32, String> {
+    let status: serde_json::Value = reqwest::get(format!("{url}/v1/status"))
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    status["pid"].as_u64().map(|p| p as u32).ok_or_else(|| format!("no pid in {status}"))
+}
+
+/// The executable process `pid` runs (`/proc/<pid>/exe`).
+pub fn exe_of(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_else(|e| panic!("/proc/{pid}/exe: {e}"))
+}
+
+/// Waits until every user of `expected`, read at `url` (`query` appended: `""`, `?group=...`),
+/// equals the oracle, asking 16 at a time and asking again only for those that do not yet;
+/// panics after `timeout` with a few of the differences.
+pub async fn wait_equal_to_oracle(url: &str, query: &str, expected: &BTreeMap<String, Attributes>, timeout: Duration) {
+    use futures::StreamExt as _;
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pending: Vec<&String> = expected.keys().collect();
+    loop {
+        let checks = pending.iter().map(|user| {
+            let client = &client;
+            async move {
+                let answer = async {
+                    let resp = client
+                        .get(format!("{url}/v1/users/{user}/attributes{query}"))
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let status = resp.status();
+                    let body: serde_json::Value = resp.json().await.map_err(|e| format!("{status}: {e}"))?;
+                    let got: Attributes = serde_json::from_value(body["attributes"].clone())
+                        .map_err(|e| format!("{status} {body}: {e}"))?;
+                    oracle::difference(&got, &expected[*user]).map_or(Ok(()), Err)
+                };
+                answer.await.err().map(|why| (*user, why))
+            }
+        });
+        let differing: Vec<(&String, String)> =
+            futures::stream::iter(checks).buffer_unordered(16).filter_map(|d| async move { d }).collect().await;
+        if differing.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after {timeout:?}, {} of {} users at {url}{query} differ from the oracle, e.g. {:?}",
+            differing.len(),
+            expected.len(),
+            differing.iter().take(3).collect::<Vec<_>>()
+        );
+        pending = differing.into_iter().map(|(u, _)| u).collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::binaries::{StoredBinary, UploadError};
 use super::routing::RouteError;
 use super::state::Refusal;
 use super::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
@@ -31,6 +32,7 @@ pub fn router(control: Shared) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], super::openapi::openapi_json()) }),
         )
+        .route("/v1/binaries", post(upload_binary))
         .route("/v1/deployments", get(list).post(deploy))
         .route("/v1/deployments/{group_id}", get(detail))
         .route("/v1/deployments/{group_id}/logs", get(logs))
@@ -104,6 +106,21 @@ impl From<CommandError> for ApiError {
     }
 }
 
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            UploadError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+                .hint("strip its debug information, or start the server with a larger --max-binary-bytes"),
+            UploadError::Body(_) => ApiError::new(StatusCode::BAD_REQUEST, message),
+            UploadError::DoesNotRun { output } => ApiError::new(StatusCode::BAD_REQUEST, message)
+                .detail(output)
+                .hint("upload a squall executable built for this server's platform"),
+            UploadError::Io { error, .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message).detail(error),
+        }
+    }
+}
+
 fn refusal(r: Refusal) -> ApiError {
     let message = r.to_string();
     match r {
@@ -165,7 +182,7 @@ pub(super) async fn logs(
 
 #[utoipa::path(post, path = "/v1/deployments", tag = "deployments", request_body = DeployRequest,
     security(("bearer" = [])),
-    responses((status = 201, body = DeploymentView), (status = 400, description = "Bad topology or arguments"),
+    responses((status = 201, body = DeploymentView), (status = 400, description = "Bad topology or arguments, or a binary that was not uploaded"),
               (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
               (status = 409, description = "That version is already deployed")))]
 pub(super) async fn deploy(
@@ -175,6 +192,27 @@ pub(super) async fn deploy(
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid deploy request").detail(e.body_text()))?;
     Ok((StatusCode::CREATED, Json(control.deploy(req).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/binaries", tag = "binaries", security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+                 description = "The executable: a build of squall with the version's custom code"),
+    responses((status = 201, body = StoredBinary, description = "Stored (or already there) under its SHA-256"),
+              (status = 400, description = "It does not run: `--version` failed (the detail has its output)"),
+              (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
+              (status = 413, description = "Larger than the server's --max-binary-bytes")))]
+pub(super) async fn upload_binary(
+    State(control): State<Shared>,
+    _: Authorized,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<StoredBinary>), ApiError> {
+    let limit = control.max_binary_bytes();
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(UploadError::TooLarge { limit }.into());
+    }
+    Ok((StatusCode::CREATED, Json(control.upload_binary(body.into_data_stream()).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/deployments/{group_id}/promote", tag = "deployments", security(("bearer" = [])),

@@ -4,10 +4,14 @@
 //! (`squall run` children); tests use fakes, so the control plane runs in-process without a broker.
 //!
 //! A handle does not say how its process came to be ours: [`Origin`] is `Spawned` for a child of
-//! this server, and `Adopted` is there for a process a restarted server takes over.
+//! this server, and `Adopted` for a process an earlier server started and this one took over
+//! ([`Launcher::find`] hands those back as [`Survivor`]s). Dropping a handle leaves its process
+//! running: only [`Signal`]s stop it, so a server that exits without stopping its versions leaves
+//! them to the next one.
 
 use std::path::PathBuf;
 
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::values::{GroupId, StartPosition};
@@ -39,7 +43,7 @@ pub enum Origin {
         /// Its process id.
         pid: Option<u32>,
     },
-    /// Started by an earlier server and taken over by this one.
+    /// Started by an earlier server (this one is not its parent) and taken over by this one.
     Adopted {
         /// Its process id.
         pid: u32,
@@ -121,12 +125,32 @@ impl ProcessHandle {
     }
 }
 
-/// Starts the processes of deployments.
+/// A process of a deployment that an earlier server started and left running, found by
+/// [`Launcher::find`]: certainly the process that server launched (not another one that now has
+/// its pid), so it may be adopted or stopped.
+#[derive(Debug)]
+pub struct Survivor {
+    /// Its index in its deployment's run.
+    pub index: usize,
+    /// The handle to it (`Origin::Adopted`); it reports `Ready` (at once, if it serves already)
+    /// and `Exited` like a spawned one.
+    pub handle: ProcessHandle,
+    /// Whether it answered `/v1/status` with its launch id (or is still starting, with no HTTP
+    /// address yet); if not, why. A process that cannot be verified is replaced.
+    pub verified: Result<(), String>,
+}
+
+/// Starts the processes of deployments, and finds the ones an earlier server left running.
 pub trait Launcher: Send + Sync + 'static {
     /// Starts one run of `spec`'s processes: a handle per process, in process order, each
     /// reporting `Ready` once it serves and `Exited` when it ends. An error says why the run could
     /// not start (then none of its processes runs).
     fn start(&self, spec: &LaunchSpec) -> Result<Vec<ProcessHandle>, String>;
+
+    /// The processes of `spec`'s deployment that an earlier server started and that still run, in
+    /// process order (records of processes that are gone, or whose pid now belongs to another
+    /// process, are left out, and those processes are never signalled).
+    fn find(&self, spec: &LaunchSpec) -> BoxFuture<'static, Vec<Survivor>>;
 }
 
 /// A fresh launch id: 16 hex digits, different for every process started.

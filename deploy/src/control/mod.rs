@@ -7,7 +7,9 @@
 //! - [`state`]: the deployment state machine, pure: states, commands, observations.
 //! - [`launcher`]: the seam to processes (the [`launcher::Launcher`] trait); [`child`]: the
 //!   launcher that runs `squall run` children; [`supervisor`]: restarts and stops a deployment's runs.
-//! - [`lag`]: the seam to Kafka (the [`lag::LagSource`] trait); [`monitor`]: lag and child status.
+//! - [`lag`]: the seam to Kafka (the [`lag::LagSource`] trait); [`monitor`]: lag, child status
+//!   and the heartbeats that renew the processes' leases.
+//! - [`binaries`]: executables uploaded for versions that run custom code.
 //! - [`routing`]: which process answers which query, from a lock-free snapshot.
 //! - [`api`]: thin HTTP handlers; [`views`]: the API's types; [`openapi`]: its document.
 //!
@@ -17,6 +19,7 @@
 //! not stop another; the control plane reaches them only through the two seams and their HTTP API.
 
 pub mod api;
+pub mod binaries;
 pub mod child;
 pub mod lag;
 pub mod launcher;
@@ -43,10 +46,10 @@ use self::registry::{Deployment, Registry, RegistryData, now_ms};
 use self::routing::Routing;
 use self::state::{Change, Facts, Observation, Observed, Refusal};
 use self::statedir::StateDir;
-use self::supervisor::Supervisor;
+use self::supervisor::{Begin, Supervisor};
 use self::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
 use crate::kafka::Inputs;
-use crate::values::{GroupId, StartPosition};
+use crate::values::{BinaryHash, GroupId, StartPosition};
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -65,6 +68,8 @@ pub struct ServerConfig {
     pub catch_up_lag: i64,
     /// How often the monitor reads each deployment's lag and counters.
     pub poll_every: Duration,
+    /// The largest executable `POST /v1/binaries` accepts, in bytes.
+    pub max_binary_bytes: u64,
 }
 
 /// Why a command failed.
@@ -137,8 +142,7 @@ impl Control {
             .map_err(|e| anyhow::anyhow!("http client: {e}"))?;
         let routes = Routing::default();
         routes.set_registry(registry.data());
-        let resume: Vec<Deployment> =
-            registry.data().deployments.values().filter(|d| d.desired == registry::Desired::Running).cloned().collect();
+        let recorded: Vec<Deployment> = registry.data().deployments.values().cloned().collect();
         let control = Arc::new(Control {
             registry: tokio::sync::Mutex::new(registry),
             book: Mutex::new(Book::default()),
@@ -149,11 +153,19 @@ impl Control {
             http,
             cfg,
         });
-        for d in resume {
-            tracing::info!(group_id = %d.group_id, "resuming deployment");
-            control.launch(&d);
+        for d in recorded {
+            match d.desired {
+                registry::Desired::Running => {
+                    tracing::info!(group_id = %d.group_id, "resuming deployment");
+                    control.launch(&d, Begin::Resume);
+                }
+                registry::Desired::Stopped => {
+                    tokio::spawn(supervisor::retire(Arc::clone(&control.launcher), control.launch_spec(&d)));
+                }
+            }
         }
         tokio::spawn(monitor::run(Arc::downgrade(&control), control.cfg.poll_every));
+        tokio::spawn(monitor::heartbeats(Arc::downgrade(&control), control.cfg.poll_every));
         Ok(control)
     }
 
@@ -161,6 +173,18 @@ impl Control {
     pub async fn shutdown(&self) {
         let all: Vec<Supervisor> = lock(&self.supervisors).drain().map(|(_, s)| s).collect();
         futures::future::join_all(all.into_iter().map(Supervisor::halt)).await;
+    }
+
+    /// Stops supervising and leaves every deployment's processes running: a server started later
+    /// on the same state directory adopts them, and each stops itself if none has renewed its
+    /// lease within its adopt timeout.
+    pub async fn detach(&self) {
+        let all: Vec<(GroupId, Supervisor)> = lock(&self.supervisors).drain().collect();
+        for (g, s) in all {
+            s.detach().await;
+            // No longer watched, heartbeaten or routed to by this server.
+            self.observe(&g, Observation::Halted);
+        }
     }
 
     /// The bearer token mutations need.
@@ -193,7 +217,7 @@ impl Control {
     }
 
     /// Starts the supervisor of `d`.
-    fn launch(self: &Arc<Self>, d: &Deployment) {
+    fn launch(self: &Arc<Self>, d: &Deployment, begin: Begin) {
         let control = Arc::downgrade(self);
         let g = d.group_id.clone();
         let report = Arc::new(move |o: Observation| {
@@ -201,15 +225,15 @@ impl Control {
                 c.observe(&g, o);
             }
         });
-        let supervisor = Supervisor::spawn(Arc::clone(&self.launcher), self.launch_spec(d), report);
+        let supervisor = Supervisor::spawn(Arc::clone(&self.launcher), self.launch_spec(d), begin, report);
         lock(&self.supervisors).insert(d.group_id.clone(), supervisor);
     }
 
-    /// What the launcher runs for `d`.
+    /// What the launcher runs for `d`: its own executable if it names one, else the server's.
     fn launch_spec(&self, d: &Deployment) -> LaunchSpec {
         LaunchSpec {
             group_id: d.group_id.clone(),
-            program: self.cfg.program.clone(),
+            program: d.binary.as_ref().map_or_else(|| self.cfg.program.clone(), |h| self.cfg.state_dir.binary(h)),
             topology: self.cfg.state_dir.deployment(&d.group_id).topology(),
             version: d.version,
             workers: d.workers,
@@ -234,7 +258,7 @@ impl Control {
         if let Some(g) = &change.start
             && let Some(d) = registry.data().deployments.get(g)
         {
-            self.launch(d);
+            self.launch(d, Begin::Start);
         }
         Ok(change.stop)
     }
@@ -276,7 +300,23 @@ impl Control {
             Some(s) => s.parse().map_err(|e| bad(format!("start_from {e}")))?,
             None => StartPosition::default(),
         };
-        let d = Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms());
+        let binary: Option<BinaryHash> = match &req.binary {
+            Some(h) => {
+                let h: BinaryHash = h.parse().map_err(|e| bad(format!("binary {e}")))?;
+                if !self.cfg.state_dir.binary(&h).is_file() {
+                    return Err(bad(format!(
+                        "binary {h}: no such executable on this server; upload it first with POST /v1/binaries \
+                         (`squall deploy --binary PATH` does both)"
+                    )));
+                }
+                Some(h)
+            }
+            None => None,
+        };
+        let d = Deployment {
+            binary,
+            ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms())
+        };
         // Refusals first, as far as they can be seen without the lock; then what Kafka says.
         self.with_facts(self.routes.load().registry(), |f, _| state::deploy(f, d.clone()))?;
         self.check_start_group(&d, &spec).await?;
@@ -284,7 +324,7 @@ impl Control {
         let change = self.with_facts(registry.data(), |f, _| state::deploy(f, d.clone()))?;
         let dir = self.cfg.state_dir.deployment(&d.group_id);
         std::fs::create_dir_all(dir.path()).map_err(|e| CommandError::io("create the deployment directory", e))?;
-        registry::write_atomically(&dir.topology(), d.topology_toml.as_bytes())
+        crate::files::write_atomically(&dir.topology(), d.topology_toml.as_bytes())
             .map_err(|e| CommandError::io("store the topology file", e))?;
         self.commit(&mut registry, change)?;
         tracing::info!(group_id = %d.group_id, "deployed");
@@ -311,6 +351,22 @@ impl Control {
             )));
         }
         Ok(())
+    }
+
+    /// Stores an uploaded executable (streamed as `body`) once it answers `--version`.
+    pub async fn upload_binary<S, E>(&self, body: S) -> Result<binaries::StoredBinary, binaries::UploadError>
+    where
+        S: futures::Stream<Item = Result<axum::body::Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let stored = binaries::store(&self.cfg.state_dir.binaries(), body, self.cfg.max_binary_bytes).await?;
+        tracing::info!(sha256 = %stored.sha256, bytes = stored.bytes, version = %stored.version, "stored an executable");
+        Ok(stored)
+    }
+
+    /// The largest executable [`Control::upload_binary`] accepts, in bytes.
+    pub fn max_binary_bytes(&self) -> u64 {
+        self.cfg.max_binary_bytes
     }
 
     /// Makes `g` the version that answers its topology's queries by default.

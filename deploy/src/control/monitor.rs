@@ -1,15 +1,18 @@
-//! The monitor: once every `poll_every`, each deployment's counters (the sum of its processes'
-//! `/v1/status`) and its Kafka lag (from the [`super::lag::LagSource`]). It records them as a
-//! [`Observation::Progress`], in a 10-minute history and as `squall_consumer_lag` series.
+//! The monitor, two loops. Every `poll_every`, [`heartbeats`] asks each process of every
+//! deployment for its `/v1/status`, naming its launch id, which renews the process's lease
+//! (`squall run --adopt-timeout`), and keeps the counters (summed over the processes); [`run`]
+//! reads each deployment's Kafka lag (from the [`super::lag::LagSource`]) and records it with the
+//! throughput as an [`Observation::Progress`], in a 10-minute history and as `squall_consumer_lag`
+//! series. A broker that does not answer stalls the lag readings only, never the heartbeats.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Control;
 use super::registry::{Deployment, now_ms};
-use super::state::Observation;
+use super::state::{Observation, ProcessSlot};
 use super::views::Sample;
 use crate::counters::RunStatus;
 use crate::kafka::{Inputs, PartitionLag};
@@ -27,23 +30,25 @@ pub struct Progress {
     pub history: VecDeque<Sample>,
     /// When the last counters were read, and the events applied then.
     last_applied: Option<(Instant, u64)>,
+    /// Events applied per second between the last two readings.
+    events_per_sec: f64,
 }
 
 impl Progress {
-    /// Takes a reading of the counters (`None`: the processes did not answer); the events
-    /// applied per second since the last reading.
-    fn read(&mut self, status: Option<RunStatus>, now: Instant) -> f64 {
+    /// Takes a reading of the counters (`None`: the processes did not answer), and from it the
+    /// events applied per second since the last reading.
+    fn read(&mut self, status: Option<RunStatus>, now: Instant) {
         let Some(s) = status else {
             self.last_applied = None;
-            return 0.0;
+            self.events_per_sec = 0.0;
+            return;
         };
-        let rate = match self.last_applied {
+        self.events_per_sec = match self.last_applied {
             Some((at, applied)) if now > at => s.applied.saturating_sub(applied) as f64 / (now - at).as_secs_f64(),
             _ => 0.0,
         };
         self.last_applied = Some((now, s.applied));
         self.status = Some(s);
-        rate
     }
 
     fn sample(&mut self, sample: Sample) {
@@ -54,8 +59,60 @@ impl Progress {
     }
 }
 
-/// Runs until the control plane is gone.
-pub(super) async fn run(control: Weak<Control>, every: std::time::Duration) {
+/// How long a process has to answer a heartbeat.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Renews the lease of every process of every deployment and reads its counters, every `every`,
+/// until the control plane is gone.
+pub(super) async fn heartbeats(control: Weak<Control>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(control) = control.upgrade() else { return };
+        // Each deployment's processes: launch ids, and addresses of those that serve.
+        let targets: Vec<(GroupId, Vec<ProcessSlot>)> = control
+            .book()
+            .observed
+            .iter()
+            .filter(|(_, o)| !o.processes.is_empty())
+            .map(|(g, o)| (g.clone(), o.processes.clone()))
+            .collect();
+        let http = &control.http;
+        let readings = futures::future::join_all(targets.into_iter().map(|(g, slots)| async move {
+            let each = futures::future::join_all(
+                slots.iter().map(|slot| async move { heartbeat(http, slot.url.as_ref()?, &slot.launch_id).await }),
+            )
+            .await;
+            // Counters only when every process answered (a partial sum would look like a drop).
+            let all: Option<Vec<RunStatus>> = each.into_iter().collect();
+            (g, all.map(|s| RunStatus::total(&s)))
+        }))
+        .await;
+        let now = Instant::now();
+        let mut book = control.book();
+        for (g, status) in readings {
+            book.progress.entry(g).or_default().read(status, now);
+        }
+    }
+}
+
+/// Asks the process at `url` for its status, naming its launch id (which renews its lease); the
+/// status, if the process answered as the one launched with that id.
+async fn heartbeat(http: &reqwest::Client, url: &str, launch_id: &str) -> Option<RunStatus> {
+    let resp = http
+        .get(format!("{url}/v1/status"))
+        .query(&[("launch_id", launch_id)])
+        .timeout(HEARTBEAT_TIMEOUT)
+        .send()
+        .await
+        .ok()?;
+    let status: RunStatus = resp.json().await.ok()?;
+    (status.launch_id.as_deref() == Some(launch_id)).then_some(status)
+}
+
+/// Reads every deployment's lag, every `every`, until the control plane is gone.
+pub(super) async fn run(control: Weak<Control>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The inputs of each deployment, read once from its stored topology file.
@@ -65,20 +122,23 @@ pub(super) async fn run(control: Weak<Control>, every: std::time::Duration) {
         let Some(control) = control.upgrade() else { return };
         let routes = control.routes.load();
         inputs.retain(|g, _| routes.registry().deployments.contains_key(g));
+        let mut reads = Vec::new();
         for d in routes.registry().deployments.values() {
-            let status = match routes.serving(&d.group_id) {
-                Some(urls) => child_status(&control.http, urls).await,
-                None => None,
-            };
-            let lag = match inputs.entry(d.group_id.clone()) {
+            let found = match inputs.entry(d.group_id.clone()) {
                 Entry::Occupied(o) => Ok(o.get().clone()),
                 Entry::Vacant(v) => control.stored_inputs(d).map(|i| v.insert(i).clone()),
             };
-            let lag = match lag {
-                Ok(i) => read_lag(&control, &d.group_id, i).await,
-                Err(e) => Err(e),
-            };
-            record(&control, d, lag, status);
+            let control = &control;
+            reads.push(async move {
+                let lag = match found {
+                    Ok(i) => read_lag(control, &d.group_id, i).await,
+                    Err(e) => Err(e),
+                };
+                (d, lag)
+            });
+        }
+        for (d, lag) in futures::future::join_all(reads).await {
+            record(&control, d, lag);
         }
     }
 }
@@ -90,23 +150,14 @@ async fn read_lag(control: &Control, group: &GroupId, inputs: Inputs) -> Result<
         .unwrap_or_else(|e| Err(e.to_string()))
 }
 
-/// Sums the `/v1/status` of a deployment's processes; `None` if any does not answer.
-async fn child_status(http: &reqwest::Client, urls: &[String]) -> Option<RunStatus> {
-    let mut each = Vec::with_capacity(urls.len());
-    for url in urls {
-        each.push(http.get(format!("{url}/v1/status")).send().await.ok()?.json::<RunStatus>().await.ok()?);
-    }
-    Some(RunStatus::total(&each))
-}
-
-fn record(control: &Control, d: &Deployment, lag: Result<Vec<PartitionLag>, String>, status: Option<RunStatus>) {
+fn record(control: &Control, d: &Deployment, lag: Result<Vec<PartitionLag>, String>) {
     if let Ok(lag) = &lag {
         for p in lag {
             metrics::gauge!("squall_consumer_lag", "topology" => d.topology.clone(), "version" => d.version.to_string(), "group_id" => d.group_id.to_string(), "topic" => p.topic.clone(), "partition" => p.partition.to_string()).set(p.lag as f64);
         }
     }
     let mut book = control.book();
-    let events_per_sec = book.progress.entry(d.group_id.clone()).or_default().read(status, Instant::now());
+    let events_per_sec = book.progress.entry(d.group_id.clone()).or_default().events_per_sec;
     let observed = book.observed.entry(d.group_id.clone()).or_default();
     observed.apply(Observation::Progress { lag, events_per_sec });
     let sample = Sample { at_ms: now_ms(), lag: observed.total_lag(), events_per_sec };

@@ -1,6 +1,7 @@
 //! The control plane's OpenAPI document (served at `/openapi.json`, kept in `docs/openapi.json`).
 
 use super::api;
+use super::binaries::StoredBinary;
 use super::registry::{Deployment, Desired};
 use super::state::DeploymentState;
 use super::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse, Sample};
@@ -11,13 +12,15 @@ use crate::kafka::PartitionLag;
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "squall", description = "Deploy topology versions side by side, promote, roll back, and query user attributes."),
-    paths(api::list, api::detail, api::logs, api::deploy, api::promote, api::rollback, api::stop, api::user_attributes),
+    paths(api::list, api::detail, api::logs, api::deploy, api::promote, api::rollback, api::stop, api::upload_binary,
+          api::user_attributes),
     components(schemas(
         DeploymentView, DeploymentDetail, DeploymentState, DeployRequest, RollbackResponse, Sample, Deployment, Desired,
-        PartitionLag, RunStatus, crate::http::UserAttributes
+        PartitionLag, RunStatus, StoredBinary, crate::http::UserAttributes
     )),
     modifiers(&BearerAuth),
     tags((name = "deployments", description = "Topology versions and their lifecycle"),
+         (name = "binaries", description = "Executables that versions with custom code run"),
          (name = "users", description = "Per-user attributes"))
 )]
 pub struct ApiDoc;

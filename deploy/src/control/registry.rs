@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use squall_topologies::TopologySpec;
 
-use crate::values::{GroupId, StartPosition};
+use crate::files::write_atomically;
+use crate::values::{BinaryHash, GroupId, StartPosition};
 
 /// What the operator asked a deployment to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -51,6 +52,11 @@ pub struct Deployment {
     pub stopped_at_ms: Option<u64>,
     /// The topology file as deployed (its config), kept so that a restart runs the same thing.
     pub topology_toml: String,
+    /// The SHA-256 of the executable its processes run (uploaded with `POST /v1/binaries`);
+    /// none: the server's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub binary: Option<BinaryHash>,
 }
 
 impl Deployment {
@@ -77,6 +83,7 @@ impl Deployment {
             promoted_at_ms: None,
             stopped_at_ms: None,
             topology_toml,
+            binary: None,
         }
     }
 
@@ -102,6 +109,7 @@ impl Deployment {
             promoted_at_ms: None,
             stopped_at_ms: None,
             topology_toml: String::new(),
+            binary: None,
         }
     }
 }
@@ -164,21 +172,6 @@ impl Registry {
         self.data = data;
         Ok(())
     }
-}
-
-/// Replaces `path` with `bytes` atomically and durably.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.

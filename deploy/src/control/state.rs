@@ -3,8 +3,10 @@
 //! of its processes (who announced an address, why they last died, the Kafka lag). Operator
 //! commands ([`deploy`], [`promote`], [`rollback`], [`stop`]) are pure functions from those facts
 //! to a [`Change`] of the registry or a [`Refusal`]; observations ([`Observation`]: launched,
-//! ready, died, progress, halted) are pure updates of [`Observed`]. Nothing here does I/O: the
-//! control plane makes a change durable, then starts and stops processes as it says.
+//! adopted, ready, died, progress, halted) are pure updates of [`Observed`]. When a server starts,
+//! [`resume`] decides what it does with the processes an earlier server left running: adopt them,
+//! or stop them and start afresh. Nothing here does I/O: the control plane makes a change durable,
+//! then starts and stops processes as it says.
 
 use std::collections::HashMap;
 
@@ -70,9 +72,10 @@ impl std::fmt::Display for DeploymentState {
 /// What the control plane observes of one deployment's processes; kept in memory only.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
-    /// The HTTP address each process of the current run announced (`None`: not yet); empty when
-    /// no run is under way.
-    pub processes: Vec<Option<String>>,
+    /// Each process of the current run; empty when no run is under way.
+    pub processes: Vec<ProcessSlot>,
+    /// Whether the current run was started by an earlier server and adopted by this one.
+    pub adopted: bool,
     /// Times its processes died and were restarted.
     pub restarts: u32,
     /// Why its processes last died.
@@ -85,13 +88,27 @@ pub struct Observed {
     pub events_per_sec: f64,
 }
 
+/// One process of a deployment's current run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessSlot {
+    /// The id it was launched with: the server names it to renew the process's lease.
+    pub launch_id: String,
+    /// The HTTP address it announced (`None`: not yet).
+    pub url: Option<String>,
+}
+
 /// Something observed of a deployment's processes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Observation {
-    /// A run of `processes` processes was started.
+    /// A run was started: a process per launch id, in process order.
     Launched {
-        /// How many.
-        processes: usize,
+        /// The processes' launch ids.
+        launch_ids: Vec<String>,
+    },
+    /// The run an earlier server started was found running and taken over, whole.
+    Adopted {
+        /// The processes' launch ids.
+        launch_ids: Vec<String>,
     },
     /// Process `process` of the current run serves at `url`.
     Ready {
@@ -120,11 +137,19 @@ pub enum Observation {
 impl Observed {
     /// Applies an observation.
     pub fn apply(&mut self, o: Observation) {
+        let slots = |ids: Vec<String>| ids.into_iter().map(|launch_id| ProcessSlot { launch_id, url: None }).collect();
         match o {
-            Observation::Launched { processes } => self.processes = vec![None; processes],
+            Observation::Launched { launch_ids } => {
+                self.processes = slots(launch_ids);
+                self.adopted = false;
+            }
+            Observation::Adopted { launch_ids } => {
+                self.processes = slots(launch_ids);
+                self.adopted = true;
+            }
             Observation::Ready { process, url } => {
                 if let Some(slot) = self.processes.get_mut(process) {
-                    *slot = Some(url);
+                    slot.url = Some(url);
                 }
             }
             Observation::Died { why } => {
@@ -151,7 +176,7 @@ impl Observed {
         if self.processes.is_empty() {
             return None;
         }
-        self.processes.iter().cloned().collect()
+        self.processes.iter().map(|p| p.url.clone()).collect()
     }
 
     /// The total lag, when the last reading succeeded.
@@ -307,6 +332,47 @@ pub fn stop(f: &Facts, g: &GroupId, now_ms: u64) -> Result<Change, Refusal> {
     Ok(Change { registry, start: None, stop: vec![g.clone()] })
 }
 
+/// A process of a deployment found running when the server starts (see
+/// [`super::launcher::Launcher::find`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Its index in the run.
+    pub index: usize,
+    /// Whether it proved to be the process that was launched (answered `/v1/status` with its
+    /// launch id, or is still starting).
+    pub verified: bool,
+}
+
+/// What a starting server does with the processes of a deployment it finds running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Every process of the run is there and verified: take them over; nothing restarts.
+    Adopt,
+    /// Stop these processes (a run with a process missing cannot go on, and a process that cannot
+    /// be verified is not trusted), then start a new run, which resumes from the checkpoint.
+    Replace {
+        /// The indices of the processes to stop (none: nothing was found).
+        stop: Vec<usize>,
+    },
+    /// The deployment is stopped: stop these processes (a stop the earlier server recorded but
+    /// did not finish).
+    Stop {
+        /// The indices of the processes to stop.
+        stop: Vec<usize>,
+    },
+}
+
+/// Decides what to do with what is `found` of a deployment that wants to be `desired` with
+/// `processes` processes.
+pub fn resume(desired: Desired, processes: usize, found: &[Found]) -> Resume {
+    let all: Vec<usize> = found.iter().map(|f| f.index).collect();
+    if desired == Desired::Stopped {
+        return Resume::Stop { stop: all };
+    }
+    let whole = (0..processes).all(|i| found.iter().any(|f| f.index == i && f.verified));
+    if whole && found.len() == processes { Resume::Adopt } else { Resume::Replace { stop: all } }
+}
+
 fn set_promoted(registry: &mut RegistryData, topology: &str, g: &GroupId, now_ms: u64) {
     registry.promoted.insert(topology.to_owned(), g.clone());
     if let Some(rec) = registry.deployments.get_mut(g) {
@@ -337,6 +403,10 @@ mod tests {
         Deployment::example(group, version, processes)
     }
 
+    fn launched(processes: usize) -> Observation {
+        Observation::Launched { launch_ids: (0..processes).map(|i| format!("{i:016x}")).collect() }
+    }
+
     fn lag(total: i64) -> Vec<PartitionLag> {
         vec![PartitionLag { topic: "t".into(), partition: 0, committed: Some(0), high_watermark: total, lag: total }]
     }
@@ -351,7 +421,7 @@ mod tests {
         fn with(state: DeploymentState) -> World {
             let mut w = World { registry: RegistryData::default(), observed: HashMap::new() };
             w.registry = deploy(&w.facts(), deployment("p-v1", 1, 2)).unwrap().registry;
-            w.observe("p-v1", Observation::Launched { processes: 2 });
+            w.observe("p-v1", launched(2));
             match state {
                 Starting => {}
                 Failed => w.observe("p-v1", Observation::Died { why: "exit 1".into() }),
@@ -382,7 +452,7 @@ mod tests {
         /// Every process announces itself, then a lag reading of `total`.
         fn serve(&mut self, group: &str, total: i64) {
             let n = self.registry.deployments[&g(group)].processes;
-            self.observe(group, Observation::Launched { processes: n });
+            self.observe(group, launched(n));
             for i in 0..n {
                 self.observe(group, Observation::Ready { process: i, url: format!("http://127.0.0.1:{}", 9000 + i) });
             }
@@ -429,7 +499,7 @@ mod tests {
             let o = &w.observed[&g("p-v1")];
             assert_eq!((o.restarts, o.last_error.as_deref()), (restarts + 1, Some("process 1 exited (signal 9)")));
             // The restart begins: still failed until all processes serve again.
-            w.observe("p-v1", Observation::Launched { processes: 2 });
+            w.observe("p-v1", launched(2));
             w.observe("p-v1", Observation::Ready { process: 0, url: "http://a".into() });
             assert_eq!(w.state("p-v1"), Failed);
             w.observe("p-v1", Observation::Ready { process: 1, url: "http://b".into() });
@@ -448,7 +518,8 @@ mod tests {
     fn nothing_observed_moves_a_stopped_deployment() {
         let mut w = World::with(Stopped);
         for o in [
-            Observation::Launched { processes: 2 },
+            launched(2),
+            Observation::Adopted { launch_ids: vec!["a".into(), "b".into()] },
             Observation::Ready { process: 0, url: "http://a".into() },
             Observation::Ready { process: 1, url: "http://b".into() },
             Observation::Progress { lag: Ok(lag(0)), events_per_sec: 1.0 },
@@ -568,6 +639,46 @@ mod tests {
         w.observe("p-v1", Observation::Progress { lag: Ok(lag(THRESHOLD + 1)), events_per_sec: 0.0 });
         assert!(matches!(stop(&w.facts(), &g("p-v1"), NOW), Err(Refusal::IsPromoted { .. })));
         assert_eq!(stop(&w.facts(), &g("q-v1"), NOW), Err(Refusal::Unknown(g("q-v1"))));
+    }
+
+    #[test]
+    fn a_starting_server_adopts_a_whole_verified_run_and_replaces_anything_less() {
+        let found =
+            |v: &[(usize, bool)]| v.iter().map(|&(index, verified)| Found { index, verified }).collect::<Vec<_>>();
+        let running = |n, f: &[(usize, bool)]| resume(Desired::Running, n, &found(f));
+        assert_eq!(running(2, &[(0, true), (1, true)]), Resume::Adopt);
+        assert_eq!(running(1, &[(0, true)]), Resume::Adopt);
+        // Nothing found (no runtime file, or its pid is gone or belongs to another process now).
+        assert_eq!(running(2, &[]), Resume::Replace { stop: vec![] });
+        // One process of two died while no server watched: the other cannot go on alone.
+        assert_eq!(running(2, &[(1, true)]), Resume::Replace { stop: vec![1] });
+        // A process that did not answer with its launch id is not trusted, nor its run.
+        assert_eq!(running(2, &[(0, true), (1, false)]), Resume::Replace { stop: vec![0, 1] });
+        assert_eq!(running(1, &[(0, false)]), Resume::Replace { stop: vec![0] });
+        // More processes than the deployment has are not its run.
+        assert_eq!(running(1, &[(0, true), (1, true)]), Resume::Replace { stop: vec![0, 1] });
+        // A stopped deployment's survivors are stopped, verified or not; nothing starts.
+        assert_eq!(resume(Desired::Stopped, 2, &found(&[(0, true), (1, false)])), Resume::Stop { stop: vec![0, 1] });
+        assert_eq!(resume(Desired::Stopped, 1, &[]), Resume::Stop { stop: vec![] });
+    }
+
+    #[test]
+    fn an_adopted_run_serves_once_every_process_has_announced_itself() {
+        let mut w = World::with(Starting);
+        w.observe("p-v1", Observation::Adopted { launch_ids: vec!["a".into(), "b".into()] });
+        let o = &w.observed[&g("p-v1")];
+        assert!(o.adopted);
+        assert_eq!(o.processes.iter().map(|p| p.launch_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(w.state("p-v1"), Starting);
+        w.observe("p-v1", Observation::Ready { process: 0, url: "http://a".into() });
+        w.observe("p-v1", Observation::Ready { process: 1, url: "http://b".into() });
+        assert_eq!(w.state("p-v1"), CatchingUp);
+        assert_eq!(w.observed[&g("p-v1")].restarts, 0, "adopting is not a restart");
+        // It dies later: failed, and the run that replaces it is this server's own.
+        w.observe("p-v1", Observation::Died { why: "process 1 exited".into() });
+        assert_eq!(w.state("p-v1"), Failed);
+        w.observe("p-v1", launched(2));
+        assert!(!w.observed[&g("p-v1")].adopted);
     }
 
     #[test]

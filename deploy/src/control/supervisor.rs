@@ -1,21 +1,33 @@
 //! Keeps one deployment's processes running. A supervisor starts a run through the [`Launcher`],
 //! reports what happens as [`Observation`]s, restarts a run that died with exponential backoff
 //! (the whole run: the processes of a multi-process version fail as a unit), and stops the run
-//! when told to.
+//! when told to. A supervisor started by a server that resumes its registry first looks for the
+//! run an earlier server left running and adopts it, or stops what is left of it
+//! ([`super::state::resume`] decides); [`retire`] does the same for a stopped deployment.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::launcher::{LaunchSpec, Launcher, ProcessEvent, ProcessHandle, Signal};
-use super::state::Observation;
+use super::launcher::{LaunchSpec, Launcher, ProcessEvent, ProcessHandle, Signal, Survivor};
+use super::registry::Desired;
+use super::state::{self, Found, Observation, Resume};
 
 /// How long a stopped process may take to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// Where a supervisor reports observations.
 pub type Report = Arc<dyn Fn(Observation) + Send + Sync>;
+
+/// How a supervisor begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// Start a run (a new deployment).
+    Start,
+    /// Adopt the run an earlier server left running, if it is whole; else start one.
+    Resume,
+}
 
 /// A running supervisor.
 pub struct Supervisor {
@@ -25,9 +37,9 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts supervising `spec`'s processes.
-    pub fn spawn(launcher: Arc<dyn Launcher>, spec: LaunchSpec, report: Report) -> Supervisor {
+    pub fn spawn(launcher: Arc<dyn Launcher>, spec: LaunchSpec, begin: Begin, report: Report) -> Supervisor {
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(supervise(launcher, spec, report, rx));
+        let task = tokio::spawn(supervise(launcher, spec, begin, report, rx));
         Supervisor { stop, task }
     }
 
@@ -35,6 +47,54 @@ impl Supervisor {
     pub async fn halt(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+
+    /// Stops supervising and leaves the processes running, for a server started later to adopt.
+    pub async fn detach(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Stops whatever an earlier server left running of the stopped deployment `spec`.
+pub async fn retire(launcher: Arc<dyn Launcher>, spec: LaunchSpec) {
+    let found = launcher.find(&spec).await;
+    if let Resume::Stop { stop } = state::resume(Desired::Stopped, spec.processes, &findings(&found))
+        && !stop.is_empty()
+    {
+        tracing::info!(group_id = %spec.group_id, processes = ?stop, "stopping the processes of a stopped deployment");
+        halt_all(&mut handles(found)).await;
+    }
+}
+
+fn findings(found: &[Survivor]) -> Vec<Found> {
+    found.iter().map(|s| Found { index: s.index, verified: s.verified.is_ok() }).collect()
+}
+
+fn handles(found: Vec<Survivor>) -> Vec<ProcessHandle> {
+    found.into_iter().map(|s| s.handle).collect()
+}
+
+/// The run of `spec` to adopt, if an earlier server left a whole one running; anything less is
+/// stopped first (then a new run starts).
+async fn adopt(launcher: &dyn Launcher, spec: &LaunchSpec) -> Option<Vec<ProcessHandle>> {
+    let found = launcher.find(spec).await;
+    match state::resume(Desired::Running, spec.processes, &findings(&found)) {
+        Resume::Adopt => {
+            tracing::info!(group_id = %spec.group_id, processes = found.len(), "adopted the running processes");
+            Some(handles(found))
+        }
+        Resume::Replace { stop } | Resume::Stop { stop } => {
+            if !stop.is_empty() {
+                let why: Vec<String> = found
+                    .iter()
+                    .map(|s| format!("process {}: {}", s.index, s.verified.as_ref().err().map_or("verified", |e| e)))
+                    .collect();
+                tracing::warn!(group_id = %spec.group_id, found = ?why, "cannot adopt an incomplete or unverified run: stopping it and starting afresh");
+                halt_all(&mut handles(found)).await;
+            }
+            None
+        }
     }
 }
 
@@ -44,11 +104,21 @@ enum Ended {
     Died(String),
 }
 
-async fn supervise(launcher: Arc<dyn Launcher>, spec: LaunchSpec, report: Report, mut stop: watch::Receiver<bool>) {
+async fn supervise(
+    launcher: Arc<dyn Launcher>,
+    spec: LaunchSpec,
+    begin: Begin,
+    report: Report,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut adopted = match begin {
+        Begin::Resume => adopt(launcher.as_ref(), &spec).await,
+        Begin::Start => None,
+    };
     let mut quick_failures = 0u32;
-    while !*stop.borrow() {
+    while !*stop.borrow() || adopted.is_some() {
         let started = Instant::now();
-        match run_once(launcher.as_ref(), &spec, &report, &mut stop).await {
+        match run_once(launcher.as_ref(), &spec, &report, &mut stop, adopted.take()).await {
             Ended::Stopped => break,
             Ended::Died(why) => {
                 tracing::warn!(group_id = %spec.group_id, why = %why, "deployment processes died; restarting");
@@ -68,18 +138,32 @@ async fn supervise(launcher: Arc<dyn Launcher>, spec: LaunchSpec, report: Report
     report(Observation::Halted);
 }
 
-/// Runs the processes of `spec` once, until one exits or `stop` says so.
+/// Runs the processes of `spec` once (the `adopted` ones, else a run it starts), until one exits
+/// or `stop` says so.
 async fn run_once(
     launcher: &dyn Launcher,
     spec: &LaunchSpec,
     report: &Report,
     stop: &mut watch::Receiver<bool>,
+    adopted: Option<Vec<ProcessHandle>>,
 ) -> Ended {
-    let mut processes = match launcher.start(spec) {
-        Ok(p) => p,
-        Err(why) => return Ended::Died(why),
+    let mut processes = match adopted {
+        Some(p) => {
+            report(Observation::Adopted { launch_ids: p.iter().map(|h| h.launch_id.clone()).collect() });
+            p
+        }
+        None => match launcher.start(spec) {
+            Ok(p) => {
+                report(Observation::Launched { launch_ids: p.iter().map(|h| h.launch_id.clone()).collect() });
+                p
+            }
+            Err(why) => return Ended::Died(why),
+        },
     };
-    report(Observation::Launched { processes: processes.len() });
+    if *stop.borrow() {
+        halt_all(&mut processes).await;
+        return Ended::Stopped;
+    }
     loop {
         let next = {
             let events =

@@ -30,8 +30,11 @@ pub struct DeploymentView {
     pub restarts: u32,
     /// Why its processes last died, with the end of their log.
     pub last_error: Option<String>,
-    /// HTTP addresses of its processes (when serving).
+    /// HTTP addresses of its processes (those that serve), in process order. Each answers
+    /// `GET /v1/users/{user_id}/attributes` itself, also while the server is down.
     pub urls: Vec<String>,
+    /// Whether its current processes were started by an earlier server and adopted by this one.
+    pub adopted: bool,
 }
 
 /// `GET /v1/deployments/{group_id}`: the view plus per-partition progress and recent history.
@@ -75,6 +78,10 @@ pub struct DeployRequest {
     pub workers: Option<usize>,
     /// Processes (timely cluster mode on this host when > 1); default 1.
     pub processes: Option<usize>,
+    /// The SHA-256 of an executable uploaded with `POST /v1/binaries`: the version's processes
+    /// run it, across server restarts and upgrades. Default: the server's own executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
 }
 
 /// `POST /v1/deployments/{group_id}/rollback`.
@@ -100,7 +107,8 @@ impl DeploymentView {
             dead_letters: progress.and_then(|p| p.status.as_ref()).map(|s| s.dead_letters).unwrap_or(0),
             restarts: observed.map(|o| o.restarts).unwrap_or(0),
             last_error: observed.and_then(|o| o.last_error.clone()),
-            urls: observed.map(|o| o.processes.iter().flatten().cloned().collect()).unwrap_or_default(),
+            urls: observed.map(|o| o.processes.iter().filter_map(|p| p.url.clone()).collect()).unwrap_or_default(),
+            adopted: observed.is_some_and(|o| o.adopted),
         }
     }
 }
