@@ -224,6 +224,14 @@ impl<'b> Message<'b> {
         name.to_str().unwrap_or("")
     }
 
+    /// Which topic the message is from, cheaper to compare than [`topic`](Self::topic): the
+    /// address of its topic handle, which librdkafka shares between all messages of a topic (one
+    /// handle per topic per client, kept while any of the topic's partitions is assigned). Compare
+    /// only ids of messages from the same [`BatchConsumer`]; it is never dereferenced.
+    pub fn topic_id(&self) -> TopicId {
+        TopicId(self.raw.rkt.addr())
+    }
+
     /// The partition.
     pub fn partition(&self) -> i32 {
         self.raw.partition
@@ -259,6 +267,10 @@ impl<'b> Message<'b> {
         }
     }
 }
+
+/// See [`Message::topic_id`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TopicId(usize);
 
 /// `len` bytes at `data`, or `None` if `data` is null.
 ///

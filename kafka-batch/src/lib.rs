@@ -42,7 +42,7 @@
 #[allow(unsafe_code)]
 mod ffi;
 
-pub use ffi::{Batch, BatchConsumer, Message};
+pub use ffi::{Batch, BatchConsumer, Message, TopicId};
 
 #[cfg(test)]
 mod tests {
@@ -95,8 +95,14 @@ mod tests {
     /// Per (topic, partition), the offsets and payloads read until `want` messages or 20 s.
     type Read = BTreeMap<(String, i32), Vec<(i64, String)>>;
 
-    fn read_all(batches: &mut BatchConsumer, want: usize, max: usize) -> (Read, Vec<usize>) {
+    /// What was read, the batch sizes, and each topic's `topic_id`s.
+    fn read_all(
+        batches: &mut BatchConsumer,
+        want: usize,
+        max: usize,
+    ) -> (Read, Vec<usize>, BTreeMap<String, Vec<TopicId>>) {
         let (mut read, mut sizes, mut n) = (Read::new(), Vec::new(), 0);
+        let mut ids: BTreeMap<String, Vec<TopicId>> = BTreeMap::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while n < want && Instant::now() < deadline {
             // The consumer's own queue must carry no messages: they all go to the batch queue.
@@ -111,13 +117,17 @@ mod tests {
                 assert_eq!(key, format!("{}/{}/{}", m.topic(), m.partition(), m.offset()));
                 let payload = String::from_utf8(m.payload().expect("payload").to_vec()).unwrap();
                 read.entry((m.topic().to_owned(), m.partition())).or_default().push((m.offset(), payload));
+                let topic_ids = ids.entry(m.topic().to_owned()).or_default();
+                if !topic_ids.contains(&m.topic_id()) {
+                    topic_ids.push(m.topic_id());
+                }
                 n += 1;
             }
             if batch.is_empty() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        (read, sizes)
+        (read, sizes, ids)
     }
 
     #[test]
@@ -129,7 +139,7 @@ mod tests {
         tpl.add_partition_offset("a", 2, Offset::Offset(100)).unwrap();
         tpl.add_partition_offset("b", 1, Offset::Beginning).unwrap();
         let mut batches = BatchConsumer::assign(consumer(&mock), &tpl, 64).expect("assign");
-        let (read, sizes) = read_all(&mut batches, 300 + 200 + 300, 1000);
+        let (read, sizes, ids) = read_all(&mut batches, 300 + 200 + 300, 1000);
 
         let expected: Read = [("a", 0, 0), ("a", 2, 100), ("b", 1, 0)]
             .into_iter()
@@ -139,6 +149,10 @@ mod tests {
             })
             .collect();
         assert_eq!(read, expected);
+        // One id per topic, a different one for each.
+        assert_eq!(ids.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(ids.values().all(|v| v.len() == 1), "{ids:?}");
+        assert_ne!(ids["a"], ids["b"]);
         // At most the batch size per call, and batches of more than one message happen.
         assert!(sizes.iter().all(|&n| n <= 64), "{sizes:?}");
         assert!(sizes.iter().any(|&n| n > 1), "{sizes:?}");
