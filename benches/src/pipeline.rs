@@ -673,6 +673,62 @@ pub fn latency_under_load(
     }
 }
 
+/// A squall on fresh topics, pinned or not, for [`latency_run`].
+pub struct LatencyRun<'a> {
+    /// Where `squall` and `squall-gen` are.
+    pub bin_dir: &'a Path,
+    /// Topology name and topic prefix; unique per run.
+    pub name: &'a str,
+    /// The dev broker (`host:port`).
+    pub brokers: &'a str,
+    /// The CQL dev server (`host:port`), holding `catalogue`.
+    pub cql: &'a str,
+    /// Users of the generated load.
+    pub users: u64,
+    /// The catalogue the load refers to.
+    pub catalogue: CatalogueGen,
+    /// squall workers.
+    pub workers: usize,
+    /// Extra TOML for the topology (see [`Squall::start`]).
+    pub extra: &'a str,
+    /// `(cpus of the broker, the CQL dev server and this process, cpus of squall)` as `taskset -c`
+    /// lists; `None`: nothing pinned.
+    pub pin: Option<(&'a str, &'a str)>,
+    /// The background load as a share of [`live_max`].
+    pub load_share: f64,
+    /// Window of [`live_max`].
+    pub live_secs: u64,
+    /// Probing time of [`latency_under_load`].
+    pub latency_secs: u64,
+}
+
+/// Starts squall on two fresh topics (pinned as `r.pin` says, the broker, CQL dev server and this
+/// process first), measures the rate it keeps up with ([`live_max`]), then the latency with a
+/// background load at `r.load_share` of that ([`latency_under_load`]). Unpins before returning.
+pub fn latency_run(r: &LatencyRun) -> Result<(LiveMax, Latency), String> {
+    let (songs, ads) = (format!("{}-songs", r.name), format!("{}-ads", r.name));
+    squall_gen(
+        r.bin_dir,
+        &["topics", "--brokers", r.brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "6"],
+    );
+    // Pinned first, so that every thread squall and the load generator start is placed from the beginning.
+    let pins = r.pin.map(|(load, _)| Pinned::new(r.brokers, r.cql, load)).transpose()?;
+    let squall =
+        Squall::start_on(r.bin_dir, r.name, r.brokers, r.cql, (&songs, &ads), r.workers, r.extra, r.pin.map(|p| p.1));
+    let config = |what: &str| EventGenConfig {
+        users: r.users,
+        catalogue: r.catalogue,
+        run_id: format!("{}-{what}", r.name),
+        ..Default::default()
+    };
+    let max = live_max(&squall, r.brokers, (&songs, &ads), config("max"), r.live_secs);
+    let rate = max.events_per_sec * r.load_share;
+    let latency = latency_under_load(&squall, r.brokers, (&songs, &ads), config("load"), rate, r.latency_secs);
+    drop(squall);
+    drop(pins);
+    Ok((max, latency))
+}
+
 /// Writes the catalogue as `{"tracks": {id: genre}, "ads": {id: category}}`, the file the peers
 /// (Bytewax, Flink) load instead of reading the CQL store.
 pub fn write_catalogue_json(path: &Path, catalogue: &CatalogueGen) {

@@ -14,11 +14,12 @@
 //!    million events, in total and from the first record on. `--check` (for small runs, e.g.
 //!    `--events 20000`) compares every user's final attributes from squall and Flink with
 //!    `squall_topologies::oracle` over the produced events.
-//! 2. `latency`: squall alone on fresh topics, unpinned, then with the broker, the CQL dev server
-//!    and this harness (load generator and prober) pinned to `--load-cpus` and squall to
-//!    `--squall-cpus` (`taskset`): the rate squall keeps up with while the harness produces flat
-//!    out, then event -> visible-over-HTTP latency p50/p99 with a background load at `--load-share`
-//!    of it.
+//! 2. `latency-unpinned`, `latency-pinned` (`latency`: both): squall alone on fresh topics,
+//!    unpinned, or with the broker, the CQL dev server and this harness (load generator and prober)
+//!    pinned to `--load-cpus` and squall to `--squall-cpus` (`taskset`): the rate squall keeps up
+//!    with while the harness produces flat out, then event -> visible-over-HTTP latency p50/p99
+//!    with a background load at `--load-share` of it. The broker keeps every record in memory and
+//!    slows as it grows: `benches/compare.sh` restarts it before each phase.
 //!
 //! Prints `compare_run`, `compare_check`, `compare_ratio` and `compare_latency` lines, then the
 //! table of medians over `--rounds` in Markdown.
@@ -30,10 +31,10 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use squall::generate::{CatalogueGen, EventGenConfig};
+use squall::generate::CatalogueGen;
 use squall::http::UserAttributes;
 use squall_benches::pipeline::{
-    KeepAlive, Marked, Pinned, Squall, bare_consume, bin_dir, latency_under_load, live_max, run_marked, squall_gen,
+    KeepAlive, LatencyRun, Marked, Squall, bare_consume, bin_dir, latency_run, run_marked, squall_gen,
     tree_cpu_seconds, write_catalogue_json,
 };
 use squall_operators::Attributes;
@@ -133,7 +134,7 @@ struct Args {
     /// Compare every user's final attributes from squall and Flink with the oracle (small runs).
     #[arg(long)]
     check: bool,
-    /// Phases: `throughput`, `latency`.
+    /// Phases: `throughput`, `latency-unpinned`, `latency-pinned` (`latency`: both).
     #[arg(long, value_delimiter = ',', default_value = "throughput,latency")]
     phases: Vec<String>,
     /// CPUs of the broker, CQL dev server and load generator in the pinned latency run.
@@ -523,38 +524,24 @@ fn print_ratios(summary: &[Summary]) {
 }
 
 fn latency(a: &Args, s: &Setup, pinned: bool) -> Result<(), String> {
-    let tag = format!("{}-lat-{}", s.run, if pinned { "pinned" } else { "unpinned" });
-    let (songs, ads) = (format!("{tag}-songs"), format!("{tag}-ads"));
-    squall_gen(
-        &s.bins,
-        &["topics", "--brokers", &a.brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "6"],
-    );
+    let name = format!("{}-lat-{}", s.run, if pinned { "pinned" } else { "unpinned" });
     let workers = if pinned { a.pinned_workers } else { a.unpinned_workers };
-    // Pin first, so squall's start and the load generator's threads are placed from the beginning.
-    let pins = if pinned { Some(Pinned::new(&a.brokers, &a.cql, &a.load_cpus)?) } else { None };
-    let squall = Squall::start_on(
-        &s.bins,
-        &tag,
-        &a.brokers,
-        &a.cql,
-        (&songs, &ads),
-        workers,
-        &squall_extra(a, None),
-        pinned.then_some(a.squall_cpus.as_str()),
-    );
-    let config = |name: &str| EventGenConfig {
+    let (max, l) = latency_run(&LatencyRun {
+        bin_dir: &s.bins,
+        name: &name,
+        brokers: &a.brokers,
+        cql: &a.cql,
         users: a.users,
         catalogue: CATALOGUE,
-        run_id: format!("{tag}-{name}"),
-        ..Default::default()
-    };
-    let max = live_max(&squall, &a.brokers, (&songs, &ads), config("max"), a.live_secs);
-    let rate = max.events_per_sec * a.load_share;
-    let l = latency_under_load(&squall, &a.brokers, (&songs, &ads), config("load"), rate, a.latency_secs);
-    drop(squall);
-    drop(pins);
+        workers,
+        extra: &squall_extra(a, None),
+        pin: pinned.then_some((a.load_cpus.as_str(), a.squall_cpus.as_str())),
+        load_share: a.load_share,
+        live_secs: a.live_secs,
+        latency_secs: a.latency_secs,
+    })?;
     println!(
-        "compare_latency pinned={pinned} load_cpus={} squall_cpus={} workers={workers} max_events_per_sec={:.0} produced_per_sec={:.0} lag_at_end={:.0} caught_up={} load_share={} load_events_per_sec={:.0} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} checkpoints=off epoch_s=1",
+        "compare_latency pinned={pinned} load_cpus={} squall_cpus={} workers={workers} max_events_per_sec={:.0} produced_per_sec={:.0} lag_at_end={:.0} caught_up={} load_share={} load_events_per_sec={:.0} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} checkpoints=off epoch_s=1 load_average={:?}",
         if pinned { a.load_cpus.as_str() } else { "all" },
         if pinned { a.squall_cpus.as_str() } else { "all" },
         max.events_per_sec,
@@ -567,6 +554,7 @@ fn latency(a: &Args, s: &Setup, pinned: bool) -> Result<(), String> {
         l.p50_ms,
         l.p99_ms,
         l.max_ms,
+        load_average(),
     );
     Ok(())
 }
@@ -668,13 +656,12 @@ fn main() {
         print_table(&summary);
         println!("\ncompare_end load_average={:?}", load_average());
     }
-    if a.phases.iter().any(|p| p == "latency") {
-        for pinned in [false, true] {
-            if let Err(e) = latency(&a, &s, pinned) {
-                println!("compare_latency pinned={pinned} failed={e:?}");
-            }
+    for (phase, pinned) in [("latency-unpinned", false), ("latency-pinned", true)] {
+        if a.phases.iter().any(|p| p == phase || p == "latency")
+            && let Err(e) = latency(&a, &s, pinned)
+        {
+            println!("compare_latency pinned={pinned} failed={e:?}");
         }
-        println!("compare_end load_average={:?}", load_average());
     }
     let _ = std::fs::remove_file(&s.catalogue_json);
 }

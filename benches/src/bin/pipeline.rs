@@ -11,6 +11,9 @@
 //!
 //! Phases 4 and 5 run once per `--load-base`: `batch` takes the maximum from phase 2; `live` first
 //! measures the rate squall keeps up with while the harness produces flat out on the same cores.
+//! 6. `pinned` (not by default): a fresh squall (`--pinned-workers`) on fresh topics with the broker,
+//!    the CQL dev server and this harness pinned to `--load-cpus` and squall to `--squall-cpus`
+//!    (`taskset`): the live maximum in that configuration, then latency at `--load-share` of it.
 //!
 //! Prints one `key=value` line per phase (`pipeline_ceiling`, `pipeline_squall`, `pipeline_live_max`,
 //! `pipeline_latency`, `pipeline_http`, `pipeline_bytewax`).
@@ -21,8 +24,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use squall::generate::{CatalogueGen, EventGenConfig};
 use squall_benches::pipeline::{
-    Load, Squall, bare_consume, bin_dir, http_load, latency_under_load, live_max, quantile, squall_gen,
-    write_catalogue_json,
+    LatencyRun, Load, Squall, bare_consume, bin_dir, http_load, latency_run, latency_under_load, live_max, quantile,
+    squall_gen, write_catalogue_json,
 };
 
 #[derive(Parser)]
@@ -72,6 +75,15 @@ struct Args {
     /// librdkafka consumer properties for squall (`[kafka.consumer]`), as `key=value`; repeatable.
     #[arg(long = "consumer-property")]
     consumer_properties: Vec<String>,
+    /// CPUs of the broker, CQL dev server and this harness in the `pinned` phase (`taskset -c`).
+    #[arg(long, default_value = "0")]
+    load_cpus: String,
+    /// CPUs of squall in the `pinned` phase.
+    #[arg(long, default_value = "1")]
+    squall_cpus: String,
+    /// squall workers in the `pinned` phase.
+    #[arg(long, default_value_t = 1)]
+    pinned_workers: usize,
     /// Where `squall` and `squall-gen` are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -242,4 +254,36 @@ fn main() {
         }
     }
     drop(squall);
+    if a.phases.iter().any(|p| p == "pinned") {
+        let name = format!("{run}-pinned");
+        let (max, l) = latency_run(&LatencyRun {
+            bin_dir: &bins,
+            name: &name,
+            brokers: &a.brokers,
+            cql: &a.cql,
+            users: a.users,
+            catalogue,
+            workers: a.pinned_workers,
+            extra: &extra,
+            pin: Some((&a.load_cpus, &a.squall_cpus)),
+            load_share: a.load_share,
+            live_secs: a.live_secs,
+            latency_secs: a.latency_secs,
+        })
+        .expect("pinned latency run");
+        println!(
+            "pipeline_latency load_base=pinned load_cpus={} squall_cpus={} workers={} max_events_per_sec={:.0} lag_at_end={:.0} load_events_per_sec={:.0} load_events={} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} epoch_s=1 checkpoints=off",
+            a.load_cpus,
+            a.squall_cpus,
+            a.pinned_workers,
+            max.events_per_sec,
+            max.lag_at_end,
+            l.load_events_per_sec,
+            l.load_events,
+            l.probes,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+        );
+    }
 }
