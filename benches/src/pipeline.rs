@@ -646,6 +646,9 @@ pub struct Latency {
     pub p99_ms: f64,
     /// Largest, milliseconds.
     pub max_ms: f64,
+    /// Events produced (background and probes) but not yet processed when the probing ended:
+    /// more than a second's worth means squall was falling behind.
+    pub lag_at_end: f64,
 }
 
 /// Produces `config`'s events at `rate` to `topics` and, after 2 s, probes for `secs` seconds
@@ -658,10 +661,13 @@ pub fn latency_under_load(
     rate: f64,
     secs: u64,
 ) -> Latency {
+    let before = squall.processed();
     let load = Load::start(brokers, topics, config, rate);
     std::thread::sleep(Duration::from_secs(2));
     let mut lat = probe_latency(brokers, topics.0, &squall.addr, Duration::from_millis(20), Duration::from_secs(secs));
+    let processed = squall.processed();
     let load_events = load.stop();
+    let lag_at_end = (before + load_events as f64 + lat.len() as f64 - processed).max(0.0);
     lat.sort_unstable();
     Latency {
         load_events_per_sec: rate,
@@ -670,6 +676,7 @@ pub fn latency_under_load(
         p50_ms: quantile(&lat, 0.5) as f64 / 1000.0,
         p99_ms: quantile(&lat, 0.99) as f64 / 1000.0,
         max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        lag_at_end,
     }
 }
 

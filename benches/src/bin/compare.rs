@@ -541,7 +541,7 @@ fn latency(a: &Args, s: &Setup, pinned: bool) -> Result<(), String> {
         latency_secs: a.latency_secs,
     })?;
     println!(
-        "compare_latency pinned={pinned} load_cpus={} squall_cpus={} workers={workers} max_events_per_sec={:.0} produced_per_sec={:.0} lag_at_end={:.0} caught_up={} load_share={} load_events_per_sec={:.0} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} checkpoints=off epoch_s=1 load_average={:?}",
+        "compare_latency pinned={pinned} load_cpus={} squall_cpus={} workers={workers} max_events_per_sec={:.0} produced_per_sec={:.0} lag_at_end={:.0} caught_up={} load_share={} load_events_per_sec={:.0} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} lag_at_end_of_probes={:.0} checkpoints=off epoch_s=1 load_average={:?}",
         if pinned { a.load_cpus.as_str() } else { "all" },
         if pinned { a.squall_cpus.as_str() } else { "all" },
         max.events_per_sec,
@@ -554,6 +554,7 @@ fn latency(a: &Args, s: &Setup, pinned: bool) -> Result<(), String> {
         l.p50_ms,
         l.p99_ms,
         l.max_ms,
+        l.lag_at_end,
         load_average(),
     );
     Ok(())
