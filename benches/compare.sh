@@ -25,7 +25,7 @@ benches/peers/flink/build.sh >/dev/null
         scripts/devenv.sh down >/dev/null 2>&1
         scripts/devenv.sh up >/dev/null 2>&1
         target/release/compare --brokers "127.0.0.1:$SQUALL_KAFKA_PORT" --cql "127.0.0.1:$SQUALL_CQL_PORT" \
-            --phases "$phase" "$@"
+            --phases "$phase" --restart-devenv "$@"
     done
     scripts/devenv.sh down >/dev/null 2>&1
 } 2>&1 | tee "$OUT"

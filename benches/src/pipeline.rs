@@ -707,30 +707,67 @@ pub struct LatencyRun<'a> {
     pub live_secs: u64,
     /// Probing time of [`latency_under_load`].
     pub latency_secs: u64,
+    /// Run between the maximum and the latency measurement (see [`latency_run`]).
+    pub restart: Option<&'a dyn Fn()>,
 }
 
 /// Starts squall on two fresh topics (pinned as `r.pin` says, the broker, CQL dev server and this
 /// process first), measures the rate it keeps up with ([`live_max`]), then the latency with a
 /// background load at `r.load_share` of that ([`latency_under_load`]). Unpins before returning.
+///
+/// With `r.restart`, the maximum is measured with one squall and the latency with another, and
+/// `restart` runs between them: it should give a fresh broker (and CQL server with the catalogue),
+/// so that the latency is not measured on a broker grown by the millions of events of the maximum.
 pub fn latency_run(r: &LatencyRun) -> Result<(LiveMax, Latency), String> {
-    let (songs, ads) = (format!("{}-songs", r.name), format!("{}-ads", r.name));
-    squall_gen(
-        r.bin_dir,
-        &["topics", "--brokers", r.brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "6"],
-    );
-    // Pinned first, so that every thread squall and the load generator start is placed from the beginning.
-    let pins = r.pin.map(|(load, _)| Pinned::new(r.brokers, r.cql, load)).transpose()?;
-    let squall =
-        Squall::start_on(r.bin_dir, r.name, r.brokers, r.cql, (&songs, &ads), r.workers, r.extra, r.pin.map(|p| p.1));
     let config = |what: &str| EventGenConfig {
         users: r.users,
         catalogue: r.catalogue,
         run_id: format!("{}-{what}", r.name),
         ..Default::default()
     };
-    let max = live_max(&squall, r.brokers, (&songs, &ads), config("max"), r.live_secs);
+    // What one squall of the run holds: its pins (dropped after it), itself, its topics.
+    type Started = (Option<Pinned>, Squall, (String, String));
+    let start = |part: &str| -> Result<Started, String> {
+        let name = format!("{}{part}", r.name);
+        let topics = (format!("{name}-songs"), format!("{name}-ads"));
+        squall_gen(
+            r.bin_dir,
+            &[
+                "topics",
+                "--brokers",
+                r.brokers,
+                "--song-topic",
+                &topics.0,
+                "--ad-topic",
+                &topics.1,
+                "--partitions",
+                "6",
+            ],
+        );
+        // Pinned first, so that every thread squall and the load generator start is placed from the beginning.
+        let pins = r.pin.map(|(load, _)| Pinned::new(r.brokers, r.cql, load)).transpose()?;
+        let squall = Squall::start_on(
+            r.bin_dir,
+            &name,
+            r.brokers,
+            r.cql,
+            (&topics.0, &topics.1),
+            r.workers,
+            r.extra,
+            r.pin.map(|p| p.1),
+        );
+        Ok((pins, squall, topics))
+    };
+    let (mut pins, mut squall, mut topics) = start("")?;
+    let max = live_max(&squall, r.brokers, (&topics.0, &topics.1), config("max"), r.live_secs);
+    if let Some(restart) = r.restart {
+        drop(squall);
+        drop(pins);
+        restart();
+        (pins, squall, topics) = start("-lat")?;
+    }
     let rate = max.events_per_sec * r.load_share;
-    let latency = latency_under_load(&squall, r.brokers, (&songs, &ads), config("load"), rate, r.latency_secs);
+    let latency = latency_under_load(&squall, r.brokers, (&topics.0, &topics.1), config("load"), rate, r.latency_secs);
     drop(squall);
     drop(pins);
     Ok((max, latency))

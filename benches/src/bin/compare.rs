@@ -18,8 +18,9 @@
 //!    unpinned, or with the broker, the CQL dev server and this harness (load generator and prober)
 //!    pinned to `--load-cpus` and squall to `--squall-cpus` (`taskset`): the rate squall keeps up
 //!    with while the harness produces flat out, then event -> visible-over-HTTP latency p50/p99
-//!    with a background load at `--load-share` of it. The broker keeps every record in memory and
-//!    slows as it grows: `benches/compare.sh` restarts it before each phase.
+//!    with a background load at `--load-share` of it, on a fresh broker with `--restart-devenv`.
+//!    The broker keeps every record in memory and slows as it grows: `benches/compare.sh` restarts
+//!    it before each phase, and passes `--restart-devenv`.
 //!
 //! Prints `compare_run`, `compare_check`, `compare_ratio` and `compare_latency` lines, then the
 //! table of medians over `--rounds` in Markdown.
@@ -156,6 +157,11 @@ struct Args {
     live_secs: u64,
     #[arg(long, default_value_t = 20)]
     latency_secs: u64,
+    /// Restart the dev broker and CQL server (`scripts/devenv.sh`, on the ports of `--brokers` and
+    /// `--cql`, state in `$SQUALL_DEVENV_DIR` or `.devenv/bench`) between a latency run's maximum and
+    /// its latency measurement, so that the latency is not measured on a broker grown by the maximum.
+    #[arg(long)]
+    restart_devenv: bool,
     /// Gives up on one run after this many seconds.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
@@ -539,6 +545,7 @@ fn latency(a: &Args, s: &Setup, pinned: bool) -> Result<(), String> {
         load_share: a.load_share,
         live_secs: a.live_secs,
         latency_secs: a.latency_secs,
+        restart: a.restart_devenv.then_some(&|| restart_devenv(a, s)),
     })?;
     println!(
         "compare_latency pinned={pinned} load_cpus={} squall_cpus={} workers={workers} max_events_per_sec={:.0} produced_per_sec={:.0} lag_at_end={:.0} caught_up={} load_share={} load_events_per_sec={:.0} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} lag_at_end_of_probes={:.0} checkpoints=off epoch_s=1 load_average={:?}",
@@ -558,6 +565,29 @@ fn latency(a: &Args, s: &Setup, pinned: bool) -> Result<(), String> {
         load_average(),
     );
     Ok(())
+}
+
+/// `scripts/devenv.sh down` and `up` on the ports of `--brokers` and `--cql` (state in
+/// `$SQUALL_DEVENV_DIR`, default `.devenv/bench`), then the catalogue again.
+fn restart_devenv(a: &Args, s: &Setup) {
+    let port = |addr: &str| {
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        assert_eq!(host, "127.0.0.1", "--restart-devenv restarts the dev environment on 127.0.0.1 only");
+        port.to_owned()
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let state = std::env::var_os("SQUALL_DEVENV_DIR").map_or_else(|| root.join(".devenv/bench"), PathBuf::from);
+    for step in ["down", "up"] {
+        let out = Command::new(root.join("scripts/devenv.sh"))
+            .arg(step)
+            .env("SQUALL_KAFKA_PORT", port(&a.brokers))
+            .env("SQUALL_CQL_PORT", port(&a.cql))
+            .env("SQUALL_DEVENV_DIR", &state)
+            .output()
+            .expect("run scripts/devenv.sh");
+        assert!(out.status.success(), "devenv.sh {step}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    squall_gen(&s.bins, &["catalogue", "--cql", &a.cql]);
 }
 
 /// The catalogue of `squall-gen catalogue`'s defaults, which the peers read from a file.

@@ -269,6 +269,7 @@ fn main() {
             load_share: a.load_share,
             live_secs: a.live_secs,
             latency_secs: a.latency_secs,
+            restart: None,
         })
         .expect("pinned latency run");
         println!(
