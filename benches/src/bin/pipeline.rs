@@ -11,18 +11,22 @@
 //!
 //! Phases 4 and 5 run once per `--load-base`: `batch` takes the maximum from phase 2; `live` first
 //! measures the rate squall keeps up with while the harness produces flat out on the same cores.
+//! 6. `pinned` (not by default): a fresh squall (`--pinned-workers`) on fresh topics with the broker,
+//!    the CQL dev server and this harness pinned to `--load-cpus` and squall to `--squall-cpus`
+//!    (`taskset`): the live maximum in that configuration, then latency at `--load-share` of it.
 //!
 //! Prints one `key=value` line per phase (`pipeline_ceiling`, `pipeline_squall`, `pipeline_live_max`,
 //! `pipeline_latency`, `pipeline_http`, `pipeline_bytewax`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use squall::generate::{CatalogueGen, EventGenConfig};
-use squall_benches::engine::process_cpu_seconds;
-use squall_benches::pipeline::{Load, Squall, bare_consume, bin_dir, http_load, probe_latency, quantile, squall_gen};
+use squall_benches::pipeline::{
+    LatencyRun, Load, Squall, bare_consume, bin_dir, http_load, latency_run, latency_under_load, live_max, quantile,
+    squall_gen, write_catalogue_json,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -71,31 +75,28 @@ struct Args {
     /// librdkafka consumer properties for squall (`[kafka.consumer]`), as `key=value`; repeatable.
     #[arg(long = "consumer-property")]
     consumer_properties: Vec<String>,
+    /// CPUs of the broker, CQL dev server and this harness in the `pinned` phase (`taskset -c`).
+    #[arg(long, default_value = "0")]
+    load_cpus: String,
+    /// CPUs of squall in the `pinned` phase.
+    #[arg(long, default_value = "1")]
+    squall_cpus: String,
+    /// squall workers in the `pinned` phase.
+    #[arg(long, default_value_t = 1)]
+    pinned_workers: usize,
     /// Where `squall` and `squall-gen` are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
 }
 
-/// The rate squall applies events at while the harness produces as fast as it can: the most this
-/// machine sustains with its load generator, broker and squall sharing the cores. Waits until squall
-/// has caught up before returning.
-fn live_max(squall: &Squall, a: &Args, topics: (&str, &str), config: EventGenConfig) -> f64 {
-    let before = squall.processed();
-    let started = Instant::now();
-    let load = Load::start(&a.brokers, topics, config, f64::INFINITY);
-    std::thread::sleep(Duration::from_secs(2));
-    let (p1, t1) = (squall.processed(), Instant::now());
-    std::thread::sleep(Duration::from_secs(a.live_secs));
-    let (p2, t2) = (squall.processed(), Instant::now());
-    let produced = load.stop();
-    let produce_rate = produced as f64 / started.elapsed().as_secs_f64();
-    let max = (p2 - p1) / (t2 - t1).as_secs_f64();
-    let caught_up = squall.wait_for(before + produced as f64, Duration::from_secs(600)).is_some();
+/// [`live_max`], printed.
+fn print_live_max(squall: &Squall, a: &Args, topics: (&str, &str), config: EventGenConfig) -> f64 {
+    let m = live_max(squall, &a.brokers, topics, config, a.live_secs);
     println!(
-        "pipeline_live_max events_per_sec={max:.0} produced={produced} produced_events_per_sec={produce_rate:.0} lag_at_end={:.0} caught_up={caught_up}",
-        (before + produced as f64 - p2).max(0.0),
+        "pipeline_live_max events_per_sec={:.0} produced={} produced_events_per_sec={:.0} lag_at_end={:.0} caught_up={}",
+        m.events_per_sec, m.produced, m.produced_per_sec, m.lag_at_end, m.caught_up,
     );
-    max
+    m.events_per_sec
 }
 
 fn main() {
@@ -133,9 +134,8 @@ fn main() {
     );
     println!("pipeline_produce events={n} seconds={:.2}", t.elapsed().as_secs_f64());
 
-    let cpu0 = process_cpu_seconds();
-    let (read, bytes, secs) = bare_consume(&a.brokers, &[&songs, &ads], a.workers);
-    let ceiling_cpu = process_cpu_seconds() - cpu0;
+    let c = bare_consume(&a.brokers, &[&songs, &ads], a.workers, 10);
+    let (read, bytes, secs, ceiling_cpu) = (c.messages, c.bytes, c.seconds, c.cpu_s);
     let ceiling = read as f64 / secs;
     println!(
         "pipeline_ceiling consumers={} events={read} bytes={bytes} seconds={secs:.2} events_per_sec={ceiling:.0} cpu_s={ceiling_cpu:.2} events_per_cpu_s={:.0}",
@@ -168,12 +168,8 @@ fn main() {
     let catalogue = CatalogueGen { tracks: 100_000, ads: 2_000, seed: 7 };
     // Bytewax reads the same pre-produced topics while squall, done with them, idles.
     if a.phases.iter().any(|p| p == "bytewax") {
-        let tracks: BTreeMap<String, String> =
-            (0..catalogue.tracks).map(|i| (format!("t{i}"), catalogue.genre(i).to_owned())).collect();
-        let ad_rows: BTreeMap<String, String> =
-            (0..catalogue.ads).map(|i| (format!("a{i}"), catalogue.category(i).to_owned())).collect();
         let file = std::env::temp_dir().join(format!("{run}-catalogue.json"));
-        std::fs::write(&file, serde_json::json!({"tracks": tracks, "ads": ad_rows}).to_string()).expect("catalogue");
+        write_catalogue_json(&file, &catalogue);
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let out = std::process::Command::new(root.join("bytewax/run.sh"))
             .arg(a.bytewax_workers.to_string())
@@ -214,28 +210,22 @@ fn main() {
     for base in a.load_base.iter().filter(|_| loaded) {
         let max = match base.as_str() {
             "batch" => rate,
-            "live" => live_max(&squall, &a, (&songs, &ads), load_config("max")),
+            "live" => print_live_max(&squall, &a, (&songs, &ads), load_config("max")),
             other => panic!("--load-base {other}: expected batch or live"),
         };
         let share = max * a.load_share;
         if a.phases.iter().any(|p| p == "latency") {
-            let load = Load::start(&a.brokers, (&songs, &ads), load_config(&format!("lat-{base}")), share);
-            std::thread::sleep(Duration::from_secs(2));
-            let mut lat = probe_latency(
+            let l = latency_under_load(
+                &squall,
                 &a.brokers,
-                &songs,
-                &squall.addr,
-                Duration::from_millis(20),
-                Duration::from_secs(a.latency_secs),
+                (&songs, &ads),
+                load_config(&format!("lat-{base}")),
+                share,
+                a.latency_secs,
             );
-            let produced = load.stop();
-            lat.sort_unstable();
             println!(
-                "pipeline_latency load_base={base} max_events_per_sec={max:.0} load_events_per_sec={share:.0} load_events={produced} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} epoch_s=1 checkpoints=off",
-                lat.len(),
-                quantile(&lat, 0.5) as f64 / 1000.0,
-                quantile(&lat, 0.99) as f64 / 1000.0,
-                lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+                "pipeline_latency load_base={base} max_events_per_sec={max:.0} load_events_per_sec={share:.0} load_events={} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} epoch_s=1 checkpoints=off",
+                l.load_events, l.probes, l.p50_ms, l.p99_ms, l.max_ms,
             );
         }
         if a.phases.iter().any(|p| p == "http") {
@@ -264,4 +254,37 @@ fn main() {
         }
     }
     drop(squall);
+    if a.phases.iter().any(|p| p == "pinned") {
+        let name = format!("{run}-pinned");
+        let (max, l) = latency_run(&LatencyRun {
+            bin_dir: &bins,
+            name: &name,
+            brokers: &a.brokers,
+            cql: &a.cql,
+            users: a.users,
+            catalogue,
+            workers: a.pinned_workers,
+            extra: &extra,
+            pin: Some((&a.load_cpus, &a.squall_cpus)),
+            load_share: a.load_share,
+            live_secs: a.live_secs,
+            latency_secs: a.latency_secs,
+            restart: None,
+        })
+        .expect("pinned latency run");
+        println!(
+            "pipeline_latency load_base=pinned load_cpus={} squall_cpus={} workers={} max_events_per_sec={:.0} lag_at_end={:.0} load_events_per_sec={:.0} load_events={} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} epoch_s=1 checkpoints=off",
+            a.load_cpus,
+            a.squall_cpus,
+            a.pinned_workers,
+            max.events_per_sec,
+            max.lag_at_end,
+            l.load_events_per_sec,
+            l.load_events,
+            l.probes,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+        );
+    }
 }
