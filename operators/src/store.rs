@@ -12,7 +12,8 @@ use std::sync::Arc;
 use crate::attributes::{Attributes, AttributesView};
 use crate::plan::{Plan, UserState};
 
-/// The hash that decides which worker owns a user; the dataflow exchanges on it.
+/// The hash that places a user: which worker owns them and which key group holds them
+/// ([`crate::key_groups`]).
 #[inline]
 pub fn user_hash(user_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(user_id.as_bytes())
@@ -99,9 +100,9 @@ impl UserStore {
         &self.symbols
     }
 
-    /// The index of the worker that owns `user_id`.
+    /// The index of the worker that owns `user_id` ([`crate::key_groups::owner`]).
     pub fn owner(&self, user_id: &str) -> usize {
-        (user_hash(user_id) % self.shards.len() as u64) as usize
+        crate::key_groups::owner(user_id, self.shards.len())
     }
 
     /// The shard of worker `index`.

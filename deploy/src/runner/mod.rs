@@ -297,7 +297,7 @@ async fn recover(
         }
     }
     for entry in rec.dedup {
-        let owner = (entry.0 % layout.peers() as u64) as usize;
+        let owner = squall_operators::key_groups::owner_of_hash(entry.0, layout.peers());
         if local.contains(&owner) {
             recovery.dedup[owner].push(entry);
         }
