@@ -18,8 +18,8 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use crate::attributes::{Activity, AdInfo, TrackInfo, What};
 use crate::dedup::dedup_key;
 use crate::event::{Event, EventKind};
-use crate::source::Epoch;
 use crate::key_groups;
+use crate::source::Epoch;
 use crate::store::StrHash;
 
 /// Enriches a stream of events.

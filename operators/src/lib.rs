@@ -4,6 +4,7 @@
 pub mod attributes;
 pub mod checkpoint;
 pub mod checkpoint_cql;
+pub mod checkpoint_dir;
 pub mod dead_letter;
 pub mod declare;
 pub mod dedup;
@@ -21,8 +22,8 @@ pub use dead_letter::DeadLetterTo;
 pub use declare::{AttributeDecl, Declaration};
 pub use enrich::EnrichWith;
 pub use event::{DecodeError, DecodeLimits, DlqReason, Event, EventKind};
-pub use maintain::{CheckpointHook, MaintainAttributes};
+pub use key_groups::KeyGroups;
+pub use maintain::{CheckpointHook, MaintainAttributes, Restore};
 pub use plan::{Plan, UserSnapshot, UserState};
 pub use source::{ConsumeKafka, DeadLetter, Epoch, Partition, SourceConfig, StartFrom};
-pub use key_groups::KeyGroups;
 pub use store::{UserStore, user_hash};
