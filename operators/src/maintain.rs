@@ -27,6 +27,11 @@ const SWEEP_EVERY: Duration = Duration::from_millis(10);
 /// Dedup sub-tables swept per sweep.
 const DEDUP_SWEEP_BUDGET: usize = 32;
 
+/// Users looked at per sweep for expiry, at most (a key group is swept whole)...
+const USER_SWEEP_BUDGET: usize = 8192;
+/// ...and key groups.
+const GROUP_SWEEP_BUDGET: u32 = 512;
+
 /// What a worker takes back from the recovered cut.
 #[derive(Clone, Debug)]
 pub struct Restore {
@@ -73,8 +78,9 @@ pub trait MaintainAttributes<'scope> {
     /// TTL of event time behind the newest event this worker applied is expired: forgotten, and
     /// listed in the next part so that recovery forgets them too. It is checked when the user's
     /// next event arrives (an expired user who returns starts fresh) and by a sweep over this
-    /// worker's key groups, one group per step, each time the worker's event time has moved on
-    /// by an eighth of the TTL. Dedup ids are kept for the horizon whatever happens to users.
+    /// worker's key groups, a few thousand users per step, each time the worker's event time has
+    /// moved on by an eighth of the TTL. Dedup ids are kept for the horizon whatever happens to
+    /// users (the TTL is at least the horizon).
     fn maintain_attributes(
         self,
         store: Arc<UserStore>,
@@ -149,13 +155,14 @@ impl Maintainer {
         self.store.record(self.worker, n as u64 - dups, dups);
     }
 
-    /// Expires the users of one key group, if a pass is due or under way.
+    /// Expires users of the next key groups (up to [`USER_SWEEP_BUDGET`] users or
+    /// [`GROUP_SWEEP_BUDGET`] groups), if a pass is due or under way.
     fn sweep_users(&mut self) {
         let ttl = self.store.user_ttl_ms();
         if ttl <= 0 || self.users.covering.is_empty() {
             return;
         }
-        let kg = match self.users.next {
+        let mut kg = match self.users.next {
             Some(kg) => kg,
             None if self.clock.saturating_sub(self.users.started_at) >= (ttl / 8).max(1) => {
                 self.users.started_at = self.clock;
@@ -163,17 +170,24 @@ impl Maintainer {
             }
             None => return,
         };
-        self.users.next = Some(kg + 1).filter(|n| *n < self.users.covering.end);
         let horizon = self.clock.saturating_sub(ttl);
         let (worker, peers, expired) = (self.worker, self.peers, &mut self.expired);
-        self.store.group(kg).retain(|user, state| {
-            // A group shared with a neighbour at a boundary: only this worker's users.
-            let gone = state.clock().is_some_and(|c| c < horizon) && key_groups::owner(user, peers) == worker;
-            if gone {
-                expired.push(user.to_string());
-            }
-            !gone
-        });
+        let (mut users, mut groups) = (0, 0);
+        while kg < self.users.covering.end && users < USER_SWEEP_BUDGET && groups < GROUP_SWEEP_BUDGET {
+            let map = self.store.group(kg);
+            users += map.len();
+            groups += 1;
+            map.retain(|user, state| {
+                // A group shared with a neighbour at a boundary: only this worker's users.
+                let gone = state.clock().is_some_and(|c| c < horizon) && key_groups::owner(user, peers) == worker;
+                if gone {
+                    expired.push(user.to_string());
+                }
+                !gone
+            });
+            kg += 1;
+        }
+        self.users.next = Some(kg).filter(|n| *n < self.users.covering.end);
     }
 
     /// Writes a part for every cut in `(sealed, target]`; the first carries the changes.
