@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
+use squall::generate::{CatalogueGen, EventGen};
 use squall_operators::{Attributes, Event};
 use squall_tests::server::free_ports;
-use squall_tests::{Fixture, Record, Squall, produce, unique, wait_for};
+use squall_tests::{Fixture, Record, Squall, produce, stream_config, unique, wait_for};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -88,16 +88,7 @@ async fn layout_changes(state: &str) {
     let f = Fixture::with_catalogue(6, &catalogue).await;
     let name = unique("layout").replace('_', "-");
     let topology = f.topology(&name, 1, "personalization_v1", &[("state", state)]);
-    let config = EventGenConfig {
-        users: 300,
-        catalogue,
-        run_id: unique("run"),
-        unknown_share: 0.02,
-        duplicate_share: 0.03,
-        malformed_share: 0.01,
-        ..Default::default()
-    };
-    let mut generator = EventGen::new(config, 41);
+    let mut generator = EventGen::new(stream_config(300, catalogue), 41);
     let mut at = T0;
     let mut events: Vec<Event> = Vec::new();
     let mut previous: Vec<Record> = Vec::new();

@@ -116,6 +116,36 @@ impl Manifest {
     }
 }
 
+/// What the parts folded into a cut say about it, on top of the manifest's: the newest watermark,
+/// the dedup bucket length, and the cut's own offsets and workers.
+struct CutInfo {
+    cut: Epoch,
+    watermark: i64,
+    bucket_ms: i64,
+    offsets: Vec<(Partition, i64)>,
+    peers: u32,
+}
+
+impl CutInfo {
+    fn new(cut: Epoch, manifest: Option<&Manifest>) -> Self {
+        let (watermark, bucket_ms, peers) = manifest.map_or((i64::MIN, 0, 0), |m| (m.watermark, m.bucket_ms, m.peers));
+        // The manifest's offsets stand while no part of a later cut is folded.
+        let offsets = manifest.filter(|m| m.cut == cut).map(|m| m.offsets.clone()).unwrap_or_default();
+        CutInfo { cut, watermark, bucket_ms, offsets, peers }
+    }
+
+    fn absorb(&mut self, part: &PartFile, meta: &PartMeta) {
+        self.watermark = self.watermark.max(meta.watermark);
+        if meta.bucket_ms > 0 {
+            self.bucket_ms = meta.bucket_ms;
+        }
+        if part.cut == self.cut {
+            self.offsets.extend(meta.offsets.iter().cloned());
+            self.peers = meta.peers;
+        }
+    }
+}
+
 fn segments(key_groups: u32) -> u32 {
     key_groups.min(SEGMENTS)
 }
@@ -394,11 +424,9 @@ impl CheckpointDir {
         let Some(cut) = latest else { return Ok(None) };
         let reads = scope.reads();
         let mut rec = Recovered { cut, ..Default::default() };
+        let mut info = CutInfo::new(cut, manifest.as_ref());
         // Oldest first: the manifest's files, then the parts.
         if let Some(m) = &manifest {
-            rec.watermark = m.watermark;
-            rec.bucket_ms = m.bucket_ms;
-            rec.offsets = m.offsets.iter().cloned().collect();
             for (s, segment) in m.segments.iter().enumerate() {
                 if !(0..scope.key_groups.count()).any(|g| reads.contains(&g) && segment_of(g, m.key_groups) == s) {
                     continue;
@@ -413,18 +441,14 @@ impl CheckpointDir {
         }
         let folded: Vec<&(PartFile, PartMeta, Header)> = heads.iter().filter(|(p, _, _)| p.cut <= cut).collect();
         for (p, meta, header) in &folded {
-            rec.watermark = rec.watermark.max(meta.watermark);
-            if meta.bucket_ms > 0 {
-                rec.bucket_ms = meta.bucket_ms;
-            }
-            if p.cut == cut {
-                rec.offsets.extend(meta.offsets.iter().cloned());
-            }
+            info.absorb(p, meta);
             let (mut r, _) = Reader::open(&p.path, &mut bytes).map_err(io)?;
             for s in header.users.iter().filter(|s| reads.contains(&s.key_group)) {
                 fold_rows(&mut rec.users, r.users(s, &mut bytes).map_err(io)?);
             }
         }
+        (rec.watermark, rec.bucket_ms) = (info.watermark, info.bucket_ms);
+        rec.offsets = info.offsets.into_iter().collect();
         // Dedup ids of the live buckets.
         let oldest = oldest_live_bucket(rec.watermark, rec.bucket_ms * BUCKETS, rec.bucket_ms);
         let mut runs: BTreeMap<(u32, i64), Vec<Fingerprint>> = BTreeMap::new();
@@ -482,21 +506,13 @@ impl CheckpointDir {
             segments: vec![Segment::default(); segments(key_groups) as usize],
             dedup: BTreeMap::new(),
         });
-        next.cut = cut;
-        next.offsets.clear();
+        let mut info = CutInfo::new(cut, manifest.as_ref());
         // What changed since the last compaction: the newest row per user, by segment and key
         // group; the new dedup ids by bucket and key group.
         let mut changes: BTreeMap<usize, BTreeMap<u32, BTreeMap<String, Option<UserSnapshot>>>> = BTreeMap::new();
         let mut ids: BTreeMap<i64, BTreeMap<u32, Vec<Fingerprint>>> = BTreeMap::new();
         for (p, meta, header) in &folded {
-            next.watermark = next.watermark.max(meta.watermark);
-            if meta.bucket_ms > 0 {
-                next.bucket_ms = meta.bucket_ms;
-            }
-            if p.cut == cut {
-                next.offsets.extend(meta.offsets.iter().cloned());
-                next.peers = meta.peers;
-            }
+            info.absorb(p, meta);
             let (mut r, _) = Reader::open(&p.path, &mut bytes)?;
             for s in &header.users {
                 let rows =
@@ -507,6 +523,8 @@ impl CheckpointDir {
                 ids.entry(s.bucket).or_default().entry(s.key_group).or_default().extend(r.ids(s, &mut bytes)?);
             }
         }
+        (next.cut, next.watermark, next.bucket_ms, next.peers) = (cut, info.watermark, info.bucket_ms, info.peers);
+        next.offsets = info.offsets;
         let mut garbage: Vec<String> = Vec::new();
         let mut changed = 0u64;
         // One delta file per segment that changed: costs what changed.

@@ -123,20 +123,14 @@ fn main() {
 
 /// Resident bytes per retained event id in the dedup state (one time bucket, the default horizon).
 fn dedup(ids: u64) {
-    let before = rss_bytes();
-    let started = Instant::now();
     let mut d = Dedup::new(10 * 60 * 1000);
-    for i in 0..ids {
-        d.first_time(dedup_key(EventKind::Song, "u1", &i.to_string()), 1_763_750_000_000);
-    }
-    let after = rss_bytes();
+    dedup_figures("buckets", ids, |key| {
+        d.first_time(key, 1_763_750_000_000);
+    });
     println!(
-        "memory_dedup structure=buckets ids={ids} retained={} rss_delta_bytes={} bytes_per_id={:.1} table_bytes_per_id={:.2} insert_s={:.2}",
+        "memory_dedup structure=buckets retained={} table_bytes_per_id={:.2}",
         d.len(),
-        after - before,
-        (after - before) as f64 / ids as f64,
-        d.table_bytes() as f64 / ids as f64,
-        started.elapsed().as_secs_f64()
+        d.table_bytes() as f64 / ids as f64
     );
 }
 
@@ -155,16 +149,22 @@ fn dedup_hashmap(ids: u64) {
             self.0 = i as u64;
         }
     }
+    let mut seen: std::collections::HashMap<u128, i64, std::hash::BuildHasherDefault<Low>> = Default::default();
+    dedup_figures("hashmap", ids, |key| {
+        seen.entry(key).or_insert(1_763_750_000_000);
+    });
+}
+
+/// Inserts `ids` keys with `insert` and prints the resident bytes it took per id.
+fn dedup_figures(structure: &str, ids: u64, mut insert: impl FnMut(u128)) {
     let before = rss_bytes();
     let started = Instant::now();
-    let mut seen: std::collections::HashMap<u128, i64, std::hash::BuildHasherDefault<Low>> = Default::default();
     for i in 0..ids {
-        seen.entry(dedup_key(EventKind::Song, "u1", &i.to_string())).or_insert(1_763_750_000_000);
+        insert(dedup_key(EventKind::Song, "u1", &i.to_string()));
     }
     let after = rss_bytes();
     println!(
-        "memory_dedup structure=hashmap ids={ids} retained={} rss_delta_bytes={} bytes_per_id={:.1} insert_s={:.2}",
-        seen.len(),
+        "memory_dedup structure={structure} ids={ids} rss_delta_bytes={} bytes_per_id={:.1} insert_s={:.2}",
         after - before,
         (after - before) as f64 / ids as f64,
         started.elapsed().as_secs_f64()
