@@ -62,9 +62,6 @@ pub struct Part {
     pub expired: Vec<String>,
     /// Dedup ids added since the previous part, by key group and bucket.
     pub dedup: Vec<DedupRun>,
-    /// The buckets of every id the worker retains (new or not), oldest first: where recovery
-    /// looks for them.
-    pub dedup_buckets: Vec<i64>,
     /// Event-time milliseconds per dedup bucket (0: deduplication off).
     pub bucket_ms: i64,
     /// The newest event time the worker has applied (`i64::MIN`: none yet).
@@ -83,7 +80,6 @@ impl Default for Part {
             users: Vec::new(),
             expired: Vec::new(),
             dedup: Vec::new(),
-            dedup_buckets: Vec::new(),
             bucket_ms: 0,
             watermark: i64::MIN,
             offsets: Vec::new(),
@@ -477,7 +473,6 @@ pub(crate) mod tests {
             key_groups,
             users: users.iter().map(|(u, n)| (u.to_string(), snapshot(*n))).collect(),
             dedup: vec![DedupRun { key_group: kg, bucket: cut as i64, ids: vec![id(cut * 10 + worker as u64)] }],
-            dedup_buckets: (10..=cut as i64).collect(),
             bucket_ms: 1000,
             watermark: cut as i64 * 1000,
             offsets: vec![(Partition { topic: "t".into(), partition: worker as i32 }, offset)],

@@ -5,11 +5,11 @@
 //! # Tables (in the `[cql]` keyspace, created at start when missing)
 //! ```text
 //! checkpoint_marks  (group_id text, cut bigint, worker int, peers int, key_groups int, bucket_ms bigint,
-//!                    watermark bigint, buckets blob, offsets blob,  PRIMARY KEY ((group_id), cut, worker))
+//!                    watermark bigint, offsets blob,                PRIMARY KEY ((group_id), cut, worker))
 //! checkpoint_groups (group_id text, key_group int, cut bigint, writer int, users blob,
 //!                                                   PRIMARY KEY ((group_id, key_group), cut, writer))
 //! checkpoint_ids    (group_id text, key_group int, bucket bigint, cut bigint, writer int, ids blob,
-//!                                                   PRIMARY KEY ((group_id, key_group, bucket), cut, writer))
+//!                                                   PRIMARY KEY ((group_id, key_group), bucket, cut, writer))
 //! ```
 //! A part `(cut, worker)` writes one `checkpoint_groups` row per key group it changed (its users'
 //! snapshots, `None` for an expired user), one `checkpoint_ids` row per (key group, time bucket) it
@@ -20,27 +20,28 @@
 //! The cut is part of every row's key, so rows of a cut that is not complete never replace what an
 //! earlier complete cut needs: recovery takes, per key group, the newest *base* row (`writer = -1`)
 //! with `cut <=` the latest complete cut and folds the newer rows up to it in cut order, and
-//! deletes rows of later cuts. Each process compacts the key groups it owns (one process per group,
-//! [`crate::key_groups::KeyGroups::compactor`]): once the rows newer than a group's base add up to a
-//! quarter of it (at least 32 KiB), it reads the group, writes a new base at the latest complete
-//! cut and deletes the rows it folded (the most overdue first, rewriting at most eight times what
-//! was written since the last compaction); and it deletes the `checkpoint_ids` partitions of
-//! expired buckets, whole. Process 0 deletes marks older than the compacted cut. Until a deletion the
-//! older rows fold to the same state, so every crash point is safe.
+//! deletes rows of later cuts (a process reads every row of its key groups, so none escapes: a
+//! stale row would otherwise count once a later cut completed). Each process compacts the key
+//! groups it owns (one process per group, [`crate::key_groups::KeyGroups::compactor`]): once the
+//! rows newer than a group's base add up to a quarter of it (at least 32 KiB), it reads the group,
+//! writes a new base at the latest complete cut and deletes the rows it folded (the most overdue
+//! first, rewriting at most eight times what was written since the last compaction); and it
+//! deletes the `checkpoint_ids` rows of expired buckets (all of them: it knows every row of its
+//! groups from recovery and its own writes). Process 0 deletes marks older than the compacted
+//! cut. Until a deletion the older rows fold to the same state, so every crash point is safe.
 //!
 //! Partitions stay bounded: a group's holds its base plus changes worth a quarter of it, an ids
-//! partition one bucket's ids of one group, the marks partition the cuts since the last
+//! partition the ids of one group within the horizon, the marks partition the cuts since the last
 //! compaction. Deletes leave tombstones until `gc_grace_seconds`; every row here is replaced
 //! within minutes, so a short `gc_grace_seconds` (an hour) suits these tables in production
 //! (recovery ignores a resurrected row: its cut is older than the base or the latest complete cut).
 //!
-//! The statements are plain CQL: partition-key equality, full-key and partition deletes, no
-//! ranges, `IN`, `ORDER BY`, lightweight transactions or TTLs, so they run unchanged on
-//! ScyllaDB/Cassandra and within what the kassandra-based dev server handles correctly (two
-//! clustering columns in every table; equality on a single clustering column is never used).
+//! The statements are plain CQL: partition-key equality, full-key deletes, no ranges, `IN`, `ORDER BY`, lightweight transactions or TTLs, so they run unchanged on
+//! ScyllaDB/Cassandra and within what the kassandra-based dev server handles correctly (two or
+//! three clustering columns in every table; equality on a single clustering column is never used).
 //! Writes use the session's default consistency (`LOCAL_QUORUM` in the scylla driver).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -70,7 +71,7 @@ pub fn schema(keyspace: &str) -> [String; 3] {
     [
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.checkpoint_marks (group_id text, cut bigint, worker int, \
-             peers int, key_groups int, bucket_ms bigint, watermark bigint, buckets blob, offsets blob, \
+             peers int, key_groups int, bucket_ms bigint, watermark bigint, offsets blob, \
              PRIMARY KEY (group_id, cut, worker))"
         ),
         format!(
@@ -79,7 +80,7 @@ pub fn schema(keyspace: &str) -> [String; 3] {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.checkpoint_ids (group_id text, key_group int, bucket bigint, \
-             cut bigint, writer int, ids blob, PRIMARY KEY ((group_id, key_group, bucket), cut, writer))"
+             cut bigint, writer int, ids blob, PRIMARY KEY ((group_id, key_group), bucket, cut, writer))"
         ),
     ]
 }
@@ -147,14 +148,16 @@ struct Mark {
     key_groups: i32,
     bucket_ms: i64,
     watermark: i64,
-    buckets: Vec<i64>,
     offsets: Vec<u8>,
 }
 
-type MarkTuple = (i64, i32, i32, i32, i64, i64, Vec<u8>, Vec<u8>);
+type MarkTuple = (i64, i32, i32, i32, i64, i64, Vec<u8>);
 
-/// A row of a group or ids partition: (cut, writer, blob).
+/// A row of a group partition: (cut, writer, blob).
 type Row = (i64, i32, Vec<u8>);
+
+/// A row of an ids partition: (bucket, cut, writer, blob).
+type IdsRow = (i64, i64, i32, Vec<u8>);
 
 /// What the compacting process knows of a key group it compacts.
 #[derive(Clone, Debug, Default)]
@@ -163,8 +166,8 @@ struct GroupStats {
     base: u64,
     /// Bytes of the rows newer than it.
     newer: u64,
-    /// Buckets with ids rows.
-    buckets: BTreeSet<i64>,
+    /// The keys (cut, writer) of its ids rows, by bucket.
+    ids: BTreeMap<i64, Vec<(i64, i32)>>,
 }
 
 struct Statements {
@@ -177,7 +180,6 @@ struct Statements {
     delete_mark: PreparedStatement,
     delete_group_row: PreparedStatement,
     delete_ids_row: PreparedStatement,
-    delete_ids: PreparedStatement,
 }
 
 impl Statements {
@@ -191,7 +193,7 @@ impl Statements {
         Ok(Statements {
             insert_mark: p(format!(
                 "INSERT INTO {ks}.checkpoint_marks (group_id, cut, worker, peers, key_groups, bucket_ms, watermark, \
-                 buckets, offsets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 offsets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             ))
             .await?,
             insert_group: p(format!(
@@ -203,7 +205,7 @@ impl Statements {
             ))
             .await?,
             select_marks: p(format!(
-                "SELECT cut, worker, peers, key_groups, bucket_ms, watermark, buckets, offsets \
+                "SELECT cut, worker, peers, key_groups, bucket_ms, watermark, offsets \
                  FROM {ks}.checkpoint_marks WHERE group_id = ?"
             ))
             .await?,
@@ -212,7 +214,7 @@ impl Statements {
             ))
             .await?,
             select_ids: p(format!(
-                "SELECT cut, writer, ids FROM {ks}.checkpoint_ids WHERE group_id = ? AND key_group = ? AND bucket = ?"
+                "SELECT bucket, cut, writer, ids FROM {ks}.checkpoint_ids WHERE group_id = ? AND key_group = ?"
             ))
             .await?,
             delete_mark: p(format!("DELETE FROM {ks}.checkpoint_marks WHERE group_id = ? AND cut = ? AND worker = ?"))
@@ -224,10 +226,6 @@ impl Statements {
             delete_ids_row: p(format!(
                 "DELETE FROM {ks}.checkpoint_ids WHERE group_id = ? AND key_group = ? AND bucket = ? AND cut = ? \
                  AND writer = ?"
-            ))
-            .await?,
-            delete_ids: p(format!(
-                "DELETE FROM {ks}.checkpoint_ids WHERE group_id = ? AND key_group = ? AND bucket = ?"
             ))
             .await?,
         })
@@ -262,8 +260,8 @@ struct Folded {
     bytes: u64,
 }
 
-fn fold_group(rows: Vec<Row>, cut: Epoch, key_group: u32) -> Result<Folded, CheckpointError> {
-    let limit = cut as i64;
+/// Folds a key group's rows up to cut `limit` (-1: none is complete, every row is beyond).
+fn fold_group(rows: Vec<Row>, limit: i64, key_group: u32) -> Result<Folded, CheckpointError> {
     let base = rows.iter().filter(|r| r.1 == BASE && r.0 <= limit).map(|r| r.0).max();
     let mut f = Folded {
         users: HashMap::new(),
@@ -371,13 +369,18 @@ impl CqlCheckpoints {
 
     async fn marks(&self) -> Result<Vec<Mark>, CheckpointError> {
         let rows: Vec<MarkTuple> = self.select(&self.stmts.select_marks, (&self.group_id,)).await?;
-        rows.into_iter()
-            .map(|(cut, worker, peers, key_groups, bucket_ms, watermark, buckets, offsets)| {
-                let buckets = bincode::deserialize(&buckets)
-                    .map_err(|e| corrupt(format!("buckets of the mark of cut {cut}/{worker}"), e))?;
-                Ok(Mark { cut: cut.max(0) as Epoch, worker, peers, key_groups, bucket_ms, watermark, buckets, offsets })
+        Ok(rows
+            .into_iter()
+            .map(|(cut, worker, peers, key_groups, bucket_ms, watermark, offsets)| Mark {
+                cut: cut.max(0) as Epoch,
+                worker,
+                peers,
+                key_groups,
+                bucket_ms,
+                watermark,
+                offsets,
             })
-            .collect()
+            .collect())
     }
 
     /// The latest complete cut among `marks`.
@@ -393,8 +396,8 @@ impl CqlCheckpoints {
         self.select(&self.stmts.select_group, (&self.group_id, key_group as i32)).await
     }
 
-    async fn ids_rows(&self, key_group: u32, bucket: i64) -> Result<Vec<Row>, CheckpointError> {
-        self.select(&self.stmts.select_ids, (&self.group_id, key_group as i32, bucket)).await
+    async fn ids_rows(&self, key_group: u32) -> Result<Vec<IdsRow>, CheckpointError> {
+        self.select(&self.stmts.select_ids, (&self.group_id, key_group as i32)).await
     }
 
     async fn write_parts_async(&mut self, parts: &[Part]) -> Result<u64, CheckpointError> {
@@ -423,7 +426,13 @@ impl CqlCheckpoints {
                 let blob = encode(&run.ids, || format!("ids of part {cut}/{worker}"))?;
                 bytes += blob.len() as u64 + 32;
                 if self.compacts(run.key_group) {
-                    self.groups.entry(run.key_group).or_default().buckets.insert(run.bucket);
+                    self.groups
+                        .entry(run.key_group)
+                        .or_default()
+                        .ids
+                        .entry(run.bucket)
+                        .or_default()
+                        .push((cut, worker));
                 }
                 ids.push((&self.group_id, run.key_group as i32, run.bucket, cut, worker, blob));
             }
@@ -435,9 +444,8 @@ impl CqlCheckpoints {
         b?;
         let mut by_cut: BTreeMap<Epoch, Vec<_>> = BTreeMap::new();
         for part in parts {
-            let buckets = encode(&part.dedup_buckets, || format!("buckets of part {}", part.cut))?;
             let offsets = encode(&part.offsets, || format!("offsets of part {}", part.cut))?;
-            bytes += (buckets.len() + offsets.len() + 48) as u64;
+            bytes += (offsets.len() + 48) as u64;
             by_cut.entry(part.cut).or_default().push((
                 &self.group_id,
                 cut_value(part.cut)?,
@@ -446,7 +454,6 @@ impl CqlCheckpoints {
                 part.key_groups.count() as i32,
                 part.bucket_ms,
                 part.watermark,
-                buckets,
                 offsets,
             ));
         }
@@ -477,42 +484,36 @@ impl CqlCheckpoints {
             }
             self.run_all(&self.stmts.delete_mark, beyond).await?;
         }
-        let Some(cut) = latest else { return Ok(None) };
-        let upto: Vec<&Mark> = marks.iter().filter(|m| m.cut <= cut).collect();
+        // Without a complete cut every row is of a cut that never completed: the reads below
+        // still find and delete them, so that they never count once a later cut completes.
+        let cut = latest.unwrap_or(0);
+        let limit = latest.map_or(Ok(-1), cut_value)?;
         let mut rec = Recovered { cut, ..Default::default() };
-        for m in &upto {
+        for m in marks.iter().filter(|m| latest.is_some_and(|l| m.cut <= l)) {
             rec.watermark = rec.watermark.max(m.watermark);
             if m.bucket_ms > 0 {
                 rec.bucket_ms = m.bucket_ms;
             }
-        }
-        let mut buckets = BTreeSet::new();
-        for m in upto.iter().filter(|m| m.cut == cut) {
-            let offsets: Vec<(Partition, i64)> = bincode::deserialize(&m.offsets)
-                .map_err(|e| corrupt(format!("offsets of the mark of cut {cut}/{}", m.worker), e))?;
-            rec.offsets.extend(offsets);
-            buckets.extend(m.buckets.iter().copied());
+            if m.cut == cut {
+                let offsets: Vec<(Partition, i64)> = bincode::deserialize(&m.offsets)
+                    .map_err(|e| corrupt(format!("offsets of the mark of cut {cut}/{}", m.worker), e))?;
+                rec.offsets.extend(offsets);
+            }
         }
         let oldest = oldest_live_bucket(rec.watermark, rec.bucket_ms * BUCKETS, rec.bucket_ms);
-        let buckets: Vec<i64> = buckets.into_iter().filter(|b| *b >= oldest).collect();
 
-        // Every key group this process reads, a few at a time.
+        // Every key group this process reads, a few at a time; every row of each, so that rows of
+        // cuts that never completed are all found.
         let this = &*self;
-        let buckets = &buckets;
         let mut reads = futures::stream::iter(scope.reads())
             .map(|kg| async move {
-                let folded = fold_group(this.group_rows(kg).await?, cut, kg)?;
-                let mut ids = Vec::new();
-                for &b in buckets {
-                    ids.push((b, this.ids_rows(kg, b).await?));
-                }
-                Ok::<_, CheckpointError>((kg, folded, ids))
+                let folded = fold_group(this.group_rows(kg).await?, limit, kg)?;
+                Ok::<_, CheckpointError>((kg, folded, this.ids_rows(kg).await?))
             })
             .buffer_unordered(READ_PARALLELISM);
         let mut beyond_groups = Vec::new();
         let mut beyond_ids = Vec::new();
         let mut stats = HashMap::new();
-        let limit = cut as i64;
         while let Some(read) = reads.next().await {
             let (kg, mut folded, ids) = read?;
             rec.bytes_read += folded.bytes;
@@ -521,27 +522,27 @@ impl CqlCheckpoints {
             if compacts {
                 beyond_groups.extend(folded.beyond.iter().map(|(c, w)| (&this.group_id, kg as i32, *c, *w)));
             }
-            for (bucket, rows) in ids {
-                let mut run = DedupRun { key_group: kg, bucket, ids: Vec::new() };
-                for (c, w, blob) in rows {
-                    rec.bytes_read += blob.len() as u64 + 12;
-                    if c > limit {
-                        if compacts {
-                            beyond_ids.push((&this.group_id, kg as i32, bucket, c, w));
-                        }
-                        continue;
-                    }
-                    let list: Vec<Fingerprint> = bincode::deserialize(&blob)
-                        .map_err(|e| corrupt(format!("ids of key group {kg} bucket {bucket} cut {c}"), e))?;
-                    run.ids.extend(list);
-                }
-                if !run.ids.is_empty() {
+            let mut runs: BTreeMap<i64, Vec<Fingerprint>> = BTreeMap::new();
+            for (bucket, c, w, blob) in ids {
+                rec.bytes_read += blob.len() as u64 + 20;
+                if c > limit {
                     if compacts {
-                        folded.stats.buckets.insert(bucket);
+                        beyond_ids.push((&this.group_id, kg as i32, bucket, c, w));
                     }
-                    rec.dedup.push(run);
+                    continue;
                 }
+                if compacts {
+                    // Expired or not: compaction deletes the rows of expired buckets.
+                    folded.stats.ids.entry(bucket).or_default().push((c, w));
+                }
+                if bucket < oldest {
+                    continue;
+                }
+                let list: Vec<Fingerprint> = bincode::deserialize(&blob)
+                    .map_err(|e| corrupt(format!("ids of key group {kg} bucket {bucket} cut {c}"), e))?;
+                runs.entry(bucket).or_default().extend(list);
             }
+            rec.dedup.extend(runs.into_iter().map(|(bucket, ids)| DedupRun { key_group: kg, bucket, ids }));
             if compacts {
                 stats.insert(kg, folded.stats);
             }
@@ -553,12 +554,12 @@ impl CqlCheckpoints {
         self.groups = stats;
         rec.dedup.sort_by_key(|r| (r.key_group, r.bucket));
         tracing::debug!(group_id = %self.group_id, cut, removed, bytes = rec.bytes_read, "folded CQL checkpoint");
-        Ok(Some(rec))
+        Ok(latest.map(|_| rec))
     }
 
     /// Writes a new base of `kg` at `cut` and deletes the rows it folded; the rows deleted.
     async fn rebase(&self, kg: u32, cut: Epoch) -> Result<(usize, GroupStats), CheckpointError> {
-        let folded = fold_group(self.group_rows(kg).await?, cut, kg)?;
+        let folded = fold_group(self.group_rows(kg).await?, cut_value(cut)?, kg)?;
         let mut rows: UserRows = folded.users.into_iter().map(|(u, s)| (u, Some(s))).collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         let blob = encode(&rows, || format!("base of key group {kg}"))?;
@@ -576,7 +577,7 @@ impl CqlCheckpoints {
             .map(|(cut, writer)| (&self.group_id, kg as i32, cut, writer))
             .collect();
         let n = self.run_all(&self.stmts.delete_group_row, folded_keys).await?;
-        Ok((n, GroupStats { base, newer: 0, buckets: BTreeSet::new() }))
+        Ok((n, GroupStats { base, newer: 0, ids: BTreeMap::new() }))
     }
 
     async fn compact_async(&mut self, horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError> {
@@ -615,18 +616,19 @@ impl CqlCheckpoints {
         for (kg, n, mut s) in rebased {
             removed += n;
             let old = self.groups.entry(kg).or_default();
-            s.buckets = std::mem::take(&mut old.buckets);
+            s.ids = std::mem::take(&mut old.ids);
             *old = s;
         }
-        // Buckets past the horizon go whole, a partition per key group.
+        // Buckets past the horizon go whole.
         let oldest = oldest_live_bucket(watermark, horizon_ms, bucket_ms);
         let mut expired = Vec::new();
         for (kg, s) in &mut self.groups {
-            let live = s.buckets.split_off(&oldest);
-            expired
-                .extend(std::mem::replace(&mut s.buckets, live).into_iter().map(|b| (&self.group_id, *kg as i32, b)));
+            let live = s.ids.split_off(&oldest);
+            for (bucket, rows) in std::mem::replace(&mut s.ids, live) {
+                expired.extend(rows.into_iter().map(|(c, w)| (&self.group_id, *kg as i32, bucket, c, w)));
+            }
         }
-        removed += self.run_all(&self.stmts.delete_ids, expired).await?;
+        removed += self.run_all(&self.stmts.delete_ids_row, expired).await?;
         if self.tidies() {
             let older: Vec<_> = marks
                 .iter()

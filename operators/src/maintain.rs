@@ -224,7 +224,6 @@ impl Maintainer {
                 users,
                 expired,
                 dedup: runs(std::mem::take(&mut self.new_ids)),
-                dedup_buckets: self.dedup.live_buckets(),
                 bucket_ms,
                 watermark,
                 offsets: offsets_at(&hook.offsets, cut),

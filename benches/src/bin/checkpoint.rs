@@ -119,7 +119,6 @@ fn part(key_groups: KeyGroups, cut: u64, users: Vec<(String, UserSnapshot)>) -> 
         key_groups,
         users,
         dedup: runs.into_iter().map(|(key_group, ids)| DedupRun { key_group, bucket, ids }).collect(),
-        dedup_buckets: vec![bucket],
         bucket_ms,
         watermark: ts,
         offsets: Vec::new(),
