@@ -9,7 +9,7 @@ use std::time::Duration;
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
 use squall_operators::{Attributes, Event};
 use squall_tests::server::{SquallServer, find_process, free_ports};
-use squall_tests::{Fixture, Squall, produce, unique, wait_for};
+use squall_tests::{Fixture, Squall, produce, stream_config, unique, wait_for};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -30,15 +30,7 @@ impl Stream {
 async fn setup(seed: u64, resends: f64) -> (Fixture, CatalogueGen, Stream) {
     let catalogue = CatalogueGen { tracks: 300, ads: 20, seed };
     let f = Fixture::with_catalogue(6, &catalogue).await;
-    let config = EventGenConfig {
-        users: 200,
-        catalogue,
-        run_id: unique("run"),
-        unknown_share: 0.02,
-        duplicate_share: resends,
-        malformed_share: 0.01,
-        ..Default::default()
-    };
+    let config = EventGenConfig { duplicate_share: resends, ..stream_config(200, catalogue) };
     (f, catalogue, Stream { generator: EventGen::new(config, seed), at: T0 })
 }
 

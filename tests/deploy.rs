@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
+use squall::generate::{CatalogueGen, EventGen};
 use squall_operators::{Attributes, Event};
 use squall_tests::server::{SquallServer, alive, pid_at, wait_equal_to_oracle};
-use squall_tests::{Fixture, brokers, produce, unique, wait_for, wait_for_committed_at_end};
+use squall_tests::{Fixture, brokers, produce, stream_config, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -44,16 +44,7 @@ impl Setup {
                 ("runtime", "workers = 2"),
             ],
         );
-        let config = EventGenConfig {
-            users: 150,
-            catalogue,
-            run_id: unique("run"),
-            unknown_share: 0.02,
-            duplicate_share: 0.03,
-            malformed_share: 0.01,
-            ..Default::default()
-        };
-        Setup { f, catalogue, name, file, generator: EventGen::new(config, seed), at: T0 }
+        Setup { f, catalogue, name, file, generator: EventGen::new(stream_config(150, catalogue), seed), at: T0 }
     }
 
     fn group(&self, version: u32) -> String {

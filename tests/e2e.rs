@@ -7,10 +7,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::json;
-use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
+use squall::generate::{CatalogueGen, EventGen, Generated};
 use squall_enrichment::{AdRow, TrackRow};
 use squall_operators::{Attributes, Event, EventKind};
-use squall_tests::{Fixture, Squall, brokers, cql, produce, unique, wait_for};
+use squall_tests::{Fixture, Squall, brokers, cql, produce, stream_config, unique, wait_for};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -253,16 +253,7 @@ async fn generated_stream_equals_the_oracle_for_every_user() {
         (0..catalogue.ads).map(|i| catalogue.ad(i)).collect(),
     )
     .await;
-    let config = EventGenConfig {
-        users: 200,
-        catalogue,
-        run_id: unique("run"),
-        unknown_share: 0.02,
-        duplicate_share: 0.03,
-        malformed_share: 0.01,
-        ..Default::default()
-    };
-    let mut generator = EventGen::new(config, 11);
+    let mut generator = EventGen::new(stream_config(200, catalogue), 11);
     let mut events: Vec<Event> = Vec::new();
     let mut records = Vec::new();
     for i in 0..4000 {

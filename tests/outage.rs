@@ -14,9 +14,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
 use squall_enrichment::schema;
-use squall_operators::checkpoint::{CheckpointStore, Part};
+use squall_operators::checkpoint::{CheckpointError, CheckpointStore, DedupRun, Part, Scope};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
-use squall_operators::{Attributes, Event, EventKind, Partition, UserSnapshot};
+use squall_operators::dedup::Fingerprint;
+use squall_operators::{Attributes, Event, EventKind, KeyGroups, Partition, UserSnapshot};
 use squall_tests::outage::{Broker, CqlServer, PrivateFixture, metric};
 use squall_tests::{Squall, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
@@ -320,14 +321,28 @@ fn snapshot(plays: usize) -> UserSnapshot {
     UserSnapshot { plan: 7, words: vec![plays as u32, 1, 2], names: vec!["rock".into()] }
 }
 
+fn key_groups() -> KeyGroups {
+    KeyGroups::new(64).unwrap()
+}
+
+fn id(n: u64) -> Fingerprint {
+    Fingerprint { hi: n.wrapping_mul(0x9E37_79B9_7F4A_7C15), lo: n as u16 }
+}
+
+/// A part of 2 workers with one dedup id in bucket `cut` (buckets of 1 s, event time `cut` s).
 fn part(cut: u64, worker: usize, users: &[(&str, usize)], offset: i64) -> Part {
+    let key_group = key_groups().of(users.first().map_or("x", |u| u.0));
     Part {
         cut,
         worker,
         peers: 2,
+        key_groups: key_groups(),
         users: users.iter().map(|(u, n)| (u.to_string(), snapshot(*n))).collect(),
-        dedup: vec![(worker as u64, cut as u128, cut as i64)],
+        dedup: vec![DedupRun { key_group, bucket: cut as i64, ids: vec![id(cut * 10 + worker as u64)] }],
+        bucket_ms: 1000,
+        watermark: cut as i64 * 1000,
         offsets: vec![(Partition { topic: "t".into(), partition: worker as i32 }, offset)],
+        ..Default::default()
     }
 }
 
@@ -346,9 +361,10 @@ async fn rows(session: &scylla::client::session::Session, keyspace: &str, select
         .collect()
 }
 
-/// The CQL store keeps the directory's semantics: parts of an incomplete cut never change what
-/// recovery returns and are deleted by it, superseded user rows are deleted by recovery and
-/// compaction, and a reopened store (a restart) recovers the same state.
+/// The CQL store keeps the directory's semantics: rows of an incomplete cut never change what
+/// recovery returns and are deleted by it; an expired user is forgotten; compaction folds a key
+/// group that changed enough into a base and deletes expired dedup buckets whole; each process of
+/// another layout reads only its key groups; a reopened store (a restart) recovers the same state.
 #[tokio::test(flavor = "multi_thread")]
 async fn cql_checkpoint_store_recovers_the_latest_complete_cut_and_compacts() {
     let cql = CqlServer::start();
@@ -356,72 +372,129 @@ async fn cql_checkpoint_store_recovers_the_latest_complete_cut_and_compacts() {
     let ks = unique("ks");
     schema::create(&session, &ks, 1).await.expect("keyspace");
     let open = || CqlCheckpoints::open(Arc::clone(&session), &ks, "g-v1", tokio::runtime::Handle::current());
+    let all = Scope::single(key_groups(), 2);
     let mut store = open().await.expect("open");
     // Another version's rows in the same tables must never be touched.
     let mut other = CqlCheckpoints::open(Arc::clone(&session), &ks, "g-v2", tokio::runtime::Handle::current())
         .await
         .expect("open v2");
-    let users_of = |rows: Vec<(String, i64)>, user: &str| {
-        let mut cuts: Vec<i64> = rows.into_iter().filter(|(u, _)| u == user).map(|(_, c)| c).collect();
+    let groups_table = format!("{ks}.checkpoint_groups");
+    let group_cuts = |rows: Vec<(String, i64)>, group: &str| {
+        let mut cuts: Vec<i64> = rows.into_iter().filter(|(g, _)| g == group).map(|(_, c)| c).collect();
         cuts.sort();
         cuts
     };
-    let users_table = format!("{ks}.checkpoint_users");
-    let all_user_rows = || rows(&session, &users_table, "user_id, cut");
+    let all_group_rows = || rows(&session, &groups_table, "group_id, cut");
     off(|| {
-        assert!(store.recover().unwrap().is_none());
+        assert!(store.recover(&all).unwrap().is_none());
+        // Rows of a cut that never completed are deleted even when no cut is complete: a later
+        // complete cut must not fold them in.
+        store.write_part(&part(5, 0, &[("ghost", 7)], 3)).unwrap();
+        assert!(store.recover(&all).unwrap().is_none());
         other.write_part(&Part { peers: 1, ..part(10, 0, &[("a", 9)], 1) }).unwrap();
         store.write_part(&part(10, 0, &[("a", 1)], 5)).unwrap();
         store.write_part(&part(10, 1, &[("b", 1)], 7)).unwrap();
-        store.write_part(&part(11, 0, &[("a", 2)], 6)).unwrap();
-        store.write_part(&part(11, 1, &[], 7)).unwrap();
+        store.write_parts(&[part(11, 0, &[("a", 2)], 6), part(11, 1, &[], 7)]).unwrap();
         // Cut 12 never completed: worker 1 crashed before writing it.
         store.write_part(&part(12, 0, &[("a", 3), ("z", 1)], 9)).unwrap();
     });
-    assert_eq!(users_of(all_user_rows().await, "a"), vec![10, 10, 11, 12], "v1's three rows and v2's");
+    // A row per key group per part: a's and b's at 10, a's at 11, a's and z's at 12.
+    let groups_of =
+        |users: &[&str]| users.iter().map(|u| key_groups().of(u)).collect::<std::collections::BTreeSet<_>>().len();
+    let mut want: Vec<i64> = vec![10; groups_of(&["a", "b"])];
+    want.push(11);
+    want.extend(vec![12; groups_of(&["a", "z"])]);
+    assert_eq!(group_cuts(all_group_rows().await, "g-v1"), want);
 
     let mut store = open().await.expect("reopen (a restart)");
-    let rec = off(|| store.recover()).unwrap().expect("a complete cut");
+    let rec = off(|| store.recover(&all)).unwrap().expect("a complete cut");
     assert_eq!(rec.cut, 11);
     assert_eq!(rec.users.len(), 2, "z was only in the incomplete cut");
     assert_eq!(rec.users["a"], snapshot(2));
     assert_eq!(rec.users["b"], snapshot(1));
-    assert_eq!(rec.dedup.len(), 4);
+    assert_eq!(rec.dedup.iter().map(|r| r.ids.len()).sum::<usize>(), 4);
+    assert_eq!((rec.watermark, rec.bucket_ms), (11_000, 1000));
     assert_eq!(rec.offsets.values().copied().collect::<Vec<_>>(), vec![6, 7]);
-    // Recovery deleted the incomplete cut's rows and a's row superseded by cut 11; v2's row stays.
-    let after = all_user_rows().await;
-    assert_eq!(users_of(after.clone(), "a"), vec![10, 11]);
-    assert!(users_of(after, "z").is_empty());
-    let parts = rows(&session, &format!("{ks}.checkpoint_parts"), "group_id, cut").await;
-    assert!(parts.iter().all(|(g, c)| g == "g-v2" || *c <= 11), "{parts:?}");
+    // Recovery deleted the incomplete cut's rows and marks; v2's rows stay.
+    assert_eq!(group_cuts(all_group_rows().await, "g-v1"), want[..want.len() - groups_of(&["a", "z"])]);
+    let marks = rows(&session, &format!("{ks}.checkpoint_marks"), "group_id, cut").await;
+    assert!(marks.iter().all(|(g, c)| g == "g-v2" || *c <= 11), "{marks:?}");
 
-    // New cuts, then compaction: the same state from fewer rows.
-    off(|| {
-        store.write_part(&part(13, 0, &[("c", 4)], 10)).unwrap();
-        store.write_part(&part(13, 1, &[("a", 5)], 8)).unwrap();
+    // b expires at cut 13, a changes; then a key group with 2000 users that changes by more than
+    // a quarter is folded into a base at compaction, and bucket 10 expires.
+    let taken: Vec<u32> = ["a", "b", "c", "x", "z"].iter().map(|u| key_groups().of(u)).collect();
+    let target = (0..64).find(|g| !taken.contains(g)).unwrap();
+    let crowd: Vec<String> =
+        (0..400_000).map(|i| format!("u{i}")).filter(|u| key_groups().of(u) == target).take(2000).collect();
+    let with = |cut: u64, worker: usize, users: &[String], plays: usize| Part {
+        users: users.iter().map(|u| (u.clone(), snapshot(plays))).collect(),
+        ..part(cut, worker, &[], 0)
+    };
+    let (cut, removed) = off(|| {
+        let mut expired = part(13, 0, &[("c", 4)], 10);
+        expired.expired = vec!["b".into()];
+        store.write_parts(&[expired, part(13, 1, &[("a", 5)], 8)]).unwrap();
+        store.write_parts(&[with(14, 0, &crowd, 1), with(14, 1, &[], 0)]).unwrap();
+        store.write_parts(&[with(15, 0, &crowd[..1500], 2), with(15, 1, &[], 0)]).unwrap();
+        store.compact(3000).unwrap().expect("compacted")
     });
-    let (cut, removed) = off(|| store.compact(1000)).unwrap().expect("compacted");
-    assert_eq!(cut, 13);
-    // Part rows and dedup chunks of cuts 10 and 11 (4 + 4), and a's row of cut 11.
-    assert_eq!(removed, 9);
-    assert_eq!(users_of(all_user_rows().await, "a"), vec![10, 13], "v2's row and v1's newest");
-    let parts = rows(&session, &format!("{ks}.checkpoint_parts"), "group_id, cut").await;
-    assert!(parts.iter().all(|(g, c)| g == "g-v2" || *c == 13), "only cut 13 remains: {parts:?}");
+    assert_eq!(cut, 15);
+    // Marks of cuts 10, 11, 13 and 14 (8); the crowd's group rows of cuts 14 and 15 (2); the ids
+    // rows of buckets 10 and 11 (4).
+    assert_eq!(removed, 14);
+    let crowd_rows = session
+        .query_unpaged(
+            format!("SELECT cut, writer FROM {groups_table} WHERE group_id = ? AND key_group = ?"),
+            ("g-v1", target as i32),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(i64, i32)>()
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(crowd_rows, vec![(15, -1)], "one base at the compacted cut");
+    let marks = rows(&session, &format!("{ks}.checkpoint_marks"), "group_id, cut").await;
+    assert!(marks.iter().all(|(g, c)| g == "g-v2" || *c == 15), "only cut 15 remains: {marks:?}");
+
     let mut fresh = open().await.expect("reopen");
-    let mut after = off(|| fresh.recover()).unwrap().unwrap();
-    assert_eq!(after.cut, 13);
-    let users: Vec<(&str, UserSnapshot)> = after.users.iter().map(|(u, s)| (u.as_str(), s.clone())).collect();
-    let mut users = users;
-    users.sort_by(|x, y| x.0.cmp(y.0));
-    assert_eq!(users, vec![("a", snapshot(5)), ("b", snapshot(1)), ("c", snapshot(4))]);
-    assert_eq!(after.offsets.values().copied().collect::<Vec<_>>(), vec![10, 8]);
-    after.dedup.sort();
-    after.dedup.dedup();
-    let ids = |w: u64, c: u64| (w, u128::from(c), c as i64);
-    assert_eq!(after.dedup, vec![ids(0, 10), ids(0, 11), ids(0, 13), ids(1, 10), ids(1, 11), ids(1, 13)]);
+    let after = off(|| fresh.recover(&all)).unwrap().unwrap();
+    assert_eq!(after.cut, 15);
+    assert_eq!((after.users["a"].clone(), after.users["c"].clone()), (snapshot(5), snapshot(4)));
+    assert!(!after.users.contains_key("b"), "b expired");
+    assert_eq!(after.users.len(), 2 + crowd.len());
+    assert_eq!(after.users[&crowd[0]], snapshot(2));
+    assert_eq!(after.users[&crowd[1999]], snapshot(1));
+    assert!(after.dedup.iter().all(|r| r.bucket >= 12), "buckets older than 15 s - 3 s are gone: {:?}", after.dedup);
+    // The incomplete cut 12's id (in its own bucket) was deleted by the first recovery, so the
+    // later complete cuts do not bring it in.
+    assert!(after.dedup.iter().any(|r| r.bucket == 13) && !after.dedup.iter().any(|r| r.ids.contains(&id(120))));
+
+    // Two processes of one worker each: disjoint key groups, the same users in all.
+    let mut users = std::collections::HashMap::new();
+    let mut bytes = Vec::new();
+    for process in 0..2 {
+        let scope = Scope { key_groups: key_groups(), peers: 2, local: process..process + 1, tidy: process == 0 };
+        let mut s = open().await.expect("open");
+        let rec = off(|| s.recover(&scope)).unwrap().unwrap();
+        bytes.push(rec.bytes_read);
+        assert!(rec.users.keys().all(|u| scope.reads().contains(&key_groups().of(u))));
+        users.extend(rec.users);
+    }
+    assert_eq!(users, after.users);
+    assert!(
+        bytes.iter().all(|b| *b < after.bytes_read),
+        "each reads less than the whole: {bytes:?} of {}",
+        after.bytes_read
+    );
+    // Another number of key groups is refused.
+    let wrong = Scope { key_groups: KeyGroups::new(128).unwrap(), ..all };
+    assert!(matches!(off(|| fresh.recover(&wrong)), Err(CheckpointError::KeyGroups { written: 64, configured: 128 })));
 
     // The other version was never touched.
-    let v2 = off(|| other.recover()).unwrap().expect("v2's cut");
+    let v2 = off(|| other.recover(&Scope::single(key_groups(), 1))).unwrap().expect("v2's cut");
     assert_eq!((v2.cut, v2.users["a"].clone()), (10, snapshot(9)));
 }
 

@@ -69,9 +69,9 @@ impl Cluster {
 }
 
 /// The process whose workers own `user_id`: timely numbers workers process by process, and
-/// events are exchanged to worker `user_hash % (workers * processes)`.
+/// events are exchanged to the owner [`squall_operators::key_groups::owner`] names.
 pub fn owner_process(user_id: &str, workers: usize, processes: usize) -> usize {
-    (squall_operators::user_hash(user_id) % (workers * processes) as u64) as usize / workers
+    squall_operators::key_groups::owner(user_id, workers * processes) / workers
 }
 
 fn valid_addr(s: &str) -> bool {
@@ -99,7 +99,7 @@ mod tests {
     fn owners_follow_timely_worker_numbering() {
         // With 2 processes x 2 workers, worker w lives in process w / 2.
         for user in ["u1", "u2", "alice", "bob", "carol"] {
-            let worker = (squall_operators::user_hash(user) % 4) as usize;
+            let worker = squall_operators::key_groups::owner(user, 4);
             assert_eq!(owner_process(user, 2, 2), worker / 2);
         }
         assert_eq!(owner_process("anyone", 4, 1), 0);

@@ -371,7 +371,7 @@ mod tests {
         ];
         for (i, (ts, what)) in events.into_iter().enumerate() {
             let a = Activity { user: "u\"1".into(), dedup_key: i as u128, ts, event_id: "e".into(), what };
-            let shard = store.shard(store.owner(&a.user));
+            let shard = store.map_of(&a.user);
             shard.entry(a.user.clone()).or_default().apply(&plan, &a.user, &a, store.symbols());
         }
         store

@@ -1,29 +1,51 @@
 //! Checkpoints: each worker's state changes, cut at epoch boundaries, written to a
-//! [`CheckpointStore`] (a local directory here, or the CQL store in [`crate::checkpoint_cql`])
-//! together with the source offsets they cover; recovery folds them back.
+//! [`CheckpointStore`] (a local directory, [`CheckpointDir`], or the CQL store in
+//! [`crate::checkpoint_cql`]) together with the source offsets they cover; recovery folds them
+//! back, each process reading only the key groups its workers own.
 //!
 //! # Notes
 //! Epochs are dense (every source steps through every epoch number) and every worker writes a
 //! part for every cut `c`: the users it changed with events of epochs `< c` since its previous
-//! part, the event ids it added to its dedup state, and the next offset of each partition it owns
-//! after all messages of epochs `< c`. A cut is *complete* when all workers wrote their part; only
-//! then are its offsets committed to Kafka. Recovery takes the latest complete cut, folds every
-//! part up to it in cut order (a user's latest snapshot wins, dedup ids accumulate), restarts the
-//! sources at that cut's offsets, and deletes parts beyond it. A part's size is proportional to
-//! what changed in its epoch, not to the whole state.
+//! part, the users it expired, the event ids it added to its dedup state (by key group and time
+//! bucket), its event-time watermark, and the next offset of each partition it owns after all
+//! messages of epochs `< c`. A cut is *complete* when all workers wrote their part; only then are
+//! its offsets committed to Kafka. Parts are written in cut order by each process, so a complete
+//! cut has only complete cuts below it.
+//!
+//! Stores keep a part's users per key group ([`crate::key_groups`]): recovery of a process reads
+//! the rows of the key groups its workers cover, takes the latest complete cut, folds per user
+//! the newest row up to it (an expired user's row removes the user), restarts the sources at that
+//! cut's offsets, and deletes rows beyond it. The layout (processes and workers) may differ from
+//! the one that wrote the rows; the number of key groups may not. Compaction costs what changed:
+//! a key group's rows are folded into a new base row only once its newer rows add up to a quarter
+//! of its base (amortized, each change is rewritten a bounded number of times), and dedup ids go
+//! with their time bucket, whole, when it expires.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::checkpoint_dir::CheckpointDir;
+use crate::dedup::Fingerprint;
+use crate::key_groups::KeyGroups;
 use crate::plan::UserSnapshot;
 use crate::source::{Epoch, Partition};
 
+/// New dedup ids of one key group in one time bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupRun {
+    /// The key group of the events' users.
+    pub key_group: u32,
+    /// The time bucket (`ts / bucket_ms`, rounded down).
+    pub bucket: i64,
+    /// The ids.
+    pub ids: Vec<Fingerprint>,
+}
+
 /// One worker's contribution to one cut.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Part {
     /// The cut: the part covers events of epochs `< cut`.
     pub cut: Epoch,
@@ -31,29 +53,140 @@ pub struct Part {
     pub worker: usize,
     /// Workers of the run that wrote it.
     pub peers: usize,
+    /// The version's key groups (`state.key_groups`).
+    pub key_groups: KeyGroups,
     /// Users changed since the worker's previous part, with their whole state.
     pub users: Vec<(String, UserSnapshot)>,
-    /// Dedup ids added since the previous part: (user hash, key, event ts).
-    pub dedup: Vec<(u64, u128, i64)>,
+    /// Users expired (`state.user_ttl`) since the previous part and not seen again: recovery
+    /// forgets them. Disjoint from `users`.
+    pub expired: Vec<String>,
+    /// Dedup ids added since the previous part, by key group and bucket.
+    pub dedup: Vec<DedupRun>,
+    /// Event-time milliseconds per dedup bucket (0: deduplication off).
+    pub bucket_ms: i64,
+    /// The newest event time the worker has applied (`i64::MIN`: none yet).
+    pub watermark: i64,
     /// Next offset of each partition the worker owns, at the cut.
     pub offsets: Vec<(Partition, i64)>,
 }
 
-/// The state at the latest complete cut.
-#[derive(Debug, Default)]
+impl Default for Part {
+    fn default() -> Self {
+        Part {
+            cut: 0,
+            worker: 0,
+            peers: 1,
+            key_groups: KeyGroups::default(),
+            users: Vec::new(),
+            expired: Vec::new(),
+            dedup: Vec::new(),
+            bucket_ms: 0,
+            watermark: i64::MIN,
+            offsets: Vec::new(),
+        }
+    }
+}
+
+/// The rows of one key group in one part or base: users with their state, or `None` for a user
+/// who expired.
+pub type UserRows = Vec<(String, Option<UserSnapshot>)>;
+
+impl Part {
+    /// Its users and expired users, by key group.
+    pub fn rows_by_key_group(&self) -> BTreeMap<u32, UserRows> {
+        let mut out: BTreeMap<u32, UserRows> = BTreeMap::new();
+        for (user, snapshot) in &self.users {
+            out.entry(self.key_groups.of(user)).or_default().push((user.clone(), Some(snapshot.clone())));
+        }
+        for user in &self.expired {
+            out.entry(self.key_groups.of(user)).or_default().push((user.clone(), None));
+        }
+        out
+    }
+}
+
+/// Folds `rows` (newer than what `users` holds) into `users`.
+pub fn fold_rows(users: &mut HashMap<String, UserSnapshot>, rows: UserRows) {
+    for (user, snapshot) in rows {
+        match snapshot {
+            Some(s) => {
+                users.insert(user, s);
+            }
+            None => {
+                users.remove(&user);
+            }
+        }
+    }
+}
+
+/// What a process reads back: the state of the key groups it covers at the latest complete cut.
+#[derive(Debug)]
 pub struct Recovered {
     /// The cut.
     pub cut: Epoch,
-    /// Every user's state.
+    /// The users of the key groups read (the process's workers' users, plus the neighbours' in a
+    /// key group shared at a boundary).
     pub users: HashMap<String, UserSnapshot>,
-    /// Every dedup id: (user hash, key, event ts).
-    pub dedup: Vec<(u64, u128, i64)>,
+    /// Retained dedup ids of those key groups.
+    pub dedup: Vec<DedupRun>,
+    /// Event-time milliseconds per dedup bucket when they were written (0: none).
+    pub bucket_ms: i64,
+    /// The newest event time any worker had applied at the cut.
+    pub watermark: i64,
     /// Next offset of every partition.
     pub offsets: BTreeMap<Partition, i64>,
+    /// Bytes read from the store.
+    pub bytes_read: u64,
 }
 
-/// Why a checkpoint could not be written, read or compacted. Every variant may succeed when
-/// retried once the store is back (the writer retries with backoff); at start-up it stops squall.
+impl Default for Recovered {
+    fn default() -> Self {
+        Recovered {
+            cut: 0,
+            users: HashMap::new(),
+            dedup: Vec::new(),
+            bucket_ms: 0,
+            watermark: i64::MIN,
+            offsets: BTreeMap::new(),
+            bytes_read: 0,
+        }
+    }
+}
+
+/// Which part of a version's checkpoints a process is responsible for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// The version's key groups.
+    pub key_groups: KeyGroups,
+    /// Workers of every process.
+    pub peers: usize,
+    /// This process's workers.
+    pub local: Range<usize>,
+    /// Whether this process tidies what belongs to no key group (part rows of incomplete cuts,
+    /// a directory store's files): process 0 of a version.
+    pub tidy: bool,
+}
+
+impl Scope {
+    /// One process with every worker.
+    pub fn single(key_groups: KeyGroups, workers: usize) -> Self {
+        Scope { key_groups, peers: workers, local: 0..workers, tidy: true }
+    }
+
+    /// The key groups this process reads: those its workers cover.
+    pub fn reads(&self) -> Range<u32> {
+        self.key_groups.covering(self.local.clone(), self.peers)
+    }
+
+    /// Whether this process compacts key group `group`.
+    pub fn compacts(&self, group: u32) -> bool {
+        self.local.contains(&self.key_groups.compactor(group, self.peers))
+    }
+}
+
+/// Why a checkpoint could not be written, read or compacted. Every variant but
+/// [`KeyGroups`](Self::KeyGroups) may succeed when retried once the store is back (the writer
+/// retries with backoff); at start-up it stops squall.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// Local disk.
@@ -80,6 +213,17 @@ pub enum CheckpointError {
         /// The decoder's error.
         message: String,
     },
+    /// The checkpoints were written with another number of key groups.
+    #[error(
+        "the checkpoints were written with state.key_groups = {written}, the topology says {configured}; \
+         it is fixed for a version's life: set it back, or deploy a new version"
+    )]
+    KeyGroups {
+        /// What the checkpoints say.
+        written: u32,
+        /// What the topology says.
+        configured: u32,
+    },
 }
 
 /// Where checkpoint parts go: a directory ([`CheckpointDir`]) or the CQL store
@@ -87,212 +231,33 @@ pub enum CheckpointError {
 pub trait CheckpointStore: Send + 'static {
     /// Where the parts are, for logs.
     fn location(&self) -> String;
-    /// Writes `part` durably (it survives a crash of this process once this returns); the bytes written.
-    fn write_part(&mut self, part: &Part) -> Result<u64, CheckpointError>;
-    /// Folds every part up to the latest complete cut and deletes what lies beyond it (parts of
-    /// cuts that never completed). `None` when no cut is complete.
-    fn recover(&mut self) -> Result<Option<Recovered>, CheckpointError>;
-    /// Folds every part up to the latest complete cut and changes nothing: what the processes of a
-    /// multi-process version other than process 0 do while process 0 runs [`recover`](Self::recover).
-    fn recover_shared(&mut self) -> Result<Option<Recovered>, CheckpointError>;
+    /// Writes `parts` durably (they survive a crash of this process once this returns), each
+    /// worker's in cut order; the bytes written.
+    fn write_parts(&mut self, parts: &[Part]) -> Result<u64, CheckpointError>;
+    /// Writes one part.
+    fn write_part(&mut self, part: &Part) -> Result<u64, CheckpointError> {
+        self.write_parts(std::slice::from_ref(part))
+    }
+    /// Reads the key groups `scope` covers at the latest complete cut, and deletes what lies
+    /// beyond it (rows of cuts that never completed) among what `scope` tidies or compacts.
+    /// `None` when no cut is complete. Sets the scope for later compactions.
+    fn recover(&mut self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError>;
     /// Whether the parts of all `peers` workers (of every process) of `cut` are durable.
     fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError>;
-    /// Folds what precedes the latest complete cut into it and removes what that makes
-    /// redundant; dedup ids older than `dedup_horizon_ms` behind the newest are dropped. Safe at
-    /// any crash point. The cut compacted and the number of parts or rows removed.
+    /// Folds, among what the scope compacts, what precedes the latest complete cut where that
+    /// pays (see the module notes) and removes what that makes redundant, with the dedup buckets
+    /// older than `dedup_horizon_ms` behind the newest event. Safe at any crash point. The cut
+    /// compacted and the number of rows or files removed.
     fn compact(&mut self, dedup_horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError>;
-}
-
-/// A version's checkpoint directory: `<root>/<group_id>/`.
-#[derive(Clone, Debug)]
-pub struct CheckpointDir {
-    dir: PathBuf,
-}
-
-/// A part file on disk: (cut, worker, path).
-type PartFile = (Epoch, usize, PathBuf);
-
-fn part_name(cut: Epoch, worker: usize) -> String {
-    format!("{cut:020}-w{worker:04}.part")
-}
-
-fn parse_part_name(name: &str) -> Option<(Epoch, usize)> {
-    let stem = name.strip_suffix(".part")?;
-    let (cut, worker) = stem.split_once("-w")?;
-    Some((cut.parse().ok()?, worker.parse().ok()?))
-}
-
-impl CheckpointDir {
-    /// Opens (creating) the directory of `group_id` under `root`.
-    pub fn open(root: &Path, group_id: &str) -> io::Result<Self> {
-        let dir = root.join(group_id);
-        fs::create_dir_all(&dir)?;
-        Ok(CheckpointDir { dir })
-    }
-
-    /// Where the parts are.
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    fn error(&self, source: io::Error) -> CheckpointError {
-        CheckpointError::Io { dir: self.dir.display().to_string(), source }
-    }
-
-    /// Writes a part durably (temporary file, fsync, rename, fsync of the directory); its size in bytes.
-    pub fn write_part(&self, part: &Part) -> io::Result<u64> {
-        let bytes = bincode::serialize(part).map_err(io::Error::other)?;
-        let name = part_name(part.cut, part.worker);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join(&name))?;
-        fs::File::open(&self.dir)?.sync_all()?;
-        Ok(bytes.len() as u64)
-    }
-
-    /// Every part file: (cut, worker, path), sorted by cut then worker.
-    fn parts(&self) -> io::Result<Vec<PartFile>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            if let Some((cut, worker)) = entry.file_name().to_str().and_then(parse_part_name) {
-                out.push((cut, worker, entry.path()));
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// Whether all `peers` parts of `cut` are written.
-    pub fn is_complete(&self, cut: Epoch, peers: usize) -> bool {
-        (0..peers).all(|w| self.dir.join(part_name(cut, w)).is_file())
-    }
-
-    /// Reads every part and folds those up to the latest complete cut. `None` when no cut is complete.
-    fn fold(&self) -> io::Result<Option<(Recovered, Vec<PartFile>)>> {
-        let parts = self.parts()?;
-        let mut read: Vec<Part> = Vec::with_capacity(parts.len());
-        for (_, _, path) in &parts {
-            let bytes = match fs::read(path) {
-                Ok(b) => b,
-                // Deleted since the listing by another process's recovery: a part of a cut that
-                // never completed, so not part of the fold.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let part: Part = bincode::deserialize(&bytes)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
-            read.push(part);
-        }
-        let mut by_cut: BTreeMap<Epoch, (usize, usize)> = BTreeMap::new();
-        for p in &read {
-            let e = by_cut.entry(p.cut).or_insert((0, p.peers));
-            e.0 += 1;
-        }
-        let Some(latest) = by_cut.iter().rev().find(|(_, (n, peers))| n == peers).map(|(c, _)| *c) else {
-            return Ok(None);
-        };
-        let mut rec = Recovered { cut: latest, ..Default::default() };
-        for part in read {
-            if part.cut > latest {
-                continue;
-            }
-            rec.users.extend(part.users);
-            rec.dedup.extend(part.dedup);
-            if part.cut == latest {
-                rec.offsets.extend(part.offsets);
-            }
-        }
-        Ok(Some((rec, parts)))
-    }
-
-    /// Folds every part up to the latest complete cut; deletes the parts after it (they belong to
-    /// cuts that never completed). `None` when there is no complete cut.
-    pub fn recover(&self) -> io::Result<Option<Recovered>> {
-        let Some((rec, parts)) = self.fold()? else {
-            // No cut ever completed: these parts can never be recovered, and a later complete cut
-            // must not fold them in.
-            for (_, _, path) in self.parts()? {
-                fs::remove_file(path)?;
-            }
-            return Ok(None);
-        };
-        for (cut, _, path) in parts {
-            if cut > rec.cut {
-                fs::remove_file(path)?;
-            }
-        }
-        Ok(Some(rec))
-    }
-
-    /// Replaces every part up to the latest complete cut `c` by one part of `c` holding the whole
-    /// state (dedup ids older than `dedup_horizon_ms` behind the newest dropped), then deletes the
-    /// older parts. Safe at any crash point: until the deletions, the older parts fold to the same
-    /// state. Returns the cut compacted and the parts removed.
-    pub fn compact(&self, dedup_horizon_ms: i64) -> io::Result<Option<(Epoch, usize)>> {
-        let Some((rec, parts)) = self.fold()? else { return Ok(None) };
-        let peers = parts.iter().filter(|(c, _, _)| *c == rec.cut).count();
-        let newest = rec.dedup.iter().map(|d| d.2).max().unwrap_or(i64::MIN);
-        let cutoff = if dedup_horizon_ms <= 0 { i64::MAX } else { newest.saturating_sub(dedup_horizon_ms) };
-        let mut whole = Part {
-            cut: rec.cut,
-            worker: 0,
-            peers,
-            users: rec.users.into_iter().collect(),
-            dedup: rec.dedup.into_iter().filter(|d| d.2 >= cutoff).collect(),
-            offsets: rec.offsets.into_iter().collect(),
-        };
-        self.write_part(&whole)?;
-        for worker in 1..peers {
-            whole = Part { cut: rec.cut, worker, peers, ..Default::default() };
-            self.write_part(&whole)?;
-        }
-        let mut removed = 0;
-        for (cut, _, path) in parts {
-            if cut < rec.cut {
-                fs::remove_file(path)?;
-                removed += 1;
-            }
-        }
-        Ok(Some((rec.cut, removed)))
-    }
-}
-
-impl CheckpointStore for CheckpointDir {
-    fn location(&self) -> String {
-        self.dir.display().to_string()
-    }
-
-    fn write_part(&mut self, part: &Part) -> Result<u64, CheckpointError> {
-        CheckpointDir::write_part(self, part).map_err(|source| self.error(source))
-    }
-
-    fn recover(&mut self) -> Result<Option<Recovered>, CheckpointError> {
-        CheckpointDir::recover(self).map_err(|source| self.error(source))
-    }
-
-    fn recover_shared(&mut self) -> Result<Option<Recovered>, CheckpointError> {
-        Ok(self.fold().map_err(|source| self.error(source))?.map(|(rec, _)| rec))
-    }
-
-    fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError> {
-        Ok(CheckpointDir::is_complete(self, cut, peers))
-    }
-
-    fn compact(&mut self, dedup_horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError> {
-        CheckpointDir::compact(self, dedup_horizon_ms).map_err(|source| self.error(source))
-    }
 }
 
 /// Starts the thread that writes the parts of `peers` workers to `store` and calls `on_complete`
 /// with each cut's offsets once all its parts are durable; every `compact_every` complete cuts it
-/// compacts the store. A failed write is retried with backoff (100 ms doubling to 5 s) until it
-/// succeeds: a cut's offsets are never reported before its parts are durable. The thread ends when
-/// every sender is dropped.
+/// compacts the store. Parts that queue while a write is in flight are written together at the
+/// next one, so a long write (a first checkpoint of every user) holds later cuts back by no more
+/// than one more write. A failed write is retried with backoff (100 ms doubling to 5 s) until it
+/// succeeds: a cut's offsets are never reported before its parts are durable. The thread ends
+/// when every sender is dropped.
 pub fn spawn_writer(
     mut store: Box<dyn CheckpointStore>,
     group_id: String,
@@ -331,18 +296,23 @@ pub fn spawn_writer(
                 if next.is_none() && local_done.is_empty() {
                     break;
                 }
-                if let Some(part) = next {
+                if let Some(first) = next {
+                    // Everything queued behind it goes in the same write.
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter().take(MAX_BATCH - 1));
                     queued.set(rx.len() as f64);
                     let started = std::time::Instant::now();
-                    let bytes = write_with_retry(&mut *store, &part, &group_id, &errors);
+                    let bytes = write_with_retry(&mut *store, &batch, &group_id, &errors);
                     duration.record(started.elapsed().as_secs_f64());
                     size.increment(bytes);
-                    let entry = waiting.entry(part.cut).or_insert((0, Vec::new()));
-                    entry.0 += 1;
-                    entry.1.extend(part.offsets);
-                    if entry.0 == layout.local {
-                        let (_, offsets) = waiting.remove(&part.cut).expect("present");
-                        local_done.insert(part.cut, offsets);
+                    for part in batch {
+                        let entry = waiting.entry(part.cut).or_insert((0, Vec::new()));
+                        entry.0 += 1;
+                        entry.1.extend(part.offsets);
+                        if entry.0 == layout.local {
+                            let (_, offsets) = waiting.remove(&part.cut).expect("present");
+                            local_done.insert(part.cut, offsets);
+                        }
                     }
                 }
                 report_complete(
@@ -365,8 +335,11 @@ pub fn spawn_writer(
     (tx, handle)
 }
 
+/// Parts written together at most.
+const MAX_BATCH: usize = 256;
+
 /// Who writes a version's checkpoints: this process's workers, all workers, and whether this
-/// process compacts (one process of a multi-process version does).
+/// process compacts (each compacts the key groups it owns; process 0 also what belongs to none).
 #[derive(Clone, Copy, Debug)]
 pub struct Layout {
     /// Workers of this process (parts this writer receives per cut).
@@ -384,15 +357,16 @@ impl Layout {
     }
 }
 
-/// Writes `part`, retrying with backoff (100 ms doubling to 5 s) until it is durable; its bytes.
-fn write_with_retry(store: &mut dyn CheckpointStore, part: &Part, group_id: &str, errors: &metrics::Counter) -> u64 {
+/// Writes `parts`, retrying with backoff (100 ms doubling to 5 s) until they are durable; their bytes.
+fn write_with_retry(store: &mut dyn CheckpointStore, parts: &[Part], group_id: &str, errors: &metrics::Counter) -> u64 {
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
-        match store.write_part(part) {
+        match store.write_parts(parts) {
             Ok(bytes) => return bytes,
             Err(e) => {
                 errors.increment(1);
-                tracing::error!(group_id = %group_id, cut = part.cut, worker = part.worker, error = %e, retry_in = ?backoff, "cannot write checkpoint part; retrying");
+                let (first, last) = (parts[0].cut, parts[parts.len() - 1].cut);
+                tracing::error!(group_id = %group_id, first, last, parts = parts.len(), error = %e, retry_in = ?backoff, "cannot write checkpoint parts; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
@@ -449,64 +423,84 @@ fn compact(
     }
 }
 
+/// The oldest live dedup bucket at `watermark` for a horizon of `horizon_ms` and buckets of
+/// `bucket_ms` (`i64::MIN` when nothing expires).
+pub fn oldest_live_bucket(watermark: i64, horizon_ms: i64, bucket_ms: i64) -> i64 {
+    if watermark == i64::MIN || horizon_ms <= 0 || bucket_ms <= 0 {
+        return i64::MIN;
+    }
+    watermark.saturating_sub(horizon_ms).div_euclid(bucket_ms)
+}
+
+/// Rebase a key group once its rows newer than the base add up to this share of the base...
+pub(crate) const REBASE_SHARE: u64 = 4;
+/// ...and at least this many bytes (small groups are not rewritten for every few changes).
+pub(crate) const REBASE_MIN_BYTES: u64 = 32 * 1024;
+
+/// A compaction rebases (rewrites) at most this many times the bytes that changed since the
+/// previous one (and at least one key group or segment), so that it holds the writer up in
+/// proportion to what changed; rebasing needs `REBASE_SHARE + 1` times the changes to keep up.
+pub(crate) const REBASE_BUDGET: u64 = 8;
+
+/// Whether a key group (or segment) with `base` bytes in its base and `newer` bytes in rows newer
+/// than the base should be folded into a new base: amortized, every byte is rewritten at most
+/// `REBASE_SHARE + 1` times.
+pub(crate) fn rebase_pays(base: u64, newer: u64) -> bool {
+    newer >= REBASE_MIN_BYTES.max(base / REBASE_SHARE)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A user's state as checkpoints keep it; the store treats it as opaque, so any words do.
-    fn snapshot(plays: usize) -> UserSnapshot {
+    pub fn snapshot(plays: usize) -> UserSnapshot {
         UserSnapshot { plan: 7, words: vec![plays as u32, 1, 2], names: vec!["rock".into()] }
     }
 
-    fn p(cut: Epoch, worker: usize, users: &[(&str, usize)], offset: i64) -> Part {
+    pub fn id(n: u64) -> Fingerprint {
+        Fingerprint { hi: n.wrapping_mul(0x9E37_79B9_7F4A_7C15), lo: n as u16 }
+    }
+
+    /// A part of 2 workers, K = 64; each carries one dedup id in bucket `cut`.
+    pub fn p(cut: Epoch, worker: usize, users: &[(&str, usize)], offset: i64) -> Part {
+        let key_groups = KeyGroups::new(64).unwrap();
+        let kg = key_groups.of(users.first().map_or("x", |u| u.0));
         Part {
             cut,
             worker,
             peers: 2,
+            key_groups,
             users: users.iter().map(|(u, n)| (u.to_string(), snapshot(*n))).collect(),
-            dedup: vec![(worker as u64, cut as u128, 0)],
+            dedup: vec![DedupRun { key_group: kg, bucket: cut as i64, ids: vec![id(cut * 10 + worker as u64)] }],
+            bucket_ms: 1000,
+            watermark: cut as i64 * 1000,
             offsets: vec![(Partition { topic: "t".into(), partition: worker as i32 }, offset)],
+            ..Default::default()
         }
     }
 
     #[test]
-    fn recovery_folds_up_to_the_latest_complete_cut() {
-        let root = std::env::temp_dir().join(format!("squall-ckpt-{}-{}", std::process::id(), line!()));
-        let dir = CheckpointDir::open(&root, "g-v1").unwrap();
-        assert!(dir.recover().unwrap().is_none());
-        // Parts of a cut that never completed are deleted even when no cut is complete: a later
-        // complete cut must not fold them in.
-        dir.write_part(&p(9, 0, &[("ghost", 7)], 3)).unwrap();
-        assert!(dir.recover().unwrap().is_none());
-        assert!(dir.parts().unwrap().is_empty());
-        dir.write_part(&p(10, 0, &[("a", 1)], 5)).unwrap();
-        dir.write_part(&p(10, 1, &[("b", 1)], 7)).unwrap();
-        dir.write_part(&p(11, 0, &[("a", 2)], 6)).unwrap();
-        dir.write_part(&p(11, 1, &[], 7)).unwrap();
-        // Cut 12 never completed: worker 1 crashed before writing it.
-        dir.write_part(&p(12, 0, &[("a", 3)], 9)).unwrap();
-        assert!(dir.is_complete(11, 2) && !dir.is_complete(12, 2));
-        let rec = dir.recover().unwrap().unwrap();
-        assert_eq!(rec.cut, 11);
-        assert_eq!(rec.users["a"], snapshot(2));
-        assert_eq!(rec.users["b"], snapshot(1));
-        assert_eq!(rec.dedup.len(), 4);
-        assert_eq!(rec.offsets.values().copied().collect::<Vec<_>>(), vec![6, 7]);
-        assert!(!dir.path().join(part_name(12, 0)).exists(), "the incomplete cut is deleted");
+    fn rows_by_key_group_carry_expired_users_as_none() {
+        let mut part = p(1, 0, &[("a", 1), ("b", 2)], 0);
+        part.expired = vec!["c".into()];
+        let rows = part.rows_by_key_group();
+        let mut all: Vec<_> = rows.values().flatten().cloned().collect();
+        all.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(all, vec![("a".into(), Some(snapshot(1))), ("b".into(), Some(snapshot(2))), ("c".into(), None)]);
+        let mut users = HashMap::from([("c".to_string(), snapshot(9))]);
+        for (_, r) in rows {
+            fold_rows(&mut users, r);
+        }
+        assert_eq!(users.len(), 2);
+    }
 
-        // Compaction leaves one cut that folds to the same state.
-        dir.write_part(&p(13, 0, &[("c", 4)], 10)).unwrap();
-        dir.write_part(&p(13, 1, &[], 8)).unwrap();
-        let before = dir.recover().unwrap().unwrap();
-        assert_eq!(dir.compact(1000).unwrap(), Some((13, 4)));
-        assert_eq!(dir.parts().unwrap().len(), 2);
-        let after = dir.recover().unwrap().unwrap();
-        assert_eq!((after.cut, &after.users, &after.offsets), (before.cut, &before.users, &before.offsets));
-        let sorted = |mut d: Vec<(u64, u128, i64)>| {
-            d.sort();
-            d
-        };
-        assert_eq!(sorted(after.dedup), sorted(before.dedup));
-        fs::remove_dir_all(root).unwrap();
+    #[test]
+    fn rebasing_pays_after_a_quarter_of_the_base() {
+        assert!(!rebase_pays(1 << 20, (1 << 18) - 1));
+        assert!(rebase_pays(1 << 20, 1 << 18));
+        assert!(!rebase_pays(100, 1000), "small groups wait for REBASE_MIN_BYTES");
+        assert_eq!(oldest_live_bucket(10_000, 4_000, 500), 12);
+        assert_eq!(oldest_live_bucket(i64::MIN, 4_000, 500), i64::MIN);
     }
 }

@@ -1,35 +1,45 @@
-//! Checkpoints in the CQL store (ScyllaDB/Cassandra): state rows per user per version, so a part
-//! writes only the users that changed.
+//! Checkpoints in the CQL store (ScyllaDB/Cassandra): a partition per key group, so a process
+//! reads only the rows of the key groups its workers own, and compaction rewrites a key group only
+//! once it has changed enough.
 //!
 //! # Tables (in the `[cql]` keyspace, created at start when missing)
 //! ```text
-//! checkpoint_parts (group_id text, cut bigint, worker int, peers int, shards int, users int,
-//!                   dedup_chunks int, offsets blob,          PRIMARY KEY ((group_id), cut, worker))
-//! checkpoint_users (group_id text, shard int, user_id text, cut bigint, state blob,
-//!                                                      PRIMARY KEY ((group_id, shard), user_id, cut))
-//! checkpoint_dedup (group_id text, cut bigint, worker int, chunk int, ids blob,
-//!                                                      PRIMARY KEY ((group_id, cut), worker, chunk))
+//! checkpoint_marks  (group_id text, cut bigint, worker int, peers int, key_groups int, bucket_ms bigint,
+//!                    watermark bigint, offsets blob,                PRIMARY KEY ((group_id), cut, worker))
+//! checkpoint_groups (group_id text, key_group int, cut bigint, writer int, users blob,
+//!                                                   PRIMARY KEY ((group_id, key_group), cut, writer))
+//! checkpoint_ids    (group_id text, key_group int, bucket bigint, cut bigint, writer int, ids blob,
+//!                                                   PRIMARY KEY ((group_id, key_group), bucket, cut, writer))
 //! ```
-//! A part `(cut, worker)` writes one `checkpoint_users` row per changed user (`shard` =
-//! xxh3(user) % [`USER_SHARDS`], so a version's users are spread over that many partitions), its
-//! new dedup ids in chunks of [`DEDUP_CHUNK`], and *then* its `checkpoint_parts` row: the part row
-//! is the commit marker, a cut is complete when its `peers` part rows exist.
+//! A part `(cut, worker)` writes one `checkpoint_groups` row per key group it changed (its users'
+//! snapshots, `None` for an expired user), one `checkpoint_ids` row per (key group, time bucket) it
+//! added dedup ids to, all at once, and *then* its `checkpoint_marks` row: the mark is the commit
+//! marker, a cut is complete when its `peers` marks exist; marks are written in cut order.
 //!
 //! # Notes
-//! The cut is part of each user row's key, so rows written for a cut that is not complete never
-//! overwrite the row an earlier complete cut needs: recovery takes, per user, the newest row with
-//! `cut <=` the latest complete cut, and deletes the rows (users, dedup chunks, part rows) of later
-//! cuts. A row becomes *superseded* once a newer row of the same user belongs to a complete cut;
-//! compaction deletes superseded rows (the writer remembers which rows it superseded, so this costs
-//! what changed, not the whole state), folds older dedup chunks into a base part (`worker = -1`)
-//! of the compacted cut, and deletes older part rows. Until a deletion happens the older rows fold
-//! to the same state, so every crash point is safe.
+//! The cut is part of every row's key, so rows of a cut that is not complete never replace what an
+//! earlier complete cut needs: recovery takes, per key group, the newest *base* row (`writer = -1`)
+//! with `cut <=` the latest complete cut and folds the newer rows up to it in cut order, and
+//! deletes rows of later cuts (a process reads every row of its key groups, so none escapes: a
+//! stale row would otherwise count once a later cut completed). Each process compacts the key
+//! groups it owns (one process per group, [`crate::key_groups::KeyGroups::compactor`]): once the
+//! rows newer than a group's base add up to a quarter of it (at least 32 KiB), it reads the group,
+//! writes a new base at the latest complete cut and deletes the rows it folded (the most overdue
+//! first, rewriting at most eight times what was written since the last compaction); and it
+//! deletes the `checkpoint_ids` rows of expired buckets (all of them: it knows every row of its
+//! groups from recovery and its own writes). Process 0 deletes marks older than the compacted
+//! cut. Until a deletion the older rows fold to the same state, so every crash point is safe.
 //!
-//! The statements are plain CQL: partition-key equality, full-key deletes, no ranges, `IN`,
-//! `ORDER BY`, lightweight transactions or TTLs, so they run unchanged on ScyllaDB/Cassandra and
-//! within what the kassandra-based dev server handles correctly (two clustering columns in every
-//! table; equality on a single clustering column is never used). Writes use the session's default
-//! consistency (`LOCAL_QUORUM` in the scylla driver).
+//! Partitions stay bounded: a group's holds its base plus changes worth a quarter of it, an ids
+//! partition the ids of one group within the horizon, the marks partition the cuts since the last
+//! compaction. Deletes leave tombstones until `gc_grace_seconds`; every row here is replaced
+//! within minutes, so a short `gc_grace_seconds` (an hour) suits these tables in production
+//! (recovery ignores a resurrected row: its cut is older than the base or the latest complete cut).
+//!
+//! The statements are plain CQL: partition-key equality, full-key deletes, no ranges, `IN`, `ORDER BY`, lightweight transactions or TTLs, so they run unchanged on
+//! ScyllaDB/Cassandra and within what the kassandra-based dev server handles correctly (two or
+//! three clustering columns in every table; equality on a single clustering column is never used).
+//! Writes use the session's default consistency (`LOCAL_QUORUM` in the scylla driver).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,44 +49,43 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use tokio::runtime::Handle;
 
-use crate::checkpoint::{CheckpointError, CheckpointStore, Part, Recovered};
+use crate::checkpoint::{
+    CheckpointError, CheckpointStore, DedupRun, Part, REBASE_BUDGET, Recovered, Scope, UserRows, fold_rows,
+    oldest_live_bucket, rebase_pays,
+};
+use crate::dedup::{BUCKETS, Fingerprint};
 use crate::plan::UserSnapshot;
 use crate::source::{Epoch, Partition};
-use crate::store::user_hash;
 
-/// Partitions of `checkpoint_users` per version: a user's rows live in partition
-/// `(group_id, xxh3(user_id) % USER_SHARDS)`. Recorded in every part row, so recovery reads the
-/// shards a part was written with even if this constant changes.
-pub const USER_SHARDS: i32 = 64;
-
-/// Dedup ids per `checkpoint_dedup` row (32 bytes each: a 128 KiB blob).
-pub const DEDUP_CHUNK: usize = 4096;
-
-/// The `worker` of a base part written by compaction: the dedup ids of every older cut.
-const BASE_WORKER: i32 = -1;
+/// The `writer` of a base row.
+const BASE: i32 = -1;
 
 /// Statements in flight at once while writing or deleting rows.
-const PARALLELISM: usize = 128;
+const PARALLELISM: usize = 256;
+
+/// Key groups read at once during recovery and compaction.
+const READ_PARALLELISM: usize = 64;
 
 /// The `CREATE TABLE` statements of the checkpoint tables in `keyspace`.
 pub fn schema(keyspace: &str) -> [String; 3] {
     [
         format!(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.checkpoint_parts (group_id text, cut bigint, worker int, \
-             peers int, shards int, users int, dedup_chunks int, offsets blob, PRIMARY KEY (group_id, cut, worker))"
+            "CREATE TABLE IF NOT EXISTS {keyspace}.checkpoint_marks (group_id text, cut bigint, worker int, \
+             peers int, key_groups int, bucket_ms bigint, watermark bigint, offsets blob, \
+             PRIMARY KEY (group_id, cut, worker))"
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.checkpoint_users (group_id text, shard int, user_id text, \
-             cut bigint, state blob, PRIMARY KEY ((group_id, shard), user_id, cut))"
+            "CREATE TABLE IF NOT EXISTS {keyspace}.checkpoint_groups (group_id text, key_group int, cut bigint, \
+             writer int, users blob, PRIMARY KEY ((group_id, key_group), cut, writer))"
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.checkpoint_dedup (group_id text, cut bigint, worker int, \
-             chunk int, ids blob, PRIMARY KEY ((group_id, cut), worker, chunk))"
+            "CREATE TABLE IF NOT EXISTS {keyspace}.checkpoint_ids (group_id text, key_group int, bucket bigint, \
+             cut bigint, writer int, ids blob, PRIMARY KEY ((group_id, key_group), bucket, cut, writer))"
         ),
     ]
 }
 
-const TABLES: [&str; 3] = ["checkpoint_parts", "checkpoint_users", "checkpoint_dedup"];
+const TABLES: [&str; 3] = ["checkpoint_marks", "checkpoint_groups", "checkpoint_ids"];
 
 /// Creates the checkpoint tables in `keyspace` (which must exist) unless they exist already.
 pub async fn create_tables(session: &Session, keyspace: &str) -> Result<(), CheckpointError> {
@@ -126,42 +135,51 @@ fn cut_value(cut: Epoch) -> Result<i64, CheckpointError> {
     i64::try_from(cut).map_err(|e| corrupt(format!("cut {cut}"), e))
 }
 
-fn shard_of(user: &str) -> i32 {
-    (user_hash(user) % USER_SHARDS as u64) as i32
+fn encode<T: serde::Serialize>(value: &T, what: impl FnOnce() -> String) -> Result<Vec<u8>, CheckpointError> {
+    bincode::serialize(value).map_err(|e| corrupt(what(), e))
 }
 
-/// A `checkpoint_parts` row.
+/// A `checkpoint_marks` row.
 #[derive(Clone, Debug)]
-struct PartRow {
+struct Mark {
     cut: Epoch,
     worker: i32,
     peers: i32,
-    shards: i32,
-    dedup_chunks: i32,
+    key_groups: i32,
+    bucket_ms: i64,
+    watermark: i64,
     offsets: Vec<u8>,
 }
 
-type PartTuple = (i64, i32, i32, i32, i32, i32, Vec<u8>);
+type MarkTuple = (i64, i32, i32, i32, i64, i64, Vec<u8>);
 
-/// A user row that a newer row replaces once the newer one's cut is complete.
-#[derive(Clone, Debug)]
-struct Superseded {
-    shard: i32,
-    user: String,
-    cut: Epoch,
-    by: Epoch,
+/// A row of a group partition: (cut, writer, blob).
+type Row = (i64, i32, Vec<u8>);
+
+/// A row of an ids partition: (bucket, cut, writer, blob).
+type IdsRow = (i64, i64, i32, Vec<u8>);
+
+/// What the compacting process knows of a key group it compacts.
+#[derive(Clone, Debug, Default)]
+struct GroupStats {
+    /// Bytes of the base row (or of the oldest row, when there is no base yet).
+    base: u64,
+    /// Bytes of the rows newer than it.
+    newer: u64,
+    /// The keys (cut, writer) of its ids rows, by bucket.
+    ids: BTreeMap<i64, Vec<(i64, i32)>>,
 }
 
 struct Statements {
-    insert_part: PreparedStatement,
-    insert_user: PreparedStatement,
-    insert_dedup: PreparedStatement,
-    select_parts: PreparedStatement,
-    select_users: PreparedStatement,
-    select_dedup: PreparedStatement,
-    delete_part: PreparedStatement,
-    delete_user: PreparedStatement,
-    delete_dedup: PreparedStatement,
+    insert_mark: PreparedStatement,
+    insert_group: PreparedStatement,
+    insert_ids: PreparedStatement,
+    select_marks: PreparedStatement,
+    select_group: PreparedStatement,
+    select_ids: PreparedStatement,
+    delete_mark: PreparedStatement,
+    delete_group_row: PreparedStatement,
+    delete_ids_row: PreparedStatement,
 }
 
 impl Statements {
@@ -173,40 +191,41 @@ impl Statements {
             Ok::<_, CheckpointError>(stmt)
         };
         Ok(Statements {
-            insert_part: p(format!(
-                "INSERT INTO {ks}.checkpoint_parts (group_id, cut, worker, peers, shards, users, dedup_chunks, offsets) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            insert_mark: p(format!(
+                "INSERT INTO {ks}.checkpoint_marks (group_id, cut, worker, peers, key_groups, bucket_ms, watermark, \
+                 offsets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             ))
             .await?,
-            insert_user: p(format!(
-                "INSERT INTO {ks}.checkpoint_users (group_id, shard, user_id, cut, state) VALUES (?, ?, ?, ?, ?)"
+            insert_group: p(format!(
+                "INSERT INTO {ks}.checkpoint_groups (group_id, key_group, cut, writer, users) VALUES (?, ?, ?, ?, ?)"
             ))
             .await?,
-            insert_dedup: p(format!(
-                "INSERT INTO {ks}.checkpoint_dedup (group_id, cut, worker, chunk, ids) VALUES (?, ?, ?, ?, ?)"
+            insert_ids: p(format!(
+                "INSERT INTO {ks}.checkpoint_ids (group_id, key_group, bucket, cut, writer, ids) VALUES (?, ?, ?, ?, ?, ?)"
             ))
             .await?,
-            select_parts: p(format!(
-                "SELECT cut, worker, peers, shards, users, dedup_chunks, offsets FROM {ks}.checkpoint_parts \
-                 WHERE group_id = ?"
+            select_marks: p(format!(
+                "SELECT cut, worker, peers, key_groups, bucket_ms, watermark, offsets \
+                 FROM {ks}.checkpoint_marks WHERE group_id = ?"
             ))
             .await?,
-            select_users: p(format!(
-                "SELECT user_id, cut, state FROM {ks}.checkpoint_users WHERE group_id = ? AND shard = ?"
+            select_group: p(format!(
+                "SELECT cut, writer, users FROM {ks}.checkpoint_groups WHERE group_id = ? AND key_group = ?"
             ))
             .await?,
-            select_dedup: p(format!(
-                "SELECT worker, chunk, ids FROM {ks}.checkpoint_dedup WHERE group_id = ? AND cut = ?"
+            select_ids: p(format!(
+                "SELECT bucket, cut, writer, ids FROM {ks}.checkpoint_ids WHERE group_id = ? AND key_group = ?"
             ))
             .await?,
-            delete_part: p(format!("DELETE FROM {ks}.checkpoint_parts WHERE group_id = ? AND cut = ? AND worker = ?"))
+            delete_mark: p(format!("DELETE FROM {ks}.checkpoint_marks WHERE group_id = ? AND cut = ? AND worker = ?"))
                 .await?,
-            delete_user: p(format!(
-                "DELETE FROM {ks}.checkpoint_users WHERE group_id = ? AND shard = ? AND user_id = ? AND cut = ?"
+            delete_group_row: p(format!(
+                "DELETE FROM {ks}.checkpoint_groups WHERE group_id = ? AND key_group = ? AND cut = ? AND writer = ?"
             ))
             .await?,
-            delete_dedup: p(format!(
-                "DELETE FROM {ks}.checkpoint_dedup WHERE group_id = ? AND cut = ? AND worker = ? AND chunk = ?"
+            delete_ids_row: p(format!(
+                "DELETE FROM {ks}.checkpoint_ids WHERE group_id = ? AND key_group = ? AND bucket = ? AND cut = ? \
+                 AND writer = ?"
             ))
             .await?,
         })
@@ -220,11 +239,66 @@ pub struct CqlCheckpoints {
     keyspace: String,
     group_id: String,
     stmts: Statements,
-    /// Per user hash, the newest cut with a stored row. A hash collision only means a superseded
-    /// row is kept (or a delete misses): never a wrong delete, since deletes name the user.
-    latest: HashMap<u64, Epoch>,
-    /// Rows that newer rows replace, waiting for the newer row's cut to be compacted.
-    superseded: Vec<Superseded>,
+    /// Set by recovery; without it (a store only written and compacted, as in benchmarks) this
+    /// process compacts every key group and tidies.
+    scope: Option<Scope>,
+    /// The key groups this process compacts.
+    groups: HashMap<u32, GroupStats>,
+    /// Bytes of group rows written since the last compaction, for the rebase budget.
+    written: u64,
+}
+
+/// Where a key group's rows stand at a cut: the base and the rows after it, the rows beyond the
+/// cut, and the group's users.
+struct Folded {
+    users: HashMap<String, UserSnapshot>,
+    /// Keys (cut, writer) of the rows up to the cut, the base included.
+    upto: Vec<(i64, i32)>,
+    /// Keys of the rows beyond the cut.
+    beyond: Vec<(i64, i32)>,
+    stats: GroupStats,
+    bytes: u64,
+}
+
+/// Folds a key group's rows up to cut `limit` (-1: none is complete, every row is beyond).
+fn fold_group(rows: Vec<Row>, limit: i64, key_group: u32) -> Result<Folded, CheckpointError> {
+    let base = rows.iter().filter(|r| r.1 == BASE && r.0 <= limit).map(|r| r.0).max();
+    let mut f = Folded {
+        users: HashMap::new(),
+        upto: Vec::new(),
+        beyond: Vec::new(),
+        stats: GroupStats::default(),
+        bytes: rows.iter().map(|r| r.2.len() as u64 + 12).sum(),
+    };
+    let mut live: Vec<Row> = Vec::new();
+    for row in rows {
+        if row.0 > limit {
+            f.beyond.push((row.0, row.1));
+        } else {
+            f.upto.push((row.0, row.1));
+            // Rows older than the base (or older bases) are folded into it already.
+            let newer = match base {
+                Some(b) => row.0 > b || (row.0 == b && row.1 == BASE),
+                None => true,
+            };
+            if newer {
+                live.push(row);
+            }
+        }
+    }
+    // Oldest first; the base of a cut before the part rows of that cut (it folds them).
+    live.sort_by_key(|r| (r.0, r.1 != BASE, r.1));
+    for (i, (c, w, blob)) in live.into_iter().enumerate() {
+        if i == 0 {
+            f.stats.base = blob.len() as u64;
+        } else {
+            f.stats.newer += blob.len() as u64;
+        }
+        let rows: UserRows = bincode::deserialize(&blob)
+            .map_err(|e| corrupt(format!("key group {key_group} at cut {c} by writer {w}"), e))?;
+        fold_rows(&mut f.users, rows);
+    }
+    Ok(f)
 }
 
 impl CqlCheckpoints {
@@ -245,9 +319,18 @@ impl CqlCheckpoints {
             keyspace: keyspace.to_owned(),
             group_id: group_id.to_owned(),
             stmts,
-            latest: HashMap::new(),
-            superseded: Vec::new(),
+            scope: None,
+            groups: HashMap::new(),
+            written: 0,
         })
+    }
+
+    fn compacts(&self, key_group: u32) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.compacts(key_group))
+    }
+
+    fn tidies(&self) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.tidy)
     }
 
     /// Runs `statement` with each of `values`, up to [`PARALLELISM`] at once.
@@ -266,254 +349,294 @@ impl CqlCheckpoints {
         Ok(n)
     }
 
-    async fn part_rows(&self) -> Result<Vec<PartRow>, CheckpointError> {
-        let stmt = &self.stmts.select_parts;
-        let rows: Vec<PartTuple> = self
-            .session
-            .execute_iter(stmt.clone(), (&self.group_id,))
+    /// Every row `statement` selects with `values`, paged.
+    async fn select<V, R>(&self, statement: &PreparedStatement, values: V) -> Result<Vec<R>, CheckpointError>
+    where
+        V: scylla::serialize::row::SerializeRow,
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        let text = statement.get_statement();
+        self.session
+            .execute_iter(statement.clone(), values)
             .await
-            .map_err(|e| cql(stmt.get_statement(), e))?
-            .rows_stream::<PartTuple>()
-            .map_err(|e| cql(stmt.get_statement(), e))?
+            .map_err(|e| cql(text, e))?
+            .rows_stream::<R>()
+            .map_err(|e| cql(text, e))?
             .try_collect()
             .await
-            .map_err(|e| cql(stmt.get_statement(), e))?;
+            .map_err(|e| cql(text, e))
+    }
+
+    async fn marks(&self) -> Result<Vec<Mark>, CheckpointError> {
+        let rows: Vec<MarkTuple> = self.select(&self.stmts.select_marks, (&self.group_id,)).await?;
         Ok(rows
             .into_iter()
-            .map(|(cut, worker, peers, shards, _users, dedup_chunks, offsets)| PartRow {
+            .map(|(cut, worker, peers, key_groups, bucket_ms, watermark, offsets)| Mark {
                 cut: cut.max(0) as Epoch,
                 worker,
                 peers,
-                shards,
-                dedup_chunks,
+                key_groups,
+                bucket_ms,
+                watermark,
                 offsets,
             })
             .collect())
     }
 
-    /// The dedup rows of one cut: (worker, chunk, ids blob).
-    async fn dedup_rows(&self, cut: Epoch) -> Result<Vec<(i32, i32, Vec<u8>)>, CheckpointError> {
-        let stmt = &self.stmts.select_dedup;
-        self.session
-            .execute_iter(stmt.clone(), (&self.group_id, cut_value(cut)?))
-            .await
-            .map_err(|e| cql(stmt.get_statement(), e))?
-            .rows_stream::<(i32, i32, Vec<u8>)>()
-            .map_err(|e| cql(stmt.get_statement(), e))?
-            .try_collect()
-            .await
-            .map_err(|e| cql(stmt.get_statement(), e))
-    }
-
-    /// The user rows of one shard: (user, cut, state blob).
-    async fn user_rows(&self, shard: i32) -> Result<Vec<(String, i64, Vec<u8>)>, CheckpointError> {
-        let stmt = &self.stmts.select_users;
-        self.session
-            .execute_iter(stmt.clone(), (&self.group_id, shard))
-            .await
-            .map_err(|e| cql(stmt.get_statement(), e))?
-            .rows_stream::<(String, i64, Vec<u8>)>()
-            .map_err(|e| cql(stmt.get_statement(), e))?
-            .try_collect()
-            .await
-            .map_err(|e| cql(stmt.get_statement(), e))
-    }
-
-    /// The dedup ids the part rows `parts` reference (only chunks below each row's count).
-    async fn fold_dedup(&self, parts: &[&PartRow]) -> Result<Vec<(u64, u128, i64)>, CheckpointError> {
-        let mut by_cut: BTreeMap<Epoch, Vec<(i32, i32)>> = BTreeMap::new();
-        for p in parts.iter().filter(|p| p.dedup_chunks > 0) {
-            by_cut.entry(p.cut).or_default().push((p.worker, p.dedup_chunks));
-        }
-        let mut out = Vec::new();
-        for (cut, workers) in by_cut {
-            for (worker, chunk, ids) in self.dedup_rows(cut).await? {
-                if workers.iter().any(|(w, n)| *w == worker && chunk < *n) {
-                    let ids: Vec<(u64, u128, i64)> = bincode::deserialize(&ids)
-                        .map_err(|e| corrupt(format!("dedup chunk {cut}/{worker}/{chunk}"), e))?;
-                    out.extend(ids);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Deletes the part rows and every dedup row of `cuts`; the rows deleted.
-    async fn delete_cuts(&self, parts: &[&PartRow]) -> Result<usize, CheckpointError> {
-        let mut cuts: Vec<Epoch> = parts.iter().map(|p| p.cut).collect();
-        cuts.sort_unstable();
-        cuts.dedup();
-        let mut dedup_keys = Vec::new();
-        for &cut in &cuts {
-            for (worker, chunk, _) in self.dedup_rows(cut).await? {
-                dedup_keys.push((self.group_id.clone(), cut_value(cut)?, worker, chunk));
-            }
-        }
-        let part_keys = parts
-            .iter()
-            .map(|p| Ok((self.group_id.clone(), cut_value(p.cut)?, p.worker)))
-            .collect::<Result<Vec<_>, CheckpointError>>()?;
-        // Dedup rows first: a part row without its chunks would fold to fewer ids.
-        let mut n = self.run_all(&self.stmts.delete_dedup, dedup_keys).await?;
-        n += self.run_all(&self.stmts.delete_part, part_keys).await?;
-        Ok(n)
-    }
-
-    async fn write_part_async(&mut self, part: &Part) -> Result<u64, CheckpointError> {
-        let cut = cut_value(part.cut)?;
-        let worker = i32::try_from(part.worker).map_err(|e| corrupt(format!("worker {}", part.worker), e))?;
-        let mut bytes = 0u64;
-        let mut users = Vec::with_capacity(part.users.len());
-        for (user, snapshot) in &part.users {
-            let state = bincode::serialize(snapshot).map_err(|e| corrupt(format!("user {user:?}"), e))?;
-            bytes += (state.len() + user.len() + 8) as u64;
-            users.push((&self.group_id, shard_of(user), user.as_str(), cut, state));
-        }
-        self.run_all(&self.stmts.insert_user, users).await?;
-        let mut chunks = Vec::new();
-        for (i, ids) in part.dedup.chunks(DEDUP_CHUNK).enumerate() {
-            let blob = bincode::serialize(ids).map_err(|e| corrupt(format!("dedup of part {cut}/{worker}"), e))?;
-            bytes += blob.len() as u64;
-            chunks.push((&self.group_id, cut, worker, i as i32, blob));
-        }
-        let n_chunks = chunks.len() as i32;
-        self.run_all(&self.stmts.insert_dedup, chunks).await?;
-        let offsets = bincode::serialize(&part.offsets).map_err(|e| corrupt(format!("offsets of part {cut}"), e))?;
-        bytes += offsets.len() as u64 + 32;
-        // Last: the part row makes the part count towards its cut.
-        let row =
-            (&self.group_id, cut, worker, part.peers as i32, USER_SHARDS, part.users.len() as i32, n_chunks, offsets);
-        let stmt = &self.stmts.insert_part;
-        self.session.execute_unpaged(stmt, row).await.map_err(|e| cql(stmt.get_statement(), e))?;
-        for (user, _) in &part.users {
-            if let Some(old) = self.latest.insert(user_hash(user), part.cut)
-                && old < part.cut
-            {
-                self.superseded.push(Superseded { shard: shard_of(user), user: user.clone(), cut: old, by: part.cut });
-            }
-        }
-        Ok(bytes)
-    }
-
-    /// The latest complete cut among `parts` (only regular parts count).
-    fn latest_complete(parts: &[PartRow]) -> Option<Epoch> {
+    /// The latest complete cut among `marks`.
+    fn latest_complete(marks: &[Mark]) -> Option<Epoch> {
         let mut by_cut: BTreeMap<Epoch, (usize, i32)> = BTreeMap::new();
-        for p in parts.iter().filter(|p| p.worker >= 0 && p.worker < p.peers) {
-            let e = by_cut.entry(p.cut).or_insert((0, p.peers));
-            e.0 += 1;
+        for m in marks.iter().filter(|m| m.worker >= 0 && m.worker < m.peers) {
+            by_cut.entry(m.cut).or_insert((0, m.peers)).0 += 1;
         }
         by_cut.iter().rev().find(|(_, (n, peers))| *n as i32 == *peers).map(|(c, _)| *c)
     }
 
-    /// Folds up to the latest complete cut; with `tidy`, also deletes the rows that fold made
-    /// redundant or that belong to incomplete cuts.
-    async fn recover_async(&mut self, tidy: bool) -> Result<Option<Recovered>, CheckpointError> {
-        let parts = self.part_rows().await?;
-        let latest = Self::latest_complete(&parts);
-        let limit = latest.unwrap_or(0);
-        let keep = |cut: Epoch| latest.is_some_and(|c| cut <= c);
-
-        // Users: per user the newest row up to the cut; rows beyond it (and superseded ones) go.
-        let shards = parts.iter().map(|p| p.shards).max().unwrap_or(USER_SHARDS).max(USER_SHARDS);
-        let this = &*self;
-        let mut scans = futures::stream::iter(0..shards)
-            .map(|s| async move { this.user_rows(s).await.map(|rows| (s, rows)) })
-            .buffer_unordered(8);
-        let mut newest: HashMap<String, (Epoch, Vec<u8>)> = HashMap::new();
-        let mut deletes = Vec::new();
-        while let Some(scan) = scans.next().await {
-            let (shard, rows) = scan?;
-            for (user, cut, state) in rows {
-                let cut_e = cut.max(0) as Epoch;
-                if !keep(cut_e) {
-                    deletes.push((this.group_id.clone(), shard, user, cut));
-                    continue;
-                }
-                match newest.get_mut(&user) {
-                    Some(best) if best.0 >= cut_e => deletes.push((this.group_id.clone(), shard, user, cut)),
-                    Some(best) => {
-                        let old = std::mem::replace(best, (cut_e, state));
-                        deletes.push((this.group_id.clone(), shard, user, old.0 as i64));
-                    }
-                    None => {
-                        newest.insert(user, (cut_e, state));
-                    }
-                }
-            }
-        }
-        drop(scans);
-        let (mut removed_users, mut removed_parts) = (0, 0);
-        if tidy {
-            removed_users = deletes.len();
-            self.run_all(&self.stmts.delete_user, deletes).await?;
-            // Part rows and dedup chunks beyond the cut.
-            let beyond: Vec<&PartRow> = parts.iter().filter(|p| !keep(p.cut)).collect();
-            removed_parts = self.delete_cuts(&beyond).await?;
-        }
-        self.superseded.clear();
-        self.latest = newest.iter().map(|(u, (c, _))| (user_hash(u), *c)).collect();
-        let Some(cut) = latest else {
-            if removed_users + removed_parts > 0 {
-                tracing::info!(group_id = %self.group_id, removed_users, removed_parts, "no complete checkpoint; removed the rows of incomplete cuts");
-            }
-            return Ok(None);
-        };
-        let mut rec = Recovered { cut, ..Default::default() };
-        for (user, (c, state)) in newest {
-            let snapshot: UserSnapshot =
-                bincode::deserialize(&state).map_err(|e| corrupt(format!("user {user:?} at cut {c}"), e))?;
-            rec.users.insert(user, snapshot);
-        }
-        let folded: Vec<&PartRow> = parts.iter().filter(|p| p.cut <= limit).collect();
-        rec.dedup = self.fold_dedup(&folded).await?;
-        for p in folded.iter().filter(|p| p.cut == cut && p.worker >= 0) {
-            let offsets: Vec<(Partition, i64)> = bincode::deserialize(&p.offsets)
-                .map_err(|e| corrupt(format!("offsets of part {cut}/{}", p.worker), e))?;
-            rec.offsets.extend(offsets);
-        }
-        tracing::debug!(group_id = %self.group_id, cut, removed_users, removed_parts, "folded CQL checkpoint");
-        Ok(Some(rec))
+    async fn group_rows(&self, key_group: u32) -> Result<Vec<Row>, CheckpointError> {
+        self.select(&self.stmts.select_group, (&self.group_id, key_group as i32)).await
     }
 
-    async fn compact_async(&mut self, dedup_horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError> {
-        let parts = self.part_rows().await?;
-        let Some(cut) = Self::latest_complete(&parts) else { return Ok(None) };
-        let older: Vec<&PartRow> = parts.iter().filter(|p| p.cut < cut).collect();
-        let mut removed = 0;
-        if !older.is_empty() {
-            // Dedup ids of every cut up to this one, as a base part of this cut.
-            let upto: Vec<&PartRow> = parts.iter().filter(|p| p.cut <= cut).collect();
-            let mut ids = self.fold_dedup(&upto).await?;
-            ids.sort_unstable();
-            ids.dedup();
-            let newest = ids.iter().map(|d| d.2).max().unwrap_or(i64::MIN);
-            let cutoff = if dedup_horizon_ms <= 0 { i64::MAX } else { newest.saturating_sub(dedup_horizon_ms) };
-            ids.retain(|d| d.2 >= cutoff);
-            let c = cut_value(cut)?;
-            let mut chunks = Vec::new();
-            for (i, chunk) in ids.chunks(DEDUP_CHUNK).enumerate() {
-                let blob = bincode::serialize(chunk).map_err(|e| corrupt(format!("base dedup of cut {cut}"), e))?;
-                chunks.push((&self.group_id, c, BASE_WORKER, i as i32, blob));
+    async fn ids_rows(&self, key_group: u32) -> Result<Vec<IdsRow>, CheckpointError> {
+        self.select(&self.stmts.select_ids, (&self.group_id, key_group as i32)).await
+    }
+
+    async fn write_parts_async(&mut self, parts: &[Part]) -> Result<u64, CheckpointError> {
+        let mut bytes = 0u64;
+        let mut groups = Vec::new();
+        let mut ids = Vec::new();
+        for part in parts {
+            let cut = cut_value(part.cut)?;
+            let worker = part.worker as i32;
+            for (kg, rows) in part.rows_by_key_group() {
+                let blob = encode(&rows, || format!("key group {kg} of part {cut}/{worker}"))?;
+                bytes += blob.len() as u64 + 24;
+                if self.compacts(kg) {
+                    let s = self.groups.entry(kg).or_default();
+                    // A group's first row stands for its base until it has one.
+                    if s.base == 0 {
+                        s.base = blob.len() as u64
+                    } else {
+                        s.newer += blob.len() as u64
+                    }
+                    self.written += blob.len() as u64;
+                }
+                groups.push((&self.group_id, kg as i32, cut, worker, blob));
             }
-            let n_chunks = chunks.len() as i32;
-            self.run_all(&self.stmts.insert_dedup, chunks).await?;
-            let peers = parts.iter().find(|p| p.cut == cut && p.worker >= 0).map_or(1, |p| p.peers);
-            let offsets =
-                bincode::serialize(&Vec::<(Partition, i64)>::new()).map_err(|e| corrupt("offsets".into(), e))?;
-            let row = (&self.group_id, c, BASE_WORKER, peers, USER_SHARDS, 0i32, n_chunks, offsets);
-            let stmt = &self.stmts.insert_part;
-            self.session.execute_unpaged(stmt, row).await.map_err(|e| cql(stmt.get_statement(), e))?;
-            removed += self.delete_cuts(&older).await?;
+            for run in &part.dedup {
+                let blob = encode(&run.ids, || format!("ids of part {cut}/{worker}"))?;
+                bytes += blob.len() as u64 + 32;
+                if self.compacts(run.key_group) {
+                    self.groups
+                        .entry(run.key_group)
+                        .or_default()
+                        .ids
+                        .entry(run.bucket)
+                        .or_default()
+                        .push((cut, worker));
+                }
+                ids.push((&self.group_id, run.key_group as i32, run.bucket, cut, worker, blob));
+            }
         }
-        // User rows replaced by rows of complete cuts.
-        let (due, later): (Vec<Superseded>, Vec<Superseded>) =
-            std::mem::take(&mut self.superseded).into_iter().partition(|s| s.by <= cut);
-        self.superseded = later;
-        let keys = due
+        // Every part's rows at once, then the marks, a cut at a time in cut order.
+        let (a, b) =
+            futures::join!(self.run_all(&self.stmts.insert_group, groups), self.run_all(&self.stmts.insert_ids, ids));
+        a?;
+        b?;
+        let mut by_cut: BTreeMap<Epoch, Vec<_>> = BTreeMap::new();
+        for part in parts {
+            let offsets = encode(&part.offsets, || format!("offsets of part {}", part.cut))?;
+            bytes += (offsets.len() + 48) as u64;
+            by_cut.entry(part.cut).or_default().push((
+                &self.group_id,
+                cut_value(part.cut)?,
+                part.worker as i32,
+                part.peers as i32,
+                part.key_groups.count() as i32,
+                part.bucket_ms,
+                part.watermark,
+                offsets,
+            ));
+        }
+        for (_, marks) in by_cut {
+            self.run_all(&self.stmts.insert_mark, marks).await?;
+        }
+        Ok(bytes)
+    }
+
+    async fn recover_async(&mut self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError> {
+        self.scope = Some(scope.clone());
+        self.groups.clear();
+        let marks = self.marks().await?;
+        let configured = scope.key_groups.count();
+        if let Some(m) = marks.iter().find(|m| m.key_groups as u32 != configured) {
+            return Err(CheckpointError::KeyGroups { written: m.key_groups as u32, configured });
+        }
+        let latest = Self::latest_complete(&marks);
+        if scope.tidy {
+            // Marks of cuts that never completed.
+            let beyond: Vec<_> = marks
+                .iter()
+                .filter(|m| latest.is_none_or(|l| m.cut > l))
+                .map(|m| Ok((&self.group_id, cut_value(m.cut)?, m.worker)))
+                .collect::<Result<_, CheckpointError>>()?;
+            if !beyond.is_empty() {
+                tracing::info!(group_id = %self.group_id, marks = beyond.len(), "removing the marks of incomplete cuts");
+            }
+            self.run_all(&self.stmts.delete_mark, beyond).await?;
+        }
+        // Without a complete cut every row is of a cut that never completed: the reads below
+        // still find and delete them, so that they never count once a later cut completes.
+        let cut = latest.unwrap_or(0);
+        let limit = latest.map_or(Ok(-1), cut_value)?;
+        let mut rec = Recovered { cut, ..Default::default() };
+        for m in marks.iter().filter(|m| latest.is_some_and(|l| m.cut <= l)) {
+            rec.watermark = rec.watermark.max(m.watermark);
+            if m.bucket_ms > 0 {
+                rec.bucket_ms = m.bucket_ms;
+            }
+            if m.cut == cut {
+                let offsets: Vec<(Partition, i64)> = bincode::deserialize(&m.offsets)
+                    .map_err(|e| corrupt(format!("offsets of the mark of cut {cut}/{}", m.worker), e))?;
+                rec.offsets.extend(offsets);
+            }
+        }
+        let oldest = oldest_live_bucket(rec.watermark, rec.bucket_ms * BUCKETS, rec.bucket_ms);
+
+        // Every key group this process reads, a few at a time; every row of each, so that rows of
+        // cuts that never completed are all found.
+        let this = &*self;
+        let mut reads = futures::stream::iter(scope.reads())
+            .map(|kg| async move {
+                let folded = fold_group(this.group_rows(kg).await?, limit, kg)?;
+                Ok::<_, CheckpointError>((kg, folded, this.ids_rows(kg).await?))
+            })
+            .buffer_unordered(READ_PARALLELISM);
+        let mut beyond_groups = Vec::new();
+        let mut beyond_ids = Vec::new();
+        let mut stats = HashMap::new();
+        while let Some(read) = reads.next().await {
+            let (kg, mut folded, ids) = read?;
+            rec.bytes_read += folded.bytes;
+            rec.users.extend(folded.users.drain());
+            let compacts = this.compacts(kg);
+            if compacts {
+                beyond_groups.extend(folded.beyond.iter().map(|(c, w)| (&this.group_id, kg as i32, *c, *w)));
+            }
+            let mut runs: BTreeMap<i64, Vec<Fingerprint>> = BTreeMap::new();
+            for (bucket, c, w, blob) in ids {
+                rec.bytes_read += blob.len() as u64 + 20;
+                if c > limit {
+                    if compacts {
+                        beyond_ids.push((&this.group_id, kg as i32, bucket, c, w));
+                    }
+                    continue;
+                }
+                if compacts {
+                    // Expired or not: compaction deletes the rows of expired buckets.
+                    folded.stats.ids.entry(bucket).or_default().push((c, w));
+                }
+                if bucket < oldest {
+                    continue;
+                }
+                let list: Vec<Fingerprint> = bincode::deserialize(&blob)
+                    .map_err(|e| corrupt(format!("ids of key group {kg} bucket {bucket} cut {c}"), e))?;
+                runs.entry(bucket).or_default().extend(list);
+            }
+            rec.dedup.extend(runs.into_iter().map(|(bucket, ids)| DedupRun { key_group: kg, bucket, ids }));
+            if compacts {
+                stats.insert(kg, folded.stats);
+            }
+        }
+        drop(reads);
+        let removed = beyond_groups.len() + beyond_ids.len();
+        self.run_all(&self.stmts.delete_group_row, beyond_groups).await?;
+        self.run_all(&self.stmts.delete_ids_row, beyond_ids).await?;
+        self.groups = stats;
+        rec.dedup.sort_by_key(|r| (r.key_group, r.bucket));
+        tracing::debug!(group_id = %self.group_id, cut, removed, bytes = rec.bytes_read, "folded CQL checkpoint");
+        Ok(latest.map(|_| rec))
+    }
+
+    /// Writes a new base of `kg` at `cut` and deletes the rows it folded; the rows deleted.
+    async fn rebase(&self, kg: u32, cut: Epoch) -> Result<(usize, GroupStats), CheckpointError> {
+        let folded = fold_group(self.group_rows(kg).await?, cut_value(cut)?, kg)?;
+        let mut rows: UserRows = folded.users.into_iter().map(|(u, s)| (u, Some(s))).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let blob = encode(&rows, || format!("base of key group {kg}"))?;
+        let c = cut_value(cut)?;
+        let base = blob.len() as u64;
+        let stmt = &self.stmts.insert_group;
+        self.session
+            .execute_unpaged(stmt, (&self.group_id, kg as i32, c, BASE, blob))
+            .await
+            .map_err(|e| cql(stmt.get_statement(), e))?;
+        let folded_keys: Vec<_> = folded
+            .upto
             .into_iter()
-            .map(|s| Ok((self.group_id.clone(), s.shard, s.user, cut_value(s.cut)?)))
-            .collect::<Result<Vec<_>, CheckpointError>>()?;
-        removed += self.run_all(&self.stmts.delete_user, keys).await?;
+            .filter(|k| *k != (c, BASE))
+            .map(|(cut, writer)| (&self.group_id, kg as i32, cut, writer))
+            .collect();
+        let n = self.run_all(&self.stmts.delete_group_row, folded_keys).await?;
+        Ok((n, GroupStats { base, newer: 0, ids: BTreeMap::new() }))
+    }
+
+    async fn compact_async(&mut self, horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError> {
+        let marks = self.marks().await?;
+        let Some(cut) = Self::latest_complete(&marks) else { return Ok(None) };
+        let watermark = marks.iter().filter(|m| m.cut <= cut).map(|m| m.watermark).max().unwrap_or(i64::MIN);
+        let bucket_ms = marks.iter().map(|m| m.bucket_ms).find(|b| *b > 0).unwrap_or(0);
+        let mut removed = 0;
+        // Key groups whose newer rows outweigh a quarter of their base, the most overdue first, up
+        // to REBASE_BUDGET times the bytes written since the last compaction (so that no
+        // compaction holds the writer up for longer than its changes warrant).
+        let mut due: Vec<(f64, u32, u64)> = self
+            .groups
+            .iter()
+            .filter(|(_, s)| rebase_pays(s.base, s.newer))
+            .map(|(k, s)| (s.newer as f64 / s.base.max(1) as f64, *k, s.base + s.newer))
+            .collect();
+        due.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut budget = REBASE_BUDGET * std::mem::take(&mut self.written);
+        let due: Vec<u32> = due
+            .into_iter()
+            .enumerate()
+            .take_while(|(i, (_, _, size))| {
+                let go = *i == 0 || budget > 0;
+                budget = budget.saturating_sub(*size);
+                go
+            })
+            .map(|(_, (_, k, _))| k)
+            .collect();
+        let this = &*self;
+        let rebased: Vec<(u32, usize, GroupStats)> = futures::stream::iter(due)
+            .map(|kg| async move { this.rebase(kg, cut).await.map(|(n, s)| (kg, n, s)) })
+            .buffer_unordered(READ_PARALLELISM / 4)
+            .try_collect()
+            .await?;
+        for (kg, n, mut s) in rebased {
+            removed += n;
+            let old = self.groups.entry(kg).or_default();
+            s.ids = std::mem::take(&mut old.ids);
+            *old = s;
+        }
+        // Buckets past the horizon go whole.
+        let oldest = oldest_live_bucket(watermark, horizon_ms, bucket_ms);
+        let mut expired = Vec::new();
+        for (kg, s) in &mut self.groups {
+            let live = s.ids.split_off(&oldest);
+            for (bucket, rows) in std::mem::replace(&mut s.ids, live) {
+                expired.extend(rows.into_iter().map(|(c, w)| (&self.group_id, *kg as i32, bucket, c, w)));
+            }
+        }
+        removed += self.run_all(&self.stmts.delete_ids_row, expired).await?;
+        if self.tidies() {
+            let older: Vec<_> = marks
+                .iter()
+                .filter(|m| m.cut < cut)
+                .map(|m| Ok((&self.group_id, cut_value(m.cut)?, m.worker)))
+                .collect::<Result<_, CheckpointError>>()?;
+            removed += self.run_all(&self.stmts.delete_mark, older).await?;
+        }
         Ok(Some((cut, removed)))
     }
 }
@@ -523,25 +646,20 @@ impl CheckpointStore for CqlCheckpoints {
         format!("CQL {}.checkpoint_* group {}", self.keyspace, self.group_id)
     }
 
-    fn write_part(&mut self, part: &Part) -> Result<u64, CheckpointError> {
+    fn write_parts(&mut self, parts: &[Part]) -> Result<u64, CheckpointError> {
         let runtime = self.runtime.clone();
-        runtime.block_on(self.write_part_async(part))
+        runtime.block_on(self.write_parts_async(parts))
     }
 
-    fn recover(&mut self) -> Result<Option<Recovered>, CheckpointError> {
+    fn recover(&mut self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError> {
         let runtime = self.runtime.clone();
-        runtime.block_on(self.recover_async(true))
-    }
-
-    fn recover_shared(&mut self) -> Result<Option<Recovered>, CheckpointError> {
-        let runtime = self.runtime.clone();
-        runtime.block_on(self.recover_async(false))
+        runtime.block_on(self.recover_async(scope))
     }
 
     fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError> {
         let runtime = self.runtime.clone();
-        let parts = runtime.block_on(self.part_rows())?;
-        let written = parts.iter().filter(|p| p.cut == cut && p.worker >= 0 && (p.worker as usize) < peers).count();
+        let marks = runtime.block_on(self.marks())?;
+        let written = marks.iter().filter(|m| m.cut == cut && m.worker >= 0 && (m.worker as usize) < peers).count();
         Ok(written == peers)
     }
 

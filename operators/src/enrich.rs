@@ -18,8 +18,9 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use crate::attributes::{Activity, AdInfo, TrackInfo, What};
 use crate::dedup::dedup_key;
 use crate::event::{Event, EventKind};
+use crate::key_groups;
 use crate::source::Epoch;
-use crate::store::{StrHash, user_hash};
+use crate::store::StrHash;
 
 /// Enriches a stream of events.
 pub trait EnrichWith<'scope> {
@@ -140,7 +141,10 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("EnrichWith".to_owned(), scope);
         let info = builder.operator_info();
-        let mut input = builder.new_input(self, Exchange::new(|e: &Event| user_hash(e.user_id())));
+        // To the owning worker: timely reduces the value modulo the workers, which keeps an index.
+        let peers = scope.peers();
+        let mut input =
+            builder.new_input(self, Exchange::new(move |e: &Event| key_groups::owner(e.user_id(), peers) as u64));
         let (output, stream) = builder.new_output::<Vec<Activity>>();
         let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Activity>>>::from(output);
 

@@ -1,6 +1,7 @@
 //! `activities.maintain_attributes(..)`: deduplicates and applies events to the per-user state, epoch by epoch.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -13,13 +14,40 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::attributes::Activity;
-use crate::checkpoint::Part;
-use crate::dedup::Dedup;
+use crate::checkpoint::{DedupRun, Part};
+use crate::dedup::{Dedup, Fingerprint};
+use crate::key_groups::{self, KeyGroups};
+use crate::plan::UserState;
 use crate::source::{Epoch, EpochOffsets, offsets_at};
-use crate::store::{UserStore, user_hash};
+use crate::store::UserStore;
 
-/// How often retained event ids are checked for expiry.
-const EXPIRE_EVERY: Duration = Duration::from_secs(30);
+/// The least time between two sweeps (expired dedup ids, expired users), each bounded.
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
+
+/// Dedup sub-tables swept per sweep.
+const DEDUP_SWEEP_BUDGET: usize = 32;
+
+/// Users looked at per sweep for expiry, at most (a key group is swept whole)...
+const USER_SWEEP_BUDGET: usize = 8192;
+/// ...and key groups.
+const GROUP_SWEEP_BUDGET: u32 = 512;
+
+/// What a worker takes back from the recovered cut.
+#[derive(Clone, Debug)]
+pub struct Restore {
+    /// Dedup ids of the key groups this worker covers.
+    pub dedup: Vec<DedupRun>,
+    /// Event-time milliseconds per bucket they were written with (0: none).
+    pub bucket_ms: i64,
+    /// The newest event time any worker had applied at the cut.
+    pub watermark: i64,
+}
+
+impl Default for Restore {
+    fn default() -> Self {
+        Restore { dedup: Vec::new(), bucket_ms: 0, watermark: i64::MIN }
+    }
+}
 
 /// What a worker needs to checkpoint its state.
 pub struct CheckpointHook {
@@ -27,15 +55,15 @@ pub struct CheckpointHook {
     pub offsets: EpochOffsets,
     /// Where parts go to be written.
     pub parts: crossbeam_channel::Sender<Part>,
-    /// Dedup ids recovered for this worker: (user hash, key, ts).
-    pub restore_dedup: Vec<(u64, u128, i64)>,
+    /// What this worker takes back from the recovered cut.
+    pub restore: Restore,
     /// No cut below this epoch is written (the epochs before the run started).
     pub first_epoch: Epoch,
 }
 
 /// Maintains per-user attributes.
 pub trait MaintainAttributes<'scope> {
-    /// Applies each activity to this worker's shard of `store`, dropping resends seen within
+    /// Applies each activity to the state of its user in `store`, dropping resends seen within
     /// `dedup_horizon_ms` of event time, and decrements `pending` for every activity consumed.
     /// With a `checkpoint` hook, writes a [`Part`] for every cut (see [`crate::checkpoint`]).
     ///
@@ -45,6 +73,14 @@ pub trait MaintainAttributes<'scope> {
     /// holds exactly the events of the epochs before it: a consistent cut with the source offsets
     /// recorded at those epochs' ends. The output carries no data; its frontier says which
     /// epochs are fully applied.
+    ///
+    /// With a user TTL ([`UserStore::with_user_ttl`]) a user whose newest event is more than the
+    /// TTL of event time behind the newest event this worker applied is expired: forgotten, and
+    /// listed in the next part so that recovery forgets them too. It is checked when the user's
+    /// next event arrives (an expired user who returns starts fresh) and by a sweep over this
+    /// worker's key groups, a few thousand users per step, each time the worker's event time has
+    /// moved on by an eighth of the TTL. Dedup ids are kept for the horizon whatever happens to
+    /// users (the TTL is at least the horizon).
     fn maintain_attributes(
         self,
         store: Arc<UserStore>,
@@ -54,26 +90,42 @@ pub trait MaintainAttributes<'scope> {
     ) -> Stream<'scope, Epoch, Vec<()>>;
 }
 
+/// Progress of the sweep for expired users.
+struct UserSweep {
+    /// This worker's key groups.
+    covering: Range<u32>,
+    /// The next to sweep, while a pass runs.
+    next: Option<u32>,
+    /// The worker's event time when the last pass started.
+    started_at: i64,
+}
+
 /// The worker-local state of the operator.
 struct Maintainer {
     store: Arc<UserStore>,
     worker: usize,
     peers: usize,
+    key_groups: KeyGroups,
     dedup: Dedup,
+    /// The newest event time applied by this worker.
+    clock: i64,
     pending: Arc<AtomicUsize>,
     checkpoint: Option<CheckpointHook>,
     /// The last cut written (or the first one observed).
     sealed: Option<Epoch>,
     /// Users changed since the last cut.
     dirty: HashSet<CompactString>,
-    /// Dedup ids added since the last cut.
-    new_ids: Vec<(u64, u128, i64)>,
+    /// Users expired since the last cut.
+    expired: Vec<String>,
+    /// Dedup ids added since the last cut: (key group, bucket, id).
+    new_ids: Vec<(u32, i64, Fingerprint)>,
+    users: UserSweep,
 }
 
 impl Maintainer {
     fn apply(&mut self, batch: &mut Vec<Activity>) {
         let (plan, symbols) = (self.store.plan(), self.store.symbols());
-        let shard = self.store.shard(self.worker);
+        let ttl = self.store.user_ttl_ms();
         let n = batch.len();
         let mut dups = 0u64;
         for mut a in batch.drain(..) {
@@ -81,18 +133,61 @@ impl Maintainer {
                 dups += 1;
                 continue;
             }
+            self.clock = self.clock.max(a.ts);
+            let kg = self.key_groups.of(&a.user);
             if self.checkpoint.is_some() {
-                self.new_ids.push((user_hash(&a.user), a.dedup_key, a.ts));
+                if let Some(bucket) = self.dedup.kept_in(a.ts) {
+                    self.new_ids.push((kg, bucket, Fingerprint::of(a.dedup_key)));
+                }
                 if !self.dirty.contains(&a.user) {
                     self.dirty.insert(a.user.clone());
                 }
             }
-            let mut entry = shard.entry(std::mem::take(&mut a.user)).or_default();
+            let mut entry = self.store.group(kg).entry(std::mem::take(&mut a.user)).or_default();
             let (user, state) = entry.pair_mut();
+            if ttl > 0 && state.clock().is_some_and(|c| c < self.clock.saturating_sub(ttl)) {
+                // Expired since their previous event: they start fresh.
+                *state = UserState::default();
+            }
             state.apply(plan, user, &a, symbols);
         }
         self.pending.fetch_sub(n, Relaxed);
         self.store.record(self.worker, n as u64 - dups, dups);
+    }
+
+    /// Expires users of the next key groups (up to [`USER_SWEEP_BUDGET`] users or
+    /// [`GROUP_SWEEP_BUDGET`] groups), if a pass is due or under way.
+    fn sweep_users(&mut self) {
+        let ttl = self.store.user_ttl_ms();
+        if ttl <= 0 || self.users.covering.is_empty() {
+            return;
+        }
+        let mut kg = match self.users.next {
+            Some(kg) => kg,
+            None if self.clock.saturating_sub(self.users.started_at) >= (ttl / 8).max(1) => {
+                self.users.started_at = self.clock;
+                self.users.covering.start
+            }
+            None => return,
+        };
+        let horizon = self.clock.saturating_sub(ttl);
+        let (worker, peers, expired) = (self.worker, self.peers, &mut self.expired);
+        let (mut users, mut groups) = (0, 0);
+        while kg < self.users.covering.end && users < USER_SWEEP_BUDGET && groups < GROUP_SWEEP_BUDGET {
+            let map = self.store.group(kg);
+            users += map.len();
+            groups += 1;
+            map.retain(|user, state| {
+                // A group shared with a neighbour at a boundary: only this worker's users.
+                let gone = state.clock().is_some_and(|c| c < horizon) && key_groups::owner(user, peers) == worker;
+                if gone {
+                    expired.push(user.to_string());
+                }
+                !gone
+            });
+            kg += 1;
+        }
+        self.users.next = Some(kg).filter(|n| *n < self.users.covering.end);
     }
 
     /// Writes a part for every cut in `(sealed, target]`; the first carries the changes.
@@ -109,19 +204,28 @@ impl Maintainer {
             return;
         }
         let (plan, symbols) = (self.store.plan(), self.store.symbols());
-        let shard = self.store.shard(self.worker);
+        let bucket_ms = if self.dedup.is_on() { self.dedup.bucket_ms() } else { 0 };
+        let watermark = self.clock.max(self.dedup.watermark());
         for cut in sealed + 1..=target {
-            let users = self
+            let store = &self.store;
+            let users: Vec<(String, _)> = self
                 .dirty
                 .drain()
-                .filter_map(|u| shard.get(&u).map(|s| (u.to_string(), s.snapshot(plan, symbols))))
+                .filter_map(|u| store.map_of(&u).get(&u).map(|s| (u.to_string(), s.snapshot(plan, symbols))))
                 .collect();
+            // An expired user who came back within the epoch is written with their new state.
+            let mut expired = std::mem::take(&mut self.expired);
+            expired.retain(|u| !store.map_of(u).contains_key(u.as_str()));
             let part = Part {
                 cut,
                 worker: self.worker,
                 peers: self.peers,
+                key_groups: self.key_groups,
                 users,
-                dedup: std::mem::take(&mut self.new_ids),
+                expired,
+                dedup: runs(std::mem::take(&mut self.new_ids)),
+                bucket_ms,
+                watermark,
                 offsets: offsets_at(&hook.offsets, cut),
             };
             if hook.parts.send(part).is_err() {
@@ -133,6 +237,19 @@ impl Maintainer {
         *hook.offsets.borrow_mut() = keep;
         self.sealed = Some(target);
     }
+}
+
+/// Groups new dedup ids by key group and bucket.
+fn runs(mut ids: Vec<(u32, i64, Fingerprint)>) -> Vec<DedupRun> {
+    ids.sort_unstable_by_key(|(kg, b, _)| (*kg, *b));
+    let mut out: Vec<DedupRun> = Vec::new();
+    for (key_group, bucket, id) in ids {
+        match out.last_mut() {
+            Some(r) if r.key_group == key_group && r.bucket == bucket => r.ids.push(id),
+            _ => out.push(DedupRun { key_group, bucket, ids: vec![id] }),
+        }
+    }
+    out
 }
 
 impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>> {
@@ -150,18 +267,39 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
         let (output, stream) = builder.new_output::<Vec<()>>();
         let _output = OutputBuilder::<_, CapacityContainerBuilder<Vec<()>>>::from(output);
         let mut dedup = Dedup::new(dedup_horizon_ms);
+        let mut clock = i64::MIN;
         if let Some(hook) = &checkpoint {
-            dedup.restore(hook.restore_dedup.iter().map(|(_, k, ts)| (*k, *ts)));
+            let r = &hook.restore;
+            dedup.advance(r.watermark);
+            clock = r.watermark;
+            for run in &r.dedup {
+                // Written with another horizon: the bucket that holds the old bucket's start.
+                let bucket = if r.bucket_ms == dedup.bucket_ms() || r.bucket_ms <= 0 {
+                    run.bucket
+                } else {
+                    dedup.bucket_of(run.bucket.saturating_mul(r.bucket_ms))
+                };
+                dedup.restore(bucket, run.ids.iter().copied());
+            }
         }
+        let key_groups = store.key_groups();
         let mut m = Maintainer {
+            users: UserSweep {
+                covering: key_groups.covering(worker..worker + 1, peers),
+                next: None,
+                started_at: clock,
+            },
             store,
             worker,
             peers,
+            key_groups,
             dedup,
+            clock,
             pending,
             checkpoint,
             sealed: None,
             dirty: HashSet::new(),
+            expired: Vec::new(),
             new_ids: Vec::new(),
         };
 
@@ -169,7 +307,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
             // Held at the least epoch not yet applied everywhere, so the output frontier follows the input's.
             let mut cap = caps.pop();
             let mut stash: BTreeMap<Epoch, Vec<Activity>> = BTreeMap::new();
-            let mut last_expiry = Instant::now();
+            let mut last_sweep = Instant::now();
             move |frontiers| {
                 let frontier = frontiers[0].frontier();
                 let least = frontier.iter().min().copied();
@@ -192,9 +330,10 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                 if let Some(l) = least {
                     m.seal_through(l);
                 }
-                if last_expiry.elapsed() > EXPIRE_EVERY {
-                    m.dedup.expire();
-                    last_expiry = Instant::now();
+                if last_sweep.elapsed() >= SWEEP_EVERY {
+                    m.dedup.sweep(DEDUP_SWEEP_BUDGET);
+                    m.sweep_users();
+                    last_sweep = Instant::now();
                 }
                 match (least, cap.as_mut()) {
                     (Some(l), Some(c)) if *c.time() < l => c.downgrade(&l),
@@ -204,5 +343,24 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
             }
         });
         stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_ids_are_grouped_by_key_group_and_bucket() {
+        let id = |n: u64| Fingerprint { hi: n, lo: 0 };
+        let r = runs(vec![(2, 5, id(1)), (1, 5, id(2)), (2, 5, id(3)), (2, 4, id(4))]);
+        assert_eq!(
+            r,
+            vec![
+                DedupRun { key_group: 1, bucket: 5, ids: vec![id(2)] },
+                DedupRun { key_group: 2, bucket: 4, ids: vec![id(4)] },
+                DedupRun { key_group: 2, bucket: 5, ids: vec![id(1), id(3)] },
+            ]
+        );
     }
 }

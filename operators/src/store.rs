@@ -1,4 +1,4 @@
-//! The per-user state of one topology version, sharded by worker and readable while it changes.
+//! The per-user state of one topology version, kept per key group and readable while it changes.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -10,9 +10,11 @@ use squall_enrichment::Symbols;
 use std::sync::Arc;
 
 use crate::attributes::{Attributes, AttributesView};
+use crate::key_groups::{self, KeyGroups};
 use crate::plan::{Plan, UserState};
 
-/// The hash that decides which worker owns a user; the dataflow exchanges on it.
+/// The hash that places a user: which worker owns them and which key group holds them
+/// ([`crate::key_groups`]).
 #[inline]
 pub fn user_hash(user_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(user_id.as_bytes())
@@ -57,15 +59,19 @@ impl BuildHasher for StrHash {
     }
 }
 
-/// One worker's users and their state.
+/// The users of one key group and their state.
 pub type Shard = DashMap<CompactString, UserState, StrHash>;
 
-/// Per-user state, one shard per worker. The owning worker writes its shard; HTTP readers take
-/// short read locks on it, so an attribute is readable as soon as its event is applied.
+/// Per-user state, one map per key group. A key group's users are written by the worker that owns
+/// each of them (two workers share a group only at a boundary, never a user); HTTP readers take
+/// short read locks, so an attribute is readable as soon as its event is applied.
 pub struct UserStore {
     plan: Arc<Plan>,
     symbols: Symbols,
-    shards: Vec<Shard>,
+    key_groups: KeyGroups,
+    peers: usize,
+    user_ttl_ms: i64,
+    groups: Vec<Shard>,
     counts: Vec<WorkerCounts>,
 }
 
@@ -79,14 +85,38 @@ struct WorkerCounts {
 }
 
 impl UserStore {
-    /// An empty store for `peers` workers, keeping the attributes of `plan` (compiled with `symbols`).
+    /// An empty store for `peers` workers, keeping the attributes of `plan` (compiled with
+    /// `symbols`) in the default number of key groups.
     pub fn new(plan: Arc<Plan>, symbols: Symbols, peers: usize) -> Self {
+        Self::with_key_groups(plan, symbols, peers, KeyGroups::default())
+    }
+
+    /// An empty store for `peers` workers with `key_groups` groups.
+    pub fn with_key_groups(plan: Arc<Plan>, symbols: Symbols, peers: usize, key_groups: KeyGroups) -> Self {
+        // Two inner shards per group (DashMap's least): thousands of groups keep contention low.
+        let group = || Shard::with_hasher_and_shard_amount(StrHash::default(), 2);
         UserStore {
             plan,
             symbols,
-            shards: (0..peers.max(1)).map(|_| Shard::default()).collect(),
+            key_groups,
+            peers: peers.max(1),
+            user_ttl_ms: 0,
+            groups: (0..key_groups.count()).map(|_| group()).collect(),
             counts: (0..peers.max(1)).map(|_| WorkerCounts::default()).collect(),
         }
+    }
+
+    /// Keeps a user only while their newest event is at most `ttl_ms` of event time behind the
+    /// newest event of their worker (`state.user_ttl`; 0 keeps every user). See
+    /// [`crate::maintain`].
+    pub fn with_user_ttl(mut self, ttl_ms: i64) -> Self {
+        self.user_ttl_ms = ttl_ms.max(0);
+        self
+    }
+
+    /// `state.user_ttl` in milliseconds (0: off).
+    pub fn user_ttl_ms(&self) -> i64 {
+        self.user_ttl_ms
     }
 
     /// The plan of the attributes this store keeps.
@@ -101,12 +131,27 @@ impl UserStore {
 
     /// The index of the worker that owns `user_id`.
     pub fn owner(&self, user_id: &str) -> usize {
-        (user_hash(user_id) % self.shards.len() as u64) as usize
+        key_groups::owner(user_id, self.peers)
     }
 
-    /// The shard of worker `index`.
-    pub fn shard(&self, index: usize) -> &Shard {
-        &self.shards[index]
+    /// Workers of the version.
+    pub fn peers(&self) -> usize {
+        self.peers
+    }
+
+    /// The version's key groups.
+    pub fn key_groups(&self) -> KeyGroups {
+        self.key_groups
+    }
+
+    /// The users of key group `group`.
+    pub fn group(&self, group: u32) -> &Shard {
+        &self.groups[group as usize]
+    }
+
+    /// The map that holds `user_id`.
+    pub fn map_of(&self, user_id: &str) -> &Shard {
+        self.group(self.key_groups.of(user_id))
     }
 
     /// The attributes of `user_id`, if any event of theirs was applied.
@@ -115,11 +160,11 @@ impl UserStore {
     }
 
     /// Calls `f` with the attributes of `user_id` as they serialise, if any event of theirs was
-    /// applied: what queries use, as it copies nothing. `f` runs under the read lock of the user's
-    /// shard (which holds up the owning worker's writes to that part of the shard), so it should
+    /// applied: what queries use, as it copies nothing. `f` runs under a read lock of the user's key
+    /// group (which holds up the owning worker's writes to that part of the group), so it should
     /// only serialise.
     pub fn view<R>(&self, user_id: &str, f: impl FnOnce(AttributesView<'_>) -> R) -> Option<R> {
-        let state = self.shards[self.owner(user_id)].get(user_id)?;
+        let state = self.map_of(user_id).get(user_id)?;
         Some(f(AttributesView::new(&state, &self.plan, &self.symbols)))
     }
 
@@ -148,6 +193,6 @@ impl UserStore {
 
     /// Users with state.
     pub fn users(&self) -> usize {
-        self.shards.iter().map(DashMap::len).sum()
+        self.groups.iter().map(DashMap::len).sum()
     }
 }

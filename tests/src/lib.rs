@@ -122,6 +122,20 @@ pub async fn produce(records: impl IntoIterator<Item = (String, String, Vec<u8>)
     }
 }
 
+/// A generated stream of `users` users over `catalogue` with a run id of its own: 2% unknown
+/// ids, 3% resends, 1% malformed records.
+pub fn stream_config(users: u64, catalogue: squall::generate::CatalogueGen) -> squall::generate::EventGenConfig {
+    squall::generate::EventGenConfig {
+        users,
+        catalogue,
+        run_id: unique("run"),
+        unknown_share: 0.02,
+        duplicate_share: 0.03,
+        malformed_share: 0.01,
+        ..Default::default()
+    }
+}
+
 /// A record to produce: (topic, key, payload).
 pub type Record = (String, String, Vec<u8>);
 

@@ -160,9 +160,17 @@ pub struct StateSpec {
     pub checkpoint_store: Option<CheckpointStoreKind>,
     /// Checkpoints go to `<checkpoint_dir>/<group id>/` (with `checkpoint_store = "dir"`).
     pub checkpoint_dir: Option<std::path::PathBuf>,
-    /// Complete cuts between compactions of the checkpoints (older parts folded into the latest
-    /// complete cut, superseded rows deleted).
+    /// Complete cuts between compactions of the checkpoints (key groups that changed enough
+    /// folded into new bases, expired dedup buckets deleted).
     pub compact_every: usize,
+    /// Key groups: the units checkpoints are stored and read back in (a process reads those of
+    /// its workers). Fixed for a version's life; the number of processes and workers may change.
+    pub key_groups: u32,
+    /// A user not seen for this long (event time, behind the newest event of their worker) is
+    /// expired: forgotten in memory and in the checkpoints; if they return they start fresh.
+    /// `"0s"` keeps every user. At least `dedup_horizon`.
+    #[serde(with = "humantime_serde")]
+    pub user_ttl: Duration,
 }
 
 /// `state.checkpoint_store`.
@@ -200,11 +208,15 @@ impl StateSpec {
 impl Default for StateSpec {
     fn default() -> Self {
         StateSpec {
+            // Client and producer retries arrive within minutes; 10 minutes of ids at 1.5 M
+            // events/s is about 0.8 GB per process of a 10-process version (ARCHITECTURE.md).
             dedup_horizon: Duration::from_secs(24 * 3600),
             epoch: Duration::from_secs(1),
             checkpoint_store: None,
             checkpoint_dir: None,
             compact_every: 60,
+            key_groups: squall_operators::KeyGroups::DEFAULT,
+            user_ttl: Duration::ZERO,
         }
     }
 }
@@ -362,6 +374,14 @@ impl TopologySpec {
         if self.state.epoch < Duration::from_millis(10) {
             return Err("state.epoch must be at least 10ms".into());
         }
+        squall_operators::KeyGroups::new(self.state.key_groups)?;
+        let ttl = self.state.user_ttl;
+        if !ttl.is_zero() && (ttl < self.state.dedup_horizon || ttl < self.state.epoch) {
+            return Err(format!(
+                "state.user_ttl = {ttl:?}: use \"0s\" (keep every user) or at least state.dedup_horizon ({:?}) and state.epoch",
+                self.state.dedup_horizon
+            ));
+        }
         if self.kafka.song_completions == self.kafka.ad_impressions {
             return Err("kafka.song_completions and kafka.ad_impressions must be different topics".into());
         }
@@ -401,6 +421,7 @@ mod tests {
         assert_eq!(v2.attributes.summary(), format!("{}, skip_rate, genre_affinity", v1.attributes.summary()));
         assert!(v2.describe_attributes().starts_with("declared: plays, skips"), "{}", v2.describe_attributes());
         assert_eq!(v1.state.dedup_horizon, Duration::from_secs(86_400));
+        assert_eq!((v1.state.key_groups, v1.state.user_ttl), (4096, Duration::ZERO));
         assert_eq!(v1.enrichment.cache_ttl, Duration::from_secs(600));
     }
 
@@ -434,6 +455,18 @@ mod tests {
             spec("checkpoint_store = \"cql\"\ncheckpoint_dir = \"/c\"").unwrap_err().to_string().contains("only used")
         );
         assert!(spec("checkpoint_store = \"s3\"").unwrap_err().to_string().contains("checkpoint_store"));
+    }
+
+    #[test]
+    fn key_groups_and_user_ttl_are_checked() {
+        let base = "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[state]\n";
+        let spec = |state: &str| TopologySpec::from_toml(&format!("{base}{state}"));
+        let s = spec("key_groups = 64\nuser_ttl = \"30d\"").unwrap();
+        assert_eq!((s.state.key_groups, s.state.user_ttl), (64, Duration::from_secs(30 * 86_400)));
+        assert!(spec("key_groups = 0").unwrap_err().to_string().contains("state.key_groups = 0"));
+        let e = spec("dedup_horizon = \"1h\"\nuser_ttl = \"5m\"").unwrap_err().to_string();
+        assert!(e.contains("state.user_ttl") && e.contains("dedup_horizon"), "{e}");
+        assert!(spec("dedup_horizon = \"0s\"\nuser_ttl = \"5m\"").is_ok());
     }
 
     #[test]

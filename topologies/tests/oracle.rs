@@ -99,7 +99,8 @@ fn run(declaration: &Declaration, seed: u64, workers: usize, n: usize) {
         enricher: enricher.clone(),
         store: Arc::clone(&store),
         pending: Arc::new(AtomicUsize::new(0)),
-        dedup_horizon_ms: 24 * 3600 * 1000,
+        // The events span a week and resend any earlier one: every resend is within the horizon.
+        dedup_horizon_ms: 8 * 24 * 3600 * 1000,
     };
     let pending = Arc::clone(&ctx.pending);
 

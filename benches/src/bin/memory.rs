@@ -1,7 +1,8 @@
 //! Resident memory per user of the v1 attributes, and per retained event id of the dedup state:
 //! `cargo run --release -p squall-benches --bin memory -- --users 1000000,10000000`.
 //! Each size runs in a fresh child process (so freed memory from a previous size cannot hide
-//! growth); prints `memory users=.. bytes_per_user=..` and `memory_dedup ids=.. bytes_per_id=..`.
+//! growth); prints `memory users=.. bytes_per_user=..` and, for the dedup state and for the
+//! `HashMap<u128, i64>` it replaced (issue 16), `memory_dedup structure=.. ids=.. bytes_per_id=..`.
 
 use std::time::Instant;
 
@@ -28,9 +29,13 @@ struct Args {
     /// Retained event ids for the dedup measurement (0: skip).
     #[arg(long, default_value_t = 10_000_000)]
     dedup_ids: u64,
-    /// Workers (store shards).
+    /// Workers.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// With `--users 0`: which dedup state to measure, `buckets` (squall's) or `hashmap` (the
+    /// `HashMap<u128, i64>` it replaced).
+    #[arg(long, default_value = "buckets")]
+    dedup_structure: String,
 }
 
 fn rss_bytes() -> u64 {
@@ -51,7 +56,20 @@ fn main() {
             assert!(status.success(), "child for {users} users failed");
         }
         if a.dedup_ids > 0 {
-            dedup(a.dedup_ids);
+            for structure in ["buckets", "hashmap"] {
+                let status = std::process::Command::new(std::env::current_exe().expect("own path"))
+                    .args(["--users", "0", "--dedup-ids", &a.dedup_ids.to_string(), "--dedup-structure", structure])
+                    .status()
+                    .expect("child");
+                assert!(status.success(), "child for the dedup state failed");
+            }
+        }
+        return;
+    }
+    if a.users[0] == 0 {
+        match a.dedup_structure.as_str() {
+            "hashmap" => dedup_hashmap(a.dedup_ids),
+            _ => dedup(a.dedup_ids),
         }
         return;
     }
@@ -70,7 +88,7 @@ fn main() {
     let (mut events, mut genre_entries) = (0u64, 0u64);
     for u in 1..=users {
         let id = format!("u{u}");
-        let mut state = store.shard(store.owner(&id)).entry(id.into()).or_default();
+        let mut state = store.map_of(&id).entry(id.as_str().into()).or_default();
         for _ in 0..rng.random_range(1..2 * a.plays) {
             let track = tracks.sample(&mut rng) as u64 - 1;
             let g = catalogue.genre(track);
@@ -103,18 +121,52 @@ fn main() {
     }
 }
 
-/// Resident bytes per retained event id in the dedup state.
+/// Resident bytes per retained event id in the dedup state (one time bucket, the default horizon).
 fn dedup(ids: u64) {
+    let mut d = Dedup::new(10 * 60 * 1000);
+    dedup_figures("buckets", ids, |key| {
+        d.first_time(key, 1_763_750_000_000);
+    });
+    println!(
+        "memory_dedup structure=buckets retained={} table_bytes_per_id={:.2}",
+        d.len(),
+        d.table_bytes() as f64 / ids as f64
+    );
+}
+
+/// The same for the state before issue 16: every key with its event time in a `HashMap`.
+fn dedup_hashmap(ids: u64) {
+    #[derive(Default, Clone, Copy)]
+    struct Low(u64);
+    impl std::hash::Hasher for Low {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, _: &[u8]) {
+            unreachable!("u128 keys only")
+        }
+        fn write_u128(&mut self, i: u128) {
+            self.0 = i as u64;
+        }
+    }
+    let mut seen: std::collections::HashMap<u128, i64, std::hash::BuildHasherDefault<Low>> = Default::default();
+    dedup_figures("hashmap", ids, |key| {
+        seen.entry(key).or_insert(1_763_750_000_000);
+    });
+}
+
+/// Inserts `ids` keys with `insert` and prints the resident bytes it took per id.
+fn dedup_figures(structure: &str, ids: u64, mut insert: impl FnMut(u128)) {
     let before = rss_bytes();
-    let mut d = Dedup::new(24 * 3600 * 1000);
+    let started = Instant::now();
     for i in 0..ids {
-        d.first_time(dedup_key(EventKind::Song, "u1", &i.to_string()), 1_763_750_000_000);
+        insert(dedup_key(EventKind::Song, "u1", &i.to_string()));
     }
     let after = rss_bytes();
     println!(
-        "memory_dedup ids={ids} retained={} rss_delta_bytes={} bytes_per_id={:.1}",
-        d.len(),
+        "memory_dedup structure={structure} ids={ids} rss_delta_bytes={} bytes_per_id={:.1} insert_s={:.2}",
         after - before,
-        (after - before) as f64 / ids as f64
+        (after - before) as f64 / ids as f64,
+        started.elapsed().as_secs_f64()
     );
 }

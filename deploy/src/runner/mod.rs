@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use squall_enrichment::{CatalogueError, CqlCatalogue, Enricher, Symbols};
-use squall_operators::checkpoint::{self, CheckpointDir, CheckpointError, CheckpointStore, Part};
+use squall_operators::checkpoint::{self, CheckpointDir, CheckpointError, CheckpointStore, Part, Scope};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::source::epoch_now;
 use squall_operators::{
-    CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, Partition, Plan, SourceConfig,
-    UserState, UserStore,
+    CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, KeyGroups, Partition, Plan, Restore,
+    SourceConfig, UserState, UserStore,
 };
 use squall_topologies::TopologySpec;
 use squall_topologies::personalization::{self, Context};
@@ -50,6 +50,9 @@ pub enum StartError {
     /// The latest complete checkpoint could not be read back.
     #[error("recover from the latest checkpoint")]
     Recover(#[source] CheckpointError),
+    /// `state.key_groups` is out of range.
+    #[error("state.key_groups: {0}")]
+    KeyGroups(String),
     /// The offset committer could not start.
     #[error("start the offset committer")]
     Committer(#[source] CommitterError),
@@ -153,7 +156,8 @@ impl Layout {
         self.process * self.workers..(self.process + 1) * self.workers
     }
 
-    /// Process 0 alone tidies and compacts a version's checkpoints; the others only read them.
+    /// Process 0 alone tidies what belongs to no key group in a version's checkpoints (marks of
+    /// incomplete cuts, a directory store's files); each process compacts its own key groups.
     pub fn tidies(&self) -> bool {
         self.process == 0
     }
@@ -176,7 +180,11 @@ pub async fn start(
     let enricher = Enricher::new(Arc::new(catalogue), symbols.clone(), spec.enrichment.clone(), runtime.clone());
     // The declaration, compiled once for this process's workers.
     let plan = Arc::new(Plan::compile(&spec.attributes, &symbols));
-    let store = Arc::new(UserStore::new(plan, symbols, layout.peers()));
+    let key_groups = KeyGroups::new(spec.state.key_groups).map_err(StartError::KeyGroups)?;
+    let store = Arc::new(
+        UserStore::with_key_groups(plan, symbols, layout.peers(), key_groups)
+            .with_user_ttl(spec.state.user_ttl.as_millis() as i64),
+    );
     let shutdown = Arc::new(AtomicBool::new(false));
     if spec.enrichment.preload {
         preload::preload_catalogue(&enricher, &group_id, Arc::clone(&shutdown), &runtime).await;
@@ -221,7 +229,7 @@ pub async fn start(
         },
         checkpoints: parts
             .as_ref()
-            .map(|w| CheckpointParts { parts: w.parts.clone(), dedup: Mutex::new(recovery.dedup) }),
+            .map(|w| CheckpointParts { parts: w.parts.clone(), restore: Mutex::new(recovery.restore) }),
         start_epoch,
         dead_letters: Arc::clone(&dead_letters),
     };
@@ -271,20 +279,18 @@ async fn open_checkpoints(
     Ok(Some(store))
 }
 
-/// Recovered dedup ids: (user hash, key, event ts).
-type DedupIds = Vec<(u64, u128, i64)>;
-
-/// What recovery hands on: the cut recovered, where each partition resumes, and the dedup ids
-/// of each worker.
+/// What recovery hands on: the cut recovered, where each partition resumes, and what each
+/// worker of the version takes back (this process's workers' entries are filled).
 #[derive(Default)]
 struct Recovery {
     cut: Option<Epoch>,
     resume_at: BTreeMap<Partition, i64>,
-    dedup: Vec<DedupIds>,
+    restore: Vec<Restore>,
 }
 
-/// Step: folds the latest complete cut back into `store` (the users this process's workers own)
-/// and hands back the store for the writer.
+/// Step: reads the key groups this process's workers cover at the latest complete cut into
+/// `store` (and each worker's dedup ids into its [`Restore`]), and hands back the store for the
+/// writer.
 async fn recover(
     mut ckpt: Box<dyn CheckpointStore>,
     layout: &Layout,
@@ -293,40 +299,46 @@ async fn recover(
     feeds: Option<&Feeds>,
 ) -> Result<(Box<dyn CheckpointStore>, Recovery), StartError> {
     let started = std::time::Instant::now();
-    let tidies = layout.tidies();
+    let scope =
+        Scope { key_groups: store.key_groups(), peers: layout.peers(), local: layout.local(), tidy: layout.tidies() };
     // Off the runtime's worker threads: the stores block (the CQL one on this same runtime).
     let (ckpt, recovered) = tokio::task::spawn_blocking(move || {
-        let recovered = if tidies { ckpt.recover() } else { ckpt.recover_shared() };
+        let recovered = ckpt.recover(&scope);
         (ckpt, recovered)
     })
     .await
     .map_err(|e| StartError::Blocking { step: "recover from the latest checkpoint", error: e.to_string() })?;
-    let mut recovery = Recovery { dedup: vec![Vec::new(); layout.peers()], ..Recovery::default() };
+    let mut recovery = Recovery { restore: vec![Restore::default(); layout.peers()], ..Recovery::default() };
     let Some(rec) = recovered.map_err(StartError::Recover)? else { return Ok((ckpt, recovery)) };
-    tracing::info!(group_id = %group_id, store = %ckpt.location(), cut = rec.cut, users = rec.users.len(), dedup_ids = rec.dedup.len(), elapsed = ?started.elapsed(), "recovered from checkpoint");
-    // Every process reads the whole cut and keeps what its own workers own.
     let local = layout.local();
+    let mut users = 0usize;
     for (user, snapshot) in &rec.users {
-        let owner = store.owner(user);
-        if local.contains(&owner) {
+        // A key group shared with a neighbouring process at a boundary holds some of its users.
+        if local.contains(&store.owner(user)) {
             let state = UserState::restore(snapshot, store.plan(), store.symbols()).map_err(|e| {
                 StartError::Recover(CheckpointError::Corrupt {
                     what: format!("user {user:?} of cut {}", rec.cut),
                     message: e.to_string(),
                 })
             })?;
-            store.shard(owner).insert(user.as_str().into(), state);
+            store.map_of(user).insert(user.as_str().into(), state);
+            users += 1;
         }
     }
     if let Some(feeds) = feeds {
         feeds.recovered(rec.cut, rec.users.iter().filter(|(u, _)| local.contains(&store.owner(u))));
     }
-    for entry in rec.dedup {
-        let owner = (entry.0 % layout.peers() as u64) as usize;
-        if local.contains(&owner) {
-            recovery.dedup[owner].push(entry);
-        }
+    let key_groups = store.key_groups();
+    let mut ids = 0usize;
+    for w in local.clone() {
+        let covers = key_groups.covering(w..w + 1, layout.peers());
+        let r = &mut recovery.restore[w];
+        r.watermark = rec.watermark;
+        r.bucket_ms = rec.bucket_ms;
+        r.dedup = rec.dedup.iter().filter(|run| covers.contains(&run.key_group)).cloned().collect();
+        ids += r.dedup.iter().map(|run| run.ids.len()).sum::<usize>();
     }
+    tracing::info!(group_id = %group_id, store = %ckpt.location(), cut = rec.cut, users, dedup_ids = ids, bytes_read = rec.bytes_read, elapsed = ?started.elapsed(), "recovered from checkpoint");
     recovery.resume_at = rec.offsets.into_iter().filter(|(_, o)| *o >= 0).collect();
     recovery.cut = Some(rec.cut);
     Ok((ckpt, recovery))
@@ -356,7 +368,7 @@ fn start_writer(
     let (parts, thread) = checkpoint::spawn_writer(
         ckpt,
         group_id,
-        checkpoint::Layout { local: layout.workers, global: layout.peers(), compacts: layout.tidies() },
+        checkpoint::Layout { local: layout.workers, global: layout.peers(), compacts: true },
         spec.state.compact_every,
         spec.state.dedup_horizon.as_millis() as i64,
         on_complete,
@@ -490,10 +502,10 @@ struct Dataflow {
     dead_letters: Arc<DeadLetters>,
 }
 
-/// Where checkpoint parts go, and the recovered dedup ids of each worker (each takes its own).
+/// Where checkpoint parts go, and what each worker takes back from the recovered cut (each takes its own).
 struct CheckpointParts {
     parts: crossbeam_channel::Sender<Part>,
-    dedup: Mutex<Vec<DedupIds>>,
+    restore: Mutex<Vec<Restore>>,
 }
 
 /// Step: starts the workers and builds the dataflow on each; in a cluster this returns once
@@ -511,8 +523,8 @@ fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Re
                 offsets,
                 parts: c.parts.clone(),
                 // No recovery (no checkpoint store, only feeds): nothing to restore.
-                restore_dedup: c
-                    .dedup
+                restore: c
+                    .restore
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get_mut(scope.index())

@@ -1,0 +1,776 @@
+//! Checkpoints in a directory (one host, or a directory every process of a version shares).
+//!
+//! # Files (in `<root>/<group_id>/`)
+//! ```text
+//! <cut>-w<worker>.part       a part: its meta, then one section per key group it changed and
+//!                            one per (key group, dedup bucket) it added ids to, with an index
+//! MANIFEST                   the last compaction: its cut, offsets and watermark, and the files below
+//! s<segment>-<cut>.base      every user of a segment (a fixed range of key groups), by key group
+//! s<segment>-<cut>.delta     a segment's changes between two compactions, by key group
+//! d<bucket>-<cut>.ids        dedup ids of one time bucket added between two compactions, by key group
+//! ```
+//! Every file is an index (key group -> offset, length) followed by the sections, so a process
+//! reads the index and then only the sections of the key groups it covers. Files are written to a
+//! temporary name, fsynced and renamed; the directory is fsynced after each cut's parts and
+//! after the manifest.
+//!
+//! # Notes
+//! Recovery reads the manifest, the parts newer than it up to the latest complete cut, and of
+//! each file the sections of its key groups, oldest first (base, deltas, parts). Compaction
+//! (process 0 only: it owns the manifest) reads the parts since the last compaction, writes one
+//! delta file per segment they touched, and folds a segment into a new base only once its deltas
+//! add up to a quarter of its base (or number 64), rewriting at most eight times what changed per
+//! compaction; dedup ids go to one file per bucket, deleted whole when the bucket expires. The manifest's rename is the commit: until then the old
+//! manifest and the parts fold to the same state, and files it does not name are removed by the
+//! next recovery.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{
+    CheckpointError, CheckpointStore, DedupRun, Part, REBASE_BUDGET, Recovered, Scope, UserRows, fold_rows,
+    oldest_live_bucket, rebase_pays,
+};
+use crate::dedup::{BUCKETS, Fingerprint};
+use crate::plan::UserSnapshot;
+use crate::source::{Epoch, Partition};
+
+const MANIFEST: &str = "MANIFEST";
+
+/// Segments (units of compaction) at most; a segment is `K / SEGMENTS` key groups.
+const SEGMENTS: u32 = 64;
+
+/// A segment is folded into a new base at its this-many'th delta file at the latest.
+const MAX_DELTAS: usize = 64;
+
+/// A part's own fields (not in the other files).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PartMeta {
+    cut: Epoch,
+    worker: u32,
+    peers: u32,
+    key_groups: u32,
+    bucket_ms: i64,
+    watermark: i64,
+    offsets: Vec<(Partition, i64)>,
+}
+
+/// Where a key group's users are in a file's body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Section {
+    key_group: u32,
+    offset: u64,
+    len: u64,
+}
+
+/// Where a key group's ids of one bucket are in a file's body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct IdSection {
+    key_group: u32,
+    bucket: i64,
+    offset: u64,
+    len: u64,
+}
+
+/// The index at the start of every file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Header {
+    part: Option<PartMeta>,
+    users: Vec<Section>,
+    dedup: Vec<IdSection>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FileRef {
+    name: String,
+    bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Segment {
+    base: Option<FileRef>,
+    deltas: Vec<FileRef>,
+}
+
+/// The last compaction.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Manifest {
+    cut: Epoch,
+    key_groups: u32,
+    peers: u32,
+    bucket_ms: i64,
+    watermark: i64,
+    offsets: Vec<(Partition, i64)>,
+    segments: Vec<Segment>,
+    dedup: BTreeMap<i64, Vec<FileRef>>,
+}
+
+impl Manifest {
+    fn files(&self) -> impl Iterator<Item = &FileRef> {
+        self.segments.iter().flat_map(|s| s.base.iter().chain(s.deltas.iter())).chain(self.dedup.values().flatten())
+    }
+}
+
+/// What the parts folded into a cut say about it, on top of the manifest's: the newest watermark,
+/// the dedup bucket length, and the cut's own offsets and workers.
+struct CutInfo {
+    cut: Epoch,
+    watermark: i64,
+    bucket_ms: i64,
+    offsets: Vec<(Partition, i64)>,
+    peers: u32,
+}
+
+impl CutInfo {
+    fn new(cut: Epoch, manifest: Option<&Manifest>) -> Self {
+        let (watermark, bucket_ms, peers) = manifest.map_or((i64::MIN, 0, 0), |m| (m.watermark, m.bucket_ms, m.peers));
+        // The manifest's offsets stand while no part of a later cut is folded.
+        let offsets = manifest.filter(|m| m.cut == cut).map(|m| m.offsets.clone()).unwrap_or_default();
+        CutInfo { cut, watermark, bucket_ms, offsets, peers }
+    }
+
+    fn absorb(&mut self, part: &PartFile, meta: &PartMeta) {
+        self.watermark = self.watermark.max(meta.watermark);
+        if meta.bucket_ms > 0 {
+            self.bucket_ms = meta.bucket_ms;
+        }
+        if part.cut == self.cut {
+            self.offsets.extend(meta.offsets.iter().cloned());
+            self.peers = meta.peers;
+        }
+    }
+}
+
+fn segments(key_groups: u32) -> u32 {
+    key_groups.min(SEGMENTS)
+}
+
+fn segment_of(key_group: u32, key_groups: u32) -> usize {
+    (u64::from(key_group) * u64::from(segments(key_groups)) / u64::from(key_groups)) as usize
+}
+
+fn part_name(cut: Epoch, worker: usize) -> String {
+    format!("{cut:020}-w{worker:04}.part")
+}
+
+fn parse_part_name(name: &str) -> Option<(Epoch, usize)> {
+    let stem = name.strip_suffix(".part")?;
+    let (cut, worker) = stem.split_once("-w")?;
+    Some((cut.parse().ok()?, worker.parse().ok()?))
+}
+
+fn invalid(what: impl std::fmt::Display, e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}"))
+}
+
+/// A file's bytes: the header's length, the header, the body.
+fn container(header: &Header, body: &[u8]) -> io::Result<Vec<u8>> {
+    let head = bincode::serialize(header).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(8 + head.len() + body.len());
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// Appends a key group's rows to `body`; their section.
+fn push_users(body: &mut Vec<u8>, key_group: u32, rows: &UserRows) -> io::Result<Section> {
+    let offset = body.len() as u64;
+    bincode::serialize_into(&mut *body, rows).map_err(io::Error::other)?;
+    Ok(Section { key_group, offset, len: body.len() as u64 - offset })
+}
+
+fn push_ids(body: &mut Vec<u8>, key_group: u32, bucket: i64, ids: &[Fingerprint]) -> io::Result<IdSection> {
+    let offset = body.len() as u64;
+    bincode::serialize_into(&mut *body, ids).map_err(io::Error::other)?;
+    Ok(IdSection { key_group, bucket, offset, len: body.len() as u64 - offset })
+}
+
+/// An open file: its header read, sections read on demand; counts the bytes read.
+struct Reader {
+    file: fs::File,
+    body: u64,
+    path: PathBuf,
+}
+
+impl Reader {
+    fn open(path: &Path, bytes: &mut u64) -> io::Result<(Reader, Header)> {
+        let mut file = fs::File::open(path)?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)?;
+        let len = u64::from_le_bytes(len);
+        let mut head = vec![0u8; len as usize];
+        file.read_exact(&mut head)?;
+        *bytes += 8 + len;
+        let header: Header = bincode::deserialize(&head).map_err(|e| invalid(path.display(), e))?;
+        Ok((Reader { file, body: 8 + len, path: path.to_owned() }, header))
+    }
+
+    fn read(&mut self, offset: u64, len: u64, bytes: &mut u64) -> io::Result<Vec<u8>> {
+        self.file.seek(SeekFrom::Start(self.body + offset))?;
+        let mut buf = vec![0u8; len as usize];
+        self.file.read_exact(&mut buf)?;
+        *bytes += len;
+        Ok(buf)
+    }
+
+    fn users(&mut self, s: &Section, bytes: &mut u64) -> io::Result<UserRows> {
+        let buf = self.read(s.offset, s.len, bytes)?;
+        bincode::deserialize(&buf).map_err(|e| invalid(format!("{} key group {}", self.path.display(), s.key_group), e))
+    }
+
+    fn ids(&mut self, s: &IdSection, bytes: &mut u64) -> io::Result<Vec<Fingerprint>> {
+        let buf = self.read(s.offset, s.len, bytes)?;
+        bincode::deserialize(&buf).map_err(|e| invalid(format!("{} ids {}", self.path.display(), s.key_group), e))
+    }
+}
+
+/// A part file found in the directory.
+struct PartFile {
+    cut: Epoch,
+    worker: usize,
+    path: PathBuf,
+}
+
+/// A version's checkpoint directory: `<root>/<group_id>/`. See the module notes.
+#[derive(Clone, Debug)]
+pub struct CheckpointDir {
+    dir: PathBuf,
+    scope: Option<Scope>,
+}
+
+impl CheckpointDir {
+    /// Opens (creating) the directory of `group_id` under `root`.
+    pub fn open(root: &Path, group_id: &str) -> io::Result<Self> {
+        let dir = root.join(group_id);
+        fs::create_dir_all(&dir)?;
+        Ok(CheckpointDir { dir, scope: None })
+    }
+
+    /// Where the files are.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn error(&self, source: io::Error) -> CheckpointError {
+        CheckpointError::Io { dir: self.dir.display().to_string(), source }
+    }
+
+    /// Writes `bytes` to `name` durably except for the directory entry (temporary file, fsync, rename).
+    fn put(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(name))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        fs::File::open(&self.dir)?.sync_all()
+    }
+
+    /// Writes parts durably, each cut's before the next's; their size in bytes.
+    pub fn write_parts(&self, parts: &[Part]) -> io::Result<u64> {
+        let mut bytes = 0;
+        let mut sorted: Vec<&Part> = parts.iter().collect();
+        sorted.sort_by_key(|p| (p.cut, p.worker));
+        for (i, part) in sorted.iter().enumerate() {
+            let mut body = Vec::new();
+            let mut header = Header {
+                part: Some(PartMeta {
+                    cut: part.cut,
+                    worker: part.worker as u32,
+                    peers: part.peers as u32,
+                    key_groups: part.key_groups.count(),
+                    bucket_ms: part.bucket_ms,
+                    watermark: part.watermark,
+                    offsets: part.offsets.clone(),
+                }),
+                ..Default::default()
+            };
+            for (kg, rows) in part.rows_by_key_group() {
+                header.users.push(push_users(&mut body, kg, &rows)?);
+            }
+            for run in &part.dedup {
+                header.dedup.push(push_ids(&mut body, run.key_group, run.bucket, &run.ids)?);
+            }
+            let file = container(&header, &body)?;
+            self.put(&part_name(part.cut, part.worker), &file)?;
+            bytes += file.len() as u64;
+            // A later cut's parts never become durable before an earlier cut's.
+            if sorted.get(i + 1).is_none_or(|next| next.cut != part.cut) {
+                self.sync_dir()?;
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Writes one part.
+    pub fn write_part(&self, part: &Part) -> io::Result<u64> {
+        self.write_parts(std::slice::from_ref(part))
+    }
+
+    /// Every part file, sorted by cut then worker.
+    fn parts(&self) -> io::Result<Vec<PartFile>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Some((cut, worker)) = entry.file_name().to_str().and_then(parse_part_name) {
+                out.push(PartFile { cut, worker, path: entry.path() });
+            }
+        }
+        out.sort_by_key(|p| (p.cut, p.worker));
+        Ok(out)
+    }
+
+    /// Whether all `peers` parts of `cut` are written.
+    pub fn is_complete(&self, cut: Epoch, peers: usize) -> bool {
+        (0..peers).all(|w| self.dir.join(part_name(cut, w)).is_file())
+    }
+
+    fn manifest(&self) -> io::Result<Option<Manifest>> {
+        match fs::read(self.dir.join(MANIFEST)) {
+            Ok(b) => bincode::deserialize(&b).map(Some).map_err(|e| invalid(MANIFEST, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The headers of the parts newer than `after`, skipping parts deleted since the listing.
+    fn part_headers(&self, after: Option<Epoch>, bytes: &mut u64) -> io::Result<Vec<(PartFile, PartMeta, Header)>> {
+        let mut out = Vec::new();
+        for p in self.parts()? {
+            if after.is_some_and(|m| p.cut <= m) {
+                continue;
+            }
+            match Reader::open(&p.path, bytes) {
+                Ok((_, header)) => {
+                    let meta = header.part.clone().ok_or_else(|| invalid(p.path.display(), "not a part"))?;
+                    out.push((p, meta, header));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest cut all of whose parts are among `heads`.
+    fn latest_complete(heads: &[(PartFile, PartMeta, Header)]) -> Option<Epoch> {
+        let mut by_cut: BTreeMap<Epoch, (usize, u32)> = BTreeMap::new();
+        for (p, meta, _) in heads {
+            by_cut.entry(p.cut).or_insert((0, meta.peers)).0 += 1;
+        }
+        by_cut.iter().rev().find(|(_, (n, peers))| *n as u32 == *peers).map(|(c, _)| *c)
+    }
+
+    fn check_key_groups(scope: &Scope, written: u32) -> Result<(), CheckpointError> {
+        let configured = scope.key_groups.count();
+        if written == configured { Ok(()) } else { Err(CheckpointError::KeyGroups { written, configured }) }
+    }
+
+    /// Removes files that nothing refers to: parts outside `keep` and compaction files the
+    /// manifest does not name (left by a compaction that crashed). The number removed.
+    fn tidy(&self, manifest: Option<&Manifest>, keep: Range<Epoch>) -> io::Result<usize> {
+        let named: std::collections::HashSet<&str> =
+            manifest.iter().flat_map(|m| m.files()).map(|f| f.name.as_str()).collect();
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stale = match parse_part_name(name) {
+                Some((cut, _)) => !keep.contains(&cut),
+                None => name != MANIFEST && !named.contains(name),
+            };
+            if stale {
+                match fs::remove_file(self.dir.join(name)) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn recover_once(&self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError> {
+        let mut bytes = 0u64;
+        let io = |e| self.error(e);
+        let manifest = self.manifest().map_err(io)?;
+        if let Some(m) = &manifest {
+            Self::check_key_groups(scope, m.key_groups)?;
+        }
+        let heads = self.part_headers(manifest.as_ref().map(|m| m.cut), &mut bytes).map_err(io)?;
+        for (_, meta, _) in &heads {
+            Self::check_key_groups(scope, meta.key_groups)?;
+        }
+        let latest = Self::latest_complete(&heads).or(manifest.as_ref().map(|m| m.cut));
+        if scope.tidy {
+            // Parts beyond the latest complete cut belong to cuts that never completed; those at
+            // or below the manifest's cut are folded into it.
+            let from = manifest.as_ref().map_or(0, |m| m.cut + 1);
+            let removed = self.tidy(manifest.as_ref(), from..latest.map_or(0, |l| l + 1)).map_err(io)?;
+            if removed > 0 {
+                tracing::info!(dir = %self.dir.display(), removed, "removed checkpoint files of incomplete cuts or compactions");
+            }
+        }
+        let Some(cut) = latest else { return Ok(None) };
+        let reads = scope.reads();
+        let mut rec = Recovered { cut, ..Default::default() };
+        let mut info = CutInfo::new(cut, manifest.as_ref());
+        // Oldest first: the manifest's files, then the parts.
+        if let Some(m) = &manifest {
+            for (s, segment) in m.segments.iter().enumerate() {
+                if !(0..scope.key_groups.count()).any(|g| reads.contains(&g) && segment_of(g, m.key_groups) == s) {
+                    continue;
+                }
+                for file in segment.base.iter().chain(&segment.deltas) {
+                    let (mut r, header) = Reader::open(&self.dir.join(&file.name), &mut bytes).map_err(io)?;
+                    for s in header.users.iter().filter(|s| reads.contains(&s.key_group)) {
+                        fold_rows(&mut rec.users, r.users(s, &mut bytes).map_err(io)?);
+                    }
+                }
+            }
+        }
+        let folded: Vec<&(PartFile, PartMeta, Header)> = heads.iter().filter(|(p, _, _)| p.cut <= cut).collect();
+        for (p, meta, header) in &folded {
+            info.absorb(p, meta);
+            let (mut r, _) = Reader::open(&p.path, &mut bytes).map_err(io)?;
+            for s in header.users.iter().filter(|s| reads.contains(&s.key_group)) {
+                fold_rows(&mut rec.users, r.users(s, &mut bytes).map_err(io)?);
+            }
+        }
+        (rec.watermark, rec.bucket_ms) = (info.watermark, info.bucket_ms);
+        rec.offsets = info.offsets.into_iter().collect();
+        // Dedup ids of the live buckets.
+        let oldest = oldest_live_bucket(rec.watermark, rec.bucket_ms * BUCKETS, rec.bucket_ms);
+        let mut runs: BTreeMap<(u32, i64), Vec<Fingerprint>> = BTreeMap::new();
+        let mut take = |path: &Path, header: &Header, bytes: &mut u64| -> io::Result<()> {
+            let wanted: Vec<&IdSection> =
+                header.dedup.iter().filter(|s| reads.contains(&s.key_group) && s.bucket >= oldest).collect();
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            let (mut r, _) = Reader::open(path, bytes)?;
+            for s in wanted {
+                runs.entry((s.key_group, s.bucket)).or_default().extend(r.ids(s, bytes)?);
+            }
+            Ok(())
+        };
+        if let Some(m) = &manifest {
+            for file in m.dedup.range(oldest..).flat_map(|(_, f)| f) {
+                let path = self.dir.join(&file.name);
+                let (_, header) = Reader::open(&path, &mut bytes).map_err(io)?;
+                take(&path, &header, &mut bytes).map_err(io)?;
+            }
+        }
+        for (p, _, header) in &folded {
+            take(&p.path, header, &mut bytes).map_err(io)?;
+        }
+        rec.dedup = runs.into_iter().map(|((key_group, bucket), ids)| DedupRun { key_group, bucket, ids }).collect();
+        rec.bytes_read = bytes;
+        Ok(Some(rec))
+    }
+
+    /// Reads every section of `file` (a segment's base or delta) into `users`.
+    fn fold_file(&self, name: &str, users: &mut BTreeMap<u32, HashMap<String, UserSnapshot>>) -> io::Result<()> {
+        let mut bytes = 0;
+        let (mut r, header) = Reader::open(&self.dir.join(name), &mut bytes)?;
+        for s in &header.users {
+            fold_rows(users.entry(s.key_group).or_default(), r.users(s, &mut bytes)?);
+        }
+        Ok(())
+    }
+
+    fn compact_io(&self, horizon_ms: i64) -> io::Result<Option<(Epoch, usize)>> {
+        let mut bytes = 0;
+        let manifest = self.manifest()?;
+        let heads = self.part_headers(manifest.as_ref().map(|m| m.cut), &mut bytes)?;
+        let Some(cut) = Self::latest_complete(&heads) else { return Ok(None) };
+        let folded: Vec<&(PartFile, PartMeta, Header)> = heads.iter().filter(|(p, _, _)| p.cut <= cut).collect();
+        let key_groups = folded[0].1.key_groups;
+        let mut next = manifest.clone().unwrap_or_else(|| Manifest {
+            cut,
+            key_groups,
+            peers: 0,
+            bucket_ms: 0,
+            watermark: i64::MIN,
+            offsets: Vec::new(),
+            segments: vec![Segment::default(); segments(key_groups) as usize],
+            dedup: BTreeMap::new(),
+        });
+        let mut info = CutInfo::new(cut, manifest.as_ref());
+        // What changed since the last compaction: the newest row per user, by segment and key
+        // group; the new dedup ids by bucket and key group.
+        let mut changes: BTreeMap<usize, BTreeMap<u32, BTreeMap<String, Option<UserSnapshot>>>> = BTreeMap::new();
+        let mut ids: BTreeMap<i64, BTreeMap<u32, Vec<Fingerprint>>> = BTreeMap::new();
+        for (p, meta, header) in &folded {
+            info.absorb(p, meta);
+            let (mut r, _) = Reader::open(&p.path, &mut bytes)?;
+            for s in &header.users {
+                let rows =
+                    changes.entry(segment_of(s.key_group, key_groups)).or_default().entry(s.key_group).or_default();
+                rows.extend(r.users(s, &mut bytes)?);
+            }
+            for s in &header.dedup {
+                ids.entry(s.bucket).or_default().entry(s.key_group).or_default().extend(r.ids(s, &mut bytes)?);
+            }
+        }
+        (next.cut, next.watermark, next.bucket_ms, next.peers) = (cut, info.watermark, info.bucket_ms, info.peers);
+        next.offsets = info.offsets;
+        let mut garbage: Vec<String> = Vec::new();
+        let mut changed = 0u64;
+        // One delta file per segment that changed: costs what changed.
+        for (s, groups) in changes {
+            let (mut body, mut header) = (Vec::new(), Header::default());
+            for (kg, rows) in groups {
+                let rows: UserRows = rows.into_iter().collect();
+                header.users.push(push_users(&mut body, kg, &rows)?);
+            }
+            let name = format!("s{s:04}-{cut:020}.delta");
+            let file = container(&header, &body)?;
+            self.put(&name, &file)?;
+            changed += file.len() as u64;
+            next.segments[s].deltas.push(FileRef { name, bytes: file.len() as u64 });
+        }
+        // Segments whose deltas outweigh a quarter of their base are folded into a new base, the
+        // most overdue first, up to REBASE_BUDGET times the bytes that changed (so no compaction
+        // holds the writer up for longer than its changes warrant), and those with MAX_DELTAS
+        // delta files whatever it costs.
+        let mut due: Vec<(bool, f64, usize, u64)> = Vec::new();
+        for (s, segment) in next.segments.iter().enumerate() {
+            let sizes: Vec<u64> = segment.base.iter().chain(&segment.deltas).map(|f| f.bytes).collect();
+            let Some((&base, newer)) = sizes.split_first() else { continue };
+            let newer: u64 = newer.iter().sum();
+            let forced = segment.deltas.len() >= MAX_DELTAS;
+            if forced || rebase_pays(base, newer) {
+                due.push((forced, newer as f64 / base.max(1) as f64, s, base + newer));
+            }
+        }
+        due.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+        let mut budget = REBASE_BUDGET * changed;
+        for (forced, _, s, size) in due {
+            if !forced && budget == 0 {
+                break;
+            }
+            budget = budget.saturating_sub(size);
+            let segment = &mut next.segments[s];
+            let mut users: BTreeMap<u32, HashMap<String, UserSnapshot>> = BTreeMap::new();
+            for f in segment.base.iter().chain(&segment.deltas) {
+                self.fold_file(&f.name, &mut users)?;
+                garbage.push(f.name.clone());
+            }
+            let (mut body, mut header) = (Vec::new(), Header::default());
+            for (kg, group) in users {
+                if group.is_empty() {
+                    continue;
+                }
+                let mut rows: UserRows = group.into_iter().map(|(u, s)| (u, Some(s))).collect();
+                rows.sort_by(|a, b| a.0.cmp(&b.0));
+                header.users.push(push_users(&mut body, kg, &rows)?);
+            }
+            let name = format!("s{s:04}-{cut:020}.base");
+            let file = container(&header, &body)?;
+            self.put(&name, &file)?;
+            segment.base = Some(FileRef { name, bytes: file.len() as u64 });
+            segment.deltas.clear();
+        }
+        for (bucket, groups) in ids {
+            let (mut body, mut header) = (Vec::new(), Header::default());
+            for (kg, list) in groups {
+                header.dedup.push(push_ids(&mut body, kg, bucket, &list)?);
+            }
+            let name = format!("d{bucket}-{cut:020}.ids");
+            let file = container(&header, &body)?;
+            self.put(&name, &file)?;
+            next.dedup.entry(bucket).or_default().push(FileRef { name, bytes: file.len() as u64 });
+        }
+        // Buckets past the horizon go whole.
+        let oldest = oldest_live_bucket(next.watermark, horizon_ms, next.bucket_ms);
+        let live = next.dedup.split_off(&oldest);
+        garbage.extend(std::mem::replace(&mut next.dedup, live).into_values().flatten().map(|f| f.name));
+        let m = bincode::serialize(&next).map_err(io::Error::other)?;
+        self.put(MANIFEST, &m)?;
+        self.sync_dir()?;
+        // Committed: the parts up to the cut and the replaced files are redundant.
+        let mut removed = 0;
+        for (p, _, _) in &folded {
+            fs::remove_file(&p.path)?;
+            removed += 1;
+        }
+        for name in garbage {
+            fs::remove_file(self.dir.join(name))?;
+            removed += 1;
+        }
+        Ok(Some((cut, removed)))
+    }
+}
+
+impl CheckpointStore for CheckpointDir {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn write_parts(&mut self, parts: &[Part]) -> Result<u64, CheckpointError> {
+        CheckpointDir::write_parts(self, parts).map_err(|source| self.error(source))
+    }
+
+    fn recover(&mut self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError> {
+        self.scope = Some(scope.clone());
+        // Another process's compaction may replace a file between reading the manifest and
+        // reading the file: read again.
+        let mut attempts = 0;
+        loop {
+            match self.recover_once(scope) {
+                Err(CheckpointError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempts < 5 => {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError> {
+        Ok(CheckpointDir::is_complete(self, cut, peers))
+    }
+
+    fn compact(&mut self, dedup_horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError> {
+        // Process 0 owns the manifest.
+        if self.scope.as_ref().is_some_and(|s| !s.tidy) {
+            return Ok(None);
+        }
+        self.compact_io(dedup_horizon_ms).map_err(|source| self.error(source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tests::{id, p, snapshot};
+    use crate::key_groups::KeyGroups;
+
+    fn scope(local: Range<usize>, peers: usize, tidy: bool) -> Scope {
+        Scope { key_groups: KeyGroups::new(64).unwrap(), peers, local, tidy }
+    }
+
+    fn dir(line: u32) -> (PathBuf, CheckpointDir) {
+        let root = std::env::temp_dir().join(format!("squall-ckpt-{}-{line}", std::process::id()));
+        let d = CheckpointDir::open(&root, "g-v1").unwrap();
+        (root, d)
+    }
+
+    #[test]
+    fn recovery_folds_up_to_the_latest_complete_cut() {
+        let (root, mut dir) = dir(line!());
+        let all = scope(0..2, 2, true);
+        assert!(dir.recover(&all).unwrap().is_none());
+        // Parts of a cut that never completed are deleted even when no cut is complete: a later
+        // complete cut must not fold them in.
+        dir.write_part(&p(9, 0, &[("ghost", 7)], 3)).unwrap();
+        assert!(dir.recover(&all).unwrap().is_none());
+        assert!(dir.parts().unwrap().is_empty());
+        dir.write_part(&p(10, 0, &[("a", 1)], 5)).unwrap();
+        dir.write_part(&p(10, 1, &[("b", 1)], 7)).unwrap();
+        dir.write_parts(&[p(11, 0, &[("a", 2)], 6), p(11, 1, &[], 7)]).unwrap();
+        // Cut 12 never completed: worker 1 crashed before writing it.
+        dir.write_part(&p(12, 0, &[("a", 3)], 9)).unwrap();
+        assert!(dir.is_complete(11, 2) && !dir.is_complete(12, 2));
+        let rec = dir.recover(&all).unwrap().unwrap();
+        assert_eq!(rec.cut, 11);
+        assert_eq!(rec.users["a"], snapshot(2));
+        assert_eq!(rec.users["b"], snapshot(1));
+        assert_eq!(rec.dedup.iter().map(|r| r.ids.len()).sum::<usize>(), 4);
+        assert_eq!(rec.watermark, 11_000);
+        assert_eq!(rec.offsets.values().copied().collect::<Vec<_>>(), vec![6, 7]);
+        assert!(!dir.path().join(part_name(12, 0)).exists(), "the incomplete cut is deleted");
+
+        // Compaction leaves a manifest and its files, which fold to the same state.
+        let mut expired = p(13, 0, &[("c", 4)], 10);
+        expired.expired = vec!["b".into()];
+        dir.write_parts(&[expired, p(13, 1, &[], 8)]).unwrap();
+        let before = dir.recover(&all).unwrap().unwrap();
+        assert!(!before.users.contains_key("b"), "b expired at cut 13");
+        let (cut, removed) = CheckpointStore::compact(&mut dir, 1_000_000).unwrap().unwrap();
+        assert_eq!((cut, removed), (13, 6), "every part is folded into the manifest's files");
+        assert!(dir.parts().unwrap().is_empty());
+        let after = dir.recover(&all).unwrap().unwrap();
+        assert_eq!((after.cut, &after.users, &after.offsets), (before.cut, &before.users, &before.offsets));
+        assert_eq!(after.dedup, before.dedup);
+
+        // Each process of another layout reads its own key groups, and together they read all.
+        let (mut users, mut ids) = (HashMap::new(), 0);
+        for w in 0..3 {
+            let rec = dir.recover(&scope(w..w + 1, 3, w == 0)).unwrap().unwrap();
+            assert!(rec.bytes_read < after.bytes_read || w == 0);
+            ids += rec.dedup.iter().map(|r| r.ids.len()).sum::<usize>();
+            users.extend(rec.users);
+        }
+        assert_eq!(users, after.users);
+        assert!(ids >= 4);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn compaction_writes_deltas_until_a_rebase_pays_and_drops_expired_buckets() {
+        let (root, mut dir) = dir(line!());
+        let all = scope(0..1, 1, true);
+        let key_groups = KeyGroups::new(64).unwrap();
+        let one = |cut: Epoch, users: Vec<(String, UserSnapshot)>, ids: Vec<DedupRun>| Part {
+            cut,
+            key_groups,
+            users,
+            dedup: ids,
+            bucket_ms: 1000,
+            watermark: cut as i64 * 1000,
+            ..Default::default()
+        };
+        let many: Vec<(String, UserSnapshot)> = (0..40_000).map(|i| (format!("u{i}"), snapshot(i))).collect();
+        dir.write_part(&one(1, many.clone(), vec![DedupRun { key_group: 0, bucket: 1, ids: vec![id(1)] }])).unwrap();
+        dir.compact(8_000).unwrap();
+        // The first delta of each segment stands for its base: nothing is rewritten.
+        let m = dir.manifest().unwrap().unwrap();
+        assert!(m.segments.iter().all(|s| s.base.is_none() && s.deltas.len() == 1));
+        // A few changes: one delta file for the segment touched.
+        dir.write_part(&one(2, vec![("u7".into(), snapshot(70))], vec![])).unwrap();
+        dir.compact(8_000).unwrap();
+        let m2 = dir.manifest().unwrap().unwrap();
+        let seven = segment_of(key_groups.of("u7"), 64);
+        for (s, segment) in m2.segments.iter().enumerate() {
+            assert_eq!(segment.deltas.len(), if s == seven { 2 } else { 1 }, "segment {s}");
+        }
+        // Every user of u7's segment changes twice: more than a quarter, so it is rebased alone.
+        let theirs: Vec<(String, UserSnapshot)> =
+            many.iter().filter(|(u, _)| segment_of(key_groups.of(u), 64) == seven).cloned().collect();
+        for cut in [3, 4] {
+            let changed = theirs.iter().map(|(u, _)| (u.clone(), snapshot(cut as usize))).collect();
+            dir.write_part(&one(cut, changed, vec![])).unwrap();
+            dir.compact(8_000).unwrap();
+        }
+        let m3 = dir.manifest().unwrap().unwrap();
+        for (s, segment) in m3.segments.iter().enumerate() {
+            assert_eq!(segment.base.is_some(), s == seven, "segment {s}");
+        }
+        let rec = dir.recover(&all).unwrap().unwrap();
+        assert_eq!(rec.users["u7"], snapshot(4));
+        assert_eq!(rec.users["u8"], snapshot(8));
+        // Ten buckets later, bucket 1's ids are gone with their file.
+        dir.write_part(&one(11, vec![], vec![DedupRun { key_group: 3, bucket: 11, ids: vec![id(2)] }])).unwrap();
+        dir.compact(8_000).unwrap();
+        let m4 = dir.manifest().unwrap().unwrap();
+        assert_eq!(m4.dedup.keys().copied().collect::<Vec<_>>(), vec![11]);
+        let rec = dir.recover(&all).unwrap().unwrap();
+        assert_eq!(rec.users.len(), 40_000);
+        assert_eq!(rec.dedup, vec![DedupRun { key_group: 3, bucket: 11, ids: vec![id(2)] }]);
+        // A changed number of key groups is refused.
+        let other = Scope { key_groups: KeyGroups::new(128).unwrap(), ..all };
+        assert!(matches!(dir.recover(&other), Err(CheckpointError::KeyGroups { written: 64, configured: 128 })));
+        fs::remove_dir_all(root).unwrap();
+    }
+}
