@@ -9,8 +9,10 @@ use serde::de::DeserializeOwned;
 use squall_topologies::TopologySpec;
 
 use crate::control::binaries::StoredBinary;
+use crate::control::diffs::PromoteRequest;
 use crate::control::state::DeploymentState;
 use crate::control::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
+use crate::diff::DiffReport;
 use crate::values::StartPosition;
 
 /// How long an upload of an executable may take (it is checked to run before the server answers).
@@ -95,7 +97,11 @@ impl Client {
         Ok(self.send(self.http.get(self.url(segments))).await?.json().await?)
     }
 
-    async fn post<T: DeserializeOwned>(&self, segments: &[&str], body: Option<&DeployRequest>) -> anyhow::Result<T> {
+    async fn post<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: Option<&impl serde::Serialize>,
+    ) -> anyhow::Result<T> {
         let mut req = self.http.post(self.url(segments)).bearer_auth(self.token()?);
         if let Some(b) = body {
             req = req.json(b);
@@ -209,9 +215,19 @@ impl Client {
         Ok(())
     }
 
-    /// `squall promote`.
-    pub async fn promote(&self, group: &str) -> anyhow::Result<()> {
-        let v: DeploymentView = self.post(&["v1", "deployments", group, "promote"], None).await?;
+    /// `squall promote`, gated when `req` asks for agreement.
+    pub async fn promote(&self, group: &str, req: &PromoteRequest) -> anyhow::Result<()> {
+        let body = req.require_agreement.is_some().then_some(req);
+        let v: DeploymentView = self.post(&["v1", "deployments", group, "promote"], body).await?;
+        if let (Some(p), Some(d)) = (req.require_agreement, &v.diff) {
+            println!(
+                "diff against {}: {} users compared, {} agree ({:.2}%, {p}% required)",
+                d.against,
+                d.users_compared,
+                d.users_agreeing,
+                d.agreement_percent.unwrap_or(0.0)
+            );
+        }
         println!(
             "promoted {}: queries of topology {} now answer from it",
             v.deployment.group_id, v.deployment.topology
@@ -219,9 +235,30 @@ impl Client {
         Ok(())
     }
 
+    /// `squall diff`: once, or every 2 seconds with `watch`.
+    pub async fn diff(&self, a: &str, b: &str, watch: bool, json: bool, sample: usize) -> anyhow::Result<()> {
+        let mut url = self.url(&["v1", "diff"]);
+        url.query_pairs_mut().append_pair("a", a).append_pair("b", b).append_pair("sample", &sample.to_string());
+        loop {
+            let r: DiffReport = self.send(self.http.get(url.clone())).await?.json().await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print_diff(&r);
+            }
+            if !watch {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if !json {
+                println!();
+            }
+        }
+    }
+
     /// `squall rollback`.
     pub async fn rollback(&self, group: &str) -> anyhow::Result<()> {
-        let r: RollbackResponse = self.post(&["v1", "deployments", group, "rollback"], None).await?;
+        let r: RollbackResponse = self.post(&["v1", "deployments", group, "rollback"], None::<&()>).await?;
         println!("rolled back to {}: it answers queries now", r.promoted.deployment.group_id);
         if r.stopped.is_empty() {
             println!("no newer version was running");
@@ -233,7 +270,7 @@ impl Client {
 
     /// `squall stop`.
     pub async fn stop(&self, group: &str) -> anyhow::Result<()> {
-        let v: DeploymentView = self.post(&["v1", "deployments", group, "stop"], None).await?;
+        let v: DeploymentView = self.post(&["v1", "deployments", group, "stop"], None::<&()>).await?;
         println!("stopped {} (offsets and checkpoints kept)", v.deployment.group_id);
         Ok(())
     }
@@ -278,8 +315,38 @@ fn print_detail(d: &DeploymentDetail) {
             s.dead_letters, s.enrich_errors, s.enrich_degraded, v.restarts
         );
         println!("applied:      {} events ({} resends dropped), {} users", s.applied, s.duplicates, s.users);
+        for f in &s.feeds {
+            let cut = |c: Option<u64>| c.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "feed {:<8} lag {} epochs ({} users waiting), written cut {} of {}{}",
+                f.feed,
+                f.lag_cuts,
+                f.pending_users,
+                cut(f.written_cut),
+                cut(f.latest_cut),
+                match (&f.failing_for_s, &f.last_error) {
+                    (Some(t), Some(e)) => format!(", FAILING for {t:.0} s: {e}"),
+                    (Some(t), None) => format!(", failing for {t:.0} s"),
+                    _ => String::new(),
+                }
+            );
+        }
     } else {
         println!("errors:       {} restarts", v.restarts);
+    }
+    if let Some(diff) = &v.diff {
+        println!(
+            "diff:         against {}: {} users compared, {} agree{}{}",
+            diff.against,
+            diff.users_compared,
+            diff.users_agreeing,
+            diff.agreement_percent.map(|p| format!(" ({p:.2}%)")).unwrap_or_default(),
+            if diff.differing_attributes.is_empty() {
+                String::new()
+            } else {
+                format!("; differing: {}", diff.differing_attributes.join(", "))
+            }
+        );
     }
     if let Some(e) = &v.last_error {
         println!("last error:   {e}");
@@ -300,4 +367,51 @@ fn print_detail(d: &DeploymentDetail) {
             );
         }
     }
+}
+
+/// A diff report for people.
+fn print_diff(r: &DiffReport) {
+    let at = chrono_free_time(r.checked_at_ms);
+    println!(
+        "diff of a = {} and b = {}: {}",
+        r.a,
+        r.b,
+        if r.caught_up {
+            format!("caught up with both changelogs at {at}")
+        } else {
+            "still reading the changelogs (counts will grow)".to_owned()
+        }
+    );
+    match r.agreement_percent {
+        Some(p) => println!(
+            "users compared: {} (both applied the same events); agreeing on every shared attribute: {} ({p:.2}%)",
+            r.users_compared, r.users_agreeing
+        ),
+        None => println!("users compared: 0 (no user has the same events applied in both yet)"),
+    }
+    let n = &r.not_comparable;
+    println!(
+        "not comparable yet: {} (a applied more events), {} (b applied more), {} (as many, other events), {} only in a, {} only in b",
+        n.a_ahead, n.b_ahead, n.other_events, n.only_in_a, n.only_in_b
+    );
+    let width = r.attributes.iter().map(|a| a.name.len()).max().unwrap_or(9).max(9);
+    println!("{:<width$}  {:>10}  {:>10}", "attribute", "agree", "differ");
+    for a in &r.attributes {
+        println!("{:<width$}  {:>10}  {:>10}", a.name, a.agree, a.differ);
+    }
+    let list = |v: &[String]| if v.is_empty() { "-".to_owned() } else { v.join(", ") };
+    println!("only in a: {}; only in b: {}", list(&r.only_in_a), list(&r.only_in_b));
+    println!("floats agree within a relative tolerance of {:e}", r.tolerance);
+    if !r.sample.is_empty() {
+        println!("differing values (smallest user ids first):");
+        for d in &r.sample {
+            println!("  {}  {}: a = {}, b = {}", d.user_id, d.attribute, d.a, d.b);
+        }
+    }
+}
+
+/// `HH:MM:SS` UTC of Unix milliseconds.
+fn chrono_free_time(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }

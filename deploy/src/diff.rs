@@ -19,8 +19,10 @@ use squall_operators::compare::{CompareWith, Difference, Pending, Record};
 
 /// The relative tolerance float attributes are compared with.
 pub const TOLERANCE: f64 = 1e-9;
-/// Differences kept as a sample.
-pub const SAMPLE: usize = 20;
+/// Differing values a session keeps (the smallest user ids first).
+pub const SAMPLE: usize = 1000;
+/// Differing values a report lists unless asked for more.
+pub const SAMPLE_SHOWN: usize = 20;
 
 /// Agreement of one attribute present in both versions, over the users compared.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -153,7 +155,7 @@ impl Side {
             .collect();
         if partitions.is_empty() {
             return Err(format!(
-                "{group_id} has no changelog topic {topic}: turn on `[feed] changelog = true` in its topology file"
+                "{group_id} has no changelog topic {topic} yet: a version with `[feed] changelog = true` creates it when it starts"
             ));
         }
         let mut tpl = rdkafka::TopicPartitionList::new();

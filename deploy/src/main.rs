@@ -86,6 +86,38 @@ enum Command {
     Promote {
         /// Group id.
         group_id: String,
+        /// Refuse (exit non-zero, nothing changes) unless at least this percentage of the users
+        /// compared with --against agree on every attribute both versions answer.
+        #[arg(long, value_name = "PERCENT", requires = "against")]
+        require_agreement: Option<f64>,
+        /// The version (group id) the gate compares with, usually the promoted one.
+        #[arg(long, value_name = "GROUP_ID", requires = "require_agreement")]
+        against: Option<String>,
+        /// Users the gate needs compared [default: 100].
+        #[arg(long, requires = "require_agreement")]
+        min_compared: Option<u64>,
+        /// Seconds the gate waits for the diff to catch up with both changelogs [default: 30].
+        #[arg(long, value_name = "SECONDS", requires = "require_agreement")]
+        wait: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Compare two versions' attributes over the users both applied the same events for, while
+    /// they keep consuming (both must publish a changelog: `[feed] changelog = true`).
+    Diff {
+        /// Group id of one version (e.g. the promoted one).
+        a: String,
+        /// Group id of the other.
+        b: String,
+        /// Keep printing the report every 2 seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Print the report as JSON (one line per report with --watch).
+        #[arg(long)]
+        json: bool,
+        /// Differing values listed (at most 1000).
+        #[arg(long, default_value_t = 20)]
+        sample: usize,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -225,7 +257,18 @@ fn main() -> ExitCode {
         Command::Status { group_id, watch, client } => {
             client_call(client, |c| async move { c.status(&group_id, watch).await })
         }
-        Command::Promote { group_id, client } => client_call(client, |c| async move { c.promote(&group_id).await }),
+        Command::Promote { group_id, require_agreement, against, min_compared, wait, client } => {
+            let req = squall::control::diffs::PromoteRequest {
+                require_agreement,
+                against,
+                min_compared,
+                wait_ms: wait.map(|s| s.saturating_mul(1000)),
+            };
+            client_call(client, |c| async move { c.promote(&group_id, &req).await })
+        }
+        Command::Diff { a, b, watch, json, sample, client } => {
+            client_call(client, |c| async move { c.diff(&a, &b, watch, json, sample).await })
+        }
         Command::Rollback { group_id, client } => client_call(client, |c| async move { c.rollback(&group_id).await }),
         Command::Stop { group_id, client } => client_call(client, |c| async move { c.stop(&group_id).await }),
         Command::Logs { group_id, tail, client } => {

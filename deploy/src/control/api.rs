@@ -13,10 +13,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::binaries::{StoredBinary, UploadError};
+use super::diffs::PromoteRequest;
 use super::routing::RouteError;
 use super::state::Refusal;
 use super::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
 use super::{CommandError, Control};
+use crate::diff::DiffReport;
 use crate::http::{ApiError, UserPath};
 use crate::values::GroupId;
 
@@ -37,6 +39,7 @@ pub fn router(control: Shared) -> Router {
         .route("/v1/deployments/{group_id}", get(detail))
         .route("/v1/deployments/{group_id}/logs", get(logs))
         .route("/v1/deployments/{group_id}/promote", post(promote))
+        .route("/v1/diff", get(diff))
         .route("/v1/deployments/{group_id}/rollback", post(rollback))
         .route("/v1/deployments/{group_id}/stop", post(stop))
         .route("/v1/users/{user_id}/attributes", get(user_attributes))
@@ -102,6 +105,10 @@ impl From<CommandError> for ApiError {
             CommandError::Io { what, error } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot {what}")).detail(error)
             }
+            CommandError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m)
+                .hint("a version creates its changelog topic when it starts; retry once it is running"),
+            e @ CommandError::Gate(_) => ApiError::new(StatusCode::CONFLICT, e.to_string())
+                .hint("`squall diff <against> <group id>` shows the differing users; nothing was changed"),
         }
     }
 }
@@ -217,14 +224,63 @@ pub(super) async fn upload_binary(
 
 #[utoipa::path(post, path = "/v1/deployments/{group_id}/promote", tag = "deployments", security(("bearer" = [])),
     params(("group_id" = String, Path, description = "Group id")),
-    responses((status = 200, body = DeploymentView), (status = 404, description = "Unknown group id"),
-              (status = 409, description = "Stopped or not serving"), (status = 401), (status = 403)))]
+    request_body(content = Option<PromoteRequest>, description = "Optional: promote only if the diff against another version clears a bar"),
+    responses((status = 200, body = DeploymentView), (status = 400, description = "Invalid gate"),
+              (status = 404, description = "Unknown group id"),
+              (status = 409, description = "Stopped or not serving, or the diff is below the required agreement (nothing changed)"),
+              (status = 503, description = "A version of the gate has no changelog topic yet"), (status = 401), (status = 403)))]
 pub(super) async fn promote(
     State(control): State<Shared>,
     _: Authorized,
     Group(g): Group,
+    body: Result<Option<Json<PromoteRequest>>, JsonRejection>,
 ) -> Result<Json<DeploymentView>, ApiError> {
-    Ok(Json(control.promote(&g).await?))
+    let req = body.map_err(|e| ApiError::new(e.status(), "invalid promote request").detail(e.body_text()))?;
+    let req = req.map(|Json(r)| r).unwrap_or_default();
+    Ok(Json(control.promote_gated(&g, &req).await?))
+}
+
+/// `?a=&b=` and options of `GET /v1/diff`.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct DiffQuery {
+    /// Group id of one version (e.g. the promoted one).
+    #[param(value_type = String)]
+    a: GroupId,
+    /// Group id of the other version.
+    #[param(value_type = String)]
+    b: GroupId,
+    /// Wait up to this many milliseconds (default 10000, at most 600000) for the diff to catch
+    /// up with both changelogs as they are when asked; `caught_up` says whether it did.
+    wait_ms: Option<u64>,
+    /// Differing values listed (default 20, at most 1000; smallest user ids first).
+    sample: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/diff", tag = "deployments",
+    params(DiffQuery),
+    responses((status = 200, body = DiffReport, description = "The two versions compared over the users both applied the same events for"),
+              (status = 400, description = "Invalid query, the same version twice, or a version without a changelog"),
+              (status = 404, description = "Unknown group id"),
+              (status = 503, description = "A version has no changelog topic yet")))]
+pub(super) async fn diff(
+    State(control): State<Shared>,
+    query: Result<Query<DiffQuery>, QueryRejection>,
+) -> Result<Json<DiffReport>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let wait = q.wait_ms.unwrap_or(10_000);
+    if wait > 600_000 {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("wait_ms = {wait}: at most 600000 (10 minutes)")));
+    }
+    let sample = q.sample.unwrap_or(crate::diff::SAMPLE_SHOWN);
+    if sample > crate::diff::SAMPLE {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("sample = {sample}: at most {}", crate::diff::SAMPLE),
+        ));
+    }
+    let mut report = control.diff(&q.a, &q.b, std::time::Duration::from_millis(wait)).await?;
+    report.sample.truncate(sample);
+    Ok(Json(report))
 }
 
 #[utoipa::path(post, path = "/v1/deployments/{group_id}/rollback", tag = "deployments", security(("bearer" = [])),

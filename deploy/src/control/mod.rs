@@ -11,6 +11,8 @@
 //!   and the heartbeats that renew the processes' leases.
 //! - [`binaries`]: executables uploaded for versions that run custom code.
 //! - [`routing`]: which process answers which query, from a lock-free snapshot.
+//! - [`promotions`]: the CQL store's `promoted_versions` rows, following the registry.
+//! - [`diffs`]: the running diffs of pairs of versions (`GET /v1/diff`, gated promotion).
 //! - [`api`]: thin HTTP handlers; [`views`]: the API's types; [`openapi`]: its document.
 //!
 //! This module ties them together: [`Control`] decides each command with the state machine,
@@ -21,10 +23,12 @@
 pub mod api;
 pub mod binaries;
 pub mod child;
+pub mod diffs;
 pub mod lag;
 pub mod launcher;
 pub mod monitor;
 pub mod openapi;
+pub mod promotions;
 pub mod registry;
 pub mod routing;
 pub mod state;
@@ -39,6 +43,9 @@ use std::time::Duration;
 
 use squall_topologies::TopologySpec;
 
+use crate::diff::{DiffReport, DiffSession};
+
+use self::diffs::{DiffSummary, Diffs, Gate, PromoteRequest};
 use self::lag::LagSource;
 use self::launcher::{LaunchSpec, Launcher};
 use self::monitor::Progress;
@@ -84,6 +91,12 @@ pub enum CommandError {
     /// Kafka could not be asked what the command depends on.
     #[error("cannot read committed offsets: {0}")]
     Kafka(String),
+    /// What the command needs is not there yet (e.g. a version has published no changelog yet).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A gated promotion whose diff is below the bar: nothing changed.
+    #[error("promotion refused: {0}")]
+    Gate(String),
     /// The change could not be made durable.
     #[error("cannot {what}: {error}")]
     Io {
@@ -119,6 +132,8 @@ pub struct Control {
     launcher: Arc<dyn Launcher>,
     lag: Arc<dyn LagSource>,
     http: reqwest::Client,
+    diffs: Diffs,
+    promotions: promotions::Promotions,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,8 +166,11 @@ impl Control {
             launcher,
             lag,
             http,
+            diffs: Diffs::default(),
+            promotions: promotions::Promotions::start(),
             cfg,
         });
+        control.publish_promotions(control.routes.load().registry());
         for d in recorded {
             match d.desired {
                 registry::Desired::Running => {
@@ -166,6 +184,7 @@ impl Control {
         }
         tokio::spawn(monitor::run(Arc::downgrade(&control), control.cfg.poll_every));
         tokio::spawn(monitor::heartbeats(Arc::downgrade(&control), control.cfg.poll_every));
+        tokio::spawn(monitor::diffs(Arc::downgrade(&control), control.cfg.poll_every));
         Ok(control)
     }
 
@@ -255,6 +274,7 @@ impl Control {
     fn commit(self: &Arc<Self>, registry: &mut Registry, change: Change) -> Result<Vec<GroupId>, CommandError> {
         registry.commit(change.registry).map_err(|e| CommandError::io("save the registry", e))?;
         self.routes.set_registry(registry.data());
+        self.publish_promotions(registry.data());
         if let Some(g) = &change.start
             && let Some(d) = registry.data().deployments.get(g)
         {
@@ -263,12 +283,43 @@ impl Control {
         Ok(change.stop)
     }
 
+    /// Asks for the `promoted_versions` rows of `registry`'s promoted versions that write a
+    /// profile table.
+    fn publish_promotions(&self, registry: &RegistryData) {
+        let mut rows = std::collections::BTreeMap::new();
+        for (topology, g) in &registry.promoted {
+            let Some(d) = registry.deployments.get(g) else { continue };
+            let spec = match TopologySpec::from_toml(&d.topology_toml).and_then(|s| s.with_version(d.version)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(group_id = %g, error = %e, "cannot read the promoted version's topology file");
+                    continue;
+                }
+            };
+            if spec.feed.profile {
+                rows.insert(
+                    topology.clone(),
+                    promotions::Promoted {
+                        group_id: g.to_string(),
+                        version: d.version,
+                        nodes: self.cfg.cql.clone().unwrap_or_else(|| spec.cql.nodes.clone()),
+                        keyspace: spec.cql.keyspace.clone(),
+                    },
+                );
+            }
+        }
+        self.promotions.want(rows);
+    }
+
     /// The input topics of a deployment, from its stored file with the server's overrides.
     fn stored_inputs(&self, d: &Deployment) -> Result<Inputs, String> {
+        Ok(self.inputs(&self.stored_spec(d)?))
+    }
+
+    /// A deployment's stored topology file, at its version.
+    fn stored_spec(&self, d: &Deployment) -> Result<TopologySpec, String> {
         let path = self.cfg.state_dir.deployment(&d.group_id).topology();
-        let spec =
-            TopologySpec::load(&path).map_err(|e| e.to_string())?.with_version(d.version).map_err(|e| e.to_string())?;
-        Ok(self.inputs(&spec))
+        TopologySpec::load(&path).map_err(|e| e.to_string())?.with_version(d.version).map_err(|e| e.to_string())
     }
 
     /// The input topics of `spec`, on the server's brokers if it was given them.
@@ -369,6 +420,25 @@ impl Control {
         self.cfg.max_binary_bytes
     }
 
+    /// Makes `g` the version that answers its topology's queries by default; with a gate in
+    /// `req`, only if its diff against the gate's version clears the bar (else nothing changes).
+    pub async fn promote_gated(
+        self: &Arc<Self>,
+        g: &GroupId,
+        req: &PromoteRequest,
+    ) -> Result<DeploymentView, CommandError> {
+        let gate: Option<Gate> = req.gate(g).map_err(CommandError::Invalid)?;
+        if let Some(gate) = gate {
+            // The state machine's refusals (unknown, stopped, not serving) come before the diff.
+            self.with_facts(self.routes.load().registry(), |f, _| state::promote(f, g, now_ms()))?;
+            let report = self.diff(&gate.against, g, gate.wait).await?;
+            gate.check(&report).map_err(CommandError::Gate)?;
+            tracing::info!(group_id = %g, against = %gate.against, agreement = ?report.agreement_percent,
+                compared = report.users_compared, "promotion gate cleared");
+        }
+        self.promote(g).await
+    }
+
     /// Makes `g` the version that answers its topology's queries by default.
     pub async fn promote(self: &Arc<Self>, g: &GroupId) -> Result<DeploymentView, CommandError> {
         let mut registry = self.registry.lock().await;
@@ -407,28 +477,115 @@ impl Control {
         Ok(self.view_of(self.routes.load().registry(), g))
     }
 
+    // ------------------------------------------------------------ diffs
+
+    /// The diff of `a` and `b` (group ids), caught up with both changelogs as they are now,
+    /// waiting up to `wait` for that (the report says whether it did).
+    pub async fn diff(&self, a: &GroupId, b: &GroupId, wait: Duration) -> Result<DiffReport, CommandError> {
+        let session = self.diff_session(a, b).await?;
+        Ok(session.caught_up_since(now_ms(), wait).await)
+    }
+
+    /// The running diff of `a` and `b`, started if none runs.
+    async fn diff_session(&self, a: &GroupId, b: &GroupId) -> Result<Arc<DiffSession>, CommandError> {
+        if a == b {
+            return Err(CommandError::Invalid(format!("a and b are both {a}: compare two different versions")));
+        }
+        let pair = (a.clone(), b.clone());
+        if let Some(s) = self.diffs.get(&pair) {
+            return Ok(s);
+        }
+        let brokers = {
+            let routes = self.routes.load();
+            let registry = routes.registry();
+            let mut brokers = String::new();
+            for g in [a, b] {
+                let d = registry.deployments.get(g).ok_or_else(|| Refusal::Unknown(g.clone()))?;
+                brokers = self.changelog_brokers(d)?;
+            }
+            brokers
+        };
+        let (sa, sb) = (a.to_string(), b.to_string());
+        let session = tokio::task::spawn_blocking(move || DiffSession::start(&brokers, &sa, &sb))
+            .await
+            .map_err(|e| CommandError::io("start the diff", e))?
+            .map_err(CommandError::Unavailable)?;
+        Ok(self.diffs.insert(pair, session))
+    }
+
+    /// The brokers of `d`'s changelog topic, or why it has none.
+    fn changelog_brokers(&self, d: &Deployment) -> Result<String, CommandError> {
+        let spec = self.stored_spec(d).map_err(CommandError::Invalid)?;
+        if !spec.feed.changelog {
+            return Err(CommandError::Invalid(format!(
+                "{} publishes no changelog, which the diff reads: set `changelog = true` under [feed] in its \
+                 topology file and deploy it as a new version",
+                d.group_id
+            )));
+        }
+        Ok(self.inputs(&spec).brokers)
+    }
+
+    /// Keeps a diff of every running candidate against its topology's promoted version, for
+    /// the status page (both must publish a changelog), and stops the idle ones.
+    async fn keep_diffs(&self) {
+        let routes = self.routes.load();
+        let registry = routes.registry();
+        let mut keep = std::collections::HashSet::new();
+        for d in registry.deployments.values() {
+            let Some(p) = registry.promoted(&d.topology) else { continue };
+            if p == &d.group_id || d.desired != registry::Desired::Running {
+                continue;
+            }
+            let Some(promoted) = registry.deployments.get(p) else { continue };
+            let pair = (p.clone(), d.group_id.clone());
+            keep.insert(pair.clone());
+            if self.diffs.has(&pair) || self.changelog_brokers(d).is_err() || self.changelog_brokers(promoted).is_err()
+            {
+                continue;
+            }
+            if let Err(e) = self.diff_session(&pair.0, &pair.1).await {
+                tracing::debug!(a = %pair.0, b = %pair.1, error = %e, "no diff against the promoted version yet");
+            }
+        }
+        self.diffs.sweep(&keep, |g| registry.deployments.contains_key(g));
+    }
+
+    /// `v` with its diff against the promoted version, if one runs.
+    fn with_diff(&self, registry: &RegistryData, mut v: DeploymentView) -> DeploymentView {
+        if let Some(p) = registry.promoted(&v.deployment.topology)
+            && p != &v.deployment.group_id
+        {
+            v.diff = self.diffs.report(&(p.clone(), v.deployment.group_id.clone())).map(|r| DiffSummary::of(&r));
+        }
+        v
+    }
+
     // ------------------------------------------------------------ reads (no registry lock)
 
     /// The view of `g`, which `registry` holds.
     fn view_of(&self, registry: &RegistryData, g: &GroupId) -> DeploymentView {
         let d = &registry.deployments[g];
-        self.with_facts(registry, |f, p| DeploymentView::of(f, d, p.get(g)))
+        self.with_diff(registry, self.with_facts(registry, |f, p| DeploymentView::of(f, d, p.get(g))))
     }
 
     /// Every deployment.
     pub fn list(&self) -> Vec<DeploymentView> {
         let routes = self.routes.load();
         let registry = routes.registry();
-        self.with_facts(registry, |f, p| {
+        let views: Vec<DeploymentView> = self.with_facts(registry, |f, p| {
             registry.deployments.values().map(|d| DeploymentView::of(f, d, p.get(&d.group_id))).collect()
-        })
+        });
+        views.into_iter().map(|v| self.with_diff(registry, v)).collect()
     }
 
     /// One deployment in detail.
     pub fn detail(&self, g: &GroupId) -> Result<DeploymentDetail, CommandError> {
         let routes = self.routes.load();
         let d = routes.registry().deployments.get(g).ok_or_else(|| Refusal::Unknown(g.clone()))?;
-        Ok(self.with_facts(routes.registry(), |f, p| DeploymentDetail::of(f, d, p.get(g))))
+        let mut detail = self.with_facts(routes.registry(), |f, p| DeploymentDetail::of(f, d, p.get(g)));
+        detail.view = self.with_diff(routes.registry(), detail.view);
+        Ok(detail)
     }
 
     /// The state of `g`, if it is deployed.

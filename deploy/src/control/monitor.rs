@@ -59,6 +59,18 @@ impl Progress {
     }
 }
 
+/// Keeps each running candidate's diff against its topology's promoted version, every `every`,
+/// until the control plane is gone (apart from the lag loop: starting a diff asks the broker).
+pub(super) async fn diffs(control: Weak<Control>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(control) = control.upgrade() else { return };
+        control.keep_diffs().await;
+    }
+}
+
 /// How long a process has to answer a heartbeat.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -13,10 +13,12 @@ use crate::kafka::PartitionLag;
 #[openapi(
     info(title = "squall", description = "Deploy topology versions side by side, promote, roll back, and query user attributes."),
     paths(api::list, api::detail, api::logs, api::deploy, api::promote, api::rollback, api::stop, api::upload_binary,
-          api::user_attributes),
+          api::user_attributes, api::diff),
     components(schemas(
         DeploymentView, DeploymentDetail, DeploymentState, DeployRequest, RollbackResponse, Sample, Deployment, Desired,
-        PartitionLag, RunStatus, StoredBinary, crate::http::UserAttributes
+        PartitionLag, RunStatus, StoredBinary, crate::http::UserAttributes,
+        super::diffs::PromoteRequest, super::diffs::DiffSummary, crate::diff::DiffReport,
+        crate::diff::AttributeAgreement, crate::diff::NotComparable, crate::diff::DifferingValue
     )),
     modifiers(&BearerAuth),
     tags((name = "deployments", description = "Topology versions and their lifecycle"),

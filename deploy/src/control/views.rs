@@ -35,6 +35,9 @@ pub struct DeploymentView {
     pub urls: Vec<String>,
     /// Whether its current processes were started by an earlier server and adopted by this one.
     pub adopted: bool,
+    /// Its diff against its topology's promoted version (when both publish a changelog).
+    #[serde(default)]
+    pub diff: Option<super::diffs::DiffSummary>,
 }
 
 /// `GET /v1/deployments/{group_id}`: the view plus per-partition progress and recent history.
@@ -109,6 +112,7 @@ impl DeploymentView {
             last_error: observed.and_then(|o| o.last_error.clone()),
             urls: observed.map(|o| o.processes.iter().filter_map(|p| p.url.clone()).collect()).unwrap_or_default(),
             adopted: observed.is_some_and(|o| o.adopted),
+            diff: None,
         }
     }
 }
