@@ -174,6 +174,13 @@ impl Sink for ProfileSink {
     }
 }
 
+/// Opens a driver session to `nodes` (comma separated `host:port`), e.g. for [`record_promotion`].
+pub async fn connect(nodes: &str) -> Result<Session, FeedError> {
+    squall_enrichment::schema::connect(nodes)
+        .await
+        .map_err(|e| FeedError::Cql { statement: format!("connect to {nodes}"), message: e.to_string() })
+}
+
 /// Records in `promoted_versions` that `group_id` (version `version` of `topology`) is the
 /// version readers should use (creating the table when missing).
 pub async fn record_promotion(

@@ -208,8 +208,8 @@ impl StateSpec {
 impl Default for StateSpec {
     fn default() -> Self {
         StateSpec {
-            // Client and producer retries arrive within minutes; 10 minutes of ids at 1.5 M
-            // events/s is about 0.8 GB per process of a 10-process version (ARCHITECTURE.md).
+            // The documented contract for resends; at Spotify's scale set 10 minutes, about 0.8 GB
+            // per process of a 10-process version at 1.5 M events/s (ARCHITECTURE.md).
             dedup_horizon: Duration::from_secs(24 * 3600),
             epoch: Duration::from_secs(1),
             checkpoint_store: None,
@@ -429,8 +429,27 @@ mod tests {
     fn unknown_version_is_named() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         let v1 = TopologySpec::load(&dir.join("personalization.toml")).unwrap();
-        let e = v1.with_version(7).unwrap_err().to_string();
-        assert!(e.contains("no version 7 (versions in this file: 1, 2)"), "{e}");
+        let e = v1.clone().with_version(7).unwrap_err().to_string();
+        assert!(e.contains("no version 7 (versions in this file: 1, 2, 3)"), "{e}");
+        // The README's rollout walk deploys version 3: v1 plus a hidden map, top-k and windows.
+        let v3 = v1.with_version(3).unwrap();
+        let shown: Vec<&str> = v3.attributes.attributes.iter().filter(|a| !a.hidden).map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "plays",
+                "skips",
+                "genre_plays",
+                "top_genres",
+                "ad_impressions",
+                "ad_categories",
+                "last_seen_ts",
+                "top_artists",
+                "plays_7d",
+                "genre_plays_30d"
+            ]
+        );
+        assert!(v3.feed.changelog, "the shipped file publishes a changelog for `squall diff`");
         let e = TopologySpec::from_toml(
             "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[versions]\nx = \"personalization_v2\"",
         )

@@ -92,8 +92,7 @@ async fn write(mut rx: watch::Receiver<BTreeMap<String, Promoted>>) {
 
 async fn record(sessions: &mut HashMap<String, Session>, topology: &str, p: &Promoted) -> Result<(), String> {
     if !sessions.contains_key(&p.nodes) {
-        let session =
-            squall_enrichment::schema::connect(&p.nodes).await.map_err(|e| format!("connect to {}: {e}", p.nodes))?;
+        let session = squall_feeds::profile::connect(&p.nodes).await.map_err(|e| e.to_string())?;
         sessions.insert(p.nodes.clone(), session);
     }
     let session = &sessions[&p.nodes];
