@@ -158,16 +158,59 @@ impl Side {
                 "{group_id} has no changelog topic {topic} yet: a version with `[feed] changelog = true` creates it when it starts"
             ));
         }
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Beginning).map_err(|e| e.to_string())?;
-        }
-        consumer.assign(&tpl).map_err(|e| format!("{topic}: {e}"))?;
-        Ok(Side { topic, consumer, partitions, position: HashMap::new(), latest: HashMap::new(), names: None })
+        let mut side = Side {
+            topic,
+            consumer,
+            partitions: Vec::new(),
+            position: HashMap::new(),
+            latest: HashMap::new(),
+            names: None,
+        };
+        side.assign(partitions)?;
+        Ok(side)
     }
 
-    /// Whether every partition is read up to its high watermark (asked of the broker now).
-    fn caught_up(&self) -> bool {
+    /// The partitions of the topic the broker knows now.
+    fn partitions_now(&self) -> Result<Vec<i32>, String> {
+        let md = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let mut ps: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == self.topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        ps.sort_unstable();
+        Ok(ps)
+    }
+
+    /// Reads `partitions`: those already read from where they are, new ones from the beginning.
+    fn assign(&mut self, mut partitions: Vec<i32>) -> Result<(), String> {
+        partitions.sort_unstable();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in &partitions {
+            let at = self.position.get(p).map_or(rdkafka::Offset::Beginning, |o| rdkafka::Offset::Offset(*o));
+            tpl.add_partition_offset(&self.topic, *p, at).map_err(|e| e.to_string())?;
+        }
+        self.consumer.assign(&tpl).map_err(|e| format!("{}: {e}", self.topic))?;
+        self.partitions = partitions;
+        Ok(())
+    }
+
+    /// Whether every partition is read up to its high watermark (asked of the broker now). A
+    /// topic seen while it was being created may show fewer partitions than it has: partitions
+    /// that appear since are assigned here (and the side is not caught up until they are read).
+    fn caught_up(&mut self) -> bool {
+        match self.partitions_now() {
+            Ok(now) if now.len() > self.partitions.len() => {
+                tracing::info!(topic = %self.topic, partitions = ?now, "diff: the changelog has more partitions; reading them too");
+                if let Err(e) = self.assign(now) {
+                    tracing::warn!(topic = %self.topic, error = %e, "diff: cannot assign the new partitions");
+                }
+                return false;
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
         self.partitions.iter().all(|p| {
             self.consumer
                 .fetch_watermarks(&self.topic, *p, Duration::from_secs(5))
@@ -330,7 +373,8 @@ fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<A
             let check = read == 0 && last_check.elapsed() > Duration::from_millis(100);
             let caught_up = check.then(|| {
                 last_check = Instant::now();
-                (now_ms(), a.caught_up() && b.caught_up())
+                let (ready_a, ready_b) = (a.caught_up(), b.caught_up());
+                (now_ms(), ready_a && ready_b)
             });
             let o = outputs.lock().unwrap_or_else(|p| p.into_inner());
             let mut r = report.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,8 +9,9 @@
 //! part, the users it expired, the event ids it added to its dedup state (by key group and time
 //! bucket), its event-time watermark, and the next offset of each partition it owns after all
 //! messages of epochs `< c`. A cut is *complete* when all workers wrote their part; only then are
-//! its offsets committed to Kafka. Parts are written in cut order by each process, so a complete
-//! cut has only complete cuts below it.
+//! its offsets committed to Kafka. Parts are written in cut order by each process; below a
+//! complete cut, only the first cuts of a cluster's life may be incomplete (its processes may
+//! begin sealing at different cuts), and a process's writer then reports the complete one.
 //!
 //! Stores keep a part's users per key group ([`crate::key_groups`]): recovery of a process reads
 //! the rows of the key groups its workers cover, takes the latest complete cut, folds per user
@@ -393,6 +394,21 @@ fn report_complete(
             false
         });
         if !complete {
+            // A cut only this process wrote parts of never completes: at start, the processes of
+            // a cluster may begin sealing at different cuts (each worker's first cut is the first
+            // frontier it sees). A later complete cut supersedes it (recovery folds each user's
+            // newest row up to the latest complete cut), so report that one instead of waiting.
+            let Some((&newest, _)) = local_done.last_key_value() else { return };
+            if newest == cut || !store.is_complete(newest, layout.global).unwrap_or(false) {
+                return;
+            }
+            let skipped: Vec<Epoch> = local_done.range(..newest).map(|(c, _)| *c).collect();
+            tracing::info!(group_id = %group_id, newest, skipped = ?skipped, "cuts other processes wrote no parts of are superseded by a complete cut");
+            let offsets = local_done.remove(&newest).expect("present");
+            local_done.clear();
+            completed.set(newest as f64);
+            on_complete(newest, &offsets);
+            *since_compaction += 1;
             return;
         }
         let offsets = local_done.remove(&cut).expect("present");
@@ -493,6 +509,45 @@ pub(crate) mod tests {
             fold_rows(&mut users, r);
         }
         assert_eq!(users.len(), 2);
+    }
+
+    #[test]
+    fn a_process_that_began_sealing_first_reports_the_first_complete_cut() {
+        let root = std::env::temp_dir().join(format!("squall-writers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let layout = Layout { local: 1, global: 2, compacts: false };
+        let writer = |name: &'static str| {
+            let store = crate::checkpoint_dir::CheckpointDir::open(&root, "g").expect("store");
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let (parts, thread) = spawn_writer(Box::new(store), name.into(), layout, 1000, 0, move |cut, _: &[_]| {
+                let _ = tx.send(cut);
+            });
+            (parts, thread, rx)
+        };
+        let (early, early_thread, early_done) = writer("early");
+        let (late, late_thread, late_done) = writer("late");
+        // Process 0 saw the frontier first: parts for cuts 1 and 2, which process 1 never writes.
+        for cut in [1, 2] {
+            early.send(p(cut, 0, &[("a", cut as usize)], cut as i64)).expect("send");
+        }
+        for cut in [3, 4] {
+            early.send(p(cut, 0, &[("a", cut as usize)], cut as i64)).expect("send");
+            late.send(p(cut, 1, &[("b", cut as usize)], cut as i64)).expect("send");
+        }
+        let wait = std::time::Duration::from_secs(10);
+        assert_eq!(late_done.recv_timeout(wait), Ok(3));
+        assert_eq!(late_done.recv_timeout(wait), Ok(4));
+        // The early process does not wait forever on cuts 1 and 2: it reports 3 (superseding
+        // them) or, if 4 was written by then, 4; either way it reaches 4.
+        let first = early_done.recv_timeout(wait).expect("a complete cut");
+        assert!(first == 3 || first == 4, "{first}");
+        if first == 3 {
+            assert_eq!(early_done.recv_timeout(wait), Ok(4));
+        }
+        drop((early, late));
+        early_thread.join().expect("writer");
+        late_thread.join().expect("writer");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
