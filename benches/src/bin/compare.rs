@@ -659,7 +659,8 @@ fn main() {
             let text = std::fs::read_to_string(&expect_file).expect("expectations");
             let mut all: BTreeMap<String, BTreeMap<String, Attributes>> =
                 serde_json::from_str(&text).expect("expectations JSON");
-            s.expected = all.remove("v1");
+            // squall-gen keys the expectations by version number ("1"), not "v1".
+            s.expected = Some(all.remove("1").expect("the expectations of version 1"));
             let _ = std::fs::remove_file(&expect_file);
         }
 
