@@ -1,21 +1,20 @@
 //! `squall diff <a> <b>`: a live, exact comparison of two versions, read from their changelog
 //! topics (`[feed] changelog = true`) so that it costs the versions nothing but the feed, and
 //! works whatever their number of processes. A [`DiffSession`] reads both topics from the start
-//! and keeps reading; each user's latest message per side feeds the differential comparison of
+//! and keeps reading; each user's latest message per side feeds the comparison of
 //! [`squall_operators::compare`], whose counts make the [`DiffReport`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use differential_dataflow::input::{Input, InputSession};
 use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::{Deserialize, Serialize};
 use squall_operators::Evidence;
-use squall_operators::compare::{CompareWith, Difference, Pending, Record};
+use squall_operators::compare::{Comparer, Pending, Record, Side as Which};
 
 /// The relative tolerance float attributes are compared with.
 pub const TOLERANCE: f64 = 1e-9;
@@ -98,31 +97,6 @@ pub struct DiffReport {
     pub sample: Vec<DifferingValue>,
 }
 
-/// Accumulated updates of a `(key, count)` collection: the live count of each key.
-struct Counts<K>(BTreeMap<(K, isize), isize>);
-
-impl<K: Ord + Clone> Counts<K> {
-    fn add(&mut self, key: K, count: isize, diff: isize) {
-        let m = self.0.entry((key, count)).or_default();
-        *m += diff;
-        if *m == 0 {
-            self.0.retain(|_, m| *m != 0);
-        }
-    }
-
-    fn live(&self) -> impl Iterator<Item = (&K, u64)> {
-        self.0.iter().filter(|(_, m)| **m > 0).map(|((k, n), _)| (k, (*n).max(0) as u64))
-    }
-}
-
-/// What the dataflow's outputs accumulate to.
-struct Outputs {
-    per_attribute: Counts<(String, bool)>,
-    users: Counts<bool>,
-    pending: Counts<Pending>,
-    sample: BTreeMap<Vec<Difference>, isize>,
-}
-
 /// One side's changelog consumer and what it has read.
 struct Side {
     topic: String,
@@ -130,7 +104,6 @@ struct Side {
     partitions: Vec<i32>,
     /// Next offset to read per partition.
     position: HashMap<i32, i64>,
-    latest: HashMap<String, Record>,
     names: Option<Vec<String>>,
 }
 
@@ -158,14 +131,7 @@ impl Side {
                 "{group_id} has no changelog topic {topic} yet: a version with `[feed] changelog = true` creates it when it starts"
             ));
         }
-        let mut side = Side {
-            topic,
-            consumer,
-            partitions: Vec::new(),
-            position: HashMap::new(),
-            latest: HashMap::new(),
-            names: None,
-        };
+        let mut side = Side { topic, consumer, partitions: Vec::new(), position: HashMap::new(), names: None };
         side.assign(partitions)?;
         Ok(side)
     }
@@ -218,9 +184,10 @@ impl Side {
         })
     }
 
-    /// Reads up to `max` messages (waiting at most `wait` for the first) into `session` as
-    /// retractions and insertions of each user's record.
-    fn read(&mut self, session: &mut InputSession<u64, (String, Record), isize>, max: usize, wait: Duration) -> u64 {
+    /// Reads up to `max` messages (waiting at most `wait` for the first) into `comparer` as
+    /// `which` side's latest records. A message that repeats what is known (delivery is at least
+    /// once) changes nothing.
+    fn read(&mut self, which: Which, comparer: &mut Comparer, max: usize, wait: Duration) -> u64 {
         let mut n = 0;
         let mut timeout = wait;
         while n < max as u64 {
@@ -236,14 +203,7 @@ impl Side {
             if self.names.is_none() {
                 self.names = Some(record.attributes.iter().map(|(n, _)| n.clone()).collect());
             }
-            match self.latest.get(&user) {
-                // At least once: a message that repeats what is known changes nothing.
-                Some(old) if *old == record => continue,
-                Some(old) => session.remove((user.clone(), old.clone())),
-                None => {}
-            }
-            session.insert((user.clone(), record.clone()));
-            self.latest.insert(user, record);
+            comparer.set(which, user, record);
         }
         n
     }
@@ -322,112 +282,68 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The session's thread: one timely worker running the comparison, fed from both changelogs.
+/// The session's thread: reads both changelogs into one [`Comparer`] and publishes its report
+/// (at least every 200 ms while reading, and whenever both sides are idle).
 fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<AtomicBool>) {
-    let outputs = Arc::new(Mutex::new(Outputs {
-        per_attribute: Counts(BTreeMap::new()),
-        users: Counts(BTreeMap::new()),
-        pending: Counts(BTreeMap::new()),
-        sample: BTreeMap::new(),
-    }));
-    let out = Arc::clone(&outputs);
-    timely::execute_directly(move |worker| {
-        let o = out;
-        let (mut a_in, mut b_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (a_in, ac) = scope.new_collection::<(String, Record), isize>();
-            let (b_in, bc) = scope.new_collection::<(String, Record), isize>();
-            let c = ac.compare_with(bc, TOLERANCE, SAMPLE);
-            let lock = |o: &Arc<Mutex<Outputs>>| Arc::clone(o);
-            let (o1, o2, o3, o4) = (lock(&o), lock(&o), lock(&o), lock(&o));
-            c.per_attribute.inspect(move |((k, n), _, d)| {
-                o1.lock().unwrap_or_else(|p| p.into_inner()).per_attribute.add(k.clone(), *n, *d)
-            });
-            c.users.inspect(move |((k, n), _, d)| o2.lock().unwrap_or_else(|p| p.into_inner()).users.add(*k, *n, *d));
-            c.pending
-                .inspect(move |((k, n), _, d)| o3.lock().unwrap_or_else(|p| p.into_inner()).pending.add(*k, *n, *d));
-            let (probe, _) = c
-                .sample
-                .inspect(move |(((), v), _, d)| {
-                    let mut o = o4.lock().unwrap_or_else(|p| p.into_inner());
-                    *o.sample.entry(v.clone()).or_default() += d;
-                    o.sample.retain(|_, m| *m != 0);
-                })
-                .probe();
-            (a_in, b_in, probe)
+    let mut comparer = Comparer::new(TOLERANCE);
+    let mut messages = 0u64;
+    let mut last_check = Instant::now() - Duration::from_secs(1);
+    let mut last_fill = Instant::now() - Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let read = a.read(Which::A, &mut comparer, 20_000, Duration::from_millis(20))
+            + b.read(Which::B, &mut comparer, 20_000, Duration::from_millis(20));
+        messages += read;
+        // Whether both sides are at their ends: asked of the broker when nothing was read.
+        let check = read == 0 && last_check.elapsed() > Duration::from_millis(100);
+        let caught_up = check.then(|| {
+            last_check = Instant::now();
+            let (ready_a, ready_b) = (a.caught_up(), b.caught_up());
+            (now_ms(), ready_a && ready_b)
         });
-        let mut messages = 0u64;
-        let mut last_check = Instant::now() - Duration::from_secs(1);
-        while !stop.load(Ordering::Relaxed) {
-            let read = a.read(&mut a_in, 20_000, Duration::from_millis(20))
-                + b.read(&mut b_in, 20_000, Duration::from_millis(20));
-            messages += read;
-            let t = *a_in.time() + 1;
-            a_in.advance_to(t);
-            b_in.advance_to(t);
-            a_in.flush();
-            b_in.flush();
-            while probe.less_than(&t) {
-                worker.step();
-            }
-            // Whether both sides are at their ends: asked of the broker when nothing was read.
-            let check = read == 0 && last_check.elapsed() > Duration::from_millis(100);
-            let caught_up = check.then(|| {
-                last_check = Instant::now();
-                let (ready_a, ready_b) = (a.caught_up(), b.caught_up());
-                (now_ms(), ready_a && ready_b)
-            });
-            let o = outputs.lock().unwrap_or_else(|p| p.into_inner());
-            let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
-            fill(&mut r, &o, &a, &b, messages);
-            match caught_up {
-                Some((at, yes)) => {
-                    r.caught_up = yes;
-                    r.checked_at_ms = at;
-                }
-                None if read > 0 => r.caught_up = false,
-                None => {}
-            }
+        if read > 0 && last_fill.elapsed() < Duration::from_millis(200) && caught_up.is_none() {
+            continue;
         }
-    });
+        last_fill = Instant::now();
+        let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+        fill(&mut r, &comparer, &a, &b, messages);
+        match caught_up {
+            Some((at, yes)) => {
+                r.caught_up = yes;
+                r.checked_at_ms = at;
+            }
+            None if read > 0 => r.caught_up = false,
+            None => {}
+        }
+    }
 }
 
-/// The report from the accumulated outputs.
-fn fill(r: &mut DiffReport, o: &Outputs, a: &Side, b: &Side, messages: u64) {
+/// The report from the comparer's counts.
+fn fill(r: &mut DiffReport, c: &Comparer, a: &Side, b: &Side, messages: u64) {
     r.messages = messages;
-    r.users_agreeing = o.users.live().filter(|(k, _)| **k).map(|(_, n)| n).sum();
-    r.users_compared = o.users.live().map(|(_, n)| n).sum();
+    (r.users_compared, r.users_agreeing) = c.compared();
     r.agreement_percent = (r.users_compared > 0).then(|| 100.0 * r.users_agreeing as f64 / r.users_compared as f64);
-    let mut nc = NotComparable::default();
-    for (k, n) in o.pending.live() {
-        match k {
-            Pending::AAhead => nc.a_ahead = n,
-            Pending::BAhead => nc.b_ahead = n,
-            Pending::OtherEvents => nc.other_events = n,
-            Pending::OnlyA => nc.only_in_a = n,
-            Pending::OnlyB => nc.only_in_b = n,
-        }
-    }
-    r.not_comparable = nc;
-    let mut attributes: Vec<AttributeAgreement> = Vec::new();
+    r.not_comparable = NotComparable {
+        a_ahead: c.pending(Pending::AAhead),
+        b_ahead: c.pending(Pending::BAhead),
+        other_events: c.pending(Pending::OtherEvents),
+        only_in_a: c.pending(Pending::OnlyA),
+        only_in_b: c.pending(Pending::OnlyB),
+    };
     let (an, bn) = (a.names.clone().unwrap_or_default(), b.names.clone().unwrap_or_default());
-    for name in an.iter().filter(|n| bn.contains(n)) {
-        let count = |ok: bool| o.per_attribute.live().filter(|((k, v), _)| k == name && *v == ok).map(|(_, n)| n).sum();
-        attributes.push(AttributeAgreement { name: name.clone(), agree: count(true), differ: count(false) });
-    }
-    r.attributes = attributes;
+    r.attributes = an
+        .iter()
+        .filter(|n| bn.contains(n))
+        .map(|name| {
+            let (agree, differ) = c.attribute(name);
+            AttributeAgreement { name: name.clone(), agree, differ }
+        })
+        .collect();
     r.only_in_a = an.iter().filter(|n| !bn.contains(n)).cloned().collect();
     r.only_in_b = bn.iter().filter(|n| !an.contains(n)).cloned().collect();
     let json = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
-    r.sample = o
-        .sample
-        .iter()
-        .filter(|(_, m)| **m > 0)
-        .flat_map(|(v, _)| v.iter())
-        .map(|d| DifferingValue {
-            user_id: d.user.clone(),
-            attribute: d.attribute.clone(),
-            a: json(&d.a),
-            b: json(&d.b),
-        })
+    r.sample = c
+        .sample(SAMPLE)
+        .into_iter()
+        .map(|d| DifferingValue { user_id: d.user, attribute: d.attribute, a: json(&d.a), b: json(&d.b) })
         .collect();
 }

@@ -2,20 +2,20 @@
 //! the same comparison. `cargo run --release -p squall-benches --bin diff -- --brokers 127.0.0.1:9092 --users 1000000`
 //!
 //! Phases: (1) `compute`: the comparison alone, on records in memory: first all users of both
-//! sides, then 1% of them changing in one side (a retraction and an insertion each), through the
-//! differential dataflow squall runs (`squall_operators::compare`) and through a hand-written
-//! hash map that keeps the same counts; (2) `broker`: `squall::diff::DiffSession` reading two
+//! sides, then 1% of them changing in one side (a retraction and an insertion each), through
+//! differential dataflow (`squall_benches::diff_dataflow`, the measured alternative) and through
+//! the plain comparer squall's diff runs (`squall_operators::compare::Comparer`); (2) `broker`: `squall::diff::DiffSession` reading two
 //! changelog topics of `--users` messages each from the broker until it has compared them all.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use differential_dataflow::input::{Input, InputSession};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use squall_benches::diff_dataflow::CompareWith;
 use squall_operators::Evidence;
-use squall_operators::compare::{CompareWith, Record, agree};
+use squall_operators::compare::{Comparer, Record, Side};
 
 #[derive(Parser)]
 struct Args {
@@ -43,50 +43,6 @@ fn record(i: usize, differ: bool) -> Record {
     Record {
         evidence: Evidence { events: (i % 55) as u32, hash: (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) },
         attributes,
-    }
-}
-
-/// The same counts as the dataflow, by hand: per user the two records, per attribute the users
-/// agreeing and differing, updated by taking a user's old contribution out and its new one in.
-#[derive(Default)]
-struct HashDiff {
-    users: HashMap<String, (Option<Record>, Option<Record>)>,
-    per_attribute: HashMap<String, (i64, i64)>,
-    compared: i64,
-    agreeing: i64,
-}
-
-impl HashDiff {
-    fn contribution(&mut self, pair: &(Option<Record>, Option<Record>), sign: i64) {
-        let (Some(a), Some(b)) = pair else { return };
-        if a.evidence != b.evidence {
-            return;
-        }
-        let b_attrs: HashMap<&str, &str> = b.attributes.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        let mut all = true;
-        for (n, va) in &a.attributes {
-            if let Some(vb) = b_attrs.get(n.as_str()) {
-                let ok = agree(va, vb, 1e-9);
-                all &= ok;
-                let e = self.per_attribute.entry(n.clone()).or_default();
-                if ok { e.0 += sign } else { e.1 += sign }
-            }
-        }
-        self.compared += sign;
-        self.agreeing += if all { sign } else { 0 };
-    }
-
-    fn set(&mut self, user: &str, side_b: bool, r: Record) {
-        let pair = self.users.entry(user.to_owned()).or_default().clone();
-        self.contribution(&pair, -1);
-        let mut new = pair;
-        if side_b {
-            new.1 = Some(r)
-        } else {
-            new.0 = Some(r)
-        }
-        self.contribution(&new, 1);
-        self.users.insert(user.to_owned(), new);
     }
 }
 
@@ -134,22 +90,22 @@ fn compute(users: usize) {
     println!(
         "diff_compute engine=differential users={users} load_s={load_s:.2} update_users={changed} update_s={update_s:.3} compared={compared}"
     );
-    let mut h = HashDiff::default();
+    // The plain comparer squall's diff runs (hash maps, a user's old contribution out, new in).
+    let mut h = Comparer::new(1e-9);
     let started = Instant::now();
     for (i, id) in ids.iter().enumerate() {
-        h.set(id, false, record(i, false));
-        h.set(id, true, record(i, true));
+        h.set(Side::A, id.clone(), record(i, false));
+        h.set(Side::B, id.clone(), record(i, true));
     }
     let load_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     for (i, id) in ids.iter().enumerate().take(changed) {
-        h.set(id, true, record(i, false));
+        h.set(Side::B, id.clone(), record(i, false));
     }
+    let (compared, agreeing) = h.compared();
     println!(
-        "diff_compute engine=hashmap users={users} load_s={load_s:.2} update_users={changed} update_s={:.3} compared={} agreeing={}",
+        "diff_compute engine=hashmap users={users} load_s={load_s:.2} update_users={changed} update_s={:.3} compared={compared} agreeing={agreeing}",
         started.elapsed().as_secs_f64(),
-        h.compared,
-        h.agreeing
     );
 }
 
