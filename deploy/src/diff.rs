@@ -18,6 +18,10 @@ use squall_operators::compare::{Comparer, Pending, Record, Side as Which};
 
 /// The relative tolerance float attributes are compared with.
 pub const TOLERANCE: f64 = 1e-9;
+/// Messages read from each side at a time.
+const BATCH: usize = 5_000;
+/// The share of its thread's time a session works while catching up (it sleeps the rest).
+pub const DUTY: f64 = 0.25;
 /// Differing values a session keeps (the smallest user ids first).
 pub const SAMPLE: usize = 1000;
 /// Differing values a report lists unless asked for more.
@@ -290,9 +294,15 @@ fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<A
     let mut last_check = Instant::now() - Duration::from_secs(1);
     let mut last_fill = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
-        let read = a.read(Which::A, &mut comparer, 20_000, Duration::from_millis(20))
-            + b.read(Which::B, &mut comparer, 20_000, Duration::from_millis(20));
+        let started = Instant::now();
+        let read = a.read(Which::A, &mut comparer, BATCH, Duration::from_millis(20))
+            + b.read(Which::B, &mut comparer, BATCH, Duration::from_millis(20));
         messages += read;
+        if read > 0 {
+            // While catching up, work at most DUTY of the time: the versions it reads and their
+            // broker may share the CPUs (a diff that falls behind only reports later).
+            std::thread::sleep(started.elapsed().mul_f64((1.0 - DUTY) / DUTY));
+        }
         // Whether both sides are at their ends: asked of the broker when nothing was read.
         let check = read == 0 && last_check.elapsed() > Duration::from_millis(100);
         let caught_up = check.then(|| {
