@@ -219,14 +219,8 @@ impl Client {
     pub async fn promote(&self, group: &str, req: &PromoteRequest) -> anyhow::Result<()> {
         let body = req.require_agreement.is_some().then_some(req);
         let v: DeploymentView = self.post(&["v1", "deployments", group, "promote"], body).await?;
-        if let (Some(p), Some(d)) = (req.require_agreement, &v.diff) {
-            println!(
-                "diff against {}: {} users compared, {} agree ({:.2}%, {p}% required)",
-                d.against,
-                d.users_compared,
-                d.users_agreeing,
-                d.agreement_percent.unwrap_or(0.0)
-            );
+        if let (Some(p), Some(against)) = (req.require_agreement, &req.against) {
+            println!("the diff against {against} cleared the gate ({p}% agreeing required)");
         }
         println!(
             "promoted {}: queries of topology {} now answer from it",
