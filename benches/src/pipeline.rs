@@ -172,6 +172,41 @@ impl Drop for Squall {
     }
 }
 
+/// The pre-produced input of a run named `run`: creates `<run>-songs` and `<run>-ads` (6 partitions
+/// each), loads the generated catalogue, and produces `events` valid events over `users` users as
+/// fast as the broker takes them. The two topics, and the seconds the producing took.
+pub fn pre_produce(bins: &Path, brokers: &str, cql: &str, run: &str, events: u64, users: u64) -> (String, String, f64) {
+    let (songs, ads) = (format!("{run}-songs"), format!("{run}-ads"));
+    squall_gen(
+        bins,
+        &["topics", "--brokers", brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "6"],
+    );
+    squall_gen(bins, &["catalogue", "--cql", cql]);
+    let (n, users) = (events.to_string(), users.to_string());
+    let t = Instant::now();
+    squall_gen(
+        bins,
+        &[
+            "events",
+            "--brokers",
+            brokers,
+            "--song-topic",
+            &songs,
+            "--ad-topic",
+            &ads,
+            "--rate",
+            "0",
+            "--count",
+            &n,
+            "--users",
+            &users,
+            "--malformed",
+            "0",
+        ],
+    );
+    (songs, ads, t.elapsed().as_secs_f64())
+}
+
 /// Runs a `squall-gen` subcommand, panicking with its output on failure.
 pub fn squall_gen(bin_dir: &Path, args: &[&str]) {
     let out = Command::new(bin_dir.join("squall-gen")).args(args).output().expect("spawn squall-gen");

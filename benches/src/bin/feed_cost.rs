@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use squall::diff::DiffSession;
 use squall_benches::engine::cpu_seconds_of;
-use squall_benches::pipeline::{Pinned, Squall, bin_dir, http_get, metric, squall_gen};
+use squall_benches::pipeline::{Pinned, Squall, bin_dir, http_get, metric, pre_produce};
 
 #[derive(Parser)]
 struct Args {
@@ -74,33 +74,7 @@ fn main() {
     let a = Args::parse();
     let bins = bin_dir();
     let run = format!("fc{}", std::process::id());
-    let (songs, ads) = (format!("{run}-songs"), format!("{run}-ads"));
-    squall_gen(
-        &bins,
-        &["topics", "--brokers", &a.brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "6"],
-    );
-    squall_gen(&bins, &["catalogue", "--cql", &a.cql]);
-    let (n, users) = (a.events.to_string(), a.users.to_string());
-    squall_gen(
-        &bins,
-        &[
-            "events",
-            "--brokers",
-            &a.brokers,
-            "--song-topic",
-            &songs,
-            "--ad-topic",
-            &ads,
-            "--rate",
-            "0",
-            "--count",
-            &n,
-            "--users",
-            &users,
-            "--malformed",
-            "0",
-        ],
-    );
+    let (songs, ads, _) = pre_produce(&bins, &a.brokers, &a.cql, &run, a.events, a.users);
     let _pinned = a.pin.then(|| Pinned::new(&a.brokers, &a.cql, "0").expect("pin the broker, CQL server and harness"));
     let cpus = a.pin.then_some("1");
 

@@ -19,13 +19,13 @@
 //! `pipeline_latency`, `pipeline_http`, `pipeline_bytewax`).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use squall::generate::{CatalogueGen, EventGenConfig};
 use squall_benches::pipeline::{
-    LatencyRun, Load, Squall, bare_consume, bin_dir, http_load, latency_run, latency_under_load, live_max, quantile,
-    squall_gen, write_catalogue_json,
+    LatencyRun, Load, Squall, bare_consume, bin_dir, http_load, latency_run, latency_under_load, live_max, pre_produce,
+    quantile, write_catalogue_json,
 };
 
 #[derive(Parser)]
@@ -103,36 +103,9 @@ fn main() {
     let a = Args::parse();
     let bins = a.bin_dir.clone().unwrap_or_else(bin_dir);
     let run = format!("bench{}", std::process::id());
-    let (songs, ads) = (format!("{run}-songs"), format!("{run}-ads"));
     let n = a.events.to_string();
-    let users = a.users.to_string();
-    squall_gen(
-        &bins,
-        &["topics", "--brokers", &a.brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "6"],
-    );
-    squall_gen(&bins, &["catalogue", "--cql", &a.cql]);
-    let t = Instant::now();
-    squall_gen(
-        &bins,
-        &[
-            "events",
-            "--brokers",
-            &a.brokers,
-            "--song-topic",
-            &songs,
-            "--ad-topic",
-            &ads,
-            "--rate",
-            "0",
-            "--count",
-            &n,
-            "--users",
-            &users,
-            "--malformed",
-            "0",
-        ],
-    );
-    println!("pipeline_produce events={n} seconds={:.2}", t.elapsed().as_secs_f64());
+    let (songs, ads, produce_s) = pre_produce(&bins, &a.brokers, &a.cql, &run, a.events, a.users);
+    println!("pipeline_produce events={n} seconds={produce_s:.2}");
 
     let c = bare_consume(&a.brokers, &[&songs, &ads], a.workers, 10);
     let (read, bytes, secs, ceiling_cpu) = (c.messages, c.bytes, c.seconds, c.cpu_s);
