@@ -20,8 +20,10 @@ use squall_operators::compare::{Comparer, Pending, Record, Side as Which};
 pub const TOLERANCE: f64 = 1e-9;
 /// Messages read from each side at a time.
 const BATCH: usize = 5_000;
-/// The share of its thread's time a session works while catching up (it sleeps the rest).
-pub const DUTY: f64 = 0.25;
+/// The share of its thread's time a session works while catching up, by default (it sleeps the
+/// rest): at 0.1 a diff cost the version it read 2% of its events/s on 2 shared cores, at 0.25
+/// 13%, unthrottled 18.5% (`benches/RESULTS.md`).
+pub const DUTY: f64 = 0.1;
 /// Differing values a session keeps (the smallest user ids first).
 pub const SAMPLE: usize = 1000;
 /// Differing values a report lists unless asked for more.
@@ -236,8 +238,12 @@ pub struct DiffSession {
 }
 
 impl DiffSession {
-    /// Starts comparing `a` and `b` (group ids) from their changelog topics on `brokers`.
-    pub fn start(brokers: &str, a: &str, b: &str) -> Result<DiffSession, String> {
+    /// Starts comparing `a` and `b` (group ids) from their changelog topics on `brokers`, working
+    /// at most `duty` (0 < duty <= 1) of the time while it catches up.
+    pub fn start(brokers: &str, a: &str, b: &str, duty: f64) -> Result<DiffSession, String> {
+        if !(duty > 0.0 && duty <= 1.0) {
+            return Err(format!("diff duty {duty}: use a share of the time above 0 and at most 1"));
+        }
         let sides = (Side::open(brokers, a)?, Side::open(brokers, b)?);
         let report = Arc::new(Mutex::new(DiffReport {
             a: a.to_owned(),
@@ -249,7 +255,7 @@ impl DiffSession {
         let (r, s) = (Arc::clone(&report), Arc::clone(&stop));
         let thread = std::thread::Builder::new()
             .name(format!("diff-{a}-{b}"))
-            .spawn(move || run(sides, r, s))
+            .spawn(move || run(sides, r, s, duty))
             .map_err(|e| e.to_string())?;
         Ok(DiffSession { report, stop, thread: Some(thread) })
     }
@@ -288,7 +294,7 @@ fn now_ms() -> u64 {
 
 /// The session's thread: reads both changelogs into one [`Comparer`] and publishes its report
 /// (at least every 200 ms while reading, and whenever both sides are idle).
-fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<AtomicBool>) {
+fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<AtomicBool>, duty: f64) {
     let mut comparer = Comparer::new(TOLERANCE);
     let mut messages = 0u64;
     let mut last_check = Instant::now() - Duration::from_secs(1);
@@ -299,9 +305,9 @@ fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<A
             + b.read(Which::B, &mut comparer, BATCH, Duration::from_millis(20));
         messages += read;
         if read > 0 {
-            // While catching up, work at most DUTY of the time: the versions it reads and their
+            // While catching up, work at most `duty` of the time: the versions it reads and their
             // broker may share the CPUs (a diff that falls behind only reports later).
-            std::thread::sleep(started.elapsed().mul_f64((1.0 - DUTY) / DUTY));
+            std::thread::sleep(started.elapsed().mul_f64((1.0 - duty) / duty));
         }
         // Whether both sides are at their ends: asked of the broker when nothing was read.
         let check = read == 0 && last_check.elapsed() > Duration::from_millis(100);

@@ -177,6 +177,11 @@ struct ServerArgs {
     /// The largest executable `squall deploy --binary` may upload, in bytes (default 512 MiB).
     #[arg(long, default_value_t = 512 << 20)]
     max_binary_bytes: u64,
+    /// The share of its time a diff (`squall diff`, gated promotion, the status page's diffs)
+    /// works while it catches up with the changelogs; it sleeps the rest, so that it takes little
+    /// from versions and a broker on the same machines. 1: as fast as it can.
+    #[arg(long, default_value_t = squall::diff::DUTY, value_parser = parse_duty)]
+    diff_duty: f64,
     /// On SIGTERM or Ctrl-C, stop every version's processes too. Without it the server exits
     /// alone and its versions keep serving, to be adopted by the next server (an upgrade).
     #[arg(long)]
@@ -312,6 +317,7 @@ fn serve(args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
         catch_up_lag: args.catch_up_lag,
         poll_every: Duration::from_secs(1),
         max_binary_bytes: args.max_binary_bytes,
+        diff_duty: args.diff_duty,
     };
     let launcher = ChildLauncher::new(state_dir, args.brokers, args.cql, log_json, args.adopt_timeout)?;
     let _metrics = telemetry::metrics();
@@ -566,11 +572,30 @@ async fn report(api: Arc<Api>, group_id: String) {
     }
 }
 
+/// `--diff-duty`: a share of the time, above 0 and at most 1.
+fn parse_duty(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v}: use a share of the time above 0 and at most 1, e.g. 0.1"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory as _;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_diff_duty_is_a_share_of_the_time() {
+        assert_eq!(super::parse_duty("0.1"), Ok(0.1));
+        assert_eq!(super::parse_duty("1"), Ok(1.0));
+        for bad in ["0", "-0.5", "1.5", "NaN", "fast"] {
+            assert!(super::parse_duty(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -285,6 +285,7 @@ impl Harness {
             catch_up_lag: 10,
             poll_every: Duration::from_millis(10),
             max_binary_bytes: 4096,
+            diff_duty: squall::diff::DUTY,
         };
         let control = Control::start(cfg, launcher.clone(), lag.clone()).await.expect("control plane");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

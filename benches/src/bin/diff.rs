@@ -26,6 +26,9 @@ struct Args {
     /// `compute`, `broker` or both.
     #[arg(long, value_delimiter = ',', default_value = "compute,broker")]
     phases: Vec<String>,
+    /// The share of its time the broker phase's diff session works while catching up (1: flat out).
+    #[arg(long, default_value_t = 1.0)]
+    duty: f64,
 }
 
 /// A version 1-like record of user `i` (side `b` differs on `skips` for every 100th user when `differ`).
@@ -137,7 +140,7 @@ fn produce(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, users: usiz
     p.flush(Duration::from_secs(120)).expect("flush");
 }
 
-fn broker(brokers: &str, users: usize) {
+fn broker(brokers: &str, users: usize, duty: f64) {
     let run = format!("diffbench-{}", std::process::id());
     let (a, b) = (format!("{run}-a"), format!("{run}-b"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -146,7 +149,7 @@ fn broker(brokers: &str, users: usize) {
     produce(&rt, brokers, &squall_feeds::changelog::topic(&b), users, true);
     println!("diff_produce users={users} seconds={:.1}", started.elapsed().as_secs_f64());
     let started = Instant::now();
-    let session = squall::diff::DiffSession::start(brokers, &a, &b).expect("diff session");
+    let session = squall::diff::DiffSession::start(brokers, &a, &b, duty).expect("diff session");
     let report = rt.block_on(async {
         loop {
             let r = session.report();
@@ -182,6 +185,6 @@ fn main() {
         compute(a.users);
     }
     if a.phases.iter().any(|p| p == "broker") {
-        broker(&a.brokers, a.users);
+        broker(&a.brokers, a.users, a.duty);
     }
 }

@@ -40,6 +40,9 @@ struct Args {
     /// squall on CPU 1; broker, CQL server and the diff on CPU 0.
     #[arg(long)]
     pin: bool,
+    /// The share of its time the diff works while catching up (`squall server --diff-duty`).
+    #[arg(long, default_value_t = squall::diff::DUTY)]
+    diff_duty: f64,
 }
 
 fn extra(mode: &str) -> &'static str {
@@ -101,7 +104,7 @@ fn main() {
                 // The version creates its changelog topic as it starts.
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
-                    match DiffSession::start(&a.brokers, &reference, &format!("{name}-v1")) {
+                    match DiffSession::start(&a.brokers, &reference, &format!("{name}-v1"), a.diff_duty) {
                         Ok(session) => break session,
                         Err(e) if Instant::now() < deadline => {
                             eprintln!("waiting for the changelog: {e}");

@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub poll_every: Duration,
     /// The largest executable `POST /v1/binaries` accepts, in bytes.
     pub max_binary_bytes: u64,
+    /// The share of its time a diff works while catching up (`squall server --diff-duty`).
+    pub diff_duty: f64,
 }
 
 /// Why a command failed.
@@ -506,7 +508,8 @@ impl Control {
             brokers
         };
         let (sa, sb) = (a.to_string(), b.to_string());
-        let session = tokio::task::spawn_blocking(move || DiffSession::start(&brokers, &sa, &sb))
+        let duty = self.cfg.diff_duty;
+        let session = tokio::task::spawn_blocking(move || DiffSession::start(&brokers, &sa, &sb, duty))
             .await
             .map_err(|e| CommandError::io("start the diff", e))?
             .map_err(CommandError::Unavailable)?;
