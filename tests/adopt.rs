@@ -24,7 +24,10 @@ use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
 use squall_operators::event::SongCompletion;
 use squall_operators::{Attributes, Event};
 use squall_tests::server::{SquallServer, alive, exe_of, free_ports, pid_at, wait_equal_to_oracle};
-use squall_tests::{Fixture, Record, binary, brokers, produce, unique, wait_for, wait_for_committed_at_end};
+use squall_tests::{
+    Fixture, Record, binary, brokers, produce, stream_config_without_resends, unique, wait_for,
+    wait_for_committed_at_end,
+};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -140,15 +143,7 @@ impl Setup {
 
 /// A stream over `users` without resends (dedup is off), its event ids unique to this run.
 fn stream(users: u64, catalogue: CatalogueGen, run: &str) -> EventGenConfig {
-    EventGenConfig {
-        users,
-        catalogue,
-        run_id: unique(run),
-        unknown_share: 0.02,
-        duplicate_share: 0.0,
-        malformed_share: 0.01,
-        ..Default::default()
-    }
+    EventGenConfig { run_id: unique(run), ..stream_config_without_resends(users, catalogue) }
 }
 
 /// A producer running in the background.

@@ -12,12 +12,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers as _;
 use scylla::client::session::Session;
 use scylla::value::{CqlValue, Row};
-use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
+use squall::generate::{CatalogueGen, EventGen, Generated};
 use squall_feeds::profile::table_name;
 use squall_operators::declare::ValueType;
 use squall_operators::{Attributes, Declaration, Event, EventKind, Value};
 use squall_tests::outage::{Broker, CqlServer, PrivateFixture};
-use squall_tests::{Fixture, Record, Squall, brokers, cql, produce, unique, wait_for};
+use squall_tests::{Fixture, Record, Squall, brokers, cql, produce, stream_config_without_resends, unique, wait_for};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -32,15 +32,7 @@ fn stream(
     batches: usize,
     seed: u64,
 ) -> (Vec<Event>, Vec<Vec<Record>>) {
-    let config = EventGenConfig {
-        users,
-        catalogue,
-        run_id: unique("run"),
-        duplicate_share: 0.0,
-        unknown_share: 0.02,
-        malformed_share: 0.01,
-        ..Default::default()
-    };
+    let config = stream_config_without_resends(users, catalogue);
     let mut generator = EventGen::new(config, seed);
     let mut events = Vec::new();
     let mut out: Vec<Vec<Record>> = vec![Vec::new(); batches];

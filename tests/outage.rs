@@ -12,14 +12,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
+use squall::generate::{CatalogueGen, EventGen, Generated};
 use squall_enrichment::schema;
 use squall_operators::checkpoint::{CheckpointError, CheckpointStore, DedupRun, Part, Scope};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::dedup::Fingerprint;
 use squall_operators::{Attributes, Event, EventKind, KeyGroups, Partition, UserSnapshot};
 use squall_tests::outage::{Broker, CqlServer, PrivateFixture, metric};
-use squall_tests::{Squall, unique, wait_for, wait_for_committed_at_end};
+use squall_tests::{Squall, stream_config_without_resends, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -36,15 +36,7 @@ fn stream(
     n: i64,
     seed: u64,
 ) -> (Vec<Event>, Vec<Record>, usize) {
-    let config = EventGenConfig {
-        users,
-        catalogue,
-        run_id: unique("run"),
-        duplicate_share: 0.0,
-        unknown_share: 0.02,
-        malformed_share: 0.01,
-        ..Default::default()
-    };
+    let config = stream_config_without_resends(users, catalogue);
     let mut generator = EventGen::new(config, seed);
     let (mut events, mut records, mut malformed) = (Vec::new(), Vec::new(), 0);
     for i in 0..n {

@@ -136,6 +136,15 @@ pub fn stream_config(users: u64, catalogue: squall::generate::CatalogueGen) -> s
     }
 }
 
+/// [`stream_config`] without resends, for tests that run with deduplication off (an event
+/// applied twice must show up as a difference from the oracle).
+pub fn stream_config_without_resends(
+    users: u64,
+    catalogue: squall::generate::CatalogueGen,
+) -> squall::generate::EventGenConfig {
+    squall::generate::EventGenConfig { duplicate_share: 0.0, ..stream_config(users, catalogue) }
+}
+
 /// A record to produce: (topic, key, payload).
 pub type Record = (String, String, Vec<u8>);
 
