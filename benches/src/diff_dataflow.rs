@@ -5,7 +5,7 @@
 //! one added); the two are joined on the user and every count is maintained incrementally.
 
 use differential_dataflow::VecCollection;
-use squall_operators::compare::{Difference, Pending, Record, shared};
+use squall_operators::compare::{Difference, Pending, Record, differences, shared};
 
 /// The comparison's outputs, as collections whose accumulated contents are the report.
 pub struct Comparison<'scope, T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice> {
@@ -65,17 +65,7 @@ where
         let only_b = b_users.map(|u| (u, ())).antijoin(a_users).map(|_| Pending::OnlyB);
         let pending = behind.concat(only_a).concat(only_b).count();
         let sample = comparable
-            .flat_map(move |(user, (ra, rb))| {
-                shared(&ra, &rb, tolerance)
-                    .filter(|(_, _, _, ok)| !ok)
-                    .map(|(n, va, vb, _)| Difference {
-                        user: user.clone(),
-                        attribute: n.to_owned(),
-                        a: va.to_owned(),
-                        b: vb.to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(move |(user, (ra, rb))| differences(&user, &ra, &rb, tolerance))
             .map(|d| ((), d))
             .reduce(move |_, differences, out| {
                 // Sorted by (user, attribute): the first `sample` are the smallest user ids.

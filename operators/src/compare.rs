@@ -70,6 +70,19 @@ pub fn agree(a: &str, b: &str, tolerance: f64) -> bool {
     }
 }
 
+/// The attributes of `user` on which `a` and `b` differ, with both values.
+pub fn differences(user: &str, a: &Record, b: &Record, tolerance: f64) -> Vec<Difference> {
+    shared(a, b, tolerance)
+        .filter(|(_, _, _, ok)| !ok)
+        .map(|(n, va, vb, _)| Difference {
+            user: user.to_owned(),
+            attribute: n.to_owned(),
+            a: va.to_owned(),
+            b: vb.to_owned(),
+        })
+        .collect()
+}
+
 /// The attributes present in both records, with whether they agree.
 pub fn shared<'r>(
     a: &'r Record,
@@ -189,15 +202,7 @@ impl Comparer {
         let mut out = Vec::new();
         for user in &self.differing {
             let Some((Some(a), Some(b))) = self.users.get(user) else { continue };
-            let mut diffs: Vec<Difference> = shared(a, b, self.tolerance)
-                .filter(|(_, _, _, ok)| !ok)
-                .map(|(n, va, vb, _)| Difference {
-                    user: user.clone(),
-                    attribute: n.to_owned(),
-                    a: va.to_owned(),
-                    b: vb.to_owned(),
-                })
-                .collect();
+            let mut diffs = differences(user, a, b, self.tolerance);
             diffs.sort();
             for d in diffs {
                 if out.len() == n {
