@@ -24,13 +24,15 @@ use crate::store::UserStore;
 /// The least time between two sweeps (expired dedup ids, expired users), each bounded.
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
+/// How many events ahead [`Maintainer::apply`] reads the memory an event will need.
+const AHEAD: usize = 16;
+
 /// Dedup sub-tables swept per sweep.
 const DEDUP_SWEEP_BUDGET: usize = 32;
 
-/// Users looked at per sweep for expiry, at most (a key group is swept whole)...
+/// Users looked at per sweep for expiry, at most (a map is swept whole: see
+/// [`crate::store::MAPS`]).
 const USER_SWEEP_BUDGET: usize = 8192;
-/// ...and key groups.
-const GROUP_SWEEP_BUDGET: u32 = 512;
 
 /// What a worker takes back from the recovered cut.
 #[derive(Clone, Debug)]
@@ -94,8 +96,8 @@ pub trait MaintainAttributes<'scope> {
 struct UserSweep {
     /// This worker's key groups.
     covering: Range<u32>,
-    /// The next to sweep, while a pass runs.
-    next: Option<u32>,
+    /// The next of the maps holding them to sweep, while a pass runs.
+    next: Option<usize>,
     /// The worker's event time when the last pass started.
     started_at: i64,
 }
@@ -128,7 +130,21 @@ impl Maintainer {
         let ttl = self.store.user_ttl_ms();
         let n = batch.len();
         let mut dups = 0u64;
-        for mut a in batch.drain(..) {
+        // Touch-ahead: the memory of the events AHEAD and 2 * AHEAD places on is read while this
+        // one is applied, so that their cache misses overlap (see `benches/RESULTS.md`).
+        let mut touched = 0u64;
+        for i in 0..n {
+            if i % AHEAD == 0 {
+                let chunk = &batch[i..(i + AHEAD).min(n)];
+                for b in chunk {
+                    touched ^= self.dedup.touch_header(b.dedup_key);
+                }
+                for b in chunk {
+                    touched ^= self.dedup.touch_slots(b.dedup_key) ^ self.store.touch(self.key_groups.of(&b.user));
+                }
+                std::hint::black_box(touched);
+            }
+            let a = &mut batch[i];
             if !self.dedup.first_time(a.dedup_key, a.ts) {
                 dups += 1;
                 continue;
@@ -149,45 +165,47 @@ impl Maintainer {
                 // Expired since their previous event: they start fresh.
                 *state = UserState::default();
             }
-            state.apply(plan, user, &a, symbols);
+            state.apply(plan, user, a, symbols);
         }
+        std::hint::black_box(touched);
+        batch.clear();
         self.pending.fetch_sub(n, Relaxed);
         self.store.record(self.worker, n as u64 - dups, dups);
     }
 
-    /// Expires users of the next key groups (up to [`USER_SWEEP_BUDGET`] users or
-    /// [`GROUP_SWEEP_BUDGET`] groups), if a pass is due or under way.
+    /// Expires users of the next maps of this worker's key groups (up to [`USER_SWEEP_BUDGET`]
+    /// users, at least one map), if a pass is due or under way.
     fn sweep_users(&mut self) {
         let ttl = self.store.user_ttl_ms();
         if ttl <= 0 || self.users.covering.is_empty() {
             return;
         }
-        let mut kg = match self.users.next {
-            Some(kg) => kg,
+        let mut next = match self.users.next {
+            Some(m) => m,
             None if self.clock.saturating_sub(self.users.started_at) >= (ttl / 8).max(1) => {
                 self.users.started_at = self.clock;
-                self.users.covering.start
+                0
             }
             None => return,
         };
         let horizon = self.clock.saturating_sub(ttl);
         let (worker, peers, expired) = (self.worker, self.peers, &mut self.expired);
-        let (mut users, mut groups) = (0, 0);
-        while kg < self.users.covering.end && users < USER_SWEEP_BUDGET && groups < GROUP_SWEEP_BUDGET {
-            let map = self.store.group(kg);
+        let maps = self.store.maps_covering(self.users.covering.clone());
+        let mut users = 0;
+        while next < maps.len() && users < USER_SWEEP_BUDGET {
+            let map = &maps[next];
             users += map.len();
-            groups += 1;
             map.retain(|user, state| {
-                // A group shared with a neighbour at a boundary: only this worker's users.
+                // A map shared with a neighbour at a boundary: only this worker's users.
                 let gone = state.clock().is_some_and(|c| c < horizon) && key_groups::owner(user, peers) == worker;
                 if gone {
                     expired.push(user.to_string());
                 }
                 !gone
             });
-            kg += 1;
+            next += 1;
         }
-        self.users.next = Some(kg).filter(|n| *n < self.users.covering.end);
+        self.users.next = Some(next).filter(|n| *n < maps.len());
     }
 
     /// Writes a part for every cut in `(sealed, target]`; the first carries the changes.

@@ -1,6 +1,7 @@
 //! The per-user state of one topology version, kept per key group and readable while it changes.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use compact_str::CompactString;
@@ -59,12 +60,21 @@ impl BuildHasher for StrHash {
     }
 }
 
-/// The users of one key group and their state.
+/// The users of a contiguous range of key groups and their state.
 pub type Shard = DashMap<CompactString, UserState, StrHash>;
 
-/// Per-user state, one map per key group. A key group's users are written by the worker that owns
-/// each of them (two workers share a group only at a boundary, never a user); HTTP readers take
-/// short read locks, so an attribute is readable as soon as its event is applied.
+/// At most this many maps hold a store's users: each holds a contiguous range of key groups.
+///
+/// # Notes
+/// Fewer maps than key groups keep the maps' lock words (which every write takes) in the
+/// worker's cache: with one map per key group (4096, 8192 locks) the engine harness applied about
+/// 7% fewer events/s (`benches/RESULTS.md`, 2026-11-30 "hot path"). A sweep for expired users
+/// goes over a whole map at a time, so at 100 M users per process a map holds about 400k users.
+pub const MAPS: u32 = 256;
+
+/// Per-user state, in [`MAPS`] maps over the key groups. A map's users are written by the worker
+/// that owns each of them (two workers share a map only at a boundary, never a user); HTTP readers
+/// take short read locks, so an attribute is readable as soon as its event is applied.
 pub struct UserStore {
     plan: Arc<Plan>,
     symbols: Symbols,
@@ -93,7 +103,7 @@ impl UserStore {
 
     /// An empty store for `peers` workers with `key_groups` groups.
     pub fn with_key_groups(plan: Arc<Plan>, symbols: Symbols, peers: usize, key_groups: KeyGroups) -> Self {
-        // Two inner shards per group (DashMap's least): thousands of groups keep contention low.
+        // Two inner shards per map (DashMap's least): hundreds of maps keep contention low.
         let group = || Shard::with_hasher_and_shard_amount(StrHash::default(), 2);
         UserStore {
             plan,
@@ -101,7 +111,7 @@ impl UserStore {
             key_groups,
             peers: peers.max(1),
             user_ttl_ms: 0,
-            groups: (0..key_groups.count()).map(|_| group()).collect(),
+            groups: (0..key_groups.count().min(MAPS)).map(|_| group()).collect(),
             counts: (0..peers.max(1)).map(|_| WorkerCounts::default()).collect(),
         }
     }
@@ -144,9 +154,30 @@ impl UserStore {
         self.key_groups
     }
 
-    /// The users of key group `group`.
+    /// The map holding the users of key group `group` (and of its neighbours in the same map).
+    #[inline]
     pub fn group(&self, group: u32) -> &Shard {
-        &self.groups[group as usize]
+        &self.groups[self.map_index(group)]
+    }
+
+    #[inline]
+    fn map_index(&self, group: u32) -> usize {
+        (u64::from(group) * self.groups.len() as u64 / u64::from(self.key_groups.count())) as usize
+    }
+
+    /// The maps holding the users of key groups `groups`, in order.
+    pub fn maps_covering(&self, groups: Range<u32>) -> &[Shard] {
+        if groups.is_empty() {
+            return &[];
+        }
+        &self.groups[self.map_index(groups.start)..=self.map_index(groups.end - 1)]
+    }
+
+    /// Reads the lock words (and, beside them, the table headers) of `group`'s map, which the
+    /// next write to it takes; see [`crate::dedup::Dedup::touch_header`] for why.
+    #[inline]
+    pub fn touch(&self, group: u32) -> u64 {
+        self.group(group).shards().iter().map(|s| u64::from(s.is_locked())).sum()
     }
 
     /// The map that holds `user_id`.
