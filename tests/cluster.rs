@@ -9,7 +9,7 @@ use std::time::Duration;
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
 use squall_operators::{Attributes, Event};
 use squall_tests::server::{SquallServer, find_process, free_ports};
-use squall_tests::{Fixture, Squall, produce, stream_config, unique, wait_for};
+use squall_tests::{Fixture, Squall, cql, produce, stream_config, unique, wait_for};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -53,7 +53,12 @@ async fn equals_oracle(url: &str, query: &str, expected: &BTreeMap<String, Attri
 #[tokio::test(flavor = "multi_thread")]
 async fn two_processes_answer_every_user_from_either_process() {
     let (f, catalogue, mut stream) = setup(31, 0.03).await;
-    let topology = f.topology("personalization", 1, "personalization_v1", &[("state", "epoch = \"200ms\"")]);
+    let topology = f.topology(
+        "personalization",
+        1,
+        "personalization_v1",
+        &[("state", "epoch = \"200ms\""), ("feed", "profile = true")],
+    );
     let ports = free_ports(4);
     let hostfile = std::env::temp_dir().join(format!("{}.hosts", unique("cluster")));
     std::fs::write(
@@ -94,6 +99,33 @@ async fn two_processes_answer_every_user_from_either_process() {
     let (u0, u1) = (users(&first).await, users(&second).await);
     assert!(u0 > 0 && u1 > 0, "users per process: {u0}, {u1}");
     assert_eq!(u0 + u1, want.len() as u64);
+    // Each process feeds its own share and records its own progress (regression: one row for
+    // both let a process that was behind take the other's progress after a recovery).
+    for s in [&first, &second] {
+        let st: serde_json::Value = reqwest::get(format!("{}/v1/status", s.url)).await.unwrap().json().await.unwrap();
+        println!("cluster feeds at {}: {}", s.url, st["feeds"]);
+    }
+    let session = squall_enrichment::schema::connect(&cql()).await.expect("connect");
+    let read = format!("SELECT cut FROM {}.feed_progress WHERE group_id = ? AND feed = ?", f.keyspace);
+    for feed in ["profile@0/2", "profile@1/2", "profile"] {
+        let cut = wait_for(&format!("{feed} progress"), Duration::from_secs(30), || async {
+            let rows = session
+                .query_unpaged(read.as_str(), ("personalization-v1", feed))
+                .await
+                .map_err(|e| e.to_string())?
+                .into_rows_result()
+                .map_err(|e| e.to_string())?;
+            let cut = rows.maybe_first_row::<(i64,)>().map_err(|e| e.to_string())?.map(|(c,)| c);
+            match (feed, cut) {
+                ("profile", None) => Ok(None),
+                ("profile", Some(c)) => panic!("a row for the whole version, at cut {c}"),
+                (_, Some(c)) if c > 0 => Ok(Some(c)),
+                (_, c) => Err(format!("cut {c:?}")),
+            }
+        })
+        .await;
+        println!("cluster feed progress {feed}: {cut:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -118,7 +118,8 @@ impl ChangelogSink {
             .set("linger.ms", "5")
             .create_with_context(Deliveries { failed: Arc::clone(&failed) })
             .map_err(|e| FeedError::Kafka { topic: topic.clone(), message: e.to_string() })?;
-        let (progress, written) = Progress::open(session, keyspace, &version.group_id, "changelog").await?;
+        let (progress, written) =
+            Progress::open(session, keyspace, &version.group_id, "changelog", version.share).await?;
         Ok((ChangelogSink { version, topic, producer, failed, progress, runtime }, written))
     }
 }

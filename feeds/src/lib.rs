@@ -19,8 +19,10 @@
 //!   written, `squall_feed_lag_cuts`); pending users are coalesced, so memory is bounded by the
 //!   users that changed, not by the time the feed is down. A feed failing for longer than
 //!   `feed.deadline` is reported (log, `squall_feed_failing`, `/v1/status`) and keeps retrying.
-//! - **Recovery.** Each feed records the last cut it wrote (`feed_progress`); a version recovered
-//!   from a later checkpoint writes every recovered user again at that cut.
+//! - **Recovery.** Each feed of each process records the last cut it wrote (`feed_progress`, one
+//!   row per process of a multi-process version, since each writes its own share); a process
+//!   recovered from a later checkpoint, or with a share it has no row for (the version's number of
+//!   processes changed), writes every recovered user of its share again at that cut.
 #![warn(missing_docs)]
 
 pub mod changelog;
@@ -126,6 +128,9 @@ pub struct Version {
     pub plan: Arc<Plan>,
     /// The process's symbols (the snapshots' names are interned here to read them).
     pub symbols: Symbols,
+    /// This process's index and the version's number of processes: each process feeds the users
+    /// of its share, so its progress is its own ([`progress`]).
+    pub share: (usize, usize),
 }
 
 impl Version {

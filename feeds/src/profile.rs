@@ -115,7 +115,8 @@ impl ProfileSink {
             "INSERT INTO {keyspace}.{table} (user_id, cut, written_at_ms, events, events_hash{names}) VALUES (?, ?, ?, ?, ?{marks})"
         );
         let insert = session.prepare(insert.clone()).await.map_err(|e| cql_error(&insert, e))?;
-        let (progress, written) = Progress::open(Arc::clone(&session), keyspace, &version.group_id, "profile").await?;
+        let (progress, written) =
+            Progress::open(Arc::clone(&session), keyspace, &version.group_id, "profile", version.share).await?;
         Ok((
             ProfileSink { version, session, runtime, insert, columns, progress, max_in_flight: max_in_flight.max(1) },
             written,

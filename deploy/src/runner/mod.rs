@@ -396,6 +396,7 @@ async fn start_feeds(
         group_id: spec.group_id(),
         plan: Arc::clone(store.plan()),
         symbols: store.symbols().clone(),
+        share: (layout.process, layout.processes),
     };
     let keyspace = &spec.cql.keyspace;
     let mut sinks: Vec<(Box<dyn squall_feeds::Sink>, Option<Epoch>)> = Vec::new();
