@@ -19,13 +19,13 @@ use crate::dedup::{Dedup, Fingerprint};
 use crate::key_groups::{self, KeyGroups};
 use crate::plan::UserState;
 use crate::source::{Epoch, EpochOffsets, offsets_at};
-use crate::store::UserStore;
+use crate::store::{Slot, UserStore};
 
 /// The least time between two sweeps (expired dedup ids, expired users), each bounded.
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
-/// How many events ahead [`Maintainer::apply`] reads the memory an event will need.
-const AHEAD: usize = 16;
+/// Events [`Maintainer::apply`] looks up together before it applies them.
+const CHUNK: usize = 16;
 
 /// Dedup sub-tables swept per sweep.
 const DEDUP_SWEEP_BUDGET: usize = 32;
@@ -126,51 +126,61 @@ struct Maintainer {
 
 impl Maintainer {
     fn apply(&mut self, batch: &mut Vec<Activity>) {
-        let (plan, symbols) = (self.store.plan(), self.store.symbols());
-        let ttl = self.store.user_ttl_ms();
+        let store = Arc::clone(&self.store);
+        let (plan, symbols) = (store.plan(), store.symbols());
+        let ttl = store.user_ttl_ms();
         let n = batch.len();
         let mut dups = 0u64;
-        // Touch-ahead: the memory of the events AHEAD and 2 * AHEAD places on is read while this
-        // one is applied, so that their cache misses overlap (see `benches/RESULTS.md`).
+        // A chunk at a time, in phases, so that the cache misses of its events overlap instead of
+        // following one another (see `benches/RESULTS.md`, 2026-11-30 "hot path"): the dedup
+        // sub-tables' headers, then their lines, then the dedup decisions (in order), then the
+        // users' shards locked and their entries and states looked up, then the updates.
         let mut touched = 0u64;
-        for i in 0..n {
-            if i % AHEAD == 0 {
-                let chunk = &batch[i..(i + AHEAD).min(n)];
-                for b in chunk {
-                    touched ^= self.dedup.touch_header(b.dedup_key);
-                }
-                for b in chunk {
-                    touched ^= self.dedup.touch_slots(b.dedup_key) ^ self.store.touch(self.key_groups.of(&b.user));
-                }
-                std::hint::black_box(touched);
+        let mut slots: [Option<Slot>; CHUNK] = [None; CHUNK];
+        for chunk in batch.chunks_mut(CHUNK) {
+            for a in chunk.iter() {
+                touched ^= self.dedup.touch_header(a.dedup_key);
             }
-            let a = &mut batch[i];
-            if !self.dedup.first_time(a.dedup_key, a.ts) {
-                dups += 1;
-                continue;
+            for a in chunk.iter() {
+                touched ^= self.dedup.touch_slots(a.dedup_key);
             }
-            self.clock = self.clock.max(a.ts);
-            let kg = self.key_groups.of(&a.user);
-            if self.checkpoint.is_some() {
-                if let Some(bucket) = self.dedup.kept_in(a.ts) {
-                    self.new_ids.push((kg, bucket, Fingerprint::of(a.dedup_key)));
-                }
-                if !self.dirty.contains(&a.user) {
-                    self.dirty.insert(a.user.clone());
+            for (a, slot) in chunk.iter().zip(&mut slots) {
+                *slot = if self.dedup.first_time(a.dedup_key, a.ts) {
+                    Some(store.slot(&a.user, self.key_groups.of(&a.user)))
+                } else {
+                    dups += 1;
+                    None
+                };
+            }
+            let mut users = store.lock(slots[..chunk.len()].iter().flatten());
+            for (a, slot) in chunk.iter().zip(&slots) {
+                if let Some(slot) = slot {
+                    touched ^= users.touch(slot, &a.user);
                 }
             }
-            let mut entry = self.store.group(kg).entry(std::mem::take(&mut a.user)).or_default();
-            let (user, state) = entry.pair_mut();
-            if ttl > 0 && state.clock().is_some_and(|c| c < self.clock.saturating_sub(ttl)) {
-                // Expired since their previous event: they start fresh.
-                *state = UserState::default();
+            std::hint::black_box(touched);
+            for (a, slot) in chunk.iter().zip(&slots) {
+                let Some(slot) = slot else { continue };
+                self.clock = self.clock.max(a.ts);
+                if self.checkpoint.is_some() {
+                    if let Some(bucket) = self.dedup.kept_in(a.ts) {
+                        self.new_ids.push((slot.key_group, bucket, Fingerprint::of(a.dedup_key)));
+                    }
+                    if !self.dirty.contains(&a.user) {
+                        self.dirty.insert(a.user.clone());
+                    }
+                }
+                let state = users.state(slot, &a.user);
+                if ttl > 0 && state.clock().is_some_and(|c| c < self.clock.saturating_sub(ttl)) {
+                    // Expired since their previous event: they start fresh.
+                    *state = UserState::default();
+                }
+                state.apply(plan, &a.user, a, symbols);
             }
-            state.apply(plan, user, a, symbols);
         }
-        std::hint::black_box(touched);
         batch.clear();
         self.pending.fetch_sub(n, Relaxed);
-        self.store.record(self.worker, n as u64 - dups, dups);
+        store.record(self.worker, n as u64 - dups, dups);
     }
 
     /// Expires users of the next maps of this worker's key groups (up to [`USER_SWEEP_BUDGET`]

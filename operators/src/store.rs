@@ -72,6 +72,58 @@ pub type Shard = DashMap<CompactString, UserState, StrHash>;
 /// goes over a whole map at a time, so at 100 M users per process a map holds about 400k users.
 pub const MAPS: u32 = 256;
 
+/// The table inside each shard of a [`Shard`] (dashmap's `raw-api`).
+type Table = hashbrown::raw::RawTable<(CompactString, dashmap::SharedValue<UserState>)>;
+
+/// Where a user lives in a [`UserStore`]: see [`UserStore::slot`].
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    map: usize,
+    shard: usize,
+    hash: u64,
+    /// The user's key group.
+    pub key_group: u32,
+}
+
+/// The shards of a few users, write-locked together, so that the lookups of all of them come
+/// before any state is changed and their cache misses overlap. Each write to a [`Shard`] through
+/// its own API takes and releases a lock, and a locked instruction waits for every load before
+/// it, so lookups one by one cannot overlap (`benches/RESULTS.md`, 2026-11-30 "hot path").
+/// Readers of these users wait until the chunk is dropped.
+pub struct Chunk<'a> {
+    store: &'a UserStore,
+    guards: Vec<((usize, usize), dashmap::RwLockWriteGuard<'a, Table>)>,
+}
+
+impl Chunk<'_> {
+    fn table(&mut self, slot: &Slot) -> &mut Table {
+        let place = (slot.map, slot.shard);
+        &mut self.guards.iter_mut().find(|(p, _)| *p == place).expect("the chunk locked the user's shard").1
+    }
+
+    /// Looks `user_id` up and reads the first word of their state: a value to feed to
+    /// [`std::hint::black_box`], so that the loads happen now.
+    #[inline]
+    pub fn touch(&mut self, slot: &Slot, user_id: &str) -> u64 {
+        let table = self.table(slot);
+        table
+            .get(slot.hash, |(k, _)| k.as_str() == user_id)
+            .map_or(0, |(_, v)| v.get().words().first().copied().map_or(1, u64::from))
+    }
+
+    /// The state of `user_id`, empty if they had none.
+    #[inline]
+    pub fn state(&mut self, slot: &Slot, user_id: &str) -> &mut UserState {
+        let map = &self.store.groups[slot.map];
+        let table = &mut self.guards.iter_mut().find(|(p, _)| *p == (slot.map, slot.shard)).expect("locked").1;
+        if table.get(slot.hash, |(k, _)| k.as_str() == user_id).is_none() {
+            let entry = (CompactString::from(user_id), dashmap::SharedValue::new(UserState::default()));
+            table.insert(slot.hash, entry, |(k, _)| map.hash_usize(k) as u64);
+        }
+        table.get_mut(slot.hash, |(k, _)| k.as_str() == user_id).expect("just inserted").1.get_mut()
+    }
+}
+
 /// Per-user state, in [`MAPS`] maps over the key groups. A map's users are written by the worker
 /// that owns each of them (two workers share a map only at a boundary, never a user); HTTP readers
 /// take short read locks, so an attribute is readable as soon as its event is applied.
@@ -173,11 +225,22 @@ impl UserStore {
         &self.groups[self.map_index(groups.start)..=self.map_index(groups.end - 1)]
     }
 
-    /// Reads the lock words (and, beside them, the table headers) of `group`'s map, which the
-    /// next write to it takes; see [`crate::dedup::Dedup::touch_header`] for why.
+    /// Where `user_id` (of key group `key_group`) lives: its map, the map's shard, and its hash.
     #[inline]
-    pub fn touch(&self, group: u32) -> u64 {
-        self.group(group).shards().iter().map(|s| u64::from(s.is_locked())).sum()
+    pub fn slot(&self, user_id: &str, key_group: u32) -> Slot {
+        let map = self.map_index(key_group);
+        let hash = self.groups[map].hash_usize(&user_id);
+        Slot { map, shard: self.groups[map].determine_shard(hash), hash: hash as u64, key_group }
+    }
+
+    /// Write-locks the shards holding `slots` for a [`Chunk`] of writes.
+    pub fn lock<'a>(&'a self, slots: impl Iterator<Item = &'a Slot>) -> Chunk<'a> {
+        let mut places: Vec<(usize, usize)> = slots.map(|s| (s.map, s.shard)).collect();
+        // One order for every worker: two that share a map at a boundary cannot deadlock.
+        places.sort_unstable();
+        places.dedup();
+        let guards = places.into_iter().map(|(m, s)| ((m, s), self.groups[m].shards()[s].write())).collect();
+        Chunk { store: self, guards }
     }
 
     /// The map that holds `user_id`.
