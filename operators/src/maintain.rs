@@ -79,10 +79,10 @@ pub trait MaintainAttributes<'scope> {
     /// With a user TTL ([`UserStore::with_user_ttl`]) a user whose newest event is more than the
     /// TTL of event time behind the newest event this worker applied is expired: forgotten, and
     /// listed in the next part so that recovery forgets them too. It is checked when the user's
-    /// next event arrives (an expired user who returns starts fresh) and by a sweep over this
-    /// worker's key groups, a few thousand users per step, each time the worker's event time has
-    /// moved on by an eighth of the TTL. Dedup ids are kept for the horizon whatever happens to
-    /// users (the TTL is at least the horizon).
+    /// next event arrives (an expired user who returns starts fresh) and by a sweep over the maps
+    /// of this worker's key groups, a few thousand users per step (at least one map), each time
+    /// the worker's event time has moved on by an eighth of the TTL. Dedup ids are kept for the
+    /// horizon whatever happens to users (the TTL is at least the horizon).
     fn maintain_attributes(
         self,
         store: Arc<UserStore>,

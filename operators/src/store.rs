@@ -114,8 +114,9 @@ impl Chunk<'_> {
     /// The state of `user_id`, empty if they had none.
     #[inline]
     pub fn state(&mut self, slot: &Slot, user_id: &str) -> &mut UserState {
-        let map = &self.store.groups[slot.map];
-        let table = &mut self.guards.iter_mut().find(|(p, _)| *p == (slot.map, slot.shard)).expect("locked").1;
+        let store = self.store;
+        let map = &store.groups[slot.map];
+        let table = self.table(slot);
         if table.get(slot.hash, |(k, _)| k.as_str() == user_id).is_none() {
             let entry = (CompactString::from(user_id), dashmap::SharedValue::new(UserState::default()));
             table.insert(slot.hash, entry, |(k, _)| map.hash_usize(k) as u64);
