@@ -146,7 +146,7 @@ impl Maintainer {
             }
             for (a, slot) in chunk.iter().zip(&mut slots) {
                 *slot = if self.dedup.first_time(a.dedup_key, a.ts) {
-                    Some(store.slot(&a.user, self.key_groups.of(&a.user)))
+                    Some(store.slot(&a.user))
                 } else {
                     dups += 1;
                     None

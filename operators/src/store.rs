@@ -226,9 +226,10 @@ impl UserStore {
         &self.groups[self.map_index(groups.start)..=self.map_index(groups.end - 1)]
     }
 
-    /// Where `user_id` (of key group `key_group`) lives: its map, the map's shard, and its hash.
+    /// Where `user_id` lives: its key group, map, the map's shard, and its hash.
     #[inline]
-    pub fn slot(&self, user_id: &str, key_group: u32) -> Slot {
+    pub fn slot(&self, user_id: &str) -> Slot {
+        let key_group = self.key_groups.of(user_id);
         let map = self.map_index(key_group);
         let hash = self.groups[map].hash_usize(&user_id);
         Slot { map, shard: self.groups[map].determine_shard(hash), hash: hash as u64, key_group }
