@@ -603,10 +603,11 @@ impl UserState {
         let (start, len) = self.section(plan, section);
         let s = &plan.sections[section as usize];
         let at = start + index * s.width as usize;
-        let mut grown = Vec::with_capacity(self.words.len() + entry.len());
-        grown.extend_from_slice(&self.words[..at]);
-        grown.extend_from_slice(entry);
-        grown.extend_from_slice(&self.words[at..]);
+        // Grown by `realloc`, which keeps the block when its slack holds the entry (the
+        // allocator's size classes leave some), instead of a new block and a copy.
+        let mut grown = std::mem::take(&mut self.words).into_vec();
+        grown.reserve_exact(entry.len());
+        grown.splice(at..at, entry.iter().copied());
         grown[s.len_at as usize] = (len + 1) as u32;
         self.words = grown.into_boxed_slice();
     }
