@@ -157,12 +157,6 @@ impl SubTable {
         word != 0 && self.bucket_of(word) >= oldest
     }
 
-    /// Free (empty or expired) words of bucket `i`.
-    #[inline]
-    fn free_in(&self, i: usize, oldest: i64) -> usize {
-        self.slots[i].0.iter().filter(|&&w| !self.live(w, oldest)).count()
-    }
-
     fn find(&self, fp: u64, oldest: i64) -> bool {
         if self.slots.is_empty() {
             return false;
@@ -217,9 +211,9 @@ impl SubTable {
         let mut at = homes(word >> 4, n).0;
         for kick in 0..128 {
             let (a, b) = homes(word >> 4, n);
-            // The emptier of its two buckets first (see `probe`), then the one it was sent to.
-            let order = if kick > 0 { [at, at] } else { [a, b] };
-            for i in order {
+            // Its two buckets (callers come here when both are full, or nearly: no choice to
+            // make), then the one it was sent to.
+            for i in if kick == 0 { [a, b] } else { [at, at] } {
                 if let Some(j) = (0..8).find(|&j| !self.live(self.slots[i].0[j], oldest)) {
                     if self.slots[i].0[j] == 0 {
                         self.used += 1;
@@ -265,7 +259,7 @@ impl SubTable {
     }
 
     /// Clears expired words; shrinks a table that became sparse.
-    fn sweep(&mut self, oldest: i64, rng: &mut u64) {
+    fn sweep(&mut self, oldest: i64, work: &mut Work) {
         let mut used = 0;
         for s in &mut self.slots {
             for w in &mut s.0 {
@@ -284,22 +278,24 @@ impl SubTable {
         let capacity = self.slots.len() * 8;
         if capacity > 8 && (used as usize) * 10 < capacity * 6 {
             let target = ((used as usize) * 100).div_ceil(8 * REBUILT_LOAD).max(1);
-            self.rebuild(target, oldest, rng, None);
+            self.rebuild(target, oldest, work, None);
         }
     }
 
     /// Moves every live word into a table of `buckets` buckets (more if they do not fit), plus
     /// `extra`.
-    fn rebuild(&mut self, mut buckets: usize, oldest: i64, rng: &mut u64, extra: Option<u64>) {
-        let words: Vec<u64> =
-            self.slots.iter().flat_map(|s| s.0).filter(|&w| self.live(w, oldest)).chain(extra).collect();
+    fn rebuild(&mut self, mut buckets: usize, oldest: i64, work: &mut Work, extra: Option<u64>) {
+        let Work { rng, words, fill } = work;
+        words.clear();
+        words.extend(self.slots.iter().flat_map(|s| s.0).filter(|&w| self.live(w, oldest)).chain(extra));
         'grow: loop {
             let mut t = SubTable { slots: vec![Slots::default(); buckets.max(1)], used: 0, swept: self.swept };
             let n = t.slots.len();
             // Words per bucket of `t`, each bucket filled from its first word on (every word of
             // `t` is live, so `place` too takes the first empty one).
-            let mut fill = vec![0u8; n];
-            for &w in &words {
+            fill.clear();
+            fill.resize(n, 0);
+            for &w in words.iter() {
                 // Into the emptier of its buckets, as `probe` does.
                 let (a, b) = homes(w >> 4, n);
                 let i = if fill[b] < fill[a] { b } else { a };
@@ -336,7 +332,16 @@ pub struct Dedup {
     /// Ids added per bucket, by `bucket mod TAGS`: (bucket, count).
     counts: [(i64, u64); TAGS as usize],
     cursor: usize,
+    work: Work,
+}
+
+/// What sweeps and rebuilds of sub-tables reuse: the random state of `place`'s evictions, and
+/// buffers (a sub-table of a few kB each time would go through the allocator's slow path).
+#[derive(Clone, Default)]
+struct Work {
     rng: u64,
+    words: Vec<u64>,
+    fill: Vec<u8>,
 }
 
 impl std::fmt::Debug for Dedup {
@@ -362,7 +367,7 @@ impl Dedup {
             oldest: i64::MIN,
             counts: [(i64::MIN, 0); TAGS as usize],
             cursor: 0,
-            rng: 0x2545_F491_4F6C_DD1D,
+            work: Work { rng: 0x2545_F491_4F6C_DD1D, ..Work::default() },
         }
     }
 
@@ -471,22 +476,22 @@ impl Dedup {
     fn keep_sweep_rule(&mut self, sub: usize) {
         if self.newest - self.tables[sub].swept >= TAGS - 1 {
             let oldest = self.oldest;
-            self.tables[sub].sweep(oldest, &mut self.rng);
+            self.tables[sub].sweep(oldest, &mut self.work);
         }
     }
 
     fn insert(&mut self, sub: usize, fp: u64, bucket: i64) {
         let word = fp << 4 | bucket.rem_euclid(TAGS) as u64;
-        let (oldest, rng) = (self.oldest, &mut self.rng);
+        let (oldest, work) = (self.oldest, &mut self.work);
         let t = &mut self.tables[sub];
         let full = (t.used as usize + 1) * 100 > t.slots.len() * 8 * MAX_LOAD;
-        let placed = if full { Err(word) } else { t.place(word, oldest, rng) };
+        let placed = if full { Err(word) } else { t.place(word, oldest, &mut work.rng) };
         if let Err(pending) = placed {
             // Expired words may be what fills it: sweep, then grow if still needed.
-            t.sweep(oldest, rng);
+            t.sweep(oldest, work);
             let n = t.slots.len();
             let grow = (t.used as usize + 1) * 100 > n * 8 * GROW_LOAD;
-            t.rebuild(if grow { n + n / GROWTH + 1 } else { n }, oldest, rng, Some(pending));
+            t.rebuild(if grow { n + n / GROWTH + 1 } else { n }, oldest, work, Some(pending));
         }
         self.count(bucket);
     }
@@ -528,7 +533,7 @@ impl Dedup {
             let t = &mut self.tables[self.cursor];
             self.cursor = (self.cursor + 1) % n;
             if t.swept < oldest && t.used > 0 {
-                t.sweep(oldest, &mut self.rng);
+                t.sweep(oldest, &mut self.work);
                 swept += 1;
             }
         }
