@@ -1,6 +1,11 @@
 //! Benchmark harnesses for squall; each binary's `//!` line says what it measures and how to run it.
 #![warn(missing_docs)]
 
+/// The allocator the `squall` binary uses (see `deploy/src/main.rs`), so that the in-process
+/// harnesses measure what the server runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod diff_dataflow;
 pub mod differential;
 pub mod engine;

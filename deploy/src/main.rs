@@ -20,6 +20,12 @@ use squall::runfile::RunFile;
 use squall::values::StartPosition;
 use squall::{ready, runner, telemetry};
 use squall_topologies::TopologySpec;
+
+/// mimalloc: the per-user states, dedup tables and timely's containers allocate and free small
+/// blocks on every worker; against glibc's allocator it gave the engine harness 5-12% more
+/// events/s with one worker (`benches/RESULTS.md`, 2026-11-30 "allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::net::TcpListener;
 
 /// Real-time personalization on timely dataflow: Kafka in, per-user attributes out over HTTP.
