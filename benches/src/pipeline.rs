@@ -361,8 +361,11 @@ impl Load {
         let (stopped, brokers) = (Arc::clone(&stop), brokers.to_owned());
         let (songs, ads) = (topics.0.to_owned(), topics.1.to_owned());
         let thread = std::thread::spawn(move || {
-            // A short linger: the latency phase measures squall, not producer batching.
-            let p = producer(&brokers, "1");
+            // The background load's own latency is not measured (the probes have their own
+            // producer, linger 0), so it batches like a production producer would: 20 ms. With
+            // 1 ms its produce requests and the broker's handling of them took the whole load
+            // core at half the rate squall keeps up with, and the probes queued behind them.
+            let p = producer(&brokers, "20");
             let mut g = EventGen::new(config, 99);
             let started = Instant::now();
             let mut n = 0u64;
