@@ -22,8 +22,9 @@ use squall::{ready, runner, telemetry};
 use squall_topologies::TopologySpec;
 
 /// mimalloc: the per-user states, dedup tables and timely's containers allocate and free small
-/// blocks on every worker; against glibc's allocator it gave the engine harness 5-12% more
-/// events/s with one worker (`benches/RESULTS.md`, 2026-11-30 "allocator").
+/// and few-kB blocks on every worker. Against glibc's allocator: about 10% less CPU per event end
+/// to end, for 7-17% more resident memory per user (`benches/RESULTS.md`, 2026-11-30 night,
+/// "Allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::net::TcpListener;
