@@ -257,6 +257,14 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
             move |_frontiers| {
                 let (Some(ev), Some(dl)) = (ev_cap.as_mut(), dlq_cap.as_mut()) else { return };
                 if config.shutdown.load(Relaxed) {
+                    // The ends of the epoch under way, before its capability goes: everything
+                    // read in it has been sent. A peer process still running holds the frontier
+                    // only at its own epoch, so cuts past this one may still be sealed, and their
+                    // offsets (`offsets_at`) must cover what this epoch read; without this entry
+                    // they fell back to the previous epoch's ends, and a recovery from such a cut
+                    // read this epoch's events a second time.
+                    let ends: Vec<(Partition, i64)> = owned.iter().map(|(p, _, next)| (p.clone(), *next)).collect();
+                    offsets_out.borrow_mut().insert(epoch, ends);
                     ev_cap = None;
                     dlq_cap = None;
                     return;
