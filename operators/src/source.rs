@@ -115,6 +115,11 @@ pub fn epoch_now(interval: Duration) -> Epoch {
     ms / (interval.as_millis().max(1) as u64)
 }
 
+/// The next offset of each of a worker's owned partitions: what an epoch's end records.
+fn next_offsets(owned: &[(Partition, EventKind, i64)]) -> Vec<(Partition, i64)> {
+    owned.iter().map(|(p, _, next)| (p.clone(), *next)).collect()
+}
+
 /// The slot of `topic`'s `partition` among a worker's owned partitions.
 fn slot_of(owned: &[(Partition, EventKind, i64)], topic: &str, partition: i32) -> Option<usize> {
     owned.iter().position(|(p, _, _)| p.partition == partition && p.topic == topic)
@@ -248,7 +253,7 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                 d.downgrade(&epoch);
             }
             // The starting positions count as the end of the epoch before the first.
-            let starts: Vec<(Partition, i64)> = owned.iter().map(|(p, _, next)| (p.clone(), *next)).collect();
+            let starts = next_offsets(&owned);
             offsets_out.borrow_mut().insert(epoch.saturating_sub(1), starts);
             let mut epoch = epoch;
             let mut warned_at = std::time::Instant::now() - Duration::from_secs(60);
@@ -263,7 +268,7 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                     // offsets (`offsets_at`) must cover what this epoch read; without this entry
                     // they fell back to the previous epoch's ends, and a recovery from such a cut
                     // read this epoch's events a second time.
-                    let ends: Vec<(Partition, i64)> = owned.iter().map(|(p, _, next)| (p.clone(), *next)).collect();
+                    let ends = next_offsets(&owned);
                     offsets_out.borrow_mut().insert(epoch, ends);
                     ev_cap = None;
                     dlq_cap = None;
@@ -273,7 +278,7 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                 // cut exists on every worker (see `checkpoint`).
                 let now = epoch_now(config.epoch_interval);
                 if now > epoch {
-                    let ends: Vec<(Partition, i64)> = owned.iter().map(|(p, _, next)| (p.clone(), *next)).collect();
+                    let ends = next_offsets(&owned);
                     offsets_out.borrow_mut().insert(epoch, ends);
                     epoch += 1;
                     ev.downgrade(&epoch);
