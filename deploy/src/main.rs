@@ -20,6 +20,7 @@ use squall::runfile::RunFile;
 use squall::values::StartPosition;
 use squall::{ready, runner, telemetry};
 use squall_topologies::TopologySpec;
+use tokio::net::TcpListener;
 
 /// mimalloc: the per-user states, dedup tables and timely's containers allocate and free small
 /// and few-kB blocks on every worker. Against glibc's allocator: about 10% less CPU per event end
@@ -27,7 +28,6 @@ use squall_topologies::TopologySpec;
 /// "Allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use tokio::net::TcpListener;
 
 /// Real-time personalization on timely dataflow: Kafka in, per-user attributes out over HTTP.
 #[derive(Parser)]

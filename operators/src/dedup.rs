@@ -16,9 +16,9 @@
 //! they load in parallel); a new word goes to the emptier of its two, which keeps buckets evenly
 //! filled and halves how often both are full and words must move; a sub-table grows by a quarter
 //! when it is 95% full, so tables are 76-95% full (under 10 bytes per id from about 2 M ids a
-//! worker on). A word
-//! whose bucket has expired counts as free; a sub-table is swept (expired words cleared) lazily
-//! before the 4-bit tags could wrap, and otherwise a few sub-tables per [`Dedup::sweep`] call.
+//! worker on). A word whose bucket has expired counts as free; a sub-table is swept (expired
+//! words cleared) lazily before the 4-bit tags could wrap, and otherwise a few sub-tables per
+//! [`Dedup::sweep`] call.
 //!
 //! **Exactness.** Two different events are taken for each other only when their keys agree in
 //! the 74 bits compared (14 of them implicit in the sub-table): for a new event the chance is
