@@ -1,0 +1,95 @@
+//! The Kafka source against the real dev broker: what it records as the end of each epoch.
+//!
+//! A checkpoint cut's offsets come from these records (`offsets_at`), so a record that is missing
+//! or stale makes a recovery read some events a second time.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use squall_operators::event::{DecodeLimits, EventKind};
+use squall_operators::source::{ConsumeKafka, Epoch, Partition, SourceConfig, StartFrom, offsets_at};
+use squall_tests::{brokers, unique};
+use timely::dataflow::operators::{Inspect, Probe};
+
+/// Produces `n` valid song completions to each of `partitions` of `topic`.
+fn produce(topic: &str, partitions: &[i32], n: usize) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
+    for &p in partitions {
+        for i in 0..n {
+            let payload = format!(
+                r#"{{"event_id":"e{p}-{i}","user_id":"u{i}","track_id":"t1","ms_played":1000,"ts":1763750000123}}"#
+            );
+            producer.send(BaseRecord::<(), _>::to(topic).partition(p).payload(&payload)).expect("enqueue");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("every record delivered");
+}
+
+/// A process that stops in the middle of an epoch records where that epoch ended.
+///
+/// Its peers may still seal cuts past that epoch (they hold the frontier only at their own
+/// epochs), and such a cut takes this process's offsets from the last epoch it recorded. Before
+/// the fix the source dropped its capability without a record, the cut fell back to the previous
+/// epoch's ends, and recovery from it counted the stopped epoch's events twice (seen once in CI,
+/// `adopt::versions_no_server_adopts_stop_themselves_and_resume_from_their_checkpoints`). Here the
+/// source stops right after it has read every message, and the last cut must cover them all: the
+/// source sees the flag at the next boundary, before it records the end of the epoch under way,
+/// so without the record at shutdown that cut held the ends of an earlier epoch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_stopped_mid_epoch_records_that_epochs_end_offsets() {
+    let topic = unique("source-stop");
+    squall::kafka::create_topics(&brokers(), std::slice::from_ref(&topic), 2).await.expect("create topic");
+    const PER_PARTITION: usize = 300;
+    tokio::task::block_in_place(|| produce(&topic, &[0, 1], PER_PARTITION));
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let config = SourceConfig {
+        brokers: brokers(),
+        group_id: unique("source-stop-group"),
+        partitions: (0..2).map(|p| (Partition { topic: topic.clone(), partition: p }, EventKind::Song)).collect(),
+        resume_at: Default::default(),
+        start_from: StartFrom::Earliest,
+        limits: DecodeLimits::default(),
+        // Short, since the source sees the shutdown flag only when it wakes (at the latest at the
+        // next epoch boundary).
+        epoch_interval: Duration::from_millis(500),
+        max_batch: 1024,
+        pending: Arc::new(AtomicUsize::new(0)),
+        max_pending: usize::MAX,
+        shutdown: Arc::clone(&shutdown),
+        properties: Vec::new(),
+    };
+    let recorded = tokio::task::block_in_place(|| {
+        timely::execute_directly(move |worker| {
+            let received = Rc::new(Cell::new(0usize));
+            let seen = Rc::clone(&received);
+            let (probe, offsets) = worker.dataflow::<Epoch, _, _>(|scope| {
+                let (events, dead, offsets) = scope.consume_kafka(&config, 0).expect("source");
+                dead.inspect(|d| panic!("a valid event went to the dead letters: {d:?}"));
+                let (probe, _) = events.inspect(move |_| seen.set(seen.get() + 1)).probe();
+                (probe, offsets)
+            });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while received.get() < 2 * PER_PARTITION {
+                assert!(Instant::now() < deadline, "only {} of {} events read", received.get(), 2 * PER_PARTITION);
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+            shutdown.store(true, Ordering::Relaxed);
+            while !probe.done() {
+                assert!(Instant::now() < deadline, "the source did not close after shutdown");
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+            // The last cut: after the epoch the source stopped in, whichever it was.
+            offsets_at(&offsets, Epoch::MAX)
+        })
+    });
+    let expected: Vec<(Partition, i64)> =
+        (0..2).map(|p| (Partition { topic: topic.clone(), partition: p }, PER_PARTITION as i64)).collect();
+    assert_eq!(recorded, expected, "the offsets after the epoch the source stopped in");
+}
