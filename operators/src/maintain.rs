@@ -34,6 +34,12 @@ const DEDUP_SWEEP_BUDGET: usize = 32;
 /// [`crate::store::MAPS`]).
 const USER_SWEEP_BUDGET: usize = 8192;
 
+/// Emptied stash buffers kept for the next epochs that arrive ahead of the frontier.
+const SPARE_STASHES: usize = 4;
+
+/// The largest stash buffer kept for reuse, in bytes (a burst's larger buffer is freed).
+const SPARE_STASH_BYTES: usize = 8 << 20;
+
 /// What a worker takes back from the recovered cut.
 #[derive(Clone, Debug)]
 pub struct Restore {
@@ -335,6 +341,10 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
             // Held at the least epoch not yet applied everywhere, so the output frontier follows the input's.
             let mut cap = caps.pop();
             let mut stash: BTreeMap<Epoch, Vec<Activity>> = BTreeMap::new();
+            // Emptied stash buffers, reused: a fresh one per epoch grew by doubling and, freed
+            // after its epoch, its pages went back to the OS and were faulted in anew by the next
+            // (12% of the worker in the engine harness, `benches/RESULTS.md`).
+            let mut spare: Vec<Vec<Activity>> = Vec::new();
             let mut last_sweep = Instant::now();
             move |frontiers| {
                 let frontier = frontiers[0].frontier();
@@ -345,7 +355,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                         m.seal_through(epoch);
                         m.apply(data);
                     } else {
-                        stash.entry(epoch).or_default().append(data);
+                        stash.entry(epoch).or_insert_with(|| spare.pop().unwrap_or_default()).append(data);
                     }
                 });
                 while let Some(entry) = stash.first_entry() {
@@ -353,7 +363,11 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                         break;
                     }
                     m.seal_through(*entry.key());
-                    m.apply(&mut entry.remove());
+                    let mut batch = entry.remove();
+                    m.apply(&mut batch);
+                    if spare.len() < SPARE_STASHES && batch.capacity() * size_of::<Activity>() <= SPARE_STASH_BYTES {
+                        spare.push(batch);
+                    }
                 }
                 if let Some(l) = least {
                     m.seal_through(l);
