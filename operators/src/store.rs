@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use compact_str::CompactString;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use squall_enrichment::Symbols;
 
 use std::sync::Arc;
@@ -72,6 +73,12 @@ pub type Shard = DashMap<CompactString, UserState, StrHash>;
 /// goes over a whole map at a time, so at 100 M users per process a map holds about 400k users.
 pub const MAPS: u32 = 256;
 
+/// Inner shards (locks) per map: DashMap's least.
+const SHARDS_PER_MAP: usize = 2;
+
+/// Shards in a store at most, `MAPS * SHARDS_PER_MAP`: the size of [`UserStore::lock`]'s bit set.
+const PLACES: usize = MAPS as usize * SHARDS_PER_MAP;
+
 /// The table inside each shard of a [`Shard`] (dashmap's `raw-api`).
 type Table = hashbrown::raw::RawTable<(CompactString, dashmap::SharedValue<UserState>)>;
 
@@ -85,6 +92,9 @@ pub struct Slot {
     pub key_group: u32,
 }
 
+/// A shard, `(map, shard)`, and its write lock.
+type Locked<'a> = ((usize, usize), dashmap::RwLockWriteGuard<'a, Table>);
+
 /// The shards of a few users, write-locked together, so that the lookups of all of them come
 /// before any state is changed and their cache misses overlap. Each write to a [`Shard`] through
 /// its own API takes and releases a lock, and a locked instruction waits for every load before
@@ -92,7 +102,7 @@ pub struct Slot {
 /// Readers of these users wait until the chunk is dropped.
 pub struct Chunk<'a> {
     store: &'a UserStore,
-    guards: Vec<((usize, usize), dashmap::RwLockWriteGuard<'a, Table>)>,
+    guards: SmallVec<[Locked<'a>; 16]>,
 }
 
 impl Chunk<'_> {
@@ -156,8 +166,8 @@ impl UserStore {
 
     /// An empty store for `peers` workers with `key_groups` groups.
     pub fn with_key_groups(plan: Arc<Plan>, symbols: Symbols, peers: usize, key_groups: KeyGroups) -> Self {
-        // Two inner shards per map (DashMap's least): hundreds of maps keep contention low.
-        let group = || Shard::with_hasher_and_shard_amount(StrHash::default(), 2);
+        // Two inner shards per map: hundreds of maps keep contention low.
+        let group = || Shard::with_hasher_and_shard_amount(StrHash::default(), SHARDS_PER_MAP);
         UserStore {
             plan,
             symbols,
@@ -237,11 +247,23 @@ impl UserStore {
 
     /// Write-locks the shards holding `slots` for a [`Chunk`] of writes.
     pub fn lock<'a>(&'a self, slots: impl Iterator<Item = &'a Slot>) -> Chunk<'a> {
-        let mut places: Vec<(usize, usize)> = slots.map(|s| (s.map, s.shard)).collect();
-        // One order for every worker: two that share a map at a boundary cannot deadlock.
-        places.sort_unstable();
-        places.dedup();
-        let guards = places.into_iter().map(|(m, s)| ((m, s), self.groups[m].shards()[s].write())).collect();
+        // One order for every worker: two that share a map at a boundary cannot deadlock. The
+        // shards are numbered `map * SHARDS_PER_MAP + shard` (fewer than `PLACES`); a bit set puts
+        // them in order and drops repeats without sorting (the sort took 1.5% of the worker).
+        let mut places = [0u64; PLACES / 64];
+        for s in slots {
+            let place = s.map * SHARDS_PER_MAP + s.shard;
+            places[place / 64] |= 1 << (place % 64);
+        }
+        let mut guards = SmallVec::new();
+        for (word, mut bits) in places.into_iter().enumerate() {
+            while bits != 0 {
+                let place = word * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let (m, s) = (place / SHARDS_PER_MAP, place % SHARDS_PER_MAP);
+                guards.push(((m, s), self.groups[m].shards()[s].write()));
+            }
+        }
         Chunk { store: self, guards }
     }
 
