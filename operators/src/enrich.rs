@@ -1,6 +1,7 @@
 //! `events.enrich_with(&enricher, ..)`: keys events by user and attaches their catalogue attributes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
@@ -21,6 +22,9 @@ use crate::event::{Event, EventKind};
 use crate::key_groups;
 use crate::source::Epoch;
 use crate::store::StrHash;
+
+/// Events whose memo entries are read together before they are enriched.
+const MEMO_CHUNK: usize = 16;
 
 /// Enriches a stream of events.
 pub trait EnrichWith<'scope> {
@@ -72,39 +76,68 @@ fn key_of(event: &Event) -> Key {
 /// enrichment operator and a source of cross-core traffic. The memo answers repeated ids with one
 /// local probe; it never outlives the shared entry, so answers are exactly what the cache gives.
 struct Memo {
-    tracks: HashMap<CompactString, (Info, Instant), StrHash>,
-    ads: HashMap<CompactString, (Info, Instant), StrHash>,
+    tracks: hashbrown::HashMap<CompactString, (Info, Instant), StrHash>,
+    ads: hashbrown::HashMap<CompactString, (Info, Instant), StrHash>,
     capacity: usize,
 }
 
 impl Memo {
     fn new(capacity: u64) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
-        Memo { tracks: HashMap::default(), ads: HashMap::default(), capacity }
+        Memo { tracks: Default::default(), ads: Default::default(), capacity }
     }
 
-    /// The answer for `event`'s id as of `now`, from the memo or the shared cache.
+    /// The map of `event`'s kind, and the id it is looked up by.
     #[inline]
-    fn get(&mut self, event: &Event, now: Instant, enricher: &Enricher) -> Option<Info> {
-        let (map, id) = match event {
+    fn map_of<'e>(
+        &mut self,
+        event: &'e Event,
+    ) -> (&mut hashbrown::HashMap<CompactString, (Info, Instant), StrHash>, &'e str) {
+        match event {
             Event::Song(s) => (&mut self.tracks, &s.track_id),
             Event::Ad(a) => (&mut self.ads, &a.ad_id),
-        };
-        if let Some((info, until)) = map.get(id.as_str())
+        }
+    }
+
+    /// The hash `event`'s id is looked up by.
+    #[inline]
+    fn hash(&mut self, event: &Event) -> u64 {
+        let (map, id) = self.map_of(event);
+        map.hasher().hash_one(id)
+    }
+
+    /// Reads the entries a lookup by `hash` would compare (of song completions, most events), so
+    /// that a chunk's cache misses overlap instead of following one another (as in
+    /// `maintain`); returns something of them to keep the loads.
+    #[inline]
+    fn touch(&self, hash: u64) -> u64 {
+        let mut seen = 0u64;
+        let _ = self.tracks.raw_entry().from_hash(hash, |k| {
+            seen ^= k.len() as u64;
+            false
+        });
+        seen
+    }
+
+    /// `event`'s catalogue row, from the memo or the enricher's cache; `hash` is [`Memo::hash`]'s.
+    #[inline]
+    fn get(&mut self, event: &Event, hash: u64, now: Instant, enricher: &Enricher) -> Option<Info> {
+        let capacity = self.capacity;
+        let (map, id) = self.map_of(event);
+        if let Some((_, (info, until))) = map.raw_entry().from_key_hashed_nocheck(hash, id)
             && now < *until
         {
             return Some(*info);
         }
         let (info, until) = enricher.cached_until(&key_of(event))?;
-        if map.len() >= self.capacity {
+        if map.len() >= capacity {
             map.clear();
         }
-        map.insert(id.clone(), (info, until));
+        map.insert(CompactString::from(id), (info, until));
         Some(info)
     }
 }
 
-/// Joins an event with its enrichment.
 fn activity(event: Event, info: Info, unknown: Sym) -> Activity {
     match event {
         Event::Song(s) => {
@@ -160,6 +193,7 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
             let mut held: BTreeMap<Epoch, (Capability<Epoch>, usize)> = BTreeMap::new();
             let mut ready: Vec<Activity> = Vec::new();
             let mut memo = Memo::new(enricher.config().cache_capacity);
+            let mut hashes: Vec<u64> = Vec::new();
             move |_frontiers| {
                 let mut out = output.activate();
                 // Answers first: they release capabilities.
@@ -184,8 +218,17 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     let Some(epoch) = cap.least().copied() else { return };
                     let now = Instant::now();
                     ready.reserve(data.len());
-                    for event in data.drain(..) {
-                        if let Some(info) = memo.get(&event, now, &enricher) {
+                    hashes.clear();
+                    hashes.extend(data.iter().map(|e| memo.hash(e)));
+                    let mut touched = 0;
+                    for (i, event) in data.drain(..).enumerate() {
+                        if i % MEMO_CHUNK == 0 {
+                            for h in &hashes[i..(i + MEMO_CHUNK).min(hashes.len())] {
+                                touched ^= memo.touch(*h);
+                            }
+                            std::hint::black_box(touched);
+                        }
+                        if let Some(info) = memo.get(&event, hashes[i], now, &enricher) {
                             hits += 1;
                             ready.push(activity(event, info, unknown));
                             continue;
