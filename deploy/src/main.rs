@@ -24,8 +24,9 @@ use tokio::net::TcpListener;
 
 /// mimalloc: the per-user states, dedup tables and timely's containers allocate and free small
 /// and few-kB blocks on every worker. Against glibc's allocator: about 10% less CPU per event end
-/// to end, for 7-17% more resident memory per user (`benches/RESULTS.md`, 2026-11-30 night,
-/// "Allocator").
+/// to end (`benches/RESULTS.md`, 2026-11-30 night, "Allocator"). Built with `no_thp` (the
+/// workspace's `Cargo.toml`): with transparent huge pages every purge of freed memory cost a 2 MB
+/// page cleared anew, and resident memory per user was 11% higher (2026-11-30 late night).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
