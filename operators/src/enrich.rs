@@ -138,6 +138,7 @@ impl Memo {
     }
 }
 
+/// Joins an event with its enrichment.
 fn activity(event: Event, info: Info, unknown: Sym) -> Activity {
     match event {
         Event::Song(s) => {
