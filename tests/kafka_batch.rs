@@ -9,27 +9,14 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use squall_kafka_batch::BatchConsumer;
-use squall_tests::{brokers, unique};
+use squall_tests::{brokers, produce_to_partitions, unique};
 
-/// Produces records `from..from + n` to each of `partitions` of `topic`, in order (idempotent, so
-/// retries cannot reorder them): key `p/i`, payload `value p i`.
+/// Produces records `from..from + n` to each of `partitions` of `topic`, in order: key `p/i`,
+/// payload `value p i`.
 fn produce(topic: &str, partitions: &[i32], from: usize, n: usize) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    for &p in partitions {
-        for i in from..from + n {
-            let (key, payload) = (format!("{p}/{i}"), format!("value {p} {i}"));
-            producer.send(BaseRecord::to(topic).partition(p).key(&key).payload(&payload)).expect("enqueue");
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("every record delivered");
+    produce_to_partitions(topic, partitions, from, n, |p, i| (format!("{p}/{i}"), format!("value {p} {i}")));
 }
 
 /// Reads until `want` messages arrived (or 30 s): per partition, (offset, key, payload).

@@ -9,27 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use squall_operators::event::{DecodeLimits, EventKind};
 use squall_operators::source::{ConsumeKafka, Epoch, Partition, SourceConfig, StartFrom, offsets_at};
-use squall_tests::{brokers, unique};
+use squall_tests::{brokers, produce_to_partitions, unique};
 use timely::dataflow::operators::{Inspect, Probe};
-
-/// Produces `n` valid song completions to each of `partitions` of `topic`.
-fn produce(topic: &str, partitions: &[i32], n: usize) {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
-    for &p in partitions {
-        for i in 0..n {
-            let payload = format!(
-                r#"{{"event_id":"e{p}-{i}","user_id":"u{i}","track_id":"t1","ms_played":1000,"ts":1763750000123}}"#
-            );
-            producer.send(BaseRecord::<(), _>::to(topic).partition(p).payload(&payload)).expect("enqueue");
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("every record delivered");
-}
 
 /// A process that stops in the middle of an epoch records where that epoch ended.
 ///
@@ -46,7 +29,14 @@ async fn a_source_stopped_mid_epoch_records_that_epochs_end_offsets() {
     let topic = unique("source-stop");
     squall::kafka::create_topics(&brokers(), std::slice::from_ref(&topic), 2).await.expect("create topic");
     const PER_PARTITION: usize = 300;
-    tokio::task::block_in_place(|| produce(&topic, &[0, 1], PER_PARTITION));
+    tokio::task::block_in_place(|| {
+        produce_to_partitions(&topic, &[0, 1], 0, PER_PARTITION, |p, i| {
+            let payload = format!(
+                r#"{{"event_id":"e{p}-{i}","user_id":"u{i}","track_id":"t1","ms_played":1000,"ts":1763750000123}}"#
+            );
+            (format!("u{i}"), payload)
+        })
+    });
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let config = SourceConfig {

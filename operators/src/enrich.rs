@@ -101,9 +101,11 @@ impl Memo {
 
     /// The hash `event`'s id is looked up by.
     #[inline]
-    fn hash(&mut self, event: &Event) -> u64 {
-        let (map, id) = self.map_of(event);
-        map.hasher().hash_one(id)
+    fn hash(&self, event: &Event) -> u64 {
+        match event {
+            Event::Song(s) => self.tracks.hasher().hash_one(s.track_id.as_str()),
+            Event::Ad(a) => self.ads.hasher().hash_one(a.ad_id.as_str()),
+        }
     }
 
     /// Reads the entries a lookup by `hash` would compare (of song completions, most events), so

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer};
 
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -120,6 +120,31 @@ pub async fn produce(records: impl IntoIterator<Item = (String, String, Vec<u8>)
     for p in pending {
         p.await.expect("join").expect("delivery");
     }
+}
+
+/// Produces records `from..from + n` to each of `partitions` of `topic`, in order (idempotent, so
+/// retries cannot reorder them); `record(partition, i)` gives each one's key and payload. Blocks
+/// until every record is delivered.
+pub fn produce_to_partitions(
+    topic: &str,
+    partitions: &[i32],
+    from: usize,
+    n: usize,
+    record: impl Fn(i32, usize) -> (String, String),
+) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for &p in partitions {
+        for i in from..from + n {
+            let (key, payload) = record(p, i);
+            producer.send(BaseRecord::to(topic).partition(p).key(&key).payload(&payload)).expect("enqueue");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("every record delivered");
 }
 
 /// A generated stream of `users` users over `catalogue` with a run id of its own: 2% unknown
