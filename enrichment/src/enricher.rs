@@ -1,7 +1,7 @@
 //! The cached, asynchronous lookup service that the dataflow's enrichment operator calls.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
@@ -14,6 +14,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use crate::catalogue::{Catalogue, CatalogueError};
+use crate::hash::StrHash;
 use crate::symbols::{Sym, Symbols};
 
 /// What to do with an event whose lookup still fails when the deadline has passed.
@@ -136,6 +137,74 @@ pub struct Preloaded {
     pub truncated: bool,
 }
 
+/// The rows of the last complete [`Enricher::preload`], read-only and shared by every worker.
+///
+/// A get from the cache (moka) moves the entry in its LRU order and writes to a read log shared
+/// by all workers. Each worker's first look at each id went through it (the operator's memo
+/// holds the answers after that), which was a tenth of squall's CPU over 1M events and 100k
+/// tracks (`benches/RESULTS.md`, 2026-12-01). A lookup here is one probe of a hash map that
+/// nothing writes while it is shared. Preloaded rows are kept here instead of in the cache; a
+/// reload builds a new snapshot and swaps it in whole.
+pub struct Snapshot {
+    tracks: hashbrown::HashMap<CompactString, Info, StrHash>,
+    ads: hashbrown::HashMap<CompactString, Info, StrHash>,
+    /// `cache_ttl` after its load began: its rows are answers until then, like cached ones.
+    until: Instant,
+}
+
+impl Snapshot {
+    fn empty(hasher: StrHash) -> Self {
+        Snapshot {
+            tracks: hashbrown::HashMap::with_hasher(hasher),
+            ads: hashbrown::HashMap::with_hasher(hasher),
+            until: Instant::now(),
+        }
+    }
+
+    /// Whether its rows are answers at `now`: it has some, and they have not expired.
+    #[inline]
+    pub fn live(&self, now: Instant) -> bool {
+        now < self.until && !(self.tracks.is_empty() && self.ads.is_empty())
+    }
+
+    /// The instant its rows expire.
+    pub fn until(&self) -> Instant {
+        self.until
+    }
+
+    /// The row of track `id`, whose hash by [`Enricher::hasher`] is `hash`.
+    #[inline]
+    pub fn track(&self, id: &str, hash: u64) -> Option<Info> {
+        self.tracks.raw_entry().from_key_hashed_nocheck(hash, id).map(|(_, info)| *info)
+    }
+
+    /// The row of ad `id`, whose hash by [`Enricher::hasher`] is `hash`.
+    #[inline]
+    pub fn ad(&self, id: &str, hash: u64) -> Option<Info> {
+        self.ads.raw_entry().from_key_hashed_nocheck(hash, id).map(|(_, info)| *info)
+    }
+
+    /// Reads the track entries a lookup by `hash` would compare, so that a caller can overlap
+    /// the cache misses of several lookups; returns something of them to keep the loads.
+    #[inline]
+    pub fn touch_track(&self, hash: u64) -> u64 {
+        let mut seen = 0u64;
+        let _ = self.tracks.raw_entry().from_hash(hash, |k| {
+            seen ^= k.len() as u64;
+            false
+        });
+        seen
+    }
+
+    fn get(&self, key: &Key, hasher: &StrHash) -> Option<Info> {
+        use std::hash::BuildHasher;
+        match key {
+            Key::Track(id) => self.track(id, hasher.hash_one(id.as_str())),
+            Key::Ad(id) => self.ad(id, hasher.hash_one(id.as_str())),
+        }
+    }
+}
+
 /// A caller waiting for the answer of a lookup in flight.
 type Waiter = Box<dyn FnOnce(Key, Info) + Send + Sync>;
 
@@ -149,6 +218,12 @@ struct Inner {
     /// Answers with the instant they were cached, so that callers' local copies expire with them.
     tracks: Cache<CompactString, (Info, Instant)>,
     ads: Cache<CompactString, (Info, Instant)>,
+    /// The last complete preload; consulted before the cache while it is live.
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Bumped each time a snapshot is swapped in, so that holders of one can tell cheaply.
+    generation: AtomicU64,
+    /// The hasher of the snapshot's maps, shared with callers' own maps of ids.
+    hasher: StrHash,
     catalogue: Arc<dyn Catalogue>,
     symbols: Symbols,
     runtime: Handle,
@@ -163,10 +238,14 @@ impl Enricher {
     /// A service over `catalogue` that runs its requests on `runtime`.
     pub fn new(catalogue: Arc<dyn Catalogue>, symbols: Symbols, config: EnrichConfig, runtime: Handle) -> Self {
         let cache = || Cache::builder().max_capacity(config.cache_capacity).time_to_live(config.cache_ttl).build();
+        let hasher = StrHash::default();
         Enricher {
             inner: Arc::new(Inner {
                 tracks: cache(),
                 ads: cache(),
+                snapshot: RwLock::new(Arc::new(Snapshot::empty(hasher))),
+                generation: AtomicU64::new(0),
+                hasher,
                 catalogue,
                 symbols,
                 runtime,
@@ -199,11 +278,36 @@ impl Enricher {
     /// cached). A caller may keep a local copy until then: it is the answer the cache would give.
     #[inline]
     pub fn cached_until(&self, key: &Key) -> Option<(Info, Instant)> {
+        let snapshot = self.snapshot().1;
+        if snapshot.live(Instant::now())
+            && let Some(info) = snapshot.get(key, &self.inner.hasher)
+        {
+            return Some((info, snapshot.until));
+        }
         let (info, at) = match key {
             Key::Track(id) => self.inner.tracks.get(id),
             Key::Ad(id) => self.inner.ads.get(id),
         }?;
         Some((info, at + self.inner.config.cache_ttl))
+    }
+
+    /// The last complete preload (empty before the first), with its generation.
+    pub fn snapshot(&self) -> (u64, Arc<Snapshot>) {
+        // The lock is held only to clone or swap the `Arc`: a poisoned one still holds a whole snapshot.
+        let snapshot = self.inner.snapshot.read().unwrap_or_else(|e| e.into_inner());
+        (self.inner.generation.load(Relaxed), Arc::clone(&snapshot))
+    }
+
+    /// The generation of the current snapshot: one load, for callers holding an older one.
+    #[inline]
+    pub fn snapshot_generation(&self) -> u64 {
+        self.inner.generation.load(Relaxed)
+    }
+
+    /// The hasher of the snapshot's maps: a caller keeping its own map of ids with it can probe
+    /// both with one hash.
+    pub fn hasher(&self) -> StrHash {
+        self.inner.hasher
     }
 
     /// The settings this enricher runs with.
@@ -246,25 +350,51 @@ impl Enricher {
         }
     }
 
-    /// Reads every `tracks` and `ads` row into the cache (up to `cache_capacity` each), as if
-    /// each had just been looked up. Returns what it read, or the first store error (the rows
-    /// read before it stay cached).
+    /// Reads every `tracks` and `ads` row (up to `cache_capacity` each) into a new [`Snapshot`]
+    /// and swaps it in, as if each row had just been looked up. Returns what it read, or the
+    /// first store error; the rows read before an error are put in the cache instead, and the
+    /// snapshot in use stays.
     pub async fn preload(&self) -> Result<Preloaded, CatalogueError> {
         let inner = &self.inner;
+        let started = Instant::now();
         let intern = |s: Option<String>| s.map_or(inner.symbols.unknown(), |s| inner.symbols.intern(&s));
         let limit = inner.config.cache_capacity;
-        let (tracks, more_tracks) = cache_rows(inner.catalogue.scan_tracks(), &inner.tracks, limit, |row| {
-            Info::Track { genre: intern(row.genre), artist: intern(row.artist_id), duration_ms: row.duration_ms }
-        })
-        .await?;
-        let (ads, more_ads) = cache_rows(inner.catalogue.scan_ads(), &inner.ads, limit, |row| Info::Ad {
-            category: intern(row.category),
-            advertiser: intern(row.advertiser_id),
-        })
-        .await?;
-        let done = Preloaded { tracks, ads, truncated: more_tracks || more_ads };
+        let mut next = Snapshot::empty(inner.hasher);
+        next.until = started + inner.config.cache_ttl;
+        let read = async {
+            let more_tracks = read_rows(inner.catalogue.scan_tracks(), &mut next.tracks, limit, |row| Info::Track {
+                genre: intern(row.genre),
+                artist: intern(row.artist_id),
+                duration_ms: row.duration_ms,
+            })
+            .await?;
+            let more_ads = read_rows(inner.catalogue.scan_ads(), &mut next.ads, limit, |row| Info::Ad {
+                category: intern(row.category),
+                advertiser: intern(row.advertiser_id),
+            })
+            .await?;
+            Ok::<_, CatalogueError>(more_tracks || more_ads)
+        };
+        let outcome = read.await;
+        let done = Preloaded { tracks: next.tracks.len() as u64, ads: next.ads.len() as u64, truncated: false };
         inner.stats.preloaded.fetch_add(done.tracks + done.ads, Relaxed);
-        Ok(done)
+        match outcome {
+            Ok(truncated) => {
+                let mut current = inner.snapshot.write().unwrap_or_else(|e| e.into_inner());
+                *current = Arc::new(next);
+                inner.generation.fetch_add(1, Relaxed);
+                Ok(Preloaded { truncated, ..done })
+            }
+            Err(e) => {
+                for (id, info) in next.tracks {
+                    inner.tracks.insert(id, (info, started));
+                }
+                for (id, info) in next.ads {
+                    inner.ads.insert(id, (info, started));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The answer for `key`: from the cache, or looked up now. For callers that may wait.
@@ -357,24 +487,22 @@ impl Enricher {
     }
 }
 
-/// Caches each row of `rows` as `info` makes it, up to `limit` rows: how many were cached, and
-/// whether rows were left over.
-async fn cache_rows<R>(
+/// Puts each row of `rows` in `into` as `info` makes it, up to `limit` rows: whether rows were
+/// left over.
+async fn read_rows<R>(
     mut rows: BoxStream<'static, Result<(String, R), CatalogueError>>,
-    cache: &Cache<CompactString, (Info, Instant)>,
+    into: &mut hashbrown::HashMap<CompactString, Info, StrHash>,
     limit: u64,
     info: impl Fn(R) -> Info,
-) -> Result<(u64, bool), CatalogueError> {
-    let mut cached = 0;
+) -> Result<bool, CatalogueError> {
     while let Some(row) = rows.next().await {
-        if cached == limit {
-            return Ok((cached, true));
+        if into.len() as u64 == limit {
+            return Ok(true);
         }
         let (id, row) = row?;
-        cache.insert(CompactString::from(id), (info(row), Instant::now()));
-        cached += 1;
+        into.insert(CompactString::from(id), info(row));
     }
-    Ok((cached, false))
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -532,6 +660,74 @@ mod tests {
         let e = enricher(Arc::new(flaky), EnrichConfig::default());
         assert!(matches!(e.preload().await, Err(CatalogueError::Request(_))));
         assert_eq!(e.preload().await.unwrap().tracks, 1, "the next reload succeeds");
+    }
+
+    /// A catalogue whose rows a test can change.
+    struct Swappable(std::sync::Mutex<MemoryCatalogue>);
+
+    impl Catalogue for Swappable {
+        fn track(&self, id: &str) -> BoxFuture<'static, Result<Option<TrackRow>, CatalogueError>> {
+            self.0.lock().unwrap().track(id)
+        }
+        fn ad(&self, id: &str) -> BoxFuture<'static, Result<Option<AdRow>, CatalogueError>> {
+            self.0.lock().unwrap().ad(id)
+        }
+        fn scan_tracks(&self) -> BoxStream<'static, Result<(String, TrackRow), CatalogueError>> {
+            self.0.lock().unwrap().scan_tracks()
+        }
+        fn scan_ads(&self) -> BoxStream<'static, Result<(String, AdRow), CatalogueError>> {
+            self.0.lock().unwrap().scan_ads()
+        }
+    }
+
+    #[tokio::test]
+    async fn preloaded_rows_come_from_a_snapshot_that_a_reload_replaces() {
+        let store = Arc::new(Swappable(std::sync::Mutex::new(catalogue())));
+        let e = enricher(Arc::clone(&store) as Arc<dyn Catalogue>, EnrichConfig::default());
+        let s = e.symbols().clone();
+        assert!(!e.snapshot().1.live(Instant::now()), "nothing preloaded yet");
+        e.preload().await.unwrap();
+        let (generation, snapshot) = e.snapshot();
+        assert_eq!(generation, 1);
+        assert!(snapshot.live(Instant::now()));
+        let h = |id: &str| std::hash::BuildHasher::hash_one(&e.hasher(), id);
+        let rock = Info::Track { genre: s.intern("rock"), artist: s.intern("ar1"), duration_ms: Some(1) };
+        assert_eq!(snapshot.track("t1", h("t1")), Some(rock));
+        assert_eq!(
+            snapshot.ad("a1", h("a1")),
+            Some(Info::Ad { category: s.intern("cars"), advertiser: s.intern("adv") })
+        );
+        assert_eq!(snapshot.track("t2", h("t2")), None);
+        // The rows are answers until `cache_ttl` after the load began, and not after.
+        assert!(snapshot.until() > Instant::now() + Duration::from_secs(590));
+        assert!(!snapshot.live(snapshot.until()));
+        assert_eq!(e.cached_until(&Key::Track("t1".into())), Some((rock, snapshot.until())));
+
+        // A reload swaps in the store's rows of then; holders of the old snapshot keep theirs.
+        let jazz = TrackRow { genre: Some("jazz".into()), artist_id: Some("ar2".into()), duration_ms: None };
+        store.0.lock().unwrap().tracks = Arc::new([("t1".to_owned(), jazz)].into_iter().collect());
+        e.preload().await.unwrap();
+        let (generation, newer) = e.snapshot();
+        assert_eq!(generation, 2);
+        let jazz = Info::Track { genre: s.intern("jazz"), artist: s.intern("ar2"), duration_ms: None };
+        assert_eq!(newer.track("t1", h("t1")), Some(jazz));
+        assert_eq!(e.cached(&Key::Track("t1".into())), Some(jazz));
+        assert_eq!(snapshot.track("t1", h("t1")), Some(rock));
+        assert_eq!(e.stats().requests.load(Relaxed), 0, "no lookup went to the store");
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_keeps_the_snapshot_in_use() {
+        let flaky = Arc::new(Flaky { failures: AtomicUsize::new(0), inner: catalogue() });
+        let e = enricher(Arc::clone(&flaky) as Arc<dyn Catalogue>, EnrichConfig::default());
+        e.preload().await.unwrap();
+        // The tracks scan fails: the snapshot in use stays.
+        flaky.failures.store(1, Relaxed);
+        assert!(e.preload().await.is_err());
+        let (generation, snapshot) = e.snapshot();
+        assert_eq!(generation, 1);
+        assert!(snapshot.live(Instant::now()));
+        assert!(e.cached(&Key::Track("t1".into())).is_some());
     }
 
     /// Answers track lookups only when released, so that lookups pile up in flight.

@@ -3,10 +3,12 @@
 
 mod catalogue;
 mod enricher;
+mod hash;
 mod symbols;
 
 pub use catalogue::{
     AdRow, Catalogue, CatalogueError, CqlCatalogue, MemoryCatalogue, SCAN_PAGE_ROWS, TrackRow, schema,
 };
-pub use enricher::{EnrichConfig, Enricher, EnricherStats, Info, Key, OnTimeout, Preloaded};
+pub use enricher::{EnrichConfig, Enricher, EnricherStats, Info, Key, OnTimeout, Preloaded, Snapshot};
+pub use hash::{StrHash, StrHasher};
 pub use symbols::{Sym, Symbols, UNKNOWN};

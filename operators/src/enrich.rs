@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use compact_str::CompactString;
 
-use squall_enrichment::{Enricher, Info, Key, Sym};
+use squall_enrichment::{Enricher, Info, Key, Snapshot, StrHash, Sym};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
@@ -21,7 +21,6 @@ use crate::dedup::dedup_key;
 use crate::event::{Event, EventKind};
 use crate::key_groups;
 use crate::source::Epoch;
-use crate::store::StrHash;
 
 /// Events whose memo entries are read together before they are enriched.
 const MEMO_CHUNK: usize = 16;
@@ -82,9 +81,10 @@ struct Memo {
 }
 
 impl Memo {
-    fn new(capacity: u64) -> Self {
+    /// A memo hashing with `hasher`: the enricher's, so that one hash probes its snapshot too.
+    fn new(capacity: u64, hasher: StrHash) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
-        Memo { tracks: Default::default(), ads: Default::default(), capacity }
+        Memo { tracks: hashbrown::HashMap::with_hasher(hasher), ads: hashbrown::HashMap::with_hasher(hasher), capacity }
     }
 
     /// The map of `event`'s kind, and the id it is looked up by.
@@ -121,9 +121,26 @@ impl Memo {
         seen
     }
 
-    /// `event`'s catalogue row, from the memo or the enricher's cache; `hash` is [`Memo::hash`]'s.
+    /// `event`'s catalogue row, from the enricher's snapshot of the catalogue when `live`, else
+    /// from the memo or the enricher's cache; `hash` is [`Memo::hash`]'s.
     #[inline]
-    fn get(&mut self, event: &Event, hash: u64, now: Instant, enricher: &Enricher) -> Option<Info> {
+    fn get(
+        &mut self,
+        event: &Event,
+        hash: u64,
+        now: Instant,
+        snapshot: Option<&Snapshot>,
+        enricher: &Enricher,
+    ) -> Option<Info> {
+        if let Some(snapshot) = snapshot {
+            let row = match event {
+                Event::Song(s) => snapshot.track(&s.track_id, hash),
+                Event::Ad(a) => snapshot.ad(&a.ad_id, hash),
+            };
+            if row.is_some() {
+                return row;
+            }
+        }
         let capacity = self.capacity;
         let (map, id) = self.map_of(event);
         if let Some((_, (info, until))) = map.raw_entry().from_key_hashed_nocheck(hash, id)
@@ -195,8 +212,9 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
             // A capability per epoch that has waiting events, and how many.
             let mut held: BTreeMap<Epoch, (Capability<Epoch>, usize)> = BTreeMap::new();
             let mut ready: Vec<Activity> = Vec::new();
-            let mut memo = Memo::new(enricher.config().cache_capacity);
+            let mut memo = Memo::new(enricher.config().cache_capacity, enricher.hasher());
             let mut hashes: Vec<u64> = Vec::new();
+            let (mut generation, mut snapshot) = enricher.snapshot();
             move |_frontiers| {
                 let mut out = output.activate();
                 // Answers first: they release capabilities.
@@ -220,6 +238,10 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     pending.fetch_add(data.len(), Relaxed);
                     let Some(epoch) = cap.least().copied() else { return };
                     let now = Instant::now();
+                    if enricher.snapshot_generation() != generation {
+                        (generation, snapshot) = enricher.snapshot();
+                    }
+                    let live = snapshot.live(now).then_some(&*snapshot);
                     ready.reserve(data.len());
                     hashes.clear();
                     hashes.extend(data.iter().map(|e| memo.hash(e)));
@@ -227,11 +249,14 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     for (i, event) in data.drain(..).enumerate() {
                         if i % MEMO_CHUNK == 0 {
                             for h in &hashes[i..(i + MEMO_CHUNK).min(hashes.len())] {
-                                touched ^= memo.touch(*h);
+                                touched ^= match live {
+                                    Some(s) => s.touch_track(*h),
+                                    None => memo.touch(*h),
+                                };
                             }
                             std::hint::black_box(touched);
                         }
-                        if let Some(info) = memo.get(&event, hashes[i], now, &enricher) {
+                        if let Some(info) = memo.get(&event, hashes[i], now, live, &enricher) {
                             hits += 1;
                             ready.push(activity(event, info, unknown));
                             continue;

@@ -1,6 +1,5 @@
 //! The per-user state of one topology version, kept per key group and readable while it changes.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -8,6 +7,7 @@ use compact_str::CompactString;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 use squall_enrichment::Symbols;
+pub use squall_enrichment::{StrHash, StrHasher};
 
 use std::sync::Arc;
 
@@ -20,45 +20,6 @@ use crate::plan::{Plan, UserState};
 #[inline]
 pub fn user_hash(user_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(user_id.as_bytes())
-}
-
-/// A fast hasher for string keys (user ids, catalogue ids): seeded xxh3 over the bytes, several
-/// times faster than the default SipHash on short ids (measured in `benches/RESULTS.md`).
-#[derive(Clone, Copy)]
-pub struct StrHasher(u64);
-
-impl Hasher for StrHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        // `str` hashes as its bytes then 0xff: keep the low bits a bijection of xxh3's and mix them upwards.
-        self.0 = (self.0 ^ u64::from(i)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// Builds [`StrHasher`]s with a seed drawn per map, so that colliding ids cannot be precomputed.
-#[derive(Clone, Copy)]
-pub struct StrHash(u64);
-
-impl Default for StrHash {
-    fn default() -> Self {
-        StrHash(RandomState::new().hash_one(0x5ba1u64))
-    }
-}
-
-impl BuildHasher for StrHash {
-    type Hasher = StrHasher;
-    #[inline]
-    fn build_hasher(&self) -> StrHasher {
-        StrHasher(self.0)
-    }
 }
 
 /// The users of a contiguous range of key groups and their state.
