@@ -54,6 +54,8 @@ struct RunSpec {
 enum Engine {
     Ceiling,
     Squall,
+    /// `squall run` from `--before-bin-dir`: an earlier build, for a before/after in one run.
+    Before,
     Flink,
     Bytewax,
 }
@@ -63,6 +65,7 @@ impl Engine {
         match self {
             Engine::Ceiling => "bare consumer",
             Engine::Squall => "squall",
+            Engine::Before => "squall, earlier build (`--before-bin-dir`)",
             Engine::Flink => "Flink 2.0",
             Engine::Bytewax => "Bytewax 0.21",
         }
@@ -76,9 +79,10 @@ impl FromStr for RunSpec {
         let engine = match parts.next() {
             Some("ceiling") => Engine::Ceiling,
             Some("squall") => Engine::Squall,
+            Some("before") => Engine::Before,
             Some("flink") => Engine::Flink,
             Some("bytewax") => Engine::Bytewax,
-            _ => return Err(format!("{s}: the engine is one of ceiling, squall, flink, bytewax")),
+            _ => return Err(format!("{s}: the engine is one of ceiling, squall, before, flink, bytewax")),
         };
         let workers = parts
             .next()
@@ -87,8 +91,8 @@ impl FromStr for RunSpec {
             .ok_or_else(|| format!("{s}: write engine:workers[:ckpt], workers >= 1"))?;
         let checkpoints = match parts.next() {
             None => false,
-            Some("ckpt") if matches!(engine, Engine::Squall | Engine::Flink) => true,
-            Some(other) => return Err(format!("{s}: {other:?}: only squall and flink take `:ckpt`")),
+            Some("ckpt") if matches!(engine, Engine::Squall | Engine::Before | Engine::Flink) => true,
+            Some(other) => return Err(format!("{s}: {other:?}: only squall, before and flink take `:ckpt`")),
         };
         if parts.next().is_some() {
             return Err(format!("{s}: write engine:workers[:ckpt]"));
@@ -116,7 +120,8 @@ struct Args {
     events: u64,
     #[arg(long, default_value_t = 100_000)]
     users: u64,
-    /// What to run, in order, each `engine:workers[:ckpt]` (engines: ceiling, squall, flink, bytewax).
+    /// What to run, in order, each `engine:workers[:ckpt]` (engines: ceiling, squall, flink,
+    /// bytewax, and `before`: the `squall` of `--before-bin-dir`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -168,6 +173,10 @@ struct Args {
     /// Where `squall` and `squall-gen` are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Where the `squall` of the `before` runs is: an earlier build, to measure a change's
+    /// before and after in the same run as the peers.
+    #[arg(long)]
+    before_bin_dir: Option<PathBuf>,
 }
 
 /// One run's figures.
@@ -254,8 +263,14 @@ fn squall_extra(a: &Args, ckpt: Option<&Path>) -> String {
 
 fn run_squall(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measured, String> {
     let ckpt = spec.checkpoints.then(|| tmp(&format!("{tag}-ckpt")));
+    let bins = match spec.engine {
+        Engine::Before => {
+            a.before_bin_dir.as_deref().ok_or_else(|| "`before` runs need --before-bin-dir".to_owned())?
+        }
+        _ => s.bins.as_path(),
+    };
     let squall = Squall::start(
-        &s.bins,
+        bins,
         tag,
         &a.brokers,
         &a.cql,
@@ -601,6 +616,10 @@ fn load_average() -> String {
 
 fn main() {
     let a = Args::parse();
+    if a.runs.iter().any(|r| r.engine == Engine::Before) && a.before_bin_dir.is_none() {
+        eprintln!("compare: the `before` runs of --runs need --before-bin-dir <directory of an earlier squall build>");
+        std::process::exit(2);
+    }
     let bins = a.bin_dir.clone().unwrap_or_else(bin_dir);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let run = format!("compare{}", std::process::id());
@@ -670,7 +689,7 @@ fn main() {
                 let tag = format!("{}-r{round}-{i}-{}", s.run, spec.to_string().replace(':', "-"));
                 let measured = match spec.engine {
                     Engine::Ceiling => Ok(run_ceiling(&a, &s, spec)),
-                    Engine::Squall => run_squall(&a, &s, spec, &tag),
+                    Engine::Squall | Engine::Before => run_squall(&a, &s, spec, &tag),
                     Engine::Flink => run_flink(&a, &s, spec, &tag),
                     Engine::Bytewax => run_bytewax(&a, &s, spec, &tag),
                 };
