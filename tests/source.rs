@@ -83,3 +83,63 @@ async fn a_source_stopped_mid_epoch_records_that_epochs_end_offsets() {
         (0..2).map(|p| (Partition { topic: topic.clone(), partition: p }, PER_PARTITION as i64)).collect();
     assert_eq!(recorded, expected, "the offsets after the epoch the source stopped in");
 }
+
+/// A worker's first record arrives without waiting out librdkafka's fixed 500 ms retry of a
+/// partition assigned before its leader is known, and wakes a worker parked until the next
+/// epoch boundary (a minute away here): only the queue's callback can wake it in time.
+///
+/// Before the source asked for its topics' metadata ahead of the assignment, the start offset
+/// of every partition was queried only after that retry: 0.5 s of the 0.7 s from spawn to the
+/// first record (`benches/RESULTS.md`, 2026-12-01).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_record_does_not_wait_for_a_leader_retry() {
+    let topic = unique("source-first");
+    squall::kafka::create_topics(&brokers(), std::slice::from_ref(&topic), 1).await.expect("create topic");
+    tokio::task::block_in_place(|| {
+        produce_to_partitions(&topic, &[0], 0, 1, |_, i| {
+            (
+                format!("u{i}"),
+                format!(
+                    r#"{{"event_id":"e{i}","user_id":"u{i}","track_id":"t1","ms_played":1000,"ts":1763750000123}}"#
+                ),
+            )
+        })
+    });
+    let config = SourceConfig {
+        brokers: brokers(),
+        group_id: unique("source-first-group"),
+        partitions: vec![(Partition { topic: topic.clone(), partition: 0 }, EventKind::Song)],
+        resume_at: Default::default(),
+        start_from: StartFrom::Earliest,
+        limits: DecodeLimits::default(),
+        epoch_interval: Duration::from_secs(60),
+        max_batch: 1024,
+        pending: Arc::new(AtomicUsize::new(0)),
+        max_pending: usize::MAX,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        properties: Vec::new(),
+    };
+    let waited = tokio::task::block_in_place(|| {
+        timely::execute_directly(move |worker| {
+            let received = Rc::new(Cell::new(0usize));
+            let seen = Rc::clone(&received);
+            let started = Instant::now();
+            worker.dataflow::<Epoch, _, _>(|scope| {
+                let (events, _, _) = scope.consume_kafka(&config, 0).expect("source");
+                events.inspect(move |_| seen.set(seen.get() + 1));
+            });
+            while received.get() == 0 {
+                assert!(started.elapsed() < Duration::from_secs(30), "no record read");
+                // No timeout of our own: the worker sleeps until an activation is due.
+                worker.step_or_park(None);
+            }
+            let waited = started.elapsed();
+            // The source never ends by itself: drop it, or `execute_directly` waits for it.
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+            waited
+        })
+    });
+    assert!(waited < Duration::from_millis(450), "the first record took {waited:?}");
+}

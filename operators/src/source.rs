@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Offset;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,9 @@ use crate::event::{DecodeLimits, Event, EventKind, decode};
 
 /// Most messages taken from librdkafka in one call (the source reads up to `max_batch` per activation).
 const BATCH: usize = 1024;
+
+/// How long a worker waits for its topics' metadata before assigning its partitions.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The timely timestamp: a checkpoint epoch, `unix_ms / epoch_interval`.
 pub type Epoch = u64;
@@ -226,6 +229,19 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
         consumer.set_nonempty_callback(move || {
             let _ = wake.activate();
         });
+        // The leaders of the owned partitions, before they are assigned: a partition assigned
+        // while its leader is unknown has its start offset queried only after librdkafka's fixed
+        // 500 ms retry ("no current leader"), and every worker's first record waited for it (0.5 s
+        // of the 0.7 s from spawn to the first record, `benches/RESULTS.md` 2026-12-01). A broker
+        // that does not answer in time changes nothing else: librdkafka retries by itself.
+        let mut topics: Vec<&str> = owned.iter().map(|(p, _, _)| p.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        for topic in topics {
+            if let Err(error) = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
+                tracing::warn!(group_id = %config.group_id, %topic, %error, "no metadata before assigning; librdkafka retries");
+            }
+        }
         // The owned partitions' messages go to a queue of their own, read a batch at a time.
         let mut consumer = BatchConsumer::assign(consumer, &tpl, BATCH).map_err(kafka_err)?;
         consumer.set_nonempty_callback(move || {
