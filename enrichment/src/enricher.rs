@@ -284,6 +284,13 @@ impl Enricher {
         {
             return Some((info, snapshot.until));
         }
+        self.cache_entry(key)
+    }
+
+    /// The answer for `key` in the cache of ids looked up one by one, and the instant it expires:
+    /// [`Enricher::cached_until`] for a caller that has already probed the live [`Snapshot`].
+    #[inline]
+    pub fn cache_entry(&self, key: &Key) -> Option<(Info, Instant)> {
         let (info, at) = match key {
             Key::Track(id) => self.inner.tracks.get(id),
             Key::Ad(id) => self.inner.ads.get(id),
@@ -702,6 +709,7 @@ mod tests {
         assert!(snapshot.until() > Instant::now() + Duration::from_secs(590));
         assert!(!snapshot.live(snapshot.until()));
         assert_eq!(e.cached_until(&Key::Track("t1".into())), Some((rock, snapshot.until())));
+        assert_eq!(e.cache_entry(&Key::Track("t1".into())), None, "preloaded rows are not in the cache");
 
         // A reload swaps in the store's rows of then; holders of the old snapshot keep theirs.
         let jazz = TrackRow { genre: Some("jazz".into()), artist_id: Some("ar2".into()), duration_ms: None };

@@ -148,7 +148,8 @@ impl Memo {
         {
             return Some(*info);
         }
-        let (info, until) = enricher.cached_until(&key_of(event))?;
+        // The live snapshot was probed above (and an expired one answers nothing).
+        let (info, until) = enricher.cache_entry(&key_of(event))?;
         if map.len() >= capacity {
             map.clear();
         }
