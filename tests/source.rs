@@ -26,35 +26,12 @@ use timely::dataflow::operators::{Inspect, Probe};
 /// so without the record at shutdown that cut held the ends of an earlier epoch.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_stopped_mid_epoch_records_that_epochs_end_offsets() {
-    let topic = unique("source-stop");
-    squall::kafka::create_topics(&brokers(), std::slice::from_ref(&topic), 2).await.expect("create topic");
     const PER_PARTITION: usize = 300;
-    tokio::task::block_in_place(|| {
-        produce_to_partitions(&topic, &[0, 1], 0, PER_PARTITION, |p, i| {
-            let payload = format!(
-                r#"{{"event_id":"e{p}-{i}","user_id":"u{i}","track_id":"t1","ms_played":1000,"ts":1763750000123}}"#
-            );
-            (format!("u{i}"), payload)
-        })
-    });
-
+    let topic = songs_topic("source-stop", 2, PER_PARTITION).await;
     let shutdown = Arc::new(AtomicBool::new(false));
-    let config = SourceConfig {
-        brokers: brokers(),
-        group_id: unique("source-stop-group"),
-        partitions: (0..2).map(|p| (Partition { topic: topic.clone(), partition: p }, EventKind::Song)).collect(),
-        resume_at: Default::default(),
-        start_from: StartFrom::Earliest,
-        limits: DecodeLimits::default(),
-        // Short, since the source sees the shutdown flag only when it wakes (at the latest at the
-        // next epoch boundary).
-        epoch_interval: Duration::from_millis(500),
-        max_batch: 1024,
-        pending: Arc::new(AtomicUsize::new(0)),
-        max_pending: usize::MAX,
-        shutdown: Arc::clone(&shutdown),
-        properties: Vec::new(),
-    };
+    // Short, since the source sees the shutdown flag only when it wakes (at the latest at the
+    // next epoch boundary).
+    let config = song_source(&topic, 2, Duration::from_millis(500), Arc::clone(&shutdown));
     let recorded = tokio::task::block_in_place(|| {
         timely::execute_directly(move |worker| {
             let received = Rc::new(Cell::new(0usize));
@@ -93,32 +70,8 @@ async fn a_source_stopped_mid_epoch_records_that_epochs_end_offsets() {
 /// first record (`benches/RESULTS.md`, 2026-12-01).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_record_does_not_wait_for_a_leader_retry() {
-    let topic = unique("source-first");
-    squall::kafka::create_topics(&brokers(), std::slice::from_ref(&topic), 1).await.expect("create topic");
-    tokio::task::block_in_place(|| {
-        produce_to_partitions(&topic, &[0], 0, 1, |_, i| {
-            (
-                format!("u{i}"),
-                format!(
-                    r#"{{"event_id":"e{i}","user_id":"u{i}","track_id":"t1","ms_played":1000,"ts":1763750000123}}"#
-                ),
-            )
-        })
-    });
-    let config = SourceConfig {
-        brokers: brokers(),
-        group_id: unique("source-first-group"),
-        partitions: vec![(Partition { topic: topic.clone(), partition: 0 }, EventKind::Song)],
-        resume_at: Default::default(),
-        start_from: StartFrom::Earliest,
-        limits: DecodeLimits::default(),
-        epoch_interval: Duration::from_secs(60),
-        max_batch: 1024,
-        pending: Arc::new(AtomicUsize::new(0)),
-        max_pending: usize::MAX,
-        shutdown: Arc::new(AtomicBool::new(false)),
-        properties: Vec::new(),
-    };
+    let topic = songs_topic("source-first", 1, 1).await;
+    let config = song_source(&topic, 1, Duration::from_secs(60), Arc::new(AtomicBool::new(false)));
     let waited = tokio::task::block_in_place(|| {
         timely::execute_directly(move |worker| {
             let received = Rc::new(Cell::new(0usize));
@@ -142,4 +95,42 @@ async fn the_first_record_does_not_wait_for_a_leader_retry() {
         })
     });
     assert!(waited < Duration::from_millis(450), "the first record took {waited:?}");
+}
+
+/// A fresh topic named after `prefix` with `partitions` partitions, each holding `per_partition`
+/// valid song completions (event ids unique across partitions).
+async fn songs_topic(prefix: &str, partitions: i32, per_partition: usize) -> String {
+    let topic = unique(prefix);
+    squall::kafka::create_topics(&brokers(), std::slice::from_ref(&topic), partitions).await.expect("create topic");
+    let all: Vec<i32> = (0..partitions).collect();
+    tokio::task::block_in_place(|| {
+        produce_to_partitions(&topic, &all, 0, per_partition, |p, i| {
+            let payload = format!(
+                r#"{{"event_id":"e{p}-{i}","user_id":"u{i}","track_id":"t1","ms_played":1000,"ts":1763750000123}}"#
+            );
+            (format!("u{i}"), payload)
+        })
+    });
+    topic
+}
+
+/// A source reading song completions from every one of `partitions` partitions of `topic` from
+/// the earliest offsets, under a group id of its own.
+fn song_source(topic: &str, partitions: i32, epoch_interval: Duration, shutdown: Arc<AtomicBool>) -> SourceConfig {
+    SourceConfig {
+        brokers: brokers(),
+        group_id: unique(&format!("{topic}-group")),
+        partitions: (0..partitions)
+            .map(|p| (Partition { topic: topic.to_owned(), partition: p }, EventKind::Song))
+            .collect(),
+        resume_at: Default::default(),
+        start_from: StartFrom::Earliest,
+        limits: DecodeLimits::default(),
+        epoch_interval,
+        max_batch: 1024,
+        pending: Arc::new(AtomicUsize::new(0)),
+        max_pending: usize::MAX,
+        shutdown,
+        properties: Vec::new(),
+    }
 }

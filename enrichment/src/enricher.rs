@@ -188,12 +188,7 @@ impl Snapshot {
     /// the cache misses of several lookups; returns something of them to keep the loads.
     #[inline]
     pub fn touch_track(&self, hash: u64) -> u64 {
-        let mut seen = 0u64;
-        let _ = self.tracks.raw_entry().from_hash(hash, |k| {
-            seen ^= k.len() as u64;
-            false
-        });
-        seen
+        crate::hash::touch(&self.tracks, hash)
     }
 
     fn get(&self, key: &Key, hasher: &StrHash) -> Option<Info> {

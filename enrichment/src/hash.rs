@@ -2,6 +2,8 @@
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 
+use compact_str::CompactString;
+
 /// A fast hasher for string keys (user ids, catalogue ids): seeded xxh3 over the bytes, several
 /// times faster than the default SipHash on short ids (measured in `benches/RESULTS.md`).
 #[derive(Clone, Copy)]
@@ -39,4 +41,17 @@ impl BuildHasher for StrHash {
     fn build_hasher(&self) -> StrHasher {
         StrHasher(self.0)
     }
+}
+
+/// Reads the entries of `map` that a lookup by `hash` would compare, so that a caller can overlap
+/// the cache misses of several lookups instead of taking them one after another; returns
+/// something of them, for the caller to keep the loads (`std::hint::black_box`).
+#[inline]
+pub fn touch<V>(map: &hashbrown::HashMap<CompactString, V, StrHash>, hash: u64) -> u64 {
+    let mut seen = 0u64;
+    let _ = map.raw_entry().from_hash(hash, |k| {
+        seen ^= k.len() as u64;
+        false
+    });
+    seen
 }

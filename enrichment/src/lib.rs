@@ -10,5 +10,5 @@ pub use catalogue::{
     AdRow, Catalogue, CatalogueError, CqlCatalogue, MemoryCatalogue, SCAN_PAGE_ROWS, TrackRow, schema,
 };
 pub use enricher::{EnrichConfig, Enricher, EnricherStats, Info, Key, OnTimeout, Preloaded, Snapshot};
-pub use hash::{StrHash, StrHasher};
+pub use hash::{StrHash, StrHasher, touch};
 pub use symbols::{Sym, Symbols, UNKNOWN};

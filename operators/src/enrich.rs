@@ -113,12 +113,7 @@ impl Memo {
     /// `maintain`); returns something of them to keep the loads.
     #[inline]
     fn touch(&self, hash: u64) -> u64 {
-        let mut seen = 0u64;
-        let _ = self.tracks.raw_entry().from_hash(hash, |k| {
-            seen ^= k.len() as u64;
-            false
-        });
-        seen
+        squall_enrichment::touch(&self.tracks, hash)
     }
 
     /// `event`'s catalogue row, from the enricher's snapshot of the catalogue when `live`, else
