@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use squall_operators::event::{DecodeLimits, EventKind};
-use squall_operators::source::{ConsumeKafka, Epoch, Partition, SourceConfig, StartFrom, offsets_at};
+use squall_operators::source::{Alignment, ConsumeKafka, Epoch, Partition, SourceConfig, StartFrom, offsets_at};
 use squall_tests::{brokers, produce_to_partitions, unique};
 use timely::dataflow::operators::{Inspect, Probe};
 
@@ -37,10 +37,10 @@ async fn a_source_stopped_mid_epoch_records_that_epochs_end_offsets() {
             let received = Rc::new(Cell::new(0usize));
             let seen = Rc::clone(&received);
             let (probe, offsets) = worker.dataflow::<Epoch, _, _>(|scope| {
-                let (events, dead, offsets) = scope.consume_kafka(&config, 0).expect("source");
-                dead.inspect(|d| panic!("a valid event went to the dead letters: {d:?}"));
-                let (probe, _) = events.inspect(move |_| seen.set(seen.get() + 1)).probe();
-                (probe, offsets)
+                let source = scope.consume_kafka(&config, 0).expect("source");
+                source.dead.inspect(|d| panic!("a valid event went to the dead letters: {d:?}"));
+                let (probe, _) = source.events.inspect(move |_| seen.set(seen.get() + 1)).probe();
+                (probe, source.offsets)
             });
             let deadline = Instant::now() + Duration::from_secs(60);
             while received.get() < 2 * PER_PARTITION {
@@ -78,8 +78,8 @@ async fn the_first_record_does_not_wait_for_a_leader_retry() {
             let seen = Rc::clone(&received);
             let started = Instant::now();
             worker.dataflow::<Epoch, _, _>(|scope| {
-                let (events, _, _) = scope.consume_kafka(&config, 0).expect("source");
-                events.inspect(move |_| seen.set(seen.get() + 1));
+                let source = scope.consume_kafka(&config, 0).expect("source");
+                source.events.inspect(move |_| seen.set(seen.get() + 1));
             });
             while received.get() == 0 {
                 assert!(started.elapsed() < Duration::from_secs(30), "no record read");
@@ -132,5 +132,6 @@ fn song_source(topic: &str, partitions: i32, epoch_interval: Duration, shutdown:
         max_pending: usize::MAX,
         shutdown,
         properties: Vec::new(),
+        alignment: Arc::new(Alignment::new(0)),
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
 use squall_enrichment::{Catalogue, EnrichConfig, Enricher, Key, MemoryCatalogue, Symbols};
+use squall_operators::watermark::ReportProgress;
 use squall_operators::{EnrichWith, Event, UserStore};
 use squall_topologies::personalization::{self, Context};
 use timely::dataflow::operators::{Input, Probe};
@@ -204,7 +205,8 @@ pub fn run_on(r: &EngineRun, inputs: Arc<Vec<Vec<Event>>>) -> EngineResult {
             let (input, events) = scope.new_input::<Vec<Event>>();
             let probe = match aggregation {
                 Aggregation::Timely => {
-                    let (probe, _) = personalization::dataflow(events, &ctx, None).probe();
+                    let progress = events.report_progress();
+                    let (probe, _) = personalization::dataflow(events, progress, &ctx, None).probe();
                     probe
                 }
                 Aggregation::Differential => {

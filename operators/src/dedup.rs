@@ -3,10 +3,17 @@
 //! # Notes
 //! An event is dropped as a resend when an event with the same key (topic kind, user, event_id)
 //! was counted before and has not expired. Event time is cut into buckets of `horizon / 8`; an id
-//! is kept while its bucket is *live*: not older than the bucket of `watermark - horizon`, where
-//! the watermark is the newest `ts` this worker has seen. So a resend within the horizon is always
-//! dropped; one arriving later (or an event already older than the horizon when it arrives) may
-//! be counted again. Ids expire by whole buckets. A horizon of zero turns deduplication off.
+//! is kept while its bucket is *live*: not older than the bucket of `watermark - horizon`. The
+//! watermark is given from outside ([`Dedup::advance`]): the maintainer passes the event time no
+//! unread event can be behind (the least, over the input partitions still being read, of the
+//! newest `ts` each has delivered; see [`crate::watermark`]), never the newest `ts` seen. So a
+//! resend is always dropped while its own partition has not moved a horizon past it, in whatever
+//! order the partitions are read; an event already older than the horizon when it arrives is
+//! counted and not kept. Ids expire by whole buckets. A horizon of zero turns deduplication off.
+//!
+//! Ids of buckets ahead of the tag window (more than 14 buckets past the oldest live one, which
+//! happens while the inputs are read unevenly, e.g. before the first watermark or while catching
+//! up) wait in a small side map and move into the tables when the watermark reaches them.
 //!
 //! **Structure.** The 128-bit key is reduced to an 80-bit [`Fingerprint`] (what checkpoints
 //! store, 10 bytes). In memory its top 14 bits pick one of 16384 sub-tables, and the next 60 are
@@ -26,6 +33,8 @@
 //! `N` ids retained by the worker. At 8 M events/s over 160 workers with a 10-minute horizon
 //! (`N` = 30 M) that is 1.6e-15 per event: one event in 600 trillion, about once in two and a half
 //! years for the whole cluster. The figures for the chosen horizon are in ARCHITECTURE.md.
+
+use std::collections::{BTreeMap, HashSet};
 
 use crate::event::EventKind;
 
@@ -327,10 +336,13 @@ pub struct Dedup {
     bucket_ms: i64,
     tables: Box<[SubTable]>,
     watermark: i64,
-    /// Bucket of the watermark, and the oldest live bucket.
-    newest: i64,
+    /// The oldest live bucket, and the newest the tables' 4-bit tags can hold beside it.
     oldest: i64,
-    /// Ids added per bucket, by `bucket mod TAGS`: (bucket, count).
+    newest: i64,
+    /// Ids of buckets past `newest`, by bucket: they move into the tables as the watermark
+    /// reaches them.
+    ahead: BTreeMap<i64, HashSet<Fingerprint>>,
+    /// Ids added to the tables per bucket, by `bucket mod TAGS`: (bucket, count).
     counts: [(i64, u64); TAGS as usize],
     cursor: usize,
     work: Work,
@@ -356,16 +368,19 @@ impl std::fmt::Debug for Dedup {
 }
 
 impl Dedup {
-    /// Keeps ids for `horizon_ms` of event time behind the newest event (0: off).
+    /// Keeps ids for `horizon_ms` of event time behind the watermark (0: off).
     pub fn new(horizon_ms: i64) -> Self {
         let on = horizon_ms > 0;
+        let bucket_ms = (horizon_ms / BUCKETS).max(1);
+        let oldest = i64::MIN.div_euclid(bucket_ms);
         Dedup {
             horizon_ms,
-            bucket_ms: (horizon_ms / BUCKETS).max(1),
+            bucket_ms,
             tables: if on { vec![SubTable::default(); 1 << SUB_BITS].into() } else { Box::default() },
             watermark: i64::MIN,
-            newest: i64::MIN,
-            oldest: i64::MIN,
+            oldest,
+            newest: oldest + TAGS - 2,
+            ahead: BTreeMap::new(),
             counts: [(i64::MIN, 0); TAGS as usize],
             cursor: 0,
             work: Work { rng: 0x2545_F491_4F6C_DD1D, ..Work::default() },
@@ -388,19 +403,30 @@ impl Dedup {
         ts.div_euclid(self.bucket_ms)
     }
 
-    /// The newest event time seen (`i64::MIN` before the first).
+    /// The watermark ids expire against (`i64::MIN` before the first).
     pub fn watermark(&self) -> i64 {
         self.watermark
     }
 
-    /// Moves the watermark to `ts` if it is newer.
-    pub fn advance(&mut self, ts: i64) {
-        if ts <= self.watermark || !self.is_on() {
+    /// Moves the watermark to `watermark` if it is newer: ids more than the horizon behind it
+    /// expire, and ids kept aside move into the tables once their bucket fits the tags.
+    pub fn advance(&mut self, watermark: i64) {
+        if watermark <= self.watermark || !self.is_on() {
             return;
         }
-        self.watermark = ts;
-        self.newest = self.bucket_of(ts);
-        self.oldest = self.bucket_of(ts.saturating_sub(self.horizon_ms));
+        self.watermark = watermark;
+        self.oldest = self.bucket_of(watermark.saturating_sub(self.horizon_ms));
+        self.newest = self.oldest.saturating_add(TAGS - 2);
+        while let Some(entry) = self.ahead.first_entry() {
+            let bucket = *entry.key();
+            if bucket > self.newest {
+                break;
+            }
+            let ids = entry.remove();
+            if bucket >= self.oldest {
+                self.restore(bucket, ids);
+            }
+        }
     }
 
     /// Records `key`; true if it is new (count the event), false if it is a resend.
@@ -409,14 +435,16 @@ impl Dedup {
         if !self.is_on() {
             return true;
         }
-        self.advance(ts);
         let bucket = self.bucket_of(ts);
         if bucket < self.oldest {
             // Older than the horizon already: counted, and not kept.
             return true;
         }
+        if bucket > self.newest {
+            return self.ahead.entry(bucket).or_default().insert(Fingerprint::of(key));
+        }
         let (sub, fp) = Fingerprint::of(key).split();
-        self.keep_sweep_rule(sub);
+        self.keep_sweep_rule(sub, bucket);
         match self.tables[sub].probe(fp, self.oldest) {
             Probe::Found => return false,
             Probe::Free(i, j) => {
@@ -472,10 +500,10 @@ impl Dedup {
         (self.is_on() && b >= self.oldest).then_some(b)
     }
 
-    /// Sweeps sub-table `sub` first if the watermark moved so far that its tags could wrap.
+    /// Sweeps sub-table `sub` first if an id of `bucket` would make its tags wrap.
     #[inline]
-    fn keep_sweep_rule(&mut self, sub: usize) {
-        if self.newest - self.tables[sub].swept >= TAGS - 1 {
+    fn keep_sweep_rule(&mut self, sub: usize, bucket: i64) {
+        if bucket - self.tables[sub].swept >= TAGS - 1 {
             let oldest = self.oldest;
             self.tables[sub].sweep(oldest, &mut self.work);
         }
@@ -510,12 +538,16 @@ impl Dedup {
     /// Restores ids of `bucket` from a checkpoint (after [`Dedup::advance`] to the recovered
     /// watermark); ids of expired buckets are skipped.
     pub fn restore(&mut self, bucket: i64, ids: impl IntoIterator<Item = Fingerprint>) {
-        if !self.is_on() || bucket < self.oldest || bucket > self.newest {
+        if !self.is_on() || bucket < self.oldest {
+            return;
+        }
+        if bucket > self.newest {
+            self.ahead.entry(bucket).or_default().extend(ids);
             return;
         }
         for id in ids {
             let (sub, fp) = id.split();
-            self.keep_sweep_rule(sub);
+            self.keep_sweep_rule(sub, bucket);
             if !self.tables[sub].find(fp, self.oldest) {
                 self.insert(sub, fp, bucket);
             }
@@ -545,13 +577,21 @@ impl Dedup {
     pub fn live_buckets(&self) -> Vec<i64> {
         let mut b: Vec<i64> =
             self.counts.iter().filter(|(b, n)| *n > 0 && *b >= self.oldest && *b <= self.newest).map(|c| c.0).collect();
+        b.extend(self.ahead.keys());
         b.sort_unstable();
         b
     }
 
     /// Ids retained (added to live buckets).
     pub fn len(&self) -> usize {
-        self.counts.iter().filter(|(b, _)| *b >= self.oldest && *b <= self.newest).map(|c| c.1 as usize).sum()
+        let tables: usize =
+            self.counts.iter().filter(|(b, _)| *b >= self.oldest && *b <= self.newest).map(|c| c.1 as usize).sum();
+        tables + self.ahead.values().map(HashSet::len).sum::<usize>()
+    }
+
+    /// Ids kept aside because their bucket is ahead of what the tables' tags can hold.
+    pub fn ahead(&self) -> usize {
+        self.ahead.values().map(HashSet::len).sum()
     }
 
     /// Whether no id is retained.
@@ -591,6 +631,7 @@ mod tests {
     #[test]
     fn a_resend_is_dropped_and_kinds_and_users_are_separate() {
         let mut d = Dedup::new(H);
+        d.advance(10);
         let k = key("u1", "e1");
         assert!(d.first_time(k, 10));
         assert!(!d.first_time(k, 10));
@@ -613,14 +654,17 @@ mod tests {
     fn ids_expire_by_whole_buckets_beyond_the_horizon() {
         let mut d = Dedup::new(H);
         let b = H / BUCKETS;
+        d.advance(b);
         d.first_time(key("u1", "old"), 0);
         d.first_time(key("u1", "edge"), b);
         // The watermark moves one bucket past the horizon of bucket 0 (but not of bucket 1).
+        d.advance(H + b);
         d.first_time(key("u1", "new"), H + b);
         assert_eq!(d.live_buckets(), vec![1, 9]);
         assert!(!d.first_time(key("u1", "edge"), b), "within the horizon: still a resend");
         assert!(d.first_time(key("u1", "old"), 0), "beyond the horizon: forgotten, counted again");
         // Far ahead: everything expires, however far the tags wrapped.
+        d.advance(40 * H);
         d.first_time(key("u1", "later"), 40 * H);
         assert!(d.first_time(key("u1", "new"), H + b));
         assert!(!d.first_time(key("u1", "later"), 40 * H));
@@ -636,6 +680,7 @@ mod tests {
         for i in 0..n {
             let ts = (i as i64) * (40 * H / n as i64);
             let k = key(&format!("u{}", i % 977), &format!("e{i}"));
+            d.advance(ts);
             assert!(d.first_time(k, ts), "new id {i}");
             if i >= 7 {
                 let j = i - 7;
@@ -660,6 +705,7 @@ mod tests {
         // Enough ids in one horizon that inserts meet full buckets (tables 76-95% full) and move
         // words, one step and by random walks; every one must still be found.
         let mut d = Dedup::new(H);
+        d.advance(5);
         let n = 1_000_000u64;
         for i in 0..n {
             assert!(d.first_time(key("u", &i.to_string()), 5), "new id {i}");
@@ -690,6 +736,7 @@ mod tests {
         // Sampled across a growth of every sub-table (each grows by a quarter), once the
         // directory's 640 kB are a small part of it.
         let mut d = Dedup::new(H);
+        d.advance(5);
         let (mut sizes, mut n) = (Vec::new(), 0u64);
         for step in [2_000_000u64, 250_000, 250_000, 250_000, 250_000] {
             for i in n..n + step {
@@ -699,5 +746,58 @@ mod tests {
             sizes.push(d.table_bytes() as f64 / n as f64);
         }
         assert!(sizes.iter().all(|b| *b <= 10.0), "bytes per id: {sizes:?}");
+    }
+
+    #[test]
+    fn ids_ahead_of_the_tags_wait_aside_and_move_in_as_resends() {
+        let mut d = Dedup::new(H);
+        let b = H / BUCKETS;
+        // No watermark yet: every id is ahead of the tags, and still a resend.
+        assert!(d.first_time(key("u", "a"), 100 * b));
+        assert!(!d.first_time(key("u", "a"), 100 * b));
+        assert_eq!((d.ahead(), d.len(), d.live_buckets()), (1, 1, vec![100]));
+        // The watermark comes within the tags' reach of bucket 100: it moves into the tables.
+        d.advance(95 * b);
+        assert_eq!(d.ahead(), 0);
+        assert!(!d.first_time(key("u", "a"), 100 * b));
+        assert_eq!(d.live_buckets(), vec![100]);
+        // Restored ids ahead of the tags wait aside too.
+        d.restore(200, [Fingerprint::of(key("u", "r"))]);
+        assert_eq!(d.ahead(), 1);
+        assert!(!d.first_time(key("u", "r"), 200 * b));
+        // Expired while aside: dropped when the watermark passes them.
+        d.advance(300 * b);
+        assert_eq!((d.ahead(), d.len()), (0, 0));
+        assert!(d.first_time(key("u", "r"), 200 * b), "beyond the horizon: counted again");
+    }
+
+    #[test]
+    fn resends_count_once_whatever_order_partitions_are_read_in() {
+        // Two partitions, each 7 days of events with a resend a little after each original; one
+        // read whole before the other, as a worker catching up does. The watermark is the least
+        // of their progress (the unread one holds it back), so no resend is counted twice.
+        let day = 24 * 3600 * 1000;
+        let mut d = Dedup::new(day);
+        let events = |p: u32| -> Vec<(u128, i64, bool)> {
+            let mut v = Vec::new();
+            for i in 0..7000i64 {
+                let ts = i * day / 1000;
+                v.push((key(&format!("u{p}"), &format!("e{i}")), ts, true));
+                if i >= 3 {
+                    let j = i - 3;
+                    v.push((key(&format!("u{p}"), &format!("e{j}")), j * day / 1000, false));
+                }
+            }
+            v
+        };
+        let mut progress = [i64::MIN; 2];
+        for p in [0usize, 1] {
+            for (k, ts, first) in events(p as u32) {
+                progress[p] = progress[p].max(ts);
+                assert_eq!(d.first_time(k, ts), first, "partition {p} ts {ts}");
+                d.advance(progress[0].min(progress[1]));
+            }
+        }
+        assert_eq!(d.ahead(), 0, "all moved into the tables once both were read");
     }
 }

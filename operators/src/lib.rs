@@ -17,6 +17,7 @@ pub mod plan;
 pub mod predicate;
 pub mod source;
 pub mod store;
+pub mod watermark;
 
 pub use attributes::{Activity, Attributes, Value, What};
 pub use dead_letter::DeadLetterTo;
@@ -26,5 +27,6 @@ pub use event::{DecodeError, DecodeLimits, DlqReason, Event, EventKind};
 pub use key_groups::KeyGroups;
 pub use maintain::{CheckpointHook, MaintainAttributes, Restore};
 pub use plan::{Evidence, Plan, UserSnapshot, UserState};
-pub use source::{ConsumeKafka, DeadLetter, Epoch, Partition, SourceConfig, StartFrom};
+pub use source::{Alignment, ConsumeKafka, DeadLetter, Epoch, Partition, SourceConfig, SourceStreams, StartFrom};
 pub use store::{UserStore, user_hash};
+pub use watermark::Progress;

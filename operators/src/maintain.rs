@@ -12,6 +12,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::vec::Broadcast;
 
 use crate::attributes::Activity;
 use crate::checkpoint::{DedupRun, Part};
@@ -20,6 +21,7 @@ use crate::key_groups::{self, KeyGroups};
 use crate::plan::UserState;
 use crate::source::{Epoch, EpochOffsets, offsets_at};
 use crate::store::{Slot, UserStore};
+use crate::watermark::{Progress, Watermark};
 
 /// The least time between two sweeps (expired dedup ids, expired users), each bounded.
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
@@ -47,7 +49,7 @@ pub struct Restore {
     pub dedup: Vec<DedupRun>,
     /// Event-time milliseconds per bucket they were written with (0: none).
     pub bucket_ms: i64,
-    /// The newest event time any worker had applied at the cut.
+    /// The watermark at the cut.
     pub watermark: i64,
 }
 
@@ -73,6 +75,8 @@ pub struct CheckpointHook {
 pub trait MaintainAttributes<'scope> {
     /// Applies each activity to the state of its user in `store`, dropping resends seen within
     /// `dedup_horizon_ms` of event time, and decrements `pending` for every activity consumed.
+    /// `progress` carries every source worker's event-time progress at each epoch's end, from
+    /// which the watermark that ids and users expire against is folded ([`crate::watermark`]).
     /// With a `checkpoint` hook, writes a [`Part`] for every cut (see [`crate::checkpoint`]).
     ///
     /// # Notes
@@ -83,14 +87,17 @@ pub trait MaintainAttributes<'scope> {
     /// epochs are fully applied.
     ///
     /// With a user TTL ([`UserStore::with_user_ttl`]) a user whose newest event is more than the
-    /// TTL of event time behind the newest event this worker applied is expired: forgotten, and
-    /// listed in the next part so that recovery forgets them too. It is checked when the user's
-    /// next event arrives (an expired user who returns starts fresh) and by a sweep over the maps
-    /// of this worker's key groups, a few thousand users per step (at least one map), each time
-    /// the worker's event time has moved on by an eighth of the TTL. Dedup ids are kept for the
-    /// horizon whatever happens to users (the TTL is at least the horizon).
+    /// TTL of event time behind the watermark is expired: forgotten, and listed in the next part
+    /// so that recovery forgets them too. The watermark is one no unread event is behind, so a
+    /// user is never expired while an event of theirs within the TTL is still to be read, in
+    /// whatever order the partitions are read. It is checked when the user's next event arrives
+    /// (an expired user who returns starts fresh) and by a sweep over the maps of this worker's
+    /// key groups, a few thousand users per step (at least one map), each time the watermark has
+    /// moved on by an eighth of the TTL. Dedup ids are kept for the horizon whatever happens to
+    /// users (the TTL is at least the horizon).
     fn maintain_attributes(
         self,
+        progress: Stream<'scope, Epoch, Vec<Progress>>,
         store: Arc<UserStore>,
         dedup_horizon_ms: i64,
         pending: Arc<AtomicUsize>,
@@ -104,7 +111,7 @@ struct UserSweep {
     covering: Range<u32>,
     /// The next of the maps holding them to sweep, while a pass runs.
     next: Option<usize>,
-    /// The worker's event time when the last pass started.
+    /// The watermark when the last pass started.
     started_at: i64,
 }
 
@@ -115,8 +122,8 @@ struct Maintainer {
     peers: usize,
     key_groups: KeyGroups,
     dedup: Dedup,
-    /// The newest event time applied by this worker.
-    clock: i64,
+    /// What ids and users expire against.
+    watermark: Watermark,
     pending: Arc<AtomicUsize>,
     checkpoint: Option<CheckpointHook>,
     /// The last cut written (or the first one observed).
@@ -131,10 +138,17 @@ struct Maintainer {
 }
 
 impl Maintainer {
+    /// Moves the watermark to what the reports of the epochs before `epoch` say.
+    fn advance_to(&mut self, epoch: Epoch) {
+        let w = self.watermark.before(epoch);
+        self.dedup.advance(w);
+    }
+
     fn apply(&mut self, batch: &mut Vec<Activity>) {
         let store = Arc::clone(&self.store);
         let (plan, symbols) = (store.plan(), store.symbols());
         let ttl = store.user_ttl_ms();
+        let expired_before = self.watermark.get().saturating_sub(ttl);
         let n = batch.len();
         let mut dups = 0u64;
         // A chunk at a time, in phases, so that the cache misses of its events overlap instead of
@@ -167,7 +181,6 @@ impl Maintainer {
             std::hint::black_box(touched);
             for (a, slot) in chunk.iter().zip(&slots) {
                 let Some(slot) = slot else { continue };
-                self.clock = self.clock.max(a.ts);
                 if self.checkpoint.is_some() {
                     if let Some(bucket) = self.dedup.kept_in(a.ts) {
                         self.new_ids.push((slot.key_group, bucket, Fingerprint::of(a.dedup_key)));
@@ -177,7 +190,7 @@ impl Maintainer {
                     }
                 }
                 let state = users.state(slot, &a.user);
-                if ttl > 0 && state.clock().is_some_and(|c| c < self.clock.saturating_sub(ttl)) {
+                if ttl > 0 && state.clock().is_some_and(|c| c < expired_before) {
                     // Expired since their previous event: they start fresh.
                     *state = UserState::default();
                 }
@@ -196,15 +209,16 @@ impl Maintainer {
         if ttl <= 0 || self.users.covering.is_empty() {
             return;
         }
+        let watermark = self.watermark.get();
         let mut next = match self.users.next {
             Some(m) => m,
-            None if self.clock.saturating_sub(self.users.started_at) >= (ttl / 8).max(1) => {
-                self.users.started_at = self.clock;
+            None if watermark.saturating_sub(self.users.started_at) >= (ttl / 8).max(1) => {
+                self.users.started_at = watermark;
                 0
             }
             None => return,
         };
-        let horizon = self.clock.saturating_sub(ttl);
+        let horizon = watermark.saturating_sub(ttl);
         let (worker, peers, expired) = (self.worker, self.peers, &mut self.expired);
         let maps = self.store.maps_covering(self.users.covering.clone());
         let mut users = 0;
@@ -239,7 +253,7 @@ impl Maintainer {
         }
         let (plan, symbols) = (self.store.plan(), self.store.symbols());
         let bucket_ms = if self.dedup.is_on() { self.dedup.bucket_ms() } else { 0 };
-        let watermark = self.clock.max(self.dedup.watermark());
+        let watermark = self.watermark.get();
         for cut in sealed + 1..=target {
             let store = &self.store;
             let users: Vec<(String, _)> = self
@@ -289,6 +303,7 @@ fn runs(mut ids: Vec<(u32, i64, Fingerprint)>) -> Vec<DedupRun> {
 impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>> {
     fn maintain_attributes(
         self,
+        progress: Stream<'scope, Epoch, Vec<Progress>>,
         store: Arc<UserStore>,
         dedup_horizon_ms: i64,
         pending: Arc<AtomicUsize>,
@@ -298,14 +313,15 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
         let (worker, peers) = (scope.index(), scope.peers());
         let mut builder = OperatorBuilder::new("MaintainAttributes".to_owned(), scope);
         let mut input = builder.new_input(self, Pipeline);
+        let mut reports = builder.new_input(progress.broadcast(), Pipeline);
         let (output, stream) = builder.new_output::<Vec<()>>();
         let _output = OutputBuilder::<_, CapacityContainerBuilder<Vec<()>>>::from(output);
         let mut dedup = Dedup::new(dedup_horizon_ms);
-        let mut clock = i64::MIN;
+        let mut restored = i64::MIN;
         if let Some(hook) = &checkpoint {
             let r = &hook.restore;
             dedup.advance(r.watermark);
-            clock = r.watermark;
+            restored = r.watermark;
             for run in &r.dedup {
                 // Written with another horizon: the bucket that holds the old bucket's start.
                 let bucket = if r.bucket_ms == dedup.bucket_ms() || r.bucket_ms <= 0 {
@@ -321,14 +337,14 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
             users: UserSweep {
                 covering: key_groups.covering(worker..worker + 1, peers),
                 next: None,
-                started_at: clock,
+                started_at: restored,
             },
             store,
             worker,
             peers,
             key_groups,
             dedup,
-            clock,
+            watermark: Watermark::new(peers, restored),
             pending,
             checkpoint,
             sealed: None,
@@ -347,12 +363,19 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
             let mut spare: Vec<Vec<Activity>> = Vec::new();
             let mut last_sweep = Instant::now();
             move |frontiers| {
-                let frontier = frontiers[0].frontier();
-                let least = frontier.iter().min().copied();
+                // The least epoch either input may still bring: the activities and the reports
+                // of every epoch before it are all here.
+                let least = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
+                reports.for_each(|time, data| {
+                    if let Some(epoch) = time.least().copied() {
+                        m.watermark.push(epoch, data.drain(..));
+                    }
+                });
                 input.for_each(|time, data| {
                     let Some(epoch) = time.least().copied() else { return };
                     if least.is_none_or(|l| l >= epoch) {
                         m.seal_through(epoch);
+                        m.advance_to(epoch);
                         m.apply(data);
                     } else {
                         stash.entry(epoch).or_insert_with(|| spare.pop().unwrap_or_default()).append(data);
@@ -363,6 +386,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                         break;
                     }
                     m.seal_through(*entry.key());
+                    m.advance_to(*entry.key());
                     let mut batch = entry.remove();
                     m.apply(&mut batch);
                     if spare.len() < SPARE_STASHES && batch.capacity() * size_of::<Activity>() <= SPARE_STASH_BYTES {
@@ -371,6 +395,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                 }
                 if let Some(l) = least {
                     m.seal_through(l);
+                    m.advance_to(l);
                 }
                 if last_sweep.elapsed() >= SWEEP_EVERY {
                     m.dedup.sweep(DEDUP_SWEEP_BUDGET);

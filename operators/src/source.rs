@@ -4,18 +4,21 @@
 //! partition is a pure function of the partition list and the worker count. Their messages are
 //! read a batch at a time from a queue of their own (`squall-kafka-batch`); errors and events stay
 //! on the consumer's queue. Offsets are not committed here: the checkpoint path commits them once
-//! the state that covers them is durable.
+//! the state that covers them is durable. Each partition's event-time progress is reported at
+//! every epoch's end for the watermark ([`crate::watermark`]), and partitions that run too far
+//! ahead of the process's slowest are paused ([`Alignment`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Offset;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use serde::{Deserialize, Serialize};
@@ -24,14 +27,19 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
+use timely::scheduling::SyncActivator;
 
 use crate::event::{DecodeLimits, Event, EventKind, decode};
+use crate::watermark::{PartitionClock, Progress, progress};
 
 /// Most messages taken from librdkafka in one call (the source reads up to `max_batch` per activation).
 const BATCH: usize = 1024;
 
 /// How long a worker waits for its topics' metadata before assigning its partitions.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a worker with paused partitions looks whether the slowest one has caught up.
+const ALIGN_CHECK: Duration = Duration::from_millis(5);
 
 /// The timely timestamp: a checkpoint epoch, `unix_ms / epoch_interval`.
 pub type Epoch = u64;
@@ -82,6 +90,42 @@ pub struct SourceConfig {
     pub shutdown: Arc<AtomicBool>,
     /// Extra librdkafka properties, applied last.
     pub properties: Vec<(String, String)>,
+    /// How far the process's partitions may run apart in event time; shared by its workers.
+    pub alignment: Arc<Alignment>,
+}
+
+/// Watermark alignment within a process: how far ahead of the slowest active partition of the
+/// process a partition may read, and where each local worker's slowest is.
+#[derive(Debug, Default)]
+pub struct Alignment {
+    /// Event-time milliseconds a partition may be ahead before it is paused (0: never paused).
+    pub max_ahead_ms: i64,
+    /// Per worker, the least newest `ts` of its active partitions (`i64::MAX`: none).
+    lows: OnceLock<Box<[AtomicI64]>>,
+}
+
+impl Alignment {
+    /// Partitions more than `max_ahead_ms` ahead of the slowest are paused (0: never).
+    pub fn new(max_ahead_ms: i64) -> Self {
+        Alignment { max_ahead_ms: max_ahead_ms.max(0), lows: OnceLock::new() }
+    }
+
+    /// The bound a version with dedup horizon `horizon_ms` and user TTL `ttl_ms` reads with:
+    /// half the shorter one that is on, so that ids and users waiting for the slowest partition
+    /// stay within a horizon's worth (0 when neither is on).
+    pub fn for_state(horizon_ms: i64, ttl_ms: i64) -> Self {
+        let bound = [horizon_ms, ttl_ms].into_iter().filter(|t| *t > 0).min().unwrap_or(0);
+        Alignment::new(bound / 2)
+    }
+
+    /// Sets `worker`'s (of `peers`) slowest active partition; the slowest of the process.
+    fn publish(&self, worker: usize, peers: usize, low: i64) -> i64 {
+        let lows = self.lows.get_or_init(|| (0..peers).map(|_| AtomicI64::new(i64::MAX)).collect());
+        if let Some(slot) = lows.get(worker) {
+            slot.store(low, Relaxed);
+        }
+        lows.iter().map(|l| l.load(Relaxed)).min().unwrap_or(i64::MAX)
+    }
 }
 
 /// A record that could not be decoded, on its way to the dead-letter topic.
@@ -118,16 +162,6 @@ pub fn epoch_now(interval: Duration) -> Epoch {
     ms / (interval.as_millis().max(1) as u64)
 }
 
-/// The next offset of each of a worker's owned partitions: what an epoch's end records.
-fn next_offsets(owned: &[(Partition, EventKind, i64)]) -> Vec<(Partition, i64)> {
-    owned.iter().map(|(p, _, next)| (p.clone(), *next)).collect()
-}
-
-/// The slot of `topic`'s `partition` among a worker's owned partitions.
-fn slot_of(owned: &[(Partition, EventKind, i64)], topic: &str, partition: i32) -> Option<usize> {
-    owned.iter().position(|(p, _, _)| p.partition == partition && p.topic == topic)
-}
-
 /// The partitions (indexes into `partitions`) owned by `worker` of `peers`.
 pub fn owned_by(n_partitions: usize, worker: usize, peers: usize) -> impl Iterator<Item = usize> {
     (0..n_partitions).filter(move |i| i % peers == worker)
@@ -146,61 +180,146 @@ pub enum SourceError {
     },
 }
 
+/// What [`ConsumeKafka::consume_kafka`] makes.
+pub struct SourceStreams<'scope> {
+    /// The decoded events.
+    pub events: Stream<'scope, Epoch, Vec<Event>>,
+    /// The records that could not be decoded.
+    pub dead: Stream<'scope, Epoch, Vec<DeadLetter>>,
+    /// This worker's event-time progress at the end of every epoch (see [`crate::watermark`]).
+    pub progress: Stream<'scope, Epoch, Vec<Progress>>,
+    /// The offsets this worker read, per epoch.
+    pub offsets: EpochOffsets,
+}
+
 /// Reads Kafka into a dataflow.
 pub trait ConsumeKafka<'scope> {
     /// Consumes this worker's share of `config.partitions`, from epoch `first_epoch` on.
-    /// Returns the decoded events, the dead letters, and the per-epoch offsets this worker read.
-    #[allow(clippy::type_complexity)]
-    fn consume_kafka(
-        &self,
-        config: &SourceConfig,
-        first_epoch: Epoch,
-    ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, EpochOffsets), SourceError>;
+    ///
+    /// # Notes
+    /// Partitions whose event time runs ahead of the slowest active partition of this process by
+    /// more than [`Alignment::max_ahead_ms`] are paused until it has caught up to half of that
+    /// (watermark alignment, as Flink's FLIP-182): a worker reading a backlog then keeps its
+    /// partitions within that bound of each other instead of reading one whole before the next,
+    /// and the ids and users waiting for the watermark stay bounded.
+    fn consume_kafka(&self, config: &SourceConfig, first_epoch: Epoch) -> Result<SourceStreams<'scope>, SourceError>;
 }
 
-impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
-    fn consume_kafka(
-        &self,
-        config: &SourceConfig,
-        first_epoch: Epoch,
-    ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, EpochOffsets), SourceError>
-    {
-        let (worker, peers) = (self.index(), self.peers());
-        let kafka_err = |source| SourceError::Kafka { group: config.group_id.clone(), source };
+/// The librdkafka client of one worker, configured for squall's source.
+fn client_config(config: &SourceConfig, worker: usize) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        // Offsets are committed by the checkpoint path only after the state covering them is durable.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Used only for partitions with neither a checkpoint nor an explicit start offset.
+        .set(
+            "auto.offset.reset",
+            match config.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        )
+        // A partition read to its end says so: it is idle and stops holding the watermark back.
+        .set("enable.partition.eof", "true")
+        // Events are consumed as soon as they are fetched: a short fetch wait keeps latency low.
+        .set("fetch.wait.max.ms", "10")
+        // Prefetch, in all of this worker's partitions together (they share the batch queue):
+        // about 50 ms of a worker's work, far more than a fetch takes. Smaller is cheaper than
+        // the 64 MB used before (benches/RESULTS.md).
+        .set("queued.max.messages.kbytes", "2048")
+        // When a partition's prefetch queue is full, librdkafka waits this long before it
+        // checks again (default 1 s). Events are consumed faster than that: with the default
+        // the queues ran dry and squall read at half the rate (benches/RESULTS.md).
+        .set("fetch.queue.backoff.ms", "1")
+        .set("client.id", format!("squall-{}-w{worker}", config.group_id));
+    for (k, v) in &config.properties {
+        client.set(k, v);
+    }
+    client
+}
 
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.group_id)
-            // Offsets are committed by the checkpoint path only after the state covering them is durable.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // Used only for partitions with neither a checkpoint nor an explicit start offset.
-            .set(
-                "auto.offset.reset",
-                match config.start_from {
-                    StartFrom::Earliest => "earliest",
-                    StartFrom::Latest => "latest",
-                },
-            )
-            // Events are consumed as soon as they are fetched: a short fetch wait keeps latency low.
-            .set("fetch.wait.max.ms", "10")
-            // Prefetch, in all of this worker's partitions together (they share the batch queue):
-            // about 50 ms of a worker's work, far more than a fetch takes. Smaller is cheaper than
-            // the 64 MB used before: less memory in flight is less memory faulted in anew (60k vs
-            // 86k page faults and 1.17 vs 1.21 µs of CPU per event, benches/RESULTS.md).
-            .set("queued.max.messages.kbytes", "2048")
-            // When a partition's prefetch queue is full, librdkafka waits this long before it
-            // checks again (default 1 s). Events are consumed faster than that: with the default
-            // the queues ran dry and squall read at half the rate (benches/RESULTS.md).
-            .set("fetch.queue.backoff.ms", "1")
-            .set("client.id", format!("squall-{}-w{worker}", config.group_id));
-        for (k, v) in &config.properties {
-            client.set(k, v);
+/// One partition a worker owns.
+struct Owned {
+    partition: Partition,
+    kind: EventKind,
+    /// The next offset to read (-1: nothing read yet and no resume offset).
+    next: i64,
+    clock: PartitionClock,
+    /// Paused by the alignment.
+    paused: bool,
+}
+
+/// The next offset of each of a worker's owned partitions: what an epoch's end records.
+fn next_offsets(owned: &[Owned]) -> Vec<(Partition, i64)> {
+    owned.iter().map(|o| (o.partition.clone(), o.next)).collect()
+}
+
+/// The slot of `topic`'s `partition` among a worker's owned partitions.
+fn slot_of(owned: &[Owned], topic: &str, partition: i32) -> Option<usize> {
+    owned.iter().position(|o| o.partition.partition == partition && o.partition.topic == topic)
+}
+
+/// One message of an owned partition: its next offset and clock, then the event or the dead letter.
+#[allow(clippy::too_many_arguments)]
+fn handle(
+    owned: &mut Owned,
+    limits: &DecodeLimits,
+    per_topic: &mut [u64; 2],
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    events: &mut impl FnMut(Event),
+    dead: &mut impl FnMut(DeadLetter),
+) {
+    owned.next = offset + 1;
+    per_topic[usize::from(owned.kind == EventKind::Ad)] += 1;
+    match decode(owned.kind, payload, limits) {
+        Ok(event) => {
+            owned.clock.read(Some(event.ts()));
+            events(event);
         }
-        let mut consumer: BaseConsumer = client.create().map_err(kafka_err)?;
+        Err(e) => {
+            owned.clock.read(None);
+            dead(DeadLetter {
+                topic: owned.partition.topic.clone(),
+                partition: owned.partition.partition,
+                offset,
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+                reason: e.reason.as_str().to_owned(),
+                detail: e.detail,
+            });
+        }
+    }
+}
 
-        let mut owned: Vec<(Partition, EventKind, i64)> = Vec::new();
+/// A worker's share of the source: its consumer and partitions, and the epoch under way.
+struct KafkaSource {
+    config: SourceConfig,
+    worker: usize,
+    peers: usize,
+    consumer: BatchConsumer,
+    owned: Vec<Owned>,
+    epoch: Epoch,
+    offsets: EpochOffsets,
+    /// The partition of the last message from the batch queue: (topic id, partition, slot).
+    last: Option<(TopicId, i32, usize)>,
+    warned_at: Instant,
+    /// Per topic: index 0 counts song completions, 1 ad impressions.
+    consumed: [metrics::Counter; 2],
+    errors: metrics::Counter,
+}
+
+impl KafkaSource {
+    /// Creates the consumer, which wakes the worker through `wake` when messages or events
+    /// arrive, and assigns this worker's partitions at their resume offsets.
+    fn new(config: &SourceConfig, worker: usize, peers: usize, wake: SyncActivator) -> Result<Self, SourceError> {
+        let kafka_err = |source| SourceError::Kafka { group: config.group_id.clone(), source };
+        let mut consumer: BaseConsumer = client_config(config, worker).create().map_err(kafka_err)?;
+        let mut owned = Vec::new();
         let mut tpl = TopicPartitionList::new();
         for i in owned_by(config.partitions.len(), worker, peers) {
             let (p, kind) = &config.partitions[i];
@@ -212,29 +331,26 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                 },
             };
             tpl.add_partition_offset(&p.topic, p.partition, offset).map_err(kafka_err)?;
-            owned.push((p.clone(), *kind, config.resume_at.get(p).copied().unwrap_or(-1)));
+            owned.push(Owned {
+                partition: p.clone(),
+                kind: *kind,
+                next: config.resume_at.get(p).copied().unwrap_or(-1),
+                clock: PartitionClock::default(),
+                paused: false,
+            });
         }
-        let mut builder = OperatorBuilder::new(format!("KafkaSource({})", config.group_id), *self);
-        let info = builder.operator_info();
-        let (events_out, events) = builder.new_output::<Vec<Event>>();
-        let (dlq_out, dead) = builder.new_output::<Vec<DeadLetter>>();
-        let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Event>>>::from(events_out);
-        let mut dlq_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dlq_out);
-
-        let activator = self.activator_for(Rc::clone(&info.address));
-        let sync_activator = self.worker().sync_activator_for(info.address.to_vec());
         // librdkafka calls these when a queue turns non-empty: wake the worker. The consumer's
         // own queue carries errors and events; the batch queue carries the messages.
-        let wake = sync_activator.clone();
+        let wake_too = wake.clone();
         consumer.set_nonempty_callback(move || {
-            let _ = wake.activate();
+            let _ = wake_too.activate();
         });
         // The leaders of the owned partitions, before they are assigned: a partition assigned
         // while its leader is unknown has its start offset queried only after librdkafka's fixed
-        // 500 ms retry ("no current leader"), and every worker's first record waited for it (0.5 s
-        // of the 0.7 s from spawn to the first record, `benches/RESULTS.md` 2026-12-01). A broker
-        // that does not answer in time changes nothing else: librdkafka retries by itself.
-        let mut topics: Vec<&str> = owned.iter().map(|(p, _, _)| p.topic.as_str()).collect();
+        // 500 ms retry ("no current leader"), and every worker's first record waited for it
+        // (`benches/RESULTS.md` 2026-12-01). A broker that does not answer in time changes
+        // nothing else: librdkafka retries by itself.
+        let mut topics: Vec<&str> = owned.iter().map(|o| o.partition.topic.as_str()).collect();
         topics.sort_unstable();
         topics.dedup();
         for topic in topics {
@@ -245,13 +361,8 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
         // The owned partitions' messages go to a queue of their own, read a batch at a time.
         let mut consumer = BatchConsumer::assign(consumer, &tpl, BATCH).map_err(kafka_err)?;
         consumer.set_nonempty_callback(move || {
-            let _ = sync_activator.activate();
+            let _ = wake.activate();
         });
-
-        let epoch_offsets: EpochOffsets = Rc::default();
-        let offsets_out = Rc::clone(&epoch_offsets);
-        let config = config.clone();
-        // Per topic: index 0 counts song completions, 1 ad impressions.
         let topic_of = |kind: EventKind| {
             config.partitions.iter().find(|(_, k)| *k == kind).map(|(p, _)| p.topic.clone()).unwrap_or_default()
         };
@@ -259,144 +370,223 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
             metrics::counter!("squall_events_consumed_total", "group_id" => config.group_id.clone(), "topic" => topic_of(kind))
         });
         let errors = metrics::counter!("squall_source_errors_total", "group_id" => config.group_id.clone());
+        Ok(KafkaSource {
+            config: config.clone(),
+            worker,
+            peers,
+            consumer,
+            owned,
+            epoch: 0,
+            offsets: Rc::default(),
+            last: None,
+            warned_at: Instant::now() - Duration::from_secs(60),
+            consumed,
+            errors,
+        })
+    }
+
+    /// Step: the first epoch is `epoch`; the starting positions count as the end of the one before.
+    fn start(&mut self, epoch: Epoch) {
+        self.epoch = epoch;
+        self.offsets.borrow_mut().insert(epoch.saturating_sub(1), next_offsets(&self.owned));
+    }
+
+    /// Step: records the end of the epoch under way (its next offsets) and its progress report.
+    fn end_epoch(&mut self) -> Progress {
+        self.offsets.borrow_mut().insert(self.epoch, next_offsets(&self.owned));
+        progress(self.worker as u32, self.owned.iter().map(|o| &o.clock))
+    }
+
+    /// Step: reads up to `max_batch` messages into `events` and `dead`; the number read.
+    fn read(&mut self, events: &mut impl FnMut(Event), dead: &mut impl FnMut(DeadLetter)) -> usize {
+        let max = self.config.max_batch;
+        let (mut read, mut per_topic) = (0, [0u64; 2]);
+        let limits = &self.config.limits;
+        while read < max {
+            let batch = self.consumer.poll_batch(max - read);
+            if batch.is_empty() {
+                break;
+            }
+            read += batch.len();
+            for m in batch.iter() {
+                // Messages come in runs from one partition: find its slot by name only when the
+                // run changes.
+                let i = match self.last {
+                    Some((id, p, i)) if id == m.topic_id() && p == m.partition() => Some(i),
+                    _ => slot_of(&self.owned, m.topic(), m.partition()),
+                };
+                if let Some(e) = m.error() {
+                    match (e, i) {
+                        (KafkaError::PartitionEOF(_), Some(i)) => self.owned[i].clock.idle = true,
+                        (e, _) => warn(&self.config, &self.errors, &mut self.warned_at, &e),
+                    }
+                    continue;
+                }
+                let Some(i) = i else { continue };
+                self.last = Some((m.topic_id(), m.partition(), i));
+                let payload = m.payload().unwrap_or_default();
+                handle(&mut self.owned[i], limits, &mut per_topic, m.offset(), m.key(), payload, events, dead);
+            }
+        }
+        // Errors that are not about one partition arrive on the consumer's own queue, polled on
+        // every activation. It carries no messages unless librdkafka routes one there after all;
+        // those are handled alike.
+        for _ in 0..max {
+            match self.consumer.consumer().poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(msg)) => {
+                    read += 1;
+                    if let Some(i) = slot_of(&self.owned, msg.topic(), msg.partition()) {
+                        let (key, payload) = (msg.key(), msg.payload().unwrap_or_default());
+                        handle(&mut self.owned[i], limits, &mut per_topic, msg.offset(), key, payload, events, dead);
+                    }
+                }
+                // The partitions' EOFs come on their own queues (forwarded to the batch queue);
+                // one here names no topic, so it cannot say which partition is idle.
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    warn(&self.config, &self.errors, &mut self.warned_at, &e);
+                    break;
+                }
+            }
+        }
+        for (counter, n) in self.consumed.iter().zip(per_topic) {
+            counter.increment(n);
+        }
+        read
+    }
+
+    /// Step: pauses the partitions too far ahead of the slowest of this process, resumes those
+    /// it has caught up with; whether any is paused.
+    fn align(&mut self) -> bool {
+        let align = &self.config.alignment;
+        if align.max_ahead_ms <= 0 {
+            return false;
+        }
+        let floor = align.publish(self.worker, self.peers, progress(0, self.owned.iter().map(|o| &o.clock)).low);
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for o in &mut self.owned {
+            let ahead = match floor {
+                // A partition has delivered nothing yet, or none is active: nothing to wait for.
+                i64::MIN | i64::MAX => i64::MIN,
+                f => o.clock.newest.saturating_sub(f),
+            };
+            let list = if !o.paused && !o.clock.idle && ahead > align.max_ahead_ms {
+                &mut pause
+            } else if o.paused && ahead <= align.max_ahead_ms / 2 {
+                &mut resume
+            } else {
+                continue;
+            };
+            o.paused = !o.paused;
+            list.add_partition(&o.partition.topic, o.partition.partition);
+        }
+        let consumer = self.consumer.consumer();
+        for (list, what) in [(&pause, "pause"), (&resume, "resume")] {
+            if list.count() > 0 {
+                let done = if what == "pause" { consumer.pause(list) } else { consumer.resume(list) };
+                if let Err(error) = done {
+                    tracing::warn!(group_id = %self.config.group_id, %error, "cannot {what} partitions for alignment");
+                }
+            }
+        }
+        self.owned.iter().any(|o| o.paused)
+    }
+
+    /// Step, at shutdown: the ends of the epoch under way, before its capability goes.
+    ///
+    /// Everything read in it has been sent. A peer process still running holds the frontier
+    /// only at its own epoch, so cuts past this one may still be sealed, and their offsets
+    /// (`offsets_at`) must cover what this epoch read; without this entry they fell back to the
+    /// previous epoch's ends, and a recovery from such a cut read this epoch's events again.
+    fn shut_down(&mut self) {
+        self.offsets.borrow_mut().insert(self.epoch, next_offsets(&self.owned));
+    }
+}
+
+/// Counts a consumer error and, now and then, says so (broker down and similar: librdkafka
+/// retries by itself).
+fn warn(config: &SourceConfig, errors: &metrics::Counter, warned_at: &mut Instant, e: &dyn std::fmt::Display) {
+    errors.increment(1);
+    if warned_at.elapsed() > Duration::from_secs(10) {
+        tracing::warn!(group_id = %config.group_id, error = %e, "kafka consumer error; retrying");
+        *warned_at = Instant::now();
+    }
+}
+
+impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
+    fn consume_kafka(&self, config: &SourceConfig, first_epoch: Epoch) -> Result<SourceStreams<'scope>, SourceError> {
+        let (worker, peers) = (self.index(), self.peers());
+        let mut builder = OperatorBuilder::new(format!("KafkaSource({})", config.group_id), *self);
+        let info = builder.operator_info();
+        let (events_out, events) = builder.new_output::<Vec<Event>>();
+        let (dlq_out, dead) = builder.new_output::<Vec<DeadLetter>>();
+        let (progress_out, progress) = builder.new_output::<Vec<Progress>>();
+        let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Event>>>::from(events_out);
+        let mut dlq_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dlq_out);
+        let mut progress_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Progress>>>::from(progress_out);
+        let activator = self.activator_for(Rc::clone(&info.address));
+        let wake = self.worker().sync_activator_for(info.address.to_vec());
+        let mut source = KafkaSource::new(config, worker, peers, wake)?;
+        let offsets = Rc::clone(&source.offsets);
 
         builder.build(move |mut caps| {
+            let mut progress_cap = caps.pop();
             let mut dlq_cap = caps.pop();
             let mut ev_cap = caps.pop();
-            let epoch = first_epoch.max(epoch_now(config.epoch_interval));
-            if let (Some(e), Some(d)) = (ev_cap.as_mut(), dlq_cap.as_mut()) {
-                e.downgrade(&epoch);
-                d.downgrade(&epoch);
+            let epoch = first_epoch.max(epoch_now(source.config.epoch_interval));
+            for cap in [&mut ev_cap, &mut dlq_cap, &mut progress_cap].into_iter().flatten() {
+                cap.downgrade(&epoch);
             }
-            // The starting positions count as the end of the epoch before the first.
-            let starts = next_offsets(&owned);
-            offsets_out.borrow_mut().insert(epoch.saturating_sub(1), starts);
-            let mut epoch = epoch;
-            let mut warned_at = std::time::Instant::now() - Duration::from_secs(60);
-            // The partition of the last message from the batch queue: (topic id, partition, slot).
-            let mut last: Option<(TopicId, i32, usize)> = None;
+            source.start(epoch);
             move |_frontiers| {
-                let (Some(ev), Some(dl)) = (ev_cap.as_mut(), dlq_cap.as_mut()) else { return };
-                if config.shutdown.load(Relaxed) {
-                    // The ends of the epoch under way, before its capability goes: everything
-                    // read in it has been sent. A peer process still running holds the frontier
-                    // only at its own epoch, so cuts past this one may still be sealed, and their
-                    // offsets (`offsets_at`) must cover what this epoch read; without this entry
-                    // they fell back to the previous epoch's ends, and a recovery from such a cut
-                    // read this epoch's events a second time.
-                    let ends = next_offsets(&owned);
-                    offsets_out.borrow_mut().insert(epoch, ends);
-                    ev_cap = None;
-                    dlq_cap = None;
+                let (Some(ev), Some(dl), Some(pr)) = (ev_cap.as_mut(), dlq_cap.as_mut(), progress_cap.as_mut()) else {
+                    return;
+                };
+                if source.config.shutdown.load(Relaxed) {
+                    source.shut_down();
+                    (ev_cap, dlq_cap, progress_cap) = (None, None, None);
                     return;
                 }
                 // Epochs are dense: step through every number, one per activation, so that every
                 // cut exists on every worker (see `checkpoint`).
-                let now = epoch_now(config.epoch_interval);
-                if now > epoch {
-                    let ends = next_offsets(&owned);
-                    offsets_out.borrow_mut().insert(epoch, ends);
-                    epoch += 1;
-                    ev.downgrade(&epoch);
-                    dl.downgrade(&epoch);
-                    if now > epoch {
+                let now = epoch_now(source.config.epoch_interval);
+                if now > source.epoch {
+                    let report = source.end_epoch();
+                    progress_out.activate().session(pr).give(report);
+                    source.epoch += 1;
+                    ev.downgrade(&source.epoch);
+                    dl.downgrade(&source.epoch);
+                    pr.downgrade(&source.epoch);
+                    if now > source.epoch {
                         activator.activate();
                     }
                 }
-                if config.pending.load(Relaxed) > config.max_pending {
+                if source.config.pending.load(Relaxed) > source.config.max_pending {
                     activator.activate_after(Duration::from_millis(1));
                     return;
                 }
-                let mut read = 0;
-                let mut per_topic = [0u64; 2];
-                {
-                    let mut ev_out = events_out.activate();
-                    let mut events = ev_out.session(ev);
-                    let mut dl_out = dlq_out.activate();
-                    let mut dead = dl_out.session(dl);
-                    // One message of an owned partition: its next offset, then the event or the dead letter.
-                    let mut handle =
-                        |slot: &mut (Partition, EventKind, i64), offset: i64, key: Option<&[u8]>, payload: &[u8]| {
-                            slot.2 = offset + 1;
-                            per_topic[usize::from(slot.1 == EventKind::Ad)] += 1;
-                            match decode(slot.1, payload, &config.limits) {
-                                Ok(event) => events.give(event),
-                                Err(e) => {
-                                    dead.give(DeadLetter {
-                                        topic: slot.0.topic.clone(),
-                                        partition: slot.0.partition,
-                                        offset,
-                                        key: key.map(<[u8]>::to_vec),
-                                        payload: payload.to_vec(),
-                                        reason: e.reason.as_str().to_owned(),
-                                        detail: e.detail,
-                                    });
-                                }
-                            }
-                        };
-                    let mut warn = |e: &dyn std::fmt::Display| {
-                        errors.increment(1);
-                        // Broker down and similar: librdkafka retries by itself; say so now and then.
-                        if warned_at.elapsed() > Duration::from_secs(10) {
-                            tracing::warn!(group_id = %config.group_id, error = %e, "kafka consumer error; retrying");
-                            warned_at = std::time::Instant::now();
-                        }
-                    };
-                    while read < config.max_batch {
-                        let batch = consumer.poll_batch(config.max_batch - read);
-                        if batch.is_empty() {
-                            break;
-                        }
-                        read += batch.len();
-                        for m in batch.iter() {
-                            if let Some(e) = m.error() {
-                                warn(&e);
-                                continue;
-                            }
-                            // Messages come in runs from one partition: find its slot by name only
-                            // when the run changes.
-                            let i = match last {
-                                Some((id, p, i)) if id == m.topic_id() && p == m.partition() => Some(i),
-                                _ => slot_of(&owned, m.topic(), m.partition()),
-                            };
-                            let Some(i) = i else { continue };
-                            last = Some((m.topic_id(), m.partition(), i));
-                            handle(&mut owned[i], m.offset(), m.key(), m.payload().unwrap_or_default());
-                        }
-                    }
-                    // Errors that are not about one partition arrive on the consumer's own queue,
-                    // polled on every activation. It carries no messages unless librdkafka routes
-                    // one there after all; those are handled alike.
-                    for _ in 0..config.max_batch {
-                        match consumer.consumer().poll(Duration::ZERO) {
-                            None => break,
-                            Some(Ok(msg)) => {
-                                read += 1;
-                                if let Some(i) = slot_of(&owned, msg.topic(), msg.partition()) {
-                                    handle(&mut owned[i], msg.offset(), msg.key(), msg.payload().unwrap_or_default());
-                                }
-                            }
-                            Some(Err(e)) => {
-                                warn(&e);
-                                break;
-                            }
-                        }
-                    }
-                }
-                for (counter, n) in consumed.iter().zip(per_topic) {
-                    counter.increment(n);
-                }
-                if read >= config.max_batch {
+                let read = {
+                    let (mut ev_out, mut dl_out) = (events_out.activate(), dlq_out.activate());
+                    let (mut events, mut dead) = (ev_out.session(ev), dl_out.session(dl));
+                    source.read(&mut |e| events.give(e), &mut |d| dead.give(d))
+                };
+                let paused = source.align();
+                if read >= source.config.max_batch {
                     activator.activate();
+                } else if paused {
+                    // Woken by no message of the paused partitions: look again soon whether the
+                    // slowest partition has caught up.
+                    activator.activate_after(ALIGN_CHECK);
                 } else {
                     // Wake for the next epoch boundary even if no message arrives.
-                    let ms = config.epoch_interval.as_millis().max(1) as u64;
+                    let ms = source.config.epoch_interval.as_millis().max(1) as u64;
                     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
                     activator.activate_after(Duration::from_millis(ms - now_ms % ms + 1));
                 }
             }
         });
-        Ok((events, dead, epoch_offsets))
+        Ok(SourceStreams { events, dead, progress, offsets })
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use squall_enrichment::Enricher;
-use squall_operators::{CheckpointHook, EnrichWith, Epoch, Event, MaintainAttributes, UserStore};
+use squall_operators::{CheckpointHook, EnrichWith, Epoch, Event, MaintainAttributes, Progress, UserStore};
 use timely::dataflow::Stream;
 
 /// What the dataflow's operators share within one process.
@@ -23,14 +23,17 @@ pub struct Context {
     pub dedup_horizon_ms: i64,
 }
 
-/// Builds the dataflow over `events`, checkpointing through `checkpoint` if given; the returned
+/// Builds the dataflow over `events`, whose sources report their event-time `progress` (see
+/// `squall_operators::watermark`), checkpointing through `checkpoint` if given; the returned
 /// stream's frontier tells which epochs are applied.
 pub fn dataflow<'scope>(
     events: Stream<'scope, Epoch, Vec<Event>>,
+    progress: Stream<'scope, Epoch, Vec<Progress>>,
     ctx: &Context,
     checkpoint: Option<CheckpointHook>,
 ) -> Stream<'scope, Epoch, Vec<()>> {
     events.enrich_with(&ctx.enricher, Arc::clone(&ctx.pending)).maintain_attributes(
+        progress,
         Arc::clone(&ctx.store),
         ctx.dedup_horizon_ms,
         Arc::clone(&ctx.pending),

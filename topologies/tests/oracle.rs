@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use squall_enrichment::{AdRow, EnrichConfig, Enricher, MemoryCatalogue, Symbols, TrackRow};
 use squall_operators::event::{AdImpression, SongCompletion};
+use squall_operators::watermark::ReportProgress;
 use squall_operators::{Declaration, Event, Plan, UserStore};
 use squall_topologies::oracle::{self, Catalogue};
 use squall_topologies::personalization::{self, Context};
@@ -107,7 +108,8 @@ fn run(declaration: &Declaration, seed: u64, workers: usize, n: usize) {
     timely::execute(timely::Config::process(workers), move |worker| {
         let (mut handle, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (handle, events) = scope.new_input::<Vec<Event>>();
-            let (probe, _) = personalization::dataflow(events, &ctx, None).probe();
+            let progress = events.report_progress();
+            let (probe, _) = personalization::dataflow(events, progress, &ctx, None).probe();
             (handle, probe)
         });
         // Each worker feeds a share of the input, over several epochs.

@@ -16,8 +16,8 @@ use squall_operators::checkpoint::{self, CheckpointDir, CheckpointError, Checkpo
 use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::source::epoch_now;
 use squall_operators::{
-    CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, KeyGroups, Partition, Plan, Restore,
-    SourceConfig, UserState, UserStore,
+    Alignment, CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, KeyGroups, Partition, Plan,
+    Restore, SourceConfig, UserState, UserStore,
 };
 use squall_topologies::TopologySpec;
 use squall_topologies::personalization::{self, Context};
@@ -219,6 +219,10 @@ pub async fn start(
             max_pending: spec.runtime.max_pending,
             shutdown: Arc::clone(&shutdown),
             properties: spec.kafka.consumer.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            alignment: Arc::new(Alignment::for_state(
+                spec.state.dedup_horizon.as_millis() as i64,
+                spec.state.user_ttl.as_millis() as i64,
+            )),
         },
         dlq_suffix: spec.kafka.dlq_suffix.clone(),
         ctx: Context {
@@ -515,13 +519,15 @@ fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Re
     let stop = Arc::clone(&d.source.shutdown);
     timely::execute(config, move |worker| {
         let built = worker.dataflow::<Epoch, _, _>(|scope| {
-            let (events, dead, offsets) = scope.consume_kafka(&d.source, d.start_epoch).map_err(|e| e.to_string())?;
+            let source = scope.consume_kafka(&d.source, d.start_epoch).map_err(|e| e.to_string())?;
             let counts = Arc::clone(&d.dead_letters);
-            dead.inspect(move |letter| counts.record(&letter.reason))
+            source
+                .dead
+                .inspect(move |letter| counts.record(&letter.reason))
                 .dead_letter_to(&d.source.brokers, &d.dlq_suffix)
                 .map_err(|e| e.to_string())?;
             let hook = d.checkpoints.as_ref().map(|c| CheckpointHook {
-                offsets,
+                offsets: source.offsets,
                 parts: c.parts.clone(),
                 // No recovery (no checkpoint store, only feeds): nothing to restore.
                 restore: c
@@ -533,7 +539,7 @@ fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Re
                     .unwrap_or_default(),
                 first_epoch: d.start_epoch,
             });
-            let (probe, _) = personalization::dataflow(events, &d.ctx, hook).probe();
+            let (probe, _) = personalization::dataflow(source.events, source.progress, &d.ctx, hook).probe();
             Ok::<_, String>(probe)
         });
         let probe = built.inspect_err(|e| {
