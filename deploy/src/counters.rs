@@ -108,10 +108,9 @@ impl RunStatus {
 pub struct DeadLetters([AtomicU64; DlqReason::ALL.len()]);
 
 impl DeadLetters {
-    /// Counts one dead letter with `reason` (a [`DlqReason`] name; others count as the first).
-    pub fn record(&self, reason: &str) {
-        let i = DlqReason::ALL.iter().position(|r| r.as_str() == reason).unwrap_or(0);
-        self.0[i].fetch_add(1, Relaxed);
+    /// Counts one dead letter with `reason`.
+    pub fn record(&self, reason: DlqReason) {
+        self.0[reason as usize].fetch_add(1, Relaxed);
     }
 
     /// Dead letters so far, of every reason.
@@ -232,10 +231,12 @@ mod tests {
     #[test]
     fn dead_letters_count_by_reason() {
         let d = DeadLetters::default();
-        d.record("malformed_json");
-        d.record("malformed_json");
-        d.record("oversized");
+        d.record(DlqReason::MalformedJson);
+        d.record(DlqReason::MalformedJson);
+        d.record(DlqReason::Oversized);
         assert_eq!(d.total(), 3);
-        assert_eq!(d.0[DlqReason::ALL.iter().position(|r| *r == DlqReason::MalformedJson).unwrap()].load(Relaxed), 2);
+        assert_eq!(d.0[DlqReason::MalformedJson as usize].load(Relaxed), 2);
+        // `ALL` lists the reasons in declaration order, so `reason as usize` is its index there.
+        assert!(DlqReason::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
     }
 }

@@ -456,7 +456,7 @@ mod tests {
         let store = store();
         store.record(1, 3, 1);
         let dead_letters = Arc::new(crate::counters::DeadLetters::default());
-        dead_letters.record("not_utf8");
+        dead_letters.record(squall_operators::DlqReason::NotUtf8);
         let base = serve_counted(Arc::clone(&store), Arc::clone(&dead_letters), "personalization-v2", 0..2).await;
         let status: RunStatus =
             reqwest::get(format!("{base}/v1/status")).await.expect("request").json().await.expect("json");

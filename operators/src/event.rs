@@ -95,7 +95,8 @@ impl Event {
 }
 
 /// Why a record was sent to the dead-letter topic. `as_str` is the `reason` header and metric label.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DlqReason {
     /// Larger than `max_message_bytes`.
     Oversized,

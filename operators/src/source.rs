@@ -29,7 +29,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 
-use crate::event::{DecodeLimits, Event, EventKind, decode};
+use crate::event::{DecodeLimits, DlqReason, Event, EventKind, decode};
 use crate::watermark::{PartitionClock, Progress, progress};
 
 /// Most messages taken from librdkafka in one call (the source reads up to `max_batch` per activation).
@@ -142,7 +142,7 @@ pub struct DeadLetter {
     /// The original payload bytes.
     pub payload: Vec<u8>,
     /// Reason category (`reason` header).
-    pub reason: String,
+    pub reason: DlqReason,
     /// What exactly was wrong (`detail` header).
     pub detail: String,
 }
@@ -289,7 +289,7 @@ fn handle(
                 offset,
                 key: key.map(<[u8]>::to_vec),
                 payload: payload.to_vec(),
-                reason: e.reason.as_str().to_owned(),
+                reason: e.reason,
                 detail: e.detail,
             });
         }

@@ -523,7 +523,7 @@ fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Re
             let counts = Arc::clone(&d.dead_letters);
             source
                 .dead
-                .inspect(move |letter| counts.record(&letter.reason))
+                .inspect(move |letter| counts.record(letter.reason))
                 .dead_letter_to(&d.source.brokers, &d.dlq_suffix)
                 .map_err(|e| e.to_string())?;
             let hook = d.checkpoints.as_ref().map(|c| CheckpointHook {
