@@ -97,6 +97,82 @@ async fn the_first_record_does_not_wait_for_a_leader_retry() {
     assert!(waited < Duration::from_millis(450), "the first record took {waited:?}");
 }
 
+/// Partition 0 holds a week of event time in a few seconds' worth of messages, partition 1 the
+/// same week: read by one worker with an alignment of 12 hours, neither runs far ahead of the
+/// other (without it, librdkafka hands one partition's backlog over first), pausing and resuming
+/// loses and repeats no message, and once both are read to their end the progress report says
+/// they are idle and gives the newest event time.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_read_aligned_in_event_time_lose_nothing_and_report_idle_at_their_end() {
+    const N: usize = 20_000;
+    const T0: i64 = 1_763_750_000_000;
+    const DAY: i64 = 24 * 3600 * 1000;
+    let ts = |i: usize| T0 + i as i64 * 7 * DAY / N as i64;
+    let topic = unique("source-align");
+    squall::kafka::create_topics(&brokers(), std::slice::from_ref(&topic), 2).await.expect("create topic");
+    tokio::task::block_in_place(|| {
+        produce_to_partitions(&topic, &[0, 1], 0, N, |p, i| {
+            let payload = format!(
+                r#"{{"event_id":"e{p}-{i}","user_id":"u{i}","track_id":"t1","ms_played":1000,"ts":{}}}"#,
+                ts(i)
+            );
+            (format!("u{i}"), payload)
+        })
+    });
+    let mut config = song_source(&topic, 2, Duration::from_millis(100), Arc::new(AtomicBool::new(false)));
+    config.alignment = Arc::new(Alignment::new(DAY / 2));
+    let (skew, offsets, last) = tokio::task::block_in_place(|| {
+        timely::execute_directly(move |worker| {
+            // Per partition, the next offset expected (from the event id) and the newest ts read
+            // (a partition not read yet is at its first event's); the largest skew seen.
+            let read = Rc::new(std::cell::RefCell::new(([0usize; 2], [ts(0); 2], 0i64)));
+            let progress = Rc::new(std::cell::RefCell::new(Vec::new()));
+            let (seen, reports) = (Rc::clone(&read), Rc::clone(&progress));
+            worker.dataflow::<Epoch, _, _>(|scope| {
+                let source = scope.consume_kafka(&config, 0).expect("source");
+                source.events.inspect(move |e| {
+                    let (next, newest, skew) = &mut *seen.borrow_mut();
+                    let id = e.event_id();
+                    let (p, i) = id[1..].split_once('-').expect("e<p>-<i>");
+                    let (p, i): (usize, usize) = (p.parse().unwrap(), i.parse().unwrap());
+                    assert_eq!(i, next[p], "partition {p}: message {i} read out of turn");
+                    next[p] += 1;
+                    newest[p] = newest[p].max(e.ts());
+                    // While both still have messages to give, how far apart they are.
+                    if next.iter().all(|n| *n < N) {
+                        *skew = (*skew).max((newest[0] - newest[1]).abs());
+                    }
+                });
+                source.progress.inspect(move |p| reports.borrow_mut().push(*p));
+            });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let done = |r: &([usize; 2], [i64; 2], i64), reports: &[squall_operators::Progress]| {
+                r.0 == [N, N] && reports.last().is_some_and(|p| p.low == i64::MAX)
+            };
+            while !done(&read.borrow(), &progress.borrow()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "read {:?} of {N} each; reports {:?}",
+                    read.borrow().0,
+                    progress.borrow().last()
+                );
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+            let r = read.borrow();
+            (r.2, r.0, *progress.borrow().last().expect("a report"))
+        })
+    });
+    assert_eq!(offsets, [N, N], "every message read once");
+    assert_eq!((last.low, last.high), (i64::MAX, ts(N - 1)), "both idle at their end, newest ts {}", ts(N - 1));
+    println!("alignment: partitions at most {:.1} h apart in event time (bound 12 h)", skew as f64 / 3.6e6);
+    // The bound, plus what one activation reads before the check (1024 messages, 8.6 h here);
+    // without the alignment they ran the whole week apart.
+    assert!(skew <= DAY, "partitions ran {:.1} h apart with a 12 h alignment", skew as f64 / 3.6e6);
+}
+
 /// A fresh topic named after `prefix` with `partitions` partitions, each holding `per_partition`
 /// valid song completions (event ids unique across partitions).
 async fn songs_topic(prefix: &str, partitions: i32, per_partition: usize) -> String {

@@ -466,11 +466,9 @@ impl KafkaSource {
         let floor = align.publish(self.worker, self.peers, progress(0, self.owned.iter().map(|o| &o.clock)).low);
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
         for o in &mut self.owned {
-            let ahead = match floor {
-                // A partition has delivered nothing yet, or none is active: nothing to wait for.
-                i64::MIN | i64::MAX => i64::MIN,
-                f => o.clock.newest.saturating_sub(f),
-            };
+            // None active: nothing to wait for. A partition that has delivered nothing yet is at
+            // `i64::MIN`: every other waits until it has (or is found idle at its end).
+            let ahead = if floor == i64::MAX { i64::MIN } else { o.clock.newest.saturating_sub(floor) };
             let list = if !o.paused && !o.clock.idle && ahead > align.max_ahead_ms {
                 &mut pause
             } else if o.paused && ahead <= align.max_ahead_ms / 2 {
