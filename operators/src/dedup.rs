@@ -11,9 +11,10 @@
 //! order the partitions are read; an event already older than the horizon when it arrives is
 //! counted and not kept. Ids expire by whole buckets. A horizon of zero turns deduplication off.
 //!
-//! Ids of buckets ahead of the tag window (more than 14 buckets past the oldest live one, which
-//! happens while the inputs are read unevenly, e.g. before the first watermark or while catching
-//! up) wait in a small side map and move into the tables when the watermark reaches them.
+//! The tables' 4-bit tags name 15 buckets at a time: from the oldest live one, or, before the
+//! first watermark, from 7 buckets before the first id's. Ids outside that window (inputs read
+//! unevenly: before the first watermark, or catching up) wait in a side map, exactly as well,
+//! and move into the tables when the window reaches them.
 //!
 //! **Structure.** The 128-bit key is reduced to an 80-bit [`Fingerprint`] (what checkpoints
 //! store, 10 bytes). In memory its top 14 bits pick one of 16384 sub-tables, and the next 60 are
@@ -336,12 +337,16 @@ pub struct Dedup {
     bucket_ms: i64,
     tables: Box<[SubTable]>,
     watermark: i64,
-    /// The oldest live bucket, and the newest the tables' 4-bit tags can hold beside it.
+    /// The oldest live bucket.
     oldest: i64,
+    /// The tables' window, `base..=newest` (15 buckets), `base >= oldest`; set at the first
+    /// watermark or the first id, whichever comes first.
+    base: i64,
     newest: i64,
-    /// Ids of buckets past `newest`, by bucket: they move into the tables as the watermark
-    /// reaches them.
-    ahead: BTreeMap<i64, HashSet<Fingerprint>>,
+    anchored: bool,
+    /// Ids of live buckets outside the window, by bucket: they move into the tables when the
+    /// window reaches them.
+    aside: BTreeMap<i64, HashSet<Fingerprint>>,
     /// Ids added to the tables per bucket, by `bucket mod TAGS`: (bucket, count).
     counts: [(i64, u64); TAGS as usize],
     cursor: usize,
@@ -379,8 +384,10 @@ impl Dedup {
             tables: if on { vec![SubTable::default(); 1 << SUB_BITS].into() } else { Box::default() },
             watermark: i64::MIN,
             oldest,
+            base: oldest,
             newest: oldest + TAGS - 2,
-            ahead: BTreeMap::new(),
+            anchored: false,
+            aside: BTreeMap::new(),
             counts: [(i64::MIN, 0); TAGS as usize],
             cursor: 0,
             work: Work { rng: 0x2545_F491_4F6C_DD1D, ..Work::default() },
@@ -409,24 +416,40 @@ impl Dedup {
     }
 
     /// Moves the watermark to `watermark` if it is newer: ids more than the horizon behind it
-    /// expire, and ids kept aside move into the tables once their bucket fits the tags.
+    /// expire, and ids kept aside move into the tables once their bucket is in the window.
     pub fn advance(&mut self, watermark: i64) {
         if watermark <= self.watermark || !self.is_on() {
             return;
         }
         self.watermark = watermark;
         self.oldest = self.bucket_of(watermark.saturating_sub(self.horizon_ms));
-        self.newest = self.oldest.saturating_add(TAGS - 2);
-        while let Some(entry) = self.ahead.first_entry() {
-            let bucket = *entry.key();
-            if bucket > self.newest {
-                break;
-            }
-            let ids = entry.remove();
-            if bucket >= self.oldest {
-                self.restore(bucket, ids);
-            }
+        let base = if self.anchored { self.base.max(self.oldest) } else { self.oldest };
+        self.set_window(base);
+        let expired: Vec<i64> = self.aside.range(..self.oldest).map(|(b, _)| *b).collect();
+        for b in expired {
+            self.aside.remove(&b);
         }
+        let fitting: Vec<i64> = self.aside.range(self.base..=self.newest).map(|(b, _)| *b).collect();
+        for b in fitting {
+            let ids = self.aside.remove(&b).unwrap_or_default();
+            self.restore(b, ids);
+        }
+    }
+
+    /// Makes `base..=base + 14` the tables' window.
+    fn set_window(&mut self, base: i64) {
+        self.anchored = true;
+        self.base = base;
+        self.newest = base.saturating_add(TAGS - 2);
+    }
+
+    /// Whether ids of `bucket` (live) go to the tables; anchors the window at the first id.
+    #[inline]
+    fn in_window(&mut self, bucket: i64) -> bool {
+        if !self.anchored {
+            self.set_window((bucket - (TAGS - 2) / 2).max(self.oldest));
+        }
+        bucket >= self.base && bucket <= self.newest
     }
 
     /// Records `key`; true if it is new (count the event), false if it is a resend.
@@ -440,12 +463,12 @@ impl Dedup {
             // Older than the horizon already: counted, and not kept.
             return true;
         }
-        if bucket > self.newest {
-            return self.ahead.entry(bucket).or_default().insert(Fingerprint::of(key));
+        if !self.in_window(bucket) {
+            return self.aside.entry(bucket).or_default().insert(Fingerprint::of(key));
         }
         let (sub, fp) = Fingerprint::of(key).split();
         self.keep_sweep_rule(sub, bucket);
-        match self.tables[sub].probe(fp, self.oldest) {
+        match self.tables[sub].probe(fp, self.base) {
             Probe::Found => return false,
             Probe::Free(i, j) => {
                 // One pass found it absent and a free slot in one of its buckets: take it.
@@ -501,17 +524,21 @@ impl Dedup {
     }
 
     /// Sweeps sub-table `sub` first if an id of `bucket` would make its tags wrap.
+    ///
+    /// The tables work from the window's `base`, not `oldest`: no word of a bucket in
+    /// `oldest..base` is ever in them (the base moves up only with `oldest`), so the two agree
+    /// on every word.
     #[inline]
     fn keep_sweep_rule(&mut self, sub: usize, bucket: i64) {
         if bucket - self.tables[sub].swept >= TAGS - 1 {
-            let oldest = self.oldest;
-            self.tables[sub].sweep(oldest, &mut self.work);
+            let base = self.base;
+            self.tables[sub].sweep(base, &mut self.work);
         }
     }
 
     fn insert(&mut self, sub: usize, fp: u64, bucket: i64) {
         let word = fp << 4 | bucket.rem_euclid(TAGS) as u64;
-        let (oldest, work) = (self.oldest, &mut self.work);
+        let (oldest, work) = (self.base, &mut self.work);
         let t = &mut self.tables[sub];
         let full = (t.used as usize + 1) * 100 > t.slots.len() * 8 * MAX_LOAD;
         let placed = if full { Err(word) } else { t.place(word, oldest, &mut work.rng) };
@@ -541,14 +568,14 @@ impl Dedup {
         if !self.is_on() || bucket < self.oldest {
             return;
         }
-        if bucket > self.newest {
-            self.ahead.entry(bucket).or_default().extend(ids);
+        if !self.in_window(bucket) {
+            self.aside.entry(bucket).or_default().extend(ids);
             return;
         }
         for id in ids {
             let (sub, fp) = id.split();
             self.keep_sweep_rule(sub, bucket);
-            if !self.tables[sub].find(fp, self.oldest) {
+            if !self.tables[sub].find(fp, self.base) {
                 self.insert(sub, fp, bucket);
             }
         }
@@ -557,7 +584,7 @@ impl Dedup {
     /// Sweeps up to `budget` sub-tables that may hold expired ids, resuming where the last call
     /// stopped; the number swept. Bounded work for a worker's idle moments.
     pub fn sweep(&mut self, budget: usize) -> usize {
-        let (n, oldest) = (self.tables.len(), self.oldest);
+        let (n, oldest) = (self.tables.len(), self.base);
         let mut swept = 0;
         for _ in 0..n.min(budget * 16) {
             if swept == budget {
@@ -576,8 +603,8 @@ impl Dedup {
     /// The live buckets holding ids, oldest first.
     pub fn live_buckets(&self) -> Vec<i64> {
         let mut b: Vec<i64> =
-            self.counts.iter().filter(|(b, n)| *n > 0 && *b >= self.oldest && *b <= self.newest).map(|c| c.0).collect();
-        b.extend(self.ahead.keys());
+            self.counts.iter().filter(|(b, n)| *n > 0 && *b >= self.base && *b <= self.newest).map(|c| c.0).collect();
+        b.extend(self.aside.keys());
         b.sort_unstable();
         b
     }
@@ -585,13 +612,13 @@ impl Dedup {
     /// Ids retained (added to live buckets).
     pub fn len(&self) -> usize {
         let tables: usize =
-            self.counts.iter().filter(|(b, _)| *b >= self.oldest && *b <= self.newest).map(|c| c.1 as usize).sum();
-        tables + self.ahead.values().map(HashSet::len).sum::<usize>()
+            self.counts.iter().filter(|(b, _)| *b >= self.base && *b <= self.newest).map(|c| c.1 as usize).sum();
+        tables + self.aside()
     }
 
-    /// Ids kept aside because their bucket is ahead of what the tables' tags can hold.
-    pub fn ahead(&self) -> usize {
-        self.ahead.values().map(HashSet::len).sum()
+    /// Ids kept aside because their bucket is outside the tables' window.
+    pub fn aside(&self) -> usize {
+        self.aside.values().map(HashSet::len).sum()
     }
 
     /// Whether no id is retained.
@@ -749,25 +776,33 @@ mod tests {
     }
 
     #[test]
-    fn ids_ahead_of_the_tags_wait_aside_and_move_in_as_resends() {
+    fn ids_outside_the_tags_window_wait_aside_and_move_in_as_resends() {
         let mut d = Dedup::new(H);
         let b = H / BUCKETS;
-        // No watermark yet: every id is ahead of the tags, and still a resend.
+        // No watermark yet: the first id anchors the window (buckets 93..=107).
         assert!(d.first_time(key("u", "a"), 100 * b));
         assert!(!d.first_time(key("u", "a"), 100 * b));
-        assert_eq!((d.ahead(), d.len(), d.live_buckets()), (1, 1, vec![100]));
-        // The watermark comes within the tags' reach of bucket 100: it moves into the tables.
-        d.advance(95 * b);
-        assert_eq!(d.ahead(), 0);
-        assert!(!d.first_time(key("u", "a"), 100 * b));
-        assert_eq!(d.live_buckets(), vec![100]);
-        // Restored ids ahead of the tags wait aside too.
+        assert_eq!((d.aside(), d.len(), d.live_buckets()), (0, 1, vec![100]));
+        // Before and after the window: aside, and still resends.
+        assert!(d.first_time(key("u", "early"), 80 * b));
+        assert!(d.first_time(key("u", "late"), 120 * b));
+        assert!(!d.first_time(key("u", "early"), 80 * b) && !d.first_time(key("u", "late"), 120 * b));
+        assert_eq!((d.aside(), d.live_buckets()), (2, vec![80, 100, 120]));
+        // The watermark: bucket 80 is live (oldest 80), the window stays at 93, so it stays aside.
+        d.advance(88 * b);
+        assert_eq!(d.aside(), 2);
+        assert!(!d.first_time(key("u", "early"), 80 * b));
+        // The window comes to bucket 120: it moves into the tables; 80 has expired.
+        d.advance(115 * b);
+        assert_eq!((d.aside(), d.live_buckets()), (0, vec![120]));
+        assert!(!d.first_time(key("u", "late"), 120 * b));
+        // Restored ids outside the window wait aside too.
         d.restore(200, [Fingerprint::of(key("u", "r"))]);
-        assert_eq!(d.ahead(), 1);
+        assert_eq!(d.aside(), 1);
         assert!(!d.first_time(key("u", "r"), 200 * b));
         // Expired while aside: dropped when the watermark passes them.
         d.advance(300 * b);
-        assert_eq!((d.ahead(), d.len()), (0, 0));
+        assert_eq!((d.aside(), d.len()), (0, 0));
         assert!(d.first_time(key("u", "r"), 200 * b), "beyond the horizon: counted again");
     }
 
@@ -798,6 +833,6 @@ mod tests {
                 d.advance(progress[0].min(progress[1]));
             }
         }
-        assert_eq!(d.ahead(), 0, "all moved into the tables once both were read");
+        assert_eq!(d.aside(), 0, "all moved into the tables once both were read");
     }
 }
