@@ -327,7 +327,8 @@ pub struct Load {
     thread: Option<std::thread::JoinHandle<u64>>,
 }
 
-fn producer(brokers: &str, linger_ms: &str) -> ThreadedProducer<DefaultProducerContext> {
+/// A producer to `brokers` that lingers `linger_ms` and queues up to a million messages.
+pub fn producer(brokers: &str, linger_ms: &str) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", linger_ms)
@@ -336,7 +337,8 @@ fn producer(brokers: &str, linger_ms: &str) -> ThreadedProducer<DefaultProducerC
         .expect("producer")
 }
 
-fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8]) {
+/// Sends one record, waiting while the producer's queue is full.
+pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8]) {
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
     loop {
         match p.send(record) {
