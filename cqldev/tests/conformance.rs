@@ -587,6 +587,17 @@ async fn counters_frozen_collections_and_collection_arithmetic_are_refused() {
 }
 
 #[tokio::test]
+async fn bound_values_of_types_kassandra_cannot_read_are_refused() {
+    let (_server, session) = squall_schema().await;
+    session.query_unpaged("CREATE TABLE ks.small (id text PRIMARY KEY, s smallint, t tinyint)", ()).await.unwrap();
+    let insert = prepare(&session, "INSERT INTO ks.small (id, s, t) VALUES (?, ?, ?)").await;
+    refused("a bound smallint", session.execute_unpaged(&insert, ("a", 1_i16, None::<i8>)).await);
+    refused("a bound tinyint", session.execute_unpaged(&insert, ("b", None::<i16>, 1_i8)).await);
+    let rows = session.query_unpaged("SELECT id FROM ks.small", ()).await.unwrap().into_rows_result().unwrap();
+    assert_eq!(rows.rows_num(), 0, "nothing was written");
+}
+
+#[tokio::test]
 async fn reads_the_dev_server_would_answer_wrongly_are_refused() {
     let (_server, session) = squall_schema().await;
     for statement in [
@@ -594,6 +605,12 @@ async fn reads_the_dev_server_would_answer_wrongly_are_refused() {
         "SELECT * FROM ks.checkpoint_marks WHERE group_id = 'g' AND cut > 1",
         "SELECT * FROM ks.checkpoint_marks WHERE group_id = 'g' ORDER BY cut DESC",
         "SELECT * FROM ks.tracks WHERE token(track_id) > 0",
+        "SELECT * FROM ks.tracks WHERE track_id = 't1' LIMIT ?",
+        "SELECT * FROM ks.checkpoint_marks WHERE (group_id, cut) = ('g', 1)",
+        "SELECT * FROM ks.tracks WHERE \"track_id\" = 't1'",
+        "SELECT * FROM ks.tracks WHERE track_id = 'it''s'",
+        "SELECT * FROM ks.checkpoint_marks WHERE group_id = 'g' AND offsets = 0xcafe",
+        "DELETE FROM ks.tracks WHERE track_id IN ('t1', 't2')",
         "SELECT count(*) FROM ks.tracks",
         "SELECT writetime(genre) FROM ks.tracks WHERE track_id = 't1'",
         "SELECT ttl(genre) FROM ks.tracks WHERE track_id = 't1'",
