@@ -376,3 +376,83 @@ async fn the_profile_feed_lags_while_the_cql_store_is_down_and_catches_up() {
     println!("CQL outage: while down {}; after {}", lagging["feeds"], status["feeds"]);
     let _ = std::fs::remove_dir_all(&checkpoints);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_windowed_attribute_that_becomes_null_is_null_in_the_profile_table() {
+    const DAY: i64 = 86_400_000;
+    let f = Fixture::new(1, vec![], vec![]).await;
+    let name = unique("nulls").replace('_', "-");
+    let versions = r#"
+[versions.1]
+attributes = [
+    { name = "plays",          op = "count", events = "song" },
+    { name = "ad_impressions", op = "count", events = "ad" },
+    { name = "max_ms_5d",      op = "max",   field = "ms_played", window = "5d", tile = "1d" },
+]
+"#;
+    let topology =
+        f.topology_with_versions(&name, 1, versions, &[("state", "epoch = \"100ms\""), ("feed", "profile = true")]);
+    let declaration = squall_topologies::TopologySpec::load(&topology)
+        .and_then(|s| s.with_version(1))
+        .expect("the test's topology")
+        .attributes;
+    let song = |id: &str, user: &str, ms: u64, ts: i64| {
+        let json = serde_json::json!({"event_id": id, "user_id": user, "track_id": "t1", "ms_played": ms, "ts": ts});
+        (f.songs.clone(), user.to_owned(), json.to_string().into_bytes())
+    };
+    let impression = |id: &str, user: &str, ts: i64| {
+        let json = serde_json::json!({"event_id": id, "user_id": user, "ad_id": "ad1", "ts": ts});
+        (f.ads.clone(), user.to_owned(), json.to_string().into_bytes())
+    };
+    let squall = Squall::run(&topology, &["--workers", "2"]);
+    let session = squall_enrichment::schema::connect(&cql()).await.expect("connect");
+    let table = table_name(&name, 1);
+    let row = |user: &'static str| {
+        let (session, keyspace, table, declaration) = (&session, &f.keyspace, &table, &declaration);
+        async move { profile(session, keyspace, table, declaration).await.remove(user).map(|(_, a)| a) }
+    };
+    let column = |attributes: &Attributes, name: &str| attributes.get(name).cloned().expect("a column");
+
+    // Both users' songs are in the table first, so that a stale number would have something to
+    // stay behind from.
+    produce([song("g1", "gone", 1000, T0), song("g2", "gone", 2000, T0 + 1), song("k1", "kept", 3000, T0)]).await;
+    for (user, max) in [("gone", 2000), ("kept", 3000)] {
+        wait_for(&format!("{user}'s first profile row"), Duration::from_secs(60), || async {
+            let attributes = row(user).await.ok_or("no row yet")?;
+            match column(&attributes, "max_ms_5d") {
+                Value::Int(n) if n == max => Ok(()),
+                other => Err(format!("max_ms_5d {other:?}")),
+            }
+        })
+        .await;
+    }
+
+    // Six days later in event time, their songs fall out of the 5-day window: `gone` has no song
+    // left in it (null), `kept` has a new, shorter one.
+    produce([impression("g3", "gone", T0 + 6 * DAY), song("k2", "kept", 500, T0 + 6 * DAY)]).await;
+    for (user, events, max) in [("gone", ("ad_impressions", 1), Value::Null), ("kept", ("plays", 2), Value::Int(500))] {
+        let (status, body) = wait_for(&format!("{user}'s answer after the gap"), Duration::from_secs(60), || async {
+            let (status, body) = squall.get(&format!("/v1/users/{user}/attributes")).await;
+            match body["attributes"][events.0].as_i64() {
+                Some(n) if n == events.1 => Ok((status, body)),
+                _ => Err(format!("{status} {body}")),
+            }
+        })
+        .await;
+        let answer: Attributes = serde_json::from_value(body["attributes"].clone()).expect("attributes");
+        assert_eq!(column(&answer, "max_ms_5d"), max, "{user}: the HTTP answer ({status})");
+        let written = wait_for(&format!("{user}'s row after the gap"), Duration::from_secs(60), || async {
+            let attributes = row(user).await.ok_or("no row")?;
+            match column(&attributes, events.0) {
+                Value::Int(n) if n == events.1 => Ok(attributes),
+                other => Err(format!("{} {other:?}", events.0)),
+            }
+        })
+        .await;
+        // The row written with the new event carries the new value, not the old number.
+        assert_eq!(column(&written, "max_ms_5d"), max, "{user}: the profile table");
+        if let Some(d) = oracle::difference(&written, &answer) {
+            panic!("{user}: the profile table and the HTTP answer differ: {d}");
+        }
+    }
+}

@@ -7,8 +7,8 @@
 //!
 //! * [`normalize`] rewrites keyword spelling so ordinary CQL reaches kassandra in the form it
 //!   accepts (outside string literals and quoted identifiers only).
-//! * [`check`] rejects the statement shapes that kassandra would silently misread, so callers get
-//!   an error instead of wrong rows.
+//! * [`check`] rejects the statement shapes that kassandra would silently misread (and counter
+//!   tables, which it half-creates before panicking), so callers get an error instead of wrong rows.
 
 use std::borrow::Cow;
 
@@ -385,10 +385,35 @@ fn check_write_tail(tokens: &[Token<'_>], at: usize) -> Result<(), String> {
     }
 }
 
+/// Rejects `counter` columns (kassandra panics on them, after registering part of the table) and
+/// frozen collections.
+fn check_column_types(tokens: &[Token<'_>]) -> Result<(), String> {
+    let is_type = |i: usize| {
+        tokens[i].is_word("counter")
+            && i > 0
+            && tokens[i - 1].kind == Kind::Word
+            && tokens
+                .get(i + 1)
+                .is_some_and(|t| t.is_symbol(",") || t.is_symbol(")") || t.is_word("PRIMARY") || t.is_word("STATIC"))
+    };
+    let is_frozen = |i: usize| tokens[i].is_word("frozen") && tokens.get(i + 1).is_some_and(|t| t.is_symbol("<"));
+    if (0..tokens.len()).any(is_type) {
+        return Err(
+            "squall-cql-dev (kassandra engine) does not support counter columns; ScyllaDB/Cassandra do".to_owned()
+        );
+    }
+    if (0..tokens.len()).any(is_frozen) {
+        return Err("squall-cql-dev does not support frozen collections (it reads every empty collection as null, \
+             as Cassandra does for non-frozen ones); use a non-frozen map/set/list"
+            .to_owned());
+    }
+    Ok(())
+}
+
 /// Rejects statement shapes that kassandra would execute wrongly without an error.
 ///
-/// Only SELECT, INSERT, UPDATE and DELETE are checked; everything else passes through, and
-/// text that does not lex is left for kassandra to report.
+/// Only SELECT, INSERT, UPDATE, DELETE and the column types of CREATE TABLE are checked;
+/// everything else passes through, and text that does not lex is left for kassandra to report.
 pub fn check(q: &str) -> Result<(), String> {
     let Ok(lexed) = lex(q) else {
         return Ok(());
@@ -413,6 +438,14 @@ pub fn check(q: &str) -> Result<(), String> {
             at = check_relations(&tokens, at + 1)?;
         }
         check_select_tail(&tokens, at)
+    } else if (first.is_word("UPDATE") || first.is_word("DELETE") || first.is_word("INSERT"))
+        && find_top_level(&tokens, 1, "USING").is_some()
+    {
+        Err(unsupported(
+            "USING TTL/TIMESTAMP (kassandra drops the clause: rows never expire and writes apply in arrival order)",
+        ))
+    } else if first.is_word("CREATE") && tokens.get(1).is_some_and(|t| t.is_word("TABLE")) {
+        check_column_types(&tokens)
     } else if first.is_word("UPDATE") || first.is_word("DELETE") {
         match find_top_level(&tokens, 1, "WHERE") {
             Some(at) => check_write_tail(&tokens, check_relations(&tokens, at + 1)?),
@@ -480,7 +513,7 @@ mod tests {
             "SELECT * FROM kv WHERE ns = ? AND k = ? LIMIT 10 ALLOW FILTERING;",
             "SELECT keyspace_name FROM system_schema.tables",
             "SELECT * FROM t WHERE k = :k AND n = -5 AND u = 6ab09bec-e68e-48d9-a5f8-97e6fb4c9b47",
-            "INSERT INTO t (k, v) VALUES (?, ?) USING TTL 10",
+            "CREATE TABLE t (k text PRIMARY KEY, counter int, n bigint)",
             "UPDATE t SET v = ? WHERE k = ?",
             "DELETE FROM t WHERE k = ?",
             "CREATE TABLE t (k text PRIMARY KEY) WITH CLUSTERING ORDER BY (c DESC)",
@@ -508,6 +541,13 @@ mod tests {
             "DELETE FROM t WHERE k = ? IF EXISTS",
             "UPDATE t SET v = ? WHERE k = ? IF v = ?",
             "INSERT INTO t (k) VALUES (?) IF NOT EXISTS",
+            "INSERT INTO t (k, v) VALUES (?, ?) USING TTL 10",
+            "INSERT INTO t (k, v) VALUES (?, ?) USING TIMESTAMP 10",
+            "UPDATE t USING TTL 5 SET v = ? WHERE k = ?",
+            "DELETE FROM t USING TIMESTAMP 5 WHERE k = ?",
+            "CREATE TABLE t (k text PRIMARY KEY, n counter)",
+            "create table t (k text, n counter, PRIMARY KEY (k))",
+            "CREATE TABLE t (k text PRIMARY KEY, m frozen<map<text, int>>)",
         ] {
             assert!(check(q).is_err(), "{q}");
         }

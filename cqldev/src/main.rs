@@ -5,6 +5,7 @@
 //! the shared kassandra session, `system.local`, prepared-statement fixes and panic recovery;
 //! [`cql_text`] statement-text normalisation and the guard against silently misread CQL.
 
+mod bound;
 mod cql_text;
 mod server;
 mod store;

@@ -7,10 +7,16 @@
 //!   requests): drivers drop the whole pool on a ProtocolError;
 //! * `system.local` always describes this node (address, port, Murmur3 partitioner, one token)
 //!   and its `schema_version` changes on every successful DDL;
-//! * the keyspace set by `USE` belongs to the connection, not to the shared session.
+//! * the keyspace set by `USE` belongs to the connection, not to the shared session;
+//! * every write and delete goes through [`bound`] first (a bound null writes a null, keys are
+//!   never null), and result rows carry null, not kassandra's empty cell, for a null column;
+//! * the wrapper knows every prepared statement it executes: an id it did not prepare (e.g. one
+//!   from before a restart) is answered Unprepared, and the driver prepares it again;
+//! * writes with a client-side timestamp are refused: kassandra applies writes in arrival order.
 
 use std::{
     borrow::Cow,
+    collections::HashMap,
     hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState},
     net::IpAddr,
     panic::{self, AssertUnwindSafe},
@@ -30,7 +36,11 @@ use kassandra::{
     error::DbError,
     frame::{
         FrameParams,
-        request::{QueryFlags, QueryParameters, Request, RequestOpcode, query::Query},
+        request::{
+            QueryFlags, QueryParameters, Request, RequestOpcode,
+            batch::{Batch, BatchStatement},
+            query::Query,
+        },
         response::{
             Response, ResponseFrameCodec,
             error::Error,
@@ -42,7 +52,10 @@ use kassandra::{
 use tokio_util::codec::Encoder;
 use tracing::{debug, warn};
 
-use crate::cql_text;
+use crate::{
+    bound::{self, KeyColumns},
+    cql_text,
+};
 
 /// What `system.local` says about this node.
 #[derive(Debug, Clone)]
@@ -70,6 +83,11 @@ pub struct Store {
     node: NodeInfo,
     /// Set when a statement may have changed data; cleared by [`Store::take_dirty`].
     dirty: AtomicBool,
+    /// Every statement prepared since start-up, by id. Locked after `session`, never before.
+    prepared: Mutex<HashMap<u128, QueryString>>,
+    /// Primary-key columns by (keyspace, table). Tables cannot be dropped or altered here, so an
+    /// entry never goes stale. Locked after `session`, never before.
+    keys: Mutex<HashMap<(String, String), KeyColumns>>,
 }
 
 /// Keyspace name used when a connection has not chosen one: kassandra then fails to find the
@@ -79,7 +97,13 @@ const NO_KEYSPACE: &str = "";
 impl Store {
     /// Wraps `session` and writes this node's `system.local` row into it.
     pub fn new(session: KassandraSession, node: NodeInfo) -> anyhow::Result<Self> {
-        let store = Self { session: Mutex::new(session), node, dirty: AtomicBool::new(false) };
+        let store = Self {
+            session: Mutex::new(session),
+            node,
+            dirty: AtomicBool::new(false),
+            prepared: Mutex::default(),
+            keys: Mutex::default(),
+        };
         {
             let mut session = store.lock();
             write_local_row(&mut session, &store.node, random_uuid())
@@ -204,7 +228,12 @@ impl Store {
                     return self.use_keyspace(conn, keyspace);
                 }
                 unpaged_means_everything(&mut query.parameters);
-                self.run(conn, |session| session.process(query))
+                let conn = &*conn;
+                self.run(conn, |session| {
+                    refuse_client_timestamp(query.parameters.default_timestamp)?;
+                    self.write_like_cassandra(session, conn, &mut query.query, &mut query.parameters.data)?;
+                    session.process(query)
+                })
             }
             Request::Prepare(statement) => {
                 let text = statement_text.as_deref().unwrap_or_default();
@@ -212,9 +241,21 @@ impl Store {
             }
             Request::Execute(mut execute) => {
                 unpaged_means_everything(&mut execute.parameters);
-                self.run(conn, |session| session.execute(execute))
+                let conn = &*conn;
+                self.run(conn, |session| {
+                    refuse_client_timestamp(execute.parameters.default_timestamp)?;
+                    let mut statement = self.prepared_statement(execute.id)?;
+                    self.write_like_cassandra(session, conn, &mut statement, &mut execute.parameters.data)?;
+                    session.process(Query { query: statement, raw_query: "", parameters: execute.parameters })
+                })
             }
-            Request::Batch(batch) => self.run(conn, |session| session.process_batch(batch)),
+            Request::Batch(batch) => {
+                let conn = &*conn;
+                self.run(conn, |session| {
+                    let batch = self.batch_like_cassandra(session, conn, batch)?;
+                    session.process_batch(batch)
+                })
+            }
         }
     }
 
@@ -236,7 +277,12 @@ impl Store {
                         self.dirty.store(true, Ordering::Release);
                     }
                     QueryResult::Void => self.dirty.store(true, Ordering::Release),
-                    QueryResult::Rows(rows) => fix_schema_type_names(rows),
+                    QueryResult::Rows(rows) => {
+                        fix_schema_type_names(rows);
+                        for row in &mut rows.rows {
+                            bound::null_cells(&mut row.columns);
+                        }
+                    }
                     QueryResult::SetKeyspace(_) | QueryResult::Prepared(_) => {}
                 }
                 Response::Result(result)
@@ -272,8 +318,9 @@ impl Store {
         // so the driver's "prepared ids differ" check holds across its pool.
         let id = statement_id(conn.keyspace.as_deref(), text);
         let mut session = self.session_for(conn);
-        match session.prepare_with_id(statement, id) {
+        match session.prepare_with_id(statement.clone(), id) {
             Ok(QueryResult::Prepared(mut prepared)) => {
+                self.prepared.lock().unwrap_or_else(|p| p.into_inner()).insert(id, statement);
                 if let Some(markers) = markers {
                     fix_prepared_metadata(&mut prepared.prepared_metadata, &markers);
                 }
@@ -283,6 +330,132 @@ impl Store {
             Err(error) => Response::Error(execution_error(error)),
         }
     }
+
+    /// The statement prepared as `id`, or Unprepared (the driver then prepares it again).
+    fn prepared_statement(&self, id: &[u8]) -> Result<QueryString, Error> {
+        let unprepared = || {
+            Error::new(
+                DbError::Unprepared { statement_id: bytes::Bytes::copy_from_slice(id) },
+                "squall-cql-dev has not prepared this statement (since it started); prepare it again",
+            )
+        };
+        let key = u128::from_be_bytes(id.try_into().map_err(|_| unprepared())?);
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned().ok_or_else(unprepared)
+    }
+
+    /// Applies [`bound`]'s rules to one statement and its bound values.
+    fn write_like_cassandra(
+        &self,
+        session: &mut KassandraSession,
+        conn: &Connection,
+        statement: &mut QueryString,
+        data: &mut Vec<FrameValue<'_>>,
+    ) -> Result<(), Error> {
+        if !bound::needs_keys(statement, data) {
+            return Ok(());
+        }
+        let Some((keyspace, table)) = bound::target(statement) else {
+            return Ok(());
+        };
+        let Some(keyspace) = keyspace.or(conn.keyspace.as_deref()) else {
+            return Ok(()); // kassandra reports the missing keyspace
+        };
+        let key = (keyspace.to_owned(), table.to_owned());
+        let cached = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let keys = match cached {
+            Some(keys) => keys,
+            None => match key_columns(session, keyspace, table)? {
+                Some(keys) => {
+                    self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(key, keys.clone());
+                    keys
+                }
+                None => return Ok(()), // no such table: kassandra reports it
+            },
+        };
+        bound::apply(statement, data, &keys)
+    }
+
+    /// Checks and rewrites every statement of a batch as if it came alone; prepared statements
+    /// are resolved here, so kassandra gets them as parsed statements.
+    fn batch_like_cassandra<'a>(
+        &self,
+        session: &mut KassandraSession,
+        conn: &Connection,
+        mut batch: Batch<'a>,
+    ) -> Result<Batch<'a>, Error> {
+        refuse_client_timestamp(batch.timestamp)?;
+        let statements = std::mem::take(&mut batch.statements);
+        for statement in statements {
+            let (mut query, raw_query, mut values) = match statement {
+                BatchStatement::Query { query, raw_query, values } => {
+                    cql_text::check(raw_query).map_err(|message| Error::new(DbError::Invalid, message))?;
+                    (query, raw_query, values)
+                }
+                BatchStatement::Prepared { id, values } => (self.prepared_statement(id)?, "", values),
+            };
+            self.write_like_cassandra(session, conn, &mut query, &mut values)?;
+            batch.statements.push(BatchStatement::Query { query, raw_query, values });
+        }
+        Ok(batch)
+    }
+}
+
+/// kassandra ignores client-side write timestamps (it applies writes in arrival order), so a
+/// write that carries one would be answered differently from Cassandra.
+fn refuse_client_timestamp(timestamp: Option<i64>) -> Result<(), Error> {
+    match timestamp {
+        None => Ok(()),
+        Some(_) => Err(Error::new(
+            DbError::Invalid,
+            "squall-cql-dev does not support client-side write timestamps (kassandra applies writes in \
+             arrival order, whatever their timestamp); send the request without one",
+        )),
+    }
+}
+
+/// The primary-key columns of `keyspace.table` from `system_schema.columns`; `None` if the table
+/// does not exist.
+fn key_columns(session: &mut KassandraSession, keyspace: &str, table: &str) -> Result<Option<KeyColumns>, Error> {
+    // A scan: kassandra finds no rows of system_schema.columns by `keyspace_name = ?` (it files
+    // them under a clustering key of another shape than the table declares).
+    let mut query =
+        Query::simple("SELECT keyspace_name, table_name, column_name, kind, position FROM system_schema.columns")?;
+    unpaged_means_everything(&mut query.parameters);
+    let QueryResult::Rows(rows) = session.process(query)? else {
+        return Ok(None);
+    };
+    let mut partition = Vec::new();
+    let mut clustering = Vec::new();
+    let mut found = false;
+    for row in rows.rows {
+        let [
+            Some(CqlValue::Text(ks)),
+            Some(CqlValue::Text(t)),
+            Some(CqlValue::Text(column)),
+            Some(CqlValue::Text(kind)),
+            position,
+        ] = <[Option<CqlValue>; 5]>::try_from(row.columns).unwrap_or_default()
+        else {
+            continue;
+        };
+        if ks != keyspace || t != table {
+            continue;
+        }
+        found = true;
+        let position = match position {
+            Some(CqlValue::Int(p)) => p,
+            _ => 0,
+        };
+        match kind.as_str() {
+            "partition_key" => partition.push((position, column)),
+            "clustering" => clustering.push((position, column)),
+            _ => {}
+        }
+    }
+    partition.sort();
+    clustering.sort();
+    let names = |v: Vec<(i32, String)>| v.into_iter().map(|(_, c)| c).collect();
+    Ok(found.then(|| KeyColumns { partition: names(partition), clustering: names(clustering) }))
 }
 
 /// kassandra pages unpaged requests at 100/500 rows; an absent page size means "all rows".
@@ -590,6 +763,26 @@ mod tests {
         assert_eq!(statement_id(Some("a"), "SELECT 1"), statement_id(Some("a"), "SELECT 1"));
         assert_ne!(statement_id(Some("a"), "SELECT 1"), statement_id(Some("b"), "SELECT 1"));
         assert_ne!(statement_id(None, "SELECT 1"), statement_id(None, "SELECT 2"));
+    }
+
+    #[test]
+    fn key_columns_come_from_system_schema_in_key_order() {
+        let mut session = KassandraSession::new();
+        for ddl in [
+            "CREATE KEYSPACE ks WITH REPLICATION = {'class': 'SimpleStrategy'}",
+            "CREATE TABLE ks.t (z text, a int, y bigint, b text, v text, PRIMARY KEY ((z, a), y, b))",
+            "CREATE TABLE ks.u (k text PRIMARY KEY, v text)",
+        ] {
+            session.process(Query::simple(ddl).unwrap()).unwrap();
+        }
+        let keys = key_columns(&mut session, "ks", "t").unwrap().unwrap();
+        assert_eq!(
+            keys,
+            KeyColumns { partition: vec!["z".into(), "a".into()], clustering: vec!["y".into(), "b".into()] }
+        );
+        let keys = key_columns(&mut session, "ks", "u").unwrap().unwrap();
+        assert_eq!(keys, KeyColumns { partition: vec!["k".into()], clustering: vec![] });
+        assert_eq!(key_columns(&mut session, "ks", "nope").unwrap(), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Fixture: the real `squall-cql-dev` binary on a free port, and a scylla session to it.
+#![allow(dead_code)] // shared by several test binaries, each of which uses part of it
 
 use std::{
     io::{BufRead, BufReader},
