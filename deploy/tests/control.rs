@@ -499,6 +499,7 @@ async fn malformed_requests_answer_documented_json_errors() {
         (post.clone(), "/v1/deployments/nope-v1/promote", promote, Some("text/plain"), "", 415),
         (post.clone(), "/v1/deployments/nope-v1/promote", promote, Some("application/json"), r#"{"wait_ms": -1}"#, 422),
         (post.clone(), "/v1/deployments/nope-v1/promote", promote, Some("application/json"), "[", 400),
+        (post.clone(), "/v1/deployments/nope-v1/promote", promote, Some("application/json"), "null", 404),
         (post.clone(), "/v1/deployments/a%0Ab/rollback", "/v1/deployments/{group_id}/rollback", None, "", 400),
         (post.clone(), "/v1/deployments/a%0Ab/stop", "/v1/deployments/{group_id}/stop", None, "", 400),
         (get.clone(), "/v1/deployments/a%0Ab", "/v1/deployments/{group_id}", None, "", 400),

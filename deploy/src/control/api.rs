@@ -236,7 +236,7 @@ pub(super) async fn upload_binary(
 #[utoipa::path(post, path = "/v1/deployments/{group_id}/promote", tag = "deployments", security(("bearer" = [])),
     params(("group_id" = GroupId, Path, description = "The version to promote")),
     request_body(content = Option<PromoteRequest>,
-                 description = "Optional (no body, or no `Content-Type`, promotes at once): promote only if the diff against another version clears a bar"),
+                 description = "Optional (no body, `null`, or no `Content-Type` promote at once): promote only if the diff against another version clears a bar"),
     responses((status = 200, body = DeploymentView, description = "Promoted: it answers its topology's queries"),
               (status = 400, description = "Invalid group id or gate, a gate version without a changelog, or a body that is not JSON"),
               (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
@@ -251,10 +251,11 @@ pub(super) async fn promote(
     State(control): State<Shared>,
     _: Authorized,
     Group(g): Group,
-    body: Result<Option<Json<PromoteRequest>>, JsonRejection>,
+    body: Result<Option<Json<Option<PromoteRequest>>>, JsonRejection>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     let req = body.map_err(|e| ApiError::new(e.status(), "invalid promote request").detail(e.body_text()))?;
-    let req = req.map(|Json(r)| r).unwrap_or_default();
+    // No body, and a JSON `null` (as the document allows), promote without a gate.
+    let req = req.and_then(|Json(r)| r).unwrap_or_default();
     Ok(Json(control.promote_gated(&g, &req).await?))
 }
 
