@@ -508,6 +508,7 @@ async fn malformed_requests_answer_documented_json_errors() {
         (get.clone(), "/v1/diff?a=x-v1&b=y-v1&wait_ms=600001", "/v1/diff", None, "", 400),
         (get.clone(), "/v1/diff?a=x-v1", "/v1/diff", None, "", 400),
         (get.clone(), "/v1/users/u1/attributes?group=", "/v1/users/{user_id}/attributes", None, "", 400),
+        (get.clone(), "/v1/users/u1/attributes?topology=nope", "/v1/users/{user_id}/attributes", None, "", 404),
     ];
     for (method, path, operation, content_type, body, expected) in cases {
         let (status, answered_type, error) = send(method.clone(), path, content_type, body).await;

@@ -352,10 +352,10 @@ pub(super) struct UserQuery {
     params(("user_id" = super::openapi::UserId, Path, description = "The user, percent-encoded"), UserQuery),
     responses((status = 200, body = crate::http::UserAttributes, description = "The user's attributes, as the version that keeps them answers"),
               (status = 400, description = "Invalid user id or query, or several topologies are promoted and no `topology` is named"),
-              (status = 404, description = "Unknown user or group"),
+              (status = 404, description = "Unknown user, group or topology"),
               (status = 500, description = "The version could not serialise the attributes"),
               (status = 502, description = "The version did not answer"),
-              (status = 503, description = "No promoted version of the topology, or the version asked for is not serving")))]
+              (status = 503, description = "No promoted version (of the topology), or the version asked for is not serving")))]
 pub(super) async fn user_attributes(
     State(control): State<Shared>,
     UserPath(user_id): UserPath,
@@ -366,6 +366,10 @@ pub(super) async fn user_attributes(
         RouteError::NotPromoted(t) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("topology {t:?} has no promoted version"))
                 .hint("`squall promote <group id>`, or ask a version with ?group=")
+        }
+        RouteError::UnknownTopology(t) => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no deployment of topology {t:?}"))
+                .hint("`squall list` shows them")
         }
         RouteError::NonePromoted => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no version is promoted")
             .hint("`squall promote <group id>`, or ask a version with ?group=<group id>"),
