@@ -35,3 +35,6 @@ export SQUALL_TEST_BROKERS="127.0.0.1:$SQUALL_KAFKA_PORT"
 export SQUALL_TEST_CQL="127.0.0.1:$SQUALL_CQL_PORT"
 # --show-output: tests that report figures (the crash test) print them in the CI log.
 cargo test --workspace --locked -- --show-output
+
+step "HTTP API fuzzing (schemathesis against docs/openapi.json; server on 127.0.0.1:${SQUALL_FUZZ_PORT:-17070})"
+scripts/fuzz-api.sh

@@ -112,29 +112,41 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer of both HTTP APIs: `{"error": {"status", "message", "detail", "hint"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// What went wrong.
+    error: ErrorFields<'a>,
+}
+
+/// The fields of an error. Keys in alphabetical order: the body has always been written that way.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorFields<'a> {
+    /// What exactly went wrong, when there is more to say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    detail: Option<&'a str>,
+    /// What the caller can do about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    hint: Option<&'a str>,
+    /// One line: what went wrong.
+    message: &'a str,
+    /// The HTTP status of the answer.
+    #[schema(minimum = 400, maximum = 599)]
+    status: u16,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Error<'a> {
-            error: Body<'a>,
-        }
-        /// Keys in alphabetical order: the body has always been written that way.
-        #[derive(Serialize)]
-        struct Body<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            detail: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            hint: Option<&'a str>,
-            message: &'a str,
-            status: u16,
-        }
-        let body = Body {
+        let error = ErrorFields {
             status: self.status.as_u16(),
             message: &self.message,
             detail: self.detail.as_deref(),
             hint: self.hint.as_deref(),
         };
-        (self.status, Json(Error { error: body })).into_response()
+        (self.status, Json(ErrorBody { error })).into_response()
     }
 }
 

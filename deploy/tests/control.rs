@@ -470,6 +470,59 @@ async fn requests_that_change_nothing_say_why() {
     h.control.shutdown().await;
 }
 
+/// Malformed requests answer the one JSON error shape (not axum's plain-text rejections), with a
+/// status the OpenAPI document lists for the operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_answer_documented_json_errors() {
+    let h = Harness::start().await;
+    let doc: Value = serde_json::from_str(&squall::control::openapi::openapi_json()).unwrap();
+    let send = |method: reqwest::Method, path: &str, content_type: Option<&str>, body: &str| {
+        let mut req = h.http.request(method, format!("{}{path}", h.url)).bearer_auth(TOKEN).body(body.to_owned());
+        if let Some(c) = content_type {
+            req = req.header("content-type", c);
+        }
+        async move {
+            let resp = req.send().await.expect("request");
+            let status = resp.status().as_u16();
+            let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+            (status, content_type, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (get, post) = (reqwest::Method::GET, reqwest::Method::POST);
+    let promote = "/v1/deployments/{group_id}/promote";
+    let cases = [
+        (post.clone(), "/v1/deployments", "/v1/deployments", Some("text/plain"), "{}", 415),
+        (post.clone(), "/v1/deployments", "/v1/deployments", None, "{}", 415),
+        (post.clone(), "/v1/deployments", "/v1/deployments", Some("application/json"), "{", 400),
+        (post.clone(), "/v1/deployments", "/v1/deployments", Some("application/json"), r#"{"topology_toml": 1}"#, 422),
+        (post.clone(), "/v1/deployments", "/v1/deployments", Some("application/json"), r#"{"x": 1}"#, 422),
+        (post.clone(), "/v1/deployments/nope-v1/promote", promote, Some("text/plain"), "", 415),
+        (post.clone(), "/v1/deployments/nope-v1/promote", promote, Some("application/json"), r#"{"wait_ms": -1}"#, 422),
+        (post.clone(), "/v1/deployments/nope-v1/promote", promote, Some("application/json"), "[", 400),
+        (post.clone(), "/v1/deployments/nope-v1/promote", promote, Some("application/json"), "null", 404),
+        (post.clone(), "/v1/deployments/a%0Ab/rollback", "/v1/deployments/{group_id}/rollback", None, "", 400),
+        (post.clone(), "/v1/deployments/a%0Ab/stop", "/v1/deployments/{group_id}/stop", None, "", 400),
+        (get.clone(), "/v1/deployments/a%0Ab", "/v1/deployments/{group_id}", None, "", 400),
+        (get.clone(), "/v1/deployments/a%0Ab/logs", "/v1/deployments/{group_id}/logs", None, "", 400),
+        (get.clone(), "/v1/diff?a=x-v1&b=y-v1&sample=1001", "/v1/diff", None, "", 400),
+        (get.clone(), "/v1/diff?a=x-v1&b=y-v1&wait_ms=600001", "/v1/diff", None, "", 400),
+        (get.clone(), "/v1/diff?a=x-v1", "/v1/diff", None, "", 400),
+        (get.clone(), "/v1/users/u1/attributes?group=", "/v1/users/{user_id}/attributes", None, "", 400),
+        (get.clone(), "/v1/users/u1/attributes?topology=nope", "/v1/users/{user_id}/attributes", None, "", 404),
+    ];
+    for (method, path, operation, content_type, body, expected) in cases {
+        let (status, answered_type, error) = send(method.clone(), path, content_type, body).await;
+        assert_eq!((status, answered_type.as_str()), (expected, "application/json"), "{method} {path}: {error}");
+        assert_eq!(error["error"]["status"], expected, "{method} {path}: {error}");
+        let documented = &doc["paths"][operation][method.as_str().to_lowercase()]["responses"][status.to_string()];
+        assert_eq!(
+            documented["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error",
+            "{method} {operation} does not document {status}"
+        );
+    }
+    h.control.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_control_plane_resumes_its_deployments_and_promotion() {
     let h = Harness::start().await;

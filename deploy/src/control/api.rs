@@ -160,22 +160,26 @@ pub(super) async fn list(State(control): State<Shared>) -> Json<Vec<DeploymentVi
 }
 
 #[utoipa::path(get, path = "/v1/deployments/{group_id}", tag = "deployments",
-    params(("group_id" = String, Path, description = "e.g. personalization-v2")),
-    responses((status = 200, body = DeploymentDetail), (status = 404, description = "Unknown group id")))]
+    params(("group_id" = GroupId, Path, description = "The deployment, e.g. personalization-v1")),
+    responses((status = 200, body = DeploymentDetail, description = "The deployment, its partitions' progress and recent history"),
+              (status = 400, description = "Invalid group id"), (status = 404, description = "Unknown group id")))]
 pub(super) async fn detail(State(control): State<Shared>, Group(g): Group) -> Result<Json<DeploymentDetail>, ApiError> {
     Ok(Json(control.detail(&g)?))
 }
 
 /// `?tail=N`.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
-    /// Last lines to return (default 200, at most 100000).
+    /// Last lines to return (default 200; more than 100000 return 100000).
+    #[param(nullable = false, minimum = 0)]
     tail: Option<usize>,
 }
 
 #[utoipa::path(get, path = "/v1/deployments/{group_id}/logs", tag = "deployments",
-    params(("group_id" = String, Path, description = "Group id"), LogsQuery),
+    params(("group_id" = GroupId, Path, description = "The deployment"), LogsQuery),
     responses((status = 200, description = "The end of the version's log", content_type = "text/plain", body = String),
+              (status = 400, description = "Invalid group id, or `tail` is not a number of lines"),
               (status = 404, description = "Unknown group id")))]
 pub(super) async fn logs(
     State(control): State<Shared>,
@@ -189,9 +193,15 @@ pub(super) async fn logs(
 
 #[utoipa::path(post, path = "/v1/deployments", tag = "deployments", request_body = DeployRequest,
     security(("bearer" = [])),
-    responses((status = 201, body = DeploymentView), (status = 400, description = "Bad topology or arguments, or a binary that was not uploaded"),
+    responses((status = 201, body = DeploymentView, description = "Deployed: its processes are starting"),
+              (status = 400, description = "Bad topology or arguments, a binary that was not uploaded, or a body that is not JSON"),
               (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
-              (status = 409, description = "That version is already deployed")))]
+              (status = 409, description = "That version is already deployed"),
+              (status = 413, description = "A body larger than 2 MiB"),
+              (status = 415, description = "A body that is not `Content-Type: application/json`"),
+              (status = 422, description = "JSON that is not a deploy request (a missing, mistyped or unknown field)"),
+              (status = 500, description = "The server could not store the deployment"),
+              (status = 502, description = "`start_from: group:<id>` names a group not deployed here and Kafka could not say what it committed")))]
 pub(super) async fn deploy(
     State(control): State<Shared>,
     _: Authorized,
@@ -202,12 +212,13 @@ pub(super) async fn deploy(
 }
 
 #[utoipa::path(post, path = "/v1/binaries", tag = "binaries", security(("bearer" = [])),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+    request_body(content = super::openapi::Executable, content_type = "application/octet-stream",
                  description = "The executable: a build of squall with the version's custom code"),
     responses((status = 201, body = StoredBinary, description = "Stored (or already there) under its SHA-256"),
-              (status = 400, description = "It does not run: `--version` failed (the detail has its output)"),
+              (status = 400, description = "It does not run: `--version` failed (the detail has its output), or the upload broke off"),
               (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
-              (status = 413, description = "Larger than the server's --max-binary-bytes")))]
+              (status = 413, description = "Larger than the server's --max-binary-bytes"),
+              (status = 500, description = "The server could not store it")))]
 pub(super) async fn upload_binary(
     State(control): State<Shared>,
     _: Authorized,
@@ -223,36 +234,45 @@ pub(super) async fn upload_binary(
 }
 
 #[utoipa::path(post, path = "/v1/deployments/{group_id}/promote", tag = "deployments", security(("bearer" = [])),
-    params(("group_id" = String, Path, description = "Group id")),
-    request_body(content = Option<PromoteRequest>, description = "Optional: promote only if the diff against another version clears a bar"),
-    responses((status = 200, body = DeploymentView), (status = 400, description = "Invalid gate"),
-              (status = 404, description = "Unknown group id"),
+    params(("group_id" = GroupId, Path, description = "The version to promote")),
+    request_body(content = Option<PromoteRequest>,
+                 description = "Optional (no body, `null`, or no `Content-Type` promote at once): promote only if the diff against another version clears a bar"),
+    responses((status = 200, body = DeploymentView, description = "Promoted: it answers its topology's queries"),
+              (status = 400, description = "Invalid group id or gate, a gate version without a changelog, or a body that is not JSON"),
+              (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
+              (status = 404, description = "Unknown group id (promoted or gate version)"),
               (status = 409, description = "Stopped or not serving, or the diff is below the required agreement (nothing changed)"),
-              (status = 503, description = "A version of the gate has no changelog topic yet"), (status = 401), (status = 403)))]
+              (status = 413, description = "A body larger than 2 MiB"),
+              (status = 415, description = "A body whose `Content-Type` is not `application/json`"),
+              (status = 422, description = "JSON that is not a promote request (a mistyped or unknown field)"),
+              (status = 500, description = "The server could not record the promotion or start the diff"),
+              (status = 503, description = "A version of the gate has no changelog topic yet")))]
 pub(super) async fn promote(
     State(control): State<Shared>,
     _: Authorized,
     Group(g): Group,
-    body: Result<Option<Json<PromoteRequest>>, JsonRejection>,
+    body: Result<Option<Json<Option<PromoteRequest>>>, JsonRejection>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     let req = body.map_err(|e| ApiError::new(e.status(), "invalid promote request").detail(e.body_text()))?;
-    let req = req.map(|Json(r)| r).unwrap_or_default();
+    // No body, and a JSON `null` (as the document allows), promote without a gate.
+    let req = req.and_then(|Json(r)| r).unwrap_or_default();
     Ok(Json(control.promote_gated(&g, &req).await?))
 }
 
 /// `?a=&b=` and options of `GET /v1/diff`.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DiffQuery {
     /// Group id of one version (e.g. the promoted one).
-    #[param(value_type = String)]
     a: GroupId,
     /// Group id of the other version.
-    #[param(value_type = String)]
     b: GroupId,
     /// Wait up to this many milliseconds (default 10000, at most 600000) for the diff to catch
     /// up with both changelogs as they are when asked; `caught_up` says whether it did.
+    #[param(nullable = false, minimum = 0, maximum = 600_000)]
     wait_ms: Option<u64>,
     /// Differing values listed (default 20, at most 1000; smallest user ids first).
+    #[param(nullable = false, minimum = 0, maximum = 1000)]
     sample: Option<usize>,
 }
 
@@ -261,6 +281,7 @@ pub(super) struct DiffQuery {
     responses((status = 200, body = DiffReport, description = "The two versions compared over the users both applied the same events for"),
               (status = 400, description = "Invalid query, the same version twice, or a version without a changelog"),
               (status = 404, description = "Unknown group id"),
+              (status = 500, description = "The server could not start the diff"),
               (status = 503, description = "A version has no changelog topic yet")))]
 pub(super) async fn diff(
     State(control): State<Shared>,
@@ -284,9 +305,13 @@ pub(super) async fn diff(
 }
 
 #[utoipa::path(post, path = "/v1/deployments/{group_id}/rollback", tag = "deployments", security(("bearer" = [])),
-    params(("group_id" = String, Path, description = "The older version to return to")),
-    responses((status = 200, body = RollbackResponse), (status = 404, description = "Unknown group id"),
-              (status = 409, description = "Stopped or not serving"), (status = 401), (status = 403)))]
+    params(("group_id" = GroupId, Path, description = "The older version to return to")),
+    responses((status = 200, body = RollbackResponse, description = "Promoted again; the newer running versions of its topology stopped"),
+              (status = 400, description = "Invalid group id"),
+              (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
+              (status = 404, description = "Unknown group id"),
+              (status = 409, description = "Stopped or not serving"),
+              (status = 500, description = "The server could not record the change")))]
 pub(super) async fn rollback(
     State(control): State<Shared>,
     _: Authorized,
@@ -296,9 +321,13 @@ pub(super) async fn rollback(
 }
 
 #[utoipa::path(post, path = "/v1/deployments/{group_id}/stop", tag = "deployments", security(("bearer" = [])),
-    params(("group_id" = String, Path, description = "Group id")),
-    responses((status = 200, body = DeploymentView), (status = 404, description = "Unknown group id"),
-              (status = 409, description = "Already stopped, or the promoted version"), (status = 401), (status = 403)))]
+    params(("group_id" = GroupId, Path, description = "The version to stop")),
+    responses((status = 200, body = DeploymentView, description = "Stopped: its processes are gone; its offsets and checkpoints stay"),
+              (status = 400, description = "Invalid group id"),
+              (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
+              (status = 404, description = "Unknown group id"),
+              (status = 409, description = "Already stopped, or the promoted version"),
+              (status = 500, description = "The server could not record the change")))]
 pub(super) async fn stop(
     State(control): State<Shared>,
     _: Authorized,
@@ -309,18 +338,24 @@ pub(super) async fn stop(
 
 /// `?group=` and `?topology=`.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UserQuery {
     /// Read this version (group id) instead of the promoted one.
-    #[param(value_type = Option<String>)]
+    #[param(nullable = false)]
     group: Option<GroupId>,
     /// The topology whose promoted version answers (needed only when several topologies are deployed).
+    #[param(nullable = false)]
     topology: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/attributes", tag = "users",
-    params(("user_id" = String, Path, description = "The user, percent-encoded"), UserQuery),
-    responses((status = 200, body = crate::http::UserAttributes), (status = 400, description = "Invalid user id or query"),
-              (status = 404, description = "Unknown user or group"), (status = 503, description = "No promoted or serving version")))]
+    params(("user_id" = super::openapi::UserId, Path, description = "The user, percent-encoded"), UserQuery),
+    responses((status = 200, body = crate::http::UserAttributes, description = "The user's attributes, as the version that keeps them answers"),
+              (status = 400, description = "Invalid user id or query, or several topologies are promoted and no `topology` is named"),
+              (status = 404, description = "Unknown user, group or topology"),
+              (status = 500, description = "The version could not serialise the attributes"),
+              (status = 502, description = "The version did not answer"),
+              (status = 503, description = "No promoted version (of the topology), or the version asked for is not serving")))]
 pub(super) async fn user_attributes(
     State(control): State<Shared>,
     UserPath(user_id): UserPath,
@@ -331,6 +366,10 @@ pub(super) async fn user_attributes(
         RouteError::NotPromoted(t) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("topology {t:?} has no promoted version"))
                 .hint("`squall promote <group id>`, or ask a version with ?group=")
+        }
+        RouteError::UnknownTopology(t) => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no deployment of topology {t:?}"))
+                .hint("`squall list` shows them")
         }
         RouteError::NonePromoted => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no version is promoted")
             .hint("`squall promote <group id>`, or ask a version with ?group=<group id>"),

@@ -88,13 +88,17 @@ impl Diffs {
 pub struct PromoteRequest {
     /// Refuse unless at least this percentage (0-100) of the compared users agree on every
     /// attribute both versions answer.
+    #[schema(minimum = 0, maximum = 100)]
     pub require_agreement: Option<f64>,
     /// The version (group id) to compare with, usually the promoted one. Required with
     /// `require_agreement`.
+    #[schema(value_type = Option<GroupId>)]
     pub against: Option<String>,
     /// Refuse unless at least this many users were compared (default 100).
     pub min_compared: Option<u64>,
-    /// How long to wait for the diff to catch up with both changelogs, in milliseconds (default 30000).
+    /// How long to wait for the diff to catch up with both changelogs, in milliseconds (default
+    /// 30000, at most 600000).
+    #[schema(maximum = 600_000)]
     pub wait_ms: Option<u64>,
 }
 

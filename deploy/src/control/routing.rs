@@ -30,8 +30,10 @@ pub struct Route {
 /// Why a query cannot be routed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteError {
-    /// `?topology=` names a topology without a promoted version.
+    /// `?topology=` names a deployed topology without a promoted version.
     NotPromoted(String),
+    /// `?topology=` names a topology no deployment has.
+    UnknownTopology(String),
     /// No topology has a promoted version.
     NonePromoted,
     /// Several topologies have one, and the query did not say which.
@@ -58,7 +60,13 @@ impl Routes {
     pub fn route(&self, group: Option<&GroupId>, topology: Option<&str>, user_id: &str) -> Result<Route, RouteError> {
         let group = match (group, topology) {
             (Some(g), _) => g,
-            (None, Some(t)) => self.registry.promoted(t).ok_or_else(|| RouteError::NotPromoted(t.to_owned()))?,
+            (None, Some(t)) => self.registry.promoted(t).ok_or_else(|| {
+                if self.registry.deployments.values().any(|d| d.topology == t) {
+                    RouteError::NotPromoted(t.to_owned())
+                } else {
+                    RouteError::UnknownTopology(t.to_owned())
+                }
+            })?,
             (None, None) => match self.registry.promoted.values().collect::<Vec<_>>().as_slice() {
                 [one] => *one,
                 [] => return Err(RouteError::NonePromoted),
@@ -144,6 +152,7 @@ mod tests {
         }
         assert_eq!(r.route(Some(&g("p-v2")), None, "u1").unwrap().url, "http://c");
         assert_eq!(r.route(None, Some("q"), "u1"), Err(RouteError::NotPromoted("q".into())));
+        assert_eq!(r.route(None, Some(""), "u1"), Err(RouteError::UnknownTopology("".into())));
 
         data.promoted.insert("q".into(), g("q-v1"));
         routing.set_registry(&data);

@@ -76,14 +76,18 @@ pub struct DeployRequest {
     /// Which version of the file to run; default: the file's `version`.
     pub version: Option<u32>,
     /// `earliest` (default), `latest` or `group:<group id>` (start at that group's committed offsets).
+    #[schema(pattern = r"^(earliest|latest|group:[^\u0000-\u001F\u007F-\u009F]{1,255})$")]
     pub start_from: Option<String>,
-    /// Worker threads per process; default: the file's `runtime.workers`.
+    /// Worker threads per process (1 to 256); default: the file's `runtime.workers`.
+    #[schema(minimum = 1, maximum = 256)]
     pub workers: Option<usize>,
-    /// Processes (timely cluster mode on this host when > 1); default 1.
+    /// Processes (timely cluster mode on this host when > 1; 1 to 64); default 1.
+    #[schema(minimum = 1, maximum = 64)]
     pub processes: Option<usize>,
     /// The SHA-256 of an executable uploaded with `POST /v1/binaries`: the version's processes
     /// run it, across server restarts and upgrades. Default: the server's own executable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9A-Fa-f]{64}$")]
     pub binary: Option<String>,
 }
 
@@ -93,7 +97,6 @@ pub struct RollbackResponse {
     /// The version now promoted.
     pub promoted: DeploymentView,
     /// Newer versions of the topology that were stopped.
-    #[schema(value_type = Vec<String>)]
     pub stopped: Vec<GroupId>,
 }
 
