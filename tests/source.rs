@@ -143,7 +143,7 @@ async fn partitions_read_aligned_in_event_time_lose_nothing_and_report_idle_at_t
                         *skew = (*skew).max((newest[0] - newest[1]).abs());
                     }
                 });
-                source.progress.inspect(move |p| reports.borrow_mut().push(*p));
+                source.progress.inspect(move |(_, p)| reports.borrow_mut().push(*p));
             });
             let deadline = Instant::now() + Duration::from_secs(60);
             let done = |r: &([usize; 2], [i64; 2], i64), reports: &[squall_operators::Progress]| {

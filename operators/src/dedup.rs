@@ -447,9 +447,15 @@ impl Dedup {
     #[inline]
     fn in_window(&mut self, bucket: i64) -> bool {
         if !self.anchored {
-            self.set_window((bucket - (TAGS - 2) / 2).max(self.oldest));
+            self.anchor(bucket);
         }
         bucket >= self.base && bucket <= self.newest
+    }
+
+    /// Places the window around the first id's `bucket`, before any watermark.
+    #[cold]
+    fn anchor(&mut self, bucket: i64) {
+        self.set_window((bucket - (TAGS - 2) / 2).max(self.oldest));
     }
 
     /// Records `key`; true if it is new (count the event), false if it is a resend.
@@ -464,7 +470,7 @@ impl Dedup {
             return true;
         }
         if !self.in_window(bucket) {
-            return self.aside.entry(bucket).or_default().insert(Fingerprint::of(key));
+            return self.first_time_aside(bucket, Fingerprint::of(key));
         }
         let (sub, fp) = Fingerprint::of(key).split();
         self.keep_sweep_rule(sub, bucket);
@@ -486,6 +492,13 @@ impl Dedup {
         }
         self.insert(sub, fp, bucket);
         true
+    }
+
+    /// [`Dedup::first_time`] for an id outside the tables' window: kept out of the hot path.
+    #[cold]
+    #[inline(never)]
+    fn first_time_aside(&mut self, bucket: i64, id: Fingerprint) -> bool {
+        self.aside.entry(bucket).or_default().insert(id)
     }
 
     /// Reads the first memory [`Dedup::first_time`] for `key` reads (its sub-table's header) and

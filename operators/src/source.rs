@@ -30,7 +30,7 @@ use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 
 use crate::event::{DecodeLimits, DlqReason, Event, EventKind, decode};
-use crate::watermark::{PartitionClock, Progress, progress};
+use crate::watermark::{PartitionClock, Progress, Report, progress, to_every};
 
 /// Most messages taken from librdkafka in one call (the source reads up to `max_batch` per activation).
 const BATCH: usize = 1024;
@@ -186,8 +186,9 @@ pub struct SourceStreams<'scope> {
     pub events: Stream<'scope, Epoch, Vec<Event>>,
     /// The records that could not be decoded.
     pub dead: Stream<'scope, Epoch, Vec<DeadLetter>>,
-    /// This worker's event-time progress at the end of every epoch (see [`crate::watermark`]).
-    pub progress: Stream<'scope, Epoch, Vec<Progress>>,
+    /// This worker's event-time progress at the end of every epoch, addressed to every worker
+    /// (see [`crate::watermark`]).
+    pub progress: Stream<'scope, Epoch, Vec<Report>>,
     /// The offsets this worker read, per epoch.
     pub offsets: EpochOffsets,
 }
@@ -519,10 +520,10 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
         let info = builder.operator_info();
         let (events_out, events) = builder.new_output::<Vec<Event>>();
         let (dlq_out, dead) = builder.new_output::<Vec<DeadLetter>>();
-        let (progress_out, progress) = builder.new_output::<Vec<Progress>>();
+        let (progress_out, progress) = builder.new_output::<Vec<Report>>();
         let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Event>>>::from(events_out);
         let mut dlq_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dlq_out);
-        let mut progress_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Progress>>>::from(progress_out);
+        let mut progress_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(progress_out);
         let activator = self.activator_for(Rc::clone(&info.address));
         let wake = self.worker().sync_activator_for(info.address.to_vec());
         let mut source = KafkaSource::new(config, worker, peers, wake)?;
@@ -551,7 +552,7 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
                 let now = epoch_now(source.config.epoch_interval);
                 if now > source.epoch {
                     let report = source.end_epoch();
-                    progress_out.activate().session(pr).give(report);
+                    progress_out.activate().session(pr).give_iterator(to_every(report, peers));
                     source.epoch += 1;
                     ev.downgrade(&source.epoch);
                     dl.downgrade(&source.epoch);

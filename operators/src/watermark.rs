@@ -14,7 +14,10 @@
 //! Only reports of *earlier* epochs are used, so the watermark that applies to an event is one
 //! its own partition had already passed when the event was read: a resend is dropped whenever its
 //! partition had not moved a horizon past its original, whatever the order the partitions are read
-//! in. Every worker of every process folds the same reports, so all agree on it at every cut.
+//! in. A worker does not wait for the reports: it folds those that have arrived, so it may use an
+//! epoch's report an epoch later than its peers (a lower watermark: ids and users are kept
+//! longer, never dropped early); per source worker the report of the latest epoch wins, in
+//! whatever order they arrive. A checkpoint records the watermark each worker used at the cut.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +41,15 @@ pub struct Progress {
     pub low: i64,
     /// The newest `ts` any of its partitions delivered (`i64::MIN`: none yet).
     pub high: i64,
+}
+
+/// A report on its way to one maintaining worker (the first field): every report goes to every
+/// worker, through an exchange on that field (one operator, not timely's three of `broadcast`).
+pub type Report = (u32, Progress);
+
+/// `report` addressed to each of `peers` workers.
+pub fn to_every(report: Progress, peers: usize) -> impl Iterator<Item = Report> {
+    (0..peers as u32).map(move |to| (to, report))
 }
 
 /// One partition's event-time progress, as its source worker tracks it.
@@ -81,8 +93,8 @@ pub fn progress<'a>(worker: u32, clocks: impl IntoIterator<Item = &'a PartitionC
 /// Folds the sources' reports into the watermark; one per maintaining worker.
 #[derive(Clone, Debug)]
 pub struct Watermark {
-    /// The latest report folded, per source worker.
-    latest: Vec<Option<Progress>>,
+    /// The report of the latest epoch folded, per source worker.
+    latest: Vec<Option<(Epoch, Progress)>>,
     /// Reports not folded yet, by the epoch they end.
     pending: BTreeMap<Epoch, Vec<Progress>>,
     value: i64,
@@ -104,22 +116,30 @@ impl Watermark {
         self.pending.entry(epoch).or_default().extend(reports);
     }
 
+    /// Keeps reports addressed to this worker, of the end of `epoch`, for later.
+    pub fn receive(&mut self, epoch: Epoch, reports: impl IntoIterator<Item = Report>) {
+        self.push(epoch, reports.into_iter().map(|(_, p)| p));
+    }
+
     /// Folds the reports of the epochs before `epoch`; the watermark for the events of `epoch`.
     pub fn before(&mut self, epoch: Epoch) -> i64 {
         while let Some(entry) = self.pending.first_entry() {
-            if *entry.key() >= epoch {
+            let at = *entry.key();
+            if at >= epoch {
                 break;
             }
             for p in entry.remove() {
-                if let Some(slot) = self.latest.get_mut(p.worker as usize) {
-                    *slot = Some(p);
+                if let Some(slot) = self.latest.get_mut(p.worker as usize)
+                    && slot.is_none_or(|(e, _)| e <= at)
+                {
+                    *slot = Some((at, p));
                 }
             }
         }
         let mut low = i64::MAX;
         let mut high = i64::MIN;
         for p in &self.latest {
-            let Some(p) = p else { return self.value };
+            let Some((_, p)) = p else { return self.value };
             low = low.min(p.low);
             high = high.max(p.high);
         }
@@ -133,24 +153,25 @@ impl Watermark {
 pub trait ReportProgress<'scope> {
     /// Each worker's input as one partition that is never idle: with every batch, the newest
     /// `ts` this worker has been given so far.
-    fn report_progress(&self) -> Stream<'scope, Epoch, Vec<Progress>>;
+    fn report_progress(&self) -> Stream<'scope, Epoch, Vec<Report>>;
 }
 
 impl<'scope> ReportProgress<'scope> for Stream<'scope, Epoch, Vec<Event>> {
-    fn report_progress(&self) -> Stream<'scope, Epoch, Vec<Progress>> {
+    fn report_progress(&self) -> Stream<'scope, Epoch, Vec<Report>> {
         let scope = self.scope();
-        let worker = scope.index() as u32;
+        let (worker, peers) = (scope.index() as u32, scope.peers());
         let mut builder = OperatorBuilder::new("ReportProgress".to_owned(), scope);
         let mut input = builder.new_input(self.clone(), Pipeline);
-        let (output, stream) = builder.new_output::<Vec<Progress>>();
-        let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Progress>>>::from(output);
+        let (output, stream) = builder.new_output::<Vec<Report>>();
+        let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(output);
         builder.build(move |_caps| {
             let mut newest = i64::MIN;
             move |_frontiers| {
                 let mut out = output.activate();
                 input.for_each(|cap, data| {
                     newest = data.iter().map(Event::ts).fold(newest, i64::max);
-                    out.session(&cap).give(Progress { worker, low: newest, high: newest });
+                    let report = Progress { worker, low: newest, high: newest };
+                    out.session(&cap).give_iterator(to_every(report, peers));
                 });
             }
         });
@@ -192,6 +213,18 @@ mod tests {
         // A partition becomes active again behind it: the watermark stays.
         w.push(8, [Progress { worker: 0, low: 120, high: 150 }]);
         assert_eq!(w.before(9), 300);
+    }
+
+    #[test]
+    fn a_report_that_arrives_late_does_not_replace_a_later_one() {
+        let mut w = Watermark::new(1, i64::MIN);
+        w.push(5, [Progress { worker: 0, low: 500, high: 500 }]);
+        assert_eq!(w.before(6), 500);
+        // Epoch 4's report, folded after epoch 5's: epoch 5's stays.
+        w.push(4, [Progress { worker: 0, low: 400, high: 400 }]);
+        w.push(6, [Progress { worker: 0, low: 450, high: 600 }]);
+        assert_eq!(w.before(7), 500, "epoch 6's low is behind, and the watermark never goes back");
+        assert_eq!(w.latest[0].map(|(e, _)| e), Some(6));
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use squall_enrichment::Enricher;
-use squall_operators::{CheckpointHook, EnrichWith, Epoch, Event, MaintainAttributes, Progress, UserStore};
+use squall_operators::watermark::Report;
+use squall_operators::{CheckpointHook, EnrichWith, Epoch, Event, MaintainAttributes, UserStore};
 use timely::dataflow::Stream;
 
 /// What the dataflow's operators share within one process.
@@ -28,7 +29,7 @@ pub struct Context {
 /// stream's frontier tells which epochs are applied.
 pub fn dataflow<'scope>(
     events: Stream<'scope, Epoch, Vec<Event>>,
-    progress: Stream<'scope, Epoch, Vec<Progress>>,
+    progress: Stream<'scope, Epoch, Vec<Report>>,
     ctx: &Context,
     checkpoint: Option<CheckpointHook>,
 ) -> Stream<'scope, Epoch, Vec<()>> {
