@@ -95,36 +95,55 @@ pub struct SourceConfig {
 }
 
 /// Watermark alignment within a process: how far ahead of the slowest active partition of the
-/// process a partition may read, and where each local worker's slowest is.
+/// process a partition may read, and where each local worker's partitions are.
+///
+/// A partition that has delivered nothing yet counts as being at the oldest `ts` any partition
+/// of the process has delivered: the others do not run more than the bound past where the
+/// process's data starts before it has spoken (without this, librdkafka handed over a whole
+/// partition's backlog first), and a backlog spanning less than the bound pauses nothing.
 #[derive(Debug, Default)]
 pub struct Alignment {
     /// Event-time milliseconds a partition may be ahead before it is paused (0: never paused).
     pub max_ahead_ms: i64,
-    /// Per worker, the least newest `ts` of its active partitions (`i64::MAX`: none).
-    lows: OnceLock<Box<[AtomicI64]>>,
+    /// Per worker: the least newest `ts` of its active partitions that delivered (`i64::MAX`:
+    /// none), the oldest `ts` any of its partitions delivered (`i64::MAX`: none), and whether an
+    /// active partition of it has delivered nothing yet (1) or not (0).
+    workers: OnceLock<Box<[[AtomicI64; 3]]>>,
 }
 
 impl Alignment {
     /// Partitions more than `max_ahead_ms` ahead of the slowest are paused (0: never).
     pub fn new(max_ahead_ms: i64) -> Self {
-        Alignment { max_ahead_ms: max_ahead_ms.max(0), lows: OnceLock::new() }
+        Alignment { max_ahead_ms: max_ahead_ms.max(0), workers: OnceLock::new() }
     }
 
-    /// The bound a version with dedup horizon `horizon_ms` and user TTL `ttl_ms` reads with:
-    /// half the shorter one that is on, so that ids and users waiting for the slowest partition
-    /// stay within a horizon's worth (0 when neither is on).
-    pub fn for_state(horizon_ms: i64, ttl_ms: i64) -> Self {
-        let bound = [horizon_ms, ttl_ms].into_iter().filter(|t| *t > 0).min().unwrap_or(0);
-        Alignment::new(bound / 2)
-    }
-
-    /// Sets `worker`'s (of `peers`) slowest active partition; the slowest of the process.
-    fn publish(&self, worker: usize, peers: usize, low: i64) -> i64 {
-        let lows = self.lows.get_or_init(|| (0..peers).map(|_| AtomicI64::new(i64::MAX)).collect());
-        if let Some(slot) = lows.get(worker) {
-            slot.store(low, Relaxed);
+    /// Sets `worker`'s (of `peers`) partitions' positions; the slowest of the process
+    /// (`i64::MAX`: nothing to wait for).
+    fn publish(&self, worker: usize, peers: usize, clocks: &[&PartitionClock]) -> i64 {
+        let (mut low, mut oldest, mut waiting) = (i64::MAX, i64::MAX, 0);
+        for c in clocks {
+            if c.newest == i64::MIN {
+                waiting |= i64::from(!c.idle);
+            } else {
+                oldest = oldest.min(c.oldest);
+                if !c.idle {
+                    low = low.min(c.newest);
+                }
+            }
         }
-        lows.iter().map(|l| l.load(Relaxed)).min().unwrap_or(i64::MAX)
+        let all = self.workers.get_or_init(|| (0..peers).map(|_| [(); 3].map(|_| AtomicI64::new(i64::MAX))).collect());
+        if let Some(slot) = all.get(worker) {
+            for (s, v) in slot.iter().zip([low, oldest, waiting]) {
+                s.store(v, Relaxed);
+            }
+        }
+        let (mut floor, mut oldest, mut waiting) = (i64::MAX, i64::MAX, false);
+        for [l, o, w] in all.iter() {
+            floor = floor.min(l.load(Relaxed));
+            oldest = oldest.min(o.load(Relaxed));
+            waiting |= w.load(Relaxed) == 1;
+        }
+        if waiting { floor.min(oldest) } else { floor }
     }
 }
 
@@ -464,11 +483,11 @@ impl KafkaSource {
         if align.max_ahead_ms <= 0 {
             return false;
         }
-        let floor = align.publish(self.worker, self.peers, progress(0, self.owned.iter().map(|o| &o.clock)).low);
+        let clocks: Vec<&PartitionClock> = self.owned.iter().map(|o| &o.clock).collect();
+        let floor = align.publish(self.worker, self.peers, &clocks);
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
         for o in &mut self.owned {
-            // None active: nothing to wait for. A partition that has delivered nothing yet is at
-            // `i64::MIN`: every other waits until it has (or is found idle at its end).
+            // None active: nothing to wait for.
             let ahead = if floor == i64::MAX { i64::MIN } else { o.clock.newest.saturating_sub(floor) };
             let list = if !o.paused && !o.clock.idle && ahead > align.max_ahead_ms {
                 &mut pause

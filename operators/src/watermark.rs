@@ -57,13 +57,15 @@ pub fn to_every(report: Progress, peers: usize) -> impl Iterator<Item = Report> 
 pub struct PartitionClock {
     /// The newest `ts` it delivered (`i64::MIN`: none yet).
     pub newest: i64,
+    /// The oldest `ts` it delivered (`i64::MAX`: none yet).
+    pub oldest: i64,
     /// At its end: it does not hold the watermark back.
     pub idle: bool,
 }
 
 impl Default for PartitionClock {
     fn default() -> Self {
-        PartitionClock { newest: i64::MIN, idle: false }
+        PartitionClock { newest: i64::MIN, oldest: i64::MAX, idle: false }
     }
 }
 
@@ -74,6 +76,7 @@ impl PartitionClock {
         self.idle = false;
         if let Some(ts) = ts {
             self.newest = self.newest.max(ts);
+            self.oldest = self.oldest.min(ts);
         }
     }
 }
@@ -184,7 +187,7 @@ mod tests {
     use super::*;
 
     fn clock(newest: i64, idle: bool) -> PartitionClock {
-        PartitionClock { newest, idle }
+        PartitionClock { newest, oldest: newest, idle }
     }
 
     #[test]

@@ -166,11 +166,29 @@ pub struct StateSpec {
     /// Key groups: the units checkpoints are stored and read back in (a process reads those of
     /// its workers). Fixed for a version's life; the number of processes and workers may change.
     pub key_groups: u32,
-    /// A user not seen for this long (event time, behind the newest event of their worker) is
-    /// expired: forgotten in memory and in the checkpoints; if they return they start fresh.
-    /// `"0s"` keeps every user. At least `dedup_horizon`.
+    /// A user not seen for this long (event time, behind the watermark) is expired: forgotten
+    /// in memory and in the checkpoints; if they return they start fresh. `"0s"` keeps every
+    /// user. At least `dedup_horizon`.
     #[serde(with = "humantime_serde")]
     pub user_ttl: Duration,
+    /// How far ahead in event time a partition may read of the slowest active partition of its
+    /// process before it is paused (watermark alignment). Unset: half the shorter of
+    /// `dedup_horizon` and `user_ttl` that is on; `"0s"`: never paused.
+    #[serde(default, with = "humantime_serde")]
+    pub alignment: Option<Duration>,
+}
+
+impl StateSpec {
+    /// The alignment bound in milliseconds (0: off).
+    pub fn alignment_ms(&self) -> i64 {
+        match self.alignment {
+            Some(d) => d.as_millis() as i64,
+            None => {
+                let on = [self.dedup_horizon, self.user_ttl].into_iter().filter(|d| !d.is_zero()).min();
+                on.map_or(0, |d| d.as_millis() as i64 / 2)
+            }
+        }
+    }
 }
 
 /// `state.checkpoint_store`.
@@ -217,6 +235,7 @@ impl Default for StateSpec {
             compact_every: 60,
             key_groups: squall_operators::KeyGroups::DEFAULT,
             user_ttl: Duration::ZERO,
+            alignment: None,
         }
     }
 }
@@ -486,6 +505,19 @@ mod tests {
         let e = spec("dedup_horizon = \"1h\"\nuser_ttl = \"5m\"").unwrap_err().to_string();
         assert!(e.contains("state.user_ttl") && e.contains("dedup_horizon"), "{e}");
         assert!(spec("dedup_horizon = \"0s\"\nuser_ttl = \"5m\"").is_ok());
+    }
+
+    #[test]
+    fn the_alignment_defaults_to_half_the_shorter_of_horizon_and_ttl() {
+        let base = "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n[state]\n";
+        let ms = |state: &str| TopologySpec::from_toml(&format!("{base}{state}")).unwrap().state.alignment_ms();
+        assert_eq!(ms(""), 12 * 3_600_000, "half the default 24 h horizon");
+        assert_eq!(ms("dedup_horizon = \"2h\"\nuser_ttl = \"3d\""), 3_600_000);
+        assert_eq!(ms("dedup_horizon = \"0s\"\nuser_ttl = \"4h\""), 2 * 3_600_000);
+        assert_eq!(ms("dedup_horizon = \"0s\""), 0, "neither on: no alignment");
+        assert_eq!(ms("alignment = \"30m\""), 1_800_000);
+        assert_eq!(ms("alignment = \"0s\""), 0);
+        assert!(TopologySpec::from_toml(&format!("{base}alignment = \"soon\"")).is_err());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - `live`: `squall run` starts on the empty topics, and the events are produced a chunk at a
 //!   time, each once the previous one is applied, so the partitions advance together;
 //! - `backlog`: every event is produced first, then `squall run` reads them from the earliest
-//!   offsets, a partition's backlog at a time as librdkafka hands them over, aligned by squall.
+//!   offsets, a partition's backlog at a time as librdkafka hands them over, aligned by squall;
+//! - `unaligned`: the same as `backlog` with `state.alignment = "0s"` (no partition paused).
 //!
 //! Prints `catch_up mode=.. events=.. peak_rss_mb=.. rss_mb=.. secs=.. cpu_s=..` per mode, with
 //! `dedup_horizon` 24 h and 2 workers, in one run.
@@ -37,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 50_000)]
     chunk: u64,
     /// Modes, in order.
-    #[arg(long, value_delimiter = ',', default_value = "live,backlog")]
+    #[arg(long, value_delimiter = ',', default_value = "live,backlog,unaligned")]
     modes: Vec<String>,
 }
 
@@ -92,7 +93,10 @@ fn run(a: &Args, bins: &Path, mode: &str) {
     };
     let mut generator = EventGen::new(config, 5);
     // The default start is the earliest offsets.
-    let extra = "[state]\ndedup_horizon = \"24h\"\n";
+    let extra = match mode {
+        "unaligned" => "[state]\ndedup_horizon = \"24h\"\nalignment = \"0s\"\n",
+        _ => "[state]\ndedup_horizon = \"24h\"\n",
+    };
     let topics = (songs.as_str(), ads.as_str());
     let (squall, produced, started) = if mode == "live" {
         let squall = Squall::start(bins, &run, &a.brokers, &a.cql, topics, a.workers, extra);
@@ -130,7 +134,10 @@ fn main() {
     let bins = bin_dir();
     squall_gen(&bins, &["catalogue", "--cql", &a.cql]);
     for mode in &a.modes {
-        assert!(mode == "live" || mode == "backlog", "--modes takes live and backlog, not {mode}");
+        assert!(
+            ["live", "backlog", "unaligned"].contains(&mode.as_str()),
+            "--modes takes live, backlog and unaligned, not {mode}"
+        );
         run(&a, &bins, mode);
     }
 }

@@ -219,10 +219,7 @@ pub async fn start(
             max_pending: spec.runtime.max_pending,
             shutdown: Arc::clone(&shutdown),
             properties: spec.kafka.consumer.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            alignment: Arc::new(Alignment::for_state(
-                spec.state.dedup_horizon.as_millis() as i64,
-                spec.state.user_ttl.as_millis() as i64,
-            )),
+            alignment: Arc::new(Alignment::new(spec.state.alignment_ms())),
         },
         dlq_suffix: spec.kafka.dlq_suffix.clone(),
         ctx: Context {
