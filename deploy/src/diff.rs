@@ -62,11 +62,9 @@ pub struct DifferingValue {
     pub user_id: String,
     /// The attribute.
     pub attribute: String,
-    /// Its value in `a` (JSON).
-    #[schema(value_type = Object)]
+    /// Its value in `a`: any JSON value (a number, a string, a map, a list, or null).
     pub a: serde_json::Value,
-    /// Its value in `b` (JSON).
-    #[schema(value_type = Object)]
+    /// Its value in `b`: any JSON value.
     pub b: serde_json::Value,
 }
 
