@@ -17,15 +17,14 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
+use squall_benches::DevEnv;
 use squall_benches::pipeline::{Squall, bin_dir, producer, send, squall_gen};
 use squall_operators::EventKind;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(long, default_value = "127.0.0.1:9042")]
-    cql: String,
+    #[command(flatten)]
+    env: DevEnv,
     #[arg(long, default_value_t = 2_000_000)]
     events: u64,
     #[arg(long, default_value_t = 7)]
@@ -61,7 +60,7 @@ fn rss_mb(pid: u32) -> (f64, f64) {
 
 /// Produces events `from..to` of the run (event time spread evenly over the days) to `topics`.
 fn produce(a: &Args, topics: (&str, &str), generator: &mut EventGen, from: u64, to: u64) -> u64 {
-    let p = producer(&a.brokers, "20");
+    let p = producer(&a.env.brokers, "20");
     let mut valid = 0;
     for i in from..to {
         let ts = T0 + (i as i64) * a.days * DAY / a.events as i64;
@@ -80,7 +79,7 @@ fn run(a: &Args, bins: &Path, mode: &str) {
     let (songs, ads) = (format!("{run}-songs"), format!("{run}-ads"));
     squall_gen(
         bins,
-        &["topics", "--brokers", &a.brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "4"],
+        &["topics", "--brokers", &a.env.brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "4"],
     );
     let config = EventGenConfig {
         users: a.users,
@@ -99,7 +98,7 @@ fn run(a: &Args, bins: &Path, mode: &str) {
     };
     let topics = (songs.as_str(), ads.as_str());
     let (squall, produced, started) = if mode == "live" {
-        let squall = Squall::start(bins, &run, &a.brokers, &a.cql, topics, a.workers, extra);
+        let squall = Squall::start(bins, &run, &a.env.brokers, &a.env.cql, topics, a.workers, extra);
         let started = Instant::now();
         let mut produced = 0;
         let mut at = 0;
@@ -112,7 +111,7 @@ fn run(a: &Args, bins: &Path, mode: &str) {
         (squall, produced, started)
     } else {
         let produced = produce(a, topics, &mut generator, 0, a.events);
-        let squall = Squall::start(bins, &run, &a.brokers, &a.cql, topics, a.workers, extra);
+        let squall = Squall::start(bins, &run, &a.env.brokers, &a.env.cql, topics, a.workers, extra);
         let started = Instant::now();
         squall.wait_for(produced as f64, Duration::from_secs(600)).expect("backlog applied");
         (squall, produced, started)
@@ -132,7 +131,7 @@ fn run(a: &Args, bins: &Path, mode: &str) {
 fn main() {
     let a = Args::parse();
     let bins = bin_dir();
-    squall_gen(&bins, &["catalogue", "--cql", &a.cql]);
+    squall_gen(&bins, &["catalogue", "--cql", &a.env.cql]);
     for mode in &a.modes {
         assert!(
             ["live", "backlog", "unaligned"].contains(&mode.as_str()),

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use squall::generate::CatalogueGen;
 use squall::http::UserAttributes;
+use squall_benches::DevEnv;
 use squall_benches::pipeline::{
     KeepAlive, LatencyRun, Marked, Squall, bare_consume, bin_dir, latency_run, run_marked, squall_gen,
     tree_cpu_seconds, write_catalogue_json,
@@ -111,10 +112,8 @@ impl std::fmt::Display for RunSpec {
 /// squall and its peers on the same events, one after the other; see the module doc.
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(long, default_value = "127.0.0.1:9042")]
-    cql: String,
+    #[command(flatten)]
+    env: DevEnv,
     /// Events pre-produced once for every throughput run.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
@@ -272,8 +271,8 @@ fn run_squall(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measured
     let squall = Squall::start(
         bins,
         tag,
-        &a.brokers,
-        &a.cql,
+        &a.env.brokers,
+        &a.env.cql,
         (&s.songs, &s.ads),
         spec.workers,
         &squall_extra(a, ckpt.as_deref()),
@@ -323,7 +322,7 @@ fn run_flink(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measured,
     let ckpt = spec.checkpoints.then(|| tmp(&format!("{tag}-ckpt")));
     let out = s.expected.as_ref().map(|_| tmp(&format!("{tag}-out")));
     let mut cmd = Command::new(s.flink_dir.join("run.sh"));
-    cmd.args(["--brokers", &a.brokers, "--song-topic", &s.songs, "--ad-topic", &s.ads])
+    cmd.args(["--brokers", &a.env.brokers, "--song-topic", &s.songs, "--ad-topic", &s.ads])
         .arg("--catalogue")
         .arg(&s.catalogue_json)
         .args(["--events", &a.events.to_string(), "--parallelism", &spec.workers.to_string(), "--group", tag])
@@ -374,7 +373,7 @@ struct FlinkUser {
 fn run_bytewax(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measured, String> {
     let mut cmd = Command::new(&s.bytewax);
     cmd.arg(spec.workers.to_string())
-        .env("BROKERS", &a.brokers)
+        .env("BROKERS", &a.env.brokers)
         .env("SONG_TOPIC", &s.songs)
         .env("AD_TOPIC", &s.ads)
         .env("CATALOGUE", &s.catalogue_json)
@@ -392,7 +391,7 @@ fn run_bytewax(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measure
 }
 
 fn run_ceiling(a: &Args, s: &Setup, spec: &RunSpec) -> Measured {
-    let c = bare_consume(&a.brokers, &[&s.songs, &s.ads], spec.workers, a.fetch_wait_ms);
+    let c = bare_consume(&a.env.brokers, &[&s.songs, &s.ads], spec.workers, a.fetch_wait_ms);
     assert_eq!(c.messages, a.events, "the bare consumers read every event");
     Measured {
         spec: spec.clone(),
@@ -550,8 +549,8 @@ fn latency(a: &Args, s: &Setup, pinned: bool) -> Result<(), String> {
     let (max, l) = latency_run(&LatencyRun {
         bin_dir: &s.bins,
         name: &name,
-        brokers: &a.brokers,
-        cql: &a.cql,
+        brokers: &a.env.brokers,
+        cql: &a.env.cql,
         users: a.users,
         catalogue: CATALOGUE,
         workers,
@@ -595,14 +594,14 @@ fn restart_devenv(a: &Args, s: &Setup) {
     for step in ["down", "up"] {
         let out = Command::new(root.join("scripts/devenv.sh"))
             .arg(step)
-            .env("SQUALL_KAFKA_PORT", port(&a.brokers))
-            .env("SQUALL_CQL_PORT", port(&a.cql))
+            .env("SQUALL_KAFKA_PORT", port(&a.env.brokers))
+            .env("SQUALL_CQL_PORT", port(&a.env.cql))
             .env("SQUALL_DEVENV_DIR", &state)
             .output()
             .expect("run scripts/devenv.sh");
         assert!(out.status.success(), "devenv.sh {step}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    squall_gen(&s.bins, &["catalogue", "--cql", &a.cql]);
+    squall_gen(&s.bins, &["catalogue", "--cql", &a.env.cql]);
 }
 
 /// The catalogue of `squall-gen catalogue`'s defaults, which the peers read from a file.
@@ -626,7 +625,7 @@ fn main() {
     let (songs, ads) = (format!("{run}-songs"), format!("{run}-ads"));
     let catalogue_json = tmp(&format!("{run}-catalogue.json"));
     println!("compare_start load_average={:?} events={} users={}", load_average(), a.events, a.users);
-    squall_gen(&bins, &["catalogue", "--cql", &a.cql]);
+    squall_gen(&bins, &["catalogue", "--cql", &a.env.cql]);
     write_catalogue_json(&catalogue_json, &CATALOGUE);
     let mut s = Setup {
         bins,
@@ -646,14 +645,24 @@ fn main() {
         }
         squall_gen(
             &s.bins,
-            &["topics", "--brokers", &a.brokers, "--song-topic", &s.songs, "--ad-topic", &s.ads, "--partitions", "6"],
+            &[
+                "topics",
+                "--brokers",
+                &a.env.brokers,
+                "--song-topic",
+                &s.songs,
+                "--ad-topic",
+                &s.ads,
+                "--partitions",
+                "6",
+            ],
         );
         let expect_file = tmp(&format!("{}-expected.json", s.run));
         let (n, users) = (a.events.to_string(), a.users.to_string());
         let mut args = vec![
             "events",
             "--brokers",
-            &a.brokers,
+            &a.env.brokers,
             "--song-topic",
             &s.songs,
             "--ad-topic",

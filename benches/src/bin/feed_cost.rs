@@ -16,15 +16,14 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use squall::diff::DiffSession;
+use squall_benches::DevEnv;
 use squall_benches::engine::cpu_seconds_of;
 use squall_benches::pipeline::{Pinned, Squall, bin_dir, http_get, metric, pre_produce};
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(long, default_value = "127.0.0.1:9042")]
-    cql: String,
+    #[command(flatten)]
+    env: DevEnv,
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
     #[arg(long, default_value_t = 1_000_000)]
@@ -77,14 +76,24 @@ fn main() {
     let a = Args::parse();
     let bins = bin_dir();
     let run = format!("fc{}", std::process::id());
-    let (songs, ads, _) = pre_produce(&bins, &a.brokers, &a.cql, &run, a.events, a.users);
-    let _pinned = a.pin.then(|| Pinned::new(&a.brokers, &a.cql, "0").expect("pin the broker, CQL server and harness"));
+    let (songs, ads, _) = pre_produce(&bins, &a.env.brokers, &a.env.cql, &run, a.events, a.users);
+    let _pinned =
+        a.pin.then(|| Pinned::new(&a.env.brokers, &a.env.cql, "0").expect("pin the broker, CQL server and harness"));
     let cpus = a.pin.then_some("1");
 
     // The reference version a diff compares with: the same declaration, run once to the end.
     let reference = format!("{run}ref");
     if a.modes.iter().any(|m| m == "diff") {
-        let s = Squall::start_on(&bins, &reference, &a.brokers, &a.cql, (&songs, &ads), a.workers, extra("diff"), cpus);
+        let s = Squall::start_on(
+            &bins,
+            &reference,
+            &a.env.brokers,
+            &a.env.cql,
+            (&songs, &ads),
+            a.workers,
+            extra("diff"),
+            cpus,
+        );
         s.wait_for(a.events as f64, Duration::from_secs(900)).expect("the reference applied every event");
     }
     let reference = format!("{reference}-v1");
@@ -97,14 +106,23 @@ fn main() {
         order.rotate_left(round % a.modes.len());
         for mode in order {
             let name = format!("{run}r{round}{mode}");
-            let s = Squall::start_on(&bins, &name, &a.brokers, &a.cql, (&songs, &ads), a.workers, extra(&mode), cpus);
+            let s = Squall::start_on(
+                &bins,
+                &name,
+                &a.env.brokers,
+                &a.env.cql,
+                (&songs, &ads),
+                a.workers,
+                extra(&mode),
+                cpus,
+            );
             let cpu_at_serving = s.cpu_seconds();
             let me_at_start = cpu_seconds_of(&std::process::id().to_string());
             let session = (mode == "diff").then(|| {
                 // The version creates its changelog topic as it starts.
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
-                    match DiffSession::start(&a.brokers, &reference, &format!("{name}-v1"), a.diff_duty) {
+                    match DiffSession::start(&a.env.brokers, &reference, &format!("{name}-v1"), a.diff_duty) {
                         Ok(session) => break session,
                         Err(e) if Instant::now() < deadline => {
                             eprintln!("waiting for the changelog: {e}");

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use squall::generate::{CatalogueGen, EventGenConfig};
+use squall_benches::DevEnv;
 use squall_benches::pipeline::{
     LatencyRun, Load, Squall, bare_consume, bin_dir, http_load, latency_run, latency_under_load, live_max, pre_produce,
     quantile, write_catalogue_json,
@@ -30,10 +31,8 @@ use squall_benches::pipeline::{
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(long, default_value = "127.0.0.1:9042")]
-    cql: String,
+    #[command(flatten)]
+    env: DevEnv,
     /// Events pre-produced for the throughput phases.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
@@ -91,7 +90,7 @@ struct Args {
 
 /// [`live_max`], printed.
 fn print_live_max(squall: &Squall, a: &Args, topics: (&str, &str), config: EventGenConfig) -> f64 {
-    let m = live_max(squall, &a.brokers, topics, config, a.live_secs);
+    let m = live_max(squall, &a.env.brokers, topics, config, a.live_secs);
     println!(
         "pipeline_live_max events_per_sec={:.0} produced={} produced_events_per_sec={:.0} lag_at_end={:.0} caught_up={}",
         m.events_per_sec, m.produced, m.produced_per_sec, m.lag_at_end, m.caught_up,
@@ -104,10 +103,10 @@ fn main() {
     let bins = a.bin_dir.clone().unwrap_or_else(bin_dir);
     let run = format!("bench{}", std::process::id());
     let n = a.events.to_string();
-    let (songs, ads, produce_s) = pre_produce(&bins, &a.brokers, &a.cql, &run, a.events, a.users);
+    let (songs, ads, produce_s) = pre_produce(&bins, &a.env.brokers, &a.env.cql, &run, a.events, a.users);
     println!("pipeline_produce events={n} seconds={produce_s:.2}");
 
-    let c = bare_consume(&a.brokers, &[&songs, &ads], a.workers, 10);
+    let c = bare_consume(&a.env.brokers, &[&songs, &ads], a.workers, 10);
     let (read, bytes, secs, ceiling_cpu) = (c.messages, c.bytes, c.seconds, c.cpu_s);
     let ceiling = read as f64 / secs;
     println!(
@@ -121,7 +120,7 @@ fn main() {
         let (k, v) = kv.split_once('=').expect("--consumer-property key=value");
         extra.push_str(&format!("{k:?} = {v:?}\n"));
     }
-    let squall = Squall::start(&bins, &run, &a.brokers, &a.cql, (&songs, &ads), a.workers, &extra);
+    let squall = Squall::start(&bins, &run, &a.env.brokers, &a.env.cql, (&songs, &ads), a.workers, &extra);
     let cpu_at_serving = squall.cpu_seconds();
     let done = squall.wait_for(a.events as f64, Duration::from_secs(600)).expect("squall applied every event");
     let squall_cpu = squall.cpu_seconds() - cpu_at_serving;
@@ -146,7 +145,7 @@ fn main() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let out = std::process::Command::new(root.join("bytewax/run.sh"))
             .arg(a.bytewax_workers.to_string())
-            .env("BROKERS", &a.brokers)
+            .env("BROKERS", &a.env.brokers)
             .env("SONG_TOPIC", &songs)
             .env("AD_TOPIC", &ads)
             .env("CATALOGUE", &file)
@@ -190,7 +189,7 @@ fn main() {
         if a.phases.iter().any(|p| p == "latency") {
             let l = latency_under_load(
                 &squall,
-                &a.brokers,
+                &a.env.brokers,
                 (&songs, &ads),
                 load_config(&format!("lat-{base}")),
                 share,
@@ -202,7 +201,7 @@ fn main() {
             );
         }
         if a.phases.iter().any(|p| p == "http") {
-            let load = Load::start(&a.brokers, (&songs, &ads), load_config(&format!("http-{base}")), share);
+            let load = Load::start(&a.env.brokers, (&songs, &ads), load_config(&format!("http-{base}")), share);
             let r = http_load(
                 &squall.addr,
                 a.users.min(1_000_000),
@@ -232,8 +231,8 @@ fn main() {
         let (max, l) = latency_run(&LatencyRun {
             bin_dir: &bins,
             name: &name,
-            brokers: &a.brokers,
-            cql: &a.cql,
+            brokers: &a.env.brokers,
+            cql: &a.env.cql,
             users: a.users,
             catalogue,
             workers: a.pinned_workers,
