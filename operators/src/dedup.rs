@@ -410,11 +410,6 @@ impl Dedup {
         ts.div_euclid(self.bucket_ms)
     }
 
-    /// The watermark ids expire against (`i64::MIN` before the first).
-    pub fn watermark(&self) -> i64 {
-        self.watermark
-    }
-
     /// Moves the watermark to `watermark` if it is newer: ids more than the horizon behind it
     /// expire, and ids kept aside move into the tables once their bucket is in the window.
     pub fn advance(&mut self, watermark: i64) {

@@ -137,8 +137,10 @@ struct Maintainer {
 }
 
 impl Maintainer {
-    /// Moves the watermark to what the reports of the epochs before `epoch` say.
-    fn advance_to(&mut self, epoch: Epoch) {
+    /// Before the activities of `epoch` are applied: writes the cuts up to it, then moves the
+    /// watermark to what the reports of the epochs before it say.
+    fn enter(&mut self, epoch: Epoch) {
+        self.seal_through(epoch);
         let w = self.watermark.before(epoch);
         self.dedup.advance(w);
     }
@@ -374,8 +376,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                 input.for_each(|time, data| {
                     let Some(epoch) = time.least().copied() else { return };
                     if least.is_none_or(|l| l >= epoch) {
-                        m.seal_through(epoch);
-                        m.advance_to(epoch);
+                        m.enter(epoch);
                         m.apply(data);
                     } else {
                         stash.entry(epoch).or_insert_with(|| spare.pop().unwrap_or_default()).append(data);
@@ -385,8 +386,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                     if least.is_some_and(|l| l < *entry.key()) {
                         break;
                     }
-                    m.seal_through(*entry.key());
-                    m.advance_to(*entry.key());
+                    m.enter(*entry.key());
                     let mut batch = entry.remove();
                     m.apply(&mut batch);
                     if spare.len() < SPARE_STASHES && batch.capacity() * size_of::<Activity>() <= SPARE_STASH_BYTES {
@@ -394,8 +394,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                     }
                 }
                 if let Some(l) = least {
-                    m.seal_through(l);
-                    m.advance_to(l);
+                    m.enter(l);
                 }
                 if last_sweep.elapsed() >= SWEEP_EVERY {
                     m.dedup.sweep(DEDUP_SWEEP_BUDGET);

@@ -119,7 +119,7 @@ impl Alignment {
 
     /// Sets `worker`'s (of `peers`) partitions' positions; the slowest of the process
     /// (`i64::MAX`: nothing to wait for).
-    fn publish(&self, worker: usize, peers: usize, clocks: &[&PartitionClock]) -> i64 {
+    fn publish<'c>(&self, worker: usize, peers: usize, clocks: impl IntoIterator<Item = &'c PartitionClock>) -> i64 {
         let (mut low, mut oldest, mut waiting) = (i64::MAX, i64::MAX, 0);
         for c in clocks {
             if c.newest == i64::MIN {
@@ -483,8 +483,7 @@ impl KafkaSource {
         if align.max_ahead_ms <= 0 {
             return false;
         }
-        let clocks: Vec<&PartitionClock> = self.owned.iter().map(|o| &o.clock).collect();
-        let floor = align.publish(self.worker, self.peers, &clocks);
+        let floor = align.publish(self.worker, self.peers, self.owned.iter().map(|o| &o.clock));
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
         for o in &mut self.owned {
             // None active: nothing to wait for.
