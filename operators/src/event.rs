@@ -153,7 +153,7 @@ impl DecodeError {
 }
 
 /// Limits applied by [`decode`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeLimits {
     /// Largest accepted payload.
     pub max_message_bytes: usize,

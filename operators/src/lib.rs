@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod attributes;
+pub mod backfill;
 pub mod checkpoint;
 pub mod checkpoint_cql;
 pub mod checkpoint_dir;

@@ -29,7 +29,8 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 
-use crate::event::{DecodeLimits, DlqReason, Event, EventKind, decode};
+use crate::backfill::{Archived, Backfill, BacklogError, Cursor};
+use crate::event::{DecodeError, DecodeLimits, DlqReason, Event, EventKind, decode};
 use crate::watermark::{PartitionClock, Progress, Report, progress, to_every};
 
 /// Most messages taken from librdkafka in one call (the source reads up to `max_batch` per activation).
@@ -92,6 +93,30 @@ pub struct SourceConfig {
     pub properties: Vec<(String, String)>,
     /// How far the process's partitions may run apart in event time; shared by its workers.
     pub alignment: Arc<Alignment>,
+    /// An archive to apply first, each partition up to its last archived offset, before Kafka.
+    pub backfill: Option<Backfill>,
+    /// How the backfill is going, for status and metrics; shared by the process's workers.
+    pub backfilled: Arc<BackfillProgress>,
+}
+
+/// How a process's backfill is going.
+#[derive(Debug, Default)]
+pub struct BackfillProgress {
+    /// Owned partitions with archived records left to read (over all of the process's workers).
+    pub partitions_left: AtomicI64,
+    /// Archived records read.
+    pub records: std::sync::atomic::AtomicU64,
+    /// Set once every worker has opened its partitions' archives.
+    pub opened: std::sync::atomic::AtomicUsize,
+    /// The first error reading the archive (a partition that hit it stops, and reads no Kafka).
+    pub error: std::sync::Mutex<Option<String>>,
+}
+
+impl BackfillProgress {
+    /// Whether some worker still reads the archive (or has not opened it yet, of `workers`).
+    pub fn backfilling(&self, workers: usize) -> bool {
+        self.opened.load(Relaxed) < workers || self.partitions_left.load(Relaxed) > 0
+    }
 }
 
 /// Watermark alignment within a process: how far ahead of the slowest active partition of the
@@ -270,6 +295,10 @@ struct Owned {
     clock: PartitionClock,
     /// Paused by the alignment.
     paused: bool,
+    /// Its archive, while backfilling.
+    archive: Option<Box<dyn Cursor>>,
+    /// Its archive failed: it reads nothing more (neither the archive nor Kafka).
+    failed: bool,
 }
 
 /// The next offset of each of a worker's owned partitions: what an epoch's end records.
@@ -294,9 +323,26 @@ fn handle(
     events: &mut impl FnMut(Event),
     dead: &mut impl FnMut(DeadLetter),
 ) {
+    let decoded = decode(owned.kind, payload, limits);
+    handle_decoded(owned, per_topic, offset, key, payload, decoded, events, dead);
+}
+
+/// [`handle`] for a message already decoded.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn handle_decoded(
+    owned: &mut Owned,
+    per_topic: &mut [u64; 2],
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    decoded: Result<Event, DecodeError>,
+    events: &mut impl FnMut(Event),
+    dead: &mut impl FnMut(DeadLetter),
+) {
     owned.next = offset + 1;
     per_topic[usize::from(owned.kind == EventKind::Ad)] += 1;
-    match decode(owned.kind, payload, limits) {
+    match decoded {
         Ok(event) => {
             owned.clock.read(Some(event.ts()));
             events(event);
@@ -316,12 +362,22 @@ fn handle(
     }
 }
 
+/// Where a worker reads from.
+enum Reader {
+    /// Its partitions' archives; its consumer is made but assigned nothing yet.
+    Archive { consumer: BaseConsumer, wake: SyncActivator, batch: Vec<Archived> },
+    /// Kafka.
+    Kafka(BatchConsumer),
+    /// Nothing: a state only while switching from one to the other, or if the switch failed.
+    Gone,
+}
+
 /// A worker's share of the source: its consumer and partitions, and the epoch under way.
 struct KafkaSource {
     config: SourceConfig,
     worker: usize,
     peers: usize,
-    consumer: BatchConsumer,
+    reader: Reader,
     owned: Vec<Owned>,
     epoch: Epoch,
     offsets: EpochOffsets,
@@ -339,26 +395,13 @@ impl KafkaSource {
     fn new(config: &SourceConfig, worker: usize, peers: usize, wake: SyncActivator) -> Result<Self, SourceError> {
         let kafka_err = |source| SourceError::Kafka { group: config.group_id.clone(), source };
         let mut consumer: BaseConsumer = client_config(config, worker).create().map_err(kafka_err)?;
-        let mut owned = Vec::new();
-        let mut tpl = TopicPartitionList::new();
-        for i in owned_by(config.partitions.len(), worker, peers) {
-            let (p, kind) = &config.partitions[i];
-            let offset = match config.resume_at.get(p) {
-                Some(o) => Offset::Offset(*o),
-                None => match config.start_from {
-                    StartFrom::Earliest => Offset::Beginning,
-                    StartFrom::Latest => Offset::End,
-                },
-            };
-            tpl.add_partition_offset(&p.topic, p.partition, offset).map_err(kafka_err)?;
-            owned.push(Owned {
-                partition: p.clone(),
-                kind: *kind,
-                next: config.resume_at.get(p).copied().unwrap_or(-1),
-                clock: PartitionClock::default(),
-                paused: false,
-            });
-        }
+        let owned = owned_partitions(config, worker, peers)?;
+        let backfilling = owned.iter().any(|o| o.archive.is_some());
+        config
+            .backfilled
+            .partitions_left
+            .fetch_add(owned.iter().filter(|o| o.archive.is_some()).count() as i64, Relaxed);
+        config.backfilled.opened.fetch_add(1, Relaxed);
         // librdkafka calls these when a queue turns non-empty: wake the worker. The consumer's
         // own queue carries errors and events; the batch queue carries the messages.
         let wake_too = wake.clone();
@@ -378,11 +421,7 @@ impl KafkaSource {
                 tracing::warn!(group_id = %config.group_id, %topic, %error, "no metadata before assigning; librdkafka retries");
             }
         }
-        // The owned partitions' messages go to a queue of their own, read a batch at a time.
-        let mut consumer = BatchConsumer::assign(consumer, &tpl, BATCH).map_err(kafka_err)?;
-        consumer.set_nonempty_callback(move || {
-            let _ = wake.activate();
-        });
+        let reader = Reader::Archive { consumer, wake, batch: Vec::new() };
         let topic_of = |kind: EventKind| {
             config.partitions.iter().find(|(_, k)| *k == kind).map(|(p, _)| p.topic.clone()).unwrap_or_default()
         };
@@ -390,11 +429,11 @@ impl KafkaSource {
             metrics::counter!("squall_events_consumed_total", "group_id" => config.group_id.clone(), "topic" => topic_of(kind))
         });
         let errors = metrics::counter!("squall_source_errors_total", "group_id" => config.group_id.clone());
-        Ok(KafkaSource {
+        let mut source = KafkaSource {
             config: config.clone(),
             worker,
             peers,
-            consumer,
+            reader,
             owned,
             epoch: 0,
             offsets: Rc::default(),
@@ -402,7 +441,113 @@ impl KafkaSource {
             warned_at: Instant::now() - Duration::from_secs(60),
             consumed,
             errors,
-        })
+        };
+        if !backfilling {
+            source.to_kafka()?;
+        }
+        Ok(source)
+    }
+
+    /// Step: assigns the partitions to the Kafka consumer at their next offsets (those whose
+    /// archive failed stay unread); from now on the worker reads Kafka.
+    fn to_kafka(&mut self) -> Result<(), SourceError> {
+        let Reader::Archive { consumer, wake, .. } = std::mem::replace(&mut self.reader, Reader::Gone) else {
+            return Ok(());
+        };
+        let kafka_err = |source| SourceError::Kafka { group: self.config.group_id.clone(), source };
+        let mut tpl = TopicPartitionList::new();
+        for o in self.owned.iter().filter(|o| !o.failed) {
+            let offset = match (o.next, self.config.start_from) {
+                (next, _) if next >= 0 => Offset::Offset(next),
+                (_, StartFrom::Earliest) => Offset::Beginning,
+                (_, StartFrom::Latest) => Offset::End,
+            };
+            tpl.add_partition_offset(&o.partition.topic, o.partition.partition, offset).map_err(kafka_err)?;
+        }
+        // The owned partitions' messages go to a queue of their own, read a batch at a time.
+        let mut consumer = BatchConsumer::assign(consumer, &tpl, BATCH).map_err(kafka_err)?;
+        consumer.set_nonempty_callback(move || {
+            let _ = wake.activate();
+        });
+        self.reader = Reader::Kafka(consumer);
+        Ok(())
+    }
+
+    /// Step, while backfilling: reads up to `max_batch` archived records of the partition furthest
+    /// behind in event time, then the next furthest, into `events` and `dead`; the number read.
+    /// Once every partition's archive is done, switches to Kafka.
+    fn read_archive(&mut self, events: &mut impl FnMut(Event), dead: &mut impl FnMut(DeadLetter)) -> usize {
+        let Reader::Archive { batch, .. } = &mut self.reader else { return 0 };
+        let (max, since) = (self.config.max_batch, self.config.backfill.as_ref().and_then(|b| b.since_ms));
+        let (mut read, mut per_topic) = (0, [0u64; 2]);
+        let align = &self.config.alignment;
+        let floor = if align.max_ahead_ms > 0 {
+            // A partition done with its archive waits for the others before Kafka is read: it
+            // holds none of them back.
+            let clocks: Vec<PartitionClock> = self
+                .owned
+                .iter()
+                .map(|o| PartitionClock { idle: o.clock.idle || o.archive.is_none(), ..o.clock })
+                .collect();
+            align.publish(self.worker, self.peers, &clocks)
+        } else {
+            i64::MAX
+        };
+        while read < max {
+            let behind =
+                self.owned.iter().enumerate().filter(|(_, o)| o.archive.is_some()).min_by_key(|(_, o)| o.clock.newest);
+            let Some((i, o)) = behind else { break };
+            // Another worker's partitions are too far behind: let them catch up (alignment).
+            if floor != i64::MAX && o.clock.newest.saturating_sub(floor) > align.max_ahead_ms {
+                break;
+            }
+            let owned = &mut self.owned[i];
+            batch.clear();
+            let next = owned.archive.as_mut().map(|c| c.next_batch(max - read, batch));
+            if let Some(Err(e)) = next {
+                backfill_failed(&self.config, owned, &e);
+                continue;
+            }
+            if batch.is_empty() {
+                owned.archive = None;
+                self.config.backfilled.partitions_left.fetch_sub(1, Relaxed);
+                continue;
+            }
+            read += batch.len();
+            for rec in batch.drain(..) {
+                let decoded = match rec.decoded {
+                    Some(d) => d,
+                    None => decode(owned.kind, &rec.payload, &self.config.limits),
+                };
+                if let (Some(since), Ok(e)) = (since, &decoded)
+                    && e.ts() < since
+                {
+                    owned.next = rec.offset + 1;
+                    continue;
+                }
+                handle_decoded(
+                    owned,
+                    &mut per_topic,
+                    rec.offset,
+                    rec.key.as_deref(),
+                    &rec.payload,
+                    decoded,
+                    events,
+                    dead,
+                );
+            }
+        }
+        self.config.backfilled.records.fetch_add(read as u64, Relaxed);
+        for (counter, n) in self.consumed.iter().zip(per_topic) {
+            counter.increment(n);
+        }
+        if self.owned.iter().all(|o| o.archive.is_none())
+            && let Err(e) = self.to_kafka()
+        {
+            tracing::error!(group_id = %self.config.group_id, error = %e, "cannot assign the partitions after the backfill");
+            *self.config.backfilled.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+        read
     }
 
     /// Step: the first epoch is `epoch`; the starting positions count as the end of the one before.
@@ -419,11 +564,16 @@ impl KafkaSource {
 
     /// Step: reads up to `max_batch` messages into `events` and `dead`; the number read.
     fn read(&mut self, events: &mut impl FnMut(Event), dead: &mut impl FnMut(DeadLetter)) -> usize {
+        let consumer = match &mut self.reader {
+            Reader::Kafka(consumer) => consumer,
+            Reader::Archive { .. } => return self.read_archive(events, dead),
+            Reader::Gone => return 0,
+        };
         let max = self.config.max_batch;
         let (mut read, mut per_topic) = (0, [0u64; 2]);
         let limits = &self.config.limits;
         while read < max {
-            let batch = self.consumer.poll_batch(max - read);
+            let batch = consumer.poll_batch(max - read);
             if batch.is_empty() {
                 break;
             }
@@ -452,7 +602,7 @@ impl KafkaSource {
         // every activation. It carries no messages unless librdkafka routes one there after all;
         // those are handled alike.
         for _ in 0..max {
-            match self.consumer.consumer().poll(Duration::ZERO) {
+            match consumer.consumer().poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(msg)) => {
                     read += 1;
@@ -480,6 +630,10 @@ impl KafkaSource {
     /// it has caught up with; whether any is paused.
     fn align(&mut self) -> bool {
         let align = &self.config.alignment;
+        let Reader::Kafka(consumer) = &self.reader else {
+            // Backfilling: `read_archive` aligns by choosing which partition to read.
+            return self.owned.iter().any(|o| o.archive.is_some());
+        };
         if align.max_ahead_ms <= 0 {
             return false;
         }
@@ -498,7 +652,7 @@ impl KafkaSource {
             o.paused = !o.paused;
             list.add_partition(&o.partition.topic, o.partition.partition);
         }
-        let consumer = self.consumer.consumer();
+        let consumer = consumer.consumer();
         for (list, what) in [(&pause, "pause"), (&resume, "resume")] {
             if list.count() > 0 {
                 let done = if what == "pause" { consumer.pause(list) } else { consumer.resume(list) };
@@ -519,6 +673,48 @@ impl KafkaSource {
     fn shut_down(&mut self) {
         self.offsets.borrow_mut().insert(self.epoch, next_offsets(&self.owned));
     }
+}
+
+/// This worker's partitions, each with its archive opened where it is backfilled from one.
+fn owned_partitions(config: &SourceConfig, worker: usize, peers: usize) -> Result<Vec<Owned>, SourceError> {
+    let extents = config.backfill.as_ref().map(|b| b.backlog.extents()).unwrap_or_default();
+    let mut owned = Vec::new();
+    for i in owned_by(config.partitions.len(), worker, peers) {
+        let (p, kind) = &config.partitions[i];
+        let mut o = Owned {
+            partition: p.clone(),
+            kind: *kind,
+            next: config.resume_at.get(p).copied().unwrap_or(-1),
+            clock: PartitionClock::default(),
+            paused: false,
+            archive: None,
+            failed: false,
+        };
+        if let (Some(backfill), Some(extent)) = (&config.backfill, extents.get(p)) {
+            let from = if o.next >= 0 { o.next } else { extent.first };
+            if from <= extent.last {
+                match backfill.backlog.open(p, *kind, from, backfill.since_ms, &config.limits) {
+                    Ok(cursor) => o.archive = Some(cursor),
+                    Err(e) => backfill_failed(config, &mut o, &e),
+                }
+            }
+        }
+        owned.push(o);
+    }
+    Ok(owned)
+}
+
+/// A partition's archive cannot be read: the partition stops (reading Kafka past the records the
+/// archive could not give would lose them), and the error is kept for status and logged.
+fn backfill_failed(config: &SourceConfig, owned: &mut Owned, e: &BacklogError) {
+    tracing::error!(group_id = %config.group_id, topic = %owned.partition.topic, partition = owned.partition.partition,
+        error = %e, "cannot read the archive; this partition stops until the archive is repaired and the version restarted");
+    if owned.archive.take().is_some() {
+        config.backfilled.partitions_left.fetch_sub(1, Relaxed);
+    }
+    owned.failed = true;
+    let mut first = config.backfilled.error.lock().unwrap_or_else(|p| p.into_inner());
+    first.get_or_insert_with(|| format!("{}[{}]: {e}", owned.partition.topic, owned.partition.partition));
 }
 
 /// Counts a consumer error and, now and then, says so (broker down and similar: librdkafka

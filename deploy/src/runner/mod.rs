@@ -220,6 +220,8 @@ pub async fn start(
             shutdown: Arc::clone(&shutdown),
             properties: spec.kafka.consumer.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             alignment: Arc::new(Alignment::new(spec.state.alignment_ms())),
+            backfill: None,
+            backfilled: Default::default(),
         },
         dlq_suffix: spec.kafka.dlq_suffix.clone(),
         ctx: Context {
