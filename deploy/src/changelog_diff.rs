@@ -286,10 +286,6 @@ impl Drop for DiffSession {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// The session's thread: reads both changelogs into one [`Comparer`] and publishes its report
 /// (at least every 200 ms while reading, and whenever both sides are idle).
 fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<AtomicBool>, duty: f64) {
@@ -312,7 +308,7 @@ fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<A
         let caught_up = check.then(|| {
             last_check = Instant::now();
             let (ready_a, ready_b) = (a.caught_up(), b.caught_up());
-            (now_ms(), ready_a && ready_b)
+            (squall_feeds::now_ms() as u64, ready_a && ready_b)
         });
         if read > 0 && last_fill.elapsed() < Duration::from_millis(200) && caught_up.is_none() {
             continue;

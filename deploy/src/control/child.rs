@@ -3,7 +3,7 @@
 //!
 //! - in a process group of its own (a Ctrl-C or a signal to the server's group does not reach it),
 //!   with stdout and stderr appended to the deployment's log file itself (no pipe to the server);
-//! - announcing itself in its runtime file ([`crate::runfile`]): pid, start time, launch id, and
+//! - announcing itself in its runtime file ([`crate::version::runfile`]): pid, start time, launch id, and
 //!   its HTTP address once it serves, which is its readiness;
 //! - with a lease (`--adopt-timeout`) that the server's heartbeats renew, so that it stops itself
 //!   cleanly if no server comes back.
@@ -27,10 +27,10 @@ use tokio::io::unix::AsyncFd;
 use super::launcher::{
     LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, Survivor, launch_id,
 };
-use super::registry::now_ms;
 use super::statedir::{StateDir, tail};
-use crate::counters::RunStatus;
-use crate::runfile::{Identity, RunFile};
+use crate::version::counters::RunStatus;
+use crate::version::runfile::{Identity, RunFile};
+use squall_feeds::now_ms;
 
 /// How often a starting process's runtime file is read until it names the process's address.
 const READY_POLL: Duration = Duration::from_millis(20);
@@ -79,7 +79,7 @@ impl Launcher for ChildLauncher {
             spec.group_id,
             spec.processes,
             spec.program.display(),
-            now_ms()
+            now_ms() as u64
         );
         let hostfile = dir.hostfile();
         if spec.processes > 1 {

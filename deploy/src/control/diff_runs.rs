@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::diff::{DiffReport, DiffSession};
+use crate::changelog_diff::{DiffReport, DiffSession};
 use crate::values::GroupId;
 
 /// A session not asked for in this long is stopped (unless the status page keeps it).
@@ -225,7 +225,7 @@ impl DiffSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::AttributeAgreement;
+    use crate::changelog_diff::AttributeAgreement;
 
     fn g(s: &str) -> GroupId {
         s.parse().expect("group id")

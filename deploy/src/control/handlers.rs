@@ -1,58 +1,28 @@
-//! The control plane's HTTP API: thin handlers over [`Control`]. Mutations take an [`Authorized`]
-//! extractor, deployments a typed [`Group`] path parameter; every failure is an [`ApiError`].
+//! The control plane's documented HTTP handlers: thin, over [`Control`]. Mutations take an
+//! [`Authorized`] extractor, deployments a typed [`Group`] path parameter; every failure is an
+//! [`ApiError`]. [`super::api`] routes to them and [`super::openapi`] documents them.
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::binaries::{StoredBinary, UploadError};
-use super::diffs::PromoteRequest;
+use super::diff_runs::PromoteRequest;
 use super::routing::RouteError;
 use super::state::Refusal;
 use super::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
 use super::{CommandError, Control};
-use crate::diff::DiffReport;
-use crate::http::{ApiError, UserPath};
+use crate::changelog_diff::DiffReport;
 use crate::values::GroupId;
+use crate::version::http::{ApiError, UserPath};
 
-type Shared = Arc<Control>;
-
-/// The server's routes.
-pub fn router(control: Shared) -> Router {
-    Router::new()
-        .route("/", get(|| async { axum::response::Html(include_str!("../status.html")) }))
-        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
-        .route("/metrics", get(metrics))
-        .route(
-            "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], super::openapi::openapi_json()) }),
-        )
-        .route("/v1/binaries", post(upload_binary))
-        .route("/v1/deployments", get(list).post(deploy))
-        .route("/v1/deployments/{group_id}", get(detail))
-        .route("/v1/deployments/{group_id}/logs", get(logs))
-        .route("/v1/deployments/{group_id}/promote", post(promote))
-        .route("/v1/diff", get(diff))
-        .route("/v1/deployments/{group_id}/rollback", post(rollback))
-        .route("/v1/deployments/{group_id}/stop", post(stop))
-        .route("/v1/users/{user_id}/attributes", get(user_attributes))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint").hint("see GET /openapi.json for the API")
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-                .hint("see GET /openapi.json for the API")
-        })
-        .route_layer(axum::middleware::from_fn(crate::http::track_latency))
-        .with_state(control)
-}
+pub(super) type Shared = Arc<Control>;
 
 /// Proof that the request carries the server's bearer token.
 pub struct Authorized;
@@ -212,7 +182,7 @@ pub(super) async fn deploy(
 }
 
 #[utoipa::path(post, path = "/v1/binaries", tag = "binaries", security(("bearer" = [])),
-    request_body(content = super::openapi::Executable, content_type = "application/octet-stream",
+    request_body(content = super::views::Executable, content_type = "application/octet-stream",
                  description = "The executable: a build of squall with the version's custom code"),
     responses((status = 201, body = StoredBinary, description = "Stored (or already there) under its SHA-256"),
               (status = 400, description = "It does not run: `--version` failed (the detail has its output), or the upload broke off"),
@@ -292,11 +262,11 @@ pub(super) async fn diff(
     if wait > 600_000 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("wait_ms = {wait}: at most 600000 (10 minutes)")));
     }
-    let sample = q.sample.unwrap_or(crate::diff::SAMPLE_SHOWN);
-    if sample > crate::diff::SAMPLE {
+    let sample = q.sample.unwrap_or(crate::changelog_diff::SAMPLE_SHOWN);
+    if sample > crate::changelog_diff::SAMPLE {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("sample = {sample}: at most {}", crate::diff::SAMPLE),
+            format!("sample = {sample}: at most {}", crate::changelog_diff::SAMPLE),
         ));
     }
     let mut report = control.diff(&q.a, &q.b, std::time::Duration::from_millis(wait)).await?;
@@ -349,8 +319,8 @@ pub(super) struct UserQuery {
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/attributes", tag = "users",
-    params(("user_id" = super::openapi::UserId, Path, description = "The user, percent-encoded"), UserQuery),
-    responses((status = 200, body = crate::http::UserAttributes, description = "The user's attributes, as the version that keeps them answers"),
+    params(("user_id" = super::views::UserId, Path, description = "The user, percent-encoded"), UserQuery),
+    responses((status = 200, body = crate::version::http::UserAttributes, description = "The user's attributes, as the version that keeps them answers"),
               (status = 400, description = "Invalid user id or query, or several topologies are promoted and no `topology` is named"),
               (status = 404, description = "Unknown user, group or topology"),
               (status = 500, description = "The version could not serialise the attributes"),
@@ -382,29 +352,7 @@ pub(super) async fn user_attributes(
                 .detail(format!("state: {state}"))
         }
     })?;
-    crate::http::proxy_attributes(control.http(), &route.url, &user_id)
+    crate::version::http::proxy_attributes(control.http(), &route.url, &user_id)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{} did not answer", route.group_id)).detail(e))
-}
-
-/// The server's own metrics (consumer lag per partition per group) merged with every serving
-/// version process's metrics (labelled `topology`, `version`, `group_id` by the process), each
-/// series of a version also labelled with its `process` index.
-async fn metrics(State(control): State<Shared>) -> Response {
-    let own = crate::telemetry::metrics().render();
-    let routes = control.routes();
-    let mut children: Vec<(String, Vec<(&str, String)>)> = Vec::new();
-    for d in routes.registry().deployments.values() {
-        for (index, url) in routes.serving(&d.group_id).unwrap_or_default().iter().enumerate() {
-            if let Ok(resp) = control.http().get(format!("{url}/metrics")).send().await
-                && let Ok(body) = resp.text().await
-            {
-                // Each version's series carry its topology and version already; add the process.
-                children.push((body, vec![("process", index.to_string())]));
-            }
-        }
-    }
-    let mut sources: Vec<(&str, Vec<(&str, String)>)> = vec![(own.as_str(), Vec::new())];
-    sources.extend(children.iter().map(|(t, l)| (t.as_str(), l.clone())));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::promtext::merge(&sources)).into_response()
 }

@@ -12,8 +12,9 @@
 //! - [`binaries`]: executables uploaded for versions that run custom code.
 //! - [`routing`]: which process answers which query, from a lock-free snapshot.
 //! - [`promotions`]: the CQL store's `promoted_versions` rows, following the registry.
-//! - [`diffs`]: the running diffs of pairs of versions (`GET /v1/diff`, gated promotion).
-//! - [`api`]: thin HTTP handlers; [`views`]: the API's types; [`openapi`]: its document.
+//! - [`diff_runs`]: the running diffs of pairs of versions (`GET /v1/diff`, gated promotion).
+//! - [`api`]: the routes; [`handlers`]: thin HTTP handlers; [`views`]: the API's types;
+//!   [`openapi`]: its document.
 //!
 //! This module ties them together: [`Control`] decides each command with the state machine,
 //! makes the change durable, publishes it for routing, then starts and stops processes.
@@ -23,7 +24,9 @@
 pub mod api;
 pub mod binaries;
 pub mod child;
-pub mod diffs;
+mod counters;
+pub mod diff_runs;
+pub mod handlers;
 pub mod lag;
 pub mod launcher;
 pub mod monitor;
@@ -43,13 +46,13 @@ use std::time::Duration;
 
 use squall_topologies::TopologySpec;
 
-use crate::diff::{DiffReport, DiffSession};
+use crate::changelog_diff::{DiffReport, DiffSession};
 
-use self::diffs::{DiffSummary, Diffs, Gate, PromoteRequest};
+use self::diff_runs::{DiffSummary, Diffs, Gate, PromoteRequest};
 use self::lag::LagSource;
 use self::launcher::{LaunchSpec, Launcher};
 use self::monitor::Progress;
-use self::registry::{Deployment, Registry, RegistryData, now_ms};
+use self::registry::{Deployment, Registry, RegistryData};
 use self::routing::Routing;
 use self::state::{Change, Facts, Observation, Observed, Refusal};
 use self::statedir::StateDir;
@@ -57,6 +60,7 @@ use self::supervisor::{Begin, Supervisor};
 use self::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
 use crate::kafka::Inputs;
 use crate::values::{BinaryHash, GroupId, StartPosition};
+use squall_feeds::now_ms;
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -368,7 +372,7 @@ impl Control {
         };
         let d = Deployment {
             binary,
-            ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms())
+            ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms() as u64)
         };
         // Refusals first, as far as they can be seen without the lock; then what Kafka says.
         self.with_facts(self.routes.load().registry(), |f, _| state::deploy(f, d.clone()))?;
@@ -432,7 +436,7 @@ impl Control {
         let gate: Option<Gate> = req.gate(g).map_err(CommandError::Invalid)?;
         if let Some(gate) = gate {
             // The state machine's refusals (unknown, stopped, not serving) come before the diff.
-            self.with_facts(self.routes.load().registry(), |f, _| state::promote(f, g, now_ms()))?;
+            self.with_facts(self.routes.load().registry(), |f, _| state::promote(f, g, now_ms() as u64))?;
             let report = self.diff(&gate.against, g, gate.wait).await?;
             gate.check(&report).map_err(CommandError::Gate)?;
             tracing::info!(group_id = %g, against = %gate.against, agreement = ?report.agreement_percent,
@@ -444,7 +448,7 @@ impl Control {
     /// Makes `g` the version that answers its topology's queries by default.
     pub async fn promote(self: &Arc<Self>, g: &GroupId) -> Result<DeploymentView, CommandError> {
         let mut registry = self.registry.lock().await;
-        let change = self.with_facts(registry.data(), |f, _| state::promote(f, g, now_ms()))?;
+        let change = self.with_facts(registry.data(), |f, _| state::promote(f, g, now_ms() as u64))?;
         self.commit(&mut registry, change)?;
         tracing::info!(group_id = %g, "promoted");
         Ok(self.view_of(registry.data(), g))
@@ -454,7 +458,7 @@ impl Control {
     pub async fn rollback(self: &Arc<Self>, g: &GroupId) -> Result<RollbackResponse, CommandError> {
         let (promoted, stopped) = {
             let mut registry = self.registry.lock().await;
-            let change = self.with_facts(registry.data(), |f, _| state::rollback(f, g, now_ms()))?;
+            let change = self.with_facts(registry.data(), |f, _| state::rollback(f, g, now_ms() as u64))?;
             let stopped = self.commit(&mut registry, change)?;
             (self.view_of(registry.data(), g), stopped)
         };
@@ -469,7 +473,7 @@ impl Control {
     pub async fn stop(self: &Arc<Self>, g: &GroupId) -> Result<DeploymentView, CommandError> {
         let stopped = {
             let mut registry = self.registry.lock().await;
-            let change = self.with_facts(registry.data(), |f, _| state::stop(f, g, now_ms()))?;
+            let change = self.with_facts(registry.data(), |f, _| state::stop(f, g, now_ms() as u64))?;
             self.commit(&mut registry, change)?
         };
         for n in &stopped {
@@ -485,7 +489,7 @@ impl Control {
     /// waiting up to `wait` for that (the report says whether it did).
     pub async fn diff(&self, a: &GroupId, b: &GroupId, wait: Duration) -> Result<DiffReport, CommandError> {
         let session = self.diff_session(a, b).await?;
-        Ok(session.caught_up_since(now_ms(), wait).await)
+        Ok(session.caught_up_since(now_ms() as u64, wait).await)
     }
 
     /// The running diff of `a` and `b`, started if none runs.
