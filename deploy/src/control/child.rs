@@ -25,7 +25,7 @@ use rustix::process::{Pid, PidfdFlags, Signal as UnixSignal};
 use tokio::io::unix::AsyncFd;
 
 use super::launcher::{
-    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, Survivor, launch_id,
+    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, Survivor, Unverified, launch_id,
 };
 use super::statedir::{StateDir, tail};
 use crate::version::counters::RunStatus;
@@ -190,19 +190,22 @@ fn survivor(spec: &LaunchSpec, index: usize, file: RunFile) -> Option<(OwnedFd, 
 
 /// Whether the process `file` records answers at its address as the process launched with its
 /// launch id (the request also renews its lease).
-async fn verify(http: &reqwest::Client, url: &str, file: &RunFile) -> Result<(), String> {
+async fn verify(http: &reqwest::Client, url: &str, file: &RunFile) -> Result<(), Unverified> {
     let resp = http
         .get(format!("{url}/v1/status"))
         .query(&[("launch_id", &file.launch_id)])
         .send()
         .await
-        .map_err(|e| format!("{url}/v1/status did not answer: {e}"))?;
-    let status: RunStatus = resp.json().await.map_err(|e| format!("{url}/v1/status: {e}"))?;
+        .map_err(|error| Unverified::NoAnswer { url: url.to_owned(), error })?;
+    let status: RunStatus = resp.json().await.map_err(|error| Unverified::BadAnswer { url: url.to_owned(), error })?;
     if status.launch_id.as_deref() != Some(file.launch_id.as_str()) || status.pid != Some(file.pid) {
-        return Err(format!(
-            "{url} answered as launch {:?} pid {:?}, not launch {} pid {}",
-            status.launch_id, status.pid, file.launch_id, file.pid
-        ));
+        return Err(Unverified::Other {
+            url: url.to_owned(),
+            launch_id: status.launch_id,
+            pid: status.pid,
+            expected_launch_id: file.launch_id.clone(),
+            expected_pid: file.pid,
+        });
     }
     Ok(())
 }

@@ -69,13 +69,16 @@ impl From<CommandError> for ApiError {
         match e {
             CommandError::Refused(r) => refusal(r),
             CommandError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            e @ (CommandError::InvalidGate(_) | CommandError::Spec(_)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            }
             CommandError::Kafka(detail) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "cannot read committed offsets").detail(detail)
             }
             CommandError::Io { what, error } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot {what}")).detail(error)
             }
-            CommandError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m)
+            CommandError::Unavailable(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 .hint("a version creates its changelog topic when it starts; retry once it is running"),
             e @ CommandError::Gate(_) => ApiError::new(StatusCode::CONFLICT, e.to_string())
                 .hint("`squall diff <against> <group id>` shows the differing users; nothing was changed"),
@@ -352,7 +355,7 @@ pub(super) async fn user_attributes(
                 .detail(format!("state: {state}"))
         }
     })?;
-    crate::version::http::proxy_attributes(control.http(), &route.url, &user_id)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{} did not answer", route.group_id)).detail(e))
+    crate::version::http::proxy_attributes(control.http(), &route.url, &user_id).await.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("{} did not answer", route.group_id)).detail(e.to_string())
+    })
 }

@@ -44,11 +44,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use squall_topologies::TopologySpec;
+use squall_topologies::{SpecError, TopologySpec};
 
-use crate::changelog_diff::{DiffReport, DiffSession};
+use crate::changelog_diff::{DiffError, DiffReport, DiffSession};
 
-use self::diff_runs::{DiffSummary, Diffs, Gate, PromoteRequest};
+use self::diff_runs::{DiffSummary, Diffs, Gate, GateRefusal, InvalidGate, PromoteRequest};
 use self::lag::LagSource;
 use self::launcher::{LaunchSpec, Launcher};
 use self::monitor::Progress;
@@ -94,15 +94,21 @@ pub enum CommandError {
     /// The request is malformed or names something impossible.
     #[error("{0}")]
     Invalid(String),
+    /// A promotion's gate is malformed.
+    #[error("{0}")]
+    InvalidGate(InvalidGate),
+    /// A deployment's stored topology file cannot be read at its version.
+    #[error("{0}")]
+    Spec(SpecError),
     /// Kafka could not be asked what the command depends on.
     #[error("cannot read committed offsets: {0}")]
     Kafka(String),
     /// What the command needs is not there yet (e.g. a version has published no changelog yet).
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(DiffError),
     /// A gated promotion whose diff is below the bar: nothing changed.
     #[error("promotion refused: {0}")]
-    Gate(String),
+    Gate(GateRefusal),
     /// The change could not be made durable.
     #[error("cannot {what}: {error}")]
     Io {
@@ -318,14 +324,14 @@ impl Control {
     }
 
     /// The input topics of a deployment, from its stored file with the server's overrides.
-    fn stored_inputs(&self, d: &Deployment) -> Result<Inputs, String> {
+    fn stored_inputs(&self, d: &Deployment) -> Result<Inputs, SpecError> {
         Ok(self.inputs(&self.stored_spec(d)?))
     }
 
     /// A deployment's stored topology file, at its version.
-    fn stored_spec(&self, d: &Deployment) -> Result<TopologySpec, String> {
+    fn stored_spec(&self, d: &Deployment) -> Result<TopologySpec, SpecError> {
         let path = self.cfg.state_dir.deployment(&d.group_id).topology();
-        TopologySpec::load(&path).map_err(|e| e.to_string())?.with_version(d.version).map_err(|e| e.to_string())
+        TopologySpec::load(&path)?.with_version(d.version)
     }
 
     /// The input topics of `spec`, on the server's brokers if it was given them.
@@ -433,7 +439,7 @@ impl Control {
         g: &GroupId,
         req: &PromoteRequest,
     ) -> Result<DeploymentView, CommandError> {
-        let gate: Option<Gate> = req.gate(g).map_err(CommandError::Invalid)?;
+        let gate: Option<Gate> = req.gate(g).map_err(CommandError::InvalidGate)?;
         if let Some(gate) = gate {
             // The state machine's refusals (unknown, stopped, not serving) come before the diff.
             self.with_facts(self.routes.load().registry(), |f, _| state::promote(f, g, now_ms() as u64))?;
@@ -522,7 +528,7 @@ impl Control {
 
     /// The brokers of `d`'s changelog topic, or why it has none.
     fn changelog_brokers(&self, d: &Deployment) -> Result<String, CommandError> {
-        let spec = self.stored_spec(d).map_err(CommandError::Invalid)?;
+        let spec = self.stored_spec(d).map_err(CommandError::Spec)?;
         if !spec.feed.changelog {
             return Err(CommandError::Invalid(format!(
                 "{} publishes no changelog, which the diff reads: set `changelog = true` under [feed] in its \

@@ -149,7 +149,7 @@ pub(super) async fn run(control: Weak<Control>, every: Duration) {
         for d in routes.registry().deployments.values() {
             let found = match inputs.entry(d.group_id.clone()) {
                 Entry::Occupied(o) => Ok(o.get().clone()),
-                Entry::Vacant(v) => control.stored_inputs(d).map(|i| v.insert(i).clone()),
+                Entry::Vacant(v) => control.stored_inputs(d).map(|i| v.insert(i).clone()).map_err(|e| e.to_string()),
             };
             let control = &control;
             reads.push(async move {

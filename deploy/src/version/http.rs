@@ -293,23 +293,48 @@ async fn forward(r: &Routing, owner: usize, user_id: &str) -> Result<Response, A
         .hint("query the squall server, or list every process's HTTP address in the hostfile"));
     };
     proxy_attributes(&r.client, &format!("http://{addr}"), user_id).await.map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("process {owner} ({addr}) did not answer")).detail(e)
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("process {owner} ({addr}) did not answer")).detail(e.to_string())
     })
+}
+
+/// Why a text is not a URL (`url::ParseError`, named through reqwest's re-export of `Url`).
+pub type UrlError = <reqwest::Url as std::str::FromStr>::Err;
+
+/// Why a process did not answer a forwarded query.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// `base` is not a URL.
+    #[error("{base}: {error}")]
+    Url {
+        /// The process's address.
+        base: String,
+        /// Why it is not a URL.
+        error: UrlError,
+    },
+    /// `base` is a URL that cannot take a path (e.g. `mailto:`).
+    #[error("{base} cannot have a path")]
+    NoPath {
+        /// The process's address.
+        base: String,
+    },
+    /// The request or its answer's body failed.
+    #[error("{0}")]
+    Request(reqwest::Error),
 }
 
 /// Asks the process at `base` (`http://host:port`) for `user_id`'s attributes and passes its
 /// answer on, status and body; an error says why it did not answer.
-pub async fn proxy_attributes(client: &reqwest::Client, base: &str, user_id: &str) -> Result<Response, String> {
-    let mut url = reqwest::Url::parse(base).map_err(|e| format!("{base}: {e}"))?;
-    url.path_segments_mut().map_err(|_| format!("{base} cannot have a path"))?.pop_if_empty().extend([
+pub async fn proxy_attributes(client: &reqwest::Client, base: &str, user_id: &str) -> Result<Response, ProxyError> {
+    let mut url = reqwest::Url::parse(base).map_err(|error| ProxyError::Url { base: base.to_owned(), error })?;
+    url.path_segments_mut().map_err(|_| ProxyError::NoPath { base: base.to_owned() })?.pop_if_empty().extend([
         "v1",
         "users",
         user_id,
         "attributes",
     ]);
-    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let resp = client.get(url).send().await.map_err(ProxyError::Request)?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let body = resp.bytes().await.map_err(ProxyError::Request)?;
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
