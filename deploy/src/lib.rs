@@ -14,7 +14,6 @@ pub mod control;
 pub mod files;
 pub mod generate;
 pub mod kafka;
-pub mod promtext;
 pub mod ready;
 pub mod telemetry;
 pub mod values;

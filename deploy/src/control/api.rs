@@ -61,5 +61,5 @@ async fn metrics(State(control): State<Shared>) -> Response {
     }
     let mut sources: Vec<(&str, Vec<(&str, String)>)> = vec![(own.as_str(), Vec::new())];
     sources.extend(children.iter().map(|(t, l)| (t.as_str(), l.clone())));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::promtext::merge(&sources)).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], super::promtext::merge(&sources)).into_response()
 }

@@ -15,6 +15,7 @@
 //! - [`diff_runs`]: the running diffs of pairs of versions (`GET /v1/diff`, gated promotion).
 //! - [`api`]: the routes; [`handlers`]: thin HTTP handlers; [`views`]: the API's types;
 //!   [`openapi`]: its document.
+//! - `counters`: the server's own metrics; `promtext`: its `/metrics`, merged with its versions'.
 //!
 //! This module ties them together: [`Control`] decides each command with the state machine,
 //! makes the change durable, publishes it for routing, then starts and stops processes.
@@ -32,6 +33,7 @@ pub mod launcher;
 pub mod monitor;
 pub mod openapi;
 pub mod promotions;
+mod promtext;
 pub mod registry;
 pub mod routing;
 pub mod state;
