@@ -8,11 +8,11 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::de::DeserializeOwned;
 use squall_topologies::TopologySpec;
 
+use crate::changelog_diff::DiffReport;
 use crate::control::binaries::StoredBinary;
-use crate::control::diffs::PromoteRequest;
+use crate::control::diff_runs::PromoteRequest;
 use crate::control::state::DeploymentState;
 use crate::control::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
-use crate::diff::DiffReport;
 use crate::values::StartPosition;
 
 /// How long an upload of an executable may take (it is checked to run before the server answers).

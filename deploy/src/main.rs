@@ -8,17 +8,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use squall::client::{Client, ClientArgs};
-use squall::cluster::Cluster;
 use squall::control::child::ChildLauncher;
 use squall::control::lag::KafkaLag;
 use squall::control::statedir::StateDir;
 use squall::control::{Control, ServerConfig, api, openapi};
-use squall::counters::Counters;
-use squall::http::{self, Api};
-use squall::lease::Lease;
-use squall::runfile::RunFile;
 use squall::values::StartPosition;
-use squall::{ready, runner, telemetry};
+use squall::version::cluster::Cluster;
+use squall::version::counters::Counters;
+use squall::version::http::{self, Api};
+use squall::version::lease::Lease;
+use squall::version::runfile::RunFile;
+use squall::version::runner;
+use squall::{ready, telemetry};
 use squall_topologies::TopologySpec;
 use tokio::net::TcpListener;
 
@@ -189,7 +190,7 @@ struct ServerArgs {
     /// The share of its time a diff (`squall diff`, gated promotion, the status page's diffs)
     /// works while it catches up with the changelogs; it sleeps the rest, so that it takes little
     /// from versions and a broker on the same machines. 1: as fast as it can.
-    #[arg(long, default_value_t = squall::diff::DUTY, value_parser = parse_duty)]
+    #[arg(long, default_value_t = squall::changelog_diff::DUTY, value_parser = parse_duty)]
     diff_duty: f64,
     /// On SIGTERM or Ctrl-C, stop every version's processes too. Without it the server exits
     /// alone and its versions keep serving, to be adopted by the next server (an upgrade).
@@ -272,7 +273,7 @@ fn main() -> ExitCode {
             client_call(client, |c| async move { c.status(&group_id, watch).await })
         }
         Command::Promote { group_id, require_agreement, against, min_compared, wait, client } => {
-            let req = squall::control::diffs::PromoteRequest {
+            let req = squall::control::diff_runs::PromoteRequest {
                 require_agreement,
                 against,
                 min_compared,
@@ -542,7 +543,8 @@ async fn serve_version(
     reporter.abort();
     tracing::info!("stopping workers");
     running.shutdown();
-    tokio::task::spawn_blocking(move || running.join()).await?.map_err(anyhow::Error::msg)?;
+    // The worker's message only: `error: {e:#}` would add its causes to the line.
+    tokio::task::spawn_blocking(move || running.join()).await?.map_err(|e| anyhow::Error::msg(e.to_string()))?;
     Ok(())
 }
 
@@ -557,7 +559,7 @@ async fn shutdown_signal() {
 
 /// Logs throughput every 5 seconds.
 async fn report(api: Arc<Api>, group_id: String) {
-    let seen = |s: &squall::counters::RunStatus| s.applied + s.duplicates;
+    let seen = |s: &squall::version::counters::RunStatus| s.applied + s.duplicates;
     let mut last = (Instant::now(), seen(&api.counters.status()));
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;

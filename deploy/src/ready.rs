@@ -2,7 +2,7 @@
 //! terminal or a test: once it listens, the process prints one line on stdout,
 //! `<who> serving on <url>[ <detail>]`, and the starter reads the URL back. [`line`] is the only
 //! writer and [`url`] the only reader. (A squall server does not read its versions' output, which
-//! goes to their log file: they announce themselves in their runtime file, [`crate::runfile`].)
+//! goes to their log file: they announce themselves in their runtime file, `version/runfile.rs`.)
 
 /// The readiness line of `who` (e.g. `squall: personalization-v1`) serving at `url`.
 pub fn line(who: &str, url: &str) -> String {

@@ -35,11 +35,8 @@ pub fn metrics_with_labels(labels: &[(&str, String)]) -> PrometheusHandle {
                 Ok(b) => b,
                 Err(_) => PrometheusBuilder::new(),
             };
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
             // Fails only if another recorder was installed first; then ours just renders nothing.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
+            builder.install_recorder().unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
         })
         .clone()
 }

@@ -23,9 +23,9 @@ use squall::control::launcher::{
 };
 use squall::control::statedir::StateDir;
 use squall::control::{Control, ServerConfig, api};
-use squall::counters::RunStatus;
 use squall::kafka::{Inputs, KafkaSetupError, PartitionLag};
 use squall::values::GroupId;
+use squall::version::counters::RunStatus;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 /// The shipped topology file: versions 1 and 2 of `personalization`.
@@ -181,7 +181,7 @@ async fn run_process(
         )
         .with_state(p.clone());
     let (stop_server, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(squall::http::serve(listener, router, async {
+    let server = tokio::spawn(squall::version::http::serve(listener, router, async {
         let _ = stopped.await;
     }));
     if announce {
@@ -285,12 +285,12 @@ impl Harness {
             catch_up_lag: 10,
             poll_every: Duration::from_millis(10),
             max_binary_bytes: 4096,
-            diff_duty: squall::diff::DUTY,
+            diff_duty: squall::changelog_diff::DUTY,
         };
         let control = Control::start(cfg, launcher.clone(), lag.clone()).await.expect("control plane");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(squall::http::serve(listener, api::router(control.clone()), std::future::pending()));
+        tokio::spawn(squall::version::http::serve(listener, api::router(control.clone()), std::future::pending()));
         Harness { control, url, launcher, lag, dir, http: reqwest::Client::new() }
     }
 
@@ -368,7 +368,11 @@ async fn versions_deploy_promote_answer_and_roll_back_in_process() {
     for user in ["u1", "u2", "u3", "alice", "bob"] {
         let (status, body) = h.ask(user, "?group=personalization-v2").await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["process"], squall::cluster::owner_process(user, 3, 2), "{user} goes to its owner: {body}");
+        assert_eq!(
+            body["process"],
+            squall::version::cluster::owner_process(user, 3, 2),
+            "{user} goes to its owner: {body}"
+        );
     }
     h.post("/v1/deployments/personalization-v2/promote", None, Some(TOKEN)).await;
     assert_eq!(h.ask("u1", "").await.1["group_id"], "personalization-v2");
@@ -583,7 +587,7 @@ async fn a_restarted_control_plane_adopts_the_processes_it_left_running() {
     for user in ["u1", "u2", "u3", "alice", "bob"] {
         let (status, body) = again.ask(user, "").await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["process"], squall::cluster::owner_process(user, 2, 2), "{user}: {body}");
+        assert_eq!(body["process"], squall::version::cluster::owner_process(user, 2, 2), "{user}: {body}");
     }
     // The new server renews every process's lease.
     let beats = [0, 1].map(|i| h.launcher.heartbeats("personalization-v1", i));

@@ -26,8 +26,11 @@
 #![warn(missing_docs)]
 
 pub mod changelog;
+mod counters;
 pub mod profile;
 pub mod progress;
+
+pub use progress::now_ms;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -38,6 +41,8 @@ use squall_enrichment::Symbols;
 use squall_operators::checkpoint::Part;
 use squall_operators::source::Epoch;
 use squall_operators::{Plan, UserSnapshot, UserState};
+
+use self::counters::FeedCounters;
 
 /// `[feed]` of a topology file: which feeds a version writes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -346,17 +351,13 @@ fn lag(s: &State) -> u64 {
 
 /// One feed's thread: takes what is pending, writes it, records progress; retries with backoff.
 fn run(f: Arc<Shared>, mut sink: Box<dyn Sink>) {
-    let lag_gauge = metrics::gauge!("squall_feed_lag_cuts", "feed" => f.name);
-    let failing = metrics::gauge!("squall_feed_failing", "feed" => f.name);
-    let written_users = metrics::counter!("squall_feed_users_written_total", "feed" => f.name);
-    let ok = metrics::counter!("squall_feed_writes_total", "feed" => f.name, "result" => "ok");
-    let failed = metrics::counter!("squall_feed_writes_total", "feed" => f.name, "result" => "error");
+    let counters = FeedCounters::new(f.name);
     let mut backoff = Duration::from_millis(100);
     loop {
         let (batch, cut) = {
             let mut s = f.lock();
             loop {
-                lag_gauge.set(lag(&s) as f64);
+                counters.lag_cuts.set(lag(&s) as f64);
                 if s.stop {
                     return;
                 }
@@ -377,8 +378,8 @@ fn run(f: Arc<Shared>, mut sink: Box<dyn Sink>) {
         s.in_flight = 0;
         match result {
             Ok(()) => {
-                ok.increment(1);
-                written_users.increment(batch.len() as u64);
+                counters.writes_ok.increment(1);
+                counters.users_written.increment(batch.len() as u64);
                 if s.reported {
                     tracing::info!(feed = f.name, cut, "feed: writing again");
                 }
@@ -386,7 +387,7 @@ fn run(f: Arc<Shared>, mut sink: Box<dyn Sink>) {
                 s.failing_since = None;
                 s.reported = false;
                 s.last_error = None;
-                failing.set(0.0);
+                counters.failing.set(0.0);
                 backoff = Duration::from_millis(100);
                 tracing::debug!(
                     feed = f.name,
@@ -398,7 +399,7 @@ fn run(f: Arc<Shared>, mut sink: Box<dyn Sink>) {
                 f.wake.notify_all();
             }
             Err(e) => {
-                failed.increment(1);
+                counters.writes_failed.increment(1);
                 // Put the batch back; users changed meanwhile keep their newer state.
                 for (user, snapshot) in batch {
                     s.pending.entry(user).or_insert(snapshot);
@@ -407,7 +408,7 @@ fn run(f: Arc<Shared>, mut sink: Box<dyn Sink>) {
                 if since.elapsed() > f.deadline && !s.reported {
                     tracing::error!(feed = f.name, error = %e, failing_for = ?since.elapsed(), "feed failing past its deadline; retrying");
                     s.reported = true;
-                    failing.set(1.0);
+                    counters.failing.set(1.0);
                 } else {
                     tracing::warn!(feed = f.name, error = %e, "feed write failed; retrying");
                 }

@@ -36,8 +36,9 @@ pub fn key(feed: &str, (process, processes): (usize, usize)) -> String {
     if processes <= 1 { feed.to_owned() } else { format!("{feed}@{process}/{processes}") }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch (0 for a clock set before it): the one wall clock of the
+/// feeds and of `squall`.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use squall::generate::CatalogueGen;
-use squall::http::UserAttributes;
+use squall::version::http::UserAttributes;
 use squall_benches::DevEnv;
 use squall_benches::pipeline::{
     KeepAlive, LatencyRun, Marked, Squall, bare_consume, bin_dir, latency_run, run_marked, squall_gen,

@@ -4,8 +4,8 @@
 //! Phases: (1) `compute`: the comparison alone, on records in memory: first all users of both
 //! sides, then 1% of them changing in one side (a retraction and an insertion each), through
 //! differential dataflow (`squall_benches::diff_dataflow`, the measured alternative) and through
-//! the plain comparer squall's diff runs (`squall_operators::compare::Comparer`); (2) `broker`: `squall::diff::DiffSession` reading two
-//! changelog topics of `--users` messages each from the broker until it has compared them all.
+//! the plain comparer squall's diff runs (`squall_operators::compare::Comparer`); (2) `broker`:
+//! `squall::changelog_diff::DiffSession` reading two changelog topics of `--users` messages each from the broker until it has compared them all.
 
 use std::time::{Duration, Instant};
 
@@ -149,7 +149,7 @@ fn broker(brokers: &str, users: usize, duty: f64) {
     produce(&rt, brokers, &squall_feeds::changelog::topic(&b), users, true);
     println!("diff_produce users={users} seconds={:.1}", started.elapsed().as_secs_f64());
     let started = Instant::now();
-    let session = squall::diff::DiffSession::start(brokers, &a, &b, duty).expect("diff session");
+    let session = squall::changelog_diff::DiffSession::start(brokers, &a, &b, duty).expect("diff session");
     let report = rt.block_on(async {
         loop {
             let r = session.report();

@@ -1,7 +1,7 @@
 //! What the attribute feeds and `squall diff` cost the version they belong to: events/s of
 //! `squall run` over the same pre-produced events with the feeds off, the changelog on, the CQL
-//! profile table on, and the changelog on while a [`squall::diff::DiffSession`] compares it with a
-//! reference version's, alternating, `--rounds` times each; and how fast each feed writes (users
+//! profile table on, and the changelog on while a [`squall::changelog_diff::DiffSession`] compares
+//! it with a reference version's, alternating, `--rounds` times each; and how fast each feed writes (users
 //! written per second until it has caught up with the last cut).
 //! `cargo run --release -p squall-benches --bin feed_cost -- --brokers 127.0.0.1:9092 --cql 127.0.0.1:9042`
 //! Needs the dev environment and `cargo build --release --bins` (it runs `squall` and `squall-gen`
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use squall::diff::DiffSession;
+use squall::changelog_diff::DiffSession;
 use squall_benches::DevEnv;
 use squall_benches::engine::cpu_seconds_of;
 use squall_benches::pipeline::{Pinned, Squall, bin_dir, http_get, metric, pre_produce};
@@ -40,7 +40,7 @@ struct Args {
     #[arg(long)]
     pin: bool,
     /// The share of its time the diff works while catching up (`squall server --diff-duty`).
-    #[arg(long, default_value_t = squall::diff::DUTY)]
+    #[arg(long, default_value_t = squall::changelog_diff::DUTY)]
     diff_duty: f64,
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -12,9 +12,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
-use squall::http::UserAttributes;
+use squall::version::http::UserAttributes;
 use squall::{kafka, telemetry};
 use squall_enrichment::schema;
+use squall_feeds::now_ms;
 use squall_operators::{Attributes, Event, EventKind};
 use squall_topologies::{TopologySpec, oracle};
 
@@ -198,10 +199,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 /// Per version, every watched user's expected attributes.
 type Expectations = BTreeMap<u32, BTreeMap<String, Attributes>>;
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
-}
 
 /// Produces `count` records at `rate`/s; returns the valid events of the `watched` users.
 #[allow(clippy::too_many_arguments)]

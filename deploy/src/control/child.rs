@@ -3,7 +3,7 @@
 //!
 //! - in a process group of its own (a Ctrl-C or a signal to the server's group does not reach it),
 //!   with stdout and stderr appended to the deployment's log file itself (no pipe to the server);
-//! - announcing itself in its runtime file ([`crate::runfile`]): pid, start time, launch id, and
+//! - announcing itself in its runtime file ([`crate::version::runfile`]): pid, start time, launch id, and
 //!   its HTTP address once it serves, which is its readiness;
 //! - with a lease (`--adopt-timeout`) that the server's heartbeats renew, so that it stops itself
 //!   cleanly if no server comes back.
@@ -25,12 +25,12 @@ use rustix::process::{Pid, PidfdFlags, Signal as UnixSignal};
 use tokio::io::unix::AsyncFd;
 
 use super::launcher::{
-    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, Survivor, launch_id,
+    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, Survivor, Unverified, launch_id,
 };
-use super::registry::now_ms;
 use super::statedir::{StateDir, tail};
-use crate::counters::RunStatus;
-use crate::runfile::{Identity, RunFile};
+use crate::version::counters::RunStatus;
+use crate::version::runfile::{Identity, RunFile};
+use squall_feeds::now_ms;
 
 /// How often a starting process's runtime file is read until it names the process's address.
 const READY_POLL: Duration = Duration::from_millis(20);
@@ -79,7 +79,7 @@ impl Launcher for ChildLauncher {
             spec.group_id,
             spec.processes,
             spec.program.display(),
-            now_ms()
+            now_ms() as u64
         );
         let hostfile = dir.hostfile();
         if spec.processes > 1 {
@@ -190,19 +190,22 @@ fn survivor(spec: &LaunchSpec, index: usize, file: RunFile) -> Option<(OwnedFd, 
 
 /// Whether the process `file` records answers at its address as the process launched with its
 /// launch id (the request also renews its lease).
-async fn verify(http: &reqwest::Client, url: &str, file: &RunFile) -> Result<(), String> {
+async fn verify(http: &reqwest::Client, url: &str, file: &RunFile) -> Result<(), Unverified> {
     let resp = http
         .get(format!("{url}/v1/status"))
         .query(&[("launch_id", &file.launch_id)])
         .send()
         .await
-        .map_err(|e| format!("{url}/v1/status did not answer: {e}"))?;
-    let status: RunStatus = resp.json().await.map_err(|e| format!("{url}/v1/status: {e}"))?;
+        .map_err(|error| Unverified::NoAnswer { url: url.to_owned(), error })?;
+    let status: RunStatus = resp.json().await.map_err(|error| Unverified::BadAnswer { url: url.to_owned(), error })?;
     if status.launch_id.as_deref() != Some(file.launch_id.as_str()) || status.pid != Some(file.pid) {
-        return Err(format!(
-            "{url} answered as launch {:?} pid {:?}, not launch {} pid {}",
-            status.launch_id, status.pid, file.launch_id, file.pid
-        ));
+        return Err(Unverified::Other {
+            url: url.to_owned(),
+            launch_id: status.launch_id,
+            pid: status.pid,
+            expected_launch_id: file.launch_id.clone(),
+            expected_pid: file.pid,
+        });
     }
     Ok(())
 }

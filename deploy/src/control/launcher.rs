@@ -137,7 +137,42 @@ pub struct Survivor {
     pub handle: ProcessHandle,
     /// Whether it answered `/v1/status` with its launch id (or is still starting, with no HTTP
     /// address yet); if not, why. A process that cannot be verified is replaced.
-    pub verified: Result<(), String>,
+    pub verified: Result<(), Unverified>,
+}
+
+/// Why a process found running is not trusted as the one its runtime file records.
+#[derive(Debug, thiserror::Error)]
+pub enum Unverified {
+    /// Its `/v1/status` did not answer.
+    #[error("{url}/v1/status did not answer: {error}")]
+    NoAnswer {
+        /// Its address.
+        url: String,
+        /// The request's error.
+        error: reqwest::Error,
+    },
+    /// Its `/v1/status` answered something other than a status.
+    #[error("{url}/v1/status: {error}")]
+    BadAnswer {
+        /// Its address.
+        url: String,
+        /// Why the answer is not a status.
+        error: reqwest::Error,
+    },
+    /// It answered as another process.
+    #[error("{url} answered as launch {launch_id:?} pid {pid:?}, not launch {expected_launch_id} pid {expected_pid}")]
+    Other {
+        /// Its address.
+        url: String,
+        /// The launch id it answered with.
+        launch_id: Option<String>,
+        /// The pid it answered with.
+        pid: Option<u32>,
+        /// The launch id its runtime file records.
+        expected_launch_id: String,
+        /// The pid its runtime file records.
+        expected_pid: u32,
+    },
 }
 
 /// Starts the processes of deployments, and finds the ones an earlier server left running.

@@ -12,8 +12,10 @@
 //! - [`binaries`]: executables uploaded for versions that run custom code.
 //! - [`routing`]: which process answers which query, from a lock-free snapshot.
 //! - [`promotions`]: the CQL store's `promoted_versions` rows, following the registry.
-//! - [`diffs`]: the running diffs of pairs of versions (`GET /v1/diff`, gated promotion).
-//! - [`api`]: thin HTTP handlers; [`views`]: the API's types; [`openapi`]: its document.
+//! - [`diff_runs`]: the running diffs of pairs of versions (`GET /v1/diff`, gated promotion).
+//! - [`api`]: the routes; [`handlers`]: thin HTTP handlers; [`views`]: the API's types;
+//!   [`openapi`]: its document.
+//! - `counters`: the server's own metrics; `promtext`: its `/metrics`, merged with its versions'.
 //!
 //! This module ties them together: [`Control`] decides each command with the state machine,
 //! makes the change durable, publishes it for routing, then starts and stops processes.
@@ -23,12 +25,15 @@
 pub mod api;
 pub mod binaries;
 pub mod child;
-pub mod diffs;
+mod counters;
+pub mod diff_runs;
+pub mod handlers;
 pub mod lag;
 pub mod launcher;
 pub mod monitor;
 pub mod openapi;
 pub mod promotions;
+mod promtext;
 pub mod registry;
 pub mod routing;
 pub mod state;
@@ -41,15 +46,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use squall_topologies::TopologySpec;
+use squall_topologies::{SpecError, TopologySpec};
 
-use crate::diff::{DiffReport, DiffSession};
+use crate::changelog_diff::{DiffError, DiffReport, DiffSession};
 
-use self::diffs::{DiffSummary, Diffs, Gate, PromoteRequest};
+use self::diff_runs::{DiffSummary, Diffs, Gate, GateRefusal, InvalidGate, PromoteRequest};
 use self::lag::LagSource;
 use self::launcher::{LaunchSpec, Launcher};
 use self::monitor::Progress;
-use self::registry::{Deployment, Registry, RegistryData, now_ms};
+use self::registry::{Deployment, Registry, RegistryData};
 use self::routing::Routing;
 use self::state::{Change, Facts, Observation, Observed, Refusal};
 use self::statedir::StateDir;
@@ -57,6 +62,7 @@ use self::supervisor::{Begin, Supervisor};
 use self::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
 use crate::kafka::Inputs;
 use crate::values::{BinaryHash, GroupId, StartPosition};
+use squall_feeds::now_ms;
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -90,15 +96,21 @@ pub enum CommandError {
     /// The request is malformed or names something impossible.
     #[error("{0}")]
     Invalid(String),
+    /// A promotion's gate is malformed.
+    #[error("{0}")]
+    InvalidGate(InvalidGate),
+    /// A deployment's stored topology file cannot be read at its version.
+    #[error("{0}")]
+    Spec(SpecError),
     /// Kafka could not be asked what the command depends on.
     #[error("cannot read committed offsets: {0}")]
     Kafka(String),
     /// What the command needs is not there yet (e.g. a version has published no changelog yet).
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(DiffError),
     /// A gated promotion whose diff is below the bar: nothing changed.
     #[error("promotion refused: {0}")]
-    Gate(String),
+    Gate(GateRefusal),
     /// The change could not be made durable.
     #[error("cannot {what}: {error}")]
     Io {
@@ -314,14 +326,14 @@ impl Control {
     }
 
     /// The input topics of a deployment, from its stored file with the server's overrides.
-    fn stored_inputs(&self, d: &Deployment) -> Result<Inputs, String> {
+    fn stored_inputs(&self, d: &Deployment) -> Result<Inputs, SpecError> {
         Ok(self.inputs(&self.stored_spec(d)?))
     }
 
     /// A deployment's stored topology file, at its version.
-    fn stored_spec(&self, d: &Deployment) -> Result<TopologySpec, String> {
+    fn stored_spec(&self, d: &Deployment) -> Result<TopologySpec, SpecError> {
         let path = self.cfg.state_dir.deployment(&d.group_id).topology();
-        TopologySpec::load(&path).map_err(|e| e.to_string())?.with_version(d.version).map_err(|e| e.to_string())
+        TopologySpec::load(&path)?.with_version(d.version)
     }
 
     /// The input topics of `spec`, on the server's brokers if it was given them.
@@ -368,7 +380,7 @@ impl Control {
         };
         let d = Deployment {
             binary,
-            ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms())
+            ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms() as u64)
         };
         // Refusals first, as far as they can be seen without the lock; then what Kafka says.
         self.with_facts(self.routes.load().registry(), |f, _| state::deploy(f, d.clone()))?;
@@ -429,10 +441,10 @@ impl Control {
         g: &GroupId,
         req: &PromoteRequest,
     ) -> Result<DeploymentView, CommandError> {
-        let gate: Option<Gate> = req.gate(g).map_err(CommandError::Invalid)?;
+        let gate: Option<Gate> = req.gate(g).map_err(CommandError::InvalidGate)?;
         if let Some(gate) = gate {
             // The state machine's refusals (unknown, stopped, not serving) come before the diff.
-            self.with_facts(self.routes.load().registry(), |f, _| state::promote(f, g, now_ms()))?;
+            self.with_facts(self.routes.load().registry(), |f, _| state::promote(f, g, now_ms() as u64))?;
             let report = self.diff(&gate.against, g, gate.wait).await?;
             gate.check(&report).map_err(CommandError::Gate)?;
             tracing::info!(group_id = %g, against = %gate.against, agreement = ?report.agreement_percent,
@@ -444,7 +456,7 @@ impl Control {
     /// Makes `g` the version that answers its topology's queries by default.
     pub async fn promote(self: &Arc<Self>, g: &GroupId) -> Result<DeploymentView, CommandError> {
         let mut registry = self.registry.lock().await;
-        let change = self.with_facts(registry.data(), |f, _| state::promote(f, g, now_ms()))?;
+        let change = self.with_facts(registry.data(), |f, _| state::promote(f, g, now_ms() as u64))?;
         self.commit(&mut registry, change)?;
         tracing::info!(group_id = %g, "promoted");
         Ok(self.view_of(registry.data(), g))
@@ -454,7 +466,7 @@ impl Control {
     pub async fn rollback(self: &Arc<Self>, g: &GroupId) -> Result<RollbackResponse, CommandError> {
         let (promoted, stopped) = {
             let mut registry = self.registry.lock().await;
-            let change = self.with_facts(registry.data(), |f, _| state::rollback(f, g, now_ms()))?;
+            let change = self.with_facts(registry.data(), |f, _| state::rollback(f, g, now_ms() as u64))?;
             let stopped = self.commit(&mut registry, change)?;
             (self.view_of(registry.data(), g), stopped)
         };
@@ -469,7 +481,7 @@ impl Control {
     pub async fn stop(self: &Arc<Self>, g: &GroupId) -> Result<DeploymentView, CommandError> {
         let stopped = {
             let mut registry = self.registry.lock().await;
-            let change = self.with_facts(registry.data(), |f, _| state::stop(f, g, now_ms()))?;
+            let change = self.with_facts(registry.data(), |f, _| state::stop(f, g, now_ms() as u64))?;
             self.commit(&mut registry, change)?
         };
         for n in &stopped {
@@ -485,7 +497,7 @@ impl Control {
     /// waiting up to `wait` for that (the report says whether it did).
     pub async fn diff(&self, a: &GroupId, b: &GroupId, wait: Duration) -> Result<DiffReport, CommandError> {
         let session = self.diff_session(a, b).await?;
-        Ok(session.caught_up_since(now_ms(), wait).await)
+        Ok(session.caught_up_since(now_ms() as u64, wait).await)
     }
 
     /// The running diff of `a` and `b`, started if none runs.
@@ -518,7 +530,7 @@ impl Control {
 
     /// The brokers of `d`'s changelog topic, or why it has none.
     fn changelog_brokers(&self, d: &Deployment) -> Result<String, CommandError> {
-        let spec = self.stored_spec(d).map_err(CommandError::Invalid)?;
+        let spec = self.stored_spec(d).map_err(CommandError::Spec)?;
         if !spec.feed.changelog {
             return Err(CommandError::Invalid(format!(
                 "{} publishes no changelog, which the diff reads: set `changelog = true` under [feed] in its \

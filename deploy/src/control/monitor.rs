@@ -10,13 +10,24 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::Control;
-use super::registry::{Deployment, now_ms};
+use super::registry::Deployment;
 use super::state::{Observation, ProcessSlot};
-use super::views::Sample;
-use crate::counters::RunStatus;
+use super::{Control, counters};
 use crate::kafka::{Inputs, PartitionLag};
 use crate::values::GroupId;
+use crate::version::counters::RunStatus;
+use squall_feeds::now_ms;
+
+/// One second of a deployment's history.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Sample {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Total lag, when known.
+    pub lag: Option<i64>,
+    /// Events applied per second.
+    pub events_per_sec: f64,
+}
 
 /// Samples kept per deployment: 10 minutes at one a second.
 const HISTORY: usize = 600;
@@ -138,7 +149,7 @@ pub(super) async fn run(control: Weak<Control>, every: Duration) {
         for d in routes.registry().deployments.values() {
             let found = match inputs.entry(d.group_id.clone()) {
                 Entry::Occupied(o) => Ok(o.get().clone()),
-                Entry::Vacant(v) => control.stored_inputs(d).map(|i| v.insert(i).clone()),
+                Entry::Vacant(v) => control.stored_inputs(d).map(|i| v.insert(i).clone()).map_err(|e| e.to_string()),
             };
             let control = &control;
             reads.push(async move {
@@ -165,13 +176,13 @@ async fn read_lag(control: &Control, group: &GroupId, inputs: Inputs) -> Result<
 fn record(control: &Control, d: &Deployment, lag: Result<Vec<PartitionLag>, String>) {
     if let Ok(lag) = &lag {
         for p in lag {
-            metrics::gauge!("squall_consumer_lag", "topology" => d.topology.clone(), "version" => d.version.to_string(), "group_id" => d.group_id.to_string(), "topic" => p.topic.clone(), "partition" => p.partition.to_string()).set(p.lag as f64);
+            counters::consumer_lag(d, p);
         }
     }
     let mut book = control.book();
     let events_per_sec = book.progress.entry(d.group_id.clone()).or_default().events_per_sec;
     let observed = book.observed.entry(d.group_id.clone()).or_default();
     observed.apply(Observation::Progress { lag, events_per_sec });
-    let sample = Sample { at_ms: now_ms(), lag: observed.total_lag(), events_per_sec };
+    let sample = Sample { at_ms: now_ms() as u64, lag: observed.total_lag(), events_per_sec };
     book.progress.entry(d.group_id.clone()).or_default().sample(sample);
 }

@@ -1,26 +1,27 @@
 //! The control plane's OpenAPI document (served at `/openapi.json`, kept in `docs/openapi.json`).
 
-use super::api;
 use super::binaries::StoredBinary;
+use super::handlers;
+use super::monitor::Sample;
 use super::registry::{Deployment, Desired};
 use super::state::DeploymentState;
-use super::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse, Sample};
-use crate::counters::RunStatus;
+use super::views::{DeployRequest, DeploymentDetail, DeploymentView, Executable, RollbackResponse, UserId};
 use crate::kafka::PartitionLag;
 use crate::values::GroupId;
+use crate::version::counters::RunStatus;
 
 /// The server API's OpenAPI document.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "squall", description = "Deploy topology versions side by side, promote, roll back, and query user attributes."),
-    paths(api::list, api::detail, api::logs, api::deploy, api::promote, api::rollback, api::stop, api::upload_binary,
-          api::user_attributes, api::diff),
+    paths(handlers::list, handlers::detail, handlers::logs, handlers::deploy, handlers::promote, handlers::rollback,
+          handlers::stop, handlers::upload_binary, handlers::user_attributes, handlers::diff),
     components(schemas(
         DeploymentView, DeploymentDetail, DeploymentState, DeployRequest, RollbackResponse, Sample, Deployment, Desired,
-        PartitionLag, RunStatus, StoredBinary, crate::http::UserAttributes,
-        super::diffs::PromoteRequest, super::diffs::DiffSummary, crate::diff::DiffReport,
-        crate::diff::AttributeAgreement, crate::diff::NotComparable, crate::diff::DifferingValue,
-        crate::http::ErrorBody, GroupId, UserId, Executable
+        PartitionLag, RunStatus, StoredBinary, crate::version::http::UserAttributes,
+        super::diff_runs::PromoteRequest, super::diff_runs::DiffSummary, crate::changelog_diff::DiffReport,
+        crate::changelog_diff::AttributeAgreement, crate::changelog_diff::NotComparable, crate::changelog_diff::DifferingValue,
+        crate::version::http::ErrorBody, GroupId, UserId, Executable
     )),
     modifiers(&BearerAuth, &ErrorBodies),
     tags((name = "deployments", description = "Topology versions and their lifecycle"),
@@ -42,7 +43,7 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// Every answer of status 400 or above is an [`crate::http::ApiError`]: its JSON shape is added
+/// Every answer of status 400 or above is an [`crate::version::http::ApiError`]: its JSON shape is added
 /// to each such response of the document here, once.
 struct ErrorBodies;
 
@@ -66,68 +67,6 @@ impl utoipa::Modify for ErrorBodies {
     }
 }
 
-/// Control characters (Unicode category Cc, what [`char::is_control`] tests), as a regular
-/// expression's character class body: neither group ids nor user ids may contain them.
-const CONTROL: &str = r"\u0000-\u001F\u007F-\u009F";
-
-/// A string of `min..=max` characters, none of them a control character.
-fn text_without_controls(min: usize, max: usize) -> utoipa::openapi::ObjectBuilder {
-    use utoipa::openapi::{ObjectBuilder, Type};
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .min_length(Some(min))
-        .max_length(Some(max))
-        .pattern(Some(format!("^[^{CONTROL}]{{{min},{max}}}$")))
-}
-
-/// The rules of [`GroupId`]'s `FromStr`: the API answers 400 for any other group id.
-impl utoipa::PartialSchema for GroupId {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        text_without_controls(1, GroupId::MAX_CHARS)
-            .description(Some(
-                "A deployment's name and Kafka consumer group id, `<topology>-v<version>` for the versions this \
-                 server deploys: 1 to 255 characters, no control characters.",
-            ))
-            .examples([serde_json::json!("personalization-v1")])
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for GroupId {}
-
-/// A user id in a request, as [`crate::http::check_user_id`] takes it.
-pub struct UserId;
-
-impl utoipa::PartialSchema for UserId {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use crate::http::MAX_USER_ID_BYTES;
-        text_without_controls(1, MAX_USER_ID_BYTES)
-            .description(Some(format!(
-                "A user: 1 to {MAX_USER_ID_BYTES} bytes of UTF-8 (so fewer characters when some take several \
-                 bytes), no control characters."
-            )))
-            .examples([serde_json::json!("u1")])
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for UserId {}
-
-/// The bytes of an uploaded executable.
-pub struct Executable;
-
-impl utoipa::PartialSchema for Executable {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for Executable {}
-
 /// The OpenAPI document as pretty JSON.
 pub fn openapi_json() -> String {
     use utoipa::OpenApi as _;
@@ -143,16 +82,6 @@ mod tests {
             kept.trim_end() == super::openapi_json().trim_end(),
             "docs/openapi.json is stale: run `cargo run -p squall --bin squall -- openapi > docs/openapi.json`"
         );
-    }
-
-    #[test]
-    fn the_documented_control_characters_are_what_is_control_tests() {
-        let ranges = [(0x00, 0x1F), (0x7F, 0x9F)];
-        assert_eq!(super::CONTROL, r"\u0000-\u001F\u007F-\u009F");
-        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
-            let listed = ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&u32::from(c)));
-            assert_eq!(c.is_control(), listed, "{c:?}");
-        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use scylla::client::session::Session;
+use squall_feeds::FeedError;
 use tokio::sync::watch;
 
 /// What a topology's row says.
@@ -90,9 +91,9 @@ async fn write(mut rx: watch::Receiver<BTreeMap<String, Promoted>>) {
     }
 }
 
-async fn record(sessions: &mut HashMap<String, Session>, topology: &str, p: &Promoted) -> Result<(), String> {
+async fn record(sessions: &mut HashMap<String, Session>, topology: &str, p: &Promoted) -> Result<(), FeedError> {
     if !sessions.contains_key(&p.nodes) {
-        let session = squall_feeds::profile::connect(&p.nodes).await.map_err(|e| e.to_string())?;
+        let session = squall_feeds::profile::connect(&p.nodes).await?;
         sessions.insert(p.nodes.clone(), session);
     }
     let session = &sessions[&p.nodes];
@@ -101,5 +102,5 @@ async fn record(sessions: &mut HashMap<String, Session>, topology: &str, p: &Pro
         // A fresh connection next time, in case this one is what broke.
         sessions.remove(&p.nodes);
     }
-    r.map_err(|e| e.to_string())
+    r
 }

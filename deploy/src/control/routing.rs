@@ -78,7 +78,7 @@ impl Routes {
             .serving(group)
             .filter(|u| d.desired == Desired::Running && u.len() == d.processes)
             .ok_or_else(|| RouteError::NotServing(group.clone()))?;
-        let owner = crate::cluster::owner_process(user_id, d.workers, d.processes);
+        let owner = crate::version::cluster::owner_process(user_id, d.workers, d.processes);
         Ok(Route { group_id: group.clone(), url: urls[owner].clone() })
     }
 }
@@ -145,7 +145,7 @@ mod tests {
         routing.set_serving(&g("p-v2"), Some(vec!["http://c".into()]));
         let r = routing.load();
         for user in ["u1", "u2", "u3", "alice", "bob"] {
-            let owner = crate::cluster::owner_process(user, 2, 2);
+            let owner = crate::version::cluster::owner_process(user, 2, 2);
             let want = Route { group_id: g("p-v1"), url: ["http://a", "http://b"][owner].into() };
             assert_eq!(r.route(None, None, user).as_ref(), Ok(&want));
             assert_eq!(r.route(None, Some("p"), user).as_ref(), Ok(&want));

@@ -9,7 +9,7 @@
 //! <state dir>/deployments/<group id>/topology.toml   the file as deployed
 //! <state dir>/deployments/<group id>/squall.log      its processes' stdout and stderr
 //! <state dir>/deployments/<group id>/hosts.txt       its cluster's hostfile (processes > 1)
-//! <state dir>/deployments/<group id>/process-<i>.json   process i's runtime file (crate::runfile)
+//! <state dir>/deployments/<group id>/process-<i>.json   process i's runtime file (crate::version::runfile)
 //! ```
 
 use std::path::{Path, PathBuf};

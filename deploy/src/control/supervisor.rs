@@ -88,7 +88,13 @@ async fn adopt(launcher: &dyn Launcher, spec: &LaunchSpec) -> Option<Vec<Process
             if !stop.is_empty() {
                 let why: Vec<String> = found
                     .iter()
-                    .map(|s| format!("process {}: {}", s.index, s.verified.as_ref().err().map_or("verified", |e| e)))
+                    .map(|s| {
+                        format!(
+                            "process {}: {}",
+                            s.index,
+                            s.verified.as_ref().err().map_or_else(|| "verified".to_owned(), |e| e.to_string())
+                        )
+                    })
                     .collect();
                 tracing::warn!(group_id = %spec.group_id, found = ?why, "cannot adopt an incomplete or unverified run: stopping it and starting afresh");
                 halt_all(&mut handles(found)).await;

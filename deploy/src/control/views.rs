@@ -1,14 +1,15 @@
-//! The control plane's API types: what its endpoints take and answer, and how a deployment's
-//! view is assembled from the registry, the state machine and the monitor's readings.
+//! The control plane's API types: what its endpoints take and answer, how a deployment's view is
+//! assembled from the registry, the state machine and the monitor's readings, and the schemas of
+//! the values a request names (a group id, a user id, an executable's bytes).
 
 use serde::{Deserialize, Serialize};
 
-use super::monitor::Progress;
+use super::monitor::{Progress, Sample};
 use super::registry::Deployment;
 use super::state::{DeploymentState, Facts};
-use crate::counters::RunStatus;
 use crate::kafka::PartitionLag;
 use crate::values::GroupId;
+use crate::version::counters::RunStatus;
 
 /// A deployment as the API shows it: the record plus what is observed now.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -37,7 +38,7 @@ pub struct DeploymentView {
     pub adopted: bool,
     /// Its diff against its topology's promoted version (when both publish a changelog).
     #[serde(default)]
-    pub diff: Option<super::diffs::DiffSummary>,
+    pub diff: Option<super::diff_runs::DiffSummary>,
 }
 
 /// `GET /v1/deployments/{group_id}`: the view plus per-partition progress and recent history.
@@ -54,17 +55,6 @@ pub struct DeploymentDetail {
     pub status: Option<RunStatus>,
     /// One sample per second for the last 10 minutes.
     pub history: Vec<Sample>,
-}
-
-/// One second of a deployment's history.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Sample {
-    /// Unix milliseconds.
-    pub at_ms: u64,
-    /// Total lag, when known.
-    pub lag: Option<i64>,
-    /// Events applied per second.
-    pub events_per_sec: f64,
 }
 
 /// `POST /v1/deployments`.
@@ -130,6 +120,81 @@ impl DeploymentDetail {
             lag_error: observed.and_then(|o| o.lag_error.clone()),
             status: progress.and_then(|p| p.status.clone()),
             history: progress.map(|p| p.history.iter().copied().collect()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Control characters (Unicode category Cc, what [`char::is_control`] tests), as a regular
+/// expression's character class body: neither group ids nor user ids may contain them.
+const CONTROL: &str = r"\u0000-\u001F\u007F-\u009F";
+
+/// A string of `min..=max` characters, none of them a control character.
+fn text_without_controls(min: usize, max: usize) -> utoipa::openapi::ObjectBuilder {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(min))
+        .max_length(Some(max))
+        .pattern(Some(format!("^[^{CONTROL}]{{{min},{max}}}$")))
+}
+
+/// The rules of [`GroupId`]'s `FromStr`: the API answers 400 for any other group id.
+impl utoipa::PartialSchema for GroupId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        text_without_controls(1, GroupId::MAX_CHARS)
+            .description(Some(
+                "A deployment's name and Kafka consumer group id, `<topology>-v<version>` for the versions this \
+                 server deploys: 1 to 255 characters, no control characters.",
+            ))
+            .examples([serde_json::json!("personalization-v1")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for GroupId {}
+
+/// A user id in a request, as [`crate::version::http::check_user_id`] takes it.
+pub struct UserId;
+
+impl utoipa::PartialSchema for UserId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use crate::version::http::MAX_USER_ID_BYTES;
+        text_without_controls(1, MAX_USER_ID_BYTES)
+            .description(Some(format!(
+                "A user: 1 to {MAX_USER_ID_BYTES} bytes of UTF-8 (so fewer characters when some take several \
+                 bytes), no control characters."
+            )))
+            .examples([serde_json::json!("u1")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for UserId {}
+
+/// The bytes of an uploaded executable.
+pub struct Executable;
+
+impl utoipa::PartialSchema for Executable {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Executable {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_control_characters_are_what_is_control_tests() {
+        let ranges = [(0x00, 0x1F), (0x7F, 0x9F)];
+        assert_eq!(super::CONTROL, r"\u0000-\u001F\u007F-\u009F");
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            let listed = ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&u32::from(c)));
+            assert_eq!(c.is_control(), listed, "{c:?}");
         }
     }
 }

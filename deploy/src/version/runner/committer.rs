@@ -8,6 +8,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use squall_operators::{Epoch, Partition};
 
 use crate::kafka::KafkaSetupError;
+use crate::version::counters::OffsetCommits;
 
 /// A partition and its next offset.
 type PartitionOffset = (Partition, i64);
@@ -42,8 +43,7 @@ pub fn offset_committer(
         .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.into(), source })?;
     let group = group_id.to_owned();
     let (tx, rx) = std::sync::mpsc::channel::<(Epoch, Vec<PartitionOffset>)>();
-    let ok = metrics::counter!("squall_offset_commits_total", "group_id" => group.clone(), "result" => "ok");
-    let failed = metrics::counter!("squall_offset_commits_total", "group_id" => group.clone(), "result" => "error");
+    let commits = OffsetCommits::new(&group);
     std::thread::Builder::new()
         .name(format!("commit-{group}"))
         .spawn(move || {
@@ -79,11 +79,11 @@ pub fn offset_committer(
                 } else {
                     match consumer.commit(&tpl, CommitMode::Sync) {
                         Ok(()) => {
-                            ok.increment(1);
+                            commits.ok.increment(1);
                             pending = None;
                         }
                         Err(e) => {
-                            failed.increment(1);
+                            commits.failed.increment(1);
                             tracing::warn!(group_id = %group, cut, error = %e, "cannot commit offsets; retrying");
                         }
                     }

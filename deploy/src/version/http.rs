@@ -1,7 +1,7 @@
 //! The HTTP API: a user's attributes, health, and metrics. One JSON error shape for every failure.
 
 use std::future::Future;
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -15,7 +15,7 @@ use squall_operators::attributes::AttributesView;
 use squall_operators::{Attributes, UserStore};
 use tokio::net::TcpListener;
 
-use crate::counters::{Counters, RunStatus};
+use crate::version::counters::{Counters, RunStatus};
 
 /// Longest user id the API accepts, in bytes (the decoder's limit for ids).
 pub const MAX_USER_ID_BYTES: usize = 256;
@@ -42,7 +42,7 @@ pub struct Api {
     pub feeds: Option<Arc<squall_feeds::Feeds>>,
     /// Its lease on the server that started or adopted it (`--adopt-timeout`): renewed by
     /// `GET /v1/status?launch_id=<launch_id>`.
-    pub lease: Option<Arc<crate::lease::Lease>>,
+    pub lease: Option<Arc<crate::version::lease::Lease>>,
     /// Where the other processes of a multi-process version are (queries for their users go there).
     pub routing: Option<Routing>,
 }
@@ -50,7 +50,7 @@ pub struct Api {
 /// A multi-process version's layout, for forwarding queries to the process that owns a user.
 pub struct Routing {
     /// The cluster.
-    pub cluster: crate::cluster::Cluster,
+    pub cluster: crate::version::cluster::Cluster,
     /// Worker threads per process.
     pub workers: usize,
     /// Client for forwarded queries.
@@ -174,50 +174,8 @@ pub async fn track_latency(req: axum::extract::Request, next: axum::middleware::
     let resp = next.run(req).await;
     let seconds = started.elapsed().as_secs_f64();
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    match LATENCY.get(route, resp.status()) {
-        Some(histogram) => histogram.record(seconds),
-        None => {
-            let (route, status) = (route.to_owned(), resp.status().as_str().to_owned());
-            metrics::histogram!("squall_http_request_seconds", "route" => route, "status" => status).record(seconds)
-        }
-    }
+    crate::version::counters::record_request(route, resp.status(), seconds);
     resp
-}
-
-/// The `squall_http_request_seconds` series of the routes `squall run` serves, registered on first
-/// use and kept, so that a request costs no label strings and no registry lookup. Other routes and
-/// statuses go through the registry.
-static LATENCY: LazyLock<Latency> = LazyLock::new(|| {
-    // Handles belong to the recorder present when they are made: make sure it is the process's.
-    let _ = crate::telemetry::metrics();
-    Latency { series: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())) }
-});
-
-/// Routes with kept series (the ones of [`router`]).
-const ROUTES: [&str; 4] = ["/v1/users/{user_id}/attributes", "/healthz", "/metrics", "/v1/status"];
-/// Statuses with kept series.
-const STATUSES: [StatusCode; 6] = [
-    StatusCode::OK,
-    StatusCode::NOT_FOUND,
-    StatusCode::BAD_REQUEST,
-    StatusCode::METHOD_NOT_ALLOWED,
-    StatusCode::MISDIRECTED_REQUEST,
-    StatusCode::BAD_GATEWAY,
-];
-
-struct Latency {
-    series: [[OnceLock<metrics::Histogram>; STATUSES.len()]; ROUTES.len()],
-}
-
-impl Latency {
-    fn get(&self, route: &str, status: StatusCode) -> Option<&metrics::Histogram> {
-        let r = ROUTES.iter().position(|r| *r == route)?;
-        let s = STATUSES.iter().position(|s| *s == status)?;
-        Some(self.series[r][s].get_or_init(|| {
-            let status = status.as_str().to_owned();
-            metrics::histogram!("squall_http_request_seconds", "route" => ROUTES[r], "status" => status)
-        }))
-    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -335,23 +293,48 @@ async fn forward(r: &Routing, owner: usize, user_id: &str) -> Result<Response, A
         .hint("query the squall server, or list every process's HTTP address in the hostfile"));
     };
     proxy_attributes(&r.client, &format!("http://{addr}"), user_id).await.map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("process {owner} ({addr}) did not answer")).detail(e)
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("process {owner} ({addr}) did not answer")).detail(e.to_string())
     })
+}
+
+/// Why a text is not a URL (`url::ParseError`, named through reqwest's re-export of `Url`).
+pub type UrlError = <reqwest::Url as std::str::FromStr>::Err;
+
+/// Why a process did not answer a forwarded query.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// `base` is not a URL.
+    #[error("{base}: {error}")]
+    Url {
+        /// The process's address.
+        base: String,
+        /// Why it is not a URL.
+        error: UrlError,
+    },
+    /// `base` is a URL that cannot take a path (e.g. `mailto:`).
+    #[error("{base} cannot have a path")]
+    NoPath {
+        /// The process's address.
+        base: String,
+    },
+    /// The request or its answer's body failed.
+    #[error("{0}")]
+    Request(reqwest::Error),
 }
 
 /// Asks the process at `base` (`http://host:port`) for `user_id`'s attributes and passes its
 /// answer on, status and body; an error says why it did not answer.
-pub async fn proxy_attributes(client: &reqwest::Client, base: &str, user_id: &str) -> Result<Response, String> {
-    let mut url = reqwest::Url::parse(base).map_err(|e| format!("{base}: {e}"))?;
-    url.path_segments_mut().map_err(|_| format!("{base} cannot have a path"))?.pop_if_empty().extend([
+pub async fn proxy_attributes(client: &reqwest::Client, base: &str, user_id: &str) -> Result<Response, ProxyError> {
+    let mut url = reqwest::Url::parse(base).map_err(|error| ProxyError::Url { base: base.to_owned(), error })?;
+    url.path_segments_mut().map_err(|_| ProxyError::NoPath { base: base.to_owned() })?.pop_if_empty().extend([
         "v1",
         "users",
         user_id,
         "attributes",
     ]);
-    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let resp = client.get(url).send().await.map_err(ProxyError::Request)?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let body = resp.bytes().await.map_err(ProxyError::Request)?;
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -397,7 +380,7 @@ mod tests {
 
     async fn serve_counted(
         store: Arc<UserStore>,
-        dead_letters: Arc<crate::counters::DeadLetters>,
+        dead_letters: Arc<crate::version::counters::DeadLetters>,
         label: &str,
         workers: std::ops::Range<usize>,
     ) -> String {
@@ -467,7 +450,7 @@ mod tests {
     async fn status_and_metrics_read_the_same_counters() {
         let store = store();
         store.record(1, 3, 1);
-        let dead_letters = Arc::new(crate::counters::DeadLetters::default());
+        let dead_letters = Arc::new(crate::version::counters::DeadLetters::default());
         dead_letters.record(squall_operators::DlqReason::NotUtf8);
         let base = serve_counted(Arc::clone(&store), Arc::clone(&dead_letters), "personalization-v2", 0..2).await;
         let status: RunStatus =

@@ -30,9 +30,9 @@ use squall_feeds::Feeds;
 use squall_feeds::changelog::ChangelogSink;
 use squall_feeds::profile::ProfileSink;
 
-use crate::cluster::Cluster;
-use crate::counters::DeadLetters;
 use crate::kafka::{self, Inputs, KafkaSetupError};
+use crate::version::cluster::Cluster;
+use crate::version::counters::DeadLetters;
 
 /// Why a topology could not start, by step. The message names the step; the cause is its source
 /// (print with `{:#}` through anyhow, or walk `source()`).
@@ -98,7 +98,7 @@ pub struct Running {
     /// Its attribute feeds, if any is on.
     pub feeds: Option<Arc<Feeds>>,
     shutdown: Arc<AtomicBool>,
-    guards: WorkerGuards<Result<(), String>>,
+    guards: WorkerGuards<Result<(), WorkerError>>,
     /// The threads that take the workers' parts: the tee to the feeds, then the checkpoint writer.
     writers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -110,9 +110,14 @@ impl Running {
     }
 
     /// Waits for every worker to exit; the first worker error, if any.
-    pub fn join(self) -> Result<(), String> {
-        let result =
-            self.guards.join().into_iter().map(|r| r.and_then(|w| w)).collect::<Result<Vec<()>, String>>().map(|_| ());
+    pub fn join(self) -> Result<(), WorkerError> {
+        let result = self
+            .guards
+            .join()
+            .into_iter()
+            .map(|r| r.map_err(WorkerError::Panicked).and_then(|w| w))
+            .collect::<Result<Vec<()>, WorkerError>>()
+            .map(|_| ());
         for writer in self.writers {
             let _ = writer.join();
         }
@@ -122,6 +127,20 @@ impl Running {
         }
         result
     }
+}
+
+/// Why a worker stopped with an error; the message is its cause's own.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Its Kafka source could not be built.
+    #[error(transparent)]
+    Source(#[from] squall_operators::source::SourceError),
+    /// Its dead-letter producer could not be created.
+    #[error(transparent)]
+    DeadLetters(#[from] rdkafka::error::KafkaError),
+    /// It panicked (timely's message).
+    #[error("{0}")]
+    Panicked(String),
 }
 
 /// How long a stopping version waits for its feeds to write the cuts that are complete.
@@ -514,17 +533,16 @@ struct CheckpointParts {
 
 /// Step: starts the workers and builds the dataflow on each; in a cluster this returns once
 /// every process has connected.
-fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Result<(), String>>, StartError> {
+fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Result<(), WorkerError>>, StartError> {
     let stop = Arc::clone(&d.source.shutdown);
     timely::execute(config, move |worker| {
         let built = worker.dataflow::<Epoch, _, _>(|scope| {
-            let source = scope.consume_kafka(&d.source, d.start_epoch).map_err(|e| e.to_string())?;
+            let source = scope.consume_kafka(&d.source, d.start_epoch)?;
             let counts = Arc::clone(&d.dead_letters);
             source
                 .dead
                 .inspect(move |letter| counts.record(letter.reason))
-                .dead_letter_to(&d.source.brokers, &d.dlq_suffix)
-                .map_err(|e| e.to_string())?;
+                .dead_letter_to(&d.source.brokers, &d.dlq_suffix)?;
             let hook = d.checkpoints.as_ref().map(|c| CheckpointHook {
                 offsets: source.offsets,
                 parts: c.parts.clone(),
@@ -539,7 +557,7 @@ fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Re
                 first_epoch: d.start_epoch,
             });
             let (probe, _) = personalization::dataflow(source.events, source.progress, &d.ctx, hook).probe();
-            Ok::<_, String>(probe)
+            Ok::<_, WorkerError>(probe)
         });
         let probe = built.inspect_err(|e| {
             tracing::error!(worker = worker.index(), error = %e, "cannot build the dataflow");

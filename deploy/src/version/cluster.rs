@@ -1,7 +1,7 @@
 //! One topology version across several processes, with timely's own cluster mode: the layout (who
 //! is where) and which process owns a user.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// This process's place in a version's cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,13 +17,14 @@ pub struct Cluster {
 impl Cluster {
     /// Reads a hostfile: one line per process, `<timely host:port> [<http host:port>]`; blank
     /// lines and `#` comments are ignored. `processes` must match the number of lines.
-    pub fn from_hostfile(path: &Path, processes: usize, process: usize) -> anyhow::Result<Cluster> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--hostfile {}: {e}", path.display()))?;
-        Cluster::parse(&text, processes, process).map_err(|e| anyhow::anyhow!("--hostfile {}: {e}", path.display()))
+    pub fn from_hostfile(path: &Path, processes: usize, process: usize) -> Result<Cluster, HostfileError> {
+        let error = |problem| HostfileError { path: path.to_owned(), problem };
+        let text = std::fs::read_to_string(path).map_err(|e| error(HostfileProblem::Read(e)))?;
+        Cluster::parse(&text, processes, process).map_err(error)
     }
 
     /// Parses hostfile text.
-    pub fn parse(text: &str, processes: usize, process: usize) -> Result<Cluster, String> {
+    pub fn parse(text: &str, processes: usize, process: usize) -> Result<Cluster, HostfileProblem> {
         let mut addresses = Vec::new();
         let mut http = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -34,25 +35,25 @@ impl Cluster {
             let mut fields = line.split_whitespace();
             let timely = fields.next().unwrap_or_default();
             if !valid_addr(timely) {
-                return Err(format!("line {}: {timely:?} is not host:port", n + 1));
+                return Err(HostfileProblem::Address { line: n + 1, address: timely.to_owned() });
             }
             let web = fields.next();
             if let Some(w) = web
                 && !valid_addr(w)
             {
-                return Err(format!("line {}: HTTP address {w:?} is not host:port", n + 1));
+                return Err(HostfileProblem::HttpAddress { line: n + 1, address: w.to_owned() });
             }
             if fields.next().is_some() {
-                return Err(format!("line {}: expected `<timely host:port> [<http host:port>]`", n + 1));
+                return Err(HostfileProblem::Fields { line: n + 1 });
             }
             addresses.push(timely.to_owned());
             http.push(web.map(str::to_owned));
         }
         if addresses.len() != processes {
-            return Err(format!("{} processes listed, --processes {processes}", addresses.len()));
+            return Err(HostfileProblem::Processes { listed: addresses.len(), processes });
         }
         if process >= processes {
-            return Err(format!("--process {process}: use 0..{processes}"));
+            return Err(HostfileProblem::Process { process, processes });
         }
         Ok(Cluster { process, addresses, http })
     }
@@ -78,6 +79,62 @@ fn valid_addr(s: &str) -> bool {
     s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
+/// A hostfile that cannot be used: `--hostfile <path>: <problem>`.
+#[derive(Debug, thiserror::Error)]
+#[error("--hostfile {}: {problem}", path.display())]
+pub struct HostfileError {
+    /// The hostfile.
+    pub path: PathBuf,
+    /// What is wrong with it (part of the message, so not repeated as a cause).
+    pub problem: HostfileProblem,
+}
+
+/// What is wrong with a hostfile's text, or reading it.
+#[derive(Debug, thiserror::Error)]
+pub enum HostfileProblem {
+    /// It cannot be read.
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// A line's timely address is not `host:port`.
+    #[error("line {line}: {address:?} is not host:port")]
+    Address {
+        /// The line, from 1.
+        line: usize,
+        /// What it holds instead.
+        address: String,
+    },
+    /// A line's HTTP address is not `host:port`.
+    #[error("line {line}: HTTP address {address:?} is not host:port")]
+    HttpAddress {
+        /// The line, from 1.
+        line: usize,
+        /// What it holds instead.
+        address: String,
+    },
+    /// A line has more than two fields.
+    #[error("line {line}: expected `<timely host:port> [<http host:port>]`")]
+    Fields {
+        /// The line, from 1.
+        line: usize,
+    },
+    /// It lists another number of processes than `--processes`.
+    #[error("{listed} processes listed, --processes {processes}")]
+    Processes {
+        /// Processes listed.
+        listed: usize,
+        /// `--processes`.
+        processes: usize,
+    },
+    /// `--process` is not one of them.
+    #[error("--process {process}: use 0..{processes}")]
+    Process {
+        /// `--process`.
+        process: usize,
+        /// `--processes`.
+        processes: usize,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,11 +145,11 @@ mod tests {
         assert_eq!(c.addresses, vec!["127.0.0.1:2101", "127.0.0.1:2102"]);
         assert_eq!(c.http, vec![Some("127.0.0.1:8081".into()), None]);
         assert_eq!(c.process, 1);
-        assert!(Cluster::parse("a:1\n", 2, 0).unwrap_err().contains("1 processes listed, --processes 2"));
-        assert!(Cluster::parse("a:1\nb:2\n", 2, 2).unwrap_err().contains("--process 2"));
-        assert!(Cluster::parse("a:1\nb\n", 2, 0).unwrap_err().contains("line 2"));
-        assert!(Cluster::parse("a:1 b:x\n", 1, 0).unwrap_err().contains("HTTP address"));
-        assert!(Cluster::parse("a:1 b:2 c:3\n", 1, 0).unwrap_err().contains("expected"));
+        assert!(Cluster::parse("a:1\n", 2, 0).unwrap_err().to_string().contains("1 processes listed, --processes 2"));
+        assert!(Cluster::parse("a:1\nb:2\n", 2, 2).unwrap_err().to_string().contains("--process 2"));
+        assert!(Cluster::parse("a:1\nb\n", 2, 0).unwrap_err().to_string().contains("line 2"));
+        assert!(Cluster::parse("a:1 b:x\n", 1, 0).unwrap_err().to_string().contains("HTTP address"));
+        assert!(Cluster::parse("a:1 b:2 c:3\n", 1, 0).unwrap_err().to_string().contains("expected"));
     }
 
     #[test]

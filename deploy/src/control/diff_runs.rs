@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::diff::{DiffReport, DiffSession};
-use crate::values::GroupId;
+use crate::changelog_diff::{DiffReport, DiffSession, NotComparable};
+use crate::values::{GroupId, InvalidGroupId};
 
 /// A session not asked for in this long is stopped (unless the status page keeps it).
 pub const IDLE: Duration = Duration::from_secs(600);
@@ -102,6 +102,74 @@ pub struct PromoteRequest {
     pub wait_ms: Option<u64>,
 }
 
+/// What is wrong with a promotion's gate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidGate {
+    /// `against` or `min_compared` without `require_agreement`.
+    #[error("against and min_compared apply only with require_agreement")]
+    WithoutBar,
+    /// A bar outside 0..=100.
+    #[error("require_agreement = {0}: use a percentage from 0 to 100")]
+    Percent(f64),
+    /// A bar without the version to compare with.
+    #[error("require_agreement needs against: the group id to compare with (e.g. the promoted version)")]
+    NoAgainst,
+    /// `against` is not a group id.
+    #[error("against: {0}")]
+    Against(InvalidGroupId),
+    /// `against` is the version promoted.
+    #[error("against = {0}: compare with another version than the one promoted")]
+    AgainstItself(GroupId),
+    /// A wait over 10 minutes.
+    #[error("wait_ms: at most 600000 (10 minutes)")]
+    Wait,
+}
+
+/// Why a diff does not clear a promotion's gate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GateRefusal {
+    /// The diff had not read both changelogs to their ends within the wait.
+    #[error("the diff did not catch up with both changelogs within {0:?}; try again, or pass a longer wait")]
+    NotCaughtUp(Duration),
+    /// Fewer users compared than the gate needs.
+    #[error(
+        "only {compared} users compared, {needed} needed (users not comparable yet: {} behind in {b}, {} behind in \
+         {a}, {} with other events, {} only in {a}, {} only in {b})",
+        .not_comparable.a_ahead, .not_comparable.b_ahead, .not_comparable.other_events, .not_comparable.only_in_a,
+        .not_comparable.only_in_b
+    )]
+    TooFew {
+        /// Users compared.
+        compared: u64,
+        /// Users the gate needs.
+        needed: u64,
+        /// The users not comparable yet, by why.
+        not_comparable: NotComparable,
+        /// Version `a` of the diff.
+        a: String,
+        /// Version `b` of the diff.
+        b: String,
+    },
+    /// Agreement below the bar.
+    #[error(
+        "{percent:.2}% of {compared} compared users agree with {a}, below the {required}% required; differing \
+         attributes (users): {}",
+        .differing.join(", ")
+    )]
+    Disagree {
+        /// The agreement, in percent.
+        percent: f64,
+        /// Users compared.
+        compared: u64,
+        /// The version compared with.
+        a: String,
+        /// The bar, in percent.
+        required: f64,
+        /// Each differing attribute, `name (users)`.
+        differing: Vec<String>,
+    },
+}
+
 /// A checked gate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gate {
@@ -117,28 +185,24 @@ pub struct Gate {
 
 impl PromoteRequest {
     /// The gate it asks for, if any, or what is wrong with it.
-    pub fn gate(&self, promoting: &GroupId) -> Result<Option<Gate>, String> {
+    pub fn gate(&self, promoting: &GroupId) -> Result<Option<Gate>, InvalidGate> {
         let Some(percent) = self.require_agreement else {
             if self.against.is_some() || self.min_compared.is_some() {
-                return Err("against and min_compared apply only with require_agreement".into());
+                return Err(InvalidGate::WithoutBar);
             }
             return Ok(None);
         };
         if !(0.0..=100.0).contains(&percent) {
-            return Err(format!("require_agreement = {percent}: use a percentage from 0 to 100"));
+            return Err(InvalidGate::Percent(percent));
         }
-        let against: GroupId = self
-            .against
-            .as_deref()
-            .ok_or("require_agreement needs against: the group id to compare with (e.g. the promoted version)")?
-            .parse()
-            .map_err(|e| format!("against: {e}"))?;
+        let against: GroupId =
+            self.against.as_deref().ok_or(InvalidGate::NoAgainst)?.parse().map_err(InvalidGate::Against)?;
         if &against == promoting {
-            return Err(format!("against = {against}: compare with another version than the one promoted"));
+            return Err(InvalidGate::AgainstItself(against));
         }
         let wait = Duration::from_millis(self.wait_ms.unwrap_or(GATE_WAIT.as_millis() as u64));
         if wait > Duration::from_secs(600) {
-            return Err("wait_ms: at most 600000 (10 minutes)".into());
+            return Err(InvalidGate::Wait);
         }
         Ok(Some(Gate { against, percent, min_compared: self.min_compared.unwrap_or(MIN_COMPARED), wait }))
     }
@@ -146,46 +210,34 @@ impl PromoteRequest {
 
 impl Gate {
     /// Whether `report` (of `against` and the version promoted) clears the gate; if not, why.
-    pub fn check(&self, report: &DiffReport) -> Result<(), String> {
+    pub fn check(&self, report: &DiffReport) -> Result<(), GateRefusal> {
         if !report.caught_up {
-            return Err(format!(
-                "the diff did not catch up with both changelogs within {:?}; try again, or pass a longer wait",
-                self.wait
-            ));
+            return Err(GateRefusal::NotCaughtUp(self.wait));
         }
         if report.users_compared < self.min_compared {
-            return Err(format!(
-                "only {} users compared, {} needed (users not comparable yet: {} behind in {}, {} behind in {}, \
-                 {} with other events, {} only in {}, {} only in {})",
-                report.users_compared,
-                self.min_compared,
-                report.not_comparable.a_ahead,
-                report.b,
-                report.not_comparable.b_ahead,
-                report.a,
-                report.not_comparable.other_events,
-                report.not_comparable.only_in_a,
-                report.a,
-                report.not_comparable.only_in_b,
-                report.b,
-            ));
+            return Err(GateRefusal::TooFew {
+                compared: report.users_compared,
+                needed: self.min_compared,
+                not_comparable: report.not_comparable.clone(),
+                a: report.a.clone(),
+                b: report.b.clone(),
+            });
         }
         let percent = report.agreement_percent.unwrap_or(0.0);
         if percent < self.percent {
-            let differing: Vec<String> = report
+            let differing = report
                 .attributes
                 .iter()
                 .filter(|a| a.differ > 0)
                 .map(|a| format!("{} ({})", a.name, a.differ))
                 .collect();
-            return Err(format!(
-                "{percent:.2}% of {} compared users agree with {}, below the {}% required; differing attributes \
-                 (users): {}",
-                report.users_compared,
-                report.a,
-                self.percent,
-                differing.join(", ")
-            ));
+            return Err(GateRefusal::Disagree {
+                percent,
+                compared: report.users_compared,
+                a: report.a.clone(),
+                required: self.percent,
+                differing,
+            });
         }
         Ok(())
     }
@@ -225,7 +277,7 @@ impl DiffSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::AttributeAgreement;
+    use crate::changelog_diff::AttributeAgreement;
 
     fn g(s: &str) -> GroupId {
         s.parse().expect("group id")
@@ -256,11 +308,11 @@ mod tests {
             against: against.map(str::to_owned),
             ..PromoteRequest::default()
         };
-        assert!(r(101.0, Some("p-v1")).gate(&me).unwrap_err().contains("0 to 100"));
-        assert!(r(99.0, None).gate(&me).unwrap_err().contains("needs against"));
-        assert!(r(99.0, Some("p-v2")).gate(&me).unwrap_err().contains("another version"));
+        assert!(r(101.0, Some("p-v1")).gate(&me).unwrap_err().to_string().contains("0 to 100"));
+        assert!(r(99.0, None).gate(&me).unwrap_err().to_string().contains("needs against"));
+        assert!(r(99.0, Some("p-v2")).gate(&me).unwrap_err().to_string().contains("another version"));
         let only_against = PromoteRequest { against: Some("p-v1".into()), ..PromoteRequest::default() };
-        assert!(only_against.gate(&me).unwrap_err().contains("only with require_agreement"));
+        assert!(only_against.gate(&me).unwrap_err().to_string().contains("only with require_agreement"));
         let gate = r(99.5, Some("p-v1")).gate(&me).expect("valid").expect("a gate");
         assert_eq!(
             (gate.against, gate.percent, gate.min_compared, gate.wait),
@@ -273,10 +325,12 @@ mod tests {
         let gate = Gate { against: g("p-v1"), percent: 99.0, min_compared: 100, wait: GATE_WAIT };
         assert_eq!(gate.check(&report(200, 200, true)), Ok(()));
         assert_eq!(gate.check(&report(200, 198, true)), Ok(()), "99% is the bar itself");
-        let below = gate.check(&report(200, 150, true)).unwrap_err();
+        let below = gate.check(&report(200, 150, true)).unwrap_err().to_string();
         assert!(below.contains("75.00% of 200") && below.contains("skips (50)") && !below.contains("plays"), "{below}");
-        assert!(gate.check(&report(99, 99, true)).unwrap_err().contains("only 99 users compared, 100 needed"));
-        assert!(gate.check(&report(200, 200, false)).unwrap_err().contains("did not catch up"));
+        assert!(
+            gate.check(&report(99, 99, true)).unwrap_err().to_string().contains("only 99 users compared, 100 needed")
+        );
+        assert!(gate.check(&report(200, 200, false)).unwrap_err().to_string().contains("did not catch up"));
         assert!(gate.check(&report(0, 0, true)).is_err(), "nothing compared never passes a bar above 0 users");
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 use squall_operators::Evidence;
 use squall_operators::compare::{Comparer, Pending, Record, Side as Which};
@@ -112,7 +113,7 @@ struct Side {
 }
 
 impl Side {
-    fn open(brokers: &str, group_id: &str) -> Result<Side, String> {
+    fn open(brokers: &str, group_id: &str) -> Result<Side, DiffError> {
         let topic = squall_feeds::changelog::topic(group_id);
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -122,8 +123,10 @@ impl Side {
             // Low latency on a broker that waits the whole fetch.max.wait.ms for drained partitions.
             .set("fetch.wait.max.ms", "20")
             .create()
-            .map_err(|e| format!("{topic}: {e}"))?;
-        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).map_err(|e| format!("{topic}: {e}"))?;
+            .map_err(|error| DiffError::Kafka { topic: topic.clone(), error })?;
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(|error| DiffError::Kafka { topic: topic.clone(), error })?;
         let partitions: Vec<i32> = md
             .topics()
             .iter()
@@ -131,9 +134,7 @@ impl Side {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(format!(
-                "{group_id} has no changelog topic {topic} yet: a version with `[feed] changelog = true` creates it when it starts"
-            ));
+            return Err(DiffError::NoChangelog { group_id: group_id.to_owned(), topic });
         }
         let mut side = Side { topic, consumer, partitions: Vec::new(), position: HashMap::new(), names: None };
         side.assign(partitions)?;
@@ -141,8 +142,8 @@ impl Side {
     }
 
     /// The partitions of the topic the broker knows now.
-    fn partitions_now(&self) -> Result<Vec<i32>, String> {
-        let md = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    fn partitions_now(&self) -> Result<Vec<i32>, KafkaError> {
+        let md = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5))?;
         let mut ps: Vec<i32> = md
             .topics()
             .iter()
@@ -154,14 +155,14 @@ impl Side {
     }
 
     /// Reads `partitions`: those already read from where they are, new ones from the beginning.
-    fn assign(&mut self, mut partitions: Vec<i32>) -> Result<(), String> {
+    fn assign(&mut self, mut partitions: Vec<i32>) -> Result<(), DiffError> {
         partitions.sort_unstable();
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in &partitions {
             let at = self.position.get(p).map_or(rdkafka::Offset::Beginning, |o| rdkafka::Offset::Offset(*o));
-            tpl.add_partition_offset(&self.topic, *p, at).map_err(|e| e.to_string())?;
+            tpl.add_partition_offset(&self.topic, *p, at).map_err(DiffError::Partition)?;
         }
-        self.consumer.assign(&tpl).map_err(|e| format!("{}: {e}", self.topic))?;
+        self.consumer.assign(&tpl).map_err(|error| DiffError::Kafka { topic: self.topic.clone(), error })?;
         self.partitions = partitions;
         Ok(())
     }
@@ -228,6 +229,39 @@ fn parse(payload: &[u8]) -> Option<(String, Record)> {
     Some((m.user_id, Record { evidence: Evidence { events: m.events, hash }, attributes }))
 }
 
+/// Why a diff cannot start (or read a new partition). Each cause is part of the message, so none
+/// is repeated as a source.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    /// The duty is not in (0, 1].
+    #[error("diff duty {0}: use a share of the time above 0 and at most 1")]
+    Duty(f64),
+    /// The broker could not be asked about a changelog topic.
+    #[error("{topic}: {error}")]
+    Kafka {
+        /// The changelog topic.
+        topic: String,
+        /// The client's error.
+        error: KafkaError,
+    },
+    /// The version has not created its changelog topic (yet).
+    #[error(
+        "{group_id} has no changelog topic {topic} yet: a version with `[feed] changelog = true` creates it when it starts"
+    )]
+    NoChangelog {
+        /// The version.
+        group_id: String,
+        /// Its changelog topic.
+        topic: String,
+    },
+    /// A partition could not be named for assignment.
+    #[error("{0}")]
+    Partition(KafkaError),
+    /// The session's thread could not start.
+    #[error("{0}")]
+    Thread(std::io::Error),
+}
+
 /// A running comparison of two versions.
 pub struct DiffSession {
     report: Arc<Mutex<DiffReport>>,
@@ -238,9 +272,9 @@ pub struct DiffSession {
 impl DiffSession {
     /// Starts comparing `a` and `b` (group ids) from their changelog topics on `brokers`, working
     /// at most `duty` (0 < duty <= 1) of the time while it catches up.
-    pub fn start(brokers: &str, a: &str, b: &str, duty: f64) -> Result<DiffSession, String> {
+    pub fn start(brokers: &str, a: &str, b: &str, duty: f64) -> Result<DiffSession, DiffError> {
         if !(duty > 0.0 && duty <= 1.0) {
-            return Err(format!("diff duty {duty}: use a share of the time above 0 and at most 1"));
+            return Err(DiffError::Duty(duty));
         }
         let sides = (Side::open(brokers, a)?, Side::open(brokers, b)?);
         let report = Arc::new(Mutex::new(DiffReport {
@@ -254,7 +288,7 @@ impl DiffSession {
         let thread = std::thread::Builder::new()
             .name(format!("diff-{a}-{b}"))
             .spawn(move || run(sides, r, s, duty))
-            .map_err(|e| e.to_string())?;
+            .map_err(DiffError::Thread)?;
         Ok(DiffSession { report, stop, thread: Some(thread) })
     }
 
@@ -286,10 +320,6 @@ impl Drop for DiffSession {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// The session's thread: reads both changelogs into one [`Comparer`] and publishes its report
 /// (at least every 200 ms while reading, and whenever both sides are idle).
 fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<AtomicBool>, duty: f64) {
@@ -312,7 +342,7 @@ fn run((mut a, mut b): (Side, Side), report: Arc<Mutex<DiffReport>>, stop: Arc<A
         let caught_up = check.then(|| {
             last_check = Instant::now();
             let (ready_a, ready_b) = (a.caught_up(), b.caught_up());
-            (now_ms(), ready_a && ready_b)
+            (squall_feeds::now_ms() as u64, ready_a && ready_b)
         });
         if read > 0 && last_fill.elapsed() < Duration::from_millis(200) && caught_up.is_none() {
             continue;

@@ -1,11 +1,14 @@
 //! The counters of one `squall run` process. Each is kept once, as an atomic next to the code that
 //! counts (the store per worker, the enricher, the dead letters here); `/v1/status` reads them
 //! and [`Counters::export`] publishes them as Prometheus series when the metrics are scraped.
+//! Every `metrics::` series of the version runtime is made here: also the HTTP latencies
+//! ([`record_request`]) and the offset commits ([`OffsetCommits`]).
 
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock, OnceLock};
 
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use squall_enrichment::{Enricher, EnricherStats};
 use squall_feeds::FeedStatus;
@@ -212,6 +215,72 @@ impl Counters {
             counter.absolute(field(stats).load(Relaxed));
         }
         self.in_flight.set(stats.in_flight.load(Relaxed) as f64);
+    }
+}
+
+/// Records one request's latency as `squall_http_request_seconds{route, status}`.
+pub fn record_request(route: &str, status: StatusCode, seconds: f64) {
+    match LATENCY.get(route, status) {
+        Some(histogram) => histogram.record(seconds),
+        None => {
+            let (route, status) = (route.to_owned(), status.as_str().to_owned());
+            metrics::histogram!("squall_http_request_seconds", "route" => route, "status" => status).record(seconds)
+        }
+    }
+}
+
+/// The `squall_http_request_seconds` series of the routes `squall run` serves, registered on first
+/// use and kept, so that a request costs no label strings and no registry lookup. Other routes and
+/// statuses go through the registry.
+static LATENCY: LazyLock<Latency> = LazyLock::new(|| {
+    // Handles belong to the recorder present when they are made: make sure it is the process's.
+    let _ = crate::telemetry::metrics();
+    Latency { series: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())) }
+});
+
+/// Routes with kept series (the ones of [`crate::version::http::router`]).
+const ROUTES: [&str; 4] = ["/v1/users/{user_id}/attributes", "/healthz", "/metrics", "/v1/status"];
+/// Statuses with kept series.
+const STATUSES: [StatusCode; 6] = [
+    StatusCode::OK,
+    StatusCode::NOT_FOUND,
+    StatusCode::BAD_REQUEST,
+    StatusCode::METHOD_NOT_ALLOWED,
+    StatusCode::MISDIRECTED_REQUEST,
+    StatusCode::BAD_GATEWAY,
+];
+
+struct Latency {
+    series: [[OnceLock<metrics::Histogram>; STATUSES.len()]; ROUTES.len()],
+}
+
+impl Latency {
+    fn get(&self, route: &str, status: StatusCode) -> Option<&metrics::Histogram> {
+        let r = ROUTES.iter().position(|r| *r == route)?;
+        let s = STATUSES.iter().position(|s| *s == status)?;
+        Some(self.series[r][s].get_or_init(|| {
+            let status = status.as_str().to_owned();
+            metrics::histogram!("squall_http_request_seconds", "route" => ROUTES[r], "status" => status)
+        }))
+    }
+}
+
+/// `squall_offset_commits_total{group_id, result}`: the offset commits of complete checkpoints.
+pub struct OffsetCommits {
+    /// Commits that succeeded.
+    pub ok: metrics::Counter,
+    /// Commits that failed (and are retried).
+    pub failed: metrics::Counter,
+}
+
+impl OffsetCommits {
+    /// The series of `group_id`.
+    pub fn new(group_id: &str) -> OffsetCommits {
+        let group = group_id.to_owned();
+        OffsetCommits {
+            ok: metrics::counter!("squall_offset_commits_total", "group_id" => group.clone(), "result" => "ok"),
+            failed: metrics::counter!("squall_offset_commits_total", "group_id" => group, "result" => "error"),
+        }
     }
 }
 
