@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use squall_enrichment::Symbols;
+use squall_operators::Epoch;
 use squall_operators::checkpoint::Part;
-use squall_operators::source::Epoch;
 use squall_operators::{Plan, UserSnapshot, UserState};
 
 /// `[feed]` of a topology file: which feeds a version writes.

@@ -28,11 +28,12 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attributes::UserSnapshot;
 pub use crate::checkpoint_dir::CheckpointDir;
 use crate::dedup::Fingerprint;
+use crate::epoch::Epoch;
 use crate::key_groups::KeyGroups;
-use crate::plan::UserSnapshot;
-use crate::source::{Epoch, Partition};
+use crate::source::Partition;
 
 /// New dedup ids of one key group in one time bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,8 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::attributes::Value;
-use crate::plan::Evidence;
+use crate::attributes::{Evidence, Value};
 
 /// One side's latest record of a user: what it applied and its attributes (name, JSON value).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -16,11 +16,11 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::attributes::{Activity, AdInfo, TrackInfo, What};
+use crate::activity::{Activity, AdInfo, TrackInfo, What};
 use crate::dedup::dedup_key;
+use crate::epoch::Epoch;
 use crate::event::{Event, EventKind};
 use crate::key_groups;
-use crate::source::Epoch;
 
 /// Events whose memo entries are read together before they are enriched.
 const MEMO_CHUNK: usize = 16;
@@ -55,7 +55,7 @@ pub trait EnrichWith<'scope> {
     ///     .collect();
     /// assert_eq!(out[0].user, "u");
     /// let unknown = enricher.symbols().unknown();
-    /// let ad = squall_operators::attributes::AdInfo { category: unknown, advertiser: unknown };
+    /// let ad = squall_operators::activity::AdInfo { category: unknown, advertiser: unknown };
     /// assert_eq!(out[0].what, squall_operators::What::Ad { ad_id: "a".into(), ad });
     /// ```
     fn enrich_with(self, enricher: &Enricher, pending: Arc<AtomicUsize>) -> Stream<'scope, Epoch, Vec<Activity>>;

@@ -17,7 +17,11 @@
 
 use std::ops::Range;
 
-use crate::store::user_hash;
+/// The hash that places a user: which worker owns them and which key group holds them.
+#[inline]
+pub fn user_hash(user_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(user_id.as_bytes())
+}
 
 /// The worker, of `peers`, that owns the user with hash `hash`.
 #[inline]

@@ -13,12 +13,13 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::attributes::Activity;
+use crate::activity::Activity;
+use crate::attributes::UserState;
 use crate::checkpoint::{DedupRun, Part};
 use crate::dedup::{Dedup, Fingerprint};
+use crate::epoch::Epoch;
 use crate::key_groups::{self, KeyGroups};
-use crate::plan::UserState;
-use crate::source::{Epoch, EpochOffsets, offsets_at};
+use crate::source::{EpochOffsets, offsets_at};
 use crate::store::{Slot, UserStore};
 use crate::watermark::{Report, Watermark};
 

@@ -29,6 +29,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 
+use crate::epoch::Epoch;
 use crate::event::{DecodeLimits, DlqReason, Event, EventKind, decode};
 use crate::watermark::{PartitionClock, Progress, Report, progress, to_every};
 
@@ -40,9 +41,6 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a worker with paused partitions looks whether the slowest one has caught up.
 const ALIGN_CHECK: Duration = Duration::from_millis(5);
-
-/// The timely timestamp: a checkpoint epoch, `unix_ms / epoch_interval`.
-pub type Epoch = u64;
 
 /// One input partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

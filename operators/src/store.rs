@@ -11,16 +11,8 @@ pub use squall_enrichment::{StrHash, StrHasher};
 
 use std::sync::Arc;
 
-use crate::attributes::{Attributes, AttributesView};
+use crate::attributes::{Attributes, AttributesView, Plan, UserState};
 use crate::key_groups::{self, KeyGroups};
-use crate::plan::{Plan, UserState};
-
-/// The hash that places a user: which worker owns them and which key group holds them
-/// ([`crate::key_groups`]).
-#[inline]
-pub fn user_hash(user_id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(user_id.as_bytes())
-}
 
 /// The users of a contiguous range of key groups and their state.
 pub type Shard = DashMap<CompactString, UserState, StrHash>;

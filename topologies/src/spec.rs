@@ -1,7 +1,7 @@
 //! A topology file, typed: embedded defaults, then the TOML file, then `SQUALL__*` variables.
 //!
 //! The file declares its versions' attributes (`[versions.N] attributes = [...]`, see
-//! [`squall_operators::declare`]); they are checked here, and an error names the file's line.
+//! [`squall_operators::attributes::declare`]); they are checked here, and an error names the file's line.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! columns with literals, combined with `and`, `or`, `not` and parentheses.
 //!
 //! ```
-//! use squall_operators::predicate::Expr;
+//! use squall_operators::attributes::predicate::Expr;
 //! let e = Expr::parse("ms_played < 30000 and (track.genre == 'rock' or not track.duration_ms > 600000)").unwrap();
 //! assert_eq!(e.fields().len(), 3);
 //! ```
@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use crate::declare::{Field, Type};
+use super::field::{Field, Type};
 
 /// A comparison operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Declared attributes: what a topology version keeps per user, written as data (operation x
 //! window x key, as in feature platforms such as Chronon and Tecton) and checked once, before
-//! anything runs. [`crate::plan::Plan`] compiles a checked [`Declaration`] into the typed plan the
+//! anything runs. [`super::Plan`] compiles a checked [`Declaration`] into the typed plan the
 //! workers run.
 //!
 //! An attribute is either an aggregate over the user's events (`count`, `sum`, `min`, `max`,
@@ -29,141 +29,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::predicate::Expr;
-
-/// A field of an event or a column of the catalogue row it is enriched with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Field {
-    /// `event_id` (both events).
-    EventId,
-    /// `user_id` (both events).
-    UserId,
-    /// `ts`, event time in epoch milliseconds (both events).
-    Ts,
-    /// `track_id` (song completions).
-    TrackId,
-    /// `ms_played` (song completions).
-    MsPlayed,
-    /// `ad_id` (ad impressions).
-    AdId,
-    /// `track.genre`: the `tracks` row's genre.
-    TrackGenre,
-    /// `track.artist_id`.
-    TrackArtistId,
-    /// `track.duration_ms` (null when the track is unknown or the column is null).
-    TrackDurationMs,
-    /// `ad.category`: the `ads` row's category.
-    AdCategory,
-    /// `ad.advertiser_id`.
-    AdAdvertiserId,
-}
-
-/// Which events an attribute counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Events {
-    /// Song completions and ad impressions.
-    All,
-    /// Song completions.
-    Song,
-    /// Ad impressions.
-    Ad,
-}
-
-impl Events {
-    fn name(self) -> &'static str {
-        match self {
-            Events::All => "all",
-            Events::Song => "song",
-            Events::Ad => "ad",
-        }
-    }
-}
-
-/// The type of a field's values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Type {
-    /// An integer.
-    Int,
-    /// Text.
-    Text,
-}
-
-impl Field {
-    /// Every field, in the order the docs list them.
-    pub const ALL: [Field; 11] = [
-        Field::EventId,
-        Field::UserId,
-        Field::Ts,
-        Field::TrackId,
-        Field::MsPlayed,
-        Field::AdId,
-        Field::TrackGenre,
-        Field::TrackArtistId,
-        Field::TrackDurationMs,
-        Field::AdCategory,
-        Field::AdAdvertiserId,
-    ];
-
-    /// The name declarations use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Field::EventId => "event_id",
-            Field::UserId => "user_id",
-            Field::Ts => "ts",
-            Field::TrackId => "track_id",
-            Field::MsPlayed => "ms_played",
-            Field::AdId => "ad_id",
-            Field::TrackGenre => "track.genre",
-            Field::TrackArtistId => "track.artist_id",
-            Field::TrackDurationMs => "track.duration_ms",
-            Field::AdCategory => "ad.category",
-            Field::AdAdvertiserId => "ad.advertiser_id",
-        }
-    }
-
-    /// The field called `name`.
-    pub fn parse(name: &str) -> Option<Field> {
-        Field::ALL.into_iter().find(|f| f.name() == name)
-    }
-
-    /// The error for a name that is no field, listing the ones there are.
-    pub fn unknown(name: &str) -> String {
-        let names =
-            |e: Events| Field::ALL.iter().filter(|f| f.events() == e).map(|f| f.name()).collect::<Vec<_>>().join(", ");
-        format!(
-            "unknown field `{name}`; every event has {}, song events {}, ad events {}",
-            names(Events::All),
-            names(Events::Song),
-            names(Events::Ad)
-        )
-    }
-
-    /// The events that carry it.
-    pub fn events(self) -> Events {
-        match self {
-            Field::EventId | Field::UserId | Field::Ts => Events::All,
-            Field::TrackId | Field::MsPlayed | Field::TrackGenre | Field::TrackArtistId | Field::TrackDurationMs => {
-                Events::Song
-            }
-            Field::AdId | Field::AdCategory | Field::AdAdvertiserId => Events::Ad,
-        }
-    }
-
-    /// The type of its values.
-    pub fn ty(self) -> Type {
-        match self {
-            Field::Ts | Field::MsPlayed | Field::TrackDurationMs => Type::Int,
-            _ => Type::Text,
-        }
-    }
-
-    /// Whether its values come from a bounded vocabulary (catalogue ids and columns), so that
-    /// they can be map keys, `last` values and `distinct` members. `event_id` and `user_id` are not.
-    pub fn categorical(self) -> bool {
-        self.ty() == Type::Text && !matches!(self, Field::EventId | Field::UserId)
-    }
-}
+use super::field::{Events, Field, Type};
+use super::predicate::Expr;
 
 /// What to do with an event later than a window's lateness.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
