@@ -1,5 +1,6 @@
 //! The declared-attribute language: fields, declarations, predicates, their plan, the per-user state and its views.
 
+pub mod check;
 pub mod declare;
 pub mod field;
 pub mod plan;
@@ -7,7 +8,8 @@ pub mod predicate;
 pub mod state;
 pub mod views;
 
-pub use declare::{AttributeDecl, DeclError, Declaration, ValueType};
+pub use check::{CheckError, DeclError, OpName};
+pub use declare::{AttributeDecl, Declaration, ValueType};
 pub use field::{Events, Field, Type};
 pub use plan::Plan;
 pub use predicate::Expr;
