@@ -340,7 +340,7 @@ impl Enricher {
                 self.inner.runtime.spawn(async move {
                     let started = Instant::now();
                     let info = this.load(&key).await;
-                    metrics::histogram!("squall_enrichment_lookup_seconds").record(started.elapsed().as_secs_f64());
+                    crate::counters::lookup_took(started.elapsed());
                     this.inner.stats.in_flight.fetch_sub(1, Relaxed);
                     // The answer is cached by now: callers arriving after the removal find it there.
                     let waiters = this.inner.in_flight.remove(&key).map(|(_, w)| w).unwrap_or_default();

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod checkpoint_cql;
 pub mod checkpoint_dir;
 pub mod compare;
+pub mod counters;
 pub mod dead_letter;
 pub mod dedup;
 pub mod enrich;

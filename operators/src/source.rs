@@ -29,6 +29,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 
+use crate::counters::{self, Counter};
 use crate::epoch::Epoch;
 use crate::event::{DecodeLimits, DlqReason, Event, EventKind, decode};
 use crate::watermark::{PartitionClock, Progress, Report, progress, to_every};
@@ -327,8 +328,8 @@ struct KafkaSource {
     last: Option<(TopicId, i32, usize)>,
     warned_at: Instant,
     /// Per topic: index 0 counts song completions, 1 ad impressions.
-    consumed: [metrics::Counter; 2],
-    errors: metrics::Counter,
+    consumed: [Counter; 2],
+    errors: Counter,
 }
 
 impl KafkaSource {
@@ -384,10 +385,9 @@ impl KafkaSource {
         let topic_of = |kind: EventKind| {
             config.partitions.iter().find(|(_, k)| *k == kind).map(|(p, _)| p.topic.clone()).unwrap_or_default()
         };
-        let consumed = [EventKind::Song, EventKind::Ad].map(|kind| {
-            metrics::counter!("squall_events_consumed_total", "group_id" => config.group_id.clone(), "topic" => topic_of(kind))
-        });
-        let errors = metrics::counter!("squall_source_errors_total", "group_id" => config.group_id.clone());
+        let consumed =
+            [EventKind::Song, EventKind::Ad].map(|kind| counters::events_consumed(&config.group_id, topic_of(kind)));
+        let errors = counters::source_errors(&config.group_id);
         Ok(KafkaSource {
             config: config.clone(),
             worker,
@@ -521,7 +521,7 @@ impl KafkaSource {
 
 /// Counts a consumer error and, now and then, says so (broker down and similar: librdkafka
 /// retries by itself).
-fn warn(config: &SourceConfig, errors: &metrics::Counter, warned_at: &mut Instant, e: &dyn std::fmt::Display) {
+fn warn(config: &SourceConfig, errors: &Counter, warned_at: &mut Instant, e: &dyn std::fmt::Display) {
     errors.increment(1);
     if warned_at.elapsed() > Duration::from_secs(10) {
         tracing::warn!(group_id = %config.group_id, error = %e, "kafka consumer error; retrying");

@@ -23,6 +23,8 @@
 use compact_str::CompactString;
 use squall_enrichment::{Sym, Symbols};
 
+use crate::counters::{self, Counter};
+
 use super::declare::{Aggregate, Declaration, Def, Late, Op, Window};
 use super::field::{Events, Field};
 use super::predicate::{CmpOp, Expr, Literal};
@@ -166,7 +168,7 @@ pub(super) struct Update {
     /// The value, for `last` and `distinct`.
     pub(super) value: Option<ValueOf>,
     /// Late events of a window are counted here.
-    pub(super) late: Option<metrics::Counter>,
+    pub(super) late: Option<Counter>,
 }
 
 /// How an attribute is read.
@@ -311,7 +313,7 @@ impl Plan {
             }
             let late = a.window.map(|w| {
                 let policy = if w.late == Late::Drop { "drop" } else { "current_tile" };
-                metrics::counter!("squall_window_late_events_total", "attribute" => attribute.name.clone(), "late" => policy)
+                counters::window_late_events(&attribute.name, policy)
             });
             let (amount, value) = match &a.op {
                 Op::Sum(f) | Op::Min(f) | Op::Max(f) => (Some(int_of(*f)), None),
