@@ -302,6 +302,25 @@ fn runs(mut ids: Vec<(u32, i64, Fingerprint)>) -> Vec<DedupRun> {
     out
 }
 
+/// The deduplication state and the watermark a worker starts from: the checkpoint's, if it
+/// restores one, else empty at `i64::MIN`.
+fn restored_dedup(checkpoint: Option<&CheckpointHook>, dedup_horizon_ms: i64) -> (Dedup, i64) {
+    let mut dedup = Dedup::new(dedup_horizon_ms);
+    let Some(hook) = checkpoint else { return (dedup, i64::MIN) };
+    let r = &hook.restore;
+    dedup.advance(r.watermark);
+    for run in &r.dedup {
+        // Written with another horizon: the bucket that holds the old bucket's start.
+        let bucket = if r.bucket_ms == dedup.bucket_ms() || r.bucket_ms <= 0 {
+            run.bucket
+        } else {
+            dedup.bucket_of(run.bucket.saturating_mul(r.bucket_ms))
+        };
+        dedup.restore(bucket, run.ids.iter().copied());
+    }
+    (dedup, r.watermark)
+}
+
 impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>> {
     fn maintain_attributes(
         self,
@@ -318,22 +337,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
         let mut reports = builder.new_input(progress, Exchange::new(|r: &Report| u64::from(r.0)));
         let (output, stream) = builder.new_output::<Vec<()>>();
         let _output = OutputBuilder::<_, CapacityContainerBuilder<Vec<()>>>::from(output);
-        let mut dedup = Dedup::new(dedup_horizon_ms);
-        let mut restored = i64::MIN;
-        if let Some(hook) = &checkpoint {
-            let r = &hook.restore;
-            dedup.advance(r.watermark);
-            restored = r.watermark;
-            for run in &r.dedup {
-                // Written with another horizon: the bucket that holds the old bucket's start.
-                let bucket = if r.bucket_ms == dedup.bucket_ms() || r.bucket_ms <= 0 {
-                    run.bucket
-                } else {
-                    dedup.bucket_of(run.bucket.saturating_mul(r.bucket_ms))
-                };
-                dedup.restore(bucket, run.ids.iter().copied());
-            }
-        }
+        let (dedup, restored) = restored_dedup(checkpoint.as_ref(), dedup_horizon_ms);
         let key_groups = store.key_groups();
         let mut m = Maintainer {
             users: UserSweep {

@@ -279,27 +279,7 @@ impl UserState {
 
     fn update(&mut self, plan: &Plan, u: &Update, a: &Activity, before: i64, symbols: &Symbols) {
         let Reader::Stored(s) = &plan.readers[u.attribute as usize] else { return };
-        let now = before.max(a.ts);
-        // The tile the event counts in, for windows.
-        let mut tile = 0;
-        if let Some(w) = s.window {
-            let late = before != i64::MIN && a.ts < before.saturating_sub(w.lateness_ms);
-            if late {
-                if let Some(c) = &u.late {
-                    c.increment(1);
-                }
-                if w.late == Late::Drop {
-                    return;
-                }
-                tile = w.tile(now);
-            } else {
-                tile = w.tile(a.ts);
-                if tile + w.tiles <= w.tile(now) {
-                    // Older than the window: it cannot count any more.
-                    return;
-                }
-            }
-        }
+        let Some(tile) = Self::tile(s, u, a.ts, before) else { return };
         let amount = match u.amount {
             Some(of) => match int_value(of, a) {
                 Some(v) => v,
@@ -330,31 +310,8 @@ impl UserState {
             }
             Store::Map { section, cell } => {
                 let Some(key) = u.key.and_then(|k| key_value(k, a, symbols)) else { return };
-                let sec = plan.sections[section as usize];
-                let (start, len) = self.section(plan, section);
-                let width = sec.width as usize;
-                let windowed = sec.tile_word.is_some();
-                let cell_word = if windowed { 2 } else { 1 };
-                let found = (0..len).find(|&e| {
-                    let at = start + e * width;
-                    self.words[at] == key.0 && (!windowed || self.words[at + 1] == tile)
-                });
-                let at = match found {
-                    Some(e) => start + e * width,
-                    None => {
-                        let mut entry = [0u32; 4];
-                        entry[0] = key.0;
-                        entry[1] = tile;
-                        if cell != Cell::Count {
-                            let e = cell.empty();
-                            entry[cell_word] = e as u32;
-                            entry[cell_word + 1] = (e >> 32) as u32;
-                        }
-                        self.insert(plan, section, len, &entry[..width]);
-                        start + len * width
-                    }
-                };
-                self.add(plan, s, (at + cell_word) as u32, cell, amount, a.ts);
+                let at = self.map_entry(plan, section, cell, key, tile);
+                self.add(plan, s, at, cell, amount, a.ts);
             }
             Store::Distinct { section, limit } => {
                 let Some(value) = u.value else { return };
@@ -368,39 +325,95 @@ impl UserState {
                         None => return,
                     },
                 };
-                let sec = plan.sections[section as usize];
-                let (start, len) = self.section(plan, section);
-                let width = sec.width as usize;
-                let (mut lo, mut hi) = (0, len);
-                let mut found = Err(len);
-                while lo < hi {
-                    let mid = (lo + hi) / 2;
-                    match get64(&self.words, (start + mid * width) as u32).cmp(&v) {
-                        Ordering::Less => lo = mid + 1,
-                        Ordering::Greater => hi = mid,
-                        Ordering::Equal => {
-                            found = Ok(mid);
-                            break;
-                        }
-                    }
+                self.distinct_insert(plan, section, limit, v, tile);
+            }
+        }
+    }
+
+    /// The tile an event at `ts` counts in (0 without a window), the clock having been `before`;
+    /// `None` when it counts nowhere (late and dropped, or older than the window). Counts late
+    /// events in `u`'s counter.
+    #[inline]
+    fn tile(s: &Stored, u: &Update, ts: i64, before: i64) -> Option<u32> {
+        let Some(w) = s.window else { return Some(0) };
+        let now = before.max(ts);
+        let late = before != i64::MIN && ts < before.saturating_sub(w.lateness_ms);
+        if late {
+            if let Some(c) = &u.late {
+                c.increment(1);
+            }
+            return if w.late == Late::Drop { None } else { Some(w.tile(now)) };
+        }
+        let tile = w.tile(ts);
+        // Older than the window: it cannot count any more.
+        (tile + w.tiles > w.tile(now)).then_some(tile)
+    }
+
+    /// The offset of the cell of map `section`'s entry for `key` (in `tile`, if windowed), the
+    /// entry added empty if missing.
+    #[inline]
+    fn map_entry(&mut self, plan: &Plan, section: u32, cell: Cell, key: Sym, tile: u32) -> u32 {
+        let sec = plan.sections[section as usize];
+        let (start, len) = self.section(plan, section);
+        let width = sec.width as usize;
+        let windowed = sec.tile_word.is_some();
+        let cell_word = if windowed { 2 } else { 1 };
+        let found = (0..len).find(|&e| {
+            let at = start + e * width;
+            self.words[at] == key.0 && (!windowed || self.words[at + 1] == tile)
+        });
+        let at = match found {
+            Some(e) => start + e * width,
+            None => {
+                let mut entry = [0u32; 4];
+                entry[0] = key.0;
+                entry[1] = tile;
+                if cell != Cell::Count {
+                    let e = cell.empty();
+                    entry[cell_word] = e as u32;
+                    entry[cell_word + 1] = (e >> 32) as u32;
                 }
-                if found.is_err() {
-                    found = Err(lo);
-                }
-                match found {
-                    Ok(e) => {
-                        if let Some(tw) = sec.tile_word {
-                            let at = start + e * width + tw as usize;
-                            self.words[at] = self.words[at].max(tile);
-                        }
-                    }
-                    Err(e) if len < limit as usize => {
-                        let entry = [v as u32, (v >> 32) as u32, tile];
-                        self.insert(plan, section, e, &entry[..width]);
-                    }
-                    Err(_) => {}
+                self.insert(plan, section, len, &entry[..width]);
+                start + len * width
+            }
+        };
+        (at + cell_word) as u32
+    }
+
+    /// Adds value `v` (seen in `tile`) to set `section`, unless it holds `limit` values already.
+    #[inline]
+    fn distinct_insert(&mut self, plan: &Plan, section: u32, limit: u32, v: u64, tile: u32) {
+        let sec = plan.sections[section as usize];
+        let (start, len) = self.section(plan, section);
+        let width = sec.width as usize;
+        let (mut lo, mut hi) = (0, len);
+        let mut found = Err(len);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match get64(&self.words, (start + mid * width) as u32).cmp(&v) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => {
+                    found = Ok(mid);
+                    break;
                 }
             }
+        }
+        if found.is_err() {
+            found = Err(lo);
+        }
+        match found {
+            Ok(e) => {
+                if let Some(tw) = sec.tile_word {
+                    let at = start + e * width + tw as usize;
+                    self.words[at] = self.words[at].max(tile);
+                }
+            }
+            Err(e) if len < limit as usize => {
+                let entry = [v as u32, (v >> 32) as u32, tile];
+                self.insert(plan, section, e, &entry[..width]);
+            }
+            Err(_) => {}
         }
     }
 
