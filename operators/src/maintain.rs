@@ -154,7 +154,7 @@ impl Maintainer {
         let n = batch.len();
         let mut dups = 0u64;
         // A chunk at a time, in phases, so that the cache misses of its events overlap instead of
-        // following one another (see `benches/RESULTS.md`, 2026-11-30 "hot path"): the dedup
+        // following one another (`benches/RESULTS.md`, "hot path"): the dedup
         // sub-tables' headers, then their lines, then the dedup decisions (in order), then the
         // users' shards locked and their entries and states looked up, then the updates.
         let mut touched = 0u64;
@@ -363,15 +363,15 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
             // Held at the least epoch not yet applied everywhere, so the output frontier follows the input's.
             let mut cap = caps.pop();
             let mut stash: BTreeMap<Epoch, Vec<Activity>> = BTreeMap::new();
-            // Emptied stash buffers, reused: a fresh one per epoch grew by doubling and, freed
-            // after its epoch, its pages went back to the OS and were faulted in anew by the next
-            // (12% of the worker in the engine harness, `benches/RESULTS.md`).
+            // Emptied stash buffers, reused: a fresh one per epoch would grow by doubling and,
+            // freed after its epoch, give its pages back to the OS for the next one to fault in
+            // anew (`benches/RESULTS.md`).
             let mut spare: Vec<Vec<Activity>> = Vec::new();
             let mut last_sweep = Instant::now();
             move |frontiers| {
                 // The least epoch the activities may still bring. Reports are not waited for: the
                 // watermark folds those of earlier epochs that are here (waiting for the reports'
-                // frontier stashed most batches and cost a quarter of the engine harness's speed).
+                // frontier would stash most batches, `benches/RESULTS.md`).
                 let least = frontiers[0].frontier().iter().min().copied();
                 reports.for_each(|time, data| {
                     if let Some(epoch) = time.least().copied() {

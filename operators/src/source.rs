@@ -246,12 +246,12 @@ fn client_config(config: &SourceConfig, worker: usize) -> ClientConfig {
         // Events are consumed as soon as they are fetched: a short fetch wait keeps latency low.
         .set("fetch.wait.max.ms", "10")
         // Prefetch, in all of this worker's partitions together (they share the batch queue):
-        // about 50 ms of a worker's work, far more than a fetch takes. Smaller is cheaper than
-        // the 64 MB used before (benches/RESULTS.md).
+        // about 50 ms of a worker's work, far more than a fetch takes; a larger prefetch costs
+        // more and reads no faster (benches/RESULTS.md).
         .set("queued.max.messages.kbytes", "2048")
         // When a partition's prefetch queue is full, librdkafka waits this long before it
         // checks again (default 1 s). Events are consumed faster than that: with the default
-        // the queues ran dry and squall read at half the rate (benches/RESULTS.md).
+        // the queues run dry between checks (benches/RESULTS.md).
         .set("fetch.queue.backoff.ms", "1")
         .set("client.id", format!("squall-{}-w{worker}", config.group_id));
     for (k, v) in &config.properties {
@@ -366,8 +366,8 @@ impl KafkaSource {
         });
         // The leaders of the owned partitions, before they are assigned: a partition assigned
         // while its leader is unknown has its start offset queried only after librdkafka's fixed
-        // 500 ms retry ("no current leader"), and every worker's first record waited for it
-        // (`benches/RESULTS.md` 2026-12-01). A broker that does not answer in time changes
+        // 500 ms retry ("no current leader"), and every worker's first record would wait for it
+        // (`benches/RESULTS.md`). A broker that does not answer in time changes
         // nothing else: librdkafka retries by itself.
         let mut topics: Vec<&str> = owned.iter().map(|o| o.partition.topic.as_str()).collect();
         topics.sort_unstable();
