@@ -14,7 +14,7 @@ use scylla::client::session::Session;
 use scylla::value::{CqlValue, Row};
 use squall::generate::{CatalogueGen, EventGen, Generated};
 use squall_feeds::profile::table_name;
-use squall_operators::declare::ValueType;
+use squall_operators::attributes::ValueType;
 use squall_operators::{Attributes, Declaration, Event, EventKind, Value};
 use squall_tests::outage::{Broker, CqlServer, PrivateFixture};
 use squall_tests::{Fixture, Record, Squall, brokers, cql, produce, stream_config_without_resends, unique, wait_for};

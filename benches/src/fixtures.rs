@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use squall_enrichment::{Sym, Symbols};
-use squall_operators::attributes::{AdInfo, TrackInfo};
+use squall_operators::activity::{AdInfo, TrackInfo};
 use squall_operators::{Activity, Declaration, Plan, What};
 use squall_topologies::TopologySpec;
 

@@ -140,9 +140,8 @@ pub struct Preloaded {
 /// The rows of the last complete [`Enricher::preload`], read-only and shared by every worker.
 ///
 /// A get from the cache (moka) moves the entry in its LRU order and writes to a read log shared
-/// by all workers. Each worker's first look at each id went through it (the operator's memo
-/// holds the answers after that), which was a tenth of squall's CPU over 1M events and 100k
-/// tracks (`benches/RESULTS.md`, 2026-12-01). A lookup here is one probe of a hash map that
+/// by all workers, which costs every worker's first look at each id (the operator's memo holds
+/// the answers after that; `benches/RESULTS.md`). A lookup here is one probe of a hash map that
 /// nothing writes while it is shared. Preloaded rows are kept here instead of in the cache; a
 /// reload builds a new snapshot and swaps it in whole.
 pub struct Snapshot {
@@ -340,7 +339,7 @@ impl Enricher {
                 self.inner.runtime.spawn(async move {
                     let started = Instant::now();
                     let info = this.load(&key).await;
-                    metrics::histogram!("squall_enrichment_lookup_seconds").record(started.elapsed().as_secs_f64());
+                    crate::counters::lookup_took(started.elapsed());
                     this.inner.stats.in_flight.fetch_sub(1, Relaxed);
                     // The answer is cached by now: callers arriving after the removal find it there.
                     let waiters = this.inner.in_flight.remove(&key).map(|(_, w)| w).unwrap_or_default();

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod catalogue;
+mod counters;
 mod enricher;
 mod hash;
 mod symbols;

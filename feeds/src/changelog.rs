@@ -16,9 +16,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Serialize;
+use squall_operators::Epoch;
 use squall_operators::UserSnapshot;
 use squall_operators::attributes::AttributesView;
-use squall_operators::source::Epoch;
 use tokio::runtime::Handle;
 
 use crate::progress::Progress;

@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use squall_enrichment::Symbols;
+use squall_operators::Epoch;
 use squall_operators::checkpoint::Part;
-use squall_operators::source::Epoch;
 use squall_operators::{Plan, UserSnapshot, UserState};
 
 use self::counters::FeedCounters;

@@ -22,9 +22,9 @@ use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
+use squall_operators::Epoch;
 use squall_operators::attributes::AttributesView;
-use squall_operators::declare::ValueType;
-use squall_operators::source::Epoch;
+use squall_operators::attributes::ValueType;
 use squall_operators::{UserSnapshot, Value};
 use tokio::runtime::Handle;
 

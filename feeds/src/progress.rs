@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
-use squall_operators::source::Epoch;
+use squall_operators::Epoch;
 
 use crate::{FeedError, cql_error};
 

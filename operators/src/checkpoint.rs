@@ -28,11 +28,13 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attributes::UserSnapshot;
 pub use crate::checkpoint_dir::CheckpointDir;
+use crate::counters::{Counter, Gauge, Histogram};
 use crate::dedup::Fingerprint;
+use crate::epoch::Epoch;
 use crate::key_groups::KeyGroups;
-use crate::plan::UserSnapshot;
-use crate::source::{Epoch, Partition};
+use crate::source::Partition;
 
 /// New dedup ids of one key group in one time bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,13 +273,7 @@ pub fn spawn_writer(
     let handle = std::thread::Builder::new()
         .name(format!("checkpoint-{group_id}"))
         .spawn(move || {
-            let g = group_id.clone();
-            let duration = metrics::histogram!("squall_checkpoint_write_seconds", "group_id" => g.clone());
-            let size = metrics::counter!("squall_checkpoint_bytes_total", "group_id" => g.clone());
-            let completed = metrics::gauge!("squall_checkpoint_last_complete_cut", "group_id" => g.clone());
-            let errors = metrics::counter!("squall_checkpoint_errors_total", "group_id" => g.clone());
-            let queued = metrics::gauge!("squall_checkpoint_parts_queued", "group_id" => g.clone());
-            let compaction = metrics::histogram!("squall_checkpoint_compaction_seconds", "group_id" => g);
+            let (duration, size, completed, errors, queued, compaction) = crate::counters::checkpoint(&group_id);
             // Cuts whose local parts are not all written yet: (parts written, offsets).
             let mut waiting: BTreeMap<Epoch, (usize, Vec<(Partition, i64)>)> = BTreeMap::new();
             // Cuts whose local parts are durable, waiting for the other processes' parts.
@@ -359,7 +355,7 @@ impl Layout {
 }
 
 /// Writes `parts`, retrying with backoff (100 ms doubling to 5 s) until they are durable; their bytes.
-fn write_with_retry(store: &mut dyn CheckpointStore, parts: &[Part], group_id: &str, errors: &metrics::Counter) -> u64 {
+fn write_with_retry(store: &mut dyn CheckpointStore, parts: &[Part], group_id: &str, errors: &Counter) -> u64 {
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
         match store.write_parts(parts) {
@@ -382,8 +378,8 @@ fn report_complete(
     store: &mut dyn CheckpointStore,
     layout: &Layout,
     on_complete: &mut impl FnMut(Epoch, &[(Partition, i64)]),
-    completed: &metrics::Gauge,
-    errors: &metrics::Counter,
+    completed: &Gauge,
+    errors: &Counter,
     group_id: &str,
     since_compaction: &mut usize,
 ) {
@@ -422,8 +418,8 @@ fn compact(
     store: &mut dyn CheckpointStore,
     dedup_horizon_ms: i64,
     group_id: &str,
-    compaction: &metrics::Histogram,
-    errors: &metrics::Counter,
+    compaction: &Histogram,
+    errors: &Counter,
 ) {
     let started = std::time::Instant::now();
     match store.compact(dedup_horizon_ms) {

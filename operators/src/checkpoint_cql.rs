@@ -49,13 +49,14 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use tokio::runtime::Handle;
 
+use crate::attributes::UserSnapshot;
 use crate::checkpoint::{
     CheckpointError, CheckpointStore, DedupRun, Part, REBASE_BUDGET, Recovered, Scope, UserRows, fold_rows,
     oldest_live_bucket, rebase_pays,
 };
 use crate::dedup::{BUCKETS, Fingerprint};
-use crate::plan::UserSnapshot;
-use crate::source::{Epoch, Partition};
+use crate::epoch::Epoch;
+use crate::source::Partition;
 
 /// The `writer` of a base row.
 const BASE: i32 = -1;

@@ -32,13 +32,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::attributes::UserSnapshot;
 use crate::checkpoint::{
     CheckpointError, CheckpointStore, DedupRun, Part, REBASE_BUDGET, Recovered, Scope, UserRows, fold_rows,
     oldest_live_bucket, rebase_pays,
 };
 use crate::dedup::{BUCKETS, Fingerprint};
-use crate::plan::UserSnapshot;
-use crate::source::{Epoch, Partition};
+use crate::epoch::Epoch;
+use crate::source::Partition;
 
 const MANIFEST: &str = "MANIFEST";
 

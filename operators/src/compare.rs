@@ -1,8 +1,8 @@
 //! [`Comparer`]: an exact, continuously maintained comparison of two versions' latest attributes
 //! per user. Each side's latest record of a user replaces the previous one; the comparer takes the
 //! user's old contribution out of every count and puts the new one in, so the counts are always
-//! those of the latest records. (Differential dataflow does the same with retractions; on 1M
-//! users it took 8.9x longer and far more memory, `benches/RESULTS.md`, so the plain maps won.)
+//! those of the latest records. (Differential dataflow does the same with retractions, slower and
+//! in far more memory: `benches/RESULTS.md`.)
 //!
 //! # Notes
 //! - **No false alarms.** A user is compared only when both sides applied exactly the same events
@@ -18,8 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::attributes::Value;
-use crate::plan::Evidence;
+use crate::attributes::{Evidence, Value};
 
 /// One side's latest record of a user: what it applied and its attributes (name, JSON value).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -10,7 +10,8 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::source::{DeadLetter, Epoch};
+use crate::epoch::Epoch;
+use crate::source::DeadLetter;
 
 /// Sends dead letters to Kafka.
 pub trait DeadLetterTo {

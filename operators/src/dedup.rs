@@ -76,9 +76,8 @@ pub const BUCKETS: i64 = 8;
 const SUB_BITS: u32 = 14;
 
 /// The most a sub-table is filled to, in percent of its words: past about 90% a cuckoo insert
-/// moves words more and more often, each move a cache miss; 90 applied about 5% more events/s
-/// than 95 in the engine harness, at 10.2 instead of 9.8 bytes per id (`benches/RESULTS.md`),
-/// so 95 keeps the 10-byte budget...
+/// moves words more and more often, each move a cache miss; 95 gives up a little speed to keep
+/// the 10-byte budget (`benches/RESULTS.md`)...
 const MAX_LOAD: usize = 95;
 /// ...when it is full and still this full after a sweep, it grows...
 const GROW_LOAD: usize = 90;

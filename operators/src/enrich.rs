@@ -1,5 +1,6 @@
 //! `events.enrich_with(&enricher, ..)`: keys events by user and attaches their catalogue attributes.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use compact_str::CompactString;
+use crossbeam_channel::{Receiver, Sender};
 
 use squall_enrichment::{Enricher, Info, Key, Snapshot, StrHash, Sym};
 use timely::container::CapacityContainerBuilder;
@@ -15,12 +17,13 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::scheduling::SyncActivator;
 
-use crate::attributes::{Activity, AdInfo, TrackInfo, What};
+use crate::activity::{Activity, AdInfo, TrackInfo, What};
 use crate::dedup::dedup_key;
+use crate::epoch::Epoch;
 use crate::event::{Event, EventKind};
 use crate::key_groups;
-use crate::source::Epoch;
 
 /// Events whose memo entries are read together before they are enriched.
 const MEMO_CHUNK: usize = 16;
@@ -55,7 +58,7 @@ pub trait EnrichWith<'scope> {
     ///     .collect();
     /// assert_eq!(out[0].user, "u");
     /// let unknown = enricher.symbols().unknown();
-    /// let ad = squall_operators::attributes::AdInfo { category: unknown, advertiser: unknown };
+    /// let ad = squall_operators::activity::AdInfo { category: unknown, advertiser: unknown };
     /// assert_eq!(out[0].what, squall_operators::What::Ad { ad_id: "a".into(), ad });
     /// ```
     fn enrich_with(self, enricher: &Enricher, pending: Arc<AtomicUsize>) -> Stream<'scope, Epoch, Vec<Activity>>;
@@ -185,6 +188,46 @@ fn activity(event: Event, info: Info, unknown: Sym) -> Activity {
     }
 }
 
+/// Events waiting for a lookup, by key, with their epochs.
+type Waiting = HashMap<Key, Vec<(Epoch, Event)>>;
+
+/// The events whose lookups were answered since the last call, as activities, by epoch.
+fn answered(answers: &Receiver<(Key, Info)>, waiting: &mut Waiting, unknown: Sym) -> BTreeMap<Epoch, Vec<Activity>> {
+    let mut out: BTreeMap<Epoch, Vec<Activity>> = BTreeMap::new();
+    while let Ok((key, info)) = answers.try_recv() {
+        for (epoch, event) in waiting.remove(&key).unwrap_or_default() {
+            out.entry(epoch).or_default().push(activity(event, info, unknown));
+        }
+    }
+    out
+}
+
+/// Parks `event` until the lookup of `key` answers, starting the lookup if no other event waits
+/// for it; the answer comes back through `answers` and wakes the operator.
+fn park(
+    waiting: &mut Waiting,
+    key: Key,
+    event: (Epoch, Event),
+    enricher: &Enricher,
+    answers: &Sender<(Key, Info)>,
+    activator: &Arc<SyncActivator>,
+) {
+    match waiting.entry(key) {
+        Entry::Occupied(mut o) => o.get_mut().push(event),
+        Entry::Vacant(v) => {
+            let tx = answers.clone();
+            let act = Arc::clone(activator);
+            enricher.fetch(v.key().clone(), move |k, i| {
+                // The receiver is gone only when the dataflow was dropped.
+                if tx.send((k, i)).is_ok() {
+                    let _ = act.activate();
+                }
+            });
+            v.insert(vec![event]);
+        }
+    }
+}
+
 impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
     fn enrich_with(self, enricher: &Enricher, pending: Arc<AtomicUsize>) -> Stream<'scope, Epoch, Vec<Activity>> {
         let scope = self.scope();
@@ -203,8 +246,7 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let unknown = enricher.symbols().unknown();
 
         builder.build(move |_caps| {
-            // Events waiting for a lookup, by key, with their epochs.
-            let mut waiting: HashMap<Key, Vec<(Epoch, Event)>> = HashMap::new();
+            let mut waiting: Waiting = HashMap::new();
             // A capability per epoch that has waiting events, and how many.
             let mut held: BTreeMap<Epoch, (Capability<Epoch>, usize)> = BTreeMap::new();
             let mut ready: Vec<Activity> = Vec::new();
@@ -214,13 +256,7 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
             move |_frontiers| {
                 let mut out = output.activate();
                 // Answers first: they release capabilities.
-                let mut answered: BTreeMap<Epoch, Vec<Activity>> = BTreeMap::new();
-                while let Ok((key, info)) = answers.try_recv() {
-                    for (epoch, event) in waiting.remove(&key).unwrap_or_default() {
-                        answered.entry(epoch).or_default().push(activity(event, info, unknown));
-                    }
-                }
-                for (epoch, mut batch) in answered {
+                for (epoch, mut batch) in answered(&answers, &mut waiting, unknown) {
                     let Some((cap, count)) = held.get_mut(&epoch) else { continue };
                     *count -= batch.len();
                     out.session(cap).give_container(&mut batch);
@@ -260,20 +296,7 @@ impl<'scope> EnrichWith<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         let key = key_of(&event);
                         misses += 1;
                         held.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), 0)).1 += 1;
-                        match waiting.entry(key) {
-                            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().push((epoch, event)),
-                            std::collections::hash_map::Entry::Vacant(v) => {
-                                let tx = answers_tx.clone();
-                                let act = Arc::clone(&activator);
-                                enricher.fetch(v.key().clone(), move |k, i| {
-                                    // The receiver is gone only when the dataflow was dropped.
-                                    if tx.send((k, i)).is_ok() {
-                                        let _ = act.activate();
-                                    }
-                                });
-                                v.insert(vec![(epoch, event)]);
-                            }
-                        }
+                        park(&mut waiting, key, (epoch, event), &enricher, &answers_tx, &activator);
                     }
                     if !ready.is_empty() {
                         out.session(&cap).give_container(&mut ready);

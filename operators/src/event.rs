@@ -237,8 +237,8 @@ impl<'a> Wire<'a> {
 /// mistyped or out-of-range field), which then goes through [`Wire::parse`] and [`validate`], so
 /// every record gets the same answer, and every error the same reason and message, whichever path
 /// reads it (property-tested below). Known keys written as producers write them cost one compare
-/// each, and strings are scanned eight bytes at a time: a typical event decodes in about half the
-/// time of the previous fast path, which filled a `Wire` first (100 vs 190 ns, `benches/RESULTS.md`).
+/// each, and strings are scanned eight bytes at a time, without filling a `Wire` first
+/// (`benches/RESULTS.md`).
 fn decode_plain<'t>(kind: EventKind, text: &'t str, limits: &DecodeLimits) -> Option<Event> {
     let mut r = Plain { text, at: 0 };
     let (mut event_id, mut user_id, mut track_id, mut ad_id) = (None, None, None, None);

@@ -17,7 +17,11 @@
 
 use std::ops::Range;
 
-use crate::store::user_hash;
+/// The hash that places a user: which worker owns them and which key group holds them.
+#[inline]
+pub fn user_hash(user_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(user_id.as_bytes())
+}
 
 /// The worker, of `peers`, that owns the user with hash `hash`.
 #[inline]
@@ -40,6 +44,11 @@ fn hash_bounds(worker: usize, peers: usize) -> (u128, u128) {
     (start(worker), start(worker + 1))
 }
 
+/// A number of key groups outside `1..=`[`KeyGroups::MAX`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("state.key_groups = {0}: use 1..={max}", max = KeyGroups::MAX)]
+pub struct KeyGroupsError(pub u32);
+
 /// A version's number of key groups: `state.key_groups`, fixed for the version's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct KeyGroups(u32);
@@ -57,12 +66,8 @@ impl KeyGroups {
     pub const MAX: u32 = 1 << 16;
 
     /// `count` key groups, `1..=MAX`.
-    pub fn new(count: u32) -> Result<Self, String> {
-        if (1..=Self::MAX).contains(&count) {
-            Ok(KeyGroups(count))
-        } else {
-            Err(format!("state.key_groups = {count}: use 1..={}", Self::MAX))
-        }
+    pub fn new(count: u32) -> Result<Self, KeyGroupsError> {
+        if (1..=Self::MAX).contains(&count) { Ok(KeyGroups(count)) } else { Err(KeyGroupsError(count)) }
     }
 
     /// How many there are.

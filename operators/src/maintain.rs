@@ -13,12 +13,13 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::attributes::Activity;
+use crate::activity::Activity;
+use crate::attributes::UserState;
 use crate::checkpoint::{DedupRun, Part};
 use crate::dedup::{Dedup, Fingerprint};
+use crate::epoch::Epoch;
 use crate::key_groups::{self, KeyGroups};
-use crate::plan::UserState;
-use crate::source::{Epoch, EpochOffsets, offsets_at};
+use crate::source::{EpochOffsets, offsets_at};
 use crate::store::{Slot, UserStore};
 use crate::watermark::{Report, Watermark};
 
@@ -153,7 +154,7 @@ impl Maintainer {
         let n = batch.len();
         let mut dups = 0u64;
         // A chunk at a time, in phases, so that the cache misses of its events overlap instead of
-        // following one another (see `benches/RESULTS.md`, 2026-11-30 "hot path"): the dedup
+        // following one another (`benches/RESULTS.md`, "hot path"): the dedup
         // sub-tables' headers, then their lines, then the dedup decisions (in order), then the
         // users' shards locked and their entries and states looked up, then the updates.
         let mut touched = 0u64;
@@ -301,6 +302,25 @@ fn runs(mut ids: Vec<(u32, i64, Fingerprint)>) -> Vec<DedupRun> {
     out
 }
 
+/// The deduplication state and the watermark a worker starts from: the checkpoint's, if it
+/// restores one, else empty at `i64::MIN`.
+fn restored_dedup(checkpoint: Option<&CheckpointHook>, dedup_horizon_ms: i64) -> (Dedup, i64) {
+    let mut dedup = Dedup::new(dedup_horizon_ms);
+    let Some(hook) = checkpoint else { return (dedup, i64::MIN) };
+    let r = &hook.restore;
+    dedup.advance(r.watermark);
+    for run in &r.dedup {
+        // Written with another horizon: the bucket that holds the old bucket's start.
+        let bucket = if r.bucket_ms == dedup.bucket_ms() || r.bucket_ms <= 0 {
+            run.bucket
+        } else {
+            dedup.bucket_of(run.bucket.saturating_mul(r.bucket_ms))
+        };
+        dedup.restore(bucket, run.ids.iter().copied());
+    }
+    (dedup, r.watermark)
+}
+
 impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>> {
     fn maintain_attributes(
         self,
@@ -317,22 +337,7 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
         let mut reports = builder.new_input(progress, Exchange::new(|r: &Report| u64::from(r.0)));
         let (output, stream) = builder.new_output::<Vec<()>>();
         let _output = OutputBuilder::<_, CapacityContainerBuilder<Vec<()>>>::from(output);
-        let mut dedup = Dedup::new(dedup_horizon_ms);
-        let mut restored = i64::MIN;
-        if let Some(hook) = &checkpoint {
-            let r = &hook.restore;
-            dedup.advance(r.watermark);
-            restored = r.watermark;
-            for run in &r.dedup {
-                // Written with another horizon: the bucket that holds the old bucket's start.
-                let bucket = if r.bucket_ms == dedup.bucket_ms() || r.bucket_ms <= 0 {
-                    run.bucket
-                } else {
-                    dedup.bucket_of(run.bucket.saturating_mul(r.bucket_ms))
-                };
-                dedup.restore(bucket, run.ids.iter().copied());
-            }
-        }
+        let (dedup, restored) = restored_dedup(checkpoint.as_ref(), dedup_horizon_ms);
         let key_groups = store.key_groups();
         let mut m = Maintainer {
             users: UserSweep {
@@ -358,15 +363,15 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
             // Held at the least epoch not yet applied everywhere, so the output frontier follows the input's.
             let mut cap = caps.pop();
             let mut stash: BTreeMap<Epoch, Vec<Activity>> = BTreeMap::new();
-            // Emptied stash buffers, reused: a fresh one per epoch grew by doubling and, freed
-            // after its epoch, its pages went back to the OS and were faulted in anew by the next
-            // (12% of the worker in the engine harness, `benches/RESULTS.md`).
+            // Emptied stash buffers, reused: a fresh one per epoch would grow by doubling and,
+            // freed after its epoch, give its pages back to the OS for the next one to fault in
+            // anew (`benches/RESULTS.md`).
             let mut spare: Vec<Vec<Activity>> = Vec::new();
             let mut last_sweep = Instant::now();
             move |frontiers| {
                 // The least epoch the activities may still bring. Reports are not waited for: the
                 // watermark folds those of earlier epochs that are here (waiting for the reports'
-                // frontier stashed most batches and cost a quarter of the engine harness's speed).
+                // frontier would stash most batches, `benches/RESULTS.md`).
                 let least = frontiers[0].frontier().iter().min().copied();
                 reports.for_each(|time, data| {
                     if let Some(epoch) = time.least().copied() {

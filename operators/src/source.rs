@@ -30,6 +30,8 @@ use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 
 use crate::backfill::{Archived, Backfill, BacklogError, Cursor};
+use crate::counters::{self, Counter};
+use crate::epoch::Epoch;
 use crate::event::{DecodeError, DecodeLimits, DlqReason, Event, EventKind, decode};
 use crate::watermark::{PartitionClock, Progress, Report, progress, to_every};
 
@@ -41,9 +43,6 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a worker with paused partitions looks whether the slowest one has caught up.
 const ALIGN_CHECK: Duration = Duration::from_millis(5);
-
-/// The timely timestamp: a checkpoint epoch, `unix_ms / epoch_interval`.
-pub type Epoch = u64;
 
 /// One input partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -272,12 +271,12 @@ fn client_config(config: &SourceConfig, worker: usize) -> ClientConfig {
         // Events are consumed as soon as they are fetched: a short fetch wait keeps latency low.
         .set("fetch.wait.max.ms", "10")
         // Prefetch, in all of this worker's partitions together (they share the batch queue):
-        // about 50 ms of a worker's work, far more than a fetch takes. Smaller is cheaper than
-        // the 64 MB used before (benches/RESULTS.md).
+        // about 50 ms of a worker's work, far more than a fetch takes; a larger prefetch costs
+        // more and reads no faster (benches/RESULTS.md).
         .set("queued.max.messages.kbytes", "2048")
         // When a partition's prefetch queue is full, librdkafka waits this long before it
         // checks again (default 1 s). Events are consumed faster than that: with the default
-        // the queues ran dry and squall read at half the rate (benches/RESULTS.md).
+        // the queues run dry between checks (benches/RESULTS.md).
         .set("fetch.queue.backoff.ms", "1")
         .set("client.id", format!("squall-{}-w{worker}", config.group_id));
     for (k, v) in &config.properties {
@@ -385,8 +384,8 @@ struct KafkaSource {
     last: Option<(TopicId, i32, usize)>,
     warned_at: Instant,
     /// Per topic: index 0 counts song completions, 1 ad impressions.
-    consumed: [metrics::Counter; 2],
-    errors: metrics::Counter,
+    consumed: [Counter; 2],
+    errors: Counter,
 }
 
 impl KafkaSource {
@@ -410,8 +409,8 @@ impl KafkaSource {
         });
         // The leaders of the owned partitions, before they are assigned: a partition assigned
         // while its leader is unknown has its start offset queried only after librdkafka's fixed
-        // 500 ms retry ("no current leader"), and every worker's first record waited for it
-        // (`benches/RESULTS.md` 2026-12-01). A broker that does not answer in time changes
+        // 500 ms retry ("no current leader"), and every worker's first record would wait for it
+        // (`benches/RESULTS.md`). A broker that does not answer in time changes
         // nothing else: librdkafka retries by itself.
         let mut topics: Vec<&str> = owned.iter().map(|o| o.partition.topic.as_str()).collect();
         topics.sort_unstable();
@@ -425,10 +424,9 @@ impl KafkaSource {
         let topic_of = |kind: EventKind| {
             config.partitions.iter().find(|(_, k)| *k == kind).map(|(p, _)| p.topic.clone()).unwrap_or_default()
         };
-        let consumed = [EventKind::Song, EventKind::Ad].map(|kind| {
-            metrics::counter!("squall_events_consumed_total", "group_id" => config.group_id.clone(), "topic" => topic_of(kind))
-        });
-        let errors = metrics::counter!("squall_source_errors_total", "group_id" => config.group_id.clone());
+        let consumed =
+            [EventKind::Song, EventKind::Ad].map(|kind| counters::events_consumed(&config.group_id, topic_of(kind)));
+        let errors = counters::source_errors(&config.group_id);
         let mut source = KafkaSource {
             config: config.clone(),
             worker,
@@ -719,7 +717,7 @@ fn backfill_failed(config: &SourceConfig, owned: &mut Owned, e: &BacklogError) {
 
 /// Counts a consumer error and, now and then, says so (broker down and similar: librdkafka
 /// retries by itself).
-fn warn(config: &SourceConfig, errors: &metrics::Counter, warned_at: &mut Instant, e: &dyn std::fmt::Display) {
+fn warn(config: &SourceConfig, errors: &Counter, warned_at: &mut Instant, e: &dyn std::fmt::Display) {
     errors.increment(1);
     if warned_at.elapsed() > Duration::from_secs(10) {
         tracing::warn!(group_id = %config.group_id, error = %e, "kafka consumer error; retrying");

@@ -11,16 +11,8 @@ pub use squall_enrichment::{StrHash, StrHasher};
 
 use std::sync::Arc;
 
-use crate::attributes::{Attributes, AttributesView};
+use crate::attributes::{Attributes, AttributesView, Plan, UserState};
 use crate::key_groups::{self, KeyGroups};
-use crate::plan::{Plan, UserState};
-
-/// The hash that places a user: which worker owns them and which key group holds them
-/// ([`crate::key_groups`]).
-#[inline]
-pub fn user_hash(user_id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(user_id.as_bytes())
-}
 
 /// The users of a contiguous range of key groups and their state.
 pub type Shard = DashMap<CompactString, UserState, StrHash>;
@@ -29,8 +21,8 @@ pub type Shard = DashMap<CompactString, UserState, StrHash>;
 ///
 /// # Notes
 /// Fewer maps than key groups keep the maps' lock words (which every write takes) in the
-/// worker's cache: with one map per key group (4096, 8192 locks) the engine harness applied about
-/// 7% fewer events/s (`benches/RESULTS.md`, 2026-11-30 "hot path"). A sweep for expired users
+/// worker's cache, where one map per key group (4096, 8192 locks) would not (`benches/RESULTS.md`,
+/// "hot path"). A sweep for expired users
 /// goes over a whole map at a time, so at 100 M users per process a map holds about 400k users.
 pub const MAPS: u32 = 256;
 
@@ -59,7 +51,7 @@ type Locked<'a> = ((usize, usize), dashmap::RwLockWriteGuard<'a, Table>);
 /// The shards of a few users, write-locked together, so that the lookups of all of them come
 /// before any state is changed and their cache misses overlap. Each write to a [`Shard`] through
 /// its own API takes and releases a lock, and a locked instruction waits for every load before
-/// it, so lookups one by one cannot overlap (`benches/RESULTS.md`, 2026-11-30 "hot path").
+/// it, so lookups one by one cannot overlap.
 /// Readers of these users wait until the chunk is dropped.
 pub struct Chunk<'a> {
     store: &'a UserStore,
@@ -210,7 +202,7 @@ impl UserStore {
     pub fn lock<'a>(&'a self, slots: impl Iterator<Item = &'a Slot>) -> Chunk<'a> {
         // One order for every worker: two that share a map at a boundary cannot deadlock. The
         // shards are numbered `map * SHARDS_PER_MAP + shard` (fewer than `PLACES`); a bit set puts
-        // them in order and drops repeats without sorting (the sort took 1.5% of the worker).
+        // them in order and drops repeats without sorting.
         let mut places = [0u64; PLACES / 64];
         for s in slots {
             let place = s.map * SHARDS_PER_MAP + s.shard;

@@ -28,8 +28,8 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::epoch::Epoch;
 use crate::event::Event;
-use crate::source::Epoch;
 
 /// A source worker's event-time progress at the end of an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,13 +1,14 @@
 //! A from-scratch recomputation of any declaration's attributes, written independently of the
 //! dataflow and of the compiled plan, for tests (and the demo's self-check) to compare against:
 //! plain maps and loops over each user's whole history, no incrementality, no shared state layout.
-//! It shares only the declaration's parsed form (`squall_operators::declare`) with the engine.
+//! It shares only the declaration's parsed form (`squall_operators::attributes::declare`) with the engine.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use squall_enrichment::{AdRow, TrackRow};
-use squall_operators::declare::{Aggregate, Def, Events, Field, Late, Op, Window};
-use squall_operators::predicate::{CmpOp, Expr, Literal};
+use squall_operators::attributes::declare::{Aggregate, Def, Late, Op, Window};
+use squall_operators::attributes::predicate::{CmpOp, Expr, Literal};
+use squall_operators::attributes::{Events, Field};
 use squall_operators::{Attributes, Declaration, Event, Value};
 
 /// The catalogue as the oracle sees it: every row of `tracks` and `ads` by id.

@@ -1,7 +1,7 @@
 //! A topology file, typed: embedded defaults, then the TOML file, then `SQUALL__*` variables.
 //!
 //! The file declares its versions' attributes (`[versions.N] attributes = [...]`, see
-//! [`squall_operators::declare`]); they are checked here, and an error names the file's line.
+//! [`squall_operators::attributes::declare`]); they are checked here, and an error names the file's line.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use squall_enrichment::EnrichConfig;
 use squall_feeds::FeedSpec;
 use squall_operators::{Declaration, StartFrom};
+
+pub use crate::versions::VersionSpec;
+use crate::versions::VersionsError;
 
 /// A topology version: what it reads, what it computes, where it keeps and serves it.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,25 +44,6 @@ pub struct TopologySpec {
     pub http: HttpSpec,
     /// Attribute feeds: the CQL profile table and the changelog topic.
     pub feed: FeedSpec,
-}
-
-/// One version a topology file declares.
-#[derive(Clone, Debug, PartialEq)]
-pub struct VersionSpec {
-    /// Its attributes.
-    pub attributes: Arc<Declaration>,
-    /// `personalization_v1` etc. when the file names a built-in declaration instead of writing one.
-    pub builtin: Option<String>,
-}
-
-impl VersionSpec {
-    /// How listings describe it: the built-in's name, or the attributes it answers.
-    pub fn describe(&self) -> String {
-        match &self.builtin {
-            Some(name) => name.clone(),
-            None => format!("declared: {}", self.attributes.summary()),
-        }
-    }
 }
 
 /// The file as figment reads it: the settings, with the version declarations left to [`Decls`].
@@ -283,6 +267,69 @@ pub enum SpecError {
     },
 }
 
+/// What is wrong with a topology file that parses: the `message` of [`SpecError::Invalid`].
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// Its `[versions]`.
+    #[error(transparent)]
+    Versions(#[from] VersionsError),
+    /// A librdkafka property squall sets itself.
+    #[error(
+        "kafka.consumer.\"{key}\": squall sets this itself ({}); offsets are committed only with a complete checkpoint",
+        set_from(.key)
+    )]
+    ConsumerProperty {
+        /// The property.
+        key: String,
+    },
+    /// `kafka.start_from_group` is no group id.
+    #[error("kafka.start_from_group: a group id has 1..=255 characters")]
+    StartFromGroup,
+    /// `name` is no topology name.
+    #[error("name {0:?}: use 1-64 characters from [A-Za-z0-9_-]")]
+    Name(String),
+    /// `version` is 0.
+    #[error("version must be >= 1")]
+    Version,
+    /// `runtime.workers` out of range.
+    #[error("runtime.workers = {0}: use 1..=256")]
+    Workers(usize),
+    /// A directory store without its directory.
+    #[error("state.checkpoint_store = \"dir\" needs state.checkpoint_dir")]
+    NoCheckpointDir,
+    /// A checkpoint directory for another store.
+    #[error("state.checkpoint_dir is only used with checkpoint_store = \"dir\"; remove one of them")]
+    CheckpointDirUnused,
+    /// `state.epoch` too short.
+    #[error("state.epoch must be at least 10ms")]
+    Epoch,
+    /// `state.key_groups` out of range.
+    #[error(transparent)]
+    KeyGroups(#[from] squall_operators::key_groups::KeyGroupsError),
+    /// `state.user_ttl` shorter than what it must outlive.
+    #[error(
+        "state.user_ttl = {ttl:?}: use \"0s\" (keep every user) or at least state.dedup_horizon ({horizon:?}) and state.epoch"
+    )]
+    UserTtl {
+        /// The ttl.
+        ttl: Duration,
+        /// The dedup horizon.
+        horizon: Duration,
+    },
+    /// One topic for both kinds of event.
+    #[error("kafka.song_completions and kafka.ad_impressions must be different topics")]
+    SameTopics,
+}
+
+/// Where squall takes consumer property `key` from.
+fn set_from(key: &str) -> &'static str {
+    match key {
+        "group.id" => "from the topology name and version",
+        "bootstrap.servers" => "from kafka.brokers",
+        _ => "to false",
+    }
+}
+
 impl TopologySpec {
     /// Loads `path`, then applies `SQUALL__SECTION__FIELD` environment variables (the version
     /// declarations come from the file only).
@@ -298,7 +345,7 @@ impl TopologySpec {
             .merge(Env::prefixed("SQUALL__").split("__").lowercase(true))
             .extract()
             .map_err(|e| invalid(e.to_string()))?;
-        TopologySpec::resolve(file, &text, true).map_err(invalid)
+        TopologySpec::resolve(file, &text, true).map_err(|e| invalid(e.to_string()))
     }
 
     /// Parses TOML text (no environment), for the server, tests and tools.
@@ -309,10 +356,10 @@ impl TopologySpec {
             .merge(Toml::string(text))
             .extract()
             .map_err(|e| invalid(e.to_string()))?;
-        TopologySpec::resolve(file, text, true).map_err(invalid)
+        TopologySpec::resolve(file, text, true).map_err(|e| invalid(e.to_string()))
     }
 
-    fn resolve(file: FileSpec, text: &str, builtins: bool) -> Result<Self, String> {
+    fn resolve(file: FileSpec, text: &str, builtins: bool) -> Result<Self, Invalid> {
         let versions = crate::versions::parse(text, file.version, builtins)?;
         let attributes = versions
             .get(&file.version)
@@ -338,7 +385,7 @@ impl TopologySpec {
     /// Selects version `version` of this topology (one of its `[versions]`).
     pub fn with_version(mut self, version: u32) -> Result<Self, SpecError> {
         let Some(v) = self.versions.get(&version) else {
-            let message = crate::versions::missing(version, &self.versions);
+            let message = crate::versions::missing(version, &self.versions).to_string();
             return Err(SpecError::Invalid { path: self.name.clone(), message });
         };
         self.attributes = Arc::clone(&v.attributes);
@@ -351,58 +398,42 @@ impl TopologySpec {
         self.versions.get(&self.version).map(VersionSpec::describe).unwrap_or_default()
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         if let Some(key) = self.kafka.consumer.keys().find(|k| RESERVED_CONSUMER_PROPERTIES.contains(&k.as_str())) {
-            return Err(format!(
-                "kafka.consumer.\"{key}\": squall sets this itself ({}); offsets are committed only with a complete checkpoint",
-                match key.as_str() {
-                    "group.id" => "from the topology name and version",
-                    "bootstrap.servers" => "from kafka.brokers",
-                    _ => "to false",
-                }
-            ));
+            return Err(Invalid::ConsumerProperty { key: key.clone() });
         }
         if let Some(group) = &self.kafka.start_from_group
             && (group.is_empty() || group.len() > 255)
         {
-            return Err("kafka.start_from_group: a group id has 1..=255 characters".into());
+            return Err(Invalid::StartFromGroup);
         }
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !name_ok {
-            return Err(format!("name {:?}: use 1-64 characters from [A-Za-z0-9_-]", self.name));
+            return Err(Invalid::Name(self.name.clone()));
         }
         if self.version == 0 {
-            return Err("version must be >= 1".into());
+            return Err(Invalid::Version);
         }
         if self.runtime.workers == 0 || self.runtime.workers > 256 {
-            return Err(format!("runtime.workers = {}: use 1..=256", self.runtime.workers));
+            return Err(Invalid::Workers(self.runtime.workers));
         }
         match (self.state.checkpoint_store, &self.state.checkpoint_dir) {
-            (Some(CheckpointStoreKind::Dir), None) => {
-                return Err("state.checkpoint_store = \"dir\" needs state.checkpoint_dir".into());
-            }
-            (Some(CheckpointStoreKind::Cql), Some(_)) => {
-                return Err(
-                    "state.checkpoint_dir is only used with checkpoint_store = \"dir\"; remove one of them".into()
-                );
-            }
+            (Some(CheckpointStoreKind::Dir), None) => return Err(Invalid::NoCheckpointDir),
+            (Some(CheckpointStoreKind::Cql), Some(_)) => return Err(Invalid::CheckpointDirUnused),
             _ => {}
         }
         if self.state.epoch < Duration::from_millis(10) {
-            return Err("state.epoch must be at least 10ms".into());
+            return Err(Invalid::Epoch);
         }
         squall_operators::KeyGroups::new(self.state.key_groups)?;
         let ttl = self.state.user_ttl;
         if !ttl.is_zero() && (ttl < self.state.dedup_horizon || ttl < self.state.epoch) {
-            return Err(format!(
-                "state.user_ttl = {ttl:?}: use \"0s\" (keep every user) or at least state.dedup_horizon ({:?}) and state.epoch",
-                self.state.dedup_horizon
-            ));
+            return Err(Invalid::UserTtl { ttl, horizon: self.state.dedup_horizon });
         }
         if self.kafka.song_completions == self.kafka.ad_impressions {
-            return Err("kafka.song_completions and kafka.ad_impressions must be different topics".into());
+            return Err(Invalid::SameTopics);
         }
         Ok(())
     }

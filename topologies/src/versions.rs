@@ -20,16 +20,144 @@ use std::sync::Arc;
 
 use serde::de::{MapAccess, Visitor, value::MapAccessDeserializer};
 use serde::{Deserialize, Deserializer};
+use squall_operators::attributes::DeclError;
 use squall_operators::{AttributeDecl, Declaration};
 use toml::Spanned;
-
-use crate::spec::VersionSpec;
 
 /// The shipped topology file, whose versions the built-in names refer to.
 const BUILTIN_FILE: &str = include_str!("../personalization.toml");
 
 /// The built-in declarations: name, and the version of [`BUILTIN_FILE`] it is.
 const BUILTINS: [(&str, u32); 2] = [("personalization_v1", 1), ("personalization_v2", 2)];
+
+/// One version a topology file declares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VersionSpec {
+    /// Its attributes.
+    pub attributes: Arc<Declaration>,
+    /// `personalization_v1` etc. when the file names a built-in declaration instead of writing one.
+    pub builtin: Option<String>,
+}
+
+impl VersionSpec {
+    /// How listings describe it: the built-in's name, or the attributes it answers.
+    pub fn describe(&self) -> String {
+        match &self.builtin {
+            Some(name) => name.clone(),
+            None => format!("declared: {}", self.attributes.summary()),
+        }
+    }
+}
+
+/// Why the `[versions]` of a file cannot be used; each error names the file's line.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionsError {
+    /// The file is not TOML, or a version table has a wrong or unknown key.
+    #[error("{}", .0.to_string().trim_end())]
+    Toml(toml::de::Error),
+    /// A `[versions]` key that is no version number.
+    #[error("line {line}: versions.{key}: version keys are numbers >= 1, e.g. [versions.3]")]
+    Key {
+        /// Its line.
+        line: usize,
+        /// The key.
+        key: String,
+    },
+    /// Both the legacy `attributes` and `[versions.N]` say what the file's version computes.
+    #[error(
+        "line {line}: `attributes` and [versions.{version}] (line {other}) both say what version {version} computes; keep one"
+    )]
+    Twice {
+        /// The line of `attributes`.
+        line: usize,
+        /// The file's version.
+        version: u32,
+        /// The line of `[versions.N]`.
+        other: usize,
+    },
+    /// A built-in name where only declarations may be (the built-in file itself).
+    #[error("line {0}: a built-in name here")]
+    BuiltinHere(usize),
+    /// A name that is no built-in declaration.
+    #[error(
+        "line {line}: unknown built-in attributes {name:?} (built-in: {}); or declare the attributes: [versions.N] attributes = [{{ name = \"plays\", op = \"count\", events = \"song\" }}, ...]",
+        BUILTINS.map(|(n, _)| n).join(", ")
+    )]
+    UnknownBuiltin {
+        /// Its line.
+        line: usize,
+        /// The name.
+        name: String,
+    },
+    /// The shipped file does not read (a bug in the build, not in the user's file).
+    #[error("the built-in topology file: {0}")]
+    BuiltinFile(Box<VersionsError>),
+    /// The shipped file lacks a version a built-in name refers to.
+    #[error("the built-in topology file has no version {0}")]
+    BuiltinVersion(u32),
+    /// A declaration that does not check.
+    #[error("line {line}: version {version}, attribute `{}`: {}", .error.name, .error.message)]
+    Attribute {
+        /// The line of the attribute.
+        line: usize,
+        /// The version.
+        version: u32,
+        /// What is wrong.
+        #[source]
+        error: DeclError,
+    },
+    /// `extends` in a loop.
+    #[error("line {line}: version {version} extends itself through {seen:?}; remove one `extends`")]
+    ExtendsItself {
+        /// The line of the version.
+        line: usize,
+        /// The version.
+        version: u32,
+        /// The versions on the way.
+        seen: Vec<u32>,
+    },
+    /// `extends` of a built-in version.
+    #[error(
+        "line {line}: version {version} is the built-in {name:?} ({summary}); extend a version declared in this file"
+    )]
+    ExtendsBuiltin {
+        /// The line of the version.
+        line: usize,
+        /// The version.
+        version: u32,
+        /// The built-in's name.
+        name: String,
+        /// Its attributes.
+        summary: String,
+    },
+    /// `extends` of a version the file does not declare.
+    #[error("line {line}: version {version} extends {base}, which this file does not declare (it has {})", join(.known))]
+    ExtendsUndeclared {
+        /// The line of `extends`.
+        line: usize,
+        /// The version.
+        version: u32,
+        /// The version it extends.
+        base: u32,
+        /// The versions declared.
+        known: Vec<u32>,
+    },
+    /// A version the file does not declare.
+    #[error(
+        "no version {version} (versions in this file: {}); declare it under [versions.{version}] with attributes = [...]",
+        if .known.is_empty() { "none".to_owned() } else { join(.known) }
+    )]
+    Missing {
+        /// The version asked for.
+        version: u32,
+        /// The versions declared.
+        known: Vec<u32>,
+    },
+}
+
+fn join(versions: &[u32]) -> String {
+    versions.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
 
 /// What the span parser reads of the file; everything else is figment's.
 #[derive(Deserialize)]
@@ -81,31 +209,23 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// The error for a version the file does not declare.
-pub fn missing(version: u32, versions: &BTreeMap<u32, VersionSpec>) -> String {
-    let known: Vec<String> = versions.keys().map(u32::to_string).collect();
-    format!(
-        "no version {version} (versions in this file: {}); declare it under [versions.{version}] with attributes = [...]",
-        if known.is_empty() { "none".into() } else { known.join(", ") }
-    )
+pub fn missing(version: u32, versions: &BTreeMap<u32, VersionSpec>) -> VersionsError {
+    VersionsError::Missing { version, known: versions.keys().copied().collect() }
 }
 
-fn builtin(name: &str, line: usize) -> Result<VersionSpec, String> {
+fn builtin(name: &str, line: usize) -> Result<VersionSpec, VersionsError> {
     let Some((_, version)) = BUILTINS.iter().find(|(n, _)| *n == name) else {
-        let names: Vec<&str> = BUILTINS.iter().map(|(n, _)| *n).collect();
-        return Err(format!(
-            "line {line}: unknown built-in attributes {name:?} (built-in: {}); or declare the attributes: [versions.N] attributes = [{{ name = \"plays\", op = \"count\", events = \"song\" }}, ...]",
-            names.join(", ")
-        ));
+        return Err(VersionsError::UnknownBuiltin { line, name: name.to_owned() });
     };
-    let versions = parse(BUILTIN_FILE, 1, false).map_err(|e| format!("the built-in topology file: {e}"))?;
-    let v = versions.get(version).ok_or_else(|| format!("the built-in topology file has no version {version}"))?;
+    let versions = parse(BUILTIN_FILE, 1, false).map_err(|e| VersionsError::BuiltinFile(Box::new(e)))?;
+    let v = versions.get(version).ok_or(VersionsError::BuiltinVersion(*version))?;
     Ok(VersionSpec { attributes: Arc::clone(&v.attributes), builtin: Some(name.to_owned()) })
 }
 
 /// Reads and checks every version of the file `text`; `default` is the file's `version`.
 /// `builtins` allows built-in names (the built-in file itself declares its versions).
-pub fn parse(text: &str, default: u32, builtins: bool) -> Result<BTreeMap<u32, VersionSpec>, String> {
-    let file: DeclFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+pub fn parse(text: &str, default: u32, builtins: bool) -> Result<BTreeMap<u32, VersionSpec>, VersionsError> {
+    let file: DeclFile = toml::from_str(text).map_err(VersionsError::Toml)?;
     let mut numbered: BTreeMap<u32, (usize, &Entry)> = BTreeMap::new();
     for (key, entry) in &file.versions {
         let line = line_of(text, entry.span().start);
@@ -113,7 +233,7 @@ pub fn parse(text: &str, default: u32, builtins: bool) -> Result<BTreeMap<u32, V
             Ok(v) if v >= 1 => {
                 numbered.insert(v, (line, entry.get_ref()));
             }
-            _ => return Err(format!("line {line}: versions.{key}: version keys are numbers >= 1, e.g. [versions.3]")),
+            _ => return Err(VersionsError::Key { line, key: key.clone() }),
         }
     }
     let mut out = BTreeMap::new();
@@ -121,27 +241,24 @@ pub fn parse(text: &str, default: u32, builtins: bool) -> Result<BTreeMap<u32, V
         let line = line_of(text, name.span().start);
         match numbered.get(&default) {
             Some((_, Entry::Builtin(other))) if other == name.get_ref() => {}
-            Some((l, _)) => {
-                return Err(format!(
-                    "line {line}: `attributes` and [versions.{default}] (line {l}) both say what version {default} computes; keep one"
-                ));
-            }
+            Some((other, _)) => return Err(VersionsError::Twice { line, version: default, other: *other }),
             None => {}
         }
         if !builtins {
-            return Err(format!("line {line}: a built-in name here"));
+            return Err(VersionsError::BuiltinHere(line));
         }
         out.insert(default, builtin(name.get_ref(), line)?);
     }
     for (&version, &(line, entry)) in &numbered {
         let spec = match entry {
             Entry::Builtin(name) if builtins => builtin(name, line)?,
-            Entry::Builtin(_) => return Err(format!("line {line}: a built-in name here")),
+            Entry::Builtin(_) => return Err(VersionsError::BuiltinHere(line)),
             Entry::Declared(_) => {
                 let (decls, lines) = chain(version, &numbered, text, &mut Vec::new())?;
-                let declaration = Declaration::new(&decls).map_err(|e| {
-                    let at = lines.get(e.index).copied().unwrap_or(line);
-                    format!("line {at}: version {version}, attribute `{}`: {}", e.name, e.message)
+                let declaration = Declaration::new(&decls).map_err(|error| VersionsError::Attribute {
+                    line: lines.get(error.index).copied().unwrap_or(line),
+                    version,
+                    error,
                 })?;
                 VersionSpec { attributes: Arc::new(declaration), builtin: None }
             }
@@ -158,31 +275,26 @@ fn chain(
     numbered: &BTreeMap<u32, (usize, &Entry)>,
     text: &str,
     seen: &mut Vec<u32>,
-) -> Result<(Vec<AttributeDecl>, Vec<usize>), String> {
+) -> Result<(Vec<AttributeDecl>, Vec<usize>), VersionsError> {
     let (line, entry) = numbered[&version];
     if seen.contains(&version) {
-        return Err(format!("line {line}: version {version} extends itself through {seen:?}; remove one `extends`"));
+        return Err(VersionsError::ExtendsItself { line, version, seen: seen.clone() });
     }
     seen.push(version);
-    let Entry::Declared(table) = entry else {
-        let Entry::Builtin(name) = entry else { unreachable!() };
-        let spec = builtin(name, line)?;
-        return Err(format!(
-            "line {line}: version {version} is the built-in {name:?} ({}); extend a version declared in this file",
-            spec.attributes.summary()
-        ));
+    let table = match entry {
+        Entry::Declared(table) => table,
+        Entry::Builtin(name) => {
+            let summary = builtin(name, line)?.attributes.summary();
+            return Err(VersionsError::ExtendsBuiltin { line, version, name: name.clone(), summary });
+        }
     };
     let (mut decls, mut lines) = match &table.extends {
         None => (Vec::new(), Vec::new()),
         Some(base) => {
             let at = line_of(text, base.span().start);
             if !numbered.contains_key(base.get_ref()) {
-                let known: Vec<String> = numbered.keys().map(u32::to_string).collect();
-                return Err(format!(
-                    "line {at}: version {version} extends {}, which this file does not declare (it has {})",
-                    base.get_ref(),
-                    known.join(", ")
-                ));
+                let known = numbered.keys().copied().collect();
+                return Err(VersionsError::ExtendsUndeclared { line: at, version, base: *base.get_ref(), known });
             }
             chain(*base.get_ref(), numbered, text, seen)?
         }
@@ -201,7 +313,7 @@ mod tests {
     const HEAD: &str = "name = \"p\"\nversion = 1\n";
 
     fn err(body: &str) -> String {
-        parse(&format!("{HEAD}{body}"), 1, true).unwrap_err()
+        parse(&format!("{HEAD}{body}"), 1, true).unwrap_err().to_string()
     }
 
     #[test]
@@ -259,7 +371,8 @@ mod tests {
             1,
             true,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("version 3, attribute `a`: the name is already used"), "{e}");
     }
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use squall_enrichment::Symbols;
-use squall_operators::attributes::{AdInfo, AttributesView, TrackInfo};
+use squall_operators::activity::{AdInfo, TrackInfo};
+use squall_operators::attributes::AttributesView;
 use squall_operators::{Activity, Plan, UserState, What};
 use squall_topologies::TopologySpec;
 

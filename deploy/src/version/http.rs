@@ -342,7 +342,7 @@ pub async fn proxy_attributes(client: &reqwest::Client, base: &str, user_id: &st
 mod tests {
     use super::*;
     use squall_enrichment::{EnrichConfig, Enricher, MemoryCatalogue, Symbols};
-    use squall_operators::attributes::{AdInfo, TrackInfo};
+    use squall_operators::activity::{AdInfo, TrackInfo};
     use squall_operators::{Activity, Plan, What};
 
     /// A version 2 store with one user who played two genres and saw an ad.

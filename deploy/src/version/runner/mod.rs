@@ -52,7 +52,7 @@ pub enum StartError {
     Recover(#[source] CheckpointError),
     /// `state.key_groups` is out of range.
     #[error("state.key_groups: {0}")]
-    KeyGroups(String),
+    KeyGroups(squall_operators::key_groups::KeyGroupsError),
     /// The offset committer could not start.
     #[error("start the offset committer")]
     Committer(#[source] CommitterError),

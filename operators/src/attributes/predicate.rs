@@ -2,7 +2,7 @@
 //! columns with literals, combined with `and`, `or`, `not` and parentheses.
 //!
 //! ```
-//! use squall_operators::predicate::Expr;
+//! use squall_operators::attributes::predicate::Expr;
 //! let e = Expr::parse("ms_played < 30000 and (track.genre == 'rock' or not track.duration_ms > 600000)").unwrap();
 //! assert_eq!(e.fields().len(), 3);
 //! ```
@@ -15,7 +15,94 @@
 
 use std::fmt;
 
-use crate::declare::{Field, Type};
+use super::field::{Field, Type};
+
+/// Why a predicate does not parse or type-check: what is wrong and what to write instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExprError {
+    /// A single `=`.
+    #[error("`=` at column {0}: compare with `==`")]
+    SingleEquals(usize),
+    /// A `!` not followed by `=`.
+    #[error("`!` at column {0}: write `!=`, or `not` before a condition")]
+    Bang(usize),
+    /// A quoted text without its closing quote.
+    #[error("the text starting at column {column} has no closing {quote}")]
+    UnclosedText {
+        /// Where it starts.
+        column: usize,
+        /// The quote it opens with.
+        quote: char,
+    },
+    /// Digits that are no `i64`.
+    #[error("`{text}` at column {column} is not an integer")]
+    NotAnInteger {
+        /// The digits.
+        text: String,
+        /// Where they start.
+        column: usize,
+    },
+    /// A character no token starts with.
+    #[error("unexpected `{found}` at column {column}")]
+    Unexpected {
+        /// The character.
+        found: char,
+        /// Where it is.
+        column: usize,
+    },
+    /// A `(` without its `)`.
+    #[error("a `(` is not closed: add `)`")]
+    Unclosed,
+    /// Something else where a field name belongs.
+    #[error("expected a field name, found {0}")]
+    ExpectedField(String),
+    /// The end where a condition belongs.
+    #[error("expected a condition such as `ms_played < 30000`, found the end")]
+    ExpectedCondition,
+    /// A name that is no field.
+    #[error("{}", Field::unknown(.0))]
+    UnknownField(String),
+    /// Something else where a comparison belongs.
+    #[error("expected a comparison (==, !=, <, <=, >, >=) after `{field}`, found {found}")]
+    ExpectedComparison {
+        /// The field compared.
+        field: String,
+        /// What was found instead.
+        found: String,
+    },
+    /// Something else where a literal belongs.
+    #[error("expected a number or a quoted text after `{field} {}`, found {found}", .op.as_str())]
+    ExpectedLiteral {
+        /// The field compared.
+        field: String,
+        /// The comparison.
+        op: CmpOp,
+        /// What was found instead.
+        found: String,
+    },
+    /// A text compared by order.
+    #[error("`{0}` is text: compare it with == or != only")]
+    TextOrder(String),
+    /// A number compared with a text.
+    #[error("`{field}` is a number: compare it with a number, not the text {text:?}")]
+    NumberWithText {
+        /// The field.
+        field: String,
+        /// The text.
+        text: String,
+    },
+    /// A text compared with a number.
+    #[error("`{field}` is text: compare it with a quoted text, e.g. '{number}'")]
+    TextWithNumber {
+        /// The field.
+        field: String,
+        /// The number.
+        number: i64,
+    },
+    /// More after a complete condition.
+    #[error("unexpected {0} after a complete condition: join conditions with `and` / `or`")]
+    Trailing(String),
+}
 
 /// A comparison operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +198,7 @@ enum Token {
     RParen,
 }
 
-fn tokens(text: &str) -> Result<Vec<Token>, String> {
+fn tokens(text: &str) -> Result<Vec<Token>, ExprError> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -136,16 +223,15 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                     (b'>', true) => CmpOp::Ge,
                     (b'<', false) => CmpOp::Lt,
                     (b'>', false) => CmpOp::Gt,
-                    (b'=', false) => return Err(format!("`=` at column {}: compare with `==`", i + 1)),
-                    _ => return Err(format!("`!` at column {}: write `!=`, or `not` before a condition", i + 1)),
+                    (b'=', false) => return Err(ExprError::SingleEquals(i + 1)),
+                    _ => return Err(ExprError::Bang(i + 1)),
                 };
                 out.push(Token::Op(op));
                 i += if two { 2 } else { 1 };
             }
             b'\'' | b'"' => {
-                let end = text[i + 1..]
-                    .find(c as char)
-                    .ok_or_else(|| format!("the text starting at column {} has no closing {}", i + 1, c as char))?;
+                let end =
+                    text[i + 1..].find(c as char).ok_or(ExprError::UnclosedText { column: i + 1, quote: c as char })?;
                 out.push(Token::Text(text[i + 1..i + 1 + end].to_owned()));
                 i += end + 2;
             }
@@ -158,7 +244,7 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                 let digits: String = text[start..i].chars().filter(|c| *c != '_').collect();
                 let n = digits
                     .parse::<i64>()
-                    .map_err(|_| format!("`{}` at column {} is not an integer", &text[start..i], start + 1))?;
+                    .map_err(|_| ExprError::NotAnInteger { text: text[start..i].to_owned(), column: start + 1 })?;
                 out.push(Token::Int(n));
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
@@ -170,7 +256,7 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
             }
             _ => {
                 let ch = text[i..].chars().next().unwrap_or('?');
-                return Err(format!("unexpected `{ch}` at column {}", i + 1));
+                return Err(ExprError::Unexpected { found: ch, column: i + 1 });
             }
         }
     }
@@ -191,7 +277,7 @@ impl Parser {
         matches!(self.peek(), Some(Token::Ident(w)) if w.eq_ignore_ascii_case(word))
     }
 
-    fn or(&mut self) -> Result<Expr, String> {
+    fn or(&mut self) -> Result<Expr, ExprError> {
         let mut left = self.and()?;
         while self.keyword("or") {
             self.at += 1;
@@ -200,7 +286,7 @@ impl Parser {
         Ok(left)
     }
 
-    fn and(&mut self) -> Result<Expr, String> {
+    fn and(&mut self) -> Result<Expr, ExprError> {
         let mut left = self.unary()?;
         while self.keyword("and") {
             self.at += 1;
@@ -209,7 +295,7 @@ impl Parser {
         Ok(left)
     }
 
-    fn unary(&mut self) -> Result<Expr, String> {
+    fn unary(&mut self) -> Result<Expr, ExprError> {
         if self.keyword("not") {
             self.at += 1;
             return Ok(Expr::Not(Box::new(self.unary()?)));
@@ -218,7 +304,7 @@ impl Parser {
             self.at += 1;
             let e = self.or()?;
             if self.peek() != Some(&Token::RParen) {
-                return Err("a `(` is not closed: add `)`".into());
+                return Err(ExprError::Unclosed);
             }
             self.at += 1;
             return Ok(e);
@@ -226,21 +312,19 @@ impl Parser {
         self.comparison()
     }
 
-    fn comparison(&mut self) -> Result<Expr, String> {
+    fn comparison(&mut self) -> Result<Expr, ExprError> {
         let name = match self.tokens.get(self.at).cloned() {
             Some(Token::Ident(n)) => n,
-            Some(other) => return Err(format!("expected a field name, found {}", describe(&other))),
-            None => return Err("expected a condition such as `ms_played < 30000`, found the end".into()),
+            Some(other) => return Err(ExprError::ExpectedField(describe(&other))),
+            None => return Err(ExprError::ExpectedCondition),
         };
         self.at += 1;
-        let field = Field::parse(&name).ok_or_else(|| Field::unknown(&name))?;
+        let Some(field) = Field::parse(&name) else { return Err(ExprError::UnknownField(name)) };
         let op = match self.tokens.get(self.at) {
             Some(Token::Op(op)) => *op,
             other => {
-                return Err(format!(
-                    "expected a comparison (==, !=, <, <=, >, >=) after `{name}`, found {}",
-                    other.map_or("the end".to_owned(), describe)
-                ));
+                let found = other.map_or("the end".to_owned(), describe);
+                return Err(ExprError::ExpectedComparison { field: name, found });
             }
         };
         self.at += 1;
@@ -248,11 +332,8 @@ impl Parser {
             Some(Token::Int(n)) => Literal::Int(n),
             Some(Token::Text(t)) => Literal::Text(t),
             other => {
-                return Err(format!(
-                    "expected a number or a quoted text after `{name} {}`, found {}",
-                    op.as_str(),
-                    other.as_ref().map_or("the end".to_owned(), describe)
-                ));
+                let found = other.as_ref().map_or("the end".to_owned(), describe);
+                return Err(ExprError::ExpectedLiteral { field: name, op, found });
             }
         };
         self.at += 1;
@@ -260,13 +341,13 @@ impl Parser {
             (Type::Int, Literal::Int(_), _) => {}
             (Type::Text, Literal::Text(_), CmpOp::Eq | CmpOp::Ne) => {}
             (Type::Text, Literal::Text(_), _) => {
-                return Err(format!("`{name}` is text: compare it with == or != only"));
+                return Err(ExprError::TextOrder(name));
             }
             (Type::Int, Literal::Text(t), _) => {
-                return Err(format!("`{name}` is a number: compare it with a number, not the text {t:?}"));
+                return Err(ExprError::NumberWithText { field: name, text: t.clone() });
             }
             (Type::Text, Literal::Int(n), _) => {
-                return Err(format!("`{name}` is text: compare it with a quoted text, e.g. '{n}'"));
+                return Err(ExprError::TextWithNumber { field: name, number: *n });
             }
         }
         Ok(Expr::Cmp { field, op, value })
@@ -286,14 +367,11 @@ fn describe(t: &Token) -> String {
 
 impl Expr {
     /// Parses and type-checks a predicate; the error says what is wrong and what to write.
-    pub fn parse(text: &str) -> Result<Expr, String> {
+    pub fn parse(text: &str) -> Result<Expr, ExprError> {
         let mut p = Parser { tokens: tokens(text)?, at: 0 };
         let e = p.or()?;
         if let Some(extra) = p.peek() {
-            return Err(format!(
-                "unexpected {} after a complete condition: join conditions with `and` / `or`",
-                describe(extra)
-            ));
+            return Err(ExprError::Trailing(describe(extra)));
         }
         Ok(e)
     }
@@ -335,7 +413,7 @@ mod tests {
 
     #[test]
     fn mistakes_say_what_to_write() {
-        let err = |t: &str| Expr::parse(t).unwrap_err();
+        let err = |t: &str| Expr::parse(t).unwrap_err().to_string();
         assert!(err("ms_playd < 3").contains("unknown field `ms_playd`"), "{}", err("ms_playd < 3"));
         assert!(err("ms_played = 3").contains("compare with `==`"));
         assert!(err("track.genre < 'a'").contains("== or != only"));
