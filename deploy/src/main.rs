@@ -155,6 +155,9 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Archive the input topics to Parquet files in a directory or object store until SIGINT or
+    /// SIGTERM; `squall archive import` files newline-delimited JSON exports into the same layout.
+    Archive(squall_archive::cli::ArchiveArgs),
     /// Print the server API's OpenAPI document (kept in docs/openapi.json).
     Openapi,
 }
@@ -259,6 +262,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args, cli.log_json),
+        Command::Archive(args) => squall_archive::cli::main(args).map_err(anyhow::Error::from),
         Command::Openapi => {
             println!("{}", openapi::openapi_json());
             Ok(())

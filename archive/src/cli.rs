@@ -1,0 +1,138 @@
+//! `squall archive`: the archiver and the import as a command line (the `squall` binary embeds
+//! [`ArchiveArgs`] and calls [`main`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use squall_operators::event::DecodeLimits;
+
+use crate::archiver::{self, ArchiverConfig, ArchiverError, TopicSpec};
+use crate::import::{ImportError, import};
+use crate::store::{Archive, OpenError};
+
+/// Archive the input topics to Parquet files in a directory or object store, until SIGINT or
+/// SIGTERM (then store what it holds, commit and exit 0).
+///
+/// Records are archived with their offsets, Kafka timestamp, key and value, plus the decoded
+/// columns or the dead-letter reason. Offsets are committed under --group only after the file
+/// holding them is stored; on restart each partition resumes after the archive's last offset.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ArchiveArgs {
+    #[command(subcommand)]
+    command: Option<ArchiveCommand>,
+    /// The archive: a directory, or file://, s3://BUCKET/PREFIX, gs://, az:// (credentials and
+    /// AWS_ENDPOINT / AWS_ALLOW_HTTP from the environment).
+    #[arg(long, required = true)]
+    url: Option<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Group id the archived offsets are committed under.
+    #[arg(long, default_value = "squall-archive")]
+    group: String,
+    /// Topics, comma-separated: NAME for song-completions and ad-impressions, NAME=song|ad for others.
+    #[arg(long, value_delimiter = ',', default_value = "song-completions,ad-impressions")]
+    topics: Vec<TopicSpec>,
+    /// Close a partition's file at this many records.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows_per_file: usize,
+    /// Close a partition's file this long after its first record, e.g. 60s or 5m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    max_file_age: Duration,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ArchiveCommand {
+    /// Import newline-delimited JSON exports (one event per line) as one topic partition's records.
+    ///
+    /// The lines get offsets in file order, continuing after the partition's last archived offset
+    /// (0 when empty), no key and no Kafka timestamp.
+    Import {
+        /// The archive (as for `squall archive --url`).
+        #[arg(long)]
+        url: String,
+        /// The topic the events belong to (NAME or NAME=song|ad).
+        #[arg(long)]
+        topic: TopicSpec,
+        /// The partition to file them under.
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        /// Records per data file.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows_per_file: usize,
+        /// The NDJSON files, imported in this order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Why `squall archive` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The archive URL.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The archiver.
+    #[error(transparent)]
+    Archiver(#[from] ArchiverError),
+    /// The import.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+}
+
+/// Runs `squall archive ...`.
+pub fn main(args: ArchiveArgs) -> Result<(), CliError> {
+    let limits = DecodeLimits::default();
+    match args.command {
+        Some(ArchiveCommand::Import { url, topic, partition, rows_per_file, files }) => {
+            let archive = Archive::open(&url)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            let done = rt.block_on(import(&archive, &topic, partition, &files, rows_per_file, limits))?;
+            println!(
+                "imported {} records ({} dead letters) into {} partition {partition} as {} files, offsets {:?}",
+                done.records, done.dead_letters, topic.name, done.files, done.offsets
+            );
+            Ok(())
+        }
+        None => {
+            let url = args.url.expect("clap requires --url");
+            let archive = Archive::open(&url)?;
+            let config = ArchiverConfig {
+                brokers: args.brokers,
+                group: args.group,
+                topics: args.topics,
+                rows_per_file: args.rows_per_file.max(1),
+                max_file_age: args.max_file_age,
+                limits,
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let (registered, ready) = std::sync::mpsc::channel();
+            let on_signal = stop.clone();
+            std::thread::spawn(move || stop_on_signal(&on_signal, registered));
+            let _ = ready.recv();
+            archiver::run(&archive, &config, &stop)?;
+            Ok(())
+        }
+    }
+}
+
+/// Sets `stop` at the first SIGINT or SIGTERM (signalling `registered` once both are caught).
+fn stop_on_signal(stop: &AtomicBool, registered: std::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    rt.block_on(async {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        let _ = registered.send(());
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    tracing::info!("stopping: storing open files and committing");
+}
