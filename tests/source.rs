@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use squall_operators::backfill::{Archived, Backfill, Backlog, BacklogError, Cursor, Extent};
 use squall_operators::Epoch;
+use squall_operators::backfill::{Archived, Backfill, Backlog, BacklogError, Cursor, Extent};
 use squall_operators::event::{DecodeLimits, EventKind};
 use squall_operators::source::{Alignment, ConsumeKafka, Partition, SourceConfig, StartFrom, offsets_at};
 use squall_tests::{brokers, produce_to_partitions, unique};

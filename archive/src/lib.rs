@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod archiver;
+pub mod backlog;
 pub mod cli;
 pub mod file;
 pub mod import;
@@ -43,6 +44,7 @@ pub mod layout;
 pub mod store;
 
 pub use archiver::{ArchiverConfig, ArchiverError, TopicSpec};
+pub use backlog::ArchiveBacklog;
 pub use file::{ArchivedRecord, EncodedFile, FileBuilder, RawRecord};
 pub use import::{ImportError, Imported, import};
 pub use layout::FileEntry;

@@ -39,6 +39,36 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// What `squall deploy` asks for besides the topology file.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DeployOptions {
+    /// Which version of the file to deploy (default: the file's `version`).
+    #[arg(long)]
+    pub version: Option<u32>,
+    /// earliest (default), latest, or group:<group id> to start at that group's committed offsets.
+    #[arg(long)]
+    pub start_from: Option<StartPosition>,
+    /// Worker threads per process (default: the file's runtime.workers).
+    #[arg(long, short)]
+    pub workers: Option<usize>,
+    /// timely processes on this host (cluster mode when > 1).
+    #[arg(long)]
+    pub processes: Option<usize>,
+    /// Run the version with this executable (a build of squall with custom code) instead of
+    /// the server's own: it is uploaded to the server, kept under its SHA-256, and runs the
+    /// version's processes across server restarts and upgrades.
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// Apply this archive of the topics first (`squall archive`; a directory on the server's
+    /// host, or s3://, gs://, az://), then read Kafka from the offset after each partition's last
+    /// archived one. Refused when Kafka no longer holds that offset.
+    #[arg(long, value_name = "ARCHIVE_URL")]
+    pub backfill: Option<String>,
+    /// With --backfill: only archived events of this long before the deploy, e.g. 90d.
+    #[arg(long, requires = "backfill", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+}
+
 impl Client {
     /// Checks the server URL.
     pub fn new(args: ClientArgs) -> anyhow::Result<Self> {
@@ -110,27 +140,27 @@ impl Client {
     }
 
     /// `squall deploy`; with `binary`, the executable is uploaded first and the version pinned to it.
-    pub async fn deploy(
-        &self,
-        file: &Path,
-        version: Option<u32>,
-        start_from: Option<StartPosition>,
-        workers: Option<usize>,
-        processes: Option<usize>,
-        binary: Option<&Path>,
-    ) -> anyhow::Result<()> {
+    pub async fn deploy(&self, file: &Path, o: &DeployOptions) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         // Check the file here, so that a mistake is reported before anything is sent.
         let spec = TopologySpec::from_toml(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-        if let Some(v) = version {
+        if let Some(v) = o.version {
             spec.with_version(v).map_err(|e| anyhow!("{}: {e}", file.display()))?;
         }
-        let binary = match binary {
+        let binary = match &o.binary {
             Some(path) => Some(self.upload(path).await?.sha256.to_string()),
             None => None,
         };
-        let start_from = start_from.map(|p| p.to_string());
-        let req = DeployRequest { topology_toml: text, version, start_from, workers, processes, binary };
+        let req = DeployRequest {
+            topology_toml: text,
+            version: o.version,
+            start_from: o.start_from.as_ref().map(|p| p.to_string()),
+            workers: o.workers,
+            processes: o.processes,
+            binary,
+            backfill: o.backfill.clone(),
+            since: o.since.map(|d| humantime::format_duration(d).to_string()),
+        };
         let view: DeploymentView = self.post(&["v1", "deployments"], Some(&req)).await?;
         println!(
             "deployed {} (topology {} version {}, {}, starting from {}{}); follow it with `squall status {}`",
@@ -192,6 +222,10 @@ impl Client {
         let mut d: DeploymentDetail = self.get(&["v1", "deployments", group]).await?;
         let catching_up =
             |d: &DeploymentDetail| matches!(d.view.state, DeploymentState::Starting | DeploymentState::CatchingUp);
+        let backfilling = |d: &DeploymentDetail| d.view.state == DeploymentState::Backfilling;
+        if watch && backfilling(&d) {
+            d = self.watch_backfill(group, d, backfilling).await?;
+        }
         if watch && catching_up(&d) {
             let bar = indicatif::ProgressBar::new(1);
             bar.set_style(
@@ -213,6 +247,40 @@ impl Client {
         }
         print_detail(&d);
         Ok(())
+    }
+
+    /// A progress bar of the archived records read, with their rate and ETA, while `backfilling`;
+    /// the detail once it is not.
+    async fn watch_backfill(
+        &self,
+        group: &str,
+        mut d: DeploymentDetail,
+        backfilling: impl Fn(&DeploymentDetail) -> bool,
+    ) -> anyhow::Result<DeploymentDetail> {
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} backfilling [{bar:40}] {human_pos}/{human_len} archived events, {per_sec}, ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(group.to_owned());
+        while backfilling(&d) {
+            if let Some(b) = d.status.as_ref().and_then(|s| s.backfill.as_ref()) {
+                bar.set_length(b.records_total.max(1));
+                bar.set_position(b.records_done);
+                bar.set_message(format!(
+                    "({} files){}",
+                    b.files_total,
+                    b.error.as_ref().map(|e| format!("; {e}")).unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            d = self.get(&["v1", "deployments", group]).await?;
+        }
+        bar.finish_and_clear();
+        Ok(d)
     }
 
     /// `squall promote`, gated when `req` asks for agreement.
@@ -288,6 +356,20 @@ fn print_detail(d: &DeploymentDetail) {
     println!("topology:     {} version {} ({})", v.deployment.topology, v.deployment.version, v.deployment.code());
     println!("state:        {}{}", v.state, if v.promoted { " (promoted)" } else { "" });
     println!("started from: {}", v.deployment.start_from);
+    if let Some(b) = &v.deployment.backfill {
+        let since = b.since_ms.map(|ms| format!(", events from {ms} (Unix ms) on")).unwrap_or_default();
+        println!("backfill:     {}{since}", b.archive);
+    }
+    if let Some(b) = d.status.as_ref().and_then(|s| s.backfill.as_ref()) {
+        println!(
+            "archive read: {} of {} events ({} files){}{}",
+            b.records_done,
+            b.records_total,
+            b.files_total,
+            if b.under_way() { "" } else { ", done: reading Kafka" },
+            b.error.as_ref().map(|e| format!("; stopped: {e}")).unwrap_or_default()
+        );
+    }
     println!(
         "processes:    {} x {} workers{}",
         v.deployment.processes,

@@ -204,3 +204,20 @@ pub fn lag(
         })
         .collect()
 }
+
+/// Per partition of `partitions`: the earliest offset the brokers still hold (the low watermark).
+pub fn earliest(
+    reader: &BaseConsumer,
+    brokers: &str,
+    partitions: &[Partition],
+) -> Result<std::collections::BTreeMap<Partition, i64>, KafkaSetupError> {
+    partitions
+        .iter()
+        .map(|p| {
+            let (low, _) = reader
+                .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(10))
+                .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.into(), source })?;
+            Ok((p.clone(), low))
+        })
+        .collect()
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use squall::client::{Client, ClientArgs};
+use squall::client::{Client, ClientArgs, DeployOptions};
 use squall::control::child::ChildLauncher;
 use squall::control::lag::KafkaLag;
 use squall::control::statedir::StateDir;
@@ -57,23 +57,8 @@ enum Command {
     Deploy {
         /// The topology file, e.g. topologies/personalization.toml.
         file: PathBuf,
-        /// Which version of the file to deploy (default: the file's `version`).
-        #[arg(long)]
-        version: Option<u32>,
-        /// earliest (default), latest, or group:<group id> to start at that group's committed offsets.
-        #[arg(long)]
-        start_from: Option<StartPosition>,
-        /// Worker threads per process (default: the file's runtime.workers).
-        #[arg(long, short)]
-        workers: Option<usize>,
-        /// timely processes on this host (cluster mode when > 1).
-        #[arg(long)]
-        processes: Option<usize>,
-        /// Run the version with this executable (a build of squall with custom code) instead of
-        /// the server's own: it is uploaded to the server, kept under its SHA-256, and runs the
-        /// version's processes across server restarts and upgrades.
-        #[arg(long)]
-        binary: Option<PathBuf>,
+        #[command(flatten)]
+        options: DeployOptions,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -231,6 +216,14 @@ struct RunArgs {
     /// group's committed offsets).
     #[arg(long)]
     start_from: Option<StartPosition>,
+    /// Apply this archive of the topics first (a directory, or s3://, gs://, az:// URL), then
+    /// read Kafka from the offset after each partition's last archived one.
+    #[arg(long, value_name = "ARCHIVE_URL")]
+    backfill: Option<String>,
+    /// With --backfill: archived events older than this event time are not applied: an RFC 3339
+    /// time (2026-09-01T00:00:00Z) or epoch milliseconds.
+    #[arg(long, requires = "backfill", value_parser = parse_event_time)]
+    backfill_since: Option<i64>,
     /// Processes of this version's timely cluster (with --process and --hostfile); Kafka partitions
     /// and users are spread over all workers of all processes.
     #[arg(long, default_value_t = 1)]
@@ -267,10 +260,8 @@ fn main() -> ExitCode {
             println!("{}", openapi::openapi_json());
             Ok(())
         }
-        Command::Deploy { file, version, start_from, workers, processes, binary, client } => {
-            client_call(client, |c| async move {
-                c.deploy(&file, version, start_from, workers, processes, binary.as_deref()).await
-            })
+        Command::Deploy { file, options, client } => {
+            client_call(client, |c| async move { c.deploy(&file, &options).await })
         }
         Command::List { client } => client_call(client, |c| async move { c.list().await }),
         Command::Status { group_id, watch, client } => {
@@ -459,6 +450,10 @@ impl RunArgs {
         if let Some(p) = &self.start_from {
             p.apply_to(&mut spec.kafka);
         }
+        if let Some(url) = &self.backfill {
+            spec.kafka.backfill = Some(url.clone());
+            spec.kafka.backfill_since_ms = self.backfill_since;
+        }
         let cluster = match (&self.hostfile, self.processes) {
             (None, 1) => None,
             (None, n) => anyhow::bail!("--processes {n} needs --hostfile with the {n} processes' addresses"),
@@ -504,7 +499,8 @@ async fn serve_version(
         Arc::clone(&running.store),
         running.enricher.clone(),
         Arc::clone(&running.dead_letters),
-    );
+    )
+    .with_backfill(running.backfill.clone());
     let api = Arc::new(Api {
         topology: spec.name.clone(),
         version: spec.version,
@@ -613,4 +609,14 @@ mod tests {
             assert!(super::parse_duty(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// An event time given on the command line: RFC 3339 or epoch milliseconds.
+fn parse_event_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
+        .map_err(|e| format!("{s:?}: {e}; use an RFC 3339 time (2026-09-01T00:00:00Z) or epoch milliseconds"))
 }

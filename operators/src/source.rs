@@ -296,6 +296,9 @@ struct Owned {
     paused: bool,
     /// Its archive, while backfilling.
     archive: Option<Box<dyn Cursor>>,
+    /// The archive's last offset of it (-1: none): Kafka is read from the next one on, even if
+    /// the archive's last files were skipped (`since_ms`).
+    archive_end: i64,
     /// Its archive failed: it reads nothing more (neither the archive nor Kafka).
     failed: bool,
 }
@@ -508,6 +511,7 @@ impl KafkaSource {
             }
             if batch.is_empty() {
                 owned.archive = None;
+                owned.next = owned.next.max(owned.archive_end + 1);
                 self.config.backfilled.partitions_left.fetch_sub(1, Relaxed);
                 continue;
             }
@@ -686,9 +690,11 @@ fn owned_partitions(config: &SourceConfig, worker: usize, peers: usize) -> Resul
             clock: PartitionClock::default(),
             paused: false,
             archive: None,
+            archive_end: -1,
             failed: false,
         };
         if let (Some(backfill), Some(extent)) = (&config.backfill, extents.get(p)) {
+            o.archive_end = extent.last;
             let from = if o.next >= 0 { o.next } else { extent.first };
             if from <= extent.last {
                 match backfill.backlog.open(p, *kind, from, backfill.since_ms, &config.limits) {

@@ -91,6 +91,12 @@ pub struct KafkaSpec {
     /// properties that exactly-once depends on (offsets are committed only with a complete
     /// checkpoint) cannot be set here.
     pub consumer: std::collections::BTreeMap<String, String>,
+    /// An archive of the topics (a directory, or an `s3://`, `gs://`, `az://` URL) to apply
+    /// first, each partition up to its last archived offset, before reading Kafka from the next
+    /// one (`squall deploy --backfill`). A checkpoint past the archive wins.
+    pub backfill: Option<String>,
+    /// With `backfill`: archived events older than this event time (epoch ms) are not applied.
+    pub backfill_since_ms: Option<i64>,
 }
 
 /// librdkafka properties squall sets itself and `[kafka.consumer]` may not change.
@@ -108,6 +114,8 @@ impl Default for KafkaSpec {
             dlq_suffix: ".dlq".into(),
             max_message_bytes: 64 * 1024,
             consumer: Default::default(),
+            backfill: None,
+            backfill_since_ms: None,
         }
     }
 }

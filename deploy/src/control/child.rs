@@ -233,6 +233,12 @@ impl ChildLauncher {
             .arg("--runtime-file")
             .arg(runfile)
             .args(["--adopt-timeout", &humantime::format_duration(self.adopt_timeout).to_string()]);
+        if let Some(b) = &spec.backfill {
+            cmd.args(["--backfill", &b.archive]);
+            if let Some(since) = b.since_ms {
+                cmd.args(["--backfill-since", &since.to_string()]);
+            }
+        }
         if spec.processes > 1 {
             // Each process listens on the HTTP address the hostfile gives it.
             cmd.args(["--processes", &spec.processes.to_string(), "--process", &index.to_string()])

@@ -82,6 +82,9 @@ impl From<CommandError> for ApiError {
                 .hint("a version creates its changelog topic when it starts; retry once it is running"),
             e @ CommandError::Gate(_) => ApiError::new(StatusCode::CONFLICT, e.to_string())
                 .hint("`squall diff <against> <group id>` shows the differing users; nothing was changed"),
+            CommandError::Seam(m) => ApiError::new(StatusCode::CONFLICT, "the archive does not reach the offsets Kafka holds")
+                .detail(m)
+                .hint("keep the archiver running ahead of the topics' retention, or deploy without --backfill; nothing was changed"),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use super::registry::BackfillFrom;
 use crate::values::{GroupId, StartPosition};
 
 /// What to run: one deployment's processes, with everything the launcher needs to start them.
@@ -33,6 +34,8 @@ pub struct LaunchSpec {
     pub processes: usize,
     /// Where a version without a checkpoint starts.
     pub start_from: StartPosition,
+    /// The archive it applies first.
+    pub backfill: Option<BackfillFrom>,
 }
 
 /// How a process came to be managed by this server.

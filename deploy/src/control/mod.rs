@@ -54,7 +54,7 @@ use self::diff_runs::{DiffSummary, Diffs, Gate, GateRefusal, InvalidGate, Promot
 use self::lag::LagSource;
 use self::launcher::{LaunchSpec, Launcher};
 use self::monitor::Progress;
-use self::registry::{Deployment, Registry, RegistryData};
+use self::registry::{BackfillFrom, Deployment, Registry, RegistryData};
 use self::routing::Routing;
 use self::state::{Change, Facts, Observation, Observed, Refusal};
 use self::statedir::StateDir;
@@ -102,6 +102,9 @@ pub enum CommandError {
     /// A deployment's stored topology file cannot be read at its version.
     #[error("{0}")]
     Spec(SpecError),
+    /// The backfill's archive ends before the offsets Kafka still holds: events would be lost.
+    #[error("{0}")]
+    Seam(String),
     /// Kafka could not be asked what the command depends on.
     #[error("cannot read committed offsets: {0}")]
     Kafka(String),
@@ -272,6 +275,7 @@ impl Control {
             workers: d.workers,
             processes: d.processes,
             start_from: d.start_from.clone(),
+            backfill: d.backfill.clone(),
         }
     }
 
@@ -378,13 +382,30 @@ impl Control {
             }
             None => None,
         };
+        let now = now_ms();
+        let backfill = match (&req.backfill, &req.since) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(bad("since needs backfill: it limits what the archive gives".into())),
+            (Some(archive), since) => {
+                let since_ms = match since {
+                    Some(s) => {
+                        let d = humantime::parse_duration(s).map_err(|e| bad(format!("since {s:?}: {e}; e.g. 90d")))?;
+                        Some(now - d.as_millis() as i64)
+                    }
+                    None => None,
+                };
+                Some(BackfillFrom { archive: archive.clone(), since_ms })
+            }
+        };
         let d = Deployment {
             binary,
-            ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now_ms() as u64)
+            backfill,
+            ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now as u64)
         };
         // Refusals first, as far as they can be seen without the lock; then what Kafka says.
         self.with_facts(self.routes.load().registry(), |f, _| state::deploy(f, d.clone()))?;
         self.check_start_group(&d, &spec).await?;
+        self.check_backfill(&d, &spec).await?;
         let mut registry = self.registry.lock().await;
         let change = self.with_facts(registry.data(), |f, _| state::deploy(f, d.clone()))?;
         let dir = self.cfg.state_dir.deployment(&d.group_id);
@@ -394,6 +415,17 @@ impl Control {
         self.commit(&mut registry, change)?;
         tracing::info!(group_id = %d.group_id, "deployed");
         Ok(self.with_facts(registry.data(), |f, p| DeploymentView::of(f, &d, p.get(&d.group_id))))
+    }
+
+    /// A backfilled deployment's archive must be readable and reach the offsets Kafka still holds.
+    async fn check_backfill(&self, d: &Deployment, spec: &TopologySpec) -> Result<(), CommandError> {
+        let Some(b) = &d.backfill else { return Ok(()) };
+        let inputs = self.inputs(spec);
+        crate::backfill::check(&b.archive, &inputs).await.map_err(|e| match e {
+            crate::backfill::CheckError::Kafka(e) => CommandError::Kafka(e.to_string()),
+            e @ crate::backfill::CheckError::Gap(_) => CommandError::Seam(e.to_string()),
+            e => CommandError::Invalid(format!("backfill: {e}")),
+        })
     }
 
     /// A deployment that starts at another group's offsets must name a group deployed here or

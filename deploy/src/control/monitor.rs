@@ -115,6 +115,10 @@ pub(super) async fn heartbeats(control: Weak<Control>, every: Duration) {
         let now = Instant::now();
         let mut book = control.book();
         for (g, status) in readings {
+            // Until every process has said it is past the archive, the version is backfilling.
+            if let (Some(s), Some(o)) = (&status, book.observed.get_mut(&g)) {
+                o.apply(Observation::Backfilling(s.backfill.as_ref().is_some_and(|b| b.under_way())));
+            }
             book.progress.entry(g).or_default().read(status, now);
         }
     }

@@ -57,6 +57,19 @@ pub struct Deployment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub binary: Option<BinaryHash>,
+    /// The archive the version applies first (`--backfill`), before reading Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillFrom>,
+}
+
+/// Where a deployment's backfill comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackfillFrom {
+    /// The archive's URL (a directory on the server's host, or `s3://`, `gs://`, `az://`).
+    pub archive: String,
+    /// Archived events older than this event time (Unix milliseconds) are not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
 }
 
 impl Deployment {
@@ -84,6 +97,7 @@ impl Deployment {
             stopped_at_ms: None,
             topology_toml,
             binary: None,
+            backfill: None,
         }
     }
 
@@ -110,6 +124,7 @@ impl Deployment {
             stopped_at_ms: None,
             topology_toml: String::new(),
             binary: None,
+            backfill: None,
         }
     }
 }

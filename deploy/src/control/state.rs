@@ -22,6 +22,8 @@ use crate::values::GroupId;
 pub enum DeploymentState {
     /// Its processes are starting and have not all said they serve yet.
     Starting,
+    /// Serving, and applying an archive of its topics before it reads Kafka (`--backfill`).
+    Backfilling,
     /// Serving, but its Kafka lag is above the catch-up threshold (or not known yet).
     CatchingUp,
     /// Serving and caught up.
@@ -36,8 +38,9 @@ pub enum DeploymentState {
 
 impl DeploymentState {
     /// Every state.
-    pub const ALL: [DeploymentState; 6] = [
+    pub const ALL: [DeploymentState; 7] = [
         DeploymentState::Starting,
+        DeploymentState::Backfilling,
         DeploymentState::CatchingUp,
         DeploymentState::Running,
         DeploymentState::Promoted,
@@ -45,10 +48,12 @@ impl DeploymentState {
         DeploymentState::Failed,
     ];
 
-    /// The state's name in the API: `starting`, `catching-up`, `running`, `promoted`, `stopped`, `failed`.
+    /// The state's name in the API: `starting`, `backfilling`, `catching-up`, `running`,
+    /// `promoted`, `stopped`, `failed`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeploymentState::Starting => "starting",
+            DeploymentState::Backfilling => "backfilling",
             DeploymentState::CatchingUp => "catching-up",
             DeploymentState::Running => "running",
             DeploymentState::Promoted => "promoted",
@@ -59,7 +64,13 @@ impl DeploymentState {
 
     /// Whether every process of the deployment answers queries.
     pub fn serving(self) -> bool {
-        matches!(self, DeploymentState::CatchingUp | DeploymentState::Running | DeploymentState::Promoted)
+        matches!(
+            self,
+            DeploymentState::Backfilling
+                | DeploymentState::CatchingUp
+                | DeploymentState::Running
+                | DeploymentState::Promoted
+        )
     }
 }
 
@@ -86,6 +97,8 @@ pub struct Observed {
     pub lag_error: Option<String>,
     /// Events applied per second (last reading).
     pub events_per_sec: f64,
+    /// Its processes said they still read an archive (last reading).
+    pub backfilling: bool,
 }
 
 /// One process of a deployment's current run.
@@ -125,6 +138,8 @@ pub enum Observation {
     },
     /// The run was stopped on purpose.
     Halted,
+    /// A reading of whether its processes still read an archive of the topics (`--backfill`).
+    Backfilling(bool),
     /// A reading of the Kafka lag and the throughput.
     Progress {
         /// Per partition lag, or why it could not be read.
@@ -158,6 +173,7 @@ impl Observed {
                 self.last_error = Some(why);
             }
             Observation::Halted => self.processes.clear(),
+            Observation::Backfilling(b) => self.backfilling = b,
             Observation::Progress { lag, events_per_sec } => {
                 match lag {
                     Ok(lag) => {
@@ -205,6 +221,9 @@ impl Facts<'_> {
         let Some(o) = self.observed.get(&d.group_id) else { return DeploymentState::Starting };
         if o.serving().is_none() {
             return if o.last_error.is_some() { DeploymentState::Failed } else { DeploymentState::Starting };
+        }
+        if o.backfilling {
+            return DeploymentState::Backfilling;
         }
         let threshold = self.catch_up_lag.max((o.events_per_sec * 2.0) as i64);
         match o.total_lag() {
@@ -430,6 +449,10 @@ mod tests {
                     w.registry = stop(&w.facts(), &g("p-v1"), NOW).unwrap().registry;
                     w.observe("p-v1", Observation::Halted);
                 }
+                Backfilling => {
+                    w.serve("p-v1", THRESHOLD + 1);
+                    w.observe("p-v1", Observation::Backfilling(true));
+                }
                 CatchingUp => w.serve("p-v1", THRESHOLD + 1),
                 Running => w.serve("p-v1", THRESHOLD),
                 Promoted => {
@@ -553,7 +576,7 @@ mod tests {
             let w = World::with(state);
             let got = promote(&w.facts(), &g("p-v1"), NOW);
             match state {
-                CatchingUp | Running | Promoted => {
+                Backfilling | CatchingUp | Running | Promoted => {
                     let c = got.unwrap_or_else(|e| panic!("promote in {state}: {e}"));
                     assert_eq!(c.registry.promoted("p"), Some(&g("p-v1")));
                     assert_eq!(c.registry.deployments[&g("p-v1")].promoted_at_ms, Some(NOW));
@@ -594,7 +617,7 @@ mod tests {
             w.registry = stop(&w.facts(), &g("p-v4"), NOW).unwrap().registry;
             let got = rollback(&w.facts(), &g("p-v1"), NOW + 1);
             match state {
-                CatchingUp | Running | Promoted => {
+                Backfilling | CatchingUp | Running | Promoted => {
                     let c = got.unwrap_or_else(|e| panic!("rollback in {state}: {e}"));
                     assert_eq!(c.registry.promoted("p"), Some(&g("p-v1")));
                     assert_eq!(c.stop, vec![g("p-v2"), g("p-v3")], "newer running versions only");
@@ -624,7 +647,7 @@ mod tests {
             match state {
                 Stopped => assert_eq!(got, Err(Refusal::AlreadyStopped(g("p-v1")))),
                 Promoted => assert_eq!(got, Err(Refusal::IsPromoted { group_id: g("p-v1"), topology: "p".into() })),
-                Starting | CatchingUp | Running | Failed => {
+                Starting | Backfilling | CatchingUp | Running | Failed => {
                     let c = got.unwrap_or_else(|e| panic!("stop in {state}: {e}"));
                     assert_eq!(c.stop, vec![g("p-v1")]);
                     let d = &c.registry.deployments[&g("p-v1")];

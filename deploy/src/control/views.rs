@@ -79,6 +79,16 @@ pub struct DeployRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[0-9A-Fa-f]{64}$")]
     pub binary: Option<String>,
+    /// Apply this archive of the topics first (a directory on the server's host, or `s3://`,
+    /// `gs://`, `az://`), then read Kafka from the offset after each partition's last archived
+    /// one. Refused when Kafka no longer holds that offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
+    pub backfill: Option<String>,
+    /// With `backfill`: only archived events of this long before the deploy, e.g. `90d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
+    pub since: Option<String>,
 }
 
 /// `POST /v1/deployments/{group_id}/rollback`.

@@ -14,6 +14,7 @@ use squall_enrichment::{Enricher, EnricherStats};
 use squall_feeds::FeedStatus;
 use squall_operators::DlqReason;
 use squall_operators::UserStore;
+use squall_operators::source::BackfillProgress;
 
 /// `GET /v1/status` of one `squall run` process: what it has done so far.
 #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, utoipa::ToSchema)]
@@ -49,6 +50,64 @@ pub struct RunStatus {
     /// The process id of the process that answered.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// How its backfill from an archive is going (`--backfill`); none without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillStatus>,
+}
+
+/// How a version's backfill from an archive is going.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, utoipa::ToSchema)]
+pub struct BackfillStatus {
+    /// Archived records read so far (applied, dropped as resends or dead-lettered).
+    pub records_done: u64,
+    /// Archived records its partitions had left to read when it started.
+    pub records_total: u64,
+    /// The archive's files those records are in.
+    pub files_total: u64,
+    /// Partitions still reading the archive; 0: every one reads Kafka.
+    pub partitions_left: u64,
+    /// The first error reading the archive: that partition stopped (nothing of the file applied,
+    /// nothing read past it) until the archive is repaired and the version restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl BackfillStatus {
+    /// Whether it still reads the archive.
+    pub fn under_way(&self) -> bool {
+        self.partitions_left > 0
+    }
+}
+
+/// A process's backfill: its progress, and what it had to read when it started.
+#[derive(Clone, Debug)]
+pub struct BackfillRun {
+    /// Shared with the sources of its workers.
+    pub progress: Arc<BackfillProgress>,
+    /// Its local workers (the source counts them as they open the archive).
+    pub workers: usize,
+    /// Files left to read when it started.
+    pub files: u64,
+    /// Records left to read when it started.
+    pub records: u64,
+}
+
+impl BackfillRun {
+    /// The status now.
+    pub fn status(&self) -> BackfillStatus {
+        let p = &self.progress;
+        BackfillStatus {
+            records_done: p.records.load(Relaxed),
+            records_total: self.records,
+            files_total: self.files,
+            partitions_left: if p.backfilling(self.workers) {
+                p.partitions_left.load(Relaxed).max(1) as u64
+            } else {
+                0
+            },
+            error: p.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
 }
 
 impl RunStatus {
@@ -71,7 +130,16 @@ impl RunStatus {
                 launch_id: _,
                 feeds,
                 pid: _,
+                backfill,
             } = s;
+            if let Some(b) = backfill {
+                let t = sum.backfill.get_or_insert_with(BackfillStatus::default);
+                t.records_done += b.records_done;
+                t.records_total += b.records_total;
+                t.files_total += b.files_total;
+                t.partitions_left += b.partitions_left;
+                t.error = t.error.take().or_else(|| b.error.clone());
+            }
             sum.group_id.clone_from(group_id);
             sum.applied += applied;
             sum.duplicates += duplicates;
@@ -147,6 +215,7 @@ pub struct Counters {
     dead_lettered: Vec<metrics::Counter>,
     enrichment: Vec<(metrics::Counter, EnrichField)>,
     in_flight: metrics::Gauge,
+    backfill: Option<BackfillRun>,
 }
 
 impl Counters {
@@ -178,6 +247,7 @@ impl Counters {
                 .map(|(name, field)| (metrics::counter!(*name, "group_id" => g.clone()), *field))
                 .collect(),
             in_flight: metrics::gauge!("squall_enrichment_in_flight", "group_id" => g),
+            backfill: None,
             store,
             enricher,
             dead_letters,
@@ -196,8 +266,15 @@ impl Counters {
             cache_misses: e.misses.load(Relaxed),
             enrich_errors: e.errors.load(Relaxed),
             enrich_degraded: e.degraded.load(Relaxed),
+            backfill: self.backfill.as_ref().map(BackfillRun::status),
             ..RunStatus::default()
         }
+    }
+
+    /// Reports `run` in the status.
+    pub fn with_backfill(mut self, run: Option<BackfillRun>) -> Counters {
+        self.backfill = run;
+        self
     }
 
     /// Sets every series to its source's current value (called before the metrics are rendered).

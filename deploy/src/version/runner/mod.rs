@@ -26,9 +26,12 @@ use timely::communication::WorkerGuards;
 use timely::dataflow::operators::{Inspect, Probe};
 
 pub use self::committer::CommitterError;
+use crate::version::counters::BackfillRun;
 use squall_feeds::Feeds;
 use squall_feeds::changelog::ChangelogSink;
 use squall_feeds::profile::ProfileSink;
+use squall_operators::backfill::Backfill;
+use squall_operators::source::BackfillProgress;
 
 use crate::kafka::{self, Inputs, KafkaSetupError};
 use crate::version::cluster::Cluster;
@@ -65,6 +68,9 @@ pub enum StartError {
         #[source]
         source: Box<KafkaSetupError>,
     },
+    /// The archive to backfill from cannot be read, or does not reach the offsets Kafka holds.
+    #[error("backfill: {0}")]
+    Backfill(#[source] crate::backfill::CheckError),
     /// An attribute feed could not start (its table, topic or progress).
     #[error("start the attribute feeds: {0}")]
     Feeds(#[source] squall_feeds::FeedError),
@@ -97,6 +103,8 @@ pub struct Running {
     pub recovered_cut: Option<Epoch>,
     /// Its attribute feeds, if any is on.
     pub feeds: Option<Arc<Feeds>>,
+    /// Its backfill from an archive, if it has one.
+    pub backfill: Option<BackfillRun>,
     shutdown: Arc<AtomicBool>,
     guards: WorkerGuards<Result<(), WorkerError>>,
     /// The threads that take the workers' parts: the tee to the feeds, then the checkpoint writer.
@@ -221,6 +229,26 @@ pub async fn start(
     };
     let parts = tee_parts(writer, feeds.clone()).map_err(|e| StartError::Dataflow(e.to_string()))?;
     let resume_at = start_offsets(&spec, &partitions, &recovery).await?;
+    let backfilled = Arc::new(BackfillProgress::default());
+    let (backfill, backfill_run) = match &spec.kafka.backfill {
+        Some(url) => {
+            let backlog = crate::backfill::open(url, &crate::kafka::Inputs::of(&spec), &resume_at)
+                .await
+                .map_err(StartError::Backfill)?;
+            // What this process's workers have left to read, for the status.
+            let (local, peers) = (layout.local(), layout.peers());
+            let (files, records) = partitions
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| local.contains(&(i % peers)))
+                .map(|(_, (p, _))| backlog.remaining(p, resume_at.get(p).copied()))
+                .fold((0, 0), |(f, r), (f2, r2)| (f + f2, r + r2));
+            tracing::info!(group_id = %group_id, archive = %url, files, records, "backfilling from the archive before reading Kafka");
+            let run = BackfillRun { progress: Arc::clone(&backfilled), workers: local.len(), files, records };
+            (Some(Backfill { backlog, since_ms: spec.kafka.backfill_since_ms }), Some(run))
+        }
+        None => (None, None),
+    };
     let start_epoch = recovery.cut.unwrap_or(0).max(epoch_now(spec.state.epoch));
     let dead_letters = Arc::new(DeadLetters::default());
     let pending = Arc::new(AtomicUsize::new(0));
@@ -239,8 +267,8 @@ pub async fn start(
             shutdown: Arc::clone(&shutdown),
             properties: spec.kafka.consumer.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             alignment: Arc::new(Alignment::new(spec.state.alignment_ms())),
-            backfill: None,
-            backfilled: Default::default(),
+            backfill,
+            backfilled: Arc::clone(&backfilled),
         },
         dlq_suffix: spec.kafka.dlq_suffix.clone(),
         ctx: Context {
@@ -265,6 +293,7 @@ pub async fn start(
         dead_letters,
         recovered_cut: recovery.cut,
         feeds,
+        backfill: backfill_run,
         shutdown,
         guards,
         writers: parts.map(|w| w.threads).unwrap_or_default(),
