@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod checkpoint_cql;
 pub mod checkpoint_dir;
 pub mod compare;
+pub mod cql_schema;
 pub mod dead_letter;
 pub mod declare;
 pub mod dedup;
