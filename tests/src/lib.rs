@@ -5,9 +5,11 @@
 //! at once with a message saying so; it never skips.
 #![warn(missing_docs)]
 
+pub mod deployment;
 pub mod outage;
 pub mod server;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -372,6 +374,26 @@ impl Squall {
         let status = resp.status().as_u16();
         let body = resp.json().await.unwrap_or(serde_json::Value::Null);
         (status, body)
+    }
+
+    /// The users whose served attributes differ from `expected` (the oracle's), with the
+    /// difference, or the status and error of an answer that holds no attributes.
+    pub async fn oracle_mismatches(
+        &self,
+        expected: &BTreeMap<String, squall_operators::Attributes>,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (user, want) in expected {
+            let (status, body) = self.get(&format!("/v1/users/{user}/attributes")).await;
+            let diff = match serde_json::from_value::<squall_operators::Attributes>(body["attributes"].clone()) {
+                Ok(got) => squall_topologies::oracle::difference(&got, want),
+                Err(e) => Some(format!("{status}: {e}")),
+            };
+            if let Some(d) = diff {
+                out.insert(user.clone(), d);
+            }
+        }
+        out
     }
 
     /// Stops the process with SIGTERM and waits for it; its exit status.
