@@ -23,77 +23,61 @@ use std::time::{Duration, Instant};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
 use squall_operators::event::SongCompletion;
 use squall_operators::{Attributes, Event};
+use squall_tests::deployment::{Deployment, Stream, state_dir};
 use squall_tests::server::{SquallServer, alive, exe_of, free_ports, pid_at, wait_equal_to_oracle};
-use squall_tests::{
-    Fixture, Record, binary, brokers, produce, stream_config_without_resends, unique, wait_for,
-    wait_for_committed_at_end,
-};
+use squall_tests::{Fixture, Record, binary, produce, stream_config_without_resends, unique, wait_for};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
 const TOKEN: &str = "adopt-token-0123456789abcdef";
 const PARTITIONS: i32 = 4;
 
-/// A fixture, its topology file (versions 1 and 3 = personalization_v1, 2 = personalization_v2;
-/// dedup off), a unique topology name, a state directory and a generated stream over `users`.
+/// The deployment (versions 1 and 3 = personalization_v1, 2 = personalization_v2; dedup off), a
+/// state directory and a generated stream over `users`.
 struct Setup {
-    f: Fixture,
-    catalogue: CatalogueGen,
-    name: String,
-    file: PathBuf,
+    d: Deployment,
     dir: PathBuf,
-    generator: EventGen,
-    at: i64,
+    stream: Stream,
     users: u64,
 }
 
 impl Setup {
     async fn new(seed: u64, users: u64) -> Setup {
-        let catalogue = CatalogueGen { tracks: 300, ads: 20, seed };
-        let f = Fixture::with_catalogue(PARTITIONS, &catalogue).await;
-        let name = unique("ad").replace('_', "-");
-        let file = f.topology(
-            &name,
-            1,
-            "personalization_v1",
-            &[
-                ("versions", "1 = \"personalization_v1\"\n2 = \"personalization_v2\"\n3 = \"personalization_v1\""),
-                ("state", "epoch = \"200ms\"\ndedup_horizon = \"0s\""),
-                ("runtime", "workers = 1"),
-            ],
-        );
-        let dir = std::env::temp_dir().join(unique("squall-adopt"));
-        std::fs::create_dir_all(&dir).expect("state dir");
-        let generator = EventGen::new(stream(users, catalogue, "run"), seed);
-        Setup { f, catalogue, name, file, dir, generator, at: T0, users }
-    }
-
-    fn group(&self, version: u32) -> String {
-        format!("{}-v{version}", self.name)
-    }
-
-    fn file(&self) -> &str {
-        self.file.to_str().expect("utf-8 path")
+        let d = Deployment::new("ad", seed, PARTITIONS, |f, name| {
+            f.topology(
+                name,
+                1,
+                "personalization_v1",
+                &[
+                    ("versions", "1 = \"personalization_v1\"\n2 = \"personalization_v2\"\n3 = \"personalization_v1\""),
+                    ("state", "epoch = \"200ms\"\ndedup_horizon = \"0s\""),
+                    ("runtime", "workers = 1"),
+                ],
+            )
+        })
+        .await;
+        let stream = Stream::new(stream(users, d.catalogue, "run"), seed, T0);
+        Setup { d, dir: state_dir("squall-adopt"), stream, users }
     }
 
     /// The next `n` generated records, and the valid events among them.
     fn batch(&mut self, n: usize) -> (Vec<Record>, Vec<Event>) {
-        self.f.batch(&mut self.generator, &mut self.at, n)
+        self.stream.batch(&self.d.f, n)
     }
 
     /// One song completion for every user `u1..=users`: every user has state.
     fn everyone(&mut self) -> (Vec<Record>, Vec<Event>) {
         let (mut records, mut events) = (Vec::new(), Vec::new());
         for u in 1..=self.users {
-            self.at += 1;
+            self.stream.at += 1;
             let e = Event::Song(SongCompletion {
-                event_id: format!("base-{}-{u}", self.name).into(),
+                event_id: format!("base-{}-{u}", self.d.name).into(),
                 user_id: format!("u{u}").into(),
-                track_id: format!("t{}", u % self.catalogue.tracks).into(),
+                track_id: format!("t{}", u % self.d.catalogue.tracks).into(),
                 ms_played: 40_000 + u % 1000,
-                ts: self.at,
+                ts: self.stream.at,
             });
-            records.push((self.f.songs.clone(), e.user_id().to_owned(), e.to_json()));
+            records.push((self.d.f.songs.clone(), e.user_id().to_owned(), e.to_json()));
             events.push(e);
         }
         (records, events)
@@ -102,14 +86,15 @@ impl Setup {
     /// What version `version`'s declaration makes of `events`.
     fn oracle(&self, version: u32, events: &[Event]) -> BTreeMap<String, Attributes> {
         let declaration = if version == 2 { 2 } else { 1 };
-        oracle::expected(&squall_tests::declaration(declaration), events.iter(), &self.catalogue.oracle())
+        oracle::expected(&squall_tests::declaration(declaration), events.iter(), &self.d.catalogue.oracle())
     }
 
     /// Events produced continuously from now on, until [`Flow::stop`].
     fn flow(&mut self) -> Flow {
-        let f = Fixture { songs: self.f.songs.clone(), ads: self.f.ads.clone(), keyspace: self.f.keyspace.clone() };
-        let config = stream(self.users, self.catalogue, "flow");
-        let (mut generator, mut at) = (EventGen::new(config, self.at as u64), self.at + 1_000_000);
+        let f =
+            Fixture { songs: self.d.f.songs.clone(), ads: self.d.f.ads.clone(), keyspace: self.d.f.keyspace.clone() };
+        let config = stream(self.users, self.d.catalogue, "flow");
+        let (mut generator, mut at) = (EventGen::new(config, self.stream.at as u64), self.stream.at + 1_000_000);
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
             let stop = Arc::clone(&stop);
@@ -126,18 +111,6 @@ impl Setup {
             }
         });
         Flow { stop, task }
-    }
-
-    /// Waits until the version's group has committed every message of the topics.
-    async fn fully_committed(&self, group: &str) {
-        wait_for_committed_at_end(
-            &brokers(),
-            group,
-            &[&self.f.songs, &self.f.ads],
-            PARTITIONS,
-            Duration::from_secs(120),
-        )
-        .await;
     }
 }
 
@@ -234,13 +207,13 @@ fn kill9(pid: u32) {
 async fn a_killed_server_restarted_at_once_adopts_its_versions_without_a_gap_in_answers() {
     let users: u64 = std::env::var("SQUALL_ADOPT_USERS").ok().and_then(|u| u.parse().ok()).unwrap_or(20_000);
     let mut s = Setup::new(41, users).await;
-    let g = s.group(1);
+    let g = s.d.group(1);
     // A fixed port, so that queries can be sent to the restarted server from the moment it starts.
     let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
     let adopt_timeout = Duration::from_secs(4);
     let args = ["--adopt-timeout", "4s", "--stop-versions-on-exit"];
     let server = SquallServer::start_with(&binary("squall"), &s.dir, TOKEN, &listen, &args);
-    server.cli_ok(&["deploy", s.file(), "--processes", "2", "--workers", "1"]);
+    server.cli_ok(&["deploy", s.d.file(), "--processes", "2", "--workers", "1"]);
     server.wait_serving(&g).await;
     server.cli_ok(&["promote", &g]);
 
@@ -309,7 +282,7 @@ async fn a_killed_server_restarted_at_once_adopts_its_versions_without_a_gap_in_
     let want = s.oracle(1, &events);
     wait_equal_to_oracle(&server.url, "", &want, Duration::from_secs(600)).await;
     wait_equal_to_oracle(&before[1], "", &want, Duration::from_secs(60)).await;
-    s.fully_committed(&g).await;
+    s.d.fully_committed(&g, Duration::from_secs(120)).await;
     let (answered, failures) = probe.stop().await;
     assert!(failures.is_empty(), "queries to {} failed: {:?}", before[0], &failures[..failures.len().min(5)]);
     assert!(during_outage > 0, "the version's address was queried while the server was down");
@@ -335,10 +308,10 @@ async fn a_killed_server_restarted_at_once_adopts_its_versions_without_a_gap_in_
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_no_server_adopts_stop_themselves_and_resume_from_their_checkpoints() {
     let mut s = Setup::new(42, 2000).await;
-    let g = s.group(1);
+    let g = s.d.group(1);
     let args = ["--adopt-timeout", "3s", "--stop-versions-on-exit"];
     let server = SquallServer::start_with(&binary("squall"), &s.dir, TOKEN, "127.0.0.1:0", &args);
-    server.cli_ok(&["deploy", s.file(), "--processes", "2", "--workers", "1"]);
+    server.cli_ok(&["deploy", s.d.file(), "--processes", "2", "--workers", "1"]);
     server.wait_serving(&g).await;
     server.cli_ok(&["promote", &g]);
     let (records, mut events) = s.batch(4000);
@@ -376,7 +349,7 @@ async fn versions_no_server_adopts_stop_themselves_and_resume_from_their_checkpo
     assert_eq!((&d["adopted"], &d["restarts"]), (&serde_json::json!(false), &serde_json::json!(0)), "{d}");
     let want = s.oracle(1, &events);
     wait_equal_to_oracle(&server.url, "", &want, Duration::from_secs(120)).await;
-    s.fully_committed(&g).await;
+    s.d.fully_committed(&g, Duration::from_secs(120)).await;
     let cut = wait_for("the resumed version's counters", Duration::from_secs(30), || async {
         let (_, d) = server.get(&format!("/v1/deployments/{g}")).await;
         d["status"]["recovered_cut"].as_u64().ok_or_else(|| d.to_string())
@@ -395,9 +368,9 @@ async fn versions_no_server_adopts_stop_themselves_and_resume_from_their_checkpo
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_runtime_file_naming_a_recycled_pid_starts_the_version_afresh() {
     let mut s = Setup::new(43, 500).await;
-    let g = s.group(1);
+    let g = s.d.group(1);
     let server = SquallServer::start(&s.dir, TOKEN);
-    server.cli_ok(&["deploy", s.file()]);
+    server.cli_ok(&["deploy", s.d.file()]);
     server.wait_serving(&g).await;
     server.cli_ok(&["promote", &g]);
     let (records, mut events) = s.batch(2000);
@@ -457,16 +430,16 @@ async fn exes(urls: &[String]) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_keep_their_own_binaries_across_a_server_upgrade_and_roll_back_to_the_old_answers() {
     let mut s = Setup::new(44, 300).await;
-    let (v1, v2, v3) = (s.group(1), s.group(2), s.group(3));
+    let (v1, v2, v3) = (s.d.group(1), s.d.group(2), s.d.group(3));
     let bins = s.dir.join("copies");
     std::fs::create_dir_all(&bins).unwrap();
     let (b1, b2) = (copy_of_squall(&bins, "v1"), copy_of_squall(&bins, "v2"));
 
     // The old server, without --stop-versions-on-exit: stopping it for the upgrade stops no version.
     let server = SquallServer::start_with(&binary("squall"), &s.dir, TOKEN, "127.0.0.1:0", &["--adopt-timeout", "60s"]);
-    let out = server.cli_ok(&["deploy", s.file(), "--version", "1", "--binary", b1.to_str().unwrap()]);
+    let out = server.cli_ok(&["deploy", s.d.file(), "--version", "1", "--binary", b1.to_str().unwrap()]);
     assert!(out.contains("uploaded") && out.contains("binary "), "{out}");
-    server.cli_ok(&["deploy", s.file(), "--version", "2", "--binary", b2.to_str().unwrap()]);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "2", "--binary", b2.to_str().unwrap()]);
     let (d1, d2) = (server.wait_serving(&v1).await, server.wait_serving(&v2).await);
     server.cli_ok(&["promote", &v2]);
     std::fs::remove_file(&b1).unwrap();
@@ -507,7 +480,7 @@ async fn versions_keep_their_own_binaries_across_a_server_upgrade_and_roll_back_
     .await;
     assert_eq!(exes(&urls(&d1)).await, vec![h1.clone()], "restarted with its own binary");
     // ... and one deployed without --binary runs the server's own, the new one.
-    server.cli_ok(&["deploy", s.file(), "--version", "3"]);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "3"]);
     let d3 = server.wait_serving(&v3).await;
     assert_eq!(d3.get("binary"), None, "{d3}");
     assert_eq!(exes(&urls(&d3)).await, vec![std::fs::canonicalize(&upgraded).unwrap()]);

@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use squall::generate::CatalogueGen;
 use squall_operators::event::{AdImpression, SongCompletion};
 use squall_operators::{Attributes, Event, EventKind};
+use squall_tests::deployment::{Deployment, state_dir};
 use squall_tests::server::{SquallServer, find_process, wait_equal_to_oracle};
 use squall_tests::{Fixture, Record, produce, unique, wait_for};
 use squall_topologies::oracle;
@@ -71,45 +72,38 @@ fn backlog(f: &Fixture, catalogue: &CatalogueGen, n: usize, seed: u64) -> (Vec<R
     (records, events)
 }
 
+/// The deployment (versions 1 and 2 of [`VERSIONS`], checkpoints in a directory) and a state
+/// directory.
 struct Setup {
-    f: Fixture,
-    catalogue: CatalogueGen,
-    name: String,
-    file: PathBuf,
+    d: Deployment,
     dir: PathBuf,
 }
 
 impl Setup {
     async fn new(seed: u64) -> Setup {
-        let catalogue = CatalogueGen { tracks: 300, ads: 20, seed };
-        let f = Fixture::with_catalogue(4, &catalogue).await;
-        let name = unique("cu").replace('_', "-");
-        let checkpoints = std::env::temp_dir().join(unique("catch-up-ckpt"));
-        let state = format!(
-            "epoch = \"200ms\"\ndedup_horizon = \"1d\"\nuser_ttl = \"3d\"\ncheckpoint_dir = \"{}\"",
-            checkpoints.display()
-        );
-        let file = f.topology_with_versions(
-            &name,
-            1,
-            VERSIONS,
-            &[("state", &state), ("runtime", "workers = 2"), ("feed", "changelog = true\nchangelog_partitions = 2")],
-        );
-        let dir = std::env::temp_dir().join(unique("squall-server"));
-        std::fs::create_dir_all(&dir).expect("state dir");
-        Setup { f, catalogue, name, file, dir }
-    }
-
-    fn group(&self, version: u32) -> String {
-        format!("{}-v{version}", self.name)
-    }
-
-    fn file(&self) -> &str {
-        self.file.to_str().expect("utf-8 path")
+        let d = Deployment::new("cu", seed, 4, |f, name| {
+            let checkpoints = std::env::temp_dir().join(unique("catch-up-ckpt"));
+            let state = format!(
+                "epoch = \"200ms\"\ndedup_horizon = \"1d\"\nuser_ttl = \"3d\"\ncheckpoint_dir = \"{}\"",
+                checkpoints.display()
+            );
+            f.topology_with_versions(
+                name,
+                1,
+                VERSIONS,
+                &[
+                    ("state", &state),
+                    ("runtime", "workers = 2"),
+                    ("feed", "changelog = true\nchangelog_partitions = 2"),
+                ],
+            )
+        })
+        .await;
+        Setup { d, dir: state_dir("squall-server") }
     }
 
     fn expected(&self, events: &[Event]) -> BTreeMap<String, Attributes> {
-        oracle::expected(&squall_tests::declaration(1), events.iter(), &self.catalogue.oracle())
+        oracle::expected(&squall_tests::declaration(1), events.iter(), &self.d.catalogue.oracle())
     }
 }
 
@@ -128,14 +122,14 @@ async fn diff_of_all(server: &SquallServer, a: &str, b: &str, users: u64) -> ser
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_catching_up_on_7_days_counts_resends_once_and_agrees_with_the_live_one() {
     let s = Setup::new(26).await;
-    let (records, events) = backlog(&s.f, &s.catalogue, 30_000, 26);
+    let (records, events) = backlog(&s.d.f, &s.d.catalogue, 30_000, 26);
     let expected = s.expected(&events);
     assert_eq!(expected.len() as u64, USERS);
     let server = SquallServer::start(&s.dir, TOKEN);
-    let (v1, v2) = (s.group(1), s.group(2));
+    let (v1, v2) = (s.d.group(1), s.d.group(2));
 
     // Version 1 reads the stream live, a few thousand events at a time.
-    server.cli_ok(&["deploy", s.file(), "--version", "1"]);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "1"]);
     server.wait_serving(&v1).await;
     for chunk in records.chunks(3000) {
         produce(chunk.to_vec()).await;
@@ -143,7 +137,7 @@ async fn a_version_catching_up_on_7_days_counts_resends_once_and_agrees_with_the
     wait_equal_to_oracle(&server.url, &format!("?group={v1}"), &expected, Duration::from_secs(120)).await;
 
     // Version 2 catches up on the whole backlog from the earliest offsets.
-    server.cli_ok(&["deploy", s.file(), "--version", "2", "--start-from", "earliest"]);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "2", "--start-from", "earliest"]);
     wait_equal_to_oracle(&server.url, &format!("?group={v2}"), &expected, Duration::from_secs(120)).await;
 
     // The diff compares every user, and all agree.
@@ -162,12 +156,12 @@ async fn a_version_catching_up_on_7_days_counts_resends_once_and_agrees_with_the
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_catching_up_on_2_processes_through_kill_9s_counts_every_event_once() {
     let s = Setup::new(126).await;
-    let (records, events) = backlog(&s.f, &s.catalogue, 120_000, 126);
+    let (records, events) = backlog(&s.d.f, &s.d.catalogue, 120_000, 126);
     let expected = s.expected(&events);
     produce(records.clone()).await;
     let server = SquallServer::start(&s.dir, TOKEN);
-    let v2 = s.group(2);
-    server.cli_ok(&["deploy", s.file(), "--version", "2", "--start-from", "earliest", "--processes", "2"]);
+    let v2 = s.d.group(2);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "2", "--start-from", "earliest", "--processes", "2"]);
     let topology_arg = s.dir.join("deployments").join(&v2).join("topology.toml");
     // Two kills of process 1, each once the processes running then have applied a twelfth of
     // the backlog (the figures printed say how far each had got of the 120,000).

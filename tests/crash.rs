@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
-use squall_operators::{Attributes, Event, EventKind};
+use squall_operators::{Event, EventKind};
 use squall_tests::{Fixture, Squall, brokers, produce, unique, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
@@ -87,19 +87,9 @@ async fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let expected = oracle::expected(&squall_tests::declaration(1), events.iter(), &catalogue.oracle());
     // Wait (up to 120 s in all) until every user equals the oracle; then count who does not.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut mismatches: BTreeMap<String, String> = BTreeMap::new();
+    let mut mismatches: BTreeMap<String, String>;
     loop {
-        mismatches.clear();
-        for (user, want) in &expected {
-            let (status, body) = squall.get(&format!("/v1/users/{user}/attributes")).await;
-            let diff = match serde_json::from_value::<Attributes>(body["attributes"].clone()) {
-                Ok(got) => oracle::difference(&got, want),
-                Err(e) => Some(format!("{status}: {e}")),
-            };
-            if let Some(d) = diff {
-                mismatches.insert(user.clone(), d);
-            }
-        }
+        mismatches = squall.oracle_mismatches(&expected).await;
         if mismatches.is_empty() || std::time::Instant::now() > deadline {
             break;
         }

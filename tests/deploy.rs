@@ -3,68 +3,49 @@
 //! (Versions that outlive the server and are adopted by the next one: `tests/adopt.rs`.)
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use squall::generate::{CatalogueGen, EventGen};
 use squall_operators::{Attributes, Event};
+use squall_tests::deployment::{Deployment, Stream, state_dir};
 use squall_tests::server::{SquallServer, alive, pid_at, wait_equal_to_oracle};
-use squall_tests::{Fixture, brokers, produce, stream_config, unique, wait_for, wait_for_committed_at_end};
+use squall_tests::{brokers, produce, stream_config, unique, wait_for};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
 const TOKEN: &str = "test-token-0123456789abcdef";
 type Records = Vec<(String, String, Vec<u8>)>;
 
-/// A fixture, its two-version topology file, a unique topology name, and a generated stream.
+/// The deployment (versions 1 = personalization_v1, 2 = personalization_v2) and a generated stream.
 struct Setup {
-    f: Fixture,
-    catalogue: CatalogueGen,
-    name: String,
-    file: PathBuf,
-    generator: EventGen,
-    at: i64,
+    d: Deployment,
+    stream: Stream,
 }
 
 impl Setup {
     async fn new(seed: u64) -> Setup {
-        let catalogue = CatalogueGen { tracks: 300, ads: 20, seed };
-        let f = Fixture::with_catalogue(4, &catalogue).await;
-        // Kafka keeps group ids across tests on the shared broker: the name makes them unique.
-        let name = unique("p").replace('_', "-");
-        let file = f.topology(
-            &name,
-            1,
-            "personalization_v1",
-            &[
-                ("versions", "1 = \"personalization_v1\"\n2 = \"personalization_v2\""),
-                ("state", "epoch = \"200ms\""),
-                ("runtime", "workers = 2"),
-            ],
-        );
-        Setup { f, catalogue, name, file, generator: EventGen::new(stream_config(150, catalogue), seed), at: T0 }
-    }
-
-    fn group(&self, version: u32) -> String {
-        format!("{}-v{version}", self.name)
+        let d = Deployment::new("p", seed, 4, |f, name| {
+            f.topology(
+                name,
+                1,
+                "personalization_v1",
+                &[
+                    ("versions", "1 = \"personalization_v1\"\n2 = \"personalization_v2\""),
+                    ("state", "epoch = \"200ms\""),
+                    ("runtime", "workers = 2"),
+                ],
+            )
+        })
+        .await;
+        let stream = Stream::new(stream_config(150, d.catalogue), seed, T0);
+        Setup { d, stream }
     }
 
     /// The next `n` generated records, and the valid events among them.
     fn batch(&mut self, n: usize) -> (Records, Vec<Event>) {
-        self.f.batch(&mut self.generator, &mut self.at, n)
+        self.stream.batch(&self.d.f, n)
     }
-
-    fn file(&self) -> &str {
-        self.file.to_str().expect("utf-8 path")
-    }
-}
-
-fn state_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("squall-server"));
-    std::fs::create_dir_all(&dir).expect("state dir");
-    dir
 }
 
 /// Waits until `group` is serving (its state is running, promoted or catching-up).
@@ -100,18 +81,13 @@ fn committed(group: &str, topics: &[&str], partitions: i32) -> BTreeMap<(String,
         .collect()
 }
 
-/// Waits until `group` has committed every message of the fixture's topics.
-async fn fully_committed(s: &Setup, group: &str) {
-    wait_for_committed_at_end(&brokers(), group, &[&s.f.songs, &s.f.ads], 4, Duration::from_secs(60)).await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_side_by_side_then_promote_and_rollback() {
     let mut s = Setup::new(21).await;
-    let server = SquallServer::start(&state_dir(), TOKEN);
-    let (v1, v2) = (s.group(1), s.group(2));
+    let server = SquallServer::start(&state_dir("squall-server"), TOKEN);
+    let (v1, v2) = (s.d.group(1), s.d.group(2));
 
-    let out = server.cli_ok(&["deploy", s.file(), "--version", "1"]);
+    let out = server.cli_ok(&["deploy", s.d.file(), "--version", "1"]);
     assert!(out.contains(&format!("deployed {v1}")), "{out}");
     let (first, mut events) = s.batch(3000);
     produce(first).await;
@@ -119,14 +95,14 @@ async fn versions_side_by_side_then_promote_and_rollback() {
     server.cli_ok(&["promote", &v1]);
 
     // Version 2 starts mid-stream, from the earliest offsets, beside version 1.
-    let out = server.cli_ok(&["deploy", s.file(), "--version", "2"]);
+    let out = server.cli_ok(&["deploy", s.d.file(), "--version", "2"]);
     assert!(out.contains(&format!("deployed {v2}")) && out.contains("personalization_v2"), "{out}");
     let (second, more) = s.batch(3000);
     produce(second).await;
     events.extend(more);
 
-    let want_v1 = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.catalogue.oracle());
-    let want_v2 = oracle::expected(&squall_tests::declaration(2), events.iter(), &s.catalogue.oracle());
+    let want_v1 = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.d.catalogue.oracle());
+    let want_v2 = oracle::expected(&squall_tests::declaration(2), events.iter(), &s.d.catalogue.oracle());
     equals_oracle(&server, &format!("?group={v1}"), &want_v1).await;
     equals_oracle(&server, &format!("?group={v2}"), &want_v2).await;
     // Without ?group= the promoted version (v1) answers.
@@ -147,8 +123,8 @@ async fn versions_side_by_side_then_promote_and_rollback() {
     .await;
 
     // Committed offsets are visible under each version's group id to a plain Kafka consumer.
-    fully_committed(&s, &v1).await;
-    fully_committed(&s, &v2).await;
+    s.d.fully_committed(&v1, Duration::from_secs(60)).await;
+    s.d.fully_committed(&v2, Duration::from_secs(60)).await;
 
     // Roll back: v1 answers at once, v2 is stopped (its offsets stay).
     let v2_urls = server.get(&format!("/v1/deployments/{v2}")).await.1["urls"].clone();
@@ -192,7 +168,7 @@ async fn versions_side_by_side_then_promote_and_rollback() {
     assert!(reqwest::get(format!("{old}/healthz")).await.is_err(), "v2 still answers at {old}");
     let (status, body) = server.get(&format!("/v1/users/{user}/attributes?group={v2}")).await;
     assert_eq!(status, 503, "{body}");
-    assert!(!committed(&v2, &[&s.f.songs, &s.f.ads], 4).is_empty(), "v2's offsets stay for inspection");
+    assert!(!committed(&v2, &[&s.d.f.songs, &s.d.f.ads], 4).is_empty(), "v2's offsets stay for inspection");
     // Nothing lost or double counted in v1 across all this.
     equals_oracle(&server, "", &want_v1).await;
 }
@@ -200,23 +176,23 @@ async fn versions_side_by_side_then_promote_and_rollback() {
 #[tokio::test(flavor = "multi_thread")]
 async fn start_from_another_groups_committed_offsets() {
     let mut s = Setup::new(22).await;
-    let server = SquallServer::start(&state_dir(), TOKEN);
-    let (v1, v2) = (s.group(1), s.group(2));
-    server.cli_ok(&["deploy", s.file(), "--version", "1"]);
+    let server = SquallServer::start(&state_dir("squall-server"), TOKEN);
+    let (v1, v2) = (s.d.group(1), s.d.group(2));
+    server.cli_ok(&["deploy", s.d.file(), "--version", "1"]);
     let (first, _) = s.batch(2000);
     produce(first).await;
     serving(&server, &v1).await;
-    fully_committed(&s, &v1).await;
-    let at_deploy = committed(&v1, &[&s.f.songs, &s.f.ads], 4);
+    s.d.fully_committed(&v1, Duration::from_secs(60)).await;
+    let at_deploy = committed(&v1, &[&s.d.f.songs, &s.d.f.ads], 4);
 
-    server.cli_ok(&["deploy", s.file(), "--version", "2", "--start-from", &format!("group:{v1}")]);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "2", "--start-from", &format!("group:{v1}")]);
     serving(&server, &v2).await;
     let (second, later) = s.batch(2000);
     produce(second).await;
     // v2 saw exactly the events after v1's committed offsets.
-    let want = oracle::expected(&squall_tests::declaration(2), later.iter(), &s.catalogue.oracle());
+    let want = oracle::expected(&squall_tests::declaration(2), later.iter(), &s.d.catalogue.oracle());
     equals_oracle(&server, &format!("?group={v2}"), &want).await;
-    fully_committed(&s, &v2).await;
+    s.d.fully_committed(&v2, Duration::from_secs(60)).await;
     // The server's monitor refreshes a deployment's status once a second: wait until it has seen
     // v2's events, then check it saw no more than those.
     let applied = wait_for("the monitor to report v2's events", Duration::from_secs(15), || async {
@@ -232,15 +208,15 @@ async fn start_from_another_groups_committed_offsets() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_server_resumes_its_deployments_and_promotion() {
     let mut s = Setup::new(23).await;
-    let dir = state_dir();
+    let dir = state_dir("squall-server");
     let server = SquallServer::start(&dir, TOKEN);
-    let v1 = s.group(1);
-    server.cli_ok(&["deploy", s.file(), "--version", "1"]);
+    let v1 = s.d.group(1);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "1"]);
     let (first, mut events) = s.batch(2000);
     produce(first).await;
     serving(&server, &v1).await;
     server.cli_ok(&["promote", &v1]);
-    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.catalogue.oracle());
+    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.d.catalogue.oracle());
     equals_oracle(&server, "", &want).await;
 
     // SIGKILL the server and its version's process, as a crash of the whole host would: nothing
@@ -262,10 +238,10 @@ async fn a_restarted_server_resumes_its_deployments_and_promotion() {
     let (_, list) = server.get("/v1/deployments").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list[0]["promoted"], true, "{list}");
-    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.catalogue.oracle());
+    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &s.d.catalogue.oracle());
     equals_oracle(&server, "", &want).await;
     let status = server.cli_ok(&["status", &v1]);
-    assert!(status.contains("promoted") && status.contains(&s.f.songs), "{status}");
+    assert!(status.contains("promoted") && status.contains(&s.d.f.songs), "{status}");
     let pid = server.pid();
     assert!(server.stop().success());
     assert!(!alive(pid));
@@ -274,8 +250,8 @@ async fn a_restarted_server_resumes_its_deployments_and_promotion() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_change_nothing_and_say_why() {
     let s = Setup::new(24).await;
-    let server = SquallServer::start(&state_dir(), TOKEN);
-    let v1 = s.group(1);
+    let server = SquallServer::start(&state_dir("squall-server"), TOKEN);
+    let v1 = s.d.group(1);
     let fails = |args: &[&str], token: Option<&str>, needle: &str| {
         let out = server.cli_with_token(args, token);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -286,18 +262,18 @@ async fn bad_requests_change_nothing_and_say_why() {
     std::fs::write(&bad, "name = \"p\"\nversion = 1\nattributes = \"personalization_v9\"\n").expect("write");
     fails(&["deploy", bad.to_str().unwrap()], Some(TOKEN), "attributes");
     fails(&["deploy", "/nonexistent/topology.toml"], Some(TOKEN), "cannot read /nonexistent/topology.toml");
-    fails(&["deploy", s.file(), "--version", "7"], Some(TOKEN), "no version 7");
-    fails(&["deploy", s.file(), "--start-from", "yesterday"], Some(TOKEN), "earliest, latest or group:");
-    fails(&["deploy", s.file(), "--start-from", "group:nobody-ever"], Some(TOKEN), "has committed no offsets");
-    fails(&["deploy", s.file()], None, "needs the server's token");
-    fails(&["deploy", s.file()], Some("wrong-token-0123456789"), "wrong bearer token");
+    fails(&["deploy", s.d.file(), "--version", "7"], Some(TOKEN), "no version 7");
+    fails(&["deploy", s.d.file(), "--start-from", "yesterday"], Some(TOKEN), "earliest, latest or group:");
+    fails(&["deploy", s.d.file(), "--start-from", "group:nobody-ever"], Some(TOKEN), "has committed no offsets");
+    fails(&["deploy", s.d.file()], None, "needs the server's token");
+    fails(&["deploy", s.d.file()], Some("wrong-token-0123456789"), "wrong bearer token");
     fails(&["promote", "nope-v1"], Some(TOKEN), "no deployment with group id \"nope-v1\"");
     fails(&["status", "nope-v1"], Some(TOKEN), "no deployment with group id");
     let (_, list) = server.get("/v1/deployments").await;
     assert_eq!(list, serde_json::json!([]), "failed commands changed nothing");
 
-    server.cli_ok(&["deploy", s.file()]);
-    fails(&["deploy", s.file(), "--version", "1"], Some(TOKEN), &format!("{v1} is already deployed"));
+    server.cli_ok(&["deploy", s.d.file()]);
+    fails(&["deploy", s.d.file(), "--version", "1"], Some(TOKEN), &format!("{v1} is already deployed"));
     serving(&server, &v1).await;
     server.cli_ok(&["promote", &v1]);
     fails(&["stop", &v1], Some(TOKEN), "is the promoted version");

@@ -4,13 +4,12 @@
 //! `promoted_versions` row following promote and rollback (issue "attributes feed the models").
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use squall::generate::{CatalogueGen, EventGen};
 use squall_operators::{Attributes, Event};
+use squall_tests::deployment::{Deployment, Stream, state_dir};
 use squall_tests::server::SquallServer;
-use squall_tests::{Fixture, cql, produce, stream_config, unique, wait_for};
+use squall_tests::{cql, produce, stream_config, wait_for};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
@@ -37,57 +36,47 @@ attributes = [
 ]
 "#;
 
+/// The deployment (versions of [`VERSIONS`], both feeds on), a generated stream and every valid
+/// event produced.
 struct Setup {
-    f: Fixture,
-    catalogue: CatalogueGen,
-    name: String,
-    file: PathBuf,
-    generator: EventGen,
-    at: i64,
+    d: Deployment,
+    stream: Stream,
     events: Vec<Event>,
 }
 
 impl Setup {
     async fn new(seed: u64) -> Setup {
-        let catalogue = CatalogueGen { tracks: 300, ads: 20, seed };
-        let f = Fixture::with_catalogue(4, &catalogue).await;
-        let name = unique("d").replace('_', "-");
-        let file = f.topology_with_versions(
-            &name,
-            1,
-            VERSIONS,
-            &[
-                ("state", "epoch = \"200ms\""),
-                ("runtime", "workers = 2"),
-                ("feed", "profile = true\nchangelog = true\nchangelog_partitions = 2"),
-            ],
-        );
-        let generator = EventGen::new(stream_config(USERS, catalogue), seed);
-        Setup { f, catalogue, name, file, generator, at: T0, events: Vec::new() }
-    }
-
-    fn group(&self, version: u32) -> String {
-        format!("{}-v{version}", self.name)
-    }
-
-    fn file(&self) -> &str {
-        self.file.to_str().expect("utf-8 path")
+        let d = Deployment::new("d", seed, 4, |f, name| {
+            f.topology_with_versions(
+                name,
+                1,
+                VERSIONS,
+                &[
+                    ("state", "epoch = \"200ms\""),
+                    ("runtime", "workers = 2"),
+                    ("feed", "profile = true\nchangelog = true\nchangelog_partitions = 2"),
+                ],
+            )
+        })
+        .await;
+        let stream = Stream::new(stream_config(USERS, d.catalogue), seed, T0);
+        Setup { d, stream, events: Vec::new() }
     }
 
     /// Produces the next `n` generated records (and keeps their valid events).
     async fn produce(&mut self, n: usize) {
-        let (records, events) = self.f.batch(&mut self.generator, &mut self.at, n);
+        let (records, events) = self.stream.batch(&self.d.f, n);
         self.events.extend(events);
         produce(records).await;
     }
 
     /// The oracle's answers for version `version` of the file over every event produced.
     fn expected(&self, version: u32) -> BTreeMap<String, Attributes> {
-        let declaration = squall_topologies::TopologySpec::load(&self.file)
+        let declaration = squall_topologies::TopologySpec::load(&self.d.file)
             .and_then(|s| s.with_version(version))
             .expect("the test's topology file")
             .attributes;
-        oracle::expected(&declaration, self.events.iter(), &self.catalogue.oracle())
+        oracle::expected(&declaration, self.events.iter(), &self.d.catalogue.oracle())
     }
 }
 
@@ -150,7 +139,7 @@ async fn promoted_row(keyspace: &str, topology: &str) -> Result<(String, i32), S
 
 async fn promoted_row_is(s: &Setup, group: &str, version: i32) {
     wait_for(&format!("promoted_versions to name {group}"), Duration::from_secs(30), || async {
-        let got = promoted_row(&s.f.keyspace, &s.name).await?;
+        let got = promoted_row(&s.d.f.keyspace, &s.d.name).await?;
         if got == (group.to_owned(), version) { Ok(()) } else { Err(format!("{got:?}")) }
     })
     .await;
@@ -159,13 +148,12 @@ async fn promoted_row_is(s: &Setup, group: &str, version: i32) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_diff_has_no_false_alarms_names_exact_differences_and_gates_promotion() {
     let mut s = Setup::new(33).await;
-    let dir = std::env::temp_dir().join(unique("squall-server"));
-    std::fs::create_dir_all(&dir).expect("state dir");
+    let dir = state_dir("squall-server");
     let server = SquallServer::start(&dir, TOKEN);
-    let (v1, v2, v3, v4) = (s.group(1), s.group(2), s.group(3), s.group(4));
+    let (v1, v2, v3, v4) = (s.d.group(1), s.d.group(2), s.d.group(3), s.d.group(4));
 
     // v1 runs and is promoted; the CQL store says so.
-    server.cli_ok(&["deploy", s.file(), "--version", "1"]);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "1"]);
     s.produce(2000).await;
     server.wait_serving(&v1).await;
     server.cli_ok(&["promote", &v1]);
@@ -174,8 +162,8 @@ async fn the_diff_has_no_false_alarms_names_exact_differences_and_gates_promotio
     // The same declaration under another group id (two processes), started later from the
     // earliest offsets, and v2; events keep flowing while the diff is read: it never reports a
     // difference, however far apart the versions are.
-    server.cli_ok(&["deploy", s.file(), "--version", "3", "--start-from", "earliest", "--processes", "2"]);
-    server.cli_ok(&["deploy", s.file(), "--version", "2", "--start-from", "earliest"]);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "3", "--start-from", "earliest", "--processes", "2"]);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "2", "--start-from", "earliest"]);
     // Events arrive in batches of 100, ten a second (the load's shape, not a synchronisation),
     // until both diffs have compared users while behind (or 60 batches).
     let (mut reads, mut lagging_reports) = (0, 0);
@@ -227,7 +215,7 @@ async fn the_diff_has_no_false_alarms_names_exact_differences_and_gates_promotio
     );
 
     // The deliberate change: exactly the users whose skips differ by the oracle, and no others.
-    server.cli_ok(&["deploy", s.file(), "--version", "4", "--start-from", "earliest"]);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "4", "--start-from", "earliest"]);
     let (want1, want4) = (s.expected(1), s.expected(4));
     let skips = |a: &Attributes| a.0.iter().find(|(n, _)| n == "skips").map(|(_, v)| v.clone());
     let expected: BTreeSet<String> =
@@ -284,11 +272,10 @@ async fn the_diff_has_no_false_alarms_names_exact_differences_and_gates_promotio
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_diff_and_gate_requests_get_precise_errors() {
     let mut s = Setup::new(34).await;
-    let dir = std::env::temp_dir().join(unique("squall-server"));
-    std::fs::create_dir_all(&dir).expect("state dir");
+    let dir = state_dir("squall-server");
     let server = SquallServer::start(&dir, TOKEN);
-    let v1 = s.group(1);
-    server.cli_ok(&["deploy", s.file(), "--version", "1"]);
+    let v1 = s.d.group(1);
+    server.cli_ok(&["deploy", s.d.file(), "--version", "1"]);
     s.produce(100).await;
     server.wait_serving(&v1).await;
 

@@ -14,10 +14,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use squall::generate::{CatalogueGen, EventGen, Generated};
 use squall_enrichment::schema;
-use squall_operators::checkpoint::{CheckpointError, CheckpointStore, DedupRun, Part, Scope};
+use squall_operators::checkpoint::{CheckpointError, CheckpointStore, DedupRun, Part, RecoveryScope};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::dedup::Fingerprint;
-use squall_operators::{Attributes, Event, EventKind, KeyGroups, Partition, UserSnapshot};
+use squall_operators::{Event, EventKind, KeyGroups, Partition, UserSnapshot};
 use squall_tests::outage::{Broker, CqlServer, PrivateFixture, metric};
 use squall_tests::{Squall, stream_config_without_resends, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
@@ -74,18 +74,7 @@ async fn fixture(broker: &Broker, cql: &CqlServer) -> PrivateFixture {
 /// The users whose served attributes differ from the oracle over `events`, with the difference.
 async fn mismatches(squall: &Squall, events: &[Event]) -> BTreeMap<String, String> {
     let expected = oracle::expected(&squall_tests::declaration(1), events.iter(), &catalogue().oracle());
-    let mut out = BTreeMap::new();
-    for (user, want) in &expected {
-        let (status, body) = squall.get(&format!("/v1/users/{user}/attributes")).await;
-        let diff = match serde_json::from_value::<Attributes>(body["attributes"].clone()) {
-            Ok(got) => oracle::difference(&got, want),
-            Err(e) => Some(format!("{status}: {e}")),
-        };
-        if let Some(d) = diff {
-            out.insert(user.clone(), d);
-        }
-    }
-    out
+    squall.oracle_mismatches(&expected).await
 }
 
 /// Waits until every user's attributes equal the oracle over `events`.
@@ -364,7 +353,7 @@ async fn cql_checkpoint_store_recovers_the_latest_complete_cut_and_compacts() {
     let ks = unique("ks");
     schema::create(&session, &ks, 1).await.expect("keyspace");
     let open = || CqlCheckpoints::open(Arc::clone(&session), &ks, "g-v1", tokio::runtime::Handle::current());
-    let all = Scope::single(key_groups(), 2);
+    let all = RecoveryScope::single(key_groups(), 2);
     let mut store = open().await.expect("open");
     // Another version's rows in the same tables must never be touched.
     let mut other = CqlCheckpoints::open(Arc::clone(&session), &ks, "g-v2", tokio::runtime::Handle::current())
@@ -468,7 +457,8 @@ async fn cql_checkpoint_store_recovers_the_latest_complete_cut_and_compacts() {
     let mut users = std::collections::HashMap::new();
     let mut bytes = Vec::new();
     for process in 0..2 {
-        let scope = Scope { key_groups: key_groups(), peers: 2, local: process..process + 1, tidy: process == 0 };
+        let scope =
+            RecoveryScope { key_groups: key_groups(), peers: 2, local: process..process + 1, tidy: process == 0 };
         let mut s = open().await.expect("open");
         let rec = off(|| s.recover(&scope)).unwrap().unwrap();
         bytes.push(rec.bytes_read);
@@ -482,11 +472,11 @@ async fn cql_checkpoint_store_recovers_the_latest_complete_cut_and_compacts() {
         after.bytes_read
     );
     // Another number of key groups is refused.
-    let wrong = Scope { key_groups: KeyGroups::new(128).unwrap(), ..all };
+    let wrong = RecoveryScope { key_groups: KeyGroups::new(128).unwrap(), ..all };
     assert!(matches!(off(|| fresh.recover(&wrong)), Err(CheckpointError::KeyGroups { written: 64, configured: 128 })));
 
     // The other version was never touched.
-    let v2 = off(|| other.recover(&Scope::single(key_groups(), 1))).unwrap().expect("v2's cut");
+    let v2 = off(|| other.recover(&RecoveryScope::single(key_groups(), 1))).unwrap().expect("v2's cut");
     assert_eq!((v2.cut, v2.users["a"].clone()), (10, snapshot(9)));
 }
 

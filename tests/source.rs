@@ -65,11 +65,8 @@ async fn a_source_stopped_mid_epoch_records_that_epochs_end_offsets() {
 
 /// A worker's first record arrives without waiting out librdkafka's fixed 500 ms retry of a
 /// partition assigned before its leader is known, and wakes a worker parked until the next
-/// epoch boundary (a minute away here): only the queue's callback can wake it in time.
-///
-/// Before the source asked for its topics' metadata ahead of the assignment, the start offset
-/// of every partition was queried only after that retry: 0.5 s of the 0.7 s from spawn to the
-/// first record (`benches/RESULTS.md`, 2026-12-01).
+/// epoch boundary (a minute away here): only the queue's callback can wake it in time. The source
+/// asks for its topics' metadata ahead of the assignment for this (`benches/RESULTS.md`).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_record_does_not_wait_for_a_leader_retry() {
     let topic = songs_topic("source-first", 1, 1).await;

@@ -91,12 +91,54 @@ fn is_uuid_at(bytes: &[u8]) -> bool {
     !bytes.get(at).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }
 
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// The end of the text quoted by `quote` whose opening quote is at `i` (a doubled quote stands for
+/// one), and whether it holds a doubled quote; `None` when it is not closed.
+fn end_of_quoted(b: &[u8], i: usize, quote: u8) -> Option<(usize, bool)> {
+    let (mut i, mut escaped) = (i + 1, false);
+    loop {
+        match *b.get(i)? {
+            c if c == quote && b.get(i + 1) == Some(&quote) => {
+                escaped = true;
+                i += 2;
+            }
+            c if c == quote => return Some((i + 1, escaped)),
+            _ => i += 1,
+        }
+    }
+}
+
+/// The end of the identifier characters from `i`.
+fn end_of_word(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_ident(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the number that starts at `i` (digits, letters, `.`, and a sign after an exponent).
+fn end_of_number(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() {
+        let d = b[i];
+        let exponent_sign = (d == b'+' || d == b'-') && matches!(b[i - 1], b'e' | b'E');
+        if is_ident(d) || d == b'.' || exponent_sign {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
+/// Splits `q` into tokens and comment ranges: one `match` on the first character of each token.
 fn lex(q: &str) -> Result<Lexed<'_>, &'static str> {
     let b = q.as_bytes();
     let mut tokens = Vec::new();
     let mut comments = Vec::new();
     let mut i = 0;
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     while i < b.len() {
         let c = b[i];
         let start = i;
@@ -105,12 +147,8 @@ fn lex(q: &str) -> Result<Lexed<'_>, &'static str> {
                 i += 1;
                 continue;
             }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = q[i..].find('\n').map_or(b.len(), |n| i + n);
-                comments.push((start, i));
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'/') => {
+            // `--` and `//` comments run to the end of the line.
+            b'-' | b'/' if b.get(i + 1) == Some(&c) => {
                 i = q[i..].find('\n').map_or(b.len(), |n| i + n);
                 comments.push((start, i));
                 continue;
@@ -121,22 +159,8 @@ fn lex(q: &str) -> Result<Lexed<'_>, &'static str> {
                 continue;
             }
             b'\'' => {
-                let mut escaped = false;
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        None => return Err("unterminated string literal"),
-                        Some(b'\'') if b.get(i + 1) == Some(&b'\'') => {
-                            escaped = true;
-                            i += 2;
-                        }
-                        Some(b'\'') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
+                let (end, escaped) = end_of_quoted(b, i, b'\'').ok_or("unterminated string literal")?;
+                i = end;
                 Kind::Str { escaped }
             }
             b'$' if b.get(i + 1) == Some(&b'$') => {
@@ -144,18 +168,7 @@ fn lex(q: &str) -> Result<Lexed<'_>, &'static str> {
                 Kind::Str { escaped: true }
             }
             b'"' => {
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        None => return Err("unterminated quoted identifier"),
-                        Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
-                        Some(b'"') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
+                i = end_of_quoted(b, i, b'"').ok_or("unterminated quoted identifier")?.0;
                 Kind::QuotedIdent
             }
             _ if c.is_ascii_hexdigit() && is_uuid_at(&b[i..]) => {
@@ -163,21 +176,11 @@ fn lex(q: &str) -> Result<Lexed<'_>, &'static str> {
                 Kind::Uuid
             }
             _ if c.is_ascii_digit() => {
-                while i < b.len() {
-                    let d = b[i];
-                    let exponent_sign = (d == b'+' || d == b'-') && matches!(b[i - 1], b'e' | b'E');
-                    if ident(d) || d == b'.' || exponent_sign {
-                        i += 1;
-                    } else {
-                        break;
-                    }
-                }
+                i = end_of_number(b, i);
                 Kind::Number
             }
             _ if c.is_ascii_alphabetic() || c == b'_' => {
-                while i < b.len() && ident(b[i]) {
-                    i += 1;
-                }
+                i = end_of_word(b, i);
                 Kind::Word
             }
             b'?' => {
@@ -185,10 +188,7 @@ fn lex(q: &str) -> Result<Lexed<'_>, &'static str> {
                 Kind::Marker
             }
             b':' if b.get(i + 1).is_some_and(|n| n.is_ascii_alphabetic() || *n == b'_') => {
-                i += 1;
-                while i < b.len() && ident(b[i]) {
-                    i += 1;
-                }
+                i = end_of_word(b, i + 1);
                 Kind::Marker
             }
             b'<' | b'>' | b'!' if b.get(i + 1) == Some(&b'=') => {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use squall_operators::Epoch;
+use squall_operators::cql_schema::create_tables_unless_they_exist;
 
 use crate::{FeedError, cql_error};
 
@@ -42,22 +43,14 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Creates `table` in `keyspace` with `ddl` unless it exists (looked up first, so a server's
-/// handling of `IF NOT EXISTS` does not matter).
+/// Creates `table` in `keyspace` with `ddl` unless it exists
+/// ([`squall_operators::cql_schema::create_tables_unless_they_exist`]).
 pub(crate) async fn create_table(session: &Session, keyspace: &str, table: &str, ddl: &str) -> Result<(), FeedError> {
-    let existing = "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?";
-    let rows = session
-        .query_unpaged(existing, (keyspace,))
+    let tables = [(table, ddl.to_owned())];
+    let created = create_tables_unless_they_exist(session, keyspace, &tables)
         .await
-        .map_err(|e| cql_error(existing, e))?
-        .into_rows_result()
-        .map_err(|e| cql_error(existing, e))?;
-    let mut have = false;
-    for row in rows.rows::<(String,)>().map_err(|e| cql_error(existing, e))? {
-        have |= row.map_err(|e| cql_error(existing, e))?.0 == table;
-    }
-    if !have {
-        session.query_unpaged(ddl, ()).await.map_err(|e| cql_error(ddl, e))?;
+        .map_err(|e| FeedError::Cql { statement: e.statement, message: e.message })?;
+    if !created.is_empty() {
         tracing::info!(keyspace, table, "created feed table");
     }
     Ok(())

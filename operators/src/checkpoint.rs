@@ -1,6 +1,6 @@
 //! Checkpoints: each worker's state changes, cut at epoch boundaries, written to a
-//! [`CheckpointStore`] (a local directory, [`CheckpointDir`], or the CQL store in
-//! [`crate::checkpoint_cql`]) together with the source offsets they cover; recovery folds them
+//! [`CheckpointStore`] (a local directory, [`crate::checkpoint_dir::CheckpointDir`], or the CQL
+//! store in [`crate::checkpoint_cql`]) together with the source offsets they cover; recovery folds them
 //! back, each process reading only the key groups its workers own.
 //!
 //! # Notes
@@ -29,7 +29,6 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::attributes::UserSnapshot;
-pub use crate::checkpoint_dir::CheckpointDir;
 use crate::counters::{Counter, Gauge, Histogram};
 use crate::dedup::Fingerprint;
 use crate::epoch::Epoch;
@@ -156,9 +155,10 @@ impl Default for Recovered {
     }
 }
 
-/// Which part of a version's checkpoints a process is responsible for.
+/// Which part of a version's checkpoints a process is responsible for (in recovery and
+/// compaction).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Scope {
+pub struct RecoveryScope {
     /// The version's key groups.
     pub key_groups: KeyGroups,
     /// Workers of every process.
@@ -170,10 +170,10 @@ pub struct Scope {
     pub tidy: bool,
 }
 
-impl Scope {
+impl RecoveryScope {
     /// One process with every worker.
     pub fn single(key_groups: KeyGroups, workers: usize) -> Self {
-        Scope { key_groups, peers: workers, local: 0..workers, tidy: true }
+        RecoveryScope { key_groups, peers: workers, local: 0..workers, tidy: true }
     }
 
     /// The key groups this process reads: those its workers cover.
@@ -229,7 +229,13 @@ pub enum CheckpointError {
     },
 }
 
-/// Where checkpoint parts go: a directory ([`CheckpointDir`]) or the CQL store
+impl From<crate::cql_schema::CqlStatementError> for CheckpointError {
+    fn from(e: crate::cql_schema::CqlStatementError) -> Self {
+        CheckpointError::Cql { statement: e.statement, message: e.message }
+    }
+}
+
+/// Where checkpoint parts go: a directory ([`crate::checkpoint_dir::CheckpointDir`]) or the CQL store
 /// ([`crate::checkpoint_cql::CqlCheckpoints`]). Both keep the semantics in the module notes.
 pub trait CheckpointStore: Send + 'static {
     /// Where the parts are, for logs.
@@ -244,7 +250,7 @@ pub trait CheckpointStore: Send + 'static {
     /// Reads the key groups `scope` covers at the latest complete cut, and deletes what lies
     /// beyond it (rows of cuts that never completed) among what `scope` tidies or compacts.
     /// `None` when no cut is complete. Sets the scope for later compactions.
-    fn recover(&mut self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError>;
+    fn recover(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError>;
     /// Whether the parts of all `peers` workers (of every process) of `cut` are durable.
     fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError>;
     /// Folds, among what the scope compacts, what precedes the latest complete cut where that
@@ -445,20 +451,59 @@ pub fn oldest_live_bucket(watermark: i64, horizon_ms: i64, bucket_ms: i64) -> i6
 }
 
 /// Rebase a key group once its rows newer than the base add up to this share of the base...
-pub(crate) const REBASE_SHARE: u64 = 4;
+const REBASE_SHARE: u64 = 4;
 /// ...and at least this many bytes (small groups are not rewritten for every few changes).
-pub(crate) const REBASE_MIN_BYTES: u64 = 32 * 1024;
+const REBASE_MIN_BYTES: u64 = 32 * 1024;
 
 /// A compaction rebases (rewrites) at most this many times the bytes that changed since the
 /// previous one (and at least one key group or segment), so that it holds the writer up in
 /// proportion to what changed; rebasing needs `REBASE_SHARE + 1` times the changes to keep up.
-pub(crate) const REBASE_BUDGET: u64 = 8;
+const REBASE_BUDGET: u64 = 8;
 
 /// Whether a key group (or segment) with `base` bytes in its base and `newer` bytes in rows newer
 /// than the base should be folded into a new base: amortized, every byte is rewritten at most
 /// `REBASE_SHARE + 1` times.
-pub(crate) fn rebase_pays(base: u64, newer: u64) -> bool {
+fn rebase_pays(base: u64, newer: u64) -> bool {
     newer >= REBASE_MIN_BYTES.max(base / REBASE_SHARE)
+}
+
+/// A unit of compaction that may be folded into a new base: a CQL key group or a directory
+/// segment.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RebaseCandidate<K> {
+    /// Which key group or segment.
+    pub key: K,
+    /// Bytes of its base (or of its oldest row or file, when it has no base yet).
+    pub base: u64,
+    /// Bytes of what is newer than the base.
+    pub newer: u64,
+    /// Rebased whatever the budget (a directory segment at its last allowed delta file).
+    pub forced: bool,
+}
+
+/// The one rebase rule both stores follow: which of `candidates` a compaction rebases, given the
+/// bytes `changed` since the previous compaction. Those whose newer rows outweigh a quarter of
+/// their base (and [`REBASE_MIN_BYTES`]) are due, and the forced ones; the forced go first, then
+/// the most overdue (newer / base); the forced and the first are always taken, the others while
+/// [`REBASE_BUDGET`] times `changed` lasts (so that no compaction holds the writer up for longer
+/// than its changes warrant).
+pub(crate) fn due_for_rebase<K>(candidates: impl IntoIterator<Item = RebaseCandidate<K>>, changed: u64) -> Vec<K> {
+    let mut due: Vec<(bool, f64, K, u64)> = candidates
+        .into_iter()
+        .filter(|c| c.forced || rebase_pays(c.base, c.newer))
+        .map(|c| (c.forced, c.newer as f64 / c.base.max(1) as f64, c.key, c.base + c.newer))
+        .collect();
+    due.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+    let mut budget = REBASE_BUDGET * changed;
+    let mut out = Vec::new();
+    for (i, (forced, _, key, size)) in due.into_iter().enumerate() {
+        if !forced && i > 0 && budget == 0 {
+            break;
+        }
+        budget = budget.saturating_sub(size);
+        out.push(key);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -551,6 +596,15 @@ pub(crate) mod tests {
         assert!(!rebase_pays(1 << 20, (1 << 18) - 1));
         assert!(rebase_pays(1 << 20, 1 << 18));
         assert!(!rebase_pays(100, 1000), "small groups wait for REBASE_MIN_BYTES");
+        let c = |key: u32, base: u64, newer: u64, forced: bool| RebaseCandidate { key, base, newer, forced };
+        // Most overdue first; the first is taken even with nothing changed, the rest while the budget lasts.
+        let groups = [c(1, 1 << 20, 1 << 18, false), c(2, 1 << 20, 1 << 19, false), c(3, 1 << 20, 1, false)];
+        assert_eq!(due_for_rebase(groups, 0), vec![2]);
+        assert_eq!(due_for_rebase(groups, 1 << 17), vec![2]);
+        assert_eq!(due_for_rebase(groups, 1 << 18), vec![2, 1]);
+        // The forced go first and whatever the budget.
+        let segments = [c(1, 1 << 20, 1 << 19, false), c(2, 1 << 20, 1, true), c(3, 1 << 20, 1, true)];
+        assert_eq!(due_for_rebase(segments, 0), vec![2, 3]);
         assert_eq!(oldest_live_bucket(10_000, 4_000, 500), 12);
         assert_eq!(oldest_live_bucket(i64::MIN, 4_000, 500), i64::MIN);
     }

@@ -51,9 +51,10 @@ use tokio::runtime::Handle;
 
 use crate::attributes::UserSnapshot;
 use crate::checkpoint::{
-    CheckpointError, CheckpointStore, DedupRun, Part, REBASE_BUDGET, Recovered, Scope, UserRows, fold_rows,
-    oldest_live_bucket, rebase_pays,
+    CheckpointError, CheckpointStore, DedupRun, Part, RebaseCandidate, Recovered, RecoveryScope, UserRows,
+    due_for_rebase, fold_rows, oldest_live_bucket,
 };
+use crate::cql_schema::{CqlStatementError, create_tables_unless_they_exist};
 use crate::dedup::{BUCKETS, Fingerprint};
 use crate::epoch::Epoch;
 use crate::source::Partition;
@@ -91,26 +92,9 @@ const TABLES: [&str; 3] = ["checkpoint_marks", "checkpoint_groups", "checkpoint_
 /// Creates the checkpoint tables in `keyspace` (which must exist) unless they exist already.
 pub async fn create_tables(session: &Session, keyspace: &str) -> Result<(), CheckpointError> {
     check_keyspace(keyspace)?;
-    // Look before creating: a CREATE TABLE of an existing table is then never sent, whatever a
-    // server makes of IF NOT EXISTS.
-    let existing = "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?";
-    let rows = session
-        .query_unpaged(existing, (keyspace,))
-        .await
-        .map_err(|e| cql(existing, e))?
-        .into_rows_result()
-        .map_err(|e| cql(existing, e))?;
-    let have: Vec<String> = rows
-        .rows::<(String,)>()
-        .map_err(|e| cql(existing, e))?
-        .map(|r| r.map(|(t,)| t))
-        .collect::<Result<_, _>>()
-        .map_err(|e| cql(existing, e))?;
-    for (table, ddl) in TABLES.iter().zip(schema(keyspace)) {
-        if !have.iter().any(|t| t == table) {
-            session.query_unpaged(ddl.clone(), ()).await.map_err(|e| cql(&ddl, e))?;
-            tracing::info!(keyspace, table, "created checkpoint table");
-        }
+    let tables: Vec<(&str, String)> = TABLES.into_iter().zip(schema(keyspace)).collect();
+    for table in create_tables_unless_they_exist(session, keyspace, &tables).await? {
+        tracing::info!(keyspace, table, "created checkpoint table");
     }
     Ok(())
 }
@@ -121,11 +105,7 @@ fn check_keyspace(keyspace: &str) -> Result<(), CheckpointError> {
 }
 
 fn cql(statement: &str, e: impl std::fmt::Display) -> CheckpointError {
-    let statement = match statement.char_indices().nth(120) {
-        Some((i, _)) => format!("{}...", &statement[..i]),
-        None => statement.to_owned(),
-    };
-    CheckpointError::Cql { statement, message: e.to_string() }
+    CqlStatementError::new(statement, e).into()
 }
 
 fn corrupt(what: String, e: impl std::fmt::Display) -> CheckpointError {
@@ -242,7 +222,7 @@ pub struct CqlCheckpoints {
     stmts: Statements,
     /// Set by recovery; without it (a store only written and compacted, as in benchmarks) this
     /// process compacts every key group and tidies.
-    scope: Option<Scope>,
+    scope: Option<RecoveryScope>,
     /// The key groups this process compacts.
     groups: HashMap<u32, GroupStats>,
     /// Bytes of group rows written since the last compaction, for the rebase budget.
@@ -464,7 +444,7 @@ impl CqlCheckpoints {
         Ok(bytes)
     }
 
-    async fn recover_async(&mut self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError> {
+    async fn recover_async(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
         self.scope = Some(scope.clone());
         self.groups.clear();
         let marks = self.marks().await?;
@@ -587,27 +567,9 @@ impl CqlCheckpoints {
         let watermark = marks.iter().filter(|m| m.cut <= cut).map(|m| m.watermark).max().unwrap_or(i64::MIN);
         let bucket_ms = marks.iter().map(|m| m.bucket_ms).find(|b| *b > 0).unwrap_or(0);
         let mut removed = 0;
-        // Key groups whose newer rows outweigh a quarter of their base, the most overdue first, up
-        // to REBASE_BUDGET times the bytes written since the last compaction (so that no
-        // compaction holds the writer up for longer than its changes warrant).
-        let mut due: Vec<(f64, u32, u64)> = self
-            .groups
-            .iter()
-            .filter(|(_, s)| rebase_pays(s.base, s.newer))
-            .map(|(k, s)| (s.newer as f64 / s.base.max(1) as f64, *k, s.base + s.newer))
-            .collect();
-        due.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut budget = REBASE_BUDGET * std::mem::take(&mut self.written);
-        let due: Vec<u32> = due
-            .into_iter()
-            .enumerate()
-            .take_while(|(i, (_, _, size))| {
-                let go = *i == 0 || budget > 0;
-                budget = budget.saturating_sub(*size);
-                go
-            })
-            .map(|(_, (_, k, _))| k)
-            .collect();
+        let candidates =
+            self.groups.iter().map(|(k, s)| RebaseCandidate { key: *k, base: s.base, newer: s.newer, forced: false });
+        let due = due_for_rebase(candidates, std::mem::take(&mut self.written));
         let this = &*self;
         let rebased: Vec<(u32, usize, GroupStats)> = futures::stream::iter(due)
             .map(|kg| async move { this.rebase(kg, cut).await.map(|(n, s)| (kg, n, s)) })
@@ -652,7 +614,7 @@ impl CheckpointStore for CqlCheckpoints {
         runtime.block_on(self.write_parts_async(parts))
     }
 
-    fn recover(&mut self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError> {
+    fn recover(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
         let runtime = self.runtime.clone();
         runtime.block_on(self.recover_async(scope))
     }

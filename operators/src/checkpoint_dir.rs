@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::attributes::UserSnapshot;
 use crate::checkpoint::{
-    CheckpointError, CheckpointStore, DedupRun, Part, REBASE_BUDGET, Recovered, Scope, UserRows, fold_rows,
-    oldest_live_bucket, rebase_pays,
+    CheckpointError, CheckpointStore, DedupRun, Part, RebaseCandidate, Recovered, RecoveryScope, UserRows,
+    due_for_rebase, fold_rows, oldest_live_bucket,
 };
 use crate::dedup::{BUCKETS, Fingerprint};
 use crate::epoch::Epoch;
@@ -242,7 +242,7 @@ struct PartFile {
 #[derive(Clone, Debug)]
 pub struct CheckpointDir {
     dir: PathBuf,
-    scope: Option<Scope>,
+    scope: Option<RecoveryScope>,
 }
 
 impl CheckpointDir {
@@ -372,7 +372,7 @@ impl CheckpointDir {
         by_cut.iter().rev().find(|(_, (n, peers))| *n as u32 == *peers).map(|(c, _)| *c)
     }
 
-    fn check_key_groups(scope: &Scope, written: u32) -> Result<(), CheckpointError> {
+    fn check_key_groups(scope: &RecoveryScope, written: u32) -> Result<(), CheckpointError> {
         let configured = scope.key_groups.count();
         if written == configured { Ok(()) } else { Err(CheckpointError::KeyGroups { written, configured }) }
     }
@@ -401,7 +401,7 @@ impl CheckpointDir {
         Ok(removed)
     }
 
-    fn recover_once(&self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError> {
+    fn recover_once(&self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
         let mut bytes = 0u64;
         let io = |e| self.error(e);
         let manifest = self.manifest().map_err(io)?;
@@ -490,6 +490,47 @@ impl CheckpointDir {
         Ok(())
     }
 
+    /// Writes a file of one section per key group of `groups` (a segment's delta or base); its reference.
+    fn put_users(&self, name: String, groups: impl IntoIterator<Item = (u32, UserRows)>) -> io::Result<FileRef> {
+        let (mut body, mut header) = (Vec::new(), Header::default());
+        for (kg, rows) in groups {
+            header.users.push(push_users(&mut body, kg, &rows)?);
+        }
+        let file = container(&header, &body)?;
+        self.put(&name, &file)?;
+        Ok(FileRef { name, bytes: file.len() as u64 })
+    }
+
+    /// Folds a segment's base and deltas into a new base at `cut`; the files it replaces.
+    fn rebase_segment(&self, s: usize, segment: &mut Segment, cut: Epoch) -> io::Result<Vec<String>> {
+        let mut users: BTreeMap<u32, HashMap<String, UserSnapshot>> = BTreeMap::new();
+        let mut replaced = Vec::new();
+        for f in segment.base.iter().chain(&segment.deltas) {
+            self.fold_file(&f.name, &mut users)?;
+            replaced.push(f.name.clone());
+        }
+        let groups = users.into_iter().filter(|(_, group)| !group.is_empty()).map(|(kg, group)| {
+            let mut rows: UserRows = group.into_iter().map(|(u, s)| (u, Some(s))).collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            (kg, rows)
+        });
+        segment.base = Some(self.put_users(format!("s{s:04}-{cut:020}.base"), groups)?);
+        segment.deltas.clear();
+        Ok(replaced)
+    }
+
+    /// The segments of `manifest` a compaction that `changed` bytes folds into new bases: the
+    /// rebase rule ([`due_for_rebase`]), and those with [`MAX_DELTAS`] delta files whatever it costs.
+    fn due_segments(manifest: &Manifest, changed: u64) -> Vec<usize> {
+        let candidates = manifest.segments.iter().enumerate().filter_map(|(s, segment)| {
+            let sizes: Vec<u64> = segment.base.iter().chain(&segment.deltas).map(|f| f.bytes).collect();
+            let (&base, newer) = sizes.split_first()?;
+            let forced = segment.deltas.len() >= MAX_DELTAS;
+            Some(RebaseCandidate { key: s, base, newer: newer.iter().sum(), forced })
+        });
+        due_for_rebase(candidates, changed)
+    }
+
     fn compact_io(&self, horizon_ms: i64) -> io::Result<Option<(Epoch, usize)>> {
         let mut bytes = 0;
         let manifest = self.manifest()?;
@@ -530,58 +571,13 @@ impl CheckpointDir {
         let mut changed = 0u64;
         // One delta file per segment that changed: costs what changed.
         for (s, groups) in changes {
-            let (mut body, mut header) = (Vec::new(), Header::default());
-            for (kg, rows) in groups {
-                let rows: UserRows = rows.into_iter().collect();
-                header.users.push(push_users(&mut body, kg, &rows)?);
-            }
-            let name = format!("s{s:04}-{cut:020}.delta");
-            let file = container(&header, &body)?;
-            self.put(&name, &file)?;
-            changed += file.len() as u64;
-            next.segments[s].deltas.push(FileRef { name, bytes: file.len() as u64 });
+            let groups = groups.into_iter().map(|(kg, rows)| (kg, rows.into_iter().collect()));
+            let delta = self.put_users(format!("s{s:04}-{cut:020}.delta"), groups)?;
+            changed += delta.bytes;
+            next.segments[s].deltas.push(delta);
         }
-        // Segments whose deltas outweigh a quarter of their base are folded into a new base, the
-        // most overdue first, up to REBASE_BUDGET times the bytes that changed (so no compaction
-        // holds the writer up for longer than its changes warrant), and those with MAX_DELTAS
-        // delta files whatever it costs.
-        let mut due: Vec<(bool, f64, usize, u64)> = Vec::new();
-        for (s, segment) in next.segments.iter().enumerate() {
-            let sizes: Vec<u64> = segment.base.iter().chain(&segment.deltas).map(|f| f.bytes).collect();
-            let Some((&base, newer)) = sizes.split_first() else { continue };
-            let newer: u64 = newer.iter().sum();
-            let forced = segment.deltas.len() >= MAX_DELTAS;
-            if forced || rebase_pays(base, newer) {
-                due.push((forced, newer as f64 / base.max(1) as f64, s, base + newer));
-            }
-        }
-        due.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
-        let mut budget = REBASE_BUDGET * changed;
-        for (forced, _, s, size) in due {
-            if !forced && budget == 0 {
-                break;
-            }
-            budget = budget.saturating_sub(size);
-            let segment = &mut next.segments[s];
-            let mut users: BTreeMap<u32, HashMap<String, UserSnapshot>> = BTreeMap::new();
-            for f in segment.base.iter().chain(&segment.deltas) {
-                self.fold_file(&f.name, &mut users)?;
-                garbage.push(f.name.clone());
-            }
-            let (mut body, mut header) = (Vec::new(), Header::default());
-            for (kg, group) in users {
-                if group.is_empty() {
-                    continue;
-                }
-                let mut rows: UserRows = group.into_iter().map(|(u, s)| (u, Some(s))).collect();
-                rows.sort_by(|a, b| a.0.cmp(&b.0));
-                header.users.push(push_users(&mut body, kg, &rows)?);
-            }
-            let name = format!("s{s:04}-{cut:020}.base");
-            let file = container(&header, &body)?;
-            self.put(&name, &file)?;
-            segment.base = Some(FileRef { name, bytes: file.len() as u64 });
-            segment.deltas.clear();
+        for s in Self::due_segments(&next, changed) {
+            garbage.extend(self.rebase_segment(s, &mut next.segments[s], cut)?);
         }
         for (bucket, groups) in ids {
             let (mut body, mut header) = (Vec::new(), Header::default());
@@ -623,7 +619,7 @@ impl CheckpointStore for CheckpointDir {
         CheckpointDir::write_parts(self, parts).map_err(|source| self.error(source))
     }
 
-    fn recover(&mut self, scope: &Scope) -> Result<Option<Recovered>, CheckpointError> {
+    fn recover(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
         self.scope = Some(scope.clone());
         // Another process's compaction may replace a file between reading the manifest and
         // reading the file: read again.
@@ -657,8 +653,8 @@ mod tests {
     use crate::checkpoint::tests::{id, p, snapshot};
     use crate::key_groups::KeyGroups;
 
-    fn scope(local: Range<usize>, peers: usize, tidy: bool) -> Scope {
-        Scope { key_groups: KeyGroups::new(64).unwrap(), peers, local, tidy }
+    fn scope(local: Range<usize>, peers: usize, tidy: bool) -> RecoveryScope {
+        RecoveryScope { key_groups: KeyGroups::new(64).unwrap(), peers, local, tidy }
     }
 
     fn dir(line: u32) -> (PathBuf, CheckpointDir) {
@@ -770,7 +766,7 @@ mod tests {
         assert_eq!(rec.users.len(), 40_000);
         assert_eq!(rec.dedup, vec![DedupRun { key_group: 3, bucket: 11, ids: vec![id(2)] }]);
         // A changed number of key groups is refused.
-        let other = Scope { key_groups: KeyGroups::new(128).unwrap(), ..all };
+        let other = RecoveryScope { key_groups: KeyGroups::new(128).unwrap(), ..all };
         assert!(matches!(dir.recover(&other), Err(CheckpointError::KeyGroups { written: 64, configured: 128 })));
         fs::remove_dir_all(root).unwrap();
     }

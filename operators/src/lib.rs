@@ -9,6 +9,7 @@ pub mod checkpoint_cql;
 pub mod checkpoint_dir;
 pub mod compare;
 pub mod counters;
+pub mod cql_schema;
 pub mod dead_letter;
 pub mod dedup;
 pub mod enrich;

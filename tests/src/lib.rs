@@ -5,9 +5,11 @@
 //! at once with a message saying so; it never skips.
 #![warn(missing_docs)]
 
+pub mod deployment;
 pub mod outage;
 pub mod server;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -107,11 +109,21 @@ pub async fn wait_for_committed_at_end(
 pub async fn produce(records: impl IntoIterator<Item = (String, String, Vec<u8>)>) {
     let producer: FutureProducer =
         ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
+    send_all(&producer, records, Duration::from_secs(30)).await;
+}
+
+/// Sends `(topic, key, payload)` records with `producer`, all at once, each queued for at most
+/// `queue_timeout`, and waits for every delivery; panics on a failed one.
+pub async fn send_all(
+    producer: &FutureProducer,
+    records: impl IntoIterator<Item = (String, String, Vec<u8>)>,
+    queue_timeout: Duration,
+) {
     let mut pending = Vec::new();
     for (topic, key, payload) in records {
         let p = producer.clone();
         pending.push(tokio::spawn(async move {
-            p.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(30))
+            p.send(FutureRecord::to(&topic).key(&key).payload(&payload), queue_timeout)
                 .await
                 .map_err(|(e, _)| format!("produce to {topic}: {e}"))
                 .map(|_| ())
@@ -248,34 +260,50 @@ impl Fixture {
     }
 
     fn topology_text(&self, name: &str, version: u32, head: &str, tail: &str, extra: &[(&str, &str)]) -> PathBuf {
-        let mut sections: Vec<(String, String)> = vec![
-            (
-                "kafka".into(),
-                format!(
-                    "brokers = \"{}\"\nsong_completions = \"{}\"\nad_impressions = \"{}\"\n",
-                    brokers(),
-                    self.songs,
-                    self.ads
-                ),
-            ),
-            ("cql".into(), format!("nodes = \"{}\"\nkeyspace = \"{}\"\n", cql(), self.keyspace)),
-            ("http".into(), "listen = \"127.0.0.1:0\"\n".into()),
-        ];
-        for (section, lines) in extra {
-            match sections.iter_mut().find(|(s, _)| s == section) {
-                Some((_, body)) => body.push_str(&format!("{lines}\n")),
-                None => sections.push((section.to_string(), format!("{lines}\n"))),
-            }
-        }
-        let mut text = format!("name = \"{name}\"\nversion = {version}\n{head}");
-        for (section, body) in sections {
-            text.push_str(&format!("[{section}]\n{body}"));
-        }
-        text.push_str(tail);
-        let path = std::env::temp_dir().join(format!("{}.toml", unique("topology")));
-        std::fs::write(&path, text).expect("write topology");
-        path
+        let inputs =
+            Inputs { brokers: &brokers(), cql: &cql(), songs: &self.songs, ads: &self.ads, keyspace: &self.keyspace };
+        write_topology(&format!("name = \"{name}\"\nversion = {version}\n{head}"), &inputs, extra, tail)
     }
+}
+
+/// Where a test topology reads from: the broker and its topics, the CQL server and its keyspace.
+pub(crate) struct Inputs<'a> {
+    pub brokers: &'a str,
+    pub cql: &'a str,
+    pub songs: &'a str,
+    pub ads: &'a str,
+    pub keyspace: &'a str,
+}
+
+/// Writes a topology file under a unique name: `head` (name, version, ...), the `[kafka]`, `[cql]`
+/// and `[http]` sections for `inputs` with `extra` `key = value` lines per section (new sections
+/// after them), then `tail`; its path.
+pub(crate) fn write_topology(head: &str, inputs: &Inputs, extra: &[(&str, &str)], tail: &str) -> PathBuf {
+    let mut sections: Vec<(String, String)> = vec![
+        (
+            "kafka".into(),
+            format!(
+                "brokers = \"{}\"\nsong_completions = \"{}\"\nad_impressions = \"{}\"\n",
+                inputs.brokers, inputs.songs, inputs.ads
+            ),
+        ),
+        ("cql".into(), format!("nodes = \"{}\"\nkeyspace = \"{}\"\n", inputs.cql, inputs.keyspace)),
+        ("http".into(), "listen = \"127.0.0.1:0\"\n".into()),
+    ];
+    for (section, lines) in extra {
+        match sections.iter_mut().find(|(s, _)| s == section) {
+            Some((_, body)) => body.push_str(&format!("{lines}\n")),
+            None => sections.push((section.to_string(), format!("{lines}\n"))),
+        }
+    }
+    let mut text = head.to_owned();
+    for (section, body) in sections {
+        text.push_str(&format!("[{section}]\n{body}"));
+    }
+    text.push_str(tail);
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("topology")));
+    std::fs::write(&path, text).expect("write topology");
+    path
 }
 
 /// Reads `child`'s stdout on a thread until its readiness line (`squall::ready::url`) and
@@ -372,6 +400,26 @@ impl Squall {
         let status = resp.status().as_u16();
         let body = resp.json().await.unwrap_or(serde_json::Value::Null);
         (status, body)
+    }
+
+    /// The users whose served attributes differ from `expected` (the oracle's), with the
+    /// difference, or the status and error of an answer that holds no attributes.
+    pub async fn oracle_mismatches(
+        &self,
+        expected: &BTreeMap<String, squall_operators::Attributes>,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (user, want) in expected {
+            let (status, body) = self.get(&format!("/v1/users/{user}/attributes")).await;
+            let diff = match serde_json::from_value::<squall_operators::Attributes>(body["attributes"].clone()) {
+                Ok(got) => squall_topologies::oracle::difference(&got, want),
+                Err(e) => Some(format!("{status}: {e}")),
+            };
+            if let Some(d) = diff {
+                out.insert(user.clone(), d);
+            }
+        }
+        out
     }
 
     /// Stops the process with SIGTERM and waits for it; its exit status.

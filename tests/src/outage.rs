@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
-use crate::{binary, unique};
+use crate::{Inputs, binary, send_all, unique, write_topology};
 
 /// A free loopback port (bound, then released for the server to take).
 pub fn free_port() -> u16 {
@@ -231,30 +231,19 @@ impl PrivateFixture {
 
     /// A topology file for this fixture, with extra `key = value` lines per section.
     pub fn topology(&self, name: &str, extra: &[(&str, &str)]) -> PathBuf {
-        let mut sections: Vec<(String, String)> = vec![
-            (
-                "kafka".into(),
-                format!(
-                    "brokers = \"{}\"\nsong_completions = \"{}\"\nad_impressions = \"{}\"\n",
-                    self.brokers, self.songs, self.ads
-                ),
-            ),
-            ("cql".into(), format!("nodes = \"{}\"\nkeyspace = \"{}\"\n", self.cql, self.keyspace)),
-            ("http".into(), "listen = \"127.0.0.1:0\"\n".into()),
-        ];
-        for (section, lines) in extra {
-            match sections.iter_mut().find(|(s, _)| s == section) {
-                Some((_, body)) => body.push_str(&format!("{lines}\n")),
-                None => sections.push((section.to_string(), format!("{lines}\n"))),
-            }
-        }
-        let mut text = format!("name = \"{name}\"\nversion = 1\nattributes = \"personalization_v1\"\n");
-        for (section, body) in sections {
-            text.push_str(&format!("[{section}]\n{body}"));
-        }
-        let path = std::env::temp_dir().join(format!("{}.toml", unique("topology")));
-        std::fs::write(&path, text).expect("write topology");
-        path
+        let inputs = Inputs {
+            brokers: &self.brokers,
+            cql: &self.cql,
+            songs: &self.songs,
+            ads: &self.ads,
+            keyspace: &self.keyspace,
+        };
+        write_topology(
+            &format!("name = \"{name}\"\nversion = 1\nattributes = \"personalization_v1\"\n"),
+            &inputs,
+            extra,
+            "",
+        )
     }
 
     /// Produces `(topic, key, payload)` records to this fixture's broker and waits for every
@@ -266,19 +255,7 @@ impl PrivateFixture {
             .set("message.timeout.ms", "60000")
             .create()
             .expect("producer");
-        let mut pending = Vec::new();
-        for (topic, key, payload) in records {
-            let p = producer.clone();
-            pending.push(tokio::spawn(async move {
-                p.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(60))
-                    .await
-                    .map_err(|(e, _)| format!("produce to {topic}: {e}"))
-                    .map(|_| ())
-            }));
-        }
-        for p in pending {
-            p.await.expect("join").expect("delivery");
-        }
+        send_all(&producer, records, Duration::from_secs(60)).await;
     }
 }
 

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use squall::generate::{CatalogueGen, EventGen, EventGenConfig, Generated};
 use squall_benches::DevEnv;
-use squall_benches::pipeline::{Squall, bin_dir, producer, send, squall_gen};
+use squall_benches::kafka_load::{create_topics, producer, send};
+use squall_benches::procs::{Squall, bin_dir, squall_gen};
 use squall_operators::EventKind;
 
 #[derive(Parser)]
@@ -77,10 +78,7 @@ fn produce(a: &Args, topics: (&str, &str), generator: &mut EventGen, from: u64, 
 fn run(a: &Args, bins: &Path, mode: &str) {
     let run = format!("catchup-{mode}-{}", std::process::id());
     let (songs, ads) = (format!("{run}-songs"), format!("{run}-ads"));
-    squall_gen(
-        bins,
-        &["topics", "--brokers", &a.env.brokers, "--song-topic", &songs, "--ad-topic", &ads, "--partitions", "4"],
-    );
+    create_topics(bins, &a.env.brokers, (&songs, &ads), 4);
     let config = EventGenConfig {
         users: a.users,
         catalogue: CatalogueGen { tracks: 100_000, ads: 2_000, seed: 7 },
@@ -98,7 +96,7 @@ fn run(a: &Args, bins: &Path, mode: &str) {
     };
     let topics = (songs.as_str(), ads.as_str());
     let (squall, produced, started) = if mode == "live" {
-        let squall = Squall::start(bins, &run, &a.env.brokers, &a.env.cql, topics, a.workers, extra);
+        let squall = Squall::start(bins, &run, &a.env, topics, a.workers, extra);
         let started = Instant::now();
         let mut produced = 0;
         let mut at = 0;
@@ -111,7 +109,7 @@ fn run(a: &Args, bins: &Path, mode: &str) {
         (squall, produced, started)
     } else {
         let produced = produce(a, topics, &mut generator, 0, a.events);
-        let squall = Squall::start(bins, &run, &a.env.brokers, &a.env.cql, topics, a.workers, extra);
+        let squall = Squall::start(bins, &run, &a.env, topics, a.workers, extra);
         let started = Instant::now();
         squall.wait_for(produced as f64, Duration::from_secs(600)).expect("backlog applied");
         (squall, produced, started)

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use squall_enrichment::Symbols;
 use squall_operators::UserState;
-use squall_operators::checkpoint::{self, CheckpointDir, CheckpointStore, DedupRun, Part, Scope};
+use squall_operators::checkpoint::{self, CheckpointStore, DedupRun, Part, RecoveryScope};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
+use squall_operators::checkpoint_dir::CheckpointDir;
 use squall_operators::dedup::Fingerprint;
 use squall_operators::{KeyGroups, UserSnapshot};
 
@@ -208,7 +209,7 @@ fn main() {
         let (mut secs, mut bytes, mut users_read) = (Vec::new(), Vec::new(), 0usize);
         for p in 0..processes {
             let mut fresh = open("bench-v1");
-            let scope = Scope { key_groups, peers: processes, local: p..p + 1, tidy: p == 0 };
+            let scope = RecoveryScope { key_groups, peers: processes, local: p..p + 1, tidy: p == 0 };
             let started = Instant::now();
             let rec = fresh.recover(&scope).expect("recover").expect("a complete cut");
             secs.push(started.elapsed().as_secs_f64());

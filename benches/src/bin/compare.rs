@@ -34,11 +34,12 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use squall::generate::CatalogueGen;
 use squall::version::http::UserAttributes;
-use squall_benches::DevEnv;
-use squall_benches::pipeline::{
-    KeepAlive, LatencyRun, Marked, Squall, bare_consume, bin_dir, latency_run, run_marked, squall_gen,
-    tree_cpu_seconds, write_catalogue_json,
-};
+use squall_benches::cpu::tree_cpu_seconds;
+use squall_benches::http_load::KeepAlive;
+use squall_benches::kafka_load::{bare_consume, create_topics, produce_events, write_catalogue_json};
+use squall_benches::pipeline::{LatencyRun, latency_run};
+use squall_benches::procs::{Marked, Squall, run_marked, squall_gen};
+use squall_benches::{Bins, DevEnv, Pinning, Workload};
 use squall_operators::Attributes;
 use squall_topologies::oracle;
 
@@ -111,14 +112,13 @@ impl std::fmt::Display for RunSpec {
 
 /// squall and its peers on the same events, one after the other; see the module doc.
 #[derive(Parser)]
+// Smaller than the other harnesses' default: the peers are slower, and `--check` reads every user.
+#[command(mut_arg("users", |a| a.default_value("100000")))]
 struct Args {
     #[command(flatten)]
     env: DevEnv,
-    /// Events pre-produced once for every throughput run.
-    #[arg(long, default_value_t = 1_000_000)]
-    events: u64,
-    #[arg(long, default_value_t = 100_000)]
-    users: u64,
+    #[command(flatten)]
+    load: Workload,
     /// What to run, in order, each `engine:workers[:ckpt]` (engines: ceiling, squall, flink,
     /// bytewax, and `before`: the `squall` of `--before-bin-dir`).
     #[arg(
@@ -142,15 +142,8 @@ struct Args {
     /// Phases: `throughput`, `latency-unpinned`, `latency-pinned` (`latency`: both).
     #[arg(long, value_delimiter = ',', default_value = "throughput,latency")]
     phases: Vec<String>,
-    /// CPUs of the broker, CQL dev server and load generator in the pinned latency run.
-    #[arg(long, default_value = "0")]
-    load_cpus: String,
-    /// CPUs of squall in the pinned latency run.
-    #[arg(long, default_value = "1")]
-    squall_cpus: String,
-    /// squall workers in the pinned latency run (it has the cores of `--squall-cpus`).
-    #[arg(long, default_value_t = 1)]
-    pinned_workers: usize,
+    #[command(flatten)]
+    pinning: Pinning,
     /// squall workers in the unpinned latency run.
     #[arg(long, default_value_t = 2)]
     unpinned_workers: usize,
@@ -169,9 +162,8 @@ struct Args {
     /// Gives up on one run after this many seconds.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
-    /// Where `squall` and `squall-gen` are (default: next to this binary).
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    bins: Bins,
     /// Where the `squall` of the `before` runs is: an earlier build, to measure a change's
     /// before and after in the same run as the peers.
     #[arg(long)]
@@ -268,15 +260,7 @@ fn run_squall(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measured
         }
         _ => s.bins.as_path(),
     };
-    let squall = Squall::start(
-        bins,
-        tag,
-        &a.env.brokers,
-        &a.env.cql,
-        (&s.songs, &s.ads),
-        spec.workers,
-        &squall_extra(a, ckpt.as_deref()),
-    );
+    let squall = Squall::start(bins, tag, &a.env, (&s.songs, &s.ads), spec.workers, &squall_extra(a, ckpt.as_deref()));
     let deadline = squall.spawned_at + Duration::from_secs(a.timeout_secs);
     let (first_at, cpu_at_first) = loop {
         if squall.consumed() > 0.0 {
@@ -288,12 +272,12 @@ fn run_squall(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measured
         std::thread::sleep(Duration::from_millis(2));
     };
     let done = squall
-        .wait_for(a.events as f64, deadline.saturating_duration_since(Instant::now()))
+        .wait_for(a.load.events as f64, deadline.saturating_duration_since(Instant::now()))
         .ok_or_else(|| format!("{spec}: not every event processed within {} s", a.timeout_secs))?;
     let cpu = tree_cpu_seconds(squall.pid());
     let m = Measured {
         spec: spec.clone(),
-        events: a.events,
+        events: a.load.events,
         to_first_s: (first_at - squall.spawned_at).as_secs_f64(),
         total_s: (done - squall.spawned_at).as_secs_f64(),
         cpu_to_first_s: cpu_at_first,
@@ -325,7 +309,7 @@ fn run_flink(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measured,
     cmd.args(["--brokers", &a.env.brokers, "--song-topic", &s.songs, "--ad-topic", &s.ads])
         .arg("--catalogue")
         .arg(&s.catalogue_json)
-        .args(["--events", &a.events.to_string(), "--parallelism", &spec.workers.to_string(), "--group", tag])
+        .args(["--events", &a.load.events.to_string(), "--parallelism", &spec.workers.to_string(), "--group", tag])
         .args(["--fetch-max-wait-ms", &a.fetch_wait_ms.to_string()]);
     if let Some(dir) = &ckpt {
         cmd.arg("--checkpoint-dir").arg(dir);
@@ -359,7 +343,7 @@ fn run_flink(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measured,
     if let Some(dir) = ckpt {
         let _ = std::fs::remove_dir_all(dir);
     }
-    Ok(Measured::from_marked(spec.clone(), a.events, &marked))
+    Ok(Measured::from_marked(spec.clone(), a.load.events, &marked))
 }
 
 /// A line of the Flink job's `--out` files.
@@ -377,7 +361,7 @@ fn run_bytewax(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measure
         .env("SONG_TOPIC", &s.songs)
         .env("AD_TOPIC", &s.ads)
         .env("CATALOGUE", &s.catalogue_json)
-        .env("EVENTS", a.events.to_string())
+        .env("EVENTS", a.load.events.to_string())
         .env("FETCH_WAIT_MAX_MS", a.fetch_wait_ms.to_string());
     let marked = run_marked(
         cmd,
@@ -387,12 +371,12 @@ fn run_bytewax(a: &Args, s: &Setup, spec: &RunSpec, tag: &str) -> Result<Measure
         false,
         &tmp(&format!("{tag}.log")),
     )?;
-    Ok(Measured::from_marked(spec.clone(), a.events, &marked))
+    Ok(Measured::from_marked(spec.clone(), a.load.events, &marked))
 }
 
 fn run_ceiling(a: &Args, s: &Setup, spec: &RunSpec) -> Measured {
     let c = bare_consume(&a.env.brokers, &[&s.songs, &s.ads], spec.workers, a.fetch_wait_ms);
-    assert_eq!(c.messages, a.events, "the bare consumers read every event");
+    assert_eq!(c.messages, a.load.events, "the bare consumers read every event");
     Measured {
         spec: spec.clone(),
         events: c.messages,
@@ -545,17 +529,16 @@ fn print_ratios(summary: &[Summary]) {
 
 fn latency(a: &Args, s: &Setup, pinned: bool) -> Result<(), String> {
     let name = format!("{}-lat-{}", s.run, if pinned { "pinned" } else { "unpinned" });
-    let workers = if pinned { a.pinned_workers } else { a.unpinned_workers };
+    let workers = if pinned { a.pinning.pinned_workers } else { a.unpinned_workers };
     let (max, l) = latency_run(&LatencyRun {
         bin_dir: &s.bins,
         name: &name,
-        brokers: &a.env.brokers,
-        cql: &a.env.cql,
-        users: a.users,
+        env: &a.env,
+        users: a.load.users,
         catalogue: CATALOGUE,
         workers,
         extra: &squall_extra(a, None),
-        pin: pinned.then_some((a.load_cpus.as_str(), a.squall_cpus.as_str())),
+        pin: pinned.then_some((a.pinning.load_cpus.as_str(), a.pinning.squall_cpus.as_str())),
         load_share: a.load_share,
         live_secs: a.live_secs,
         latency_secs: a.latency_secs,
@@ -563,8 +546,8 @@ fn latency(a: &Args, s: &Setup, pinned: bool) -> Result<(), String> {
     })?;
     println!(
         "compare_latency pinned={pinned} load_cpus={} squall_cpus={} workers={workers} max_events_per_sec={:.0} produced_per_sec={:.0} lag_at_end={:.0} caught_up={} load_share={} load_events_per_sec={:.0} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} lag_at_end_of_probes={:.0} checkpoints=off epoch_s=1 load_average={:?}",
-        if pinned { a.load_cpus.as_str() } else { "all" },
-        if pinned { a.squall_cpus.as_str() } else { "all" },
+        if pinned { a.pinning.load_cpus.as_str() } else { "all" },
+        if pinned { a.pinning.squall_cpus.as_str() } else { "all" },
         max.events_per_sec,
         max.produced_per_sec,
         max.lag_at_end,
@@ -619,12 +602,12 @@ fn main() {
         eprintln!("compare: the `before` runs of --runs need --before-bin-dir <directory of an earlier squall build>");
         std::process::exit(2);
     }
-    let bins = a.bin_dir.clone().unwrap_or_else(bin_dir);
+    let bins = a.bins.dir();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let run = format!("compare{}", std::process::id());
     let (songs, ads) = (format!("{run}-songs"), format!("{run}-ads"));
     let catalogue_json = tmp(&format!("{run}-catalogue.json"));
-    println!("compare_start load_average={:?} events={} users={}", load_average(), a.events, a.users);
+    println!("compare_start load_average={:?} events={} users={}", load_average(), a.load.events, a.load.users);
     squall_gen(&bins, &["catalogue", "--cql", &a.env.cql]);
     write_catalogue_json(&catalogue_json, &CATALOGUE);
     let mut s = Setup {
@@ -643,45 +626,13 @@ fn main() {
             let out = Command::new(s.flink_dir.join("build.sh")).output().expect("run benches/peers/flink/build.sh");
             assert!(out.status.success(), "flink build: {}", String::from_utf8_lossy(&out.stderr));
         }
-        squall_gen(
-            &s.bins,
-            &[
-                "topics",
-                "--brokers",
-                &a.env.brokers,
-                "--song-topic",
-                &s.songs,
-                "--ad-topic",
-                &s.ads,
-                "--partitions",
-                "6",
-            ],
-        );
+        create_topics(&s.bins, &a.env.brokers, (&s.songs, &s.ads), 6);
         let expect_file = tmp(&format!("{}-expected.json", s.run));
-        let (n, users) = (a.events.to_string(), a.users.to_string());
-        let mut args = vec![
-            "events",
-            "--brokers",
-            &a.env.brokers,
-            "--song-topic",
-            &s.songs,
-            "--ad-topic",
-            &s.ads,
-            "--rate",
-            "0",
-            "--count",
-            &n,
-            "--users",
-            &users,
-            "--malformed",
-            "0",
-        ];
+        let (n, users) = (a.load.events.to_string(), a.load.users.to_string());
         let expect_path = expect_file.display().to_string();
-        if a.check {
-            args.extend(["--expect-file", &expect_path, "--expect-users", &users]);
-        }
+        let expect: &[&str] = if a.check { &["--expect-file", &expect_path, "--expect-users", &users] } else { &[] };
         let t = Instant::now();
-        squall_gen(&s.bins, &args);
+        produce_events(&s.bins, &a.env.brokers, (&s.songs, &s.ads), a.load.events, a.load.users, expect);
         println!("compare_produce events={n} users={users} seconds={:.2}", t.elapsed().as_secs_f64());
         if a.check {
             let text = std::fs::read_to_string(&expect_file).expect("expectations");

@@ -16,18 +16,19 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use squall::changelog_diff::DiffSession;
-use squall_benches::DevEnv;
+use squall_benches::cpu::Pinned;
 use squall_benches::engine::cpu_seconds_of;
-use squall_benches::pipeline::{Pinned, Squall, bin_dir, http_get, metric, pre_produce};
+use squall_benches::http_load::{http_get, metric};
+use squall_benches::kafka_load::pre_produce;
+use squall_benches::procs::{Squall, bin_dir};
+use squall_benches::{DevEnv, Workload};
 
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]
     env: DevEnv,
-    #[arg(long, default_value_t = 1_000_000)]
-    events: u64,
-    #[arg(long, default_value_t = 1_000_000)]
-    users: u64,
+    #[command(flatten)]
+    load: Workload,
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// Runs of each mode.
@@ -76,25 +77,15 @@ fn main() {
     let a = Args::parse();
     let bins = bin_dir();
     let run = format!("fc{}", std::process::id());
-    let (songs, ads, _) = pre_produce(&bins, &a.env.brokers, &a.env.cql, &run, a.events, a.users);
-    let _pinned =
-        a.pin.then(|| Pinned::new(&a.env.brokers, &a.env.cql, "0").expect("pin the broker, CQL server and harness"));
+    let (songs, ads, _) = pre_produce(&bins, &a.env, &run, a.load.events, a.load.users);
+    let _pinned = a.pin.then(|| Pinned::new(&a.env, "0").expect("pin the broker, CQL server and harness"));
     let cpus = a.pin.then_some("1");
 
     // The reference version a diff compares with: the same declaration, run once to the end.
     let reference = format!("{run}ref");
     if a.modes.iter().any(|m| m == "diff") {
-        let s = Squall::start_on(
-            &bins,
-            &reference,
-            &a.env.brokers,
-            &a.env.cql,
-            (&songs, &ads),
-            a.workers,
-            extra("diff"),
-            cpus,
-        );
-        s.wait_for(a.events as f64, Duration::from_secs(900)).expect("the reference applied every event");
+        let s = Squall::start_on(&bins, &reference, &a.env, (&songs, &ads), a.workers, extra("diff"), cpus);
+        s.wait_for(a.load.events as f64, Duration::from_secs(900)).expect("the reference applied every event");
     }
     let reference = format!("{reference}-v1");
 
@@ -106,16 +97,7 @@ fn main() {
         order.rotate_left(round % a.modes.len());
         for mode in order {
             let name = format!("{run}r{round}{mode}");
-            let s = Squall::start_on(
-                &bins,
-                &name,
-                &a.env.brokers,
-                &a.env.cql,
-                (&songs, &ads),
-                a.workers,
-                extra(&mode),
-                cpus,
-            );
+            let s = Squall::start_on(&bins, &name, &a.env, (&songs, &ads), a.workers, extra(&mode), cpus);
             let cpu_at_serving = s.cpu_seconds();
             let me_at_start = cpu_seconds_of(&std::process::id().to_string());
             let session = (mode == "diff").then(|| {
@@ -132,9 +114,9 @@ fn main() {
                     }
                 }
             });
-            let done = s.wait_for(a.events as f64, Duration::from_secs(900)).expect("squall applied every event");
+            let done = s.wait_for(a.load.events as f64, Duration::from_secs(900)).expect("squall applied every event");
             let secs = (done - s.serving_at).as_secs_f64();
-            let rate = a.events as f64 / secs;
+            let rate = a.load.events as f64 / secs;
             let squall_cpu = s.cpu_seconds() - cpu_at_serving;
             let harness_cpu = cpu_seconds_of(&std::process::id().to_string()) - me_at_start;
             let compared = session.as_ref().map(|d| d.report().users_compared).unwrap_or(0);
@@ -165,7 +147,7 @@ fn main() {
             }
             println!(
                 "feed_cost_run round={round} mode={mode} events={} seconds={secs:.2} events_per_sec={rate:.0} squall_cpu_s={squall_cpu:.2} harness_cpu_s={harness_cpu:.2} users_compared_by_then={compared}{feed}",
-                a.events
+                a.load.events
             );
             rates.entry(mode).or_default().push(rate);
             drop(session);
@@ -178,8 +160,8 @@ fn main() {
             "feed_cost pinned={} workers={} events={} users={} mode={mode} runs={} median_events_per_sec={m:.0} vs_off={} median_users_written_per_sec={} all={v:?}",
             a.pin,
             a.workers,
-            a.events,
-            a.users,
+            a.load.events,
+            a.load.users,
             v.len(),
             off.map_or("-".into(), |o| format!("{:.3}", m / o)),
             rows.get(mode).map_or("-".into(), |r| format!("{:.0}", median(r.clone()))),

@@ -23,21 +23,18 @@ use std::time::Duration;
 
 use clap::Parser;
 use squall::generate::{CatalogueGen, EventGenConfig};
-use squall_benches::DevEnv;
-use squall_benches::pipeline::{
-    LatencyRun, Load, Squall, bare_consume, bin_dir, http_load, latency_run, latency_under_load, live_max, pre_produce,
-    quantile, write_catalogue_json,
-};
+use squall_benches::http_load::{http_load, quantile};
+use squall_benches::kafka_load::{bare_consume, pre_produce, write_catalogue_json};
+use squall_benches::pipeline::{LatencyRun, Load, latency_run, latency_under_load, live_max};
+use squall_benches::procs::Squall;
+use squall_benches::{Bins, DevEnv, Pinning, Workload};
 
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]
     env: DevEnv,
-    /// Events pre-produced for the throughput phases.
-    #[arg(long, default_value_t = 1_000_000)]
-    events: u64,
-    #[arg(long, default_value_t = 1_000_000)]
-    users: u64,
+    #[command(flatten)]
+    load: Workload,
     /// squall workers (and bare consumers).
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -74,18 +71,11 @@ struct Args {
     /// librdkafka consumer properties for squall (`[kafka.consumer]`), as `key=value`; repeatable.
     #[arg(long = "consumer-property")]
     consumer_properties: Vec<String>,
-    /// CPUs of the broker, CQL dev server and this harness in the `pinned` phase (`taskset -c`).
-    #[arg(long, default_value = "0")]
-    load_cpus: String,
-    /// CPUs of squall in the `pinned` phase.
-    #[arg(long, default_value = "1")]
-    squall_cpus: String,
-    /// squall workers in the `pinned` phase.
-    #[arg(long, default_value_t = 1)]
-    pinned_workers: usize,
-    /// Where `squall` and `squall-gen` are (default: next to this binary).
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
+    /// The `pinned` phase.
+    #[command(flatten)]
+    pinning: Pinning,
+    #[command(flatten)]
+    bins: Bins,
 }
 
 /// [`live_max`], printed.
@@ -100,10 +90,10 @@ fn print_live_max(squall: &Squall, a: &Args, topics: (&str, &str), config: Event
 
 fn main() {
     let a = Args::parse();
-    let bins = a.bin_dir.clone().unwrap_or_else(bin_dir);
+    let bins = a.bins.dir();
     let run = format!("bench{}", std::process::id());
-    let n = a.events.to_string();
-    let (songs, ads, produce_s) = pre_produce(&bins, &a.env.brokers, &a.env.cql, &run, a.events, a.users);
+    let n = a.load.events.to_string();
+    let (songs, ads, produce_s) = pre_produce(&bins, &a.env, &run, a.load.events, a.load.users);
     println!("pipeline_produce events={n} seconds={produce_s:.2}");
 
     let c = bare_consume(&a.env.brokers, &[&songs, &ads], a.workers, 10);
@@ -120,21 +110,21 @@ fn main() {
         let (k, v) = kv.split_once('=').expect("--consumer-property key=value");
         extra.push_str(&format!("{k:?} = {v:?}\n"));
     }
-    let squall = Squall::start(&bins, &run, &a.env.brokers, &a.env.cql, (&songs, &ads), a.workers, &extra);
+    let squall = Squall::start(&bins, &run, &a.env, (&songs, &ads), a.workers, &extra);
     let cpu_at_serving = squall.cpu_seconds();
-    let done = squall.wait_for(a.events as f64, Duration::from_secs(600)).expect("squall applied every event");
+    let done = squall.wait_for(a.load.events as f64, Duration::from_secs(600)).expect("squall applied every event");
     let squall_cpu = squall.cpu_seconds() - cpu_at_serving;
     let from_serving = (done - squall.serving_at).as_secs_f64();
     let from_spawn = (done - squall.spawned_at).as_secs_f64();
-    let rate = a.events as f64 / from_serving;
+    let rate = a.load.events as f64 / from_serving;
     println!(
         "pipeline_squall workers={} preload={} events={n} seconds={from_serving:.2} seconds_from_spawn={from_spawn:.2} events_per_sec={rate:.0} ratio_to_ceiling={:.3} ratio_from_spawn={:.3} cpu_s={squall_cpu:.2} events_per_cpu_s={:.0} cpu_ratio_to_ceiling={:.3}",
         a.workers,
         a.preload,
         rate / ceiling,
-        (a.events as f64 / from_spawn) / ceiling,
-        a.events as f64 / squall_cpu.max(1e-9),
-        (a.events as f64 / squall_cpu.max(1e-9)) / (read as f64 / ceiling_cpu.max(1e-9)),
+        (a.load.events as f64 / from_spawn) / ceiling,
+        a.load.events as f64 / squall_cpu.max(1e-9),
+        (a.load.events as f64 / squall_cpu.max(1e-9)) / (read as f64 / ceiling_cpu.max(1e-9)),
     );
 
     let catalogue = CatalogueGen { tracks: 100_000, ads: 2_000, seed: 7 };
@@ -161,19 +151,19 @@ fn main() {
         let line = text.lines().find(|l| l.starts_with("bytewax ")).unwrap_or("");
         let secs: f64 =
             line.split_whitespace().find_map(|kv| kv.strip_prefix("seconds=")?.parse().ok()).unwrap_or(f64::NAN);
-        let bw = a.events as f64 / secs;
+        let bw = a.load.events as f64 / secs;
         println!(
             "pipeline_bytewax workers={} events={n} applied={applied} seconds={secs:.2} events_per_sec={bw:.0} squall_from_spawn_events_per_sec={:.0} ratio_squall_over_bytewax={:.2}",
             a.bytewax_workers,
-            a.events as f64 / from_spawn,
-            (a.events as f64 / from_spawn) / bw
+            a.load.events as f64 / from_spawn,
+            (a.load.events as f64 / from_spawn) / bw
         );
         if !out.status.success() {
             eprintln!("bytewax failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
     let load_config = |name: &str| EventGenConfig {
-        users: a.users,
+        users: a.load.users,
         catalogue,
         run_id: format!("{run}-{name}"),
         ..Default::default()
@@ -204,7 +194,7 @@ fn main() {
             let load = Load::start(&a.env.brokers, (&songs, &ads), load_config(&format!("http-{base}")), share);
             let r = http_load(
                 &squall.addr,
-                a.users.min(1_000_000),
+                a.load.users.min(1_000_000),
                 a.http_connections,
                 a.http_threads,
                 Duration::from_secs(a.http_secs),
@@ -231,13 +221,12 @@ fn main() {
         let (max, l) = latency_run(&LatencyRun {
             bin_dir: &bins,
             name: &name,
-            brokers: &a.env.brokers,
-            cql: &a.env.cql,
-            users: a.users,
+            env: &a.env,
+            users: a.load.users,
             catalogue,
-            workers: a.pinned_workers,
+            workers: a.pinning.pinned_workers,
             extra: &extra,
-            pin: Some((&a.load_cpus, &a.squall_cpus)),
+            pin: Some((&a.pinning.load_cpus, &a.pinning.squall_cpus)),
             load_share: a.load_share,
             live_secs: a.live_secs,
             latency_secs: a.latency_secs,
@@ -246,9 +235,9 @@ fn main() {
         .expect("pinned latency run");
         println!(
             "pipeline_latency load_base=pinned load_cpus={} squall_cpus={} workers={} max_events_per_sec={:.0} lag_at_end={:.0} load_events_per_sec={:.0} load_events={} probes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} epoch_s=1 checkpoints=off",
-            a.load_cpus,
-            a.squall_cpus,
-            a.pinned_workers,
+            a.pinning.load_cpus,
+            a.pinning.squall_cpus,
+            a.pinning.pinned_workers,
             max.events_per_sec,
             max.lag_at_end,
             l.load_events_per_sec,

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use squall_enrichment::{CatalogueError, CqlCatalogue, Enricher, Symbols};
-use squall_operators::checkpoint::{self, CheckpointDir, CheckpointError, CheckpointStore, Part, Scope};
+use squall_operators::checkpoint::{self, CheckpointError, CheckpointStore, Part, RecoveryScope};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
+use squall_operators::checkpoint_dir::CheckpointDir;
 use squall_operators::source::epoch_now;
 use squall_operators::{
     Alignment, CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, KeyGroups, Partition, Plan,
@@ -350,8 +351,12 @@ async fn recover(
     feeds: Option<&Feeds>,
 ) -> Result<(Box<dyn CheckpointStore>, Recovery), StartError> {
     let started = std::time::Instant::now();
-    let scope =
-        Scope { key_groups: store.key_groups(), peers: layout.peers(), local: layout.local(), tidy: layout.tidies() };
+    let scope = RecoveryScope {
+        key_groups: store.key_groups(),
+        peers: layout.peers(),
+        local: layout.local(),
+        tidy: layout.tidies(),
+    };
     // Off the runtime's worker threads: the stores block (the CQL one on this same runtime).
     let (ckpt, recovered) = tokio::task::spawn_blocking(move || {
         let recovered = ckpt.recover(&scope);

@@ -1,0 +1,85 @@
+//! The fixture of the tests that deploy versions through `squall server` (`adopt`, `catch_up`,
+//! `deploy`, `diff`): topics and a keyspace over a generated catalogue, a topology file under a
+//! unique name, and a generated stream addressed to those topics.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use squall::generate::{CatalogueGen, EventGen, EventGenConfig};
+use squall_operators::Event;
+
+use crate::{Fixture, Record, brokers, unique, wait_for_committed_at_end};
+
+/// A topology deployed by a test: its inputs, their catalogue, its name and its file.
+pub struct Deployment {
+    /// Topics (with `partitions` partitions each) and keyspace.
+    pub f: Fixture,
+    /// Every track and ad in the keyspace.
+    pub catalogue: CatalogueGen,
+    /// Partitions of each topic.
+    pub partitions: i32,
+    /// The topology's name, unique to the test: Kafka keeps group ids across tests on the shared
+    /// broker.
+    pub name: String,
+    /// The topology file.
+    pub file: PathBuf,
+}
+
+impl Deployment {
+    /// A fixture of `partitions` partitions over a catalogue of 300 tracks and 20 ads (`seed`), a
+    /// unique name starting with `prefix`, and the topology file `topology` writes for the two.
+    pub async fn new(
+        prefix: &str,
+        seed: u64,
+        partitions: i32,
+        topology: impl FnOnce(&Fixture, &str) -> PathBuf,
+    ) -> Deployment {
+        let catalogue = CatalogueGen { tracks: 300, ads: 20, seed };
+        let f = Fixture::with_catalogue(partitions, &catalogue).await;
+        let name = unique(prefix).replace('_', "-");
+        let file = topology(&f, &name);
+        Deployment { f, catalogue, partitions, name, file }
+    }
+
+    /// The group id of version `version`.
+    pub fn group(&self, version: u32) -> String {
+        format!("{}-v{version}", self.name)
+    }
+
+    /// The topology file's path, as the CLI takes it.
+    pub fn file(&self) -> &str {
+        self.file.to_str().expect("utf-8 path")
+    }
+
+    /// Waits (up to `timeout`) until `group` has committed every message of the topics.
+    pub async fn fully_committed(&self, group: &str, timeout: Duration) {
+        wait_for_committed_at_end(&brokers(), group, &[&self.f.songs, &self.f.ads], self.partitions, timeout).await
+    }
+}
+
+/// A generated stream: each batch continues where the previous one ended.
+pub struct Stream {
+    /// The generator.
+    pub generator: EventGen,
+    /// The event time of the last event generated.
+    pub at: i64,
+}
+
+impl Stream {
+    /// `config`'s events from `seed`, event times after `at`.
+    pub fn new(config: EventGenConfig, seed: u64, at: i64) -> Stream {
+        Stream { generator: EventGen::new(config, seed), at }
+    }
+
+    /// The next `n` generated records for `f`'s topics, and the valid events among them.
+    pub fn batch(&mut self, f: &Fixture, n: usize) -> (Vec<Record>, Vec<Event>) {
+        f.batch(&mut self.generator, &mut self.at, n)
+    }
+}
+
+/// A new, empty state directory for `squall server` under the temporary directory.
+pub fn state_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(prefix));
+    std::fs::create_dir_all(&dir).expect("state dir");
+    dir
+}
