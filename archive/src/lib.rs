@@ -37,7 +37,6 @@
 
 pub mod archiver;
 pub mod backlog;
-pub mod cli;
 pub mod file;
 pub mod import;
 pub mod layout;

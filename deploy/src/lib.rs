@@ -8,6 +8,7 @@
 //! besides them [`client`] (the CLI's client of the control plane) and [`generate`] (dev data).
 #![warn(missing_docs)]
 
+pub mod archive_cli;
 pub mod backfill;
 pub mod changelog_diff;
 pub mod client;

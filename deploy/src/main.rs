@@ -142,7 +142,7 @@ enum Command {
     },
     /// Archive the input topics to Parquet files in a directory or object store until SIGINT or
     /// SIGTERM; `squall archive import` files newline-delimited JSON exports into the same layout.
-    Archive(squall_archive::cli::ArchiveArgs),
+    Archive(squall::archive_cli::ArchiveArgs),
     /// Print the server API's OpenAPI document (kept in docs/openapi.json).
     Openapi,
 }
@@ -255,7 +255,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args, cli.log_json),
-        Command::Archive(args) => squall_archive::cli::main(args).map_err(anyhow::Error::from),
+        Command::Archive(args) => squall::archive_cli::main(args).map_err(anyhow::Error::from),
         Command::Openapi => {
             println!("{}", openapi::openapi_json());
             Ok(())
@@ -593,6 +593,16 @@ fn parse_duty(s: &str) -> Result<f64, String> {
     }
 }
 
+/// An event time given on the command line: RFC 3339 or epoch milliseconds.
+fn parse_event_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
+        .map_err(|e| format!("{s:?}: {e}; use an RFC 3339 time (2026-09-01T00:00:00Z) or epoch milliseconds"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -609,14 +619,4 @@ mod tests {
             assert!(super::parse_duty(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// An event time given on the command line: RFC 3339 or epoch milliseconds.
-fn parse_event_time(s: &str) -> Result<i64, String> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    humantime::parse_rfc3339_weak(s)
-        .map(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
-        .map_err(|e| format!("{s:?}: {e}; use an RFC 3339 time (2026-09-01T00:00:00Z) or epoch milliseconds"))
 }

@@ -47,13 +47,14 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 }
 
 /// The product crates, lowest first, each with the squall crates it depends on.
-const GRAPH: [(&str, &[&str]); 7] = [
+const GRAPH: [(&str, &[&str]); 8] = [
     ("kafka-batch", &[]),
     ("enrichment", &[]),
     ("operators", &["squall-enrichment", "squall-kafka-batch"]),
     ("feeds", &["squall-enrichment", "squall-operators"]),
     ("topologies", &["squall-enrichment", "squall-feeds", "squall-operators"]),
-    ("deploy", &["squall-enrichment", "squall-feeds", "squall-operators", "squall-topologies"]),
+    ("archive", &["squall-operators"]),
+    ("deploy", &["squall-archive", "squall-enrichment", "squall-feeds", "squall-operators", "squall-topologies"]),
     ("cqldev", &[]),
 ];
 

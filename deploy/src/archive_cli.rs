@@ -1,5 +1,5 @@
-//! `squall archive`: the archiver and the import as a command line (the `squall` binary embeds
-//! [`ArchiveArgs`] and calls [`main`]).
+//! `squall archive`: the archiver and the import of `squall-archive` as a command line (the
+//! `squall` binary embeds [`ArchiveArgs`] and calls [`main`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use squall_operators::event::DecodeLimits;
 
-use crate::archiver::{self, ArchiverConfig, ArchiverError, TopicSpec};
-use crate::import::{ImportError, import};
-use crate::store::{Archive, OpenError};
+use squall_archive::archiver::{self, ArchiverConfig, ArchiverError, TopicSpec};
+use squall_archive::import::{ImportError, import};
+use squall_archive::store::{Archive, OpenError};
 
 /// Archive the input topics to Parquet files in a directory or object store, until SIGINT or
 /// SIGTERM (then store what it holds, commit and exit 0).
