@@ -7,6 +7,7 @@ cd "$ROOT"
 
 export SQUALL_KAFKA_PORT=${SQUALL_TEST_KAFKA_PORT:-19092}
 export SQUALL_CQL_PORT=${SQUALL_TEST_CQL_PORT:-19042}
+export SQUALL_S3_PORT=${SQUALL_TEST_S3_PORT:-19014}
 export SQUALL_DEVENV_DIR="$ROOT/.devenv/test"
 export SQUALL_PROFILE=debug
 
@@ -25,7 +26,7 @@ cargo build --workspace --bins --locked
 # Benches are built, not run, here (see benches/README.md for running them).
 cargo build -p squall-benches --benches --locked
 
-step "dev environment on 127.0.0.1:$SQUALL_KAFKA_PORT (broker) and 127.0.0.1:$SQUALL_CQL_PORT (CQL)"
+step "dev environment on 127.0.0.1:$SQUALL_KAFKA_PORT (broker), 127.0.0.1:$SQUALL_CQL_PORT (CQL) and 127.0.0.1:$SQUALL_S3_PORT (S3)"
 rm -rf "$SQUALL_DEVENV_DIR"
 trap 'scripts/devenv.sh down' EXIT
 scripts/devenv.sh up
@@ -33,6 +34,7 @@ scripts/devenv.sh up
 step "tests"
 export SQUALL_TEST_BROKERS="127.0.0.1:$SQUALL_KAFKA_PORT"
 export SQUALL_TEST_CQL="127.0.0.1:$SQUALL_CQL_PORT"
+export SQUALL_TEST_S3="127.0.0.1:$SQUALL_S3_PORT"
 # --show-output: tests that report figures (the crash test) print them in the CI log.
 cargo test --workspace --locked -- --show-output
 

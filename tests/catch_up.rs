@@ -8,69 +8,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use squall::generate::CatalogueGen;
-use squall_operators::event::{AdImpression, SongCompletion};
-use squall_operators::{Attributes, Event, EventKind};
-use squall_tests::deployment::{Deployment, state_dir};
+use squall_operators::{Attributes, Event};
+use squall_tests::deployment::{Deployment, Span, backlog, state_dir};
 use squall_tests::server::{SquallServer, find_process, wait_equal_to_oracle};
-use squall_tests::{Fixture, Record, produce, unique, wait_for};
+use squall_tests::{produce, unique, wait_for};
 use squall_topologies::oracle;
 
 const T0: i64 = 1_763_750_000_000;
-const DAY: i64 = 24 * 3600 * 1000;
 const USERS: u64 = 400;
 const TOKEN: &str = "catch-up-token-0123456789";
 
 /// Versions 1 and 2 declare the same attributes: they must agree on every user.
 const VERSIONS: &str = "[versions]\n1 = \"personalization_v1\"\n2 = \"personalization_v1\"\n";
-
-/// `n` events over 7 days of event time, users picked uniformly (so every user has events every
-/// day and the oracle, with a 3-day TTL, expires nobody), each event up to an hour out of order,
-/// and 5% of them resent unchanged a few hundred messages after the original. The records to
-/// produce, and the events counted once.
-fn backlog(f: &Fixture, catalogue: &CatalogueGen, n: usize, seed: u64) -> (Vec<Record>, Vec<Event>) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let run = unique("e");
-    let mut events: Vec<Event> = Vec::with_capacity(n);
-    let mut resends: Vec<(usize, Event)> = Vec::new();
-    for i in 0..n {
-        let ts = T0 + (i as i64) * 7 * DAY / n as i64 + rng.random_range(-3_600_000..3_600_000);
-        let user_id = format!("u{}", rng.random_range(0..USERS)).into();
-        let event_id = format!("{run}-{i}").into();
-        let event = if rng.random_bool(0.2) {
-            Event::Ad(AdImpression {
-                event_id,
-                user_id,
-                ad_id: format!("a{}", rng.random_range(0..catalogue.ads)).into(),
-                ts,
-            })
-        } else {
-            let track_id = format!("t{}", rng.random_range(0..catalogue.tracks)).into();
-            Event::Song(SongCompletion { event_id, user_id, track_id, ms_played: rng.random_range(0..300_000), ts })
-        };
-        if rng.random_bool(0.05) {
-            resends.push((i + rng.random_range(200..600), event.clone()));
-        }
-        events.push(event);
-    }
-    resends.sort_by_key(|(at, _)| *at);
-    let record = |e: &Event| {
-        let topic = if e.kind() == EventKind::Song { &f.songs } else { &f.ads };
-        (topic.clone(), e.user_id().to_owned(), e.to_json())
-    };
-    let mut records = Vec::with_capacity(n + resends.len());
-    let mut later = resends.iter().peekable();
-    for (i, e) in events.iter().enumerate() {
-        records.push(record(e));
-        while let Some((_, r)) = later.next_if(|(at, _)| *at <= i) {
-            records.push(record(r));
-        }
-    }
-    records.extend(later.map(|(_, r)| record(r)));
-    (records, events)
-}
 
 /// The deployment (versions 1 and 2 of [`VERSIONS`], checkpoints in a directory) and a state
 /// directory.
@@ -122,7 +71,12 @@ async fn diff_of_all(server: &SquallServer, a: &str, b: &str, users: u64) -> ser
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_catching_up_on_7_days_counts_resends_once_and_agrees_with_the_live_one() {
     let s = Setup::new(26).await;
-    let (records, events) = backlog(&s.d.f, &s.d.catalogue, 30_000, 26);
+    let (records, events) = backlog(
+        &s.d.f,
+        &s.d.catalogue,
+        Span { events: 30_000, days: 7, users: USERS, start_ms: T0, resends: 0.05 },
+        26,
+    );
     let expected = s.expected(&events);
     assert_eq!(expected.len() as u64, USERS);
     let server = SquallServer::start(&s.dir, TOKEN);
@@ -156,7 +110,12 @@ async fn a_version_catching_up_on_7_days_counts_resends_once_and_agrees_with_the
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_catching_up_on_2_processes_through_kill_9s_counts_every_event_once() {
     let s = Setup::new(126).await;
-    let (records, events) = backlog(&s.d.f, &s.d.catalogue, 120_000, 126);
+    let (records, events) = backlog(
+        &s.d.f,
+        &s.d.catalogue,
+        Span { events: 120_000, days: 7, users: USERS, start_ms: T0, resends: 0.05 },
+        126,
+    );
     let expected = s.expected(&events);
     produce(records.clone()).await;
     let server = SquallServer::start(&s.dir, TOKEN);

@@ -208,6 +208,7 @@ fn song_source(topic: &str, partitions: i32, epoch_interval: Duration, shutdown:
         shutdown,
         properties: Vec::new(),
         alignment: Arc::new(Alignment::new(0)),
+        idle_after: Duration::ZERO,
         backfill: None,
         backfilled: Default::default(),
     }

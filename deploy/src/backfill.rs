@@ -26,6 +26,9 @@ pub enum CheckError {
     /// Kafka no longer holds offsets the archive does not have.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Gap(Vec<SeamError>),
+    /// The archive's directory does not exist (a deploy never creates one).
+    #[error("no archive at {0}: a directory written by `squall archive`, or an s3://, gs://, az:// URL")]
+    Missing(String),
     /// A blocking step failed to run.
     #[error("{0}")]
     Blocking(String),
@@ -33,6 +36,13 @@ pub enum CheckError {
 
 /// The archive at `url`, listed for the partitions of `inputs`, and Kafka's earliest offsets of them.
 async fn read(url: &str, inputs: &Inputs) -> Result<(ArchiveBacklog, BTreeMap<Partition, i64>), CheckError> {
+    let local = match url.strip_prefix("file://") {
+        Some(path) => Some(path),
+        None => (!url.contains("://")).then_some(url),
+    };
+    if local.is_some_and(|path| !std::path::Path::new(path).is_dir()) {
+        return Err(CheckError::Missing(url.to_owned()));
+    }
     let archive = Archive::open(url)?;
     let inputs = inputs.clone();
     let (partitions, low) = tokio::task::spawn_blocking(move || -> Result<_, KafkaSetupError> {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::event::{DecodeError, DecodeLimits, Event, EventKind};
-use crate::source::Partition;
+use crate::partition::Partition;
 
 /// One archived record of a partition.
 #[derive(Clone, Debug, PartialEq)]

@@ -33,7 +33,7 @@ use crate::counters::{Counter, Gauge, Histogram};
 use crate::dedup::Fingerprint;
 use crate::epoch::Epoch;
 use crate::key_groups::KeyGroups;
-use crate::source::Partition;
+use crate::partition::Partition;
 
 /// New dedup ids of one key group in one time bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

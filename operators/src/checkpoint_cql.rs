@@ -57,7 +57,7 @@ use crate::checkpoint::{
 use crate::cql_schema::{CqlStatementError, create_tables_unless_they_exist};
 use crate::dedup::{BUCKETS, Fingerprint};
 use crate::epoch::Epoch;
-use crate::source::Partition;
+use crate::partition::Partition;
 
 /// The `writer` of a base row.
 const BASE: i32 = -1;

@@ -39,7 +39,7 @@ use crate::checkpoint::{
 };
 use crate::dedup::{BUCKETS, Fingerprint};
 use crate::epoch::Epoch;
-use crate::source::Partition;
+use crate::partition::Partition;
 
 const MANIFEST: &str = "MANIFEST";
 

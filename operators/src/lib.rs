@@ -17,6 +17,7 @@ pub mod epoch;
 pub mod event;
 pub mod key_groups;
 pub mod maintain;
+pub mod partition;
 pub mod source;
 pub mod store;
 pub mod watermark;

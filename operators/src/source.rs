@@ -41,17 +41,13 @@ const BATCH: usize = 1024;
 /// How long a worker waits for its topics' metadata before assigning its partitions.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most archived records read from one partition before the one furthest behind is picked again.
+const ARCHIVE_SLICE: usize = 256;
+
 /// How often a worker with paused partitions looks whether the slowest one has caught up.
 const ALIGN_CHECK: Duration = Duration::from_millis(5);
 
-/// One input partition.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Partition {
-    /// Topic name.
-    pub topic: String,
-    /// Partition number.
-    pub partition: i32,
-}
+pub use crate::partition::Partition;
 
 /// Where a partition starts when there is no checkpoint for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +88,8 @@ pub struct SourceConfig {
     pub properties: Vec<(String, String)>,
     /// How far the process's partitions may run apart in event time; shared by its workers.
     pub alignment: Arc<Alignment>,
+    /// A partition at its end counts as idle once nothing has come for this long.
+    pub idle_after: Duration,
     /// An archive to apply first, each partition up to its last archived offset, before Kafka.
     pub backfill: Option<Backfill>,
     /// How the backfill is going, for status and metrics; shared by the process's workers.
@@ -294,6 +292,8 @@ struct Owned {
     clock: PartitionClock,
     /// Paused by the alignment.
     paused: bool,
+    /// Since when it has been at its end (librdkafka's partition EOF) with nothing new.
+    at_end_since: Option<Instant>,
     /// Its archive, while backfilling.
     archive: Option<Box<dyn Cursor>>,
     /// The archive's last offset of it (-1: none): Kafka is read from the next one on, even if
@@ -343,6 +343,7 @@ fn handle_decoded(
     dead: &mut impl FnMut(DeadLetter),
 ) {
     owned.next = offset + 1;
+    owned.at_end_since = None;
     per_topic[usize::from(owned.kind == EventKind::Ad)] += 1;
     match decoded {
         Ok(event) => {
@@ -444,14 +445,14 @@ impl KafkaSource {
             errors,
         };
         if !backfilling {
-            source.to_kafka()?;
+            source.switch_to_kafka()?;
         }
         Ok(source)
     }
 
     /// Step: assigns the partitions to the Kafka consumer at their next offsets (those whose
     /// archive failed stay unread); from now on the worker reads Kafka.
-    fn to_kafka(&mut self) -> Result<(), SourceError> {
+    fn switch_to_kafka(&mut self) -> Result<(), SourceError> {
         let Reader::Archive { consumer, wake, .. } = std::mem::replace(&mut self.reader, Reader::Gone) else {
             return Ok(());
         };
@@ -504,7 +505,8 @@ impl KafkaSource {
             }
             let owned = &mut self.owned[i];
             batch.clear();
-            let next = owned.archive.as_mut().map(|c| c.next_batch(max - read, batch));
+            // A slice at a time, so that no partition runs far ahead of the others between picks.
+            let next = owned.archive.as_mut().map(|c| c.next_batch((max - read).min(ARCHIVE_SLICE), batch));
             if let Some(Err(e)) = next {
                 backfill_failed(&self.config, owned, &e);
                 continue;
@@ -544,7 +546,7 @@ impl KafkaSource {
             counter.increment(n);
         }
         if self.owned.iter().all(|o| o.archive.is_none())
-            && let Err(e) = self.to_kafka()
+            && let Err(e) = self.switch_to_kafka()
         {
             tracing::error!(group_id = %self.config.group_id, error = %e, "cannot assign the partitions after the backfill");
             *self.config.backfilled.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
@@ -561,6 +563,7 @@ impl KafkaSource {
     /// Step: records the end of the epoch under way (its next offsets) and its progress report.
     fn end_epoch(&mut self) -> Progress {
         self.offsets.borrow_mut().insert(self.epoch, next_offsets(&self.owned));
+        self.mark_idle();
         progress(self.worker as u32, self.owned.iter().map(|o| &o.clock))
     }
 
@@ -589,7 +592,9 @@ impl KafkaSource {
                 };
                 if let Some(e) = m.error() {
                     match (e, i) {
-                        (KafkaError::PartitionEOF(_), Some(i)) => self.owned[i].clock.idle = true,
+                        (KafkaError::PartitionEOF(_), Some(i)) => {
+                            self.owned[i].at_end_since.get_or_insert_with(Instant::now);
+                        }
                         (e, _) => warn(&self.config, &self.errors, &mut self.warned_at, &e),
                     }
                     continue;
@@ -628,9 +633,21 @@ impl KafkaSource {
         read
     }
 
+    /// Step: a partition at its end for `idle_after` is idle (it stops holding the watermark and
+    /// the alignment back) until its next message.
+    fn mark_idle(&mut self) {
+        let idle_after = self.config.idle_after;
+        for o in &mut self.owned {
+            if o.at_end_since.is_some_and(|t| t.elapsed() >= idle_after) {
+                o.clock.idle = true;
+            }
+        }
+    }
+
     /// Step: pauses the partitions too far ahead of the slowest of this process, resumes those
     /// it has caught up with; whether any is paused.
     fn align(&mut self) -> bool {
+        self.mark_idle();
         let align = &self.config.alignment;
         let Reader::Kafka(consumer) = &self.reader else {
             // Backfilling: `read_archive` aligns by choosing which partition to read.
@@ -689,6 +706,7 @@ fn owned_partitions(config: &SourceConfig, worker: usize, peers: usize) -> Resul
             next: config.resume_at.get(p).copied().unwrap_or(-1),
             clock: PartitionClock::default(),
             paused: false,
+            at_end_since: None,
             archive: None,
             archive_end: -1,
             failed: false,

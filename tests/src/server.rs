@@ -181,14 +181,14 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
 
+/// `/v1/status` of the `squall run` process at `url`.
+pub async fn status_at(url: &str) -> Result<serde_json::Value, String> {
+    reqwest::get(format!("{url}/v1/status")).await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())
+}
+
 /// The process id in `/v1/status` of the `squall run` process at `url`.
 pub async fn pid_at(url: &str) -> Result<u32, String> {
-    let status: serde_json::Value = reqwest::get(format!("{url}/v1/status"))
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let status = status_at(url).await?;
     status["pid"].as_u64().map(|p| p as u32).ok_or_else(|| format!("no pid in {status}"))
 }
 

@@ -168,6 +168,11 @@ pub struct StateSpec {
     /// `dedup_horizon` and `user_ttl` that is on; `"0s"`: never paused.
     #[serde(default, with = "humantime_serde")]
     pub alignment: Option<Duration>,
+    /// A partition read to its end stops holding the watermark back only once nothing has come
+    /// for this long (wall time, like Flink's `withIdleness`): a producer that fills partitions
+    /// unevenly leaves some at their end for moments while others run ahead in event time.
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
 }
 
 impl StateSpec {
@@ -228,6 +233,7 @@ impl Default for StateSpec {
             key_groups: squall_operators::KeyGroups::DEFAULT,
             user_ttl: Duration::ZERO,
             alignment: None,
+            idle_after: Duration::from_secs(5),
         }
     }
 }

@@ -172,12 +172,12 @@ pub(super) async fn logs(
     responses((status = 201, body = DeploymentView, description = "Deployed: its processes are starting"),
               (status = 400, description = "Bad topology or arguments, a binary that was not uploaded, or a body that is not JSON"),
               (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
-              (status = 409, description = "That version is already deployed"),
+              (status = 409, description = "That version is already deployed, or the `backfill` archive ends before the offsets Kafka still holds"),
               (status = 413, description = "A body larger than 2 MiB"),
               (status = 415, description = "A body that is not `Content-Type: application/json`"),
               (status = 422, description = "JSON that is not a deploy request (a missing, mistyped or unknown field)"),
               (status = 500, description = "The server could not store the deployment"),
-              (status = 502, description = "`start_from: group:<id>` names a group not deployed here and Kafka could not say what it committed")))]
+              (status = 502, description = "`start_from: group:<id>` names a group not deployed here, or `backfill` is set, and Kafka could not say what it holds")))]
 pub(super) async fn deploy(
     State(control): State<Shared>,
     _: Authorized,

@@ -73,9 +73,10 @@ pub struct BackfillStatus {
 }
 
 impl BackfillStatus {
-    /// Whether it still reads the archive.
+    /// Whether it still reads the archive, or a partition stopped on an archive error (it stays
+    /// there until the archive is repaired and the version restarted).
     pub fn under_way(&self) -> bool {
-        self.partitions_left > 0
+        self.partitions_left > 0 || self.error.is_some()
     }
 }
 

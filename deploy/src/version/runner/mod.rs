@@ -231,25 +231,7 @@ pub async fn start(
     let parts = tee_parts(writer, feeds.clone()).map_err(|e| StartError::Dataflow(e.to_string()))?;
     let resume_at = start_offsets(&spec, &partitions, &recovery).await?;
     let backfilled = Arc::new(BackfillProgress::default());
-    let (backfill, backfill_run) = match &spec.kafka.backfill {
-        Some(url) => {
-            let backlog = crate::backfill::open(url, &crate::kafka::Inputs::of(&spec), &resume_at)
-                .await
-                .map_err(StartError::Backfill)?;
-            // What this process's workers have left to read, for the status.
-            let (local, peers) = (layout.local(), layout.peers());
-            let (files, records) = partitions
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| local.contains(&(i % peers)))
-                .map(|(_, (p, _))| backlog.remaining(p, resume_at.get(p).copied()))
-                .fold((0, 0), |(f, r), (f2, r2)| (f + f2, r + r2));
-            tracing::info!(group_id = %group_id, archive = %url, files, records, "backfilling from the archive before reading Kafka");
-            let run = BackfillRun { progress: Arc::clone(&backfilled), workers: local.len(), files, records };
-            (Some(Backfill { backlog, since_ms: spec.kafka.backfill_since_ms }), Some(run))
-        }
-        None => (None, None),
-    };
+    let (backfill, backfill_run) = open_backfill(&spec, &layout, &partitions, &resume_at, &backfilled).await?;
     let start_epoch = recovery.cut.unwrap_or(0).max(epoch_now(spec.state.epoch));
     let dead_letters = Arc::new(DeadLetters::default());
     let pending = Arc::new(AtomicUsize::new(0));
@@ -268,6 +250,7 @@ pub async fn start(
             shutdown: Arc::clone(&shutdown),
             properties: spec.kafka.consumer.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             alignment: Arc::new(Alignment::new(spec.state.alignment_ms())),
+            idle_after: spec.state.idle_after,
             backfill,
             backfilled: Arc::clone(&backfilled),
         },
@@ -299,6 +282,30 @@ pub async fn start(
         guards,
         writers: parts.map(|w| w.threads).unwrap_or_default(),
     })
+}
+
+/// Step: the archive to apply first (`kafka.backfill`), checked against what Kafka still holds
+/// from `resume_at` on, and what this process's workers have left to read of it (for the status).
+async fn open_backfill(
+    spec: &TopologySpec,
+    layout: &Layout,
+    partitions: &[(Partition, EventKind)],
+    resume_at: &BTreeMap<Partition, i64>,
+    progress: &Arc<BackfillProgress>,
+) -> Result<(Option<Backfill>, Option<BackfillRun>), StartError> {
+    let Some(url) = &spec.kafka.backfill else { return Ok((None, None)) };
+    let backlog =
+        crate::backfill::open(url, &crate::kafka::Inputs::of(spec), resume_at).await.map_err(StartError::Backfill)?;
+    let (local, peers) = (layout.local(), layout.peers());
+    let (files, records) = partitions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| local.contains(&(i % peers)))
+        .map(|(_, (p, _))| backlog.remaining(p, resume_at.get(p).copied()))
+        .fold((0, 0), |(f, r), (f2, r2)| (f + f2, r + r2));
+    tracing::info!(group_id = %spec.group_id(), archive = %url, files, records, "backfilling from the archive before reading Kafka");
+    let run = BackfillRun { progress: Arc::clone(progress), workers: local.len(), files, records };
+    Ok((Some(Backfill { backlog, since_ms: spec.kafka.backfill_since_ms }), Some(run)))
 }
 
 /// Step: every partition of the input topics.
