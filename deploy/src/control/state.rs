@@ -708,7 +708,7 @@ mod tests {
     fn states_have_their_api_names() {
         let names: Vec<String> =
             DeploymentState::ALL.iter().map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().into()).collect();
-        assert_eq!(names, ["starting", "catching-up", "running", "promoted", "stopped", "failed"]);
+        assert_eq!(names, ["starting", "backfilling", "catching-up", "running", "promoted", "stopped", "failed"]);
         for s in DeploymentState::ALL {
             assert_eq!(s.to_string(), s.as_str());
         }
