@@ -171,6 +171,8 @@ pub struct StateSpec {
     /// A partition read to its end stops holding the watermark back only once nothing has come
     /// for this long (wall time, like Flink's `withIdleness`): a producer that fills partitions
     /// unevenly leaves some at their end for moments while others run ahead in event time.
+    /// Default `0s` (at once): longer waits pause the others more often, and pausing has an open
+    /// defect (README "Guarantees").
     #[serde(with = "humantime_serde")]
     pub idle_after: Duration,
 }
@@ -233,7 +235,7 @@ impl Default for StateSpec {
             key_groups: squall_operators::KeyGroups::DEFAULT,
             user_ttl: Duration::ZERO,
             alignment: None,
-            idle_after: Duration::from_secs(5),
+            idle_after: Duration::ZERO,
         }
     }
 }
