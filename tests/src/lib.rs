@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer};
 
 fn required_env(name: &str) -> String {
@@ -107,13 +108,24 @@ pub async fn wait_for_committed_at_end(
 
 /// Produces `(topic, key, payload)` records and waits for every delivery.
 pub async fn produce(records: impl IntoIterator<Item = (String, String, Vec<u8>)>) {
-    let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        // Retries keep each partition's order.
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
     send_all(&producer, records, Duration::from_secs(30)).await;
 }
 
-/// Sends `(topic, key, payload)` records with `producer`, all at once, each queued for at most
-/// `queue_timeout`, and waits for every delivery; panics on a failed one.
+/// Sends `(topic, key, payload)` records with `producer` in the order given (each partition gets
+/// its records in that order: a resend stays behind its original, as the generators place it),
+/// each waiting at most `queue_timeout` for room in the producer's queue, then waits for every
+/// delivery; panics on a failed one.
+///
+/// The records are enqueued one after the other here; sending each from a task of its own, as
+/// this once did, let the runtime's threads enqueue them out of order, by more than a day of
+/// event time on a loaded machine, and tests then saw resends outside the dedup horizon.
 pub async fn send_all(
     producer: &FutureProducer,
     records: impl IntoIterator<Item = (String, String, Vec<u8>)>,
@@ -121,16 +133,28 @@ pub async fn send_all(
 ) {
     let mut pending = Vec::new();
     for (topic, key, payload) in records {
-        let p = producer.clone();
-        pending.push(tokio::spawn(async move {
-            p.send(FutureRecord::to(&topic).key(&key).payload(&payload), queue_timeout)
-                .await
-                .map_err(|(e, _)| format!("produce to {topic}: {e}"))
-                .map(|_| ())
-        }));
+        let waited = Instant::now();
+        let delivery = loop {
+            match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if waited.elapsed() < queue_timeout =>
+                {
+                    // The queue drains as deliveries complete (the producer polls on a thread
+                    // of its own): wait for room.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => panic!("produce to {topic}: {e}"),
+            }
+        };
+        pending.push((topic, delivery));
     }
-    for p in pending {
-        p.await.expect("join").expect("delivery");
+    for (topic, delivery) in pending {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => panic!("produce to {topic}: {e}"),
+            Err(_) => panic!("produce to {topic}: the delivery was cancelled"),
+        }
     }
 }
 

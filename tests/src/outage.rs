@@ -253,6 +253,8 @@ impl PrivateFixture {
             .set("bootstrap.servers", &self.brokers)
             .set("linger.ms", "5")
             .set("message.timeout.ms", "60000")
+            // Retries through the restart keep each partition's order.
+            .set("enable.idempotence", "true")
             .create()
             .expect("producer");
         send_all(&producer, records, Duration::from_secs(60)).await;
