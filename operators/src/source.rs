@@ -141,7 +141,7 @@ impl Alignment {
 
     /// Sets `worker`'s (of `peers`) partitions' positions; the slowest of the process
     /// (`i64::MAX`: nothing to wait for).
-    fn publish<'c>(&self, worker: usize, peers: usize, clocks: impl IntoIterator<Item = &'c PartitionClock>) -> i64 {
+    fn publish(&self, worker: usize, peers: usize, clocks: impl IntoIterator<Item = PartitionClock>) -> i64 {
         let (mut low, mut oldest, mut waiting) = (i64::MAX, i64::MAX, 0);
         for c in clocks {
             if c.newest == i64::MIN {
@@ -486,12 +486,9 @@ impl KafkaSource {
         let floor = if align.max_ahead_ms > 0 {
             // A partition done with its archive waits for the others before Kafka is read: it
             // holds none of them back.
-            let clocks: Vec<PartitionClock> = self
-                .owned
-                .iter()
-                .map(|o| PartitionClock { idle: o.clock.idle || o.archive.is_none(), ..o.clock })
-                .collect();
-            align.publish(self.worker, self.peers, &clocks)
+            let clocks =
+                self.owned.iter().map(|o| PartitionClock { idle: o.clock.idle || o.archive.is_none(), ..o.clock });
+            align.publish(self.worker, self.peers, clocks)
         } else {
             i64::MAX
         };
@@ -593,7 +590,11 @@ impl KafkaSource {
                 if let Some(e) = m.error() {
                     match (e, i) {
                         (KafkaError::PartitionEOF(_), Some(i)) => {
-                            self.owned[i].at_end_since.get_or_insert_with(Instant::now);
+                            let o = &mut self.owned[i];
+                            o.at_end_since.get_or_insert_with(Instant::now);
+                            // The end's offset is the next to read (a partition that delivered
+                            // nothing yet now has a position too).
+                            o.next = o.next.max(m.offset());
                         }
                         (e, _) => warn(&self.config, &self.errors, &mut self.warned_at, &e),
                     }
@@ -656,12 +657,22 @@ impl KafkaSource {
         if align.max_ahead_ms <= 0 {
             return false;
         }
-        let floor = align.publish(self.worker, self.peers, self.owned.iter().map(|o| &o.clock));
+        // A partition at its end has nothing to read: waiting for it would pause the others for
+        // nothing, so alignment does not wait for it (the watermark does, for `idle_after`).
+        let clocks =
+            self.owned.iter().map(|o| PartitionClock { idle: o.clock.idle || o.at_end_since.is_some(), ..o.clock });
+        let floor = align.publish(self.worker, self.peers, clocks);
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        // Where each partition paused now resumes: its next offset, as this worker counts it.
+        let mut at = TopicPartitionList::new();
         for o in &mut self.owned {
             // None active: nothing to wait for.
             let ahead = if floor == i64::MAX { i64::MIN } else { o.clock.newest.saturating_sub(floor) };
             let list = if !o.paused && !o.clock.idle && ahead > align.max_ahead_ms {
+                if o.next >= 0 {
+                    // Cannot fail: the offset is absolute.
+                    let _ = at.add_partition_offset(&o.partition.topic, o.partition.partition, Offset::Offset(o.next));
+                }
                 &mut pause
             } else if o.paused && ahead <= align.max_ahead_ms / 2 {
                 &mut resume
@@ -679,6 +690,16 @@ impl KafkaSource {
                     tracing::warn!(group_id = %self.config.group_id, %error, "cannot {what} partitions for alignment");
                 }
             }
+        }
+        // A pause makes librdkafka resume at its "application position", which its batch read
+        // (`rd_kafka_consume_batch_queue`) also moves past a partition-EOF event: a partition
+        // paused at its end resumed one past its next message, and lost that message. The
+        // paused partitions are moved (asynchronously, ordered after the pause) to the offset
+        // this worker counts instead; what was fetched before is discarded by librdkafka.
+        if at.count() > 0
+            && let Err(error) = consumer.seek_partitions(at, Duration::ZERO)
+        {
+            tracing::warn!(group_id = %self.config.group_id, %error, "cannot set where paused partitions resume");
         }
         self.owned.iter().any(|o| o.paused)
     }
