@@ -1,9 +1,10 @@
 //! The event-time watermark: the time no unread event can be behind, from the sources' progress.
 //!
 //! # Notes
-//! Each partition's progress is the newest `ts` it has delivered. A partition that has reached
-//! its end (librdkafka's partition EOF: nothing more to read right now) is *idle* and does not
-//! hold the watermark back, as Flink's `withIdleness`; its next message makes it active again. At
+//! Each partition's progress is the newest `ts` it has delivered. A partition that has been at
+//! its end (librdkafka's partition EOF: nothing more to read right now) for the source's
+//! `idle_after` is *idle* and does not hold the watermark back, as Flink's `withIdleness`; its
+//! next message makes it active again. At
 //! every epoch's end each source worker reports a [`Progress`]: the least progress over its active
 //! partitions (`i64::MAX` when all are idle or it owns none) and the newest over all of them. The
 //! watermark for the events of epoch `e` folds the reports of the epochs before `e` from every

@@ -169,10 +169,10 @@ pub struct StateSpec {
     #[serde(default, with = "humantime_serde")]
     pub alignment: Option<Duration>,
     /// A partition read to its end stops holding the watermark back only once nothing has come
-    /// for this long (wall time, like Flink's `withIdleness`): a producer that fills partitions
-    /// unevenly leaves some at their end for moments while others run ahead in event time.
-    /// Default `0s` (at once): longer waits pause the others more often, and pausing has an open
-    /// defect (README "Guarantees").
+    /// for this long (wall time, like Flink's `withIdleness`). Default 30 s: a burst of events
+    /// reaches a consumer's partitions a fetch at a time, so a partition that is empty for a
+    /// moment (or has never had data) must not let the watermark jump to where the first of them
+    /// has got; `"0s"` makes a partition idle at its end at once.
     #[serde(with = "humantime_serde")]
     pub idle_after: Duration,
 }
@@ -235,7 +235,7 @@ impl Default for StateSpec {
             key_groups: squall_operators::KeyGroups::DEFAULT,
             user_ttl: Duration::ZERO,
             alignment: None,
-            idle_after: Duration::ZERO,
+            idle_after: Duration::from_secs(30),
         }
     }
 }
