@@ -346,7 +346,7 @@ impl Counters {
         }
         let _ = writeln!(
             out,
-            "# HELP {name} From an event to the publication of the cut that makes it visible (upper bound per cut)."
+            "# HELP {name} From an event to the publication of the cut that makes it visible (from the cut's event-time watermark)."
         );
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (le, count) in &h.buckets {

@@ -14,11 +14,13 @@
 //!   not see records not yet read (consumer lag); the event-time `watermark_ms` and the delay
 //!   histogram do.
 //! - The *delay* of the events a cut makes visible is its publication time minus the event-time
-//!   watermark of the worker's previous cut: no event read after that cut (a late one excepted)
-//!   is older than that watermark, so the figure is an upper bound for each of them. It is
-//!   measured from event time (`ts`) because the source does not hand on Kafka timestamps;
-//!   [`Freshness::record`] takes any (time, events) samples, so a source that reports them can
-//!   replace the estimate.
+//!   watermark at the cut: the newest event time its slowest active partition had delivered (with
+//!   every partition at its end, the newest of all). That is the delay of the freshest events of
+//!   that partition; the events read earlier in the cut's last epoch waited up to an epoch more.
+//!   Until the sources have reported, it is measured from the start of the cut's last epoch. It
+//!   is measured from event time (`ts`) because the source does not hand on Kafka timestamps;
+//!   [`Freshness::record`] takes any (time, events) samples, so a source that reports them per
+//!   cut can replace the estimate.
 //! - Everything here happens once per cut per worker or once per query, never per event.
 
 use std::sync::Mutex;
@@ -369,19 +371,12 @@ impl Freshness {
 
     /// Local worker `slot` has seen cut `cut` published, with `watermark` its event-time
     /// watermark there, `events` applied since its previous cut, at `now_ms`. The events are
-    /// measured from the watermark of its previous cut (see the module's notes).
+    /// measured from that watermark (see the module's notes).
     pub fn publish(&self, slot: usize, cut: u64, watermark: i64, events: u64, now_ms: u64) {
-        let since = {
-            let account = self.lock();
-            let Some(w) = account.workers.get(slot) else { return };
-            if cut <= w.cut {
-                return;
-            }
-            [w.watermark, watermark]
-                .into_iter()
-                .find(|w| *w != NO_WATERMARK)
-                .unwrap_or_else(|| (cut - 1).saturating_mul(self.epoch_ms) as i64)
-        };
+        if self.lock().workers.get(slot).is_none_or(|w| cut <= w.cut) {
+            return;
+        }
+        let since = if watermark == NO_WATERMARK { (cut - 1).saturating_mul(self.epoch_ms) as i64 } else { watermark };
         self.record(slot, now_ms, [(since, events)]);
         let mut account = self.lock();
         if let Some(w) = account.workers.get_mut(slot) {
@@ -562,10 +557,11 @@ mod tests {
         f.publish(1, 10, 9_500, 6, 10_300);
         assert_eq!(f.as_of(), AsOf { cut: 10, watermark_ms: None, standby: false });
         f.publish(0, 11, 10_400, 0, 11_100);
-        assert_eq!(f.as_of().cut, 10);
-        // Worker 1's next cut: measured from its previous watermark (9 500): 7.5 s, over the objective.
-        f.publish(1, 12, 11_000, 5, 17_000);
-        assert_eq!(f.as_of(), AsOf { cut: 11, watermark_ms: Some(10_400), standby: false });
+        f.publish(0, 11, 10_900, 3, 11_200);
+        assert_eq!(f.as_of().cut, 10, "a cut is published once");
+        // Worker 1's next cut, with its watermark at 9 500: 7.5 s, over the objective.
+        f.publish(1, 12, 9_500, 5, 17_000);
+        assert_eq!(f.as_of(), AsOf { cut: 11, watermark_ms: Some(9_500), standby: false });
         let h = f.histogram();
         assert_eq!(h.events, 15);
         // 4 events at 1.2 s, 6 at 0.8 s, 5 at 7.5 s.
