@@ -5,8 +5,10 @@
 mod committer;
 mod preload;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +18,7 @@ use squall_operators::checkpoint::{self, CheckpointError, CheckpointStore, Part,
 use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::checkpoint_dir::CheckpointDir;
 use squall_operators::source::epoch_now;
+use squall_operators::watermark::{Report, Watermark};
 use squall_operators::{
     Alignment, CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, KeyGroups, Partition, Plan,
     Restore, SourceConfig, UserState, UserStore,
@@ -23,11 +26,7 @@ use squall_operators::{
 use squall_topologies::TopologySpec;
 use squall_topologies::personalization::{self, Context};
 use squall_topologies::spec::CheckpointTarget;
-use std::cell::RefCell;
-use std::rc::Rc;
 use timely::communication::WorkerGuards;
-
-use squall_operators::watermark::{Report, Watermark};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
