@@ -213,6 +213,9 @@ struct Account {
     /// Events and events within the objective, per minute of the last hour (a ring).
     minutes: [Minute; 60],
     warned_at_ms: Option<u64>,
+    /// Whether a worker has published a cut yet: until then the cut is the recovered one, and
+    /// its age says nothing about this process.
+    published: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -247,7 +250,7 @@ pub struct FreshnessStatus {
     /// The delay of the latest cut that made events visible (a version's: the longest).
     pub delay_ms: Option<u64>,
     /// Whether the objective is breached now: the latest delay is over it, or no cut has been
-    /// published for longer than it.
+    /// published for longer than it (since the first one).
     pub breaching: bool,
 }
 
@@ -316,6 +319,7 @@ impl Freshness {
                 events: 0,
                 minutes: [Minute::default(); 60],
                 warned_at_ms: None,
+                published: false,
             }),
         }
     }
@@ -383,6 +387,7 @@ impl Freshness {
             w.cut = cut;
             w.watermark = w.watermark.max(watermark);
         }
+        account.published = true;
         let cut = account.workers.iter().map(|w| w.cut).min().unwrap_or(cut);
         let watermark = account.workers.iter().map(|w| w.watermark).min().unwrap_or(NO_WATERMARK);
         self.cut.fetch_max(cut, Relaxed);
@@ -428,7 +433,7 @@ impl Freshness {
         let staleness = self.staleness_ms(cut, now_ms);
         let mut account = self.lock();
         let delay = account.workers.iter().filter_map(|w| w.delay_ms).max();
-        let breaching = delay.is_some_and(|d| d > objective) || staleness > objective;
+        let breaching = delay.is_some_and(|d| d > objective) || (account.published && staleness > objective);
         if breaching && account.warned_at_ms.is_none_or(|at| now_ms.saturating_sub(at) >= WARN_EVERY_MS) {
             account.warned_at_ms = Some(now_ms);
             tracing::warn!(
@@ -576,6 +581,15 @@ mod tests {
         assert!(!f.status(13_100).breaching);
         assert!(f.status(30_000).breaching, "no cut for longer than the objective");
         assert_eq!(f.status(17_000 + 3_600_000).events_last_hour, 0, "an hour later");
+    }
+
+    #[test]
+    fn a_process_starting_from_an_old_cut_is_not_judged_by_its_age_until_it_publishes() {
+        let f = Freshness::new(Duration::from_secs(1), Some(Duration::from_secs(5)), 1, Some(10), NO_WATERMARK);
+        assert!(!f.status(3_600_000).breaching, "recovered cut 10 is an hour old, but nothing was published yet");
+        f.publish(0, 3_600, 3_599_900, 1, 3_600_100);
+        assert!(!f.status(3_600_100).breaching);
+        assert!(f.status(3_610_000).breaching, "no cut for 10 s");
     }
 
     #[test]
