@@ -241,13 +241,7 @@ pub async fn start(
     let backfilled = Arc::new(BackfillProgress::default());
     let (backfill, backfill_run) = open_backfill(&spec, &layout, &partitions, &resume_at, &backfilled).await?;
     let start_epoch = recovery.cut.unwrap_or(0).max(epoch_now(spec.state.epoch));
-    let freshness = Arc::new(Freshness::new(
-        spec.state.epoch,
-        spec.slo.freshness,
-        layout.workers,
-        recovery.cut,
-        recovery.watermark,
-    ));
+    let freshness = recovery.freshness(&spec, layout.workers);
     let dead_letters = Arc::new(DeadLetters::default());
     let pending = Arc::new(AtomicUsize::new(0));
     let dataflow = Dataflow {
@@ -365,6 +359,13 @@ struct Recovery {
     watermark: i64,
     resume_at: BTreeMap<Partition, i64>,
     restore: Vec<Restore>,
+}
+
+impl Recovery {
+    /// Where `workers` workers starting from this recovery publish their cuts.
+    fn freshness(&self, spec: &TopologySpec, workers: usize) -> Arc<Freshness> {
+        Arc::new(Freshness::new(spec.state.epoch, spec.slo.freshness, workers, self.cut, self.watermark))
+    }
 }
 
 impl Default for Recovery {
