@@ -391,6 +391,9 @@ fn print_detail(d: &DeploymentDetail) {
             s.dead_letters, s.enrich_errors, s.enrich_degraded, v.restarts
         );
         println!("applied:      {} events ({} resends dropped), {} users", s.applied, s.duplicates, s.users);
+        if let Some(f) = &s.freshness {
+            println!("freshness:    {}", freshness_line(f));
+        }
         for f in &s.feeds {
             let cut = |c: Option<u64>| c.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
             println!(
@@ -443,6 +446,25 @@ fn print_detail(d: &DeploymentDetail) {
             );
         }
     }
+}
+
+/// A version's freshness for people: its cut, and the share of the last hour's events made
+/// visible within `[slo] freshness`.
+fn freshness_line(f: &crate::version::freshness::FreshnessStatus) -> String {
+    let delay = f.delay_ms.map(|d| format!(", latest delay {d} ms")).unwrap_or_default();
+    let share = match (f.objective_ms, f.share_within()) {
+        (Some(o), Some(share)) => format!(
+            "{:.2}% of {} events in the last hour within {o} ms{}",
+            share * 100.0,
+            f.events_last_hour,
+            if f.breaching { ", BREACHED now" } else { "" }
+        ),
+        (Some(o), None) => {
+            format!("no events in the last hour (objective {o} ms){}", if f.breaching { ", BREACHED now" } else { "" })
+        }
+        (None, _) => format!("{} events in the last hour, no objective ([slo] freshness)", f.events_last_hour),
+    };
+    format!("cut {}{delay}; {share}", f.cut)
 }
 
 /// A diff report for people.

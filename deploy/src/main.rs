@@ -500,7 +500,8 @@ async fn serve_version(
         running.enricher.clone(),
         Arc::clone(&running.dead_letters),
     )
-    .with_backfill(running.backfill.clone());
+    .with_backfill(running.backfill.clone())
+    .with_freshness(Arc::clone(&running.freshness));
     let api = Arc::new(Api {
         topology: spec.name.clone(),
         version: spec.version,

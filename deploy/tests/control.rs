@@ -474,6 +474,22 @@ async fn requests_that_change_nothing_say_why() {
     h.control.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_read_is_refused_when_the_version_cannot_say_what_it_reflects() {
+    let h = Harness::start().await;
+    h.deploy(json!({ "version": 1 })).await;
+    h.wait_state("personalization-v1", "running").await;
+    h.post("/v1/deployments/personalization-v1/promote", None, Some(TOKEN)).await;
+    // These fake processes answer without `as_of`, as an executable older than read bounds does.
+    assert_eq!(h.ask("u1", "").await.0, 200, "an unbounded read is passed on");
+    let (status, body) = h.ask("u1", "?min_cut=0").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["message"], "personalization-v1 cannot honour min_cut or max_staleness_ms");
+    let (status, body) = h.ask("u1", "?max_staleness_ms=-3").await;
+    assert_eq!((status, &body["error"]["detail"]), (400, &json!("max_staleness_ms = -3 is negative")), "{body}");
+    h.control.shutdown().await;
+}
+
 /// Malformed requests answer the one JSON error shape (not axum's plain-text rejections), with a
 /// status the OpenAPI document lists for the operation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,6 +529,8 @@ async fn malformed_requests_answer_documented_json_errors() {
         (get.clone(), "/v1/diff?a=x-v1", "/v1/diff", None, "", 400),
         (get.clone(), "/v1/users/u1/attributes?group=", "/v1/users/{user_id}/attributes", None, "", 400),
         (get.clone(), "/v1/users/u1/attributes?topology=nope", "/v1/users/{user_id}/attributes", None, "", 404),
+        (get.clone(), "/v1/users/u1/attributes?min_cut=x", "/v1/users/{user_id}/attributes", None, "", 400),
+        (get.clone(), "/v1/users/u1/attributes?max_staleness_ms=0", "/v1/users/{user_id}/attributes", None, "", 400),
     ];
     for (method, path, operation, content_type, body, expected) in cases {
         let (status, answered_type, error) = send(method.clone(), path, content_type, body).await;

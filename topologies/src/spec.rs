@@ -44,6 +44,8 @@ pub struct TopologySpec {
     pub http: HttpSpec,
     /// Attribute feeds: the CQL profile table and the changelog topic.
     pub feed: FeedSpec,
+    /// Service-level objectives.
+    pub slo: SloSpec,
 }
 
 /// The file as figment reads it: the settings, with the version declarations left to [`Decls`].
@@ -65,6 +67,7 @@ struct FileSpec {
     runtime: RuntimeSpec,
     http: HttpSpec,
     feed: FeedSpec,
+    slo: SloSpec,
 }
 
 /// `[kafka]`.
@@ -270,6 +273,17 @@ impl Default for HttpSpec {
     }
 }
 
+/// `[slo]`: the objectives a version is measured against (reported, never enforced).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SloSpec {
+    /// The event-to-servable delay objective: from an event to the publication of the cut that
+    /// makes it visible in answers. Unset: the delay is measured, nothing is judged against it.
+    /// More than `state.epoch` (a cut is published only after its epoch has ended).
+    #[serde(default, with = "humantime_serde")]
+    pub freshness: Option<Duration>,
+}
+
 /// A topology file that cannot be used, with what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -335,6 +349,16 @@ pub enum Invalid {
     /// One topic for both kinds of event.
     #[error("kafka.song_completions and kafka.ad_impressions must be different topics")]
     SameTopics,
+    /// `slo.freshness` that no cut can meet.
+    #[error(
+        "slo.freshness = {freshness:?}: use more than state.epoch ({epoch:?}); a cut is published only after its epoch ends"
+    )]
+    Freshness {
+        /// The objective.
+        freshness: Duration,
+        /// The epoch.
+        epoch: Duration,
+    },
 }
 
 /// Where squall takes consumer property `key` from.
@@ -393,6 +417,7 @@ impl TopologySpec {
             runtime: file.runtime,
             http: file.http,
             feed: file.feed,
+            slo: file.slo,
         };
         spec.validate()?;
         Ok(spec)
@@ -451,6 +476,11 @@ impl TopologySpec {
         if self.kafka.song_completions == self.kafka.ad_impressions {
             return Err(Invalid::SameTopics);
         }
+        if let Some(freshness) = self.slo.freshness
+            && freshness <= self.state.epoch
+        {
+            return Err(Invalid::Freshness { freshness, epoch: self.state.epoch });
+        }
         Ok(())
     }
 
@@ -470,6 +500,7 @@ struct Defaults {
     runtime: RuntimeSpec,
     http: HttpSpec,
     feed: FeedSpec,
+    slo: SloSpec,
 }
 
 #[cfg(test)]
@@ -590,6 +621,21 @@ mod tests {
                 .contains("epoch")
         );
         assert!(err("version = 1").contains("name"));
+    }
+
+    #[test]
+    fn the_freshness_objective_is_checked_and_named() {
+        let base = "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n";
+        let spec = TopologySpec::from_toml(&format!("{base}[slo]\nfreshness = \"5s\"")).unwrap();
+        assert_eq!(spec.slo.freshness, Some(Duration::from_secs(5)));
+        assert_eq!(TopologySpec::from_toml(base).unwrap().slo.freshness, None);
+        let err = |t: &str| TopologySpec::from_toml(&format!("{base}{t}")).unwrap_err().to_string();
+        for bad in ["[slo]\nfreshness = \"soon\"", "[slo]\nfreshness = 5", "[slo]\nfreshness = \"-1s\""] {
+            assert!(err(bad).contains("slo.freshness"), "{bad}: {}", err(bad));
+        }
+        let short = err("[slo]\nfreshness = \"1s\"");
+        assert!(short.contains("slo.freshness = 1s") && short.contains("more than state.epoch (1s)"), "{short}");
+        assert!(err("[slo]\nfreshnes = \"5s\"").contains("freshnes"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResp
 use super::{CommandError, Control};
 use crate::changelog_diff::DiffReport;
 use crate::values::GroupId;
+use crate::version::freshness::{BoundsQuery, ReadBounds};
 use crate::version::http::{ApiError, UserPath};
 
 pub(super) type Shared = Arc<Control>;
@@ -322,22 +323,33 @@ pub(super) struct UserQuery {
     /// The topology whose promoted version answers (needed only when several topologies are deployed).
     #[param(nullable = false)]
     topology: Option<String>,
+    /// Answer only from this cut on (an earlier answer's `as_of.cut`, to read your writes);
+    /// otherwise 503 with `Retry-After`.
+    #[param(value_type = Option<u64>, nullable = false, minimum = 0)]
+    min_cut: Option<String>,
+    /// Answer only if the cut answered ended at most this many milliseconds ago (1 to 86400000);
+    /// otherwise 503 with `Retry-After`.
+    #[param(value_type = Option<u64>, nullable = false, minimum = 1, maximum = 86400000)]
+    max_staleness_ms: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/attributes", tag = "users",
     params(("user_id" = super::views::UserId, Path, description = "The user, percent-encoded"), UserQuery),
     responses((status = 200, body = crate::version::http::UserAttributes, description = "The user's attributes, as the version that keeps them answers"),
-              (status = 400, description = "Invalid user id or query, or several topologies are promoted and no `topology` is named"),
+              (status = 400, description = "Invalid user id, query or read bound, or several topologies are promoted and no `topology` is named"),
               (status = 404, description = "Unknown user, group or topology"),
               (status = 500, description = "The version could not serialise the attributes"),
-              (status = 502, description = "The version did not answer"),
-              (status = 503, description = "No promoted version (of the topology), or the version asked for is not serving")))]
+              (status = 502, description = "The version did not answer, or its executable predates `min_cut` and `max_staleness_ms`"),
+              (status = 503, description = "No promoted version (of the topology), the version asked for is not serving, or its answer cannot meet `min_cut` or `max_staleness_ms` (with `Retry-After`)",
+               headers(("Retry-After" = u64, description = "Seconds until the bound can first be met, when it is a bound")))))]
 pub(super) async fn user_attributes(
     State(control): State<Shared>,
     UserPath(user_id): UserPath,
     query: Result<Query<UserQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
+    let bounds =
+        crate::version::http::read_bounds(&BoundsQuery { min_cut: q.min_cut, max_staleness_ms: q.max_staleness_ms })?;
     let route = control.routes().route(q.group.as_ref(), q.topology.as_deref(), &user_id).map_err(|e| match e {
         RouteError::NotPromoted(t) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("topology {t:?} has no promoted version"))
@@ -358,7 +370,33 @@ pub(super) async fn user_attributes(
                 .detail(format!("state: {state}"))
         }
     })?;
-    crate::version::http::proxy_attributes(control.http(), &route.url, &user_id).await.map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("{} did not answer", route.group_id)).detail(e.to_string())
-    })
+    let answer =
+        crate::version::http::proxy_attributes(control.http(), &route.url, &user_id, &bounds).await.map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, format!("{} did not answer", route.group_id)).detail(e.to_string())
+        })?;
+    if bounds == ReadBounds::default() || answer.status() != StatusCode::OK {
+        return Ok(answer);
+    }
+    bounded_answer(answer, &route.group_id).await
 }
+
+/// A 200 to a bounded read, passed on only if it says what it reflects: a version pinned to an
+/// executable that predates read bounds ignores them, and its answer must not pass for a fresh one.
+async fn bounded_answer(answer: Response, group_id: &GroupId) -> Result<Response, ApiError> {
+    let (parts, body) = answer.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("{group_id} did not answer")).detail(e.to_string())
+    })?;
+    if !bytes.windows(AS_OF.len()).any(|w| w == AS_OF) {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("{group_id} cannot honour min_cut or max_staleness_ms"),
+        )
+        .detail("its executable predates read bounds: its answer does not say which cut it reflects")
+        .hint("read it without the bounds, or deploy it with this squall"));
+    }
+    Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+/// What every answer of a version that honours read bounds carries.
+const AS_OF: &[u8] = b"\"as_of\":";

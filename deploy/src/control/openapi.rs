@@ -19,6 +19,7 @@ use crate::version::counters::RunStatus;
     components(schemas(
         DeploymentView, DeploymentDetail, DeploymentState, DeployRequest, RollbackResponse, Sample, Deployment, Desired,
         PartitionLag, RunStatus, StoredBinary, crate::version::http::UserAttributes,
+        crate::version::freshness::AsOf, crate::version::freshness::FreshnessStatus,
         super::diff_runs::PromoteRequest, super::diff_runs::DiffSummary, crate::changelog_diff::DiffReport,
         crate::changelog_diff::AttributeAgreement, crate::changelog_diff::NotComparable, crate::changelog_diff::DifferingValue,
         crate::version::http::ErrorBody, GroupId, UserId, Executable

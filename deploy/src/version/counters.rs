@@ -16,6 +16,8 @@ use squall_operators::DlqReason;
 use squall_operators::UserStore;
 use squall_operators::source::BackfillProgress;
 
+use crate::version::freshness::{Freshness, FreshnessStatus};
+
 /// `GET /v1/status` of one `squall run` process: what it has done so far.
 #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, utoipa::ToSchema)]
 pub struct RunStatus {
@@ -53,6 +55,9 @@ pub struct RunStatus {
     /// How its backfill from an archive is going (`--backfill`); none without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillStatus>,
+    /// The cut its answers reflect and the event-to-servable delays (`[slo] freshness`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<FreshnessStatus>,
 }
 
 /// How a version's backfill from an archive is going.
@@ -114,8 +119,9 @@ impl BackfillRun {
 impl RunStatus {
     /// The status of a version across its processes: counters summed, the first recovered cut.
     pub fn total<'a>(processes: impl IntoIterator<Item = &'a RunStatus>) -> RunStatus {
+        let processes: Vec<&RunStatus> = processes.into_iter().collect();
         let mut sum = RunStatus::default();
-        for s in processes {
+        for s in &processes {
             // Destructured whole, so that a new field cannot be forgotten here.
             let RunStatus {
                 group_id,
@@ -132,6 +138,7 @@ impl RunStatus {
                 feeds,
                 pid: _,
                 backfill,
+                freshness: _,
             } = s;
             if let Some(b) = backfill {
                 let t = sum.backfill.get_or_insert_with(BackfillStatus::default);
@@ -171,6 +178,7 @@ impl RunStatus {
                 }
             }
         }
+        sum.freshness = FreshnessStatus::total(processes.iter().filter_map(|s| s.freshness.as_ref()));
         sum
     }
 }
@@ -217,6 +225,12 @@ pub struct Counters {
     enrichment: Vec<(metrics::Counter, EnrichField)>,
     in_flight: metrics::Gauge,
     backfill: Option<BackfillRun>,
+    freshness: Arc<Freshness>,
+    /// `squall_freshness_breached`: 1 while `[slo] freshness` is breached.
+    breached: metrics::Gauge,
+    /// `squall_freshness_within_objective_ratio`: the share of the last hour's events within it.
+    within: metrics::Gauge,
+    group_id: String,
 }
 
 impl Counters {
@@ -247,8 +261,12 @@ impl Counters {
                 .iter()
                 .map(|(name, field)| (metrics::counter!(*name, "group_id" => g.clone()), *field))
                 .collect(),
-            in_flight: metrics::gauge!("squall_enrichment_in_flight", "group_id" => g),
+            in_flight: metrics::gauge!("squall_enrichment_in_flight", "group_id" => g.clone()),
+            breached: metrics::gauge!("squall_freshness_breached", "group_id" => g.clone()),
+            within: metrics::gauge!("squall_freshness_within_objective_ratio", "group_id" => g.clone()),
+            group_id: g,
             backfill: None,
+            freshness: Arc::default(),
             store,
             enricher,
             dead_letters,
@@ -268,8 +286,20 @@ impl Counters {
             enrich_errors: e.errors.load(Relaxed),
             enrich_degraded: e.degraded.load(Relaxed),
             backfill: self.backfill.as_ref().map(BackfillRun::status),
+            freshness: Some(self.freshness.status(crate::version::freshness::now_ms())),
             ..RunStatus::default()
         }
+    }
+
+    /// Reports and exports `freshness` (the process's cuts and delays).
+    pub fn with_freshness(mut self, freshness: Arc<Freshness>) -> Counters {
+        self.freshness = freshness;
+        self
+    }
+
+    /// The process's cuts and delays.
+    pub fn freshness(&self) -> &Freshness {
+        &self.freshness
     }
 
     /// Reports `run` in the status.
@@ -293,7 +323,44 @@ impl Counters {
             counter.absolute(field(stats).load(Relaxed));
         }
         self.in_flight.set(stats.in_flight.load(Relaxed) as f64);
+        let freshness = self.freshness.status(crate::version::freshness::now_ms());
+        self.breached.set(if freshness.breaching { 1.0 } else { 0.0 });
+        if let Some(share) = freshness.share_within() {
+            self.within.set(share);
+        }
     }
+
+    /// Appends `squall_freshness_delay_seconds`, the event-to-servable delays, to `out` (a
+    /// Prometheus exposition), with `labels` and the group id. Kept as counts per bucket rather
+    /// than a `metrics` histogram, which keeps every sample until the next scrape: a cut adds its
+    /// events to a bucket at once, whatever their number.
+    pub fn render_freshness(&self, out: &mut String, labels: &[(&str, &str)]) {
+        use std::fmt::Write as _;
+        let h = self.freshness.histogram();
+        let name = "squall_freshness_delay_seconds";
+        let mut labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+        labels.push(format!("group_id=\"{}\"", escape(&self.group_id)));
+        let labels = labels.join(",");
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {name} From an event to the publication of the cut that makes it visible (from the cut's event-time watermark)."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (le, count) in &h.buckets {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.events);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_s);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.events);
+    }
+}
+
+/// A label value as the Prometheus text format writes it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Records one request's latency as `squall_http_request_seconds{route, status}`.
@@ -319,13 +386,14 @@ static LATENCY: LazyLock<Latency> = LazyLock::new(|| {
 /// Routes with kept series (the ones of [`crate::version::http::router`]).
 const ROUTES: [&str; 4] = ["/v1/users/{user_id}/attributes", "/healthz", "/metrics", "/v1/status"];
 /// Statuses with kept series.
-const STATUSES: [StatusCode; 6] = [
+const STATUSES: [StatusCode; 7] = [
     StatusCode::OK,
     StatusCode::NOT_FOUND,
     StatusCode::BAD_REQUEST,
     StatusCode::METHOD_NOT_ALLOWED,
     StatusCode::MISDIRECTED_REQUEST,
     StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
 ];
 
 struct Latency {

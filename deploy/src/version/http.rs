@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +17,7 @@ use squall_operators::{Attributes, UserStore};
 use tokio::net::TcpListener;
 
 use crate::version::counters::{Counters, RunStatus};
+use crate::version::freshness::{AsOf, BadBound, BoundsQuery, ReadBounds, Unmet};
 
 /// Longest user id the API accepts, in bytes (the decoder's limit for ids).
 pub const MAX_USER_ID_BYTES: usize = 256;
@@ -71,6 +73,8 @@ pub struct UserAttributes {
     /// The attributes (which ones depends on the version's code; see the README).
     #[schema(value_type = Object)]
     pub attributes: Attributes,
+    /// The cut the answer reflects and the event-time watermark of the process that answered.
+    pub as_of: AsOf,
 }
 
 /// What `GET /v1/users/{user_id}/attributes` writes: the JSON of [`UserAttributes`] (same fields
@@ -82,6 +86,7 @@ struct UserAttributesBody<'a> {
     version: u32,
     group_id: &'a str,
     attributes: AttributesView<'a>,
+    as_of: AsOf,
 }
 
 /// The error body: `{"error": {"status", "message", "detail", "hint"}}`.
@@ -193,7 +198,9 @@ async fn healthz() -> impl IntoResponse {
 
 async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
     api.counters.export();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.metrics.render())
+    let mut text = api.metrics.render();
+    api.counters.render_freshness(&mut text, &[("topology", &api.topology), ("version", &api.version.to_string())]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// `?launch_id=`: the server that started or adopted the process renews its lease by naming it.
@@ -202,10 +209,7 @@ struct StatusQuery {
     launch_id: Option<String>,
 }
 
-async fn status(
-    State(api): State<Arc<Api>>,
-    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
-) -> Json<RunStatus> {
+async fn status(State(api): State<Arc<Api>>, query: Result<Query<StatusQuery>, QueryRejection>) -> Json<RunStatus> {
     let given = query.ok().and_then(|Query(q)| q.launch_id);
     if let (Some(lease), Some(given)) = (&api.lease, &given)
         && api.launch_id.as_ref() == Some(given)
@@ -251,11 +255,57 @@ impl<S: Send + Sync> FromRequestParts<S> for UserPath {
     }
 }
 
-async fn attributes(State(api): State<Arc<Api>>, UserPath(user_id): UserPath) -> Result<Response, ApiError> {
+/// The `?min_cut=` and `?max_staleness_ms=` of an attribute read, checked for form (400 if not).
+pub fn read_bounds(query: &BoundsQuery) -> Result<ReadBounds, ApiError> {
+    query.bounds().map_err(bad_bound)
+}
+
+/// A malformed bound: 400.
+fn bad_bound(e: BadBound) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid read bound")
+        .detail(e.to_string())
+        .hint("min_cut: a cut from an earlier answer's as_of.cut; max_staleness_ms: 1..=86400000")
+}
+
+/// An answer that cannot meet its bounds: 503 with `Retry-After`.
+fn unmet(u: Unmet, epoch_ms: u64) -> Response {
+    let retry = u.retry_after_s();
+    let e = match u {
+        Unmet::Cut { wanted, has, .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("min_cut = {wanted} is not reached"))
+                .detail(format!("this process has applied cut {has} ({epoch_ms} ms epochs)"))
+        }
+        Unmet::Staleness { wanted_ms, has_ms, cut, .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("max_staleness_ms = {wanted_ms} is not met"))
+                .detail(format!("the cut this process has ({cut}) ended {has_ms} ms ago"))
+        }
+    };
+    let mut resp = e.hint(format!("retry after {retry} s")).into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    resp
+}
+
+async fn attributes(
+    State(api): State<Arc<Api>>,
+    UserPath(user_id): UserPath,
+    query: Result<Query<BoundsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(e.body_text()))?;
+    let bounds = read_bounds(&query)?;
     if let Some(r) = &api.routing {
         let owner = r.cluster.owner(&user_id, r.workers);
         if owner != r.cluster.process {
-            return forward(r, owner, &user_id).await;
+            return forward(r, owner, &user_id, &bounds).await;
+        }
+    }
+    let freshness = api.counters.freshness();
+    let as_of = freshness.as_of();
+    if bounds != ReadBounds::default() {
+        match freshness.check(&bounds, &as_of, crate::version::freshness::now_ms()) {
+            Err(bad) => return Err(bad_bound(bad)),
+            Ok(Err(u)) => return Ok(unmet(u, freshness.epoch_ms())),
+            Ok(Ok(())) => {}
         }
     }
     let body = api.store.view(&user_id, |attributes| {
@@ -266,6 +316,7 @@ async fn attributes(State(api): State<Arc<Api>>, UserPath(user_id): UserPath) ->
             version: api.version,
             group_id: &api.group_id,
             attributes,
+            as_of,
         };
         serde_json::to_writer(&mut out, &body).map(|()| out)
     });
@@ -284,7 +335,7 @@ async fn attributes(State(api): State<Arc<Api>>, UserPath(user_id): UserPath) ->
 }
 
 /// Asks process `owner` for the attributes of a user it owns, and passes its answer on.
-async fn forward(r: &Routing, owner: usize, user_id: &str) -> Result<Response, ApiError> {
+async fn forward(r: &Routing, owner: usize, user_id: &str, bounds: &ReadBounds) -> Result<Response, ApiError> {
     let Some(addr) = r.cluster.http.get(owner).cloned().flatten() else {
         return Err(ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
@@ -292,7 +343,7 @@ async fn forward(r: &Routing, owner: usize, user_id: &str) -> Result<Response, A
         )
         .hint("query the squall server, or list every process's HTTP address in the hostfile"));
     };
-    proxy_attributes(&r.client, &format!("http://{addr}"), user_id).await.map_err(|e| {
+    proxy_attributes(&r.client, &format!("http://{addr}"), user_id, bounds).await.map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, format!("process {owner} ({addr}) did not answer")).detail(e.to_string())
     })
 }
@@ -322,9 +373,14 @@ pub enum ProxyError {
     Request(reqwest::Error),
 }
 
-/// Asks the process at `base` (`http://host:port`) for `user_id`'s attributes and passes its
-/// answer on, status and body; an error says why it did not answer.
-pub async fn proxy_attributes(client: &reqwest::Client, base: &str, user_id: &str) -> Result<Response, ProxyError> {
+/// Asks the process at `base` (`http://host:port`) for `user_id`'s attributes within `bounds`
+/// and passes its answer on, status, body and `Retry-After`; an error says why it did not answer.
+pub async fn proxy_attributes(
+    client: &reqwest::Client,
+    base: &str,
+    user_id: &str,
+    bounds: &ReadBounds,
+) -> Result<Response, ProxyError> {
     let mut url = reqwest::Url::parse(base).map_err(|error| ProxyError::Url { base: base.to_owned(), error })?;
     url.path_segments_mut().map_err(|_| ProxyError::NoPath { base: base.to_owned() })?.pop_if_empty().extend([
         "v1",
@@ -332,10 +388,19 @@ pub async fn proxy_attributes(client: &reqwest::Client, base: &str, user_id: &st
         user_id,
         "attributes",
     ]);
+    let query = BoundsQuery::forward(bounds);
+    if let Some(q) = query.strip_prefix('?') {
+        url.set_query(Some(q));
+    }
     let resp = client.get(url).send().await.map_err(ProxyError::Request)?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = resp.bytes().await.map_err(ProxyError::Request)?;
-    Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let mut answer = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        answer.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]
@@ -420,8 +485,10 @@ mod tests {
             version: 2,
             group_id: "personalization-v2".into(),
             attributes: store.attributes("u\"1").expect("the user has attributes"),
+            as_of: AsOf { cut: 0, watermark_ms: None, standby: false },
         })
         .expect("serialises");
+        assert!(expected.ends_with(r#","as_of":{"cut":0,"watermark_ms":null,"standby":false}}"#), "{expected}");
         assert!(expected.contains(r#""genre_affinity":{"jazz":1.0,"rock":0.9057236642639067}"#), "{expected}");
         let base = serve_store(store).await;
         let resp = reqwest::get(format!("{base}/v1/users/u%221/attributes")).await.expect("request");
@@ -465,6 +532,38 @@ mod tests {
             r#"squall_enrichment_cache_hits_total{group_id="personalization-v2"} 0"#,
         ] {
             assert!(metrics.contains(series), "{series} not in\n{metrics}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_bounds_answer_503_with_retry_after_until_met_and_400_when_malformed() {
+        let base = serve_store(store()).await;
+        let get = |query: &'static str| {
+            let url = format!("{base}/v1/users/u%221/attributes{query}");
+            async move {
+                let resp = reqwest::get(url).await.expect("request");
+                let retry = resp.headers().get(header::RETRY_AFTER).map(|v| v.to_str().expect("ascii").to_owned());
+                let status = resp.status().as_u16();
+                (status, retry, resp.json::<serde_json::Value>().await.expect("json"))
+            }
+        };
+        // Nothing published: cut 0, which ended in 1970. (No 200 here: the test above counts the
+        // route's 200 answers in the process's one recorder.)
+        let (status, retry, body) = get("?min_cut=1").await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+        assert_eq!(body["error"]["message"], "min_cut = 1 is not reached");
+        assert_eq!(body["error"]["detail"], "this process has applied cut 0 (1000 ms epochs)");
+        let (status, retry, body) = get("?max_staleness_ms=86400000").await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+        assert_eq!(body["error"]["message"], "max_staleness_ms = 86400000 is not met");
+        for (query, detail) in [
+            ("?min_cut=-1", "min_cut = -1 is negative"),
+            ("?min_cut=soon", "min_cut = \"soon\" is not a whole number"),
+            ("?max_staleness_ms=0", "max_staleness_ms = 0 is out of range: use 1..=86400000"),
+        ] {
+            let (status, retry, body) = get(query).await;
+            assert_eq!((status, retry, &body["error"]["detail"]), (400, None, &serde_json::json!(detail)), "{query}");
+            assert_eq!(body["error"]["message"], "invalid read bound");
         }
     }
 

@@ -7,11 +7,13 @@
 //!   recovery, start offsets, timely), and commits offsets of complete checkpoints.
 //! - [`http`]: a user's attributes, status, health and metrics, with the one JSON error shape.
 //! - [`counters`]: the process's counters, read by `/v1/status` and exported as metrics.
+//! - [`freshness`]: the cut answers reflect, the bounds a read may ask for, the freshness objective.
 //! - [`cluster`]: the layout of a multi-process version and which process owns a user.
 //! - [`lease`]: the server's lease on the process; [`runfile`]: who the process is and where it serves.
 
 pub mod cluster;
 pub mod counters;
+pub mod freshness;
 pub mod http;
 pub mod lease;
 pub mod runfile;

@@ -5,8 +5,10 @@
 mod committer;
 mod preload;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +18,7 @@ use squall_operators::checkpoint::{self, CheckpointError, CheckpointStore, Part,
 use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::checkpoint_dir::CheckpointDir;
 use squall_operators::source::epoch_now;
+use squall_operators::watermark::{Report, Watermark};
 use squall_operators::{
     Alignment, CheckpointHook, ConsumeKafka, DeadLetterTo, DecodeLimits, Epoch, EventKind, KeyGroups, Partition, Plan,
     Restore, SourceConfig, UserState, UserStore,
@@ -24,7 +27,9 @@ use squall_topologies::TopologySpec;
 use squall_topologies::personalization::{self, Context};
 use squall_topologies::spec::CheckpointTarget;
 use timely::communication::WorkerGuards;
-use timely::dataflow::operators::{Inspect, Probe};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
 
 pub use self::committer::CommitterError;
 use crate::version::counters::BackfillRun;
@@ -37,6 +42,7 @@ use squall_operators::source::BackfillProgress;
 use crate::kafka::{self, Inputs, KafkaSetupError};
 use crate::version::cluster::Cluster;
 use crate::version::counters::DeadLetters;
+use crate::version::freshness::{self, Freshness, NO_WATERMARK};
 
 /// Why a topology could not start, by step. The message names the step; the cause is its source
 /// (print with `{:#}` through anyhow, or walk `source()`).
@@ -106,6 +112,8 @@ pub struct Running {
     pub feeds: Option<Arc<Feeds>>,
     /// Its backfill from an archive, if it has one.
     pub backfill: Option<BackfillRun>,
+    /// The cuts its workers publish, and the delays of the events they make visible.
+    pub freshness: Arc<Freshness>,
     shutdown: Arc<AtomicBool>,
     guards: WorkerGuards<Result<(), WorkerError>>,
     /// The threads that take the workers' parts: the tee to the feeds, then the checkpoint writer.
@@ -233,6 +241,7 @@ pub async fn start(
     let backfilled = Arc::new(BackfillProgress::default());
     let (backfill, backfill_run) = open_backfill(&spec, &layout, &partitions, &resume_at, &backfilled).await?;
     let start_epoch = recovery.cut.unwrap_or(0).max(epoch_now(spec.state.epoch));
+    let freshness = recovery.freshness(&spec, layout.workers);
     let dead_letters = Arc::new(DeadLetters::default());
     let pending = Arc::new(AtomicUsize::new(0));
     let dataflow = Dataflow {
@@ -266,6 +275,9 @@ pub async fn start(
             .map(|w| CheckpointParts { parts: w.parts.clone(), restore: Mutex::new(recovery.restore) }),
         start_epoch,
         dead_letters: Arc::clone(&dead_letters),
+        freshness: Arc::clone(&freshness),
+        first_worker: layout.local().start,
+        watermark: recovery.watermark,
     };
     tracing::info!(group_id = %group_id, workers = layout.workers, process = layout.process, processes = layout.processes, partitions = dataflow.source.partitions.len(), "starting workers");
     let guards = build_dataflow(timely_config(&layout, cluster), dataflow)?;
@@ -278,6 +290,7 @@ pub async fn start(
         recovered_cut: recovery.cut,
         feeds,
         backfill: backfill_run,
+        freshness,
         shutdown,
         guards,
         writers: parts.map(|w| w.threads).unwrap_or_default(),
@@ -340,11 +353,25 @@ async fn open_checkpoints(
 
 /// What recovery hands on: the cut recovered, where each partition resumes, and what each
 /// worker of the version takes back (this process's workers' entries are filled).
-#[derive(Default)]
 struct Recovery {
     cut: Option<Epoch>,
+    /// The event-time watermark at the cut (`NO_WATERMARK` without one).
+    watermark: i64,
     resume_at: BTreeMap<Partition, i64>,
     restore: Vec<Restore>,
+}
+
+impl Recovery {
+    /// Where `workers` workers starting from this recovery publish their cuts.
+    fn freshness(&self, spec: &TopologySpec, workers: usize) -> Arc<Freshness> {
+        Arc::new(Freshness::new(spec.state.epoch, spec.slo.freshness, workers, self.cut, self.watermark))
+    }
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery { cut: None, watermark: NO_WATERMARK, resume_at: BTreeMap::new(), restore: Vec::new() }
+    }
 }
 
 /// Step: reads the key groups this process's workers cover at the latest complete cut into
@@ -404,6 +431,7 @@ async fn recover(
     tracing::info!(group_id = %group_id, store = %ckpt.location(), cut = rec.cut, users, dedup_ids = ids, bytes_read = rec.bytes_read, elapsed = ?started.elapsed(), "recovered from checkpoint");
     recovery.resume_at = rec.offsets.into_iter().filter(|(_, o)| *o >= 0).collect();
     recovery.cut = Some(rec.cut);
+    recovery.watermark = rec.watermark;
     Ok((ckpt, recovery))
 }
 
@@ -539,6 +567,26 @@ async fn start_offsets(
     Ok(resume_at)
 }
 
+/// Every source worker's event-time progress, folded on this worker into the watermark the
+/// freshness of its cuts is told with (the same fold as the maintaining workers'; an exchange of
+/// a few reports per epoch, nothing per event).
+fn event_clock<'scope>(
+    progress: timely::dataflow::Stream<'scope, Epoch, Vec<Report>>,
+    peers: usize,
+    restored: i64,
+) -> Rc<RefCell<Watermark>> {
+    let clock = Rc::new(RefCell::new(Watermark::new(peers, restored)));
+    let fold = Rc::clone(&clock);
+    progress.exchange(|(to, _)| u64::from(*to)).sink(Pipeline, "EventClock", move |(input, _)| {
+        input.for_each(|time, reports| {
+            if let Some(epoch) = time.least().copied() {
+                fold.borrow_mut().receive(epoch, reports.drain(..));
+            }
+        });
+    });
+    clock
+}
+
 /// Step: timely's configuration, one process or a cluster.
 fn timely_config(layout: &Layout, cluster: Option<Cluster>) -> timely::Config {
     match cluster {
@@ -564,6 +612,12 @@ struct Dataflow {
     checkpoints: Option<CheckpointParts>,
     start_epoch: Epoch,
     dead_letters: Arc<DeadLetters>,
+    /// Where the workers publish the cuts they see.
+    freshness: Arc<Freshness>,
+    /// The index of this process's first worker.
+    first_worker: usize,
+    /// The recovered watermark (`NO_WATERMARK`: none).
+    watermark: i64,
 }
 
 /// Where checkpoint parts go, and what each worker takes back from the recovered cut (each takes its own).
@@ -597,15 +651,28 @@ fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Re
                     .unwrap_or_default(),
                 first_epoch: d.start_epoch,
             });
+            let clock = event_clock(source.progress.clone(), scope.peers(), d.watermark);
             let (probe, _) = personalization::dataflow(source.events, source.progress, &d.ctx, hook).probe();
-            Ok::<_, WorkerError>(probe)
+            Ok::<_, WorkerError>((probe, clock))
         });
-        let probe = built.inspect_err(|e| {
+        let (probe, clock) = built.inspect_err(|e| {
             tracing::error!(worker = worker.index(), error = %e, "cannot build the dataflow");
             stop.store(true, Relaxed);
         })?;
+        let (slot, counts) = (worker.index() - d.first_worker, Arc::clone(&d.ctx.store));
+        let (mut applied, mut seen) = (counts.worker_counts(worker.index()).0, 0);
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_secs(1)));
+            // Once per step, not per event: whether the frontier passed another epoch.
+            if let Some(cut) = probe.with_frontier(|f| f.first().copied())
+                && cut > seen
+            {
+                seen = cut;
+                let now = counts.worker_counts(worker.index()).0;
+                let watermark = clock.borrow_mut().before(cut);
+                d.freshness.publish(slot, cut, watermark, now - applied, freshness::now_ms());
+                applied = now;
+            }
         }
         Ok(())
     })
