@@ -126,8 +126,11 @@ async fn answers_carry_as_of_and_honour_min_cut_and_max_staleness() {
     let watermark = body["as_of"]["watermark_ms"].as_i64().expect("a watermark once events are read");
     assert!(watermark >= events[0].ts() - 60_000 && watermark <= now_ms() + 60_000, "{body}");
 
-    // A cut ten epochs ahead: 503 with Retry-After (whole seconds) through the server, then 200.
-    let ahead = last + 10;
+    // A cut ten epochs ahead of the one just answered: 503 with Retry-After (whole seconds)
+    // through the server, then 200. (Not ahead of the loop's last cut: awaiting the producer
+    // took about as long as ten epochs.)
+    let (_, _, body) = get(&url, &path).await;
+    let ahead = body["as_of"]["cut"].as_u64().expect("as_of.cut") + 10;
     let (status, retry, body) = get(&url, &format!("{path}?min_cut={ahead}")).await;
     assert_eq!(status, 503, "{body}");
     let retry: u64 = retry.expect("Retry-After").parse().expect("whole seconds");
