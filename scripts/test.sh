@@ -27,6 +27,9 @@ cargo build --workspace --bins --locked
 cargo build -p squall-benches --benches --locked
 
 step "dev environment on 127.0.0.1:$SQUALL_KAFKA_PORT (broker), 127.0.0.1:$SQUALL_CQL_PORT (CQL) and 127.0.0.1:$SQUALL_S3_PORT (S3)"
+# A fresh state: the servers a previous run (or a developer) left running from this directory
+# are stopped first, so that none serves from a directory removed under it.
+scripts/devenv.sh down
 rm -rf "$SQUALL_DEVENV_DIR"
 trap 'scripts/devenv.sh down' EXIT
 scripts/devenv.sh up
