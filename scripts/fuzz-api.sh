@@ -88,7 +88,7 @@ log "personalization-v1 promoted, user u1 known; fuzzing with seed $SEED, $EXAMP
 started=$SECONDS
 status=0
 # From the run's own directory, so that schemathesis's cache (.schemathesis/) starts empty each run.
-(cd "$STATE" && "$VENV/bin/st" run "$ROOT/docs/openapi.json" --url "$URL" \
+(cd "$STATE" && "$VENV/bin/st" --config-file "$ROOT/scripts/schemathesis.toml" run "$ROOT/docs/openapi.json" --url "$URL" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --header "Authorization: Bearer $TOKEN" \
     --seed "$SEED" --max-examples "$EXAMPLES" --generation-database none --workers 1 --no-color \
