@@ -128,6 +128,8 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
     root: Path,
     url: String,
+    /// The directory, when the store is a local one: what it writes is synced to disk.
+    local: Option<std::path::PathBuf>,
 }
 
 /// A data file read and checked: its record batches, all decoded before any is handed out.
@@ -168,19 +170,21 @@ impl Archive {
             let abs = std::fs::canonicalize(url).map_err(|source| OpenError::Dir { path: url.to_owned(), source })?;
             url::Url::from_directory_path(&abs).map_err(|()| bad("not an absolute directory".into()))?
         };
+        let mut local = None;
         if parsed.scheme() == "file" {
             let dir = parsed.to_file_path().map_err(|()| bad("not a local path".into()))?;
             std::fs::create_dir_all(&dir)
                 .map_err(|source| OpenError::Dir { path: dir.display().to_string(), source })?;
+            local = Some(dir);
         }
         let options = options.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v));
         let (store, root) = object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;
-        Ok(Archive { store: Arc::from(store), root, url: url.to_owned() })
+        Ok(Archive { store: Arc::from(store), root, url: url.to_owned(), local })
     }
 
     /// An archive in `store` under `root` (for tests and embedding).
     pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Archive {
-        Archive { store, root, url: "(in memory)".into() }
+        Archive { store, root, url: "(in memory)".into(), local: None }
     }
 
     /// The URL it was opened with.
@@ -197,7 +201,18 @@ impl Archive {
             .put(&self.path(rel), bytes.into())
             .await
             .map(|_| ())
-            .map_err(|source| PutError { path: rel.to_string(), source })
+            .map_err(|source| PutError { path: rel.to_string(), source })?;
+        if let Some(dir) = &self.local {
+            // The local store writes a temporary file and renames it, with no sync: a power loss
+            // could lose a file whose offsets were then committed. Sync the file, then its
+            // directory (the rename).
+            let file = dir.join(rel.as_ref());
+            sync(&file, false).await.map_err(|e| PutError { path: rel.to_string(), source: e })?;
+            if let Some(parent) = file.parent() {
+                sync(parent, true).await.map_err(|e| PutError { path: rel.to_string(), source: e })?;
+            }
+        }
+        Ok(())
     }
 
     /// Stores a data file, then its manifest entry.
@@ -349,6 +364,17 @@ impl Archive {
         let batches = batches.map_err(|source| ReadError::File { path: entry.path.clone(), source })?;
         Ok(ArchivedFile { entry, batches })
     }
+}
+
+/// Syncs a local file (or directory) to disk.
+async fn sync(path: &std::path::Path, dir: bool) -> Result<(), object_store::Error> {
+    let what = if dir { "directory" } else { "file" };
+    let failed = |source: std::io::Error| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: format!("cannot sync the {what} {}: {source}", path.display()).into(),
+    };
+    let f = tokio::fs::File::open(path).await.map_err(failed)?;
+    f.sync_all().await.map_err(failed)
 }
 
 #[cfg(test)]
