@@ -467,7 +467,8 @@ fn read_until(
 /// A backfill reads each partition's archive and then Kafka from exactly the next offset: the
 /// topic's first part here holds other events than the archive ("ghosts"), so an event read from
 /// Kafka instead of the archive shows, and so does one read twice or lost at the seam. A resume
-/// offset inside the archive starts there, one past it starts in Kafka. A malformed archived
+/// offset inside the archive starts there, one past it starts in Kafka; `--since` passes over
+/// older archived events but not Kafka's. A malformed archived
 /// record goes to the dead letters; a pre-decoded one is used as it is; a partition whose archive
 /// fails stops (reading Kafka past a hole would lose the records in it) and says which file.
 #[tokio::test(flavor = "multi_thread")]
@@ -535,6 +536,15 @@ async fn a_backfill_reads_the_archive_then_kafka_from_the_next_offset_exactly() 
     let (mut ids, _) = read_until(config(archive(&[]), &[(0, 500), (1, 1500)]), |n, _| n >= 2 * N - 2000);
     ids.sort();
     assert_eq!(ids, expected([500, 1500]));
+
+    // `--since`: archived events older than it are passed over (their offsets too), Kafka's
+    // are not; a malformed record is no event and goes to the dead letters whatever its age.
+    let mut c = config(archive(&[]), &[]);
+    c.backfill = Some(Backfill { backlog: archive(&[]), since_ms: Some(1_763_750_000_000 + 400) });
+    let (mut ids, dead) = read_until(c, |n, d| n + d > 2 * (N - 400));
+    ids.sort();
+    assert_eq!(ids, expected([400, 400]), "archived events from the since bound on, then Kafka's");
+    assert_eq!(dead, vec![(1, 10)]);
 
     // p1's archive fails after 300 records: p1 stops there, p0 goes on into Kafka.
     let c = config(archive(&[(1, 300)]), &[]);
