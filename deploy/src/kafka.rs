@@ -187,20 +187,35 @@ pub fn lag(
     partitions: &[Partition],
 ) -> Result<Vec<PartitionLag>, KafkaSetupError> {
     let committed = committed(reader, brokers, partitions)?;
-    partitions
+    Ok(partitions
         .iter()
-        .map(|p| {
-            let (low, high) = reader
-                .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(10))
-                .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.into(), source })?;
+        .zip(watermarks(reader, brokers, partitions)?)
+        .map(|(p, (low, high))| {
             let c = committed.get(p).copied();
-            Ok(PartitionLag {
+            PartitionLag {
                 topic: p.topic.clone(),
                 partition: p.partition,
                 committed: c,
                 high_watermark: high,
                 lag: (high - c.unwrap_or(low)).max(0),
-            })
+            }
+        })
+        .collect())
+}
+
+/// Per partition of `partitions`, in order: the earliest offset the brokers hold and the next
+/// one to be written (the low and high watermarks).
+fn watermarks(
+    reader: &BaseConsumer,
+    brokers: &str,
+    partitions: &[Partition],
+) -> Result<Vec<(i64, i64)>, KafkaSetupError> {
+    partitions
+        .iter()
+        .map(|p| {
+            reader
+                .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(10))
+                .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.into(), source })
         })
         .collect()
 }
@@ -211,13 +226,6 @@ pub fn earliest(
     brokers: &str,
     partitions: &[Partition],
 ) -> Result<std::collections::BTreeMap<Partition, i64>, KafkaSetupError> {
-    partitions
-        .iter()
-        .map(|p| {
-            let (low, _) = reader
-                .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(10))
-                .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.into(), source })?;
-            Ok((p.clone(), low))
-        })
-        .collect()
+    let marks = watermarks(reader, brokers, partitions)?;
+    Ok(partitions.iter().cloned().zip(marks.into_iter().map(|(low, _)| low)).collect())
 }
