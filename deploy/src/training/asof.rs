@@ -190,6 +190,14 @@ impl AsOf {
     pub fn users(&self) -> usize {
         self.users.len()
     }
+
+    /// Bytes the users' states take: their words, ids and map entries (what `--at` and the
+    /// labels need kept; the dedup ids and the items in flight come on top).
+    pub fn state_bytes(&self) -> usize {
+        let entry = size_of::<(CompactString, UserState)>() + 1;
+        let heap = |u: &CompactString| if u.is_heap_allocated() { u.len() } else { 0 };
+        self.users.iter().map(|(u, s)| entry + heap(u) + 4 * s.words().len()).sum::<usize>()
+    }
 }
 
 /// What an applied event's slot holds afterwards (nothing allocated).

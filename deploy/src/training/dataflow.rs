@@ -53,8 +53,8 @@ pub struct Job {
     pub runtime: tokio::runtime::Handle,
     /// What worker 0 gathers.
     pub answers: Mutex<Vec<Answer>>,
-    /// Per worker: events applied and resends dropped, users held.
-    pub counts: Mutex<Vec<(u64, u64, usize)>>,
+    /// Per worker: events applied, resends dropped, users held and their states' bytes.
+    pub counts: Mutex<Vec<(u64, u64, usize, usize)>>,
 }
 
 /// The timestamp of event time `ts`.
@@ -146,7 +146,7 @@ pub fn run(job: Arc<Job>, config: timely::Config) -> Result<(), String> {
                             Some(_) => {}
                             None => {
                                 let mut counts = state.counts.lock().unwrap_or_else(|p| p.into_inner());
-                                counts.push((asof.counts.0, asof.counts.1, asof.users()));
+                                counts.push((asof.counts.0, asof.counts.1, asof.users(), asof.state_bytes()));
                                 cap = None;
                             }
                         }

@@ -145,6 +145,10 @@ pub struct Summary {
     pub applied: u64,
     /// Resends dropped.
     pub duplicates: u64,
+    /// Users held at the end (this process's workers).
+    pub users: usize,
+    /// Bytes of their states ([`asof::AsOf::state_bytes`]).
+    pub state_bytes: usize,
 }
 
 /// `squall training-data` on the command line: runs it and prints what it wrote.
@@ -153,12 +157,14 @@ pub fn cli(args: TrainingArgs) -> Result<(), TrainingError> {
     let s = main(args)?;
     if s.rows > 0 || s.files > 0 {
         println!(
-            "squall training-data: {} rows in {} ({} archive files, {} events applied, {} resends dropped)",
+            "squall training-data: {} rows in {} ({} archive files, {} events applied, {} resends dropped, {} users, {} MB of state)",
             s.rows,
             out.display(),
             s.files,
             s.applied,
-            s.duplicates
+            s.duplicates,
+            s.users,
+            s.state_bytes >> 20
         );
     }
     Ok(())
@@ -261,9 +267,13 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
     };
     dataflow::run(Arc::clone(&job), config).map_err(TrainingError::Dataflow)?;
     let answers = std::mem::take(&mut *job.answers.lock().unwrap_or_else(|p| p.into_inner()));
-    let (applied, duplicates) =
-        job.counts.lock().unwrap_or_else(|p| p.into_inner()).iter().fold((0, 0), |(a, d), c| (a + c.0, d + c.1));
-    let mut summary = Summary { rows: 0, files: n_files, applied, duplicates };
+    let mut summary = Summary { rows: 0, files: n_files, applied: 0, duplicates: 0, users: 0, state_bytes: 0 };
+    for c in job.counts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        summary.applied += c.0;
+        summary.duplicates += c.1;
+        summary.users += c.2;
+        summary.state_bytes += c.3;
+    }
     if args.process != 0 {
         return Ok(summary);
     }
