@@ -468,5 +468,14 @@ async fn bad_labels_files_are_refused_naming_the_row_and_column_and_nothing_is_w
         b"user_id,ts,plays\nu1,1763750000000,3\n",
         "the label column `plays` has the name of an attribute of version 1; rename it",
     );
+
+    // A header and no rows is not an error: the output has the columns and no rows.
+    let empty = w.dir.join("empty.csv");
+    std::fs::write(&empty, "user_id,ts,note\n").unwrap();
+    w.run_ok(&["--labels", empty.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 0);
+    let columns: Vec<String> = reader.schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(&columns[..4], ["user_id", "ts", "note", "plays"]);
     std::fs::remove_dir_all(&w.dir).ok();
 }

@@ -5,7 +5,7 @@ tracks.parquet, topology.toml and the catalogue into CQL), then:
 
     benches/peers/duckdb/setup.sh
     benches/peers/duckdb/.venv/bin/python benches/peers/duckdb/training.py --dir DIR \
-        --squall target/release/squall --workers 2 --threads 2
+        --squall target/release/squall --workers 2 --threads 2 [--at EPOCH_MS]
 
 Both run in this one invocation, one after the other: squall as a child process (its peak RSS
 from getrusage), then DuckDB in this process (threads = --threads, its peak RSS measured before
@@ -140,6 +140,7 @@ def main():
     p.add_argument("--squall", default="target/release/squall")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--at", type=int, help="also time squall's --at snapshot of every user at this time (epoch ms)")
     a = p.parse_args()
     d = os.path.abspath(a.dir)
 
@@ -152,6 +153,15 @@ def main():
     )
     squall_s = time.monotonic() - t
     squall_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    at_s = None
+    if a.at is not None:
+        t = time.monotonic()
+        subprocess.run(
+            [a.squall, "training-data", "--topology", f"{d}/topology.toml", "--archive", f"{d}/archive",
+             "--at", str(a.at), "--out", f"{d}/snapshot.parquet", "--workers", str(a.workers)],
+            check=True, stdout=sys.stderr,
+        )
+        at_s = time.monotonic() - t
 
     con = duckdb.connect(config={"threads": a.threads})
     before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -171,6 +181,7 @@ def main():
         "rows": squall.num_rows,
         "squall_seconds": round(squall_s, 2),
         "squall_peak_rss_mb": round(squall_rss_mb),
+        "squall_at_seconds": None if at_s is None else round(at_s, 2),
         "duckdb_seconds": round(duck_s, 2),
         "duckdb_peak_rss_mb": round(duck_rss_mb),
         "duckdb_rss_before_query_mb": round(before_mb),

@@ -142,6 +142,10 @@ fn read_parquet(path: &Path) -> Result<Labels, LabelsError> {
         times_of(path, &batch, first, &mut labels.ts)?;
         labels.batches.push(batch);
     }
+    if labels.batches.is_empty() {
+        // No rows: the output still has the file's columns (and the attributes').
+        labels.batches.push(RecordBatch::new_empty(schema));
+    }
     Ok(labels)
 }
 

@@ -153,19 +153,20 @@ pub struct Summary {
 
 /// `squall training-data` on the command line: runs it and prints what it wrote.
 pub fn cli(args: TrainingArgs) -> Result<(), TrainingError> {
-    let out = args.out.clone();
+    let (out, process) = (args.out.clone(), args.process);
     let s = main(args)?;
-    if s.rows > 0 || s.files > 0 {
-        println!(
-            "squall training-data: {} rows in {} ({} archive files, {} events applied, {} resends dropped, {} users, {} MB of state)",
-            s.rows,
-            out.display(),
-            s.files,
-            s.applied,
-            s.duplicates,
-            s.users,
-            s.state_bytes >> 20
-        );
+    let what = format!(
+        "{} archive files, {} events applied, {} resends dropped, {} users, {} MB of state",
+        s.files,
+        s.applied,
+        s.duplicates,
+        s.users,
+        s.state_bytes >> 20
+    );
+    if process == 0 {
+        println!("squall training-data: {} rows in {} ({what})", s.rows, out.display());
+    } else {
+        println!("squall training-data: process {process} done, process 0 writes the output ({what} here)");
     }
     Ok(())
 }
