@@ -27,12 +27,17 @@
 //!   gets nulls in every attribute column too.
 //! - **Catalogue.** Events are enriched from the catalogue tables as they are now (read whole at
 //!   start): the archive does not keep the catalogue's history.
-//! - **Memory** is bounded by users x state, not by events: events are exchanged to their user's
-//!   worker with their event time's minute as the timely timestamp; each worker reads its files
-//!   in order of their first event time and holds back only the minutes no worker has passed
-//!   (the files being read, two ahead), then applies a minute's items sorted and drops them. The
-//!   labels are held from the start (about 40 bytes a row), and the answers are gathered on worker
-//!   0 (their JSON, a few hundred bytes a row) to be written in label order.
+//! - **Memory** is the users' state plus the events of the files being read, not every event:
+//!   events are exchanged to their user's worker with their event time's minute as the timely
+//!   timestamp; each worker reads its files in order of their first event time and holds back
+//!   only the minutes some worker has not passed, then applies a minute's items sorted and drops
+//!   them. A minute is passed once no unread file starts before it, so what is held is the events
+//!   of the files whose event-time ranges overlap the oldest unapplied minute: small with the
+//!   archiver's files (a file per partition per minute by default), but all of them when each
+//!   file spans the whole history (one imported file per partition): measured in
+//!   `benches/RESULTS.md` ("Training data"). The labels are held from the start (about 40 bytes a
+//!   row), and the answers are gathered on worker 0 (their JSON, a few hundred bytes a row) to be
+//!   written in label order.
 //! - **Output** is written under a temporary name in the same folder and renamed once complete:
 //!   a failed run (a bad labels file, an unreadable archive file) writes nothing.
 
