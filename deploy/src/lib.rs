@@ -18,5 +18,6 @@ pub mod generate;
 pub mod kafka;
 pub mod ready;
 pub mod telemetry;
+pub mod training;
 pub mod values;
 pub mod version;

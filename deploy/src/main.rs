@@ -145,6 +145,9 @@ enum Command {
     Archive(squall::archive_cli::ArchiveArgs),
     /// Print the server API's OpenAPI document (kept in docs/openapi.json).
     Openapi,
+    /// Write point-in-time training data: each label row with the version's attributes from the
+    /// archived events strictly before its time, as Parquet (or every user's with --at).
+    TrainingData(squall::training::TrainingArgs),
 }
 
 #[derive(clap::Args)]
@@ -256,6 +259,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args, cli.log_json),
         Command::Archive(args) => squall::archive_cli::main(args).map_err(anyhow::Error::from),
+        Command::TrainingData(args) => squall::training::cli(args).map_err(anyhow::Error::from),
         Command::Openapi => {
             println!("{}", openapi::openapi_json());
             Ok(())

@@ -127,7 +127,7 @@ fn squall_is_two_halves_and_its_tools() {
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(folders, set(&["bin", "control", "version"]), "a folder of deploy/src without a rule here");
+    assert_eq!(folders, set(&["bin", "control", "training", "version"]), "a folder of deploy/src without a rule here");
 }
 
 #[test]
@@ -147,6 +147,17 @@ fn the_control_plane_never_links_a_dataflow() {
 fn a_version_knows_nothing_of_the_control_plane() {
     for (path, text) in sources("deploy/src/version") {
         assert!(!text.contains("crate::control"), "{} uses the control plane", path.display());
+    }
+}
+
+/// `squall training-data` is an offline job: it runs its own dataflow over the archive and takes
+/// from the version runtime only the cluster's hostfile.
+#[test]
+fn training_data_knows_nothing_of_the_control_plane_or_a_running_version() {
+    for (path, text) in sources("deploy/src/training") {
+        for banned in ["crate::control", "version::runner", "version::http", "UserStore"] {
+            assert!(!text.contains(banned), "{} uses {banned}", path.display());
+        }
     }
 }
 

@@ -156,6 +156,12 @@ impl Memo {
     }
 }
 
+/// Joins an event with its catalogue row as the dataflow does (`unknown`: the symbol of ids
+/// missing from the catalogue): what an offline recomputation applies, e.g. `squall training-data`.
+pub fn join(event: Event, info: Info, unknown: Sym) -> Activity {
+    activity(event, info, unknown)
+}
+
 /// Joins an event with its enrichment.
 fn activity(event: Event, info: Info, unknown: Sym) -> Activity {
     match event {
