@@ -41,6 +41,7 @@ say "starting the archive through the server: squall archive start --url $ARCHIV
 # The demo's broker keeps nothing across runs, so neither may the archive.
 squall archive stop squall-archive >/dev/null 2>&1 || true
 rm -rf "$ARCHIVE"
+mkdir -p "$ARCHIVE"
 squall archive start --url "$ARCHIVE" --max-file-age 5s
 
 say "producing $EVENTS more events at $RATE/s"

@@ -88,6 +88,7 @@ async fn the_server_runs_restarts_adopts_and_stops_an_archiver() {
     let url = dir.to_str().unwrap().to_owned();
     let group = unique("archdep_group");
     let topic_list = format!("{}=song,{}=ad", topics[0], topics[1]);
+    std::fs::create_dir_all(&dir).expect("the archive's directory");
     let server = start_server(&state);
 
     // Bad requests: precise 4xx, nothing started.
@@ -99,6 +100,9 @@ async fn the_server_runs_restarts_adopts_and_stops_an_archiver() {
         (format!(r#"{{"url":"{url}","rows_per_file":0}}"#), 400, "rows_per_file"),
         (format!(r#"{{"url":"{url}","max_file_age":"soon"}}"#), 400, "max_file_age"),
         (r#"{"url":""}"#.to_owned(), 400, "url is empty"),
+        (r#"{"url":"relative/archive"}"#.to_owned(), 400, "absolute path"),
+        (format!(r#"{{"url":"{url}/missing"}}"#), 400, "no such directory"),
+        (r#"{"url":"/"}"#.to_owned(), 400, "root"),
         (r#"{"topics":1}"#.to_owned(), 422, "invalid archive request"),
     ] {
         let (got, text) = send(&server, post.clone(), "/v1/archives", Some(&body)).await;

@@ -612,6 +612,11 @@ fn archive(args: squall::archive_cli::ArchiveArgs) -> anyhow::Result<()> {
     use std::sync::atomic::AtomicBool;
     match args.remote() {
         Some((Remote::Start { url, group, topics, rows_per_file, max_file_age }, client)) => {
+            // A directory is sent absolute, as the server requires: relative to where this runs.
+            let url = match url.contains("://") {
+                true => url,
+                false => std::path::absolute(&url).with_context(|| format!("--url {url}"))?.display().to_string(),
+            };
             let req = squall::control::archives::StartArchiveRequest {
                 url,
                 group: Some(group),

@@ -601,13 +601,16 @@ impl Control {
         if req.url.trim().is_empty() {
             return Err(bad("url is empty: give a directory or an s3://, gs://, az:// URL".into()));
         }
-        // A directory is recorded absolute: the archiver and a later server may start elsewhere.
-        squall_archive::Archive::open(&req.url).map_err(|e| bad(format!("url: {e}")))?;
-        let url = if req.url.contains("://") {
-            req.url
-        } else {
-            std::fs::canonicalize(&req.url).map_err(|e| bad(format!("url {:?}: {e}", req.url)))?.display().to_string()
-        };
+        let url = req.url;
+        match reqwest::Url::parse(&url) {
+            Ok(u) if u.scheme() == "file" => {
+                let path = u.to_file_path().map_err(|()| bad(format!("url {url:?}: not a local path")))?;
+                check_archive_dir(&path.display().to_string()).map_err(bad)?;
+            }
+            // Parsed as the archiver will (no request is sent to the store).
+            Ok(_) => drop(squall_archive::Archive::open(&url).map_err(|e| bad(format!("url: {e}")))?),
+            Err(_) => check_archive_dir(&url).map_err(bad)?,
+        }
         Ok(ArchiveDeployment {
             group_id,
             url,
@@ -801,4 +804,24 @@ impl Control {
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
+}
+
+/// An archive directory on the server's host must be named by an absolute path (the server's and
+/// the archiver's working directories are nobody's business), exist already (the server creates
+/// nothing on a request's say-so), and not be the filesystem's root.
+fn check_archive_dir(url: &str) -> Result<(), String> {
+    let path = std::path::Path::new(url);
+    if !path.is_absolute() {
+        return Err(format!(
+            "url {url:?}: a directory must be an absolute path on the server's host \
+             (`squall archive start` makes a relative one absolute)"
+        ));
+    }
+    if path.parent().is_none() {
+        return Err(format!("url {url:?}: the filesystem's root; give the archive a directory of its own"));
+    }
+    if !path.is_dir() {
+        return Err(format!("url {url:?}: no such directory on the server's host; create it first (mkdir -p)"));
+    }
+    Ok(())
 }
