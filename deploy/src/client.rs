@@ -467,17 +467,22 @@ fn print_detail(d: &DeploymentDetail) {
         println!("lag error:    {e}");
     }
     if !d.partitions.is_empty() {
-        println!("{:<28} {:>9} {:>12} {:>14} {:>10}", "TOPIC", "PARTITION", "COMMITTED", "HIGH WATERMARK", "LAG");
-        for p in &d.partitions {
-            println!(
-                "{:<28} {:>9} {:>12} {:>14} {:>10}",
-                p.topic,
-                p.partition,
-                p.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                p.high_watermark,
-                p.lag
-            );
-        }
+        print_partitions(&d.partitions, "COMMITTED", 12);
+    }
+}
+
+/// Per partition: the committed offset (under `committed`, `width` wide), high watermark, lag.
+fn print_partitions(partitions: &[crate::kafka::PartitionLag], committed: &str, width: usize) {
+    println!("{:<28} {:>9} {committed:>width$} {:>14} {:>10}", "TOPIC", "PARTITION", "HIGH WATERMARK", "LAG");
+    for p in partitions {
+        println!(
+            "{:<28} {:>9} {:>width$} {:>14} {:>10}",
+            p.topic,
+            p.partition,
+            p.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            p.high_watermark,
+            p.lag
+        );
     }
 }
 
@@ -581,15 +586,5 @@ fn print_archive(a: &ArchiveView) {
     if let Some(e) = &a.lag_error {
         println!("lag:       cannot read: {e}");
     }
-    println!("{:<28} {:>9} {:>14} {:>14} {:>10}", "TOPIC", "PARTITION", "ARCHIVED TO", "HIGH WATERMARK", "LAG");
-    for p in &a.partitions {
-        println!(
-            "{:<28} {:>9} {:>14} {:>14} {:>10}",
-            p.topic,
-            p.partition,
-            p.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-            p.high_watermark,
-            p.lag
-        );
-    }
+    print_partitions(&a.partitions, "ARCHIVED TO", 14);
 }
