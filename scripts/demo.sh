@@ -3,7 +3,8 @@
 # server on 127.0.0.1, creates topics and tables, loads a generated catalogue, starts
 # `squall server`, deploys and promotes version 1 of topologies/personalization.toml, produces a
 # skewed event stream, checks the served attributes against a from-scratch recomputation, and keeps
-# serving until Ctrl-C (try the deploy v3 -> diff -> gated promote -> rollback walk in README.md).
+# serving until Ctrl-C (try the deploy v3 -> diff -> gated promote -> rollback walk in README.md, or
+# scripts/walkthrough.sh: archive, backfill v3 from it, diff).
 #
 # Knobs: DEMO_RATE (events/s, default 20000), DEMO_EVENTS (default 300000), DEMO_USERS (100000),
 # DEMO_WORKERS (2), and the ports of scripts/devenv.sh.
@@ -68,6 +69,7 @@ cat <<MSG
     target/release/squall list
     target/release/squall deploy topologies/personalization.toml --version 3   # a declared version, no build
     target/release/squall diff personalization-v1 personalization-v3           # then the gated promote and rollback (README)
+    scripts/walkthrough.sh     # or instead: archive, deploy v3 with --backfill, diff (README "Backfill, then stream")
   server log: $STATE/squall.log   expected attributes: $STATE/expected.json
   Ctrl-C stops squall (and every version it runs), the broker and the CQL server.
 MSG

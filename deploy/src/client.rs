@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use squall_topologies::TopologySpec;
 
 use crate::changelog_diff::DiffReport;
+use crate::control::archives::{ArchiveView, StartArchiveRequest};
 use crate::control::binaries::StoredBinary;
 use crate::control::diff_runs::PromoteRequest;
 use crate::control::state::DeploymentState;
@@ -194,6 +195,10 @@ impl Client {
     /// `squall list`.
     pub async fn list(&self) -> anyhow::Result<()> {
         let all: Vec<DeploymentView> = self.get(&["v1", "deployments"]).await?;
+        let archivers: Vec<ArchiveView> = self.get(&["v1", "archives"]).await?;
+        if !archivers.is_empty() {
+            print_archives(&archivers);
+        }
         if all.is_empty() {
             println!("no deployments (deploy one with `squall deploy topologies/personalization.toml`)");
             return Ok(());
@@ -219,6 +224,10 @@ impl Client {
 
     /// `squall status`; with `watch`, a progress bar until the version has caught up.
     pub async fn status(&self, group: &str, watch: bool) -> anyhow::Result<()> {
+        if let Ok(a) = self.get::<ArchiveView>(&["v1", "archives", group]).await {
+            print_archive(&a);
+            return Ok(());
+        }
         let mut d: DeploymentDetail = self.get(&["v1", "deployments", group]).await?;
         let catching_up =
             |d: &DeploymentDetail| matches!(d.view.state, DeploymentState::Starting | DeploymentState::CatchingUp);
@@ -330,6 +339,30 @@ impl Client {
         Ok(())
     }
 
+    /// `squall archive start`.
+    pub async fn start_archive(&self, req: &StartArchiveRequest) -> anyhow::Result<()> {
+        let a: ArchiveView = self.post(&["v1", "archives"], Some(req)).await?;
+        println!(
+            "archiving {} to {} under group {}; follow it with `squall status {}`",
+            a.archive.topics.join(", "),
+            a.archive.url,
+            a.archive.group_id,
+            a.archive.group_id
+        );
+        Ok(())
+    }
+
+    /// `squall archive stop`.
+    pub async fn stop_archive(&self, group: &str) -> anyhow::Result<()> {
+        let req = self.http.delete(self.url(&["v1", "archives", group])).bearer_auth(self.token()?);
+        let a: ArchiveView = self.send(req).await?.json().await?;
+        println!(
+            "stopped archiver {} (what it read is stored and committed; {} stays)",
+            a.archive.group_id, a.archive.url
+        );
+        Ok(())
+    }
+
     /// `squall stop`.
     pub async fn stop(&self, group: &str) -> anyhow::Result<()> {
         let v: DeploymentView = self.post(&["v1", "deployments", group, "stop"], None::<&()>).await?;
@@ -434,17 +467,22 @@ fn print_detail(d: &DeploymentDetail) {
         println!("lag error:    {e}");
     }
     if !d.partitions.is_empty() {
-        println!("{:<28} {:>9} {:>12} {:>14} {:>10}", "TOPIC", "PARTITION", "COMMITTED", "HIGH WATERMARK", "LAG");
-        for p in &d.partitions {
-            println!(
-                "{:<28} {:>9} {:>12} {:>14} {:>10}",
-                p.topic,
-                p.partition,
-                p.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                p.high_watermark,
-                p.lag
-            );
-        }
+        print_partitions(&d.partitions, "COMMITTED", 12);
+    }
+}
+
+/// Per partition: the committed offset (under `committed`, `width` wide), high watermark, lag.
+fn print_partitions(partitions: &[crate::kafka::PartitionLag], committed: &str, width: usize) {
+    println!("{:<28} {:>9} {committed:>width$} {:>14} {:>10}", "TOPIC", "PARTITION", "HIGH WATERMARK", "LAG");
+    for p in partitions {
+        println!(
+            "{:<28} {:>9} {:>width$} {:>14} {:>10}",
+            p.topic,
+            p.partition,
+            p.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            p.high_watermark,
+            p.lag
+        );
     }
 }
 
@@ -512,4 +550,41 @@ fn print_diff(r: &DiffReport) {
 fn chrono_free_time(ms: u64) -> String {
     let s = ms / 1000;
     format!("{:02}:{:02}:{:02} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+/// The archivers, a line each.
+fn print_archives(all: &[ArchiveView]) {
+    println!("{:<32} {:<12} {:>10} {:>8} {:>8}  ARCHIVE", "ARCHIVER", "STATE", "LAG", "FILES", "RESTARTS");
+    for a in all {
+        println!(
+            "{:<32} {:<12} {:>10} {:>8} {:>8}  {}",
+            a.archive.group_id,
+            a.state.as_str(),
+            a.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            a.files.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
+            a.restarts,
+            a.archive.url
+        );
+    }
+    println!();
+}
+
+/// `squall status` of an archiver: its progress per partition.
+fn print_archive(a: &ArchiveView) {
+    println!("archiver:  {} ({})", a.archive.group_id, a.state.as_str());
+    println!("archive:   {}", a.archive.url);
+    println!("topics:    {}", a.archive.topics.join(", "));
+    match (&a.files, &a.files_error) {
+        (Some(n), _) => println!("files:     {n}"),
+        (None, Some(e)) => println!("files:     cannot list the archive: {e}"),
+        (None, None) => println!("files:     not listed yet"),
+    }
+    println!("restarts:  {}{}", a.restarts, if a.adopted { " (adopted from an earlier server)" } else { "" });
+    if let Some(e) = &a.last_error {
+        println!("last error: {e}");
+    }
+    if let Some(e) = &a.lag_error {
+        println!("lag:       cannot read: {e}");
+    }
+    print_partitions(&a.partitions, "ARCHIVED TO", 14);
 }

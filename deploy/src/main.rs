@@ -258,7 +258,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args, cli.log_json),
-        Command::Archive(args) => squall::archive_cli::main(args).map_err(anyhow::Error::from),
+        Command::Archive(args) => archive(args),
         Command::TrainingData(args) => squall::training::cli(args).map_err(anyhow::Error::from),
         Command::Openapi => {
             println!("{}", openapi::openapi_json());
@@ -606,6 +606,112 @@ fn parse_event_time(s: &str) -> Result<i64, String> {
     humantime::parse_rfc3339_weak(s)
         .map(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
         .map_err(|e| format!("{s:?}: {e}; use an RFC 3339 time (2026-09-01T00:00:00Z) or epoch milliseconds"))
+}
+
+/// `squall archive`: `start` and `stop` go to the server; else the archiver (or an import) runs
+/// here, and when a server started it, it serves `/v1/status` for that server (which renews its
+/// lease) and records itself in its runtime file, as a version process does.
+fn archive(args: squall::archive_cli::ArchiveArgs) -> anyhow::Result<()> {
+    use squall::archive_cli::Remote;
+    use std::sync::atomic::AtomicBool;
+    match args.remote() {
+        Some((Remote::Start { url, group, topics, rows_per_file, max_file_age }, client)) => {
+            // A directory is sent absolute, as the server requires: relative to where this runs.
+            let url = match url.contains("://") {
+                true => url,
+                false => std::path::absolute(&url).with_context(|| format!("--url {url}"))?.display().to_string(),
+            };
+            let req = squall::control::archives::StartArchiveRequest {
+                url,
+                group: Some(group),
+                topics: (!topics.is_empty()).then_some(topics),
+                rows_per_file,
+                max_file_age,
+            };
+            return client_call(client, |c| async move { c.start_archive(&req).await });
+        }
+        Some((Remote::Stop { group }, client)) => {
+            return client_call(client, |c| async move { c.stop_archive(&group).await });
+        }
+        None => {}
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let runfile = match args.managed() {
+        Some(m) => archiver_status(m, Arc::clone(&stop))?,
+        None => None,
+    };
+    let result = squall::archive_cli::main(args, stop).map_err(anyhow::Error::from);
+    if let Some(path) = runfile
+        && result.is_ok()
+    {
+        // A clean exit: nothing is left for a later server to adopt.
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Serves a server-run archiver's `/v1/status` on a thread of its own, records the process in
+/// its runtime file once it serves, and sets `stop` when its lease runs out; returns the runtime
+/// file's path.
+fn archiver_status(
+    m: squall::archive_cli::Managed,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Option<PathBuf>> {
+    use axum::extract::{Query, State};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = runtime
+        .block_on(TcpListener::bind(&m.listen))
+        .with_context(|| format!("cannot listen on {} (--listen)", m.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    if let Some(path) = &m.runtime_file {
+        let mut file = RunFile::of_this_process(&m.group, 0, &m.launch_id)
+            .with_context(|| format!("cannot describe this process for {}", path.display()))?;
+        file.url = Some(url.clone());
+        file.write(path).with_context(|| format!("cannot write the runtime file {}", path.display()))?;
+    }
+    let lease = m.adopt_timeout.map(|t| Arc::new(Lease::new(t)));
+    #[derive(Clone)]
+    struct Own {
+        group: String,
+        launch_id: String,
+        lease: Option<Arc<Lease>>,
+    }
+    let own = Own { group: m.group.clone(), launch_id: m.launch_id.clone(), lease: lease.clone() };
+    async fn status(
+        State(own): State<Own>,
+        Query(q): Query<std::collections::HashMap<String, String>>,
+    ) -> axum::Json<squall::version::counters::RunStatus> {
+        if let (Some(lease), Some(given)) = (&own.lease, q.get("launch_id"))
+            && *given == own.launch_id
+        {
+            lease.renew();
+        }
+        axum::Json(squall::version::counters::RunStatus {
+            group_id: own.group.clone(),
+            launch_id: Some(own.launch_id.clone()),
+            pid: Some(std::process::id()),
+            ..Default::default()
+        })
+    }
+    let router = axum::Router::new().route("/v1/status", axum::routing::get(status)).with_state(own);
+    tracing::info!(group_id = %m.group, %url, "serving the archiver's status");
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let serve = axum::serve(listener, router);
+            let Some(lease) = lease else {
+                let _ = serve.await;
+                return;
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = lease.expired() => {
+                    tracing::warn!(timeout = ?lease.timeout(), "no squall server has renewed this archiver's lease (--adopt-timeout): stopping");
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    });
+    Ok(m.runtime_file)
 }
 
 #[cfg(test)]

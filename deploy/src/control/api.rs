@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::handlers::{
-    Shared, deploy, detail, diff, list, logs, promote, rollback, stop, upload_binary, user_attributes,
+    Shared, archive, deploy, detail, diff, list, list_archives, logs, promote, rollback, start_archive, stop,
+    stop_archive, upload_binary, user_attributes,
 };
 use crate::version::http::ApiError;
 
@@ -22,6 +23,8 @@ pub fn router(control: Shared) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], super::openapi::openapi_json()) }),
         )
+        .route("/v1/archives", get(list_archives).post(start_archive))
+        .route("/v1/archives/{group_id}", get(archive).delete(stop_archive))
         .route("/v1/binaries", post(upload_binary))
         .route("/v1/deployments", get(list).post(deploy))
         .route("/v1/deployments/{group_id}", get(detail))

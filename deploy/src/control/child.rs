@@ -24,6 +24,7 @@ use futures::future::BoxFuture;
 use rustix::process::{Pid, PidfdFlags, Signal as UnixSignal};
 use tokio::io::unix::AsyncFd;
 
+use super::archives::ArchiveDeployment;
 use super::launcher::{
     LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, Survivor, Unverified, launch_id,
 };
@@ -221,6 +222,10 @@ impl ChildLauncher {
         launch_id: &str,
     ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&spec.program);
+        if let Some(a) = &spec.archiver {
+            self.archiver_command(&mut cmd, a, runfile, launch_id);
+            return cmd;
+        }
         cmd.arg("run")
             .arg("--topology")
             .arg(&spec.topology)
@@ -257,6 +262,39 @@ impl ChildLauncher {
             cmd.args(["--cql", c]);
         }
         cmd
+    }
+}
+
+impl ChildLauncher {
+    /// The command line of archiver `a`: `squall archive`, serving its status on a port of its
+    /// own choosing, with the same runtime file and lease as a version process.
+    fn archiver_command(
+        &self,
+        cmd: &mut tokio::process::Command,
+        a: &ArchiveDeployment,
+        runfile: &Path,
+        launch_id: &str,
+    ) {
+        cmd.arg("archive")
+            .args(["--url", &a.url, "--group", a.group_id.as_str()])
+            .args(["--topics", &a.topics.join(",")])
+            .args(["--launch-id", launch_id])
+            .arg("--runtime-file")
+            .arg(runfile)
+            .args(["--adopt-timeout", &humantime::format_duration(self.adopt_timeout).to_string()])
+            .args(["--listen", "127.0.0.1:0"]);
+        if let Some(n) = a.rows_per_file {
+            cmd.args(["--rows-per-file", &n.to_string()]);
+        }
+        if let Some(age) = &a.max_file_age {
+            cmd.args(["--max-file-age", age]);
+        }
+        if let Some(b) = &self.brokers {
+            cmd.args(["--brokers", b]);
+        }
+        if self.log_json {
+            cmd.arg("--log-json");
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::archives::{ArchiveRefusal, ArchiveView, StartArchiveRequest};
 use super::binaries::{StoredBinary, UploadError};
 use super::diff_runs::PromoteRequest;
 use super::routing::RouteError;
@@ -69,6 +70,7 @@ impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> ApiError {
         match e {
             CommandError::Refused(r) => refusal(r),
+            CommandError::Archive(r) => archive_refusal(r),
             CommandError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
             e @ (CommandError::InvalidGate(_) | CommandError::Spec(_)) => {
                 ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
@@ -123,6 +125,23 @@ fn refusal(r: Refusal) -> ApiError {
         Refusal::IsPromoted { .. } => ApiError::new(StatusCode::CONFLICT, message)
             .detail("stopping it would leave the topology without a version that answers queries")
             .hint("promote or roll back to another version first"),
+    }
+}
+
+fn archive_refusal(r: ArchiveRefusal) -> ApiError {
+    let message = r.to_string();
+    match r {
+        ArchiveRefusal::Unknown(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, message).hint("`squall list` shows the archivers the server runs")
+        }
+        ArchiveRefusal::Duplicate { .. } => ApiError::new(StatusCode::CONFLICT, message)
+            .hint("give another --group, or `squall archive stop` the running one first"),
+        ArchiveRefusal::SameArchive { .. } => ApiError::new(StatusCode::CONFLICT, message)
+            .detail("two archivers writing one archive would write the same files")
+            .hint("run one archiver per archive; give it every topic with --topics"),
+        ArchiveRefusal::VersionGroup(_) => ApiError::new(StatusCode::CONFLICT, message)
+            .detail("an archiver and a version sharing a group would commit over each other's offsets")
+            .hint("give the archiver its own --group"),
     }
 }
 
@@ -400,3 +419,51 @@ async fn bounded_answer(answer: Response, group_id: &GroupId) -> Result<Response
 
 /// What every answer of a version that honours read bounds carries.
 const AS_OF: &[u8] = b"\"as_of\":";
+
+#[utoipa::path(get, path = "/v1/archives", tag = "archives",
+    responses((status = 200, description = "Every archiver the server runs", body = [ArchiveView])))]
+pub(super) async fn list_archives(State(control): State<Shared>) -> Json<Vec<ArchiveView>> {
+    Json(control.archives())
+}
+
+#[utoipa::path(get, path = "/v1/archives/{group_id}", tag = "archives",
+    params(("group_id" = GroupId, Path, description = "The archiver's group id, e.g. squall-archive")),
+    responses((status = 200, body = ArchiveView, description = "The archiver and its progress"),
+              (status = 400, description = "Invalid group id"), (status = 404, description = "Unknown group id")))]
+pub(super) async fn archive(State(control): State<Shared>, Group(g): Group) -> Result<Json<ArchiveView>, ApiError> {
+    Ok(Json(control.archive(&g)?))
+}
+
+#[utoipa::path(post, path = "/v1/archives", tag = "archives", request_body = StartArchiveRequest,
+    security(("bearer" = [])),
+    responses((status = 201, body = ArchiveView, description = "Started: its process is starting"),
+              (status = 400, description = "A bad URL, group id, topic, rows_per_file or max_file_age, or a body that is not JSON"),
+              (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
+              (status = 409, description = "An archiver with that group id runs already, another one writes that archive, or a version has that group id"),
+              (status = 413, description = "A body larger than 2 MiB"),
+              (status = 415, description = "A body that is not `Content-Type: application/json`"),
+              (status = 422, description = "JSON that is not a start request (a missing or mistyped field)"),
+              (status = 500, description = "The server could not record the archiver")))]
+pub(super) async fn start_archive(
+    State(control): State<Shared>,
+    _: Authorized,
+    body: Result<Json<StartArchiveRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<ArchiveView>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid archive request").detail(e.body_text()))?;
+    Ok((StatusCode::CREATED, Json(control.start_archive(req).await?)))
+}
+
+#[utoipa::path(delete, path = "/v1/archives/{group_id}", tag = "archives", security(("bearer" = [])),
+    params(("group_id" = GroupId, Path, description = "The archiver's group id")),
+    responses((status = 200, body = ArchiveView, description = "Stopped (what it held is stored and committed) and forgotten; the archive stays"),
+              (status = 400, description = "Invalid group id"),
+              (status = 401, description = "No token"), (status = 403, description = "Wrong token"),
+              (status = 404, description = "Unknown group id"),
+              (status = 500, description = "The server could not record the change")))]
+pub(super) async fn stop_archive(
+    State(control): State<Shared>,
+    _: Authorized,
+    Group(g): Group,
+) -> Result<Json<ArchiveView>, ApiError> {
+    Ok(Json(control.stop_archive(&g).await?))
+}

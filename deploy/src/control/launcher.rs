@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use super::archives::ArchiveDeployment;
 use super::registry::BackfillFrom;
 use crate::values::{GroupId, StartPosition};
 
@@ -36,6 +37,9 @@ pub struct LaunchSpec {
     pub start_from: StartPosition,
     /// The archive it applies first.
     pub backfill: Option<BackfillFrom>,
+    /// An archiver, not a version: run `squall archive` with this record (one process; the
+    /// topology, version and workers above are unused).
+    pub archiver: Option<ArchiveDeployment>,
 }
 
 /// How a process came to be managed by this server.

@@ -9,6 +9,8 @@
 //!   launcher that runs `squall run` children; [`supervisor`]: restarts and stops a deployment's runs.
 //! - [`lag`]: the seam to Kafka (the [`lag::LagSource`] trait); [`monitor`]: lag, child status
 //!   and the heartbeats that renew the processes' leases.
+//! - [`archives`]: the archivers the server runs (`squall archive start`): their record, views
+//!   and the decisions of start and stop; they run through the same launcher and supervisor.
 //! - [`binaries`]: executables uploaded for versions that run custom code.
 //! - [`routing`]: which process answers which query, from a lock-free snapshot.
 //! - [`promotions`]: the CQL store's `promoted_versions` rows, following the registry.
@@ -23,6 +25,7 @@
 //! not stop another; the control plane reaches them only through the two seams and their HTTP API.
 
 pub mod api;
+pub mod archives;
 pub mod binaries;
 pub mod child;
 mod counters;
@@ -50,6 +53,7 @@ use squall_topologies::{SpecError, TopologySpec};
 
 use crate::changelog_diff::{DiffError, DiffReport, DiffSession};
 
+use self::archives::{ArchiveDeployment, ArchiveRefusal, ArchiveView, StartArchiveRequest};
 use self::diff_runs::{DiffSummary, Diffs, Gate, GateRefusal, InvalidGate, PromoteRequest};
 use self::lag::LagSource;
 use self::launcher::{LaunchSpec, Launcher};
@@ -114,6 +118,9 @@ pub enum CommandError {
     /// A gated promotion whose diff is below the bar: nothing changed.
     #[error("promotion refused: {0}")]
     Gate(GateRefusal),
+    /// An archive command was refused.
+    #[error(transparent)]
+    Archive(#[from] ArchiveRefusal),
     /// The change could not be made durable.
     #[error("cannot {what}: {error}")]
     Io {
@@ -135,6 +142,8 @@ impl CommandError {
 struct Book {
     observed: HashMap<GroupId, Observed>,
     progress: HashMap<GroupId, Progress>,
+    /// Each archiver's data files, from the last listing of its archive.
+    archive_files: HashMap<GroupId, Result<u64, String>>,
 }
 
 /// The control plane's shared state.
@@ -175,6 +184,7 @@ impl Control {
         let routes = Routing::default();
         routes.set_registry(registry.data());
         let recorded: Vec<Deployment> = registry.data().deployments.values().cloned().collect();
+        let archivers: Vec<ArchiveDeployment> = registry.data().archives.values().cloned().collect();
         let control = Arc::new(Control {
             registry: tokio::sync::Mutex::new(registry),
             book: Mutex::new(Book::default()),
@@ -198,6 +208,10 @@ impl Control {
                     tokio::spawn(supervisor::retire(Arc::clone(&control.launcher), control.launch_spec(&d)));
                 }
             }
+        }
+        for a in archivers {
+            tracing::info!(group_id = %a.group_id, url = %a.url, "resuming archiver");
+            control.launch_spec_as(control.archiver_spec(&a), Begin::Resume);
         }
         tokio::spawn(monitor::run(Arc::downgrade(&control), control.cfg.poll_every));
         tokio::spawn(monitor::heartbeats(Arc::downgrade(&control), control.cfg.poll_every));
@@ -254,15 +268,37 @@ impl Control {
 
     /// Starts the supervisor of `d`.
     fn launch(self: &Arc<Self>, d: &Deployment, begin: Begin) {
+        self.launch_spec_as(self.launch_spec(d), begin);
+    }
+
+    /// Starts the supervisor of `spec` (a version's or an archiver's).
+    fn launch_spec_as(self: &Arc<Self>, spec: LaunchSpec, begin: Begin) {
         let control = Arc::downgrade(self);
-        let g = d.group_id.clone();
+        let g = spec.group_id.clone();
         let report = Arc::new(move |o: Observation| {
             if let Some(c) = control.upgrade() {
                 c.observe(&g, o);
             }
         });
-        let supervisor = Supervisor::spawn(Arc::clone(&self.launcher), self.launch_spec(d), begin, report);
-        lock(&self.supervisors).insert(d.group_id.clone(), supervisor);
+        let group_id = spec.group_id.clone();
+        let supervisor = Supervisor::spawn(Arc::clone(&self.launcher), spec, begin, report);
+        lock(&self.supervisors).insert(group_id, supervisor);
+    }
+
+    /// What the launcher runs for archiver `a`: `squall archive`, one process.
+    fn archiver_spec(&self, a: &ArchiveDeployment) -> LaunchSpec {
+        let dir = self.cfg.state_dir.deployment(&a.group_id);
+        LaunchSpec {
+            group_id: a.group_id.clone(),
+            program: self.cfg.program.clone(),
+            topology: dir.topology(),
+            version: 0,
+            workers: 1,
+            processes: 1,
+            start_from: StartPosition::default(),
+            backfill: None,
+            archiver: Some(a.clone()),
+        }
     }
 
     /// What the launcher runs for `d`: its own executable if it names one, else the server's.
@@ -276,6 +312,7 @@ impl Control {
             processes: d.processes,
             start_from: d.start_from.clone(),
             backfill: d.backfill.clone(),
+            archiver: None,
         }
     }
 
@@ -402,6 +439,9 @@ impl Control {
             backfill,
             ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now as u64)
         };
+        if self.routes.load().registry().archives.contains_key(&d.group_id) {
+            return Err(bad(format!("{} is the group id of an archiver this server runs", d.group_id)));
+        }
         // Refusals first, as far as they can be seen without the lock; then what Kafka says.
         self.with_facts(self.routes.load().registry(), |f, _| state::deploy(f, d.clone()))?;
         self.check_start_group(&d, &spec).await?;
@@ -521,6 +561,111 @@ impl Control {
         }
         tracing::info!(group_id = %g, "stopped");
         Ok(self.view_of(self.routes.load().registry(), g))
+    }
+
+    // ------------------------------------------------------------ archivers
+
+    /// Starts an archiver, supervised like a version.
+    pub async fn start_archive(self: &Arc<Self>, req: StartArchiveRequest) -> Result<ArchiveView, CommandError> {
+        let a = self.archive_record(req)?;
+        let mut registry = self.registry.lock().await;
+        let next = archives::start(registry.data(), a.clone())?;
+        std::fs::create_dir_all(self.cfg.state_dir.deployment(&a.group_id).path())
+            .map_err(|e| CommandError::io("create the archiver's directory", e))?;
+        registry.commit(next).map_err(|e| CommandError::io("save the registry", e))?;
+        self.routes.set_registry(registry.data());
+        self.launch_spec_as(self.archiver_spec(&a), Begin::Start);
+        tracing::info!(group_id = %a.group_id, url = %a.url, "archiver started");
+        Ok(self.archive_view(&a))
+    }
+
+    /// The record of the archiver `req` asks for, checked.
+    fn archive_record(&self, req: StartArchiveRequest) -> Result<ArchiveDeployment, CommandError> {
+        let bad = CommandError::Invalid;
+        let group = req.group.unwrap_or_else(|| "squall-archive".into());
+        let group_id: GroupId = group.parse().map_err(|e| bad(format!("group {group:?}: {e}")))?;
+        let topics = match req.topics {
+            Some(t) if t.is_empty() => return Err(bad("topics is empty: name at least one topic".into())),
+            Some(t) => t,
+            None => archives::DEFAULT_TOPICS.iter().map(|t| t.to_string()).collect(),
+        };
+        for t in &topics {
+            t.parse::<squall_archive::TopicSpec>().map_err(|e| bad(format!("topics: {e}")))?;
+        }
+        if req.rows_per_file == Some(0) {
+            return Err(bad("rows_per_file = 0: use at least 1".into()));
+        }
+        if let Some(age) = &req.max_file_age {
+            humantime::parse_duration(age).map_err(|e| bad(format!("max_file_age {age:?}: {e}; e.g. 60s")))?;
+        }
+        if req.url.trim().is_empty() {
+            return Err(bad("url is empty: give a directory or an s3://, gs://, az:// URL".into()));
+        }
+        let url = req.url;
+        match reqwest::Url::parse(&url) {
+            Ok(u) if u.scheme() == "file" => {
+                let path = u.to_file_path().map_err(|()| bad(format!("url {url:?}: not a local path")))?;
+                check_archive_dir(&path.display().to_string()).map_err(bad)?;
+            }
+            // Parsed as the archiver will (no request is sent to the store).
+            Ok(_) => drop(squall_archive::Archive::open(&url).map_err(|e| bad(format!("url: {e}")))?),
+            Err(_) => check_archive_dir(&url).map_err(bad)?,
+        }
+        Ok(ArchiveDeployment {
+            group_id,
+            url,
+            topics,
+            rows_per_file: req.rows_per_file,
+            max_file_age: req.max_file_age,
+            created_at_ms: now_ms() as u64,
+        })
+    }
+
+    /// Stops archiver `g` (it stores what it holds and commits) and forgets it; the archive stays.
+    pub async fn stop_archive(self: &Arc<Self>, g: &GroupId) -> Result<ArchiveView, CommandError> {
+        let a = {
+            let mut registry = self.registry.lock().await;
+            let a = registry.data().archives.get(g).cloned();
+            let next = archives::stop(registry.data(), g)?;
+            registry.commit(next).map_err(|e| CommandError::io("save the registry", e))?;
+            self.routes.set_registry(registry.data());
+            a.ok_or_else(|| ArchiveRefusal::Unknown(g.clone()))?
+        };
+        let view = self.archive_view(&a);
+        self.halt(g).await;
+        let mut book = self.book();
+        book.observed.remove(g);
+        book.progress.remove(g);
+        book.archive_files.remove(g);
+        tracing::info!(group_id = %g, "archiver stopped");
+        Ok(view)
+    }
+
+    /// Every archiver.
+    pub fn archives(&self) -> Vec<ArchiveView> {
+        let routes = self.routes.load();
+        routes.registry().archives.values().map(|a| self.archive_view(a)).collect()
+    }
+
+    /// Archiver `g`.
+    pub fn archive(&self, g: &GroupId) -> Result<ArchiveView, CommandError> {
+        let routes = self.routes.load();
+        let a = routes.registry().archives.get(g).ok_or_else(|| ArchiveRefusal::Unknown(g.clone()))?;
+        Ok(self.archive_view(a))
+    }
+
+    fn archive_view(&self, a: &ArchiveDeployment) -> ArchiveView {
+        let book = self.book();
+        ArchiveView::of(a, book.observed.get(&a.group_id), book.archive_files.get(&a.group_id))
+    }
+
+    /// The brokers an archiver reads: the server's, else the archiver's default.
+    fn archive_inputs(&self, a: &ArchiveDeployment) -> Inputs {
+        let topics = a.topics.iter().filter_map(|t| t.parse::<squall_archive::TopicSpec>().ok());
+        Inputs {
+            brokers: self.cfg.brokers.clone().unwrap_or_else(|| "127.0.0.1:9092".into()),
+            topics: topics.map(|t| (t.name, t.kind)).collect(),
+        }
     }
 
     // ------------------------------------------------------------ diffs
@@ -659,4 +804,24 @@ impl Control {
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
+}
+
+/// An archive directory on the server's host must be named by an absolute path (the server's and
+/// the archiver's working directories are nobody's business), exist already (the server creates
+/// nothing on a request's say-so), and not be the filesystem's root.
+fn check_archive_dir(url: &str) -> Result<(), String> {
+    let path = std::path::Path::new(url);
+    if !path.is_absolute() {
+        return Err(format!(
+            "url {url:?}: a directory must be an absolute path on the server's host \
+             (`squall archive start` makes a relative one absolute)"
+        ));
+    }
+    if path.parent().is_none() {
+        return Err(format!("url {url:?}: the filesystem's root; give the archive a directory of its own"));
+    }
+    if !path.is_dir() {
+        return Err(format!("url {url:?}: no such directory on the server's host; create it first (mkdir -p)"));
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use super::archives::ArchiveDeployment;
 use super::registry::Deployment;
 use super::state::{Observation, ProcessSlot};
 use super::{Control, counters};
@@ -167,7 +168,38 @@ pub(super) async fn run(control: Weak<Control>, every: Duration) {
         for (d, lag) in futures::future::join_all(reads).await {
             record(&control, d, lag);
         }
+        archivers(&control).await;
     }
+}
+
+/// Reads each archiver's progress: its group's lag (it commits only what is stored) and the
+/// data files its archive's manifest lists.
+async fn archivers(control: &Control) {
+    let routes = control.routes.load();
+    let reads = routes.registry().archives.values().map(|a| async move {
+        let lag = read_lag(control, &a.group_id, control.archive_inputs(a)).await;
+        (a.group_id.clone(), lag, archived_files(a).await)
+    });
+    for (g, lag, files) in futures::future::join_all(reads).await {
+        // Not for an archiver stopped meanwhile.
+        if !control.routes.load().registry().archives.contains_key(&g) {
+            continue;
+        }
+        let mut book = control.book();
+        book.observed.entry(g.clone()).or_default().apply(Observation::Progress { lag, events_per_sec: 0.0 });
+        book.archive_files.insert(g, files);
+    }
+}
+
+/// The data files of `a`'s topics in its archive's manifest.
+async fn archived_files(a: &ArchiveDeployment) -> Result<u64, String> {
+    let archive = squall_archive::Archive::open(&a.url).map_err(|e| e.to_string())?;
+    let mut files = 0;
+    for t in a.topics.iter().filter_map(|t| t.parse::<squall_archive::TopicSpec>().ok()) {
+        let listed = archive.list_topic(&t.name).await.map_err(|e| e.to_string())?;
+        files += listed.values().map(|f| f.len() as u64).sum::<u64>();
+    }
+    Ok(files)
 }
 
 async fn read_lag(control: &Control, group: &GroupId, inputs: Inputs) -> Result<Vec<PartitionLag>, String> {

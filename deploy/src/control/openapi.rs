@@ -15,17 +15,21 @@ use crate::version::counters::RunStatus;
 #[openapi(
     info(title = "squall", description = "Deploy topology versions side by side, promote, roll back, and query user attributes."),
     paths(handlers::list, handlers::detail, handlers::logs, handlers::deploy, handlers::promote, handlers::rollback,
-          handlers::stop, handlers::upload_binary, handlers::user_attributes, handlers::diff),
+          handlers::stop, handlers::upload_binary, handlers::user_attributes, handlers::diff,
+          handlers::list_archives, handlers::archive, handlers::start_archive, handlers::stop_archive),
     components(schemas(
         DeploymentView, DeploymentDetail, DeploymentState, DeployRequest, RollbackResponse, Sample, Deployment, Desired,
         PartitionLag, RunStatus, StoredBinary, crate::version::http::UserAttributes,
         crate::version::freshness::AsOf, crate::version::freshness::FreshnessStatus,
         super::diff_runs::PromoteRequest, super::diff_runs::DiffSummary, crate::changelog_diff::DiffReport,
         crate::changelog_diff::AttributeAgreement, crate::changelog_diff::NotComparable, crate::changelog_diff::DifferingValue,
-        crate::version::http::ErrorBody, GroupId, UserId, Executable
+        crate::version::http::ErrorBody, GroupId, UserId, Executable,
+        super::archives::ArchiveDeployment, super::archives::ArchiveView, super::archives::ArchiveState,
+        super::archives::StartArchiveRequest
     )),
     modifiers(&BearerAuth, &ErrorBodies),
     tags((name = "deployments", description = "Topology versions and their lifecycle"),
+         (name = "archives", description = "Archivers of the input topics the server runs"),
          (name = "binaries", description = "Executables that versions with custom code run"),
          (name = "users", description = "Per-user attributes"))
 )]

@@ -136,6 +136,9 @@ pub struct RegistryData {
     pub deployments: BTreeMap<GroupId, Deployment>,
     /// The promoted group id of each topology: the version that answers queries by default.
     pub promoted: BTreeMap<String, GroupId>,
+    /// The archivers the server runs, by group id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub archives: BTreeMap<GroupId, super::archives::ArchiveDeployment>,
 }
 
 impl RegistryData {

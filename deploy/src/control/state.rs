@@ -97,8 +97,10 @@ pub struct Observed {
     pub lag_error: Option<String>,
     /// Events applied per second (last reading).
     pub events_per_sec: f64,
-    /// Its processes said they still read an archive (last reading).
-    pub backfilling: bool,
+    /// Whether its processes said they still read an archive (last reading since the run
+    /// started; none yet: a version deployed with a backfill counts as backfilling, so it is not
+    /// shown catching up on Kafka before its first reading).
+    pub backfilling: Option<bool>,
 }
 
 /// One process of a deployment's current run.
@@ -157,10 +159,12 @@ impl Observed {
             Observation::Launched { launch_ids } => {
                 self.processes = slots(launch_ids);
                 self.adopted = false;
+                self.backfilling = None;
             }
             Observation::Adopted { launch_ids } => {
                 self.processes = slots(launch_ids);
                 self.adopted = true;
+                self.backfilling = None;
             }
             Observation::Ready { process, url } => {
                 if let Some(slot) = self.processes.get_mut(process) {
@@ -173,7 +177,7 @@ impl Observed {
                 self.last_error = Some(why);
             }
             Observation::Halted => self.processes.clear(),
-            Observation::Backfilling(b) => self.backfilling = b,
+            Observation::Backfilling(b) => self.backfilling = Some(b),
             Observation::Progress { lag, events_per_sec } => {
                 match lag {
                     Ok(lag) => {
@@ -222,7 +226,7 @@ impl Facts<'_> {
         if o.serving().is_none() {
             return if o.last_error.is_some() { DeploymentState::Failed } else { DeploymentState::Starting };
         }
-        if o.backfilling {
+        if o.backfilling.unwrap_or(d.backfill.is_some()) {
             return DeploymentState::Backfilling;
         }
         let threshold = self.catch_up_lag.max((o.events_per_sec * 2.0) as i64);
@@ -702,6 +706,22 @@ mod tests {
         assert_eq!(w.state("p-v1"), Failed);
         w.observe("p-v1", launched(2));
         assert!(!w.observed[&g("p-v1")].adopted);
+    }
+
+    #[test]
+    fn a_backfilled_version_is_backfilling_until_its_processes_say_otherwise() {
+        let mut w = World::with(Starting);
+        let v1 = w.registry.deployments.get_mut(&g("p-v1")).unwrap();
+        v1.backfill = Some(crate::control::registry::BackfillFrom { archive: "/a".into(), since_ms: None });
+        // Serving, with no reading of its processes yet: not catching up on Kafka before the archive.
+        w.serve("p-v1", THRESHOLD + 1);
+        assert_eq!(w.state("p-v1"), Backfilling);
+        w.observe("p-v1", Observation::Backfilling(false));
+        assert_eq!(w.state("p-v1"), CatchingUp);
+        // A new run is read afresh.
+        w.observe("p-v1", launched(2));
+        w.serve("p-v1", THRESHOLD);
+        assert_eq!(w.state("p-v1"), Backfilling);
     }
 
     #[test]
