@@ -43,9 +43,11 @@
 
 pub mod asof;
 pub mod catalogue;
+pub mod consistency;
 pub mod dataflow;
 pub mod labels;
 pub mod output;
+pub mod prefix;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
