@@ -2,8 +2,9 @@
 //! `squall archive` archived its inputs: every user in the changelog is compared and agrees with
 //! the recomputation from the archive, 0 differing, none left not comparable; `--sample` checks
 //! the same users every time. It must fail, naming the user, attribute and both values, for a
-//! different declaration under the same archive and for a tampered changelog message; a bad
-//! group, a missing changelog and an empty archive are refused with what to do.
+//! different declaration under the same archive and for a tampered changelog message, and count
+//! a user claiming an event the archive lacks as not comparable; a bad group, a missing changelog
+//! and an empty archive are refused with what to do.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -93,9 +94,11 @@ async fn after_kills_and_resends_every_user_agrees_with_the_archive_and_differen
     let mut at = T0;
     let mut batches: Vec<_> = (0..RUNS).map(|_| f.batch(&mut generator, &mut at, EVENTS / RUNS).0).collect();
     let last = batches.pop().expect("batches");
-    let mut kills = 0;
+    let (mut kills, mut recoveries) = (0, 0);
+    let recovered = |s: &Squall| s.stdout().iter().filter(|l| l.contains("recovered from checkpoint")).count();
     for batch in batches {
         let squall = Squall::run(&topology, &["--workers", "2"]);
+        recoveries += recovered(&squall);
         let producing = tokio::spawn(squall_tests::produce(batch));
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..1500))).await;
         squall.kill9();
@@ -103,13 +106,15 @@ async fn after_kills_and_resends_every_user_agrees_with_the_archive_and_differen
         producing.await.expect("producer");
     }
     let squall = Squall::run(&topology, &["--workers", "2"]);
+    recoveries += recovered(&squall);
+    assert!(recoveries >= 1, "at least one restart resumed from a checkpoint");
     squall_tests::produce(last).await;
     wait_for_committed_at_end(&brokers(), &group, &[&f.songs, &f.ads], PARTITIONS, Duration::from_secs(120)).await;
     wait_for_committed_at_end(&brokers(), &archive_group, &[&f.songs, &f.ads], PARTITIONS, Duration::from_secs(120))
         .await;
     let status = terminate(&mut archiver, Duration::from_secs(30)).expect("the archiver exits on SIGTERM");
     assert!(status.success(), "squall archive exited with {status}");
-    println!("consistency test: {kills} kills");
+    println!("consistency test: {kills} kills, {recoveries} recoveries from a checkpoint");
 
     let (t, a) = (topology.to_str().unwrap(), archive_dir.to_str().unwrap());
     // Every user: compared (the archive holds every event the version applied) and agreeing.
@@ -148,25 +153,38 @@ async fn after_kills_and_resends_every_user_agrees_with_the_archive_and_differen
     assert_eq!(plays["differ"], 0, "{plays}");
     let example = &r["examples"][0];
     assert_eq!(example["attribute"], "skips", "{r:#}");
+    let out = consistency(&[&group, "--topology", other.to_str().unwrap(), "--archive", a, "--sample", "50"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.contains("differing values") && table.contains("skips: live"), "{table}");
     assert!(example["live"].as_u64().unwrap() > example["archive"].as_u64().unwrap(), "{example}");
 
-    // A tampered changelog message: the same evidence, one more play, a later cut.
+    // Tampered changelog messages with a later cut: one with the same evidence and one more play
+    // (a difference), one claiming more events than the archive holds (not comparable).
     let consumer: rdkafka::consumer::BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", unique("peek")).create().unwrap();
     let topic = format!("{group}.attributes");
-    let latest = first_message(&consumer, &topic);
-    let mut tampered = latest.clone();
+    let [mut tampered, mut ahead] = first_messages(&consumer, &topic);
+    squall.kill9();
     let user = tampered["user_id"].as_str().unwrap().to_owned();
     tampered["attributes"]["plays"] = serde_json::json!(tampered["attributes"]["plays"].as_u64().unwrap() + 1);
-    tampered["cut"] = serde_json::json!(tampered["cut"].as_u64().unwrap() + 1_000_000_000);
-    squall.kill9();
+    ahead["events"] = serde_json::json!(ahead["events"].as_u64().unwrap() + 1_000_000);
+    ahead["events_hash"] = serde_json::json!("0123456789abcdef");
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
-    let payload = serde_json::to_vec(&tampered).unwrap();
-    producer.send(FutureRecord::to(&topic).key(&user).payload(&payload), Duration::from_secs(10)).await.unwrap();
+    for mut m in [tampered, ahead] {
+        m["cut"] = serde_json::json!(m["cut"].as_u64().unwrap() + 1_000_000_000);
+        let (key, payload) = (m["user_id"].as_str().unwrap().to_owned(), serde_json::to_vec(&m).unwrap());
+        producer.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(10)).await.unwrap();
+    }
     let out = consistency(&[&group, "--topology", t, "--archive", a, "--json"]);
     let r = report(&out);
     assert!(!out.status.success(), "a tampered changelog must fail: {r:#}");
-    assert_eq!(r["users_differing"], 1, "{r:#}");
+    assert_eq!(
+        (r["users_differing"].as_u64(), r["not_comparable"]["archive_behind"].as_u64()),
+        (Some(1), Some(1)),
+        "{r:#}"
+    );
+    assert_eq!(r["users_compared"].as_u64().unwrap() + 1, r["users_checked"].as_u64().unwrap(), "{r:#}");
     let example = &r["examples"][0];
     assert_eq!((example["user_id"].as_str(), example["attribute"].as_str()), (Some(user.as_str()), Some("plays")));
     assert_eq!(example["live"].as_u64(), example["archive"].as_u64().map(|p| p + 1), "{example}");
@@ -194,8 +212,8 @@ async fn after_kills_and_resends_every_user_agrees_with_the_archive_and_differen
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The first message read from `topic` (any partition), as JSON.
-fn first_message(consumer: &rdkafka::consumer::BaseConsumer, topic: &str) -> serde_json::Value {
+/// The first two messages read from `topic` (any partitions) of two different users, as JSON.
+fn first_messages(consumer: &rdkafka::consumer::BaseConsumer, topic: &str) -> [serde_json::Value; 2] {
     use rdkafka::Message as _;
     use rdkafka::consumer::Consumer as _;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
@@ -204,10 +222,17 @@ fn first_message(consumer: &rdkafka::consumer::BaseConsumer, topic: &str) -> ser
         tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    for _ in 0..60 {
+    let mut found: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..1000 {
         if let Some(Ok(m)) = consumer.poll(Duration::from_secs(1)) {
-            return serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            if found.iter().all(|f| f["user_id"] != v["user_id"]) {
+                found.push(v);
+            }
+            if let Ok(two) = <[serde_json::Value; 2]>::try_from(found.clone()) {
+                return two;
+            }
         }
     }
-    panic!("no message in {topic}");
+    panic!("no two users in {topic}");
 }
