@@ -222,6 +222,9 @@ pub struct Report {
     pub users_checked: u64,
     /// Checked users compared: their live evidence matched archived events.
     pub users_compared: u64,
+    /// Compared users whose archived events go further than the version has applied (compared
+    /// as of the point the version reached).
+    pub users_behind_archive: u64,
     /// Compared users agreeing on every attribute.
     pub users_agreeing: u64,
     /// Compared users with at least one differing attribute.
@@ -352,10 +355,11 @@ pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
             })
             .collect();
         match prefix::applied(&entries, live[*user].1.evidence, horizon_ms) {
-            Ok(picked) => {
+            Ok(applied) => {
+                matched.push((*user, applied.events.len() < applied.archived));
                 let mut events: Vec<Option<(Position, Event)>> = events.into_iter().map(Some).collect();
-                items.extend(picked.into_iter().filter_map(|i| events[i].take()).map(|(p, e)| Item::Event(p, e)));
-                matched.push(*user);
+                let picked = applied.events.into_iter().filter_map(|i| events[i].take());
+                items.extend(picked.map(|(p, e)| Item::Event(p, e)));
             }
             Err(why) => not_comparable.count(why),
         }
@@ -370,7 +374,8 @@ pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
     let mut per_attribute: HashMap<String, (u64, u64)> = HashMap::new();
     let (mut compared, mut agreeing) = (0, 0);
     let mut differing: BTreeMap<&str, Vec<compare::Difference>> = BTreeMap::new();
-    for user in matched {
+    let mut behind = 0;
+    for (user, short) in matched {
         let record = &live[user].1;
         let Some((evidence, json)) = asof.latest(user).filter(|(e, _)| *e == record.evidence) else {
             not_comparable.replay_differs += 1;
@@ -382,6 +387,7 @@ pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
             Record { evidence, attributes: attributes.into_iter().map(|(k, v)| (k, v.to_string())).collect() };
         archive_names.get_or_insert_with(|| offline.attributes.iter().map(|(n, _)| n.clone()).collect());
         compared += 1;
+        behind += u64::from(short);
         let mut all = true;
         for (name, _, _, ok) in compare::shared(record, &offline, TOLERANCE) {
             let counts = match per_attribute.get_mut(name) {
@@ -410,6 +416,7 @@ pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
         users_in_changelog: live.len() as u64,
         users_checked: users.len() as u64,
         users_compared: compared,
+        users_behind_archive: behind,
         users_agreeing: agreeing,
         users_differing: compared - agreeing,
         attributes: live_names
@@ -550,9 +557,10 @@ pub fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "compared {}: agreeing {}, differing {}; not comparable {} (archive behind {}, no matching prefix {}, too \
-         many partitions {}, replay differs {})",
+        "compared {} ({} as of a point before the archive's end): agreeing {}, differing {}; not comparable {} \
+         (archive behind {}, no matching prefix {}, too many partitions {}, replay differs {})",
         r.users_compared,
+        r.users_behind_archive,
         r.users_agreeing,
         r.users_differing,
         nc.total(),

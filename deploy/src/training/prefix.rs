@@ -50,9 +50,19 @@ pub enum Unmatched {
     TooManyCombinations,
 }
 
-/// The indices into `entries` of the events the version applied (resends left out), in no
-/// particular order; `horizon_ms` is the version's dedup horizon (0: off).
-pub fn applied(entries: &[Entry], live: Evidence, horizon_ms: i64) -> Result<Vec<usize>, Unmatched> {
+/// What the version applied of a user's archived events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The indices into the entries of the events it applied, in no particular order.
+    pub events: Vec<usize>,
+    /// The archived events it would apply, resends left out: more than `events` when the
+    /// archive goes further than the version has read.
+    pub archived: usize,
+}
+
+/// The events the version applied (resends left out); `horizon_ms` is the version's dedup
+/// horizon (0: off).
+pub fn applied(entries: &[Entry], live: Evidence, horizon_ms: i64) -> Result<Applied, Unmatched> {
     // Resends out, in the replay's order (event time, then place in the archive).
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| (entries[i].ts, entries[i].stream, entries[i].offset));
@@ -97,7 +107,8 @@ pub fn applied(entries: &[Entry], live: Evidence, horizon_ms: i64) -> Result<Vec
     if !search(&sums, 0, count, live.hash, &mut budget, &mut lengths) {
         return Err(if budget == 0 { Unmatched::TooManyCombinations } else { Unmatched::NoPrefix });
     }
-    Ok(streams.iter().zip(&lengths).flat_map(|(s, &l)| s[..l].iter().copied()).collect())
+    let events = streams.iter().zip(&lengths).flat_map(|(s, &l)| s[..l].iter().copied()).collect();
+    Ok(Applied { events, archived: total })
 }
 
 /// Whether streams `p..` have prefixes of `count` events in all whose keys sum to `hash`; if so
@@ -160,18 +171,18 @@ mod tests {
         let e = two_streams();
         // Songs read up to offset 11, ads to 6: not a prefix in event time (300 before 400 is missing).
         let picked = [0, 2, 1, 4];
-        assert_eq!(sorted(applied(&e, evidence(&e, &picked), 0).unwrap()), sorted(picked.to_vec()));
+        assert_eq!(sorted(applied(&e, evidence(&e, &picked), 0).unwrap().events), sorted(picked.to_vec()));
         // Everything, nothing, songs only.
-        assert_eq!(sorted(applied(&e, evidence(&e, &[0, 1, 2, 3, 4]), 0).unwrap()), vec![0, 1, 2, 3, 4]);
-        assert_eq!(applied(&e, Evidence::default(), 0).unwrap(), Vec::<usize>::new());
-        assert_eq!(sorted(applied(&e, evidence(&e, &[0, 2, 3]), 0).unwrap()), vec![0, 2, 3]);
+        assert_eq!(sorted(applied(&e, evidence(&e, &[0, 1, 2, 3, 4]), 0).unwrap().events), vec![0, 1, 2, 3, 4]);
+        assert_eq!(applied(&e, Evidence::default(), 0).unwrap().events, Vec::<usize>::new());
+        assert_eq!(sorted(applied(&e, evidence(&e, &[0, 2, 3]), 0).unwrap().events), vec![0, 2, 3]);
     }
 
     #[test]
     fn prefixes_follow_offsets_not_event_time() {
         // Out of order in event time within the partition: offset 21 has the earlier time.
         let e = vec![entry(0, 0, 20, 500, 7), entry(0, 0, 21, 100, 11), entry(0, 0, 22, 300, 13)];
-        assert_eq!(applied(&e, evidence(&e, &[0]), 0).unwrap(), vec![0]);
+        assert_eq!(applied(&e, evidence(&e, &[0]), 0).unwrap(), Applied { events: vec![0], archived: 3 });
         // The event-time prefix {100} is not an offset prefix: nothing matches it.
         assert_eq!(applied(&e, evidence(&e, &[1]), 0), Err(Unmatched::NoPrefix));
     }
@@ -182,14 +193,14 @@ mod tests {
         let e = vec![entry(0, 0, 1, 100, 7), entry(0, 0, 2, 200, 9), entry(0, 0, 3, 100, 7), entry(0, 0, 4, 300, 5)];
         // The version applied 1, 2 and 4 (3 dropped): its evidence is 3 events.
         let live = evidence(&e, &[0, 1, 3]);
-        assert_eq!(sorted(applied(&e, live, 60_000).unwrap()), vec![0, 1, 3]);
+        assert_eq!(sorted(applied(&e, live, 60_000).unwrap().events), vec![0, 1, 3]);
         // Read up to offset 3: the resend changed nothing.
-        assert_eq!(sorted(applied(&e, evidence(&e, &[0, 1]), 60_000).unwrap()), vec![0, 1]);
+        assert_eq!(sorted(applied(&e, evidence(&e, &[0, 1]), 60_000).unwrap().events), vec![0, 1]);
         // Dedup off: the copy counts, and a version that counted it matches with it.
-        assert_eq!(sorted(applied(&e, evidence(&e, &[0, 1, 2]), 0).unwrap()), vec![0, 1, 2]);
+        assert_eq!(sorted(applied(&e, evidence(&e, &[0, 1, 2]), 0).unwrap().events), vec![0, 1, 2]);
         // A copy later than the horizon counts again.
         let late = vec![entry(0, 0, 1, 100, 7), entry(0, 0, 2, 100 + 60_000, 7)];
-        assert_eq!(sorted(applied(&late, evidence(&late, &[0, 1]), 60_000).unwrap()), vec![0, 1]);
+        assert_eq!(sorted(applied(&late, evidence(&late, &[0, 1]), 60_000).unwrap().events), vec![0, 1]);
     }
 
     #[test]
