@@ -36,7 +36,7 @@ use squall_archive::{Archive, ArchivedFile, FileEntry, ListError, OpenError, Rea
 use squall_enrichment::{CatalogueError, Symbols};
 use squall_operators::compare::{self, Record};
 use squall_operators::dedup::dedup_key;
-use squall_operators::{Epoch, Event, Plan, user_hash};
+use squall_operators::{Epoch, Event, Evidence, Plan, user_hash};
 use squall_topologies::{SpecError, TopologySpec};
 
 use super::asof::{AsOf, Item, Position};
@@ -272,9 +272,9 @@ fn version_of(group: &str, name: &str) -> Result<u32, ConsistencyError> {
     })
 }
 
-/// Runs the check.
-pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
-    let started = Instant::now();
+/// The topology version `args` name, with their overrides; refused unless the group id is
+/// that version's.
+fn spec(args: &ConsistencyArgs) -> Result<TopologySpec, ConsistencyError> {
     let spec = TopologySpec::load(&args.topology)?;
     let version = match args.version {
         Some(v) => v,
@@ -292,7 +292,13 @@ pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
     args.brokers.iter().for_each(|v| v.clone_into(&mut spec.kafka.brokers));
     args.cql.iter().for_each(|v| v.clone_into(&mut spec.cql.nodes));
     args.keyspace.iter().for_each(|v| v.clone_into(&mut spec.cql.keyspace));
+    Ok(spec)
+}
 
+/// Runs the check.
+pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
+    let started = Instant::now();
+    let spec = spec(&args)?;
     let (live, messages) = read_changelog(&spec.kafka.brokers, &args.group)?;
     if live.is_empty() {
         return Err(ConsistencyError::EmptyChangelog { topic: squall_feeds::changelog::topic(&args.group) });
@@ -300,37 +306,15 @@ pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
     let mut users: Vec<&String> = live.keys().collect();
     users.sort_by_key(|u| (user_hash(u), *u));
     users.truncate(args.sample.unwrap_or(usize::MAX));
-    let checked: HashSet<&str> = users.iter().map(|u| u.as_str()).collect();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(ConsistencyError::Runtime)?;
-    let archive = Archive::open(&args.archive)?;
     let topics = [spec.kafka.song_completions.clone(), spec.kafka.ad_impressions.clone()];
-    let mut files = Vec::new();
-    for (i, topic) in topics.iter().enumerate() {
-        for (_, entries) in runtime.block_on(archive.list_topic(topic))? {
-            files.extend(entries.into_iter().map(|e| (i as u8, e)));
-        }
-    }
-    let n_files = files.len();
-    if n_files == 0 {
-        return Err(ConsistencyError::EmptyArchive { url: args.archive.clone(), topics: topics.join(" and ") });
-    }
-    let mut archived: HashMap<String, Vec<(Position, Event)>> = HashMap::new();
-    read_archive(&runtime, &archive, files, |p, e| {
-        if checked.contains(e.user_id()) {
-            match archived.get_mut(e.user_id()) {
-                Some(v) => v.push((p, e)),
-                None => {
-                    archived.insert(e.user_id().to_owned(), vec![(p, e)]);
-                }
-            }
-        }
-    })?;
-
+    let checked: HashSet<&str> = users.iter().map(|u| u.as_str()).collect();
+    let (files, mut archived) = archived_events(&runtime, &args.archive, &topics, &checked)?;
     let symbols = Symbols::default();
     let catalogue =
         runtime.block_on(super::catalogue::Catalogue::load(&spec.cql.nodes, &spec.cql.keyspace, &symbols))?;
@@ -338,7 +322,7 @@ pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
     let horizon_ms = spec.state.dedup_horizon.as_millis() as i64;
 
     // The events each user's evidence names, replayed together as the training replay does.
-    let mut not_comparable = NotComparable::default();
+    let mut tally = Tally::default();
     let mut items = Vec::new();
     let mut matched = Vec::new();
     let mut archive_events = 0;
@@ -361,92 +345,30 @@ pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
                 let picked = applied.events.into_iter().filter_map(|i| events[i].take());
                 items.extend(picked.map(|(p, e)| Item::Event(p, e)));
             }
-            Err(why) => not_comparable.count(why),
+            Err(why) => tally.not_comparable.count(why),
         }
     }
     let mut asof = AsOf::new(plan, symbols, Arc::new(catalogue), horizon_ms, spec.state.user_ttl.as_millis() as i64);
     asof.step(&mut items, &mut Vec::new());
     drop(items);
+    for (user, short) in matched {
+        let record = &live[user].1;
+        match asof.latest(user).filter(|(e, _)| *e == record.evidence) {
+            Some((evidence, json)) => tally.compare(user, record, evidence, &json, short),
+            None => tally.not_comparable.replay_differs += 1,
+        }
+    }
 
     let live_names: Vec<String> =
         live.values().next().map(|(_, r)| r.attributes.iter().map(|(n, _)| n.clone()).collect()).unwrap_or_default();
-    let mut archive_names: Option<Vec<String>> = None;
-    let mut per_attribute: HashMap<String, (u64, u64)> = HashMap::new();
-    let (mut compared, mut agreeing) = (0, 0);
-    let mut differing: BTreeMap<&str, Vec<compare::Difference>> = BTreeMap::new();
-    let mut behind = 0;
-    for (user, short) in matched {
-        let record = &live[user].1;
-        let Some((evidence, json)) = asof.latest(user).filter(|(e, _)| *e == record.evidence) else {
-            not_comparable.replay_differs += 1;
-            continue;
-        };
-        let attributes: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&json).expect("the view writes a JSON object");
-        let offline =
-            Record { evidence, attributes: attributes.into_iter().map(|(k, v)| (k, v.to_string())).collect() };
-        archive_names.get_or_insert_with(|| offline.attributes.iter().map(|(n, _)| n.clone()).collect());
-        compared += 1;
-        behind += u64::from(short);
-        let mut all = true;
-        for (name, _, _, ok) in compare::shared(record, &offline, TOLERANCE) {
-            let counts = match per_attribute.get_mut(name) {
-                Some(c) => c,
-                None => per_attribute.entry(name.to_owned()).or_default(),
-            };
-            if ok {
-                counts.0 += 1
-            } else {
-                counts.1 += 1
-            }
-            all &= ok;
-        }
-        if all {
-            agreeing += 1;
-        } else {
-            differing.insert(user, compare::differences(user, record, &offline, TOLERANCE));
-        }
-    }
-    let archive_names = archive_names.unwrap_or_default();
-    let value = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
-    let report = Report {
-        group_id: args.group.clone(),
-        archive: args.archive.clone(),
-        changelog_messages: messages,
-        users_in_changelog: live.len() as u64,
-        users_checked: users.len() as u64,
-        users_compared: compared,
-        users_behind_archive: behind,
-        users_agreeing: agreeing,
-        users_differing: compared - agreeing,
-        attributes: live_names
-            .iter()
-            .filter(|n| archive_names.is_empty() || archive_names.contains(n))
-            .map(|n| {
-                let (agree, differ) = per_attribute.get(n).copied().unwrap_or_default();
-                AttributeConsistency { name: n.clone(), agree, differ, not_comparable: not_comparable.total() }
-            })
-            .collect(),
-        only_live: live_names
-            .iter()
-            .filter(|n| !archive_names.is_empty() && !archive_names.contains(n))
-            .cloned()
-            .collect(),
-        only_archive: archive_names.iter().filter(|n| !live_names.contains(n)).cloned().collect(),
-        not_comparable,
-        tolerance: TOLERANCE,
-        archive_files: n_files,
-        archive_events,
-        examples: differing
-            .into_values()
-            .flat_map(|mut d| {
-                d.sort();
-                d
-            })
-            .take(args.examples)
-            .map(|d| Example { user_id: d.user, attribute: d.attribute, live: value(&d.a), archive: value(&d.b) })
-            .collect(),
-    };
+    let mut report = tally.report(&live_names, args.examples);
+    report.group_id.clone_from(&args.group);
+    report.archive.clone_from(&args.archive);
+    report.changelog_messages = messages;
+    report.users_in_changelog = live.len() as u64;
+    report.users_checked = users.len() as u64;
+    report.archive_files = files;
+    report.archive_events = archive_events;
     tracing::info!(
         group_id = %report.group_id,
         checked = report.users_checked,
@@ -456,6 +378,135 @@ pub fn check(args: ConsistencyArgs) -> Result<Report, ConsistencyError> {
         "consistency checked"
     );
     Ok(report)
+}
+
+/// Archived events by user, each with its place in the archive.
+type ByUser = HashMap<String, Vec<(Position, Event)>>;
+
+/// The archive's files of `topics` listed; their events of the `checked` users by user.
+fn archived_events(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    topics: &[String],
+    checked: &HashSet<&str>,
+) -> Result<(usize, ByUser), ConsistencyError> {
+    let archive = Archive::open(url)?;
+    let mut files = Vec::new();
+    for (i, topic) in topics.iter().enumerate() {
+        for (_, entries) in runtime.block_on(archive.list_topic(topic))? {
+            files.extend(entries.into_iter().map(|e| (i as u8, e)));
+        }
+    }
+    let n = files.len();
+    if n == 0 {
+        return Err(ConsistencyError::EmptyArchive { url: url.to_owned(), topics: topics.join(" and ") });
+    }
+    let mut archived = ByUser::new();
+    read_archive(runtime, &archive, files, |p, e| {
+        if checked.contains(e.user_id()) {
+            match archived.get_mut(e.user_id()) {
+                Some(v) => v.push((p, e)),
+                None => {
+                    archived.insert(e.user_id().to_owned(), vec![(p, e)]);
+                }
+            }
+        }
+    })?;
+    Ok((n, archived))
+}
+
+/// The counts of the comparison as users are added.
+#[derive(Default)]
+struct Tally {
+    not_comparable: NotComparable,
+    /// Per attribute: users agreeing, differing.
+    per_attribute: HashMap<String, (u64, u64)>,
+    compared: u64,
+    agreeing: u64,
+    behind: u64,
+    /// The recomputation's attribute names (of the first user compared).
+    archive_names: Option<Vec<String>>,
+    /// Differing users' differences, by user id.
+    differing: BTreeMap<String, Vec<compare::Difference>>,
+}
+
+impl Tally {
+    /// Compares `user`'s live `record` with the recomputed attributes (`json`, the view's object),
+    /// which applied the same events (`evidence`); `short`: the archive goes further.
+    fn compare(&mut self, user: &str, record: &Record, evidence: Evidence, json: &[u8], short: bool) {
+        let attributes: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(json).expect("the view writes a JSON object");
+        let offline =
+            Record { evidence, attributes: attributes.into_iter().map(|(k, v)| (k, v.to_string())).collect() };
+        self.archive_names.get_or_insert_with(|| offline.attributes.iter().map(|(n, _)| n.clone()).collect());
+        self.compared += 1;
+        self.behind += u64::from(short);
+        let mut all = true;
+        for (name, _, _, ok) in compare::shared(record, &offline, TOLERANCE) {
+            let counts = match self.per_attribute.get_mut(name) {
+                Some(c) => c,
+                None => self.per_attribute.entry(name.to_owned()).or_default(),
+            };
+            if ok {
+                counts.0 += 1
+            } else {
+                counts.1 += 1
+            }
+            all &= ok;
+        }
+        if all {
+            self.agreeing += 1;
+        } else {
+            self.differing.insert(user.to_owned(), compare::differences(user, record, &offline, TOLERANCE));
+        }
+    }
+
+    /// The report's counts, per attribute the live side answers (`live_names`), with up to
+    /// `examples` differing values; the fields about the inputs are left for the caller.
+    fn report(self, live_names: &[String], examples: usize) -> Report {
+        let archive_names = self.archive_names.unwrap_or_default();
+        let value = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
+        let not_comparable = self.not_comparable.total();
+        Report {
+            group_id: String::new(),
+            archive: String::new(),
+            changelog_messages: 0,
+            users_in_changelog: 0,
+            users_checked: 0,
+            users_compared: self.compared,
+            users_behind_archive: self.behind,
+            users_agreeing: self.agreeing,
+            users_differing: self.compared - self.agreeing,
+            attributes: live_names
+                .iter()
+                .filter(|n| archive_names.is_empty() || archive_names.contains(n))
+                .map(|n| {
+                    let (agree, differ) = self.per_attribute.get(n).copied().unwrap_or_default();
+                    AttributeConsistency { name: n.clone(), agree, differ, not_comparable }
+                })
+                .collect(),
+            only_live: live_names
+                .iter()
+                .filter(|n| !archive_names.is_empty() && !archive_names.contains(n))
+                .cloned()
+                .collect(),
+            only_archive: archive_names.iter().filter(|n| !live_names.contains(n)).cloned().collect(),
+            not_comparable: self.not_comparable,
+            tolerance: TOLERANCE,
+            archive_files: 0,
+            archive_events: 0,
+            examples: self
+                .differing
+                .into_values()
+                .flat_map(|mut d| {
+                    d.sort();
+                    d
+                })
+                .take(examples)
+                .map(|d| Example { user_id: d.user, attribute: d.attribute, live: value(&d.a), archive: value(&d.b) })
+                .collect(),
+        }
+    }
 }
 
 /// Per user, the cut and record of their latest changelog message.
