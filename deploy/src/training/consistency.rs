@@ -18,6 +18,11 @@
 //!   archive lacks events the version applied) or whose replay reaches other evidence.
 //! - **Agreement** is [`squall_operators::compare`]'s, as `squall diff` uses it: equal values,
 //!   floats within a relative [`TOLERANCE`].
+//! - **Order.** The replay applies the events in event-time order; counts, sums, maps, maxima and
+//!   windows with their default lateness (the window) do not depend on the order. An attribute
+//!   that does (`last` over events of several partitions, a `lateness` shorter than its window)
+//!   can differ where the version read the events in another order, and is reported as a
+//!   difference: the live value is then not the declaration's value in event time.
 //! - **Sample.** `--sample N` checks the N users with the smallest [`user_hash`]: the same users
 //!   on every run, spread over the key space. Memory is the checked users' archived events; the
 //!   whole archive is read (it is not indexed by user).
