@@ -14,8 +14,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
-use squall_operators::Evidence;
 use squall_operators::compare::{Comparer, Pending, Record, Side as Which};
+use squall_operators::{Epoch, Evidence};
 
 /// The relative tolerance float attributes are compared with.
 pub const TOLERANCE: f64 = 1e-9;
@@ -112,30 +112,37 @@ struct Side {
     names: Option<Vec<String>>,
 }
 
+/// A consumer of `group_id`'s changelog topic for `reader` (e.g. `squall-diff`, its group id's
+/// prefix), and the topic's name and partitions; the topic must exist.
+pub fn changelog_consumer(
+    brokers: &str,
+    group_id: &str,
+    reader: &str,
+) -> Result<(String, BaseConsumer, Vec<i32>), DiffError> {
+    let topic = squall_feeds::changelog::topic(group_id);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        // Never joins a group or commits: it assigns every partition itself.
+        .set("group.id", format!("{reader}-{group_id}"))
+        .set("enable.auto.commit", "false")
+        // Low latency on a broker that waits the whole fetch.max.wait.ms for drained partitions.
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .map_err(|error| DiffError::Kafka { topic: topic.clone(), error })?;
+    let md = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .map_err(|error| DiffError::Kafka { topic: topic.clone(), error })?;
+    let partitions: Vec<i32> =
+        md.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    if partitions.is_empty() {
+        return Err(DiffError::NoChangelog { group_id: group_id.to_owned(), topic });
+    }
+    Ok((topic, consumer, partitions))
+}
+
 impl Side {
     fn open(brokers: &str, group_id: &str) -> Result<Side, DiffError> {
-        let topic = squall_feeds::changelog::topic(group_id);
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            // Never joins a group or commits: it assigns every partition itself.
-            .set("group.id", format!("squall-diff-{group_id}"))
-            .set("enable.auto.commit", "false")
-            // Low latency on a broker that waits the whole fetch.max.wait.ms for drained partitions.
-            .set("fetch.wait.max.ms", "20")
-            .create()
-            .map_err(|error| DiffError::Kafka { topic: topic.clone(), error })?;
-        let md = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map_err(|error| DiffError::Kafka { topic: topic.clone(), error })?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(DiffError::NoChangelog { group_id: group_id.to_owned(), topic });
-        }
+        let (topic, consumer, partitions) = changelog_consumer(brokers, group_id, "squall-diff")?;
         let mut side = Side { topic, consumer, partitions: Vec::new(), position: HashMap::new(), names: None };
         side.assign(partitions)?;
         Ok(side)
@@ -201,7 +208,7 @@ impl Side {
             let Ok(m) = m else { continue };
             self.position.insert(m.partition(), m.offset() + 1);
             n += 1;
-            let Some((user, record)) = m.payload().and_then(parse) else {
+            let Some((user, _, record)) = m.payload().and_then(parse) else {
                 tracing::warn!(topic = %self.topic, offset = m.offset(), "diff: a changelog message it cannot read");
                 continue;
             };
@@ -214,19 +221,20 @@ impl Side {
     }
 }
 
-/// A changelog message's user and record.
-fn parse(payload: &[u8]) -> Option<(String, Record)> {
+/// A changelog message's user, cut and record.
+pub fn parse(payload: &[u8]) -> Option<(String, Epoch, Record)> {
     #[derive(Deserialize)]
     struct Message {
         user_id: String,
         attributes: serde_json::Map<String, serde_json::Value>,
+        cut: Epoch,
         events: u32,
         events_hash: String,
     }
     let m: Message = serde_json::from_slice(payload).ok()?;
     let hash = u64::from_str_radix(&m.events_hash, 16).ok()?;
     let attributes = m.attributes.into_iter().map(|(k, v)| (k, v.to_string())).collect();
-    Some((m.user_id, Record { evidence: Evidence { events: m.events, hash }, attributes }))
+    Some((m.user_id, m.cut, Record { evidence: Evidence { events: m.events, hash }, attributes }))
 }
 
 /// Why a diff cannot start (or read a new partition). Each cause is part of the message, so none

@@ -148,6 +148,10 @@ enum Command {
     /// Write point-in-time training data: each label row with the version's attributes from the
     /// archived events strictly before its time, as Parquet (or every user's with --at).
     TrainingData(squall::training::TrainingArgs),
+    /// Check a running version exactly against the archive: recompute each user's attributes
+    /// from the archived events its changelog's evidence names, and report per attribute the
+    /// users agreeing, differing and not comparable (exit status 1 when any user differs).
+    Consistency(squall::training::consistency::ConsistencyArgs),
 }
 
 #[derive(clap::Args)]
@@ -260,6 +264,7 @@ fn main() -> ExitCode {
         Command::Server(args) => serve(args, cli.log_json),
         Command::Archive(args) => archive(args),
         Command::TrainingData(args) => squall::training::cli(args).map_err(anyhow::Error::from),
+        Command::Consistency(args) => squall::training::consistency::cli(args).map_err(anyhow::Error::from),
         Command::Openapi => {
             println!("{}", openapi::openapi_json());
             Ok(())

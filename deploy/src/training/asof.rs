@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use squall_enrichment::Symbols;
 use squall_operators::attributes::AttributesView;
 use squall_operators::dedup::Dedup;
-use squall_operators::{Event, Plan, UserState};
+use squall_operators::{Event, Evidence, Plan, UserState};
 
 use super::catalogue::Catalogue;
 
@@ -174,7 +174,20 @@ impl AsOf {
         if self.user_ttl_ms > 0 && clock < ts.saturating_sub(self.user_ttl_ms) {
             return None;
         }
-        Some(serde_json::to_vec(&AttributesView::new(state, &self.plan, &self.symbols)).expect("attributes serialise"))
+        Some(self.json(state))
+    }
+
+    /// A state's attributes as the HTTP API answers them.
+    fn json(&self, state: &UserState) -> Vec<u8> {
+        serde_json::to_vec(&AttributesView::new(state, &self.plan, &self.symbols)).expect("attributes serialise")
+    }
+
+    /// `user`'s evidence and attributes after every event applied, as the changelog publishes
+    /// them (no expiry: the state as it is); `None` if they have no events.
+    pub fn latest(&self, user: &str) -> Option<(Evidence, Vec<u8>)> {
+        let state = self.users.get(user)?;
+        state.clock()?;
+        Some((state.evidence(), self.json(state)))
     }
 
     /// Every user's attributes as of `at` (every event before it applied), into `out`.

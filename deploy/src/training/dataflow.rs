@@ -225,7 +225,7 @@ impl Reader {
 }
 
 /// The decoded events of an archive batch (dead letters left out) before `until`.
-fn events(batch: &RecordBatch, topic: u8, until: i64, mut each: impl FnMut(Position, Event)) {
+pub fn events(batch: &RecordBatch, topic: u8, until: i64, mut each: impl FnMut(Position, Event)) {
     fn col<'b, T: 'static>(b: &'b RecordBatch, name: &str) -> &'b T {
         b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).expect("the archive checked its schema")
     }

@@ -1,5 +1,6 @@
 //! `squall training-data`: point-in-time attributes for training, computed from the archive with
-//! a version's own declarations, as a timely dataflow.
+//! a version's own declarations, as a timely dataflow. Its replay ([`asof`]) also serves
+//! `squall consistency` ([`consistency`]): a running version checked against the archive.
 //!
 //! For every row `(user_id, ts, ...)` of a labels file, the output row holds the label's columns
 //! unchanged and the user's attributes **as of `ts`**: the state after applying, with version
@@ -43,9 +44,11 @@
 
 pub mod asof;
 pub mod catalogue;
+pub mod consistency;
 pub mod dataflow;
 pub mod labels;
 pub mod output;
+pub mod prefix;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
