@@ -224,7 +224,7 @@ impl Client {
                 v.restarts,
                 if v.promoted { "yes" } else { "" }
             );
-            for s in &v.standbys {
+            for s in &v.standby_replicas {
                 println!("  {}", standby_line(s));
             }
         }
@@ -478,7 +478,7 @@ fn print_detail(d: &DeploymentDetail) {
     } else {
         println!("errors:       {} restarts", v.restarts);
     }
-    for s in &v.standbys {
+    for s in &v.standby_replicas {
         println!("standby:      {}", standby_line(s));
     }
     if let Some(diff) = &v.diff {

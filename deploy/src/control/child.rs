@@ -249,9 +249,6 @@ impl ChildLauncher {
             self.standby_command(&mut cmd, spec, s, runfile, launch_id);
             return cmd;
         }
-        if spec.standbys > 0 {
-            cmd.args(["--standbys", &spec.standbys.to_string()]);
-        }
         cmd.arg("run")
             .arg("--topology")
             .arg(&spec.topology)
@@ -264,6 +261,9 @@ impl ChildLauncher {
             .arg("--runtime-file")
             .arg(runfile)
             .args(["--adopt-timeout", &humantime::format_duration(self.adopt_timeout).to_string()]);
+        if spec.standbys > 0 {
+            cmd.args(["--standbys", &spec.standbys.to_string()]);
+        }
         if let Some(b) = &spec.backfill {
             cmd.args(["--backfill", &b.archive]);
             if let Some(since) = b.since_ms {

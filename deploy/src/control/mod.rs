@@ -836,7 +836,7 @@ impl Control {
 
     /// `v` with its standbys and its diff against the promoted version, if one runs.
     fn with_diff(&self, registry: &RegistryData, mut v: DeploymentView) -> DeploymentView {
-        v.standbys = standbys::views(&v.deployment.group_id, &self.book().standbys);
+        v.standby_replicas = standbys::views(&v.deployment.group_id, &self.book().standbys);
         if let Some(p) = registry.promoted(&v.deployment.topology)
             && p != &v.deployment.group_id
         {

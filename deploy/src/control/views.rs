@@ -41,7 +41,7 @@ pub struct DeploymentView {
     pub diff: Option<super::diff_runs::DiffSummary>,
     /// Its standby replicas (deployed with `standbys`), in process order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub standbys: Vec<super::standbys::StandbyView>,
+    pub standby_replicas: Vec<super::standbys::StandbyView>,
 }
 
 /// `GET /v1/deployments/{group_id}`: the view plus per-partition progress and recent history.
@@ -124,7 +124,7 @@ impl DeploymentView {
             urls: observed.map(|o| o.processes.iter().filter_map(|p| p.url.clone()).collect()).unwrap_or_default(),
             adopted: observed.is_some_and(|o| o.adopted),
             diff: None,
-            standbys: Vec::new(),
+            standby_replicas: Vec::new(),
         }
     }
 }
