@@ -67,6 +67,13 @@ impl Reads {
         }
     }
 
+    /// Asserts that every query was answered and no user's cut decreased.
+    fn all_answered_and_none_went_back(&self) {
+        let some = |v: &[String]| v[..v.len().min(3)].to_vec();
+        assert!(self.failed.is_empty(), "{} queries failed, e.g. {:?}", self.failed.len(), some(&self.failed));
+        assert!(self.went_back.is_empty(), "answers went back: {:?}", some(&self.went_back));
+    }
+
     /// One line: answers, failures, the longest gap and latencies.
     fn summary(&mut self, what: &str) -> String {
         self.latencies_ms.sort_by(f64::total_cmp);
@@ -120,6 +127,36 @@ async fn read(
     }
 }
 
+/// A reader querying random users through the server, until [`Reader::finish`].
+struct Reader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<Mutex<Reads>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    fn start(server: &SquallServer, group: &str, users: &Arc<Vec<String>>, seed: u64) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(Mutex::new(Reads::default()));
+        let task = tokio::spawn(read(
+            server.url.clone(),
+            group.to_owned(),
+            Arc::clone(users),
+            Arc::clone(&reads),
+            Arc::clone(&stop),
+            seed,
+        ));
+        Reader { stop, reads, task }
+    }
+
+    /// Stops it; what it saw.
+    async fn finish(self) -> Reads {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("reader");
+        std::mem::take(&mut *self.reads.lock().unwrap())
+    }
+}
+
 /// Produces `per_tick` events every 100 ms until `stop`; the events sent.
 async fn keep_producing(f: Fixture, mut stream: Stream, per_tick: usize, stop: Arc<AtomicBool>) -> Vec<Event> {
     let mut sent = Vec::new();
@@ -143,6 +180,7 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     let seed: u64 = std::env::var("SQUALL_STANDBY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     println!("standby test seed {seed} (rerun with SQUALL_STANDBY_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
+    let t = Instant::now();
     let d = Deployment::new("standby", 41, 4, |f, name| {
         f.topology(
             name,
@@ -179,7 +217,7 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
         if s["answers"] == true && s["users"].as_u64() == Some(users_seen) { Ok(s) } else { Err(s.to_string()) }
     })
     .await;
-    println!("standby serving: {view}");
+    println!("standby serving [{:?} into the test]: {view}", t.elapsed());
     let standby_url = view["url"].as_str().expect("the standby's address").to_owned();
     let mut users: Vec<String> = events.iter().map(|e| e.user_id().to_owned()).collect();
     users.sort_unstable();
@@ -188,67 +226,51 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
 
     // 1. Kill -9 the active process every few seconds while events flow and the reader reads.
     let stop = Arc::new(AtomicBool::new(false));
-    let reads = Arc::new(Mutex::new(Reads::default()));
     let producer = {
         let f = Fixture { songs: d.f.songs.clone(), ads: d.f.ads.clone(), keyspace: d.f.keyspace.clone() };
         tokio::spawn(keep_producing(f, stream, 300, Arc::clone(&stop)))
     };
-    let reader = tokio::spawn(read(
-        server.url.clone(),
-        group.clone(),
-        Arc::clone(&users),
-        Arc::clone(&reads),
-        Arc::clone(&stop),
-        seed,
-    ));
+    let reader = Reader::start(&server, &group, &users, seed);
     let topology_arg = server.state_dir.join("deployments").join(&group).join("topology.toml");
     let topology_arg = topology_arg.to_str().expect("utf-8").to_owned();
     let started = Instant::now();
     let mut kills = 0;
-    while started.elapsed() < Duration::from_secs(30) {
+    // At most 5: the server restarts a process that keeps dying with a backoff that doubles (8 s
+    // after the fifth), and the run must end with the active serving.
+    while started.elapsed() < Duration::from_secs(30) && kills < 5 {
         // The restarted active serves again (the server restarts it with growing backoff).
         server.wait_serving(&group).await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3500))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2500..4500))).await;
         let Some(pid) = find_process(&["run", &topology_arg]) else { continue };
         let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         kills += 1;
     }
+    let mut r = reader.finish().await;
     stop.store(true, Ordering::Relaxed);
-    reader.await.expect("reader");
     events.extend(producer.await.expect("producer"));
-    let summary = reads.lock().unwrap().summary(&format!("failover ({kills} kill -9s of the active in 30 s)"));
-    println!("{summary}");
-    {
-        let r = reads.lock().unwrap();
-        assert!(kills >= 3, "{kills} kills");
-        assert!(
-            r.failed.is_empty(),
-            "{} queries failed, e.g. {:?}",
-            r.failed.len(),
-            &r.failed[..r.failed.len().min(3)]
-        );
-        assert!(r.went_back.is_empty(), "answers went back: {:?}", &r.went_back[..r.went_back.len().min(3)]);
-        assert!(r.from_standby > 0, "no answer came from the standby");
-    }
+    println!(
+        "{} [{:?} into the test]",
+        r.summary(&format!("failover ({kills} kill -9s of the active in {:?})", started.elapsed())),
+        t.elapsed()
+    );
+    assert!(kills >= 3, "{kills} kills");
+    r.all_answered_and_none_went_back();
+    assert!(r.from_standby > 0, "no answer came from the standby");
 
     // After the run every user equals the oracle, through the server (the active) and at the standby.
     let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &d.catalogue.oracle());
     server.wait_serving(&group).await;
     wait_equal_to_oracle(&server.url, &format!("?group={group}"), &want, Duration::from_secs(90)).await;
+    println!("standby: the active equals the oracle [{:?} into the test]", t.elapsed());
     wait_equal_to_oracle(&standby_url, "", &want, Duration::from_secs(60)).await;
-    println!("standby: {} users equal the oracle through the server and at the standby", want.len());
+    println!(
+        "standby: {} users equal the oracle through the server and at the standby [{:?} into the test]",
+        want.len(),
+        t.elapsed()
+    );
 
     // 2. Kill -9 the standby: reads keep going to the active, and a new standby catches up.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reads = Arc::new(Mutex::new(Reads::default()));
-    let reader = tokio::spawn(read(
-        server.url.clone(),
-        group.clone(),
-        Arc::clone(&users),
-        Arc::clone(&reads),
-        Arc::clone(&stop),
-        seed + 1,
-    ));
+    let reader = Reader::start(&server, &group, &users, seed + 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = find_process(&["standby", &topology_arg]).expect("the standby's process");
     let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
@@ -264,14 +286,10 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     })
     .await;
     let caught_up = killed.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    reader.await.expect("reader");
-    let summary = reads.lock().unwrap().summary("killed");
-    println!("{summary}; a new standby caught up {caught_up:?} after the kill: {back}");
-    let r = reads.lock().unwrap();
-    assert!(r.failed.is_empty(), "{} queries failed, e.g. {:?}", r.failed.len(), &r.failed[..r.failed.len().min(3)]);
+    let mut r = reader.finish().await;
+    println!("{}; a new standby caught up {caught_up:?} after the kill: {back}", r.summary("killed"));
+    r.all_answered_and_none_went_back();
     assert_eq!(r.from_standby, 0, "the active answers while it serves");
-    assert!(r.went_back.is_empty(), "answers went back: {:?}", &r.went_back[..r.went_back.len().min(3)]);
     let status = server.cli_ok(&["status", &group]);
     assert!(status.contains("standby:      process 0 standby 0: answers, cut"), "{status}");
     println!("{status}");

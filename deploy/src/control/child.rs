@@ -278,6 +278,13 @@ impl ChildLauncher {
         } else {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        self.server_wide(&mut cmd);
+        cmd
+    }
+
+    /// What every version and standby process takes from the server: its log format, brokers and
+    /// CQL contact points.
+    fn server_wide(&self, cmd: &mut tokio::process::Command) {
         if self.log_json {
             cmd.arg("--log-json");
         }
@@ -287,7 +294,6 @@ impl ChildLauncher {
         if let Some(c) = &self.cql {
             cmd.args(["--cql", c]);
         }
-        cmd
     }
 }
 
@@ -313,15 +319,7 @@ impl ChildLauncher {
             .arg(runfile)
             .args(["--adopt-timeout", &humantime::format_duration(self.adopt_timeout).to_string()])
             .args(["--listen", "127.0.0.1:0"]);
-        if self.log_json {
-            cmd.arg("--log-json");
-        }
-        if let Some(b) = &self.brokers {
-            cmd.args(["--brokers", b]);
-        }
-        if let Some(c) = &self.cql {
-            cmd.args(["--cql", c]);
-        }
+        self.server_wide(cmd);
     }
 
     /// The command line of archiver `a`: `squall archive`, serving its status on a port of its

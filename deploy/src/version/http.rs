@@ -269,6 +269,21 @@ impl<S: Send + Sync> FromRequestParts<S> for UserPath {
     }
 }
 
+/// The `?min_cut=` and `?max_staleness_ms=` of an attribute read of a version's process or
+/// standby, checked for form (400 if not).
+pub struct Bounds(pub ReadBounds);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bounds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(query) = Query::<BoundsQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(e.body_text()))?;
+        read_bounds(&query).map(Bounds)
+    }
+}
+
 /// The `?min_cut=` and `?max_staleness_ms=` of an attribute read, checked for form (400 if not).
 pub fn read_bounds(query: &BoundsQuery) -> Result<ReadBounds, ApiError> {
     query.bounds().map_err(bad_bound)
@@ -302,11 +317,8 @@ pub(crate) fn unmet(u: Unmet, epoch_ms: u64) -> Response {
 async fn attributes(
     State(api): State<Arc<Api>>,
     UserPath(user_id): UserPath,
-    query: Result<Query<BoundsQuery>, QueryRejection>,
+    Bounds(bounds): Bounds,
 ) -> Result<Response, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(e.body_text()))?;
-    let bounds = read_bounds(&query)?;
     if let Some(r) = &api.routing {
         let owner = r.cluster.owner(&user_id, r.workers);
         if owner != r.cluster.process {

@@ -45,8 +45,8 @@ use tokio::sync::watch;
 
 use crate::version::cluster::owner_process;
 use crate::version::counters::RunStatus;
-use crate::version::freshness::{AsOf, BoundsQuery, Freshness, NO_WATERMARK, ReadBounds};
-use crate::version::http::{ApiError, UserAttributesBody, UserPath, bad_bound, read_bounds, unmet};
+use crate::version::freshness::{AsOf, Freshness, NO_WATERMARK, ReadBounds};
+use crate::version::http::{ApiError, Bounds, UserAttributesBody, UserPath, bad_bound, unmet};
 use crate::version::lease::Lease;
 
 /// How often a standby syncs when no query asks.
@@ -339,8 +339,11 @@ pub fn follow(standby: Arc<Standby>, sources: Sources, runtime: tokio::runtime::
                 }
             }
         }
+        // A standby that is caught up completes its sync without waiting for a poll.
+        complete_if_reached(&standby, &mut target, &next, &mut last_sync);
         let mut batch = Vec::new();
-        let mut timeout = Duration::from_millis(10);
+        let mut timeout =
+            Duration::from_millis(if target.is_some() || standby.asked.load(Ordering::Relaxed) { 1 } else { 10 });
         while batch.len() < 4096 {
             let Some(m) = consumer.poll(timeout) else { break };
             timeout = Duration::ZERO;
@@ -358,21 +361,31 @@ pub fn follow(standby: Arc<Standby>, sources: Sources, runtime: tokio::runtime::
         if !batch.is_empty() {
             standby.apply_batch(batch);
         }
-        if let Some(t) = &target {
-            let behind: i64 = t.highs.iter().map(|(p, h)| (h - next.get(p).copied().unwrap_or(0)).max(0)).sum();
-            standby.behind.store(behind, Ordering::Relaxed);
-            if behind == 0 {
-                if let Some(w) = t.written {
-                    standby.cut.fetch_max(w, Ordering::SeqCst);
-                }
-                standby.set_error(None);
-                standby.completed.send_replace(t.number);
-                standby.behind.store(-1, Ordering::Relaxed);
-                last_sync = Some(Instant::now());
-                target = None;
-            }
-        }
+        complete_if_reached(&standby, &mut target, &next, &mut last_sync);
     }
+}
+
+/// Completes the sync under way once every partition is read up to its targets.
+fn complete_if_reached(
+    standby: &Standby,
+    target: &mut Option<Target>,
+    next: &HashMap<i32, i64>,
+    last_sync: &mut Option<Instant>,
+) {
+    let Some(t) = target else { return };
+    let behind: i64 = t.highs.iter().map(|(p, h)| (h - next.get(p).copied().unwrap_or(0)).max(0)).sum();
+    standby.behind.store(behind, Ordering::Relaxed);
+    if behind > 0 {
+        return;
+    }
+    if let Some(w) = t.written {
+        standby.cut.fetch_max(w, Ordering::SeqCst);
+    }
+    standby.set_error(None);
+    standby.completed.send_replace(t.number);
+    standby.behind.store(-1, Ordering::Relaxed);
+    *last_sync = Some(Instant::now());
+    *target = None;
 }
 
 /// Sleeps `d` unless `stop` is set; whether it is.
@@ -448,11 +461,8 @@ async fn status(
 async fn attributes(
     State(api): State<Arc<StandbyApi>>,
     UserPath(user_id): UserPath,
-    query: Result<Query<BoundsQuery>, QueryRejection>,
+    Bounds(bounds): Bounds,
 ) -> Result<Response, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(e.body_text()))?;
-    let bounds = read_bounds(&query)?;
     let s = &api.standby;
     let w = &s.what;
     if !s.holds(&user_id) {
