@@ -2,11 +2,12 @@
 //! deployed with `standbys = 1` and its changelog on, events flowing for 20k users, a reader
 //! querying random users through the server every few milliseconds.
 //!
-//! 1. The active process is SIGKILLed every few seconds for about 30 s: every query is answered
+//! 1. The active process is SIGKILLed 5 times, every few seconds: every query is answered
 //!    (0 failed), no user's `as_of.cut` ever decreases, some answers come from the standby, and
 //!    afterwards every user equals the oracle, through the server and at the standby itself.
 //! 2. The standby is SIGKILLed: reads keep going to the active (0 failed), and a new standby is
 //!    started and catches up (its lag in cuts reaches 0).
+//! 3. The server is SIGKILLed and started again: it adopts the standby (the same process).
 //!
 //! The longest gap between two answered queries and the p99 latency are printed.
 
@@ -293,4 +294,18 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     let status = server.cli_ok(&["status", &group]);
     assert!(status.contains("standby:      process 0 standby 0: answers, cut"), "{status}");
     println!("{status}");
+
+    // 3. A server killed and started again adopts the standby: same process, same address.
+    let standby_pid = find_process(&["standby", &topology_arg]).expect("the standby's process");
+    let url = back["url"].clone();
+    let dir = server.state_dir.clone();
+    server.kill9();
+    let server = SquallServer::start(&dir, TOKEN);
+    let again = wait_for("the standby to be adopted", Duration::from_secs(30), || async {
+        let s = standby_view(&server, &group).await;
+        if s["answers"] == true && s["url"] == url { Ok(s) } else { Err(s.to_string()) }
+    })
+    .await;
+    assert_eq!(find_process(&["standby", &topology_arg]), Some(standby_pid), "adopted, not restarted: {again}");
+    println!("standby adopted by a restarted server: {again}");
 }
