@@ -170,6 +170,15 @@ async fn keep_producing(f: Fixture, mut stream: Stream, per_tick: usize, stop: A
     sent
 }
 
+/// User and system CPU time of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: state is the 3rd, utime the 14th, stime the 15th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
 /// The version's standby 0 of process 0 as the server shows it.
 async fn standby_view(server: &SquallServer, group: &str) -> serde_json::Value {
     let (_, d) = server.get(&format!("/v1/deployments/{group}")).await;
@@ -241,7 +250,19 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     while started.elapsed() < Duration::from_secs(30) && kills < 5 {
         // The restarted active serves again (the server restarts it with growing backoff).
         server.wait_serving(&group).await;
+        let pids = (find_process(&["run", &topology_arg]), find_process(&["standby", &topology_arg]));
+        let before = (pids.0.map(cpu_ticks), pids.1.map(cpu_ticks));
         tokio::time::sleep(Duration::from_millis(rng.random_range(2500..4500))).await;
+        if kills == 0
+            && let ((Some(a), Some(s)), (Some(a0), Some(s0))) = (pids, before)
+        {
+            // While events flow and the active serves: what following the changelog costs.
+            let (active, standby) = (cpu_ticks(a) - a0, cpu_ticks(s) - s0);
+            println!(
+                "standby CPU: {standby} ticks against the active's {active} ({:.0}%) over the same seconds",
+                100.0 * standby as f64 / active.max(1) as f64
+            );
+        }
         let Some(pid) = find_process(&["run", &topology_arg]) else { continue };
         let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         kills += 1;
