@@ -594,9 +594,13 @@ fn standby(args: squall::version::standby::StandbyArgs) -> anyhow::Result<()> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (state, stop, handle) = (Arc::clone(&state), Arc::clone(&stop), rt.handle().clone());
-        std::thread::Builder::new()
-            .name("standby-follow".into())
-            .spawn(move || standby::follow(state, sources, handle, stop))?
+        std::thread::Builder::new().name("standby-follow".into()).spawn(move || {
+            if let Err(e) = standby::follow(state, sources, handle, stop) {
+                // Nothing to save: the server starts a standby that exits again.
+                tracing::error!(error = %e, "standby: cannot follow the changelog; exiting");
+                std::process::exit(1);
+            }
+        })?
     };
     let api = Arc::new(StandbyApi {
         standby: state,

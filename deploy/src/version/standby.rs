@@ -240,117 +240,156 @@ struct Target {
 }
 
 /// Follows the changelog into `standby` until `stop` is set (on a thread of its own; CQL reads go
-/// through `runtime`).
-pub fn follow(standby: Arc<Standby>, sources: Sources, runtime: tokio::runtime::Handle, stop: Arc<AtomicBool>) {
-    let topic = squall_feeds::changelog::topic(&standby.what.group_id);
-    let progress_key = squall_feeds::progress::key("changelog", (standby.what.process, standby.what.processes));
-    let session = loop {
-        match runtime.block_on(squall_feeds::profile::connect(&sources.cql)) {
-            Ok(s) => break s,
-            Err(e) => {
-                standby.set_error(Some(format!("CQL {}: {e}", sources.cql)));
-                if wait_or_stop(&stop, Duration::from_secs(1)) {
-                    return;
-                }
-            }
-        }
-    };
-    let consumer: BaseConsumer = match ClientConfig::new()
-        .set("bootstrap.servers", &sources.brokers)
-        // Never joins a group or commits: it assigns every partition itself, from the beginning.
-        .set("group.id", format!("squall-standby-{}", standby.what.group_id))
-        .set("enable.auto.commit", "false")
-        // Low latency on a broker that waits the whole fetch.max.wait.ms for drained partitions.
-        .set("fetch.wait.max.ms", "10")
-        .create()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            standby.set_error(Some(format!("Kafka consumer: {e}")));
-            tracing::error!(error = %e, "standby: cannot create the changelog consumer");
-            return;
-        }
-    };
-    // The topic appears when the active starts its feed.
-    let partitions = loop {
-        match partitions_of(&consumer, &topic) {
-            Ok(p) if !p.is_empty() => break p,
-            Ok(_) => standby.set_error(Some(format!("no topic {topic} yet"))),
-            Err(e) => standby.set_error(Some(format!("{topic}: {e}"))),
-        }
-        if wait_or_stop(&stop, Duration::from_millis(500)) {
-            return;
-        }
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        let _ = tpl.add_partition_offset(&topic, *p, Offset::Beginning);
-    }
-    if let Err(e) = consumer.assign(&tpl) {
-        standby.set_error(Some(format!("assign {topic}: {e}")));
-        tracing::error!(error = %e, "standby: cannot assign the changelog");
-        return;
-    }
-    standby.set_error(None);
-    tracing::info!(%topic, partitions = partitions.len(), process = standby.what.process, "standby: following the changelog");
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    let mut target: Option<Target> = None;
-    let mut last_sync: Option<Instant> = None;
+/// through `runtime`). An error is one retrying cannot mend (the consumer cannot be made or
+/// assigned): the process should exit, and its supervisor start it again.
+pub fn follow(
+    standby: Arc<Standby>,
+    sources: Sources,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let Some(mut f) = Follower::open(standby, &sources, runtime, &stop)? else { return Ok(()) };
     while !stop.load(Ordering::Relaxed) {
-        if target.is_none()
-            && (standby.asked.swap(false, Ordering::SeqCst) || last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY))
+        if f.target.is_none()
+            && (f.standby.asked.swap(false, Ordering::SeqCst) || f.last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY))
         {
-            let number = standby.started.fetch_add(1, Ordering::SeqCst) + 1;
-            // The written cut first, then the high watermarks: every message of a cut up to it is below them.
-            let read = runtime
-                .block_on(async {
-                    tokio::time::timeout(
-                        REQUEST_TIMEOUT,
-                        squall_feeds::progress::written(
-                            &session,
-                            &sources.keyspace,
-                            &standby.what.group_id,
-                            &progress_key,
-                        ),
-                    )
-                    .await
-                })
-                .map_err(|_| "feed_progress did not answer in time".to_owned())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .and_then(|written| {
-                    let highs = partitions
-                        .iter()
-                        .map(|p| consumer.fetch_watermarks(&topic, *p, REQUEST_TIMEOUT).map(|(_, h)| (*p, h)))
-                        .collect::<Result<HashMap<i32, i64>, _>>()
-                        .map_err(|e| format!("{topic} high watermarks: {e}"))?;
-                    Ok((written, highs))
-                });
-            match read {
-                Ok((written, highs)) => {
-                    if let Some(w) = written {
-                        standby.written.store(w, Ordering::SeqCst);
-                    }
-                    target = Some(Target { number, written, highs });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "standby: a sync failed; retrying");
-                    standby.set_error(Some(e));
-                    last_sync = Some(Instant::now());
-                }
-            }
+            f.start_sync();
         }
         // A standby that is caught up completes its sync without waiting for a poll.
-        complete_if_reached(&standby, &mut target, &next, &mut last_sync);
+        complete_if_reached(&f.standby, &mut f.target, &f.next, &mut f.last_sync);
+        f.read();
+        complete_if_reached(&f.standby, &mut f.target, &f.next, &mut f.last_sync);
+    }
+    Ok(())
+}
+
+/// What follows the changelog: the consumer, where it is, and the sync under way.
+struct Follower {
+    standby: Arc<Standby>,
+    runtime: tokio::runtime::Handle,
+    session: scylla::client::session::Session,
+    keyspace: String,
+    progress_key: String,
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: Vec<i32>,
+    /// The next offset to read per partition.
+    next: HashMap<i32, i64>,
+    target: Option<Target>,
+    last_sync: Option<Instant>,
+}
+
+impl Follower {
+    /// Connects to the store and the broker and assigns every partition of the changelog from
+    /// the beginning, retrying until they answer and the topic exists; `None` if stopped first.
+    fn open(
+        standby: Arc<Standby>,
+        sources: &Sources,
+        runtime: tokio::runtime::Handle,
+        stop: &AtomicBool,
+    ) -> Result<Option<Follower>, String> {
+        let topic = squall_feeds::changelog::topic(&standby.what.group_id);
+        let progress_key = squall_feeds::progress::key("changelog", (standby.what.process, standby.what.processes));
+        let session = loop {
+            match runtime.block_on(squall_feeds::profile::connect(&sources.cql)) {
+                Ok(s) => break s,
+                Err(e) => standby.set_error(Some(format!("CQL {}: {e}", sources.cql))),
+            }
+            if wait_or_stop(stop, Duration::from_secs(1)) {
+                return Ok(None);
+            }
+        };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &sources.brokers)
+            // Never joins a group or commits: it assigns every partition itself, from the beginning.
+            .set("group.id", format!("squall-standby-{}", standby.what.group_id))
+            .set("enable.auto.commit", "false")
+            // Low latency on a broker that waits the whole fetch.max.wait.ms for drained partitions.
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|e| format!("the changelog consumer: {e}"))?;
+        // The topic appears when the active starts its feed.
+        let partitions = loop {
+            match partitions_of(&consumer, &topic) {
+                Ok(p) if !p.is_empty() => break p,
+                Ok(_) => standby.set_error(Some(format!("no topic {topic} yet"))),
+                Err(e) => standby.set_error(Some(format!("{topic}: {e}"))),
+            }
+            if wait_or_stop(stop, Duration::from_millis(500)) {
+                return Ok(None);
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning).map_err(|e| format!("{topic} [{p}]: {e}"))?;
+        }
+        consumer.assign(&tpl).map_err(|e| format!("assign {topic}: {e}"))?;
+        standby.set_error(None);
+        tracing::info!(%topic, partitions = partitions.len(), process = standby.what.process, "standby: following the changelog");
+        Ok(Some(Follower {
+            standby,
+            runtime,
+            session,
+            keyspace: sources.keyspace.clone(),
+            progress_key,
+            consumer,
+            topic,
+            partitions,
+            next: HashMap::new(),
+            target: None,
+            last_sync: None,
+        }))
+    }
+
+    /// Starts a sync: the written cut first, then the high watermarks, so that every message of a
+    /// cut up to that one is below them.
+    fn start_sync(&mut self) {
+        let number = self.standby.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let what = &self.standby.what;
+        let written =
+            squall_feeds::progress::written(&self.session, &self.keyspace, &what.group_id, &self.progress_key);
+        let read = self
+            .runtime
+            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, written).await })
+            .map_err(|_| "feed_progress did not answer in time".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .and_then(|written| {
+                let highs = self
+                    .partitions
+                    .iter()
+                    .map(|p| self.consumer.fetch_watermarks(&self.topic, *p, REQUEST_TIMEOUT).map(|(_, h)| (*p, h)))
+                    .collect::<Result<HashMap<i32, i64>, _>>()
+                    .map_err(|e| format!("{} high watermarks: {e}", self.topic))?;
+                Ok((written, highs))
+            });
+        match read {
+            Ok((written, highs)) => {
+                if let Some(w) = written {
+                    self.standby.written.store(w, Ordering::SeqCst);
+                }
+                self.target = Some(Target { number, written, highs });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "standby: a sync failed; retrying");
+                self.standby.set_error(Some(e));
+                self.last_sync = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Reads what the changelog has (up to 4096 messages), waiting briefly for the first, and
+    /// applies it.
+    fn read(&mut self) {
+        let hurry = self.target.is_some() || self.standby.asked.load(Ordering::Relaxed);
+        let mut timeout = Duration::from_millis(if hurry { 1 } else { 10 });
         let mut batch = Vec::new();
-        let mut timeout =
-            Duration::from_millis(if target.is_some() || standby.asked.load(Ordering::Relaxed) { 1 } else { 10 });
         while batch.len() < 4096 {
-            let Some(m) = consumer.poll(timeout) else { break };
+            let Some(m) = self.consumer.poll(timeout) else { break };
             timeout = Duration::ZERO;
             match m {
                 Ok(m) => {
-                    next.insert(m.partition(), m.offset() + 1);
-                    standby.messages.fetch_add(1, Ordering::Relaxed);
+                    self.next.insert(m.partition(), m.offset() + 1);
+                    self.standby.messages.fetch_add(1, Ordering::Relaxed);
                     if let (Some(Ok(user)), Some(value)) = (m.key().map(std::str::from_utf8), m.payload()) {
                         batch.push((user.to_owned(), value.to_vec()));
                     }
@@ -359,9 +398,8 @@ pub fn follow(standby: Arc<Standby>, sources: Sources, runtime: tokio::runtime::
             }
         }
         if !batch.is_empty() {
-            standby.apply_batch(batch);
+            self.standby.apply_batch(batch);
         }
-        complete_if_reached(&standby, &mut target, &next, &mut last_sync);
     }
 }
 
