@@ -26,6 +26,8 @@ use squall_topologies::oracle;
 
 const TOKEN: &str = "standby-token-0123456789abcdef";
 const T0: i64 = 1_763_750_000_000;
+/// Users of the stream; `SQUALL_STANDBY_USERS` sets another number (the bench in
+/// `benches/RESULTS.md` runs this test in a release build with more).
 const USERS: u64 = 20_000;
 
 /// What the reader saw.
@@ -212,8 +214,9 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     assert!(list.contains("process 0 standby 0"), "{list}");
 
     // Every user has events before the reader starts.
-    let mut stream = Stream::new(stream_config_without_resends(USERS, d.catalogue), seed, T0);
-    let (records, mut events) = stream.batch(&d.f, 3 * USERS as usize);
+    let users_in_stream = std::env::var("SQUALL_STANDBY_USERS").ok().and_then(|s| s.parse().ok()).unwrap_or(USERS);
+    let mut stream = Stream::new(stream_config_without_resends(users_in_stream, d.catalogue), seed, T0);
+    let (records, mut events) = stream.batch(&d.f, 3 * users_in_stream as usize);
     produce(records).await;
     server.wait_serving(&group).await;
     let users_seen = {
