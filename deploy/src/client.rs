@@ -12,6 +12,7 @@ use crate::changelog_diff::DiffReport;
 use crate::control::archives::{ArchiveView, StartArchiveRequest};
 use crate::control::binaries::StoredBinary;
 use crate::control::diff_runs::PromoteRequest;
+use crate::control::standbys::StandbyView;
 use crate::control::state::DeploymentState;
 use crate::control::views::{DeployRequest, DeploymentDetail, DeploymentView, RollbackResponse};
 use crate::values::StartPosition;
@@ -68,6 +69,10 @@ pub struct DeployOptions {
     /// With --backfill: only archived events of this long before the deploy, e.g. 90d.
     #[arg(long, requires = "backfill", value_parser = humantime::parse_duration)]
     pub since: Option<std::time::Duration>,
+    /// Standby replicas per process (default: the file's runtime.standbys): each follows the
+    /// version's changelog and answers for its process's users while that process is down.
+    #[arg(long)]
+    pub standbys: Option<usize>,
 }
 
 impl Client {
@@ -161,6 +166,7 @@ impl Client {
             binary,
             backfill: o.backfill.clone(),
             since: o.since.map(|d| humantime::format_duration(d).to_string()),
+            standbys: o.standbys,
         };
         let view: DeploymentView = self.post(&["v1", "deployments"], Some(&req)).await?;
         println!(
@@ -218,6 +224,9 @@ impl Client {
                 v.restarts,
                 if v.promoted { "yes" } else { "" }
             );
+            for s in &v.standby_replicas {
+                println!("  {}", standby_line(s));
+            }
         }
         Ok(())
     }
@@ -383,6 +392,29 @@ impl Client {
     }
 }
 
+/// One standby: `process 0 standby 0: answers, cut 1234, lag 0 cuts, 20000 users, 0 restarts, http://...`.
+fn standby_line(s: &StandbyView) -> String {
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    format!(
+        "process {} standby {}: {}, cut {}, lag {} cuts, {} users, {} restarts{}{}",
+        s.process,
+        s.replica,
+        if s.answers {
+            "answers"
+        } else if s.url.is_some() {
+            "behind"
+        } else {
+            "starting"
+        },
+        opt(s.cut),
+        opt(s.lag_cuts),
+        opt(s.users),
+        s.restarts,
+        s.url.as_ref().map(|u| format!(", {u}")).unwrap_or_default(),
+        s.last_error.as_ref().map(|e| format!("; last error: {}", e.lines().next().unwrap_or(""))).unwrap_or_default()
+    )
+}
+
 fn print_detail(d: &DeploymentDetail) {
     let v = &d.view;
     println!("group id:     {}", v.deployment.group_id);
@@ -445,6 +477,9 @@ fn print_detail(d: &DeploymentDetail) {
         }
     } else {
         println!("errors:       {} restarts", v.restarts);
+    }
+    for s in &v.standby_replicas {
+        println!("standby:      {}", standby_line(s));
     }
     if let Some(diff) = &v.diff {
         println!(

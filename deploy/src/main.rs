@@ -50,6 +50,10 @@ enum Command {
     /// Consumes under the group id `<name>-v<version>` of the topology file. Settings come from the
     /// file, then `SQUALL__SECTION__FIELD` environment variables, then these flags.
     Run(RunArgs),
+    /// Follow a version's changelog for the users of one of its processes and answer for them
+    /// while that process is down (a standby replica; `squall server` starts these for versions
+    /// deployed with standbys).
+    Standby(squall::version::standby::StandbyArgs),
     /// Run the control plane: a durable registry of deployments, each version in its own processes,
     /// one HTTP API for deployments and attributes.
     Server(ServerArgs),
@@ -254,6 +258,10 @@ struct RunArgs {
     /// server; without it the process runs until it is stopped.
     #[arg(long, value_parser = humantime::parse_duration, requires = "launch_id")]
     adopt_timeout: Option<Duration>,
+    /// Standby replicas the version has (overrides `runtime.standbys`): with any, answers claim
+    /// no later cut than the changelog has durably written, which a standby can reach.
+    #[arg(long)]
+    standbys: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -261,6 +269,7 @@ fn main() -> ExitCode {
     telemetry::init_logging(cli.log_json);
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Standby(args) => standby(args),
         Command::Server(args) => serve(args, cli.log_json),
         Command::Archive(args) => archive(args),
         Command::TrainingData(args) => squall::training::cli(args).map_err(anyhow::Error::from),
@@ -453,6 +462,13 @@ impl RunArgs {
         set(&mut spec.cql.nodes, &self.cql);
         set(&mut spec.cql.keyspace, &self.keyspace);
         set(&mut spec.http.listen, &self.listen);
+        if let Some(n) = self.standbys {
+            anyhow::ensure!(
+                n == 0 || spec.feed.changelog,
+                "--standbys {n}: a standby follows the changelog; [feed] changelog is off"
+            );
+            spec.runtime.standbys = n;
+        }
         if let Some(d) = &self.checkpoint_dir {
             spec.state.checkpoint_dir = Some(d.clone());
         }
@@ -523,6 +539,7 @@ async fn serve_version(
         feeds: running.feeds.clone(),
         lease: managed.adopt_timeout.map(|t| Arc::new(Lease::new(t))),
         routing,
+        standbys: spec.runtime.standbys,
     });
     let addr = listener.local_addr()?;
     if let Some(cut) = running.recovered_cut {
@@ -556,6 +573,74 @@ async fn serve_version(
     // The worker's message only: `error: {e:#}` would add its causes to the line.
     tokio::task::spawn_blocking(move || running.join()).await?.map_err(|e| anyhow::Error::msg(e.to_string()))?;
     Ok(())
+}
+
+/// `squall standby`: follows the changelog on a thread of its own and serves the users of its
+/// process until SIGTERM, Ctrl-C or the end of its lease.
+fn standby(args: squall::version::standby::StandbyArgs) -> anyhow::Result<()> {
+    use squall::version::standby::{self, Standby, StandbyApi};
+    let (what, sources) = args.settings()?;
+    let metrics = telemetry::metrics_with_labels(&[
+        ("topology", what.topology.clone()),
+        ("version", what.version.to_string()),
+        ("standby_of", what.process.to_string()),
+    ]);
+    let mut runfile = match (&args.runtime_file, &args.launch_id) {
+        (Some(path), Some(id)) => {
+            let file = RunFile::of_this_process(&what.group_id, what.process, id)
+                .context("cannot read this process's start time from /proc")?;
+            file.write(path).with_context(|| format!("cannot write --runtime-file {}", path.display()))?;
+            Some((path.clone(), file))
+        }
+        _ => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let state = Arc::new(Standby::new(what.clone()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (state, stop, handle) = (Arc::clone(&state), Arc::clone(&stop), rt.handle().clone());
+        std::thread::Builder::new().name("standby-follow".into()).spawn(move || {
+            if let Err(e) = standby::follow(state, sources, handle, stop) {
+                // Nothing to save: the server starts a standby that exits again.
+                tracing::error!(error = %e, "standby: cannot follow the changelog; exiting");
+                std::process::exit(1);
+            }
+        })?
+    };
+    let api = Arc::new(StandbyApi {
+        standby: state,
+        launch_id: args.launch_id.clone(),
+        lease: args.adopt_timeout.map(|t| Arc::new(Lease::new(t))),
+        metrics,
+    });
+    let result = rt.block_on(async {
+        let listener =
+            TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        if let Some((path, file)) = &mut runfile {
+            file.url = Some(url.clone());
+            file.write(path).with_context(|| format!("cannot write --runtime-file {}", path.display()))?;
+        }
+        println!("{}", ready::line(&format!("squall: standby of {} process {}", what.group_id, what.process), &url));
+        let lease = api.lease.clone();
+        let stop_serving = async move {
+            let Some(lease) = lease else { return shutdown_signal().await };
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = lease.expired() => tracing::warn!(timeout = ?lease.timeout(), "no squall server has renewed this standby's lease: stopping"),
+            }
+        };
+        http::serve(listener, standby::router(api), stop_serving).await?;
+        anyhow::Ok(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reader.join();
+    if let Some((path, file)) = &runfile
+        && let Err(e) = file.remove(path)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the runtime file");
+    }
+    result
 }
 
 async fn shutdown_signal() {

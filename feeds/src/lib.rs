@@ -300,6 +300,12 @@ impl Feeds {
         }
     }
 
+    /// The last cut feed `name` wrote and recorded durably (`feed_progress`), if it is on and
+    /// wrote one.
+    pub fn written(&self, name: &str) -> Option<Epoch> {
+        self.feeds.iter().find(|f| f.name == name).and_then(|f| f.lock().written)
+    }
+
     /// Each feed's progress.
     pub fn statuses(&self) -> Vec<FeedStatus> {
         self.feeds

@@ -56,6 +56,23 @@ pub(crate) async fn create_table(session: &Session, keyspace: &str, table: &str,
     Ok(())
 }
 
+/// The last cut recorded under `key` ([`key`]) for `group_id`, if any: what a reader of the feed
+/// may take as durably written (a standby reads it before the changelog's high watermarks).
+pub async fn written(session: &Session, keyspace: &str, group_id: &str, key: &str) -> Result<Option<Epoch>, FeedError> {
+    let read = format!("SELECT cut FROM {keyspace}.feed_progress WHERE group_id = ? AND feed = ?");
+    let rows = session
+        .query_unpaged(read.clone(), (group_id, key))
+        .await
+        .map_err(|e| cql_error(&read, e))?
+        .into_rows_result()
+        .map_err(|e| cql_error(&read, e))?;
+    Ok(rows
+        .maybe_first_row::<(Option<i64>,)>()
+        .map_err(|e| cql_error(&read, e))?
+        .and_then(|(c,)| c)
+        .map(|c| c.max(0) as Epoch))
+}
+
 impl Progress {
     /// Opens the progress of feed `feed` of `group_id` written by process `share.0` of `share.1`
     /// (creating the table when missing); the last cut it wrote, if any.
@@ -72,18 +89,7 @@ impl Progress {
              written_at_ms bigint, PRIMARY KEY ((group_id, feed)))"
         );
         create_table(&session, keyspace, "feed_progress", &ddl).await?;
-        let read = format!("SELECT cut FROM {keyspace}.feed_progress WHERE group_id = ? AND feed = ?");
-        let rows = session
-            .query_unpaged(read.clone(), (group_id, key.as_str()))
-            .await
-            .map_err(|e| cql_error(&read, e))?
-            .into_rows_result()
-            .map_err(|e| cql_error(&read, e))?;
-        let cut = rows
-            .maybe_first_row::<(Option<i64>,)>()
-            .map_err(|e| cql_error(&read, e))?
-            .and_then(|(c,)| c)
-            .map(|c| c.max(0) as Epoch);
+        let cut = written(&session, keyspace, group_id, &key).await?;
         let save =
             format!("INSERT INTO {keyspace}.feed_progress (group_id, feed, cut, written_at_ms) VALUES (?, ?, ?, ?)");
         let save = session.prepare(save.clone()).await.map_err(|e| cql_error(&save, e))?;

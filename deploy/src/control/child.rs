@@ -26,9 +26,10 @@ use tokio::io::unix::AsyncFd;
 
 use super::archives::ArchiveDeployment;
 use super::launcher::{
-    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, Survivor, Unverified, launch_id,
+    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, StandbyOf, Survivor, Unverified,
+    launch_id,
 };
-use super::statedir::{StateDir, tail};
+use super::statedir::{DeploymentDir, StateDir, tail};
 use crate::version::counters::RunStatus;
 use crate::version::runfile::{Identity, RunFile};
 use squall_feeds::now_ms;
@@ -71,7 +72,7 @@ impl ChildLauncher {
 impl Launcher for ChildLauncher {
     fn start(&self, spec: &LaunchSpec) -> Result<Vec<ProcessHandle>, String> {
         let dir = self.state.deployment(&spec.group_id);
-        let log_path = dir.log();
+        let log_path = log_of(&dir, spec);
         let open = || OpenOptions::new().create(true).append(true).open(&log_path);
         let mut log = open().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let _ = writeln!(
@@ -98,7 +99,7 @@ impl Launcher for ChildLauncher {
         };
         for index in 0..spec.processes {
             let id = launch_id();
-            let runfile = dir.runfile(index);
+            let runfile = runfile_of(&dir, spec, index);
             let mut cmd = self.command(spec, index, &hostfile, &runfile, &id);
             let (out, err) = match (log.try_clone(), log.try_clone()) {
                 (Ok(out), Ok(err)) => (out, err),
@@ -123,7 +124,7 @@ impl Launcher for ChildLauncher {
         Box::pin(async move {
             let mut found = Vec::new();
             for index in 0..spec.processes {
-                let path = dir.runfile(index);
+                let path = runfile_of(&dir, &spec, index);
                 let file = match RunFile::read(&path) {
                     Ok(Some(f)) => f,
                     Ok(None) => continue,
@@ -149,7 +150,7 @@ impl Launcher for ChildLauncher {
                         continue;
                     }
                 };
-                tokio::spawn(watch(watched, index, path, file.launch_id.clone(), dir.log(), side));
+                tokio::spawn(watch(watched, index, path, file.launch_id.clone(), log_of(&dir, &spec), side));
                 found.push(Survivor { index, handle, verified });
             }
             found
@@ -162,7 +163,9 @@ impl Launcher for ChildLauncher {
 /// another process) are logged and dropped; their pids are never signalled.
 fn survivor(spec: &LaunchSpec, index: usize, file: RunFile) -> Option<(OwnedFd, RunFile)> {
     let group_id = &spec.group_id;
-    if file.group_id != group_id.as_str() || file.process != index {
+    // A standby records the process whose users it holds.
+    let process = spec.standby.map_or(index, |s| s.process);
+    if file.group_id != group_id.as_str() || file.process != process {
         tracing::warn!(%group_id, index, recorded = ?(&file.group_id, file.process), "runtime file of another process: ignored");
         return None;
     }
@@ -186,6 +189,22 @@ fn survivor(spec: &LaunchSpec, index: usize, file: RunFile) -> Option<(OwnedFd, 
             tracing::warn!(%group_id, index, pid = file.pid, %why, "stale runtime file: its pid belongs to another process now");
             None
         }
+    }
+}
+
+/// The runtime file of process `index` of `spec` (a standby's is its own).
+fn runfile_of(dir: &DeploymentDir, spec: &LaunchSpec, index: usize) -> PathBuf {
+    match spec.standby {
+        Some(s) => dir.standby_runfile(s.process, s.replica),
+        None => dir.runfile(index),
+    }
+}
+
+/// The log `spec`'s processes append to (a standby's is its own).
+fn log_of(dir: &DeploymentDir, spec: &LaunchSpec) -> PathBuf {
+    match spec.standby {
+        Some(s) => dir.standby_log(s.process, s.replica),
+        None => dir.log(),
     }
 }
 
@@ -226,6 +245,10 @@ impl ChildLauncher {
             self.archiver_command(&mut cmd, a, runfile, launch_id);
             return cmd;
         }
+        if let Some(s) = &spec.standby {
+            self.standby_command(&mut cmd, spec, s, runfile, launch_id);
+            return cmd;
+        }
         cmd.arg("run")
             .arg("--topology")
             .arg(&spec.topology)
@@ -238,6 +261,9 @@ impl ChildLauncher {
             .arg("--runtime-file")
             .arg(runfile)
             .args(["--adopt-timeout", &humantime::format_duration(self.adopt_timeout).to_string()]);
+        if spec.standbys > 0 {
+            cmd.args(["--standbys", &spec.standbys.to_string()]);
+        }
         if let Some(b) = &spec.backfill {
             cmd.args(["--backfill", &b.archive]);
             if let Some(since) = b.since_ms {
@@ -252,6 +278,13 @@ impl ChildLauncher {
         } else {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        self.server_wide(&mut cmd);
+        cmd
+    }
+
+    /// What every version and standby process takes from the server: its log format, brokers and
+    /// CQL contact points.
+    fn server_wide(&self, cmd: &mut tokio::process::Command) {
         if self.log_json {
             cmd.arg("--log-json");
         }
@@ -261,11 +294,34 @@ impl ChildLauncher {
         if let Some(c) = &self.cql {
             cmd.args(["--cql", c]);
         }
-        cmd
     }
 }
 
 impl ChildLauncher {
+    /// The command line of a standby: `squall standby` for process `s.process` of `spec`'s version,
+    /// serving on a port of its own choosing, with a runtime file and a lease like a version process.
+    fn standby_command(
+        &self,
+        cmd: &mut tokio::process::Command,
+        spec: &LaunchSpec,
+        s: &StandbyOf,
+        runfile: &Path,
+        launch_id: &str,
+    ) {
+        cmd.arg("standby")
+            .arg("--topology")
+            .arg(&spec.topology)
+            .args(["--version", &spec.version.to_string()])
+            .args(["--workers", &spec.workers.to_string()])
+            .args(["--process", &s.process.to_string(), "--processes", &s.processes.to_string()])
+            .args(["--launch-id", launch_id])
+            .arg("--runtime-file")
+            .arg(runfile)
+            .args(["--adopt-timeout", &humantime::format_duration(self.adopt_timeout).to_string()])
+            .args(["--listen", "127.0.0.1:0"]);
+        self.server_wide(cmd);
+    }
+
     /// The command line of archiver `a`: `squall archive`, serving its status on a port of its
     /// own choosing, with the same runtime file and lease as a version process.
     fn archiver_command(

@@ -389,10 +389,19 @@ pub(super) async fn user_attributes(
                 .detail(format!("state: {state}"))
         }
     })?;
-    let answer =
-        crate::version::http::proxy_attributes(control.http(), &route.url, &user_id, &bounds).await.map_err(|e| {
-            ApiError::new(StatusCode::BAD_GATEWAY, format!("{} did not answer", route.group_id)).detail(e.to_string())
-        })?;
+    use crate::version::http::proxy_attributes;
+    let did_not_answer = |e: crate::version::http::ProxyError| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("{} did not answer", route.group_id)).detail(e.to_string())
+    };
+    let answer = match (proxy_attributes(control.http(), &route.url, &user_id, &bounds).await, &route.standby) {
+        (Ok(answer), _) => answer,
+        // The active process died under the query (or before routing saw it): its standby answers.
+        (Err(e), Some(standby)) => {
+            tracing::debug!(group_id = %route.group_id, url = %route.url, error = %e, "asking the standby");
+            proxy_attributes(control.http(), standby, &user_id, &bounds).await.map_err(did_not_answer)?
+        }
+        (Err(e), None) => return Err(did_not_answer(e)),
+    };
     if bounds == ReadBounds::default() || answer.status() != StatusCode::OK {
         return Ok(answer);
     }

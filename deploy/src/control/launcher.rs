@@ -40,6 +40,22 @@ pub struct LaunchSpec {
     /// An archiver, not a version: run `squall archive` with this record (one process; the
     /// topology, version and workers above are unused).
     pub archiver: Option<ArchiveDeployment>,
+    /// A standby of one of the version's processes, not the version: run `squall standby` (one
+    /// process; `workers` are the version's, `start_from` and `backfill` unused).
+    pub standby: Option<StandbyOf>,
+    /// The version's standbys per process, which its processes are told (`--standbys`).
+    pub standbys: usize,
+}
+
+/// Which standby a [`LaunchSpec`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StandbyOf {
+    /// The process of the version whose users it holds.
+    pub process: usize,
+    /// Which of that process's standbys (0..standbys).
+    pub replica: usize,
+    /// The version's processes.
+    pub processes: usize,
 }
 
 /// How a process came to be managed by this server.

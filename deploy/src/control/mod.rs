@@ -11,6 +11,8 @@
 //!   and the heartbeats that renew the processes' leases.
 //! - [`archives`]: the archivers the server runs (`squall archive start`): their record, views
 //!   and the decisions of start and stop; they run through the same launcher and supervisor.
+//! - [`standbys`]: the standby replicas of versions deployed with `standbys`: their launches,
+//!   what is observed of them, which may answer; supervised one by one like versions.
 //! - [`binaries`]: executables uploaded for versions that run custom code.
 //! - [`routing`]: which process answers which query, from a lock-free snapshot.
 //! - [`promotions`]: the CQL store's `promoted_versions` rows, following the registry.
@@ -39,6 +41,7 @@ pub mod promotions;
 mod promtext;
 pub mod registry;
 pub mod routing;
+pub mod standbys;
 pub mod state;
 pub mod statedir;
 pub mod supervisor;
@@ -144,6 +147,8 @@ struct Book {
     progress: HashMap<GroupId, Progress>,
     /// Each archiver's data files, from the last listing of its archive.
     archive_files: HashMap<GroupId, Result<u64, String>>,
+    /// Every standby of every running version.
+    standbys: HashMap<standbys::Key, standbys::Watched>,
 }
 
 /// The control plane's shared state.
@@ -155,6 +160,7 @@ pub struct Control {
     book: Mutex<Book>,
     routes: Routing,
     supervisors: Mutex<HashMap<GroupId, Supervisor>>,
+    standby_supervisors: Mutex<HashMap<standbys::Key, Supervisor>>,
     launcher: Arc<dyn Launcher>,
     lag: Arc<dyn LagSource>,
     http: reqwest::Client,
@@ -190,6 +196,7 @@ impl Control {
             book: Mutex::new(Book::default()),
             routes,
             supervisors: Mutex::new(HashMap::new()),
+            standby_supervisors: Mutex::new(HashMap::new()),
             launcher,
             lag,
             http,
@@ -205,7 +212,11 @@ impl Control {
                     control.launch(&d, Begin::Resume);
                 }
                 registry::Desired::Stopped => {
-                    tokio::spawn(supervisor::retire(Arc::clone(&control.launcher), control.launch_spec(&d)));
+                    let spec = control.launch_spec(&d);
+                    for (_, s) in standbys::specs(&d, &spec) {
+                        tokio::spawn(supervisor::retire(Arc::clone(&control.launcher), s));
+                    }
+                    tokio::spawn(supervisor::retire(Arc::clone(&control.launcher), spec));
                 }
             }
         }
@@ -221,7 +232,8 @@ impl Control {
 
     /// Stops every deployment's processes (the registry keeps them as running, so a restart resumes them).
     pub async fn shutdown(&self) {
-        let all: Vec<Supervisor> = lock(&self.supervisors).drain().map(|(_, s)| s).collect();
+        let mut all: Vec<Supervisor> = lock(&self.supervisors).drain().map(|(_, s)| s).collect();
+        all.extend(lock(&self.standby_supervisors).drain().map(|(_, s)| s));
         futures::future::join_all(all.into_iter().map(Supervisor::halt)).await;
     }
 
@@ -234,6 +246,11 @@ impl Control {
             s.detach().await;
             // No longer watched, heartbeaten or routed to by this server.
             self.observe(&g, Observation::Halted);
+        }
+        let all: Vec<(standbys::Key, Supervisor)> = lock(&self.standby_supervisors).drain().collect();
+        for (key, s) in all {
+            s.detach().await;
+            self.observe_standby(&key, Observation::Halted);
         }
     }
 
@@ -266,9 +283,58 @@ impl Control {
         }
     }
 
-    /// Starts the supervisor of `d`.
+    /// Starts the supervisor of `d`, and one per standby of it.
     fn launch(self: &Arc<Self>, d: &Deployment, begin: Begin) {
-        self.launch_spec_as(self.launch_spec(d), begin);
+        let spec = self.launch_spec(d);
+        let max_lag = self.stored_spec(d).map(|s| s.runtime.standby_max_lag).unwrap_or(10);
+        for (of, s) in standbys::specs(d, &spec) {
+            let key = (d.group_id.clone(), of);
+            self.book().standbys.insert(key.clone(), standbys::Watched { max_lag, ..Default::default() });
+            let control = Arc::downgrade(self);
+            let k = key.clone();
+            let report = Arc::new(move |o: Observation| {
+                if let Some(c) = control.upgrade() {
+                    c.observe_standby(&k, o);
+                }
+            });
+            let supervisor = Supervisor::spawn(Arc::clone(&self.launcher), s, begin, report);
+            lock(&self.standby_supervisors).insert(key, supervisor);
+        }
+        self.launch_spec_as(spec, begin);
+    }
+
+    /// Records an observation of a standby and republishes the standbys of its version that may answer.
+    fn observe_standby(&self, key: &standbys::Key, o: Observation) {
+        let mut book = self.book();
+        let Some(w) = book.standbys.get_mut(key) else { return };
+        if matches!(o, Observation::Launched { .. } | Observation::Adopted { .. } | Observation::Died { .. }) {
+            w.status = None;
+        }
+        w.observed.apply(o);
+        self.publish_standbys(&key.0, &book);
+    }
+
+    /// Records the `/v1/status` readings of standbys (`None`: it did not answer) and republishes.
+    fn standby_readings(&self, readings: Vec<(standbys::Key, Option<crate::version::counters::RunStatus>)>) {
+        let mut book = self.book();
+        let mut groups = std::collections::BTreeSet::new();
+        for (key, status) in readings {
+            let Some(w) = book.standbys.get_mut(&key) else { continue };
+            w.users = status.as_ref().map(|s| s.users);
+            w.status = status.and_then(|s| s.standby);
+            groups.insert(key.0);
+        }
+        for g in groups {
+            self.publish_standbys(&g, &book);
+        }
+    }
+
+    /// Publishes the standbys of `g` that may answer, under the book's lock (so that the
+    /// snapshot follows the observations in order).
+    fn publish_standbys(&self, g: &GroupId, book: &Book) {
+        let processes = self.routes.load().registry().deployments.get(g).map_or(0, |d| d.processes);
+        let any = book.standbys.keys().any(|(k, _)| k == g);
+        self.routes.set_standbys(g, any.then(|| standbys::answering(g, processes, &book.standbys)));
     }
 
     /// Starts the supervisor of `spec` (a version's or an archiver's).
@@ -298,6 +364,8 @@ impl Control {
             start_from: StartPosition::default(),
             backfill: None,
             archiver: Some(a.clone()),
+            standby: None,
+            standbys: 0,
         }
     }
 
@@ -313,15 +381,26 @@ impl Control {
             start_from: d.start_from.clone(),
             backfill: d.backfill.clone(),
             archiver: None,
+            standby: None,
+            standbys: d.standbys,
         }
     }
 
-    /// Stops the processes of `g` and waits until they are gone.
+    /// Stops the processes of `g` and its standbys, and waits until they are gone.
     async fn halt(&self, g: &GroupId) {
         let supervisor = lock(&self.supervisors).remove(g);
+        let standbys: Vec<Supervisor> = {
+            let mut all = lock(&self.standby_supervisors);
+            let keys: Vec<standbys::Key> = all.keys().filter(|(k, _)| k == g).cloned().collect();
+            keys.iter().filter_map(|k| all.remove(k)).collect()
+        };
         if let Some(s) = supervisor {
             s.halt().await;
         }
+        futures::future::join_all(standbys.into_iter().map(Supervisor::halt)).await;
+        let mut book = self.book();
+        book.standbys.retain(|(k, _), _| k != g);
+        self.routes.set_standbys(g, None);
     }
 
     /// Makes `change` durable and visible, and starts what it starts; the deployments it stops
@@ -402,6 +481,17 @@ impl Control {
         if !(1..=64).contains(&processes) {
             return Err(bad(format!("processes = {processes}: use 1..=64")));
         }
+        let standbys = req.standbys.unwrap_or(spec.runtime.standbys);
+        let max = squall_topologies::spec::MAX_STANDBYS;
+        if standbys > max {
+            return Err(bad(format!("standbys = {standbys}: use 0..={max}")));
+        }
+        if standbys > 0 && !spec.feed.changelog {
+            return Err(bad(format!(
+                "standbys = {standbys}: a standby follows the version's changelog; set `changelog = true` under \
+                 [feed] in the topology file, or deploy without standbys"
+            )));
+        }
         let start_from: StartPosition = match &req.start_from {
             Some(s) => s.parse().map_err(|e| bad(format!("start_from {e}")))?,
             None => StartPosition::default(),
@@ -437,6 +527,7 @@ impl Control {
         let d = Deployment {
             binary,
             backfill,
+            standbys,
             ..Deployment::new(&spec, req.topology_toml, start_from, workers, processes, now as u64)
         };
         if self.routes.load().registry().archives.contains_key(&d.group_id) {
@@ -743,8 +834,9 @@ impl Control {
         self.diffs.sweep(&keep, |g| registry.deployments.contains_key(g));
     }
 
-    /// `v` with its diff against the promoted version, if one runs.
+    /// `v` with its standbys and its diff against the promoted version, if one runs.
     fn with_diff(&self, registry: &RegistryData, mut v: DeploymentView) -> DeploymentView {
+        v.standby_replicas = standbys::views(&v.deployment.group_id, &self.book().standbys);
         if let Some(p) = registry.promoted(&v.deployment.topology)
             && p != &v.deployment.group_id
         {

@@ -113,6 +113,7 @@ pub(super) async fn heartbeats(control: Weak<Control>, every: Duration) {
             (g, all.map(|s| RunStatus::total(&s)))
         }))
         .await;
+        standby_heartbeats(&control).await;
         let now = Instant::now();
         let mut book = control.book();
         for (g, status) in readings {
@@ -123,6 +124,26 @@ pub(super) async fn heartbeats(control: Weak<Control>, every: Duration) {
             book.progress.entry(g).or_default().read(status, now);
         }
     }
+}
+
+/// Renews the lease of every standby and reads its cut and lag.
+async fn standby_heartbeats(control: &Control) {
+    let targets: Vec<(super::standbys::Key, ProcessSlot)> = control
+        .book()
+        .standbys
+        .iter()
+        .filter_map(|(k, w)| w.observed.processes.first().map(|slot| (k.clone(), slot.clone())))
+        .collect();
+    let http = &control.http;
+    let readings = futures::future::join_all(targets.into_iter().map(|(key, slot)| async move {
+        let status = match &slot.url {
+            Some(url) => heartbeat(http, url, &slot.launch_id).await,
+            None => None,
+        };
+        (key, status)
+    }))
+    .await;
+    control.standby_readings(readings);
 }
 
 /// Asks the process at `url` for its status, naming its launch id (which renews its lease); the

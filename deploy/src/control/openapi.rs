@@ -25,7 +25,8 @@ use crate::version::counters::RunStatus;
         crate::changelog_diff::AttributeAgreement, crate::changelog_diff::NotComparable, crate::changelog_diff::DifferingValue,
         crate::version::http::ErrorBody, GroupId, UserId, Executable,
         super::archives::ArchiveDeployment, super::archives::ArchiveView, super::archives::ArchiveState,
-        super::archives::StartArchiveRequest
+        super::archives::StartArchiveRequest, super::standbys::StandbyView,
+        crate::version::standby::StandbyStatus
     )),
     modifiers(&BearerAuth, &ErrorBodies),
     tags((name = "deployments", description = "Topology versions and their lifecycle"),

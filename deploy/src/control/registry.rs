@@ -60,6 +60,15 @@ pub struct Deployment {
     /// The archive the version applies first (`--backfill`), before reading Kafka.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillFrom>,
+    /// Standby replicas per process (`runtime.standbys`, or `squall deploy --standbys`): each
+    /// follows the changelog for its process's users and answers while that process is down.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schema(minimum = 0, maximum = 4)]
+    pub standbys: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Where a deployment's backfill comes from.
@@ -98,6 +107,7 @@ impl Deployment {
             topology_toml,
             binary: None,
             backfill: None,
+            standbys: spec.runtime.standbys,
         }
     }
 
@@ -125,6 +135,7 @@ impl Deployment {
             topology_toml: String::new(),
             binary: None,
             backfill: None,
+            standbys: 0,
         }
     }
 }

@@ -16,6 +16,9 @@ use crate::values::GroupId;
 pub struct Routes {
     registry: Arc<RegistryData>,
     serving: HashMap<GroupId, Arc<[String]>>,
+    /// Per version, per process: the addresses of its standbys that may answer (serving, within
+    /// `runtime.standby_max_lag` cuts of the changelog).
+    standbys: HashMap<GroupId, Arc<[Vec<String>]>>,
 }
 
 /// Where a query goes.
@@ -23,8 +26,10 @@ pub struct Routes {
 pub struct Route {
     /// The version that answers.
     pub group_id: GroupId,
-    /// The HTTP address of the process that owns the user.
+    /// The HTTP address of the process that owns the user (its standby's while it is down).
     pub url: String,
+    /// A standby of that process to ask at once if `url` cannot be reached.
+    pub standby: Option<String>,
 }
 
 /// Why a query cannot be routed.
@@ -74,12 +79,17 @@ impl Routes {
             },
         };
         let d = self.registry.deployments.get(group).ok_or_else(|| RouteError::Unknown(group.clone()))?;
-        let urls = self
-            .serving(group)
-            .filter(|u| d.desired == Desired::Running && u.len() == d.processes)
-            .ok_or_else(|| RouteError::NotServing(group.clone()))?;
+        let not_serving = || RouteError::NotServing(group.clone());
+        if d.desired != Desired::Running {
+            return Err(not_serving());
+        }
         let owner = crate::version::cluster::owner_process(user_id, d.workers, d.processes);
-        Ok(Route { group_id: group.clone(), url: urls[owner].clone() })
+        let standby = self.standbys.get(group).and_then(|s| s.get(owner)).and_then(|u| u.first()).cloned();
+        match self.serving(group).filter(|u| u.len() == d.processes) {
+            Some(urls) => Ok(Route { group_id: group.clone(), url: urls[owner].clone(), standby }),
+            // The active process is down (died, restarting): its standby answers.
+            None => standby.map(|url| Route { group_id: group.clone(), url, standby: None }).ok_or_else(not_serving),
+        }
     }
 }
 
@@ -96,7 +106,24 @@ impl Routing {
     /// Publishes a newly committed registry.
     pub fn set_registry(&self, registry: &RegistryData) {
         let registry = Arc::new(registry.clone());
-        self.0.rcu(|r| Routes { registry: Arc::clone(&registry), serving: r.serving.clone() });
+        self.0.rcu(|r| Routes {
+            registry: Arc::clone(&registry),
+            serving: r.serving.clone(),
+            standbys: r.standbys.clone(),
+        });
+    }
+
+    /// Publishes the standbys of `g` that may answer, per process (`None`: it has none).
+    pub fn set_standbys(&self, g: &GroupId, urls: Option<Vec<Vec<String>>>) {
+        let urls: Option<Arc<[Vec<String>]>> = urls.map(Into::into);
+        self.0.rcu(|r| {
+            let mut standbys = r.standbys.clone();
+            match &urls {
+                Some(u) => standbys.insert(g.clone(), Arc::clone(u)),
+                None => standbys.remove(g),
+            };
+            Routes { registry: Arc::clone(&r.registry), serving: r.serving.clone(), standbys }
+        });
     }
 
     /// Publishes whether every process of `g` serves, and where.
@@ -108,7 +135,7 @@ impl Routing {
                 Some(u) => serving.insert(g.clone(), Arc::clone(u)),
                 None => serving.remove(g),
             };
-            Routes { registry: Arc::clone(&r.registry), serving }
+            Routes { registry: Arc::clone(&r.registry), serving, standbys: r.standbys.clone() }
         });
     }
 }
@@ -146,7 +173,7 @@ mod tests {
         let r = routing.load();
         for user in ["u1", "u2", "u3", "alice", "bob"] {
             let owner = crate::version::cluster::owner_process(user, 2, 2);
-            let want = Route { group_id: g("p-v1"), url: ["http://a", "http://b"][owner].into() };
+            let want = Route { group_id: g("p-v1"), url: ["http://a", "http://b"][owner].into(), standby: None };
             assert_eq!(r.route(None, None, user).as_ref(), Ok(&want));
             assert_eq!(r.route(None, Some("p"), user).as_ref(), Ok(&want));
         }
@@ -165,5 +192,36 @@ mod tests {
         assert_eq!(routing.load().route(None, Some("p"), "u1"), Err(RouteError::NotServing(g("p-v1"))));
         // The snapshot taken earlier is unchanged.
         assert_eq!(r.serving(&g("p-v1")).map(<[String]>::len), Some(2));
+    }
+
+    #[test]
+    fn a_process_that_is_down_is_answered_for_by_its_standby_and_its_standby_is_the_fallback() {
+        let routing = Routing::default();
+        let mut data = RegistryData::default();
+        let mut d = deployment("p-v1", 2);
+        d.standbys = 1;
+        data.deployments.insert(d.group_id.clone(), d);
+        data.promoted.insert("p".into(), g("p-v1"));
+        routing.set_registry(&data);
+        let users = ["u1", "u2", "u3", "alice", "bob"];
+        let owner = |u: &str| crate::version::cluster::owner_process(u, 2, 2);
+        // No standby serves yet: a version that is down does not answer.
+        assert_eq!(routing.load().route(None, None, "u1"), Err(RouteError::NotServing(g("p-v1"))));
+        routing.set_standbys(&g("p-v1"), Some(vec![vec!["http://s0".into()], vec![]]));
+        for u in users {
+            let want = (owner(u) == 0).then(|| "http://s0".to_owned());
+            let r = routing.load().route(None, None, u);
+            assert_eq!(r.as_ref().ok().map(|r| r.url.clone()), want, "{u}: process 1 has no usable standby");
+        }
+        routing.set_serving(&g("p-v1"), Some(vec!["http://a".into(), "http://b".into()]));
+        for u in users {
+            let r = routing.load().route(None, None, u).unwrap();
+            assert_eq!(r.url, ["http://a", "http://b"][owner(u)], "the active answers again once it serves");
+            assert_eq!(r.standby.as_deref(), (owner(u) == 0).then_some("http://s0"));
+        }
+        data.deployments.get_mut(&g("p-v1")).unwrap().desired = Desired::Stopped;
+        routing.set_registry(&data);
+        routing.set_serving(&g("p-v1"), None);
+        assert_eq!(routing.load().route(None, None, "u1"), Err(RouteError::NotServing(g("p-v1"))));
     }
 }

@@ -116,6 +116,16 @@ impl DeploymentDir {
     pub fn runfile(&self, index: usize) -> PathBuf {
         self.0.join(format!("process-{index}.json"))
     }
+
+    /// The runtime file of standby `replica` of its process `process`.
+    pub fn standby_runfile(&self, process: usize, replica: usize) -> PathBuf {
+        self.0.join(format!("standby-{process}-{replica}.json"))
+    }
+
+    /// The log of standby `replica` of its process `process`.
+    pub fn standby_log(&self, process: usize, replica: usize) -> PathBuf {
+        self.0.join(format!("standby-{process}-{replica}.log"))
+    }
 }
 
 /// The last `n` lines of a file (empty if it cannot be read).

@@ -39,6 +39,9 @@ pub struct DeploymentView {
     /// Its diff against its topology's promoted version (when both publish a changelog).
     #[serde(default)]
     pub diff: Option<super::diff_runs::DiffSummary>,
+    /// Its standby replicas (deployed with `standbys`), in process order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby_replicas: Vec<super::standbys::StandbyView>,
 }
 
 /// `GET /v1/deployments/{group_id}`: the view plus per-partition progress and recent history.
@@ -89,6 +92,11 @@ pub struct DeployRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1)]
     pub since: Option<String>,
+    /// Standby replicas per process (0 to 4; needs `[feed] changelog = true`); default: the
+    /// file's `runtime.standbys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 4)]
+    pub standbys: Option<usize>,
 }
 
 /// `POST /v1/deployments/{group_id}/rollback`.
@@ -116,6 +124,7 @@ impl DeploymentView {
             urls: observed.map(|o| o.processes.iter().filter_map(|p| p.url.clone()).collect()).unwrap_or_default(),
             adopted: observed.is_some_and(|o| o.adopted),
             diff: None,
+            standby_replicas: Vec::new(),
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct RunStatus {
     /// The cut its answers reflect and the event-to-servable delays (`[slo] freshness`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freshness: Option<FreshnessStatus>,
+    /// A standby replica's cut and lag behind the changelog (`squall standby`); none for a version process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<crate::version::standby::StandbyStatus>,
 }
 
 /// How a version's backfill from an archive is going.
@@ -139,6 +142,7 @@ impl RunStatus {
                 pid: _,
                 backfill,
                 freshness: _,
+                standby: _,
             } = s;
             if let Some(b) = backfill {
                 let t = sum.backfill.get_or_insert_with(BackfillStatus::default);

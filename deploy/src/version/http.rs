@@ -12,7 +12,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
-use squall_operators::attributes::AttributesView;
 use squall_operators::{Attributes, UserStore};
 use tokio::net::TcpListener;
 
@@ -47,6 +46,9 @@ pub struct Api {
     pub lease: Option<Arc<crate::version::lease::Lease>>,
     /// Where the other processes of a multi-process version are (queries for their users go there).
     pub routing: Option<Routing>,
+    /// Standby replicas per process (`runtime.standbys`): with any, an answer's `as_of.cut` is at
+    /// most the cut the changelog feed has durably written.
+    pub standbys: usize,
 }
 
 /// A multi-process version's layout, for forwarding queries to the process that owns a user.
@@ -78,15 +80,27 @@ pub struct UserAttributes {
 }
 
 /// What `GET /v1/users/{user_id}/attributes` writes: the JSON of [`UserAttributes`] (same fields
-/// in the same order), serialised straight from the user's state with borrowed strings.
+/// in the same order), serialised straight from the user's state (an active process) or the
+/// changelog's JSON (a standby) with borrowed strings.
 #[derive(Serialize)]
-struct UserAttributesBody<'a> {
-    user_id: &'a str,
-    topology: &'a str,
-    version: u32,
-    group_id: &'a str,
-    attributes: AttributesView<'a>,
-    as_of: AsOf,
+pub(crate) struct UserAttributesBody<'a, A: Serialize> {
+    pub(crate) user_id: &'a str,
+    pub(crate) topology: &'a str,
+    pub(crate) version: u32,
+    pub(crate) group_id: &'a str,
+    pub(crate) attributes: A,
+    pub(crate) as_of: AsOf,
+}
+
+/// The answer for a user the version holds nothing of: 404.
+pub(crate) fn no_attributes(topology: &str, version: u32, user_id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no attributes for user {user_id:?}"))
+        .detail(format!("topology {topology} version {version} has consumed no event of this user"))
+}
+
+/// The JSON response of a serialised answer body.
+pub(crate) fn json_answer(json: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], Bytes::from(json)).into_response()
 }
 
 /// The error body: `{"error": {"status", "message", "detail", "hint"}}`.
@@ -255,20 +269,35 @@ impl<S: Send + Sync> FromRequestParts<S> for UserPath {
     }
 }
 
+/// The `?min_cut=` and `?max_staleness_ms=` of an attribute read of a version's process or
+/// standby, checked for form (400 if not).
+pub struct Bounds(pub ReadBounds);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bounds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(query) = Query::<BoundsQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(e.body_text()))?;
+        read_bounds(&query).map(Bounds)
+    }
+}
+
 /// The `?min_cut=` and `?max_staleness_ms=` of an attribute read, checked for form (400 if not).
 pub fn read_bounds(query: &BoundsQuery) -> Result<ReadBounds, ApiError> {
     query.bounds().map_err(bad_bound)
 }
 
 /// A malformed bound: 400.
-fn bad_bound(e: BadBound) -> ApiError {
+pub(crate) fn bad_bound(e: BadBound) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid read bound")
         .detail(e.to_string())
         .hint("min_cut: a cut from an earlier answer's as_of.cut; max_staleness_ms: 1..=86400000")
 }
 
 /// An answer that cannot meet its bounds: 503 with `Retry-After`.
-fn unmet(u: Unmet, epoch_ms: u64) -> Response {
+pub(crate) fn unmet(u: Unmet, epoch_ms: u64) -> Response {
     let retry = u.retry_after_s();
     let e = match u {
         Unmet::Cut { wanted, has, .. } => {
@@ -288,11 +317,8 @@ fn unmet(u: Unmet, epoch_ms: u64) -> Response {
 async fn attributes(
     State(api): State<Arc<Api>>,
     UserPath(user_id): UserPath,
-    query: Result<Query<BoundsQuery>, QueryRejection>,
+    Bounds(bounds): Bounds,
 ) -> Result<Response, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(e.body_text()))?;
-    let bounds = read_bounds(&query)?;
     if let Some(r) = &api.routing {
         let owner = r.cluster.owner(&user_id, r.workers);
         if owner != r.cluster.process {
@@ -300,7 +326,12 @@ async fn attributes(
         }
     }
     let freshness = api.counters.freshness();
-    let as_of = freshness.as_of();
+    let mut as_of = freshness.as_of();
+    if api.standbys > 0 {
+        // A standby answering after this process dies has read the changelog up to what the feed
+        // recorded as written: claim no more, so that answers never go back across a failover.
+        as_of.cut = as_of.cut.min(api.feeds.as_ref().and_then(|f| f.written("changelog")).unwrap_or(0));
+    }
     if bounds != ReadBounds::default() {
         match freshness.check(&bounds, &as_of, crate::version::freshness::now_ms()) {
             Err(bad) => return Err(bad_bound(bad)),
@@ -321,16 +352,12 @@ async fn attributes(
         serde_json::to_writer(&mut out, &body).map(|()| out)
     });
     match body {
-        Some(Ok(json)) => {
-            Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], Bytes::from(json))
-                .into_response())
-        }
+        Some(Ok(json)) => Ok(json_answer(json)),
         Some(Err(e)) => {
             Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot serialise the attributes")
                 .detail(e.to_string()))
         }
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no attributes for user {user_id:?}"))
-            .detail(format!("topology {} version {} has consumed no event of this user", api.topology, api.version))),
+        None => Err(no_attributes(&api.topology, api.version, &user_id)),
     }
 }
 
@@ -469,6 +496,7 @@ mod tests {
             feeds: None,
             lease: None,
             routing: None,
+            standbys: 0,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

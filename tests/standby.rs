@@ -1,0 +1,335 @@
+//! Standby replicas through `squall server`, against the real broker and CQL server: a version
+//! deployed with `standbys = 1` and its changelog on, events flowing for 20k users, a reader
+//! querying random users through the server every few milliseconds.
+//!
+//! 1. The active process is SIGKILLed 5 times, every few seconds: every query is answered
+//!    (0 failed), no user's `as_of.cut` ever decreases, some answers come from the standby, and
+//!    afterwards every user equals the oracle, through the server and at the standby itself.
+//! 2. The standby is SIGKILLed: reads keep going to the active (0 failed), and a new standby is
+//!    started and catches up (its lag in cuts reaches 0).
+//! 3. The server is SIGKILLed and started again: it adopts the standby (the same process).
+//!
+//! The longest gap between two answered queries and the p99 latency are printed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use squall_operators::Event;
+use squall_tests::deployment::{Deployment, Stream, state_dir};
+use squall_tests::server::{SquallServer, find_process, wait_equal_to_oracle};
+use squall_tests::{Fixture, produce, stream_config_without_resends, wait_for};
+use squall_topologies::oracle;
+
+const TOKEN: &str = "standby-token-0123456789abcdef";
+const T0: i64 = 1_763_750_000_000;
+/// Users of the stream; `SQUALL_STANDBY_USERS` sets another number (the bench in
+/// `benches/RESULTS.md` runs this test in a release build with more).
+const USERS: u64 = 20_000;
+
+/// What the reader saw.
+#[derive(Default)]
+struct Reads {
+    answered: u64,
+    failed: Vec<String>,
+    from_standby: u64,
+    went_back: Vec<String>,
+    latencies_ms: Vec<f64>,
+    last_answer: Option<Instant>,
+    longest_gap: Duration,
+    cuts: HashMap<String, u64>,
+}
+
+impl Reads {
+    /// Records one query of `user`, started at `started`.
+    fn record(&mut self, user: &str, started: Instant, answer: Result<serde_json::Value, String>) {
+        let now = Instant::now();
+        let r = self;
+        r.latencies_ms.push(now.duration_since(started).as_secs_f64() * 1000.0);
+        match answer {
+            Ok(body) => {
+                r.answered += 1;
+                if let Some(last) = r.last_answer {
+                    r.longest_gap = r.longest_gap.max(now - last);
+                }
+                r.last_answer = Some(now);
+                if body["as_of"]["standby"] == true {
+                    r.from_standby += 1;
+                }
+                let cut = body["as_of"]["cut"].as_u64().expect("as_of.cut");
+                let before = r.cuts.insert(user.to_owned(), cut).unwrap_or(0);
+                if cut < before {
+                    r.went_back.push(format!("{user}: cut {before} then {cut} ({})", body["as_of"]));
+                    r.cuts.insert(user.to_owned(), before);
+                }
+            }
+            Err(e) => r.failed.push(format!("{user}: {e}")),
+        }
+    }
+
+    /// Asserts that every query was answered and no user's cut decreased.
+    fn all_answered_and_none_went_back(&self) {
+        let some = |v: &[String]| v[..v.len().min(3)].to_vec();
+        assert!(self.failed.is_empty(), "{} queries failed, e.g. {:?}", self.failed.len(), some(&self.failed));
+        assert!(self.went_back.is_empty(), "answers went back: {:?}", some(&self.went_back));
+    }
+
+    /// One line: answers, failures, the longest gap and latencies.
+    fn summary(&mut self, what: &str) -> String {
+        self.latencies_ms.sort_by(f64::total_cmp);
+        let p = |q: f64| {
+            self.latencies_ms
+                .get(((self.latencies_ms.len() as f64 * q) as usize).min(self.latencies_ms.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        format!(
+            "standby {what}: {} answered ({} by the standby), {} failed, {} went back; longest gap {:?}, latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            self.answered,
+            self.from_standby,
+            self.failed.len(),
+            self.went_back.len(),
+            self.longest_gap,
+            p(0.5),
+            p(0.99),
+            self.latencies_ms.last().copied().unwrap_or(0.0)
+        )
+    }
+}
+
+/// Queries random `users` through the server every 3 ms until `stop`.
+async fn read(
+    url: String,
+    group: String,
+    users: Arc<Vec<String>>,
+    reads: Arc<Mutex<Reads>>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let mut rng = StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let user = &users[rng.random_range(0..users.len())];
+        let started = Instant::now();
+        let answer = async {
+            let resp = client
+                .get(format!("{url}/v1/users/{user}/attributes?group={group}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.map_err(|e| format!("{status}: {e}"))?;
+            if status == 200 { Ok(body) } else { Err(format!("{status} {body}")) }
+        }
+        .await;
+        reads.lock().unwrap().record(user, started, answer);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
+/// A reader querying random users through the server, until [`Reader::finish`].
+struct Reader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<Mutex<Reads>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    fn start(server: &SquallServer, group: &str, users: &Arc<Vec<String>>, seed: u64) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(Mutex::new(Reads::default()));
+        let task = tokio::spawn(read(
+            server.url.clone(),
+            group.to_owned(),
+            Arc::clone(users),
+            Arc::clone(&reads),
+            Arc::clone(&stop),
+            seed,
+        ));
+        Reader { stop, reads, task }
+    }
+
+    /// Stops it; what it saw.
+    async fn finish(self) -> Reads {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("reader");
+        std::mem::take(&mut *self.reads.lock().unwrap())
+    }
+}
+
+/// Produces `per_tick` events every 100 ms until `stop`; the events sent.
+async fn keep_producing(f: Fixture, mut stream: Stream, per_tick: usize, stop: Arc<AtomicBool>) -> Vec<Event> {
+    let mut sent = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let (records, events) = stream.batch(&f, per_tick);
+        produce(records).await;
+        sent.extend(events);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sent
+}
+
+/// User and system CPU time of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: state is the 3rd, utime the 14th, stime the 15th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// The version's standby 0 of process 0 as the server shows it.
+async fn standby_view(server: &SquallServer, group: &str) -> serde_json::Value {
+    let (_, d) = server.get(&format!("/v1/deployments/{group}")).await;
+    d["standby_replicas"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_killed() {
+    let seed: u64 = std::env::var("SQUALL_STANDBY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("standby test seed {seed} (rerun with SQUALL_STANDBY_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let t = Instant::now();
+    let d = Deployment::new("standby", 41, 4, |f, name| {
+        f.topology(
+            name,
+            1,
+            "personalization_v1",
+            &[
+                // Dedup off and no resends: an event applied twice after a recovery shows up.
+                ("state", "epoch = \"200ms\"\ndedup_horizon = \"0s\""),
+                ("runtime", "workers = 2\nstandbys = 1\nstandby_max_lag = 10"),
+                ("feed", "changelog = true\nchangelog_partitions = 4"),
+            ],
+        )
+    })
+    .await;
+    let group = d.group(1);
+    let server = SquallServer::start(&state_dir("squall-standby"), TOKEN);
+    server.cli_ok(&["deploy", d.file()]);
+    let list = server.cli_ok(&["list"]);
+    assert!(list.contains("process 0 standby 0"), "{list}");
+
+    // Every user has events before the reader starts.
+    let users_in_stream = std::env::var("SQUALL_STANDBY_USERS").ok().and_then(|s| s.parse().ok()).unwrap_or(USERS);
+    let mut stream = Stream::new(stream_config_without_resends(users_in_stream, d.catalogue), seed, T0);
+    let (records, mut events) = stream.batch(&d.f, 3 * users_in_stream as usize);
+    produce(records).await;
+    server.wait_serving(&group).await;
+    let users_seen = {
+        let mut u: Vec<&str> = events.iter().map(|e| e.user_id()).collect();
+        u.sort_unstable();
+        u.dedup();
+        u.len() as u64
+    };
+    let view = wait_for("the standby to hold every user", Duration::from_secs(90), || async {
+        let s = standby_view(&server, &group).await;
+        if s["answers"] == true && s["users"].as_u64() == Some(users_seen) { Ok(s) } else { Err(s.to_string()) }
+    })
+    .await;
+    println!("standby serving [{:?} into the test]: {view}", t.elapsed());
+    let standby_url = view["url"].as_str().expect("the standby's address").to_owned();
+    let mut users: Vec<String> = events.iter().map(|e| e.user_id().to_owned()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let users = Arc::new(users);
+
+    // 1. Kill -9 the active process every few seconds while events flow and the reader reads.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let f = Fixture { songs: d.f.songs.clone(), ads: d.f.ads.clone(), keyspace: d.f.keyspace.clone() };
+        tokio::spawn(keep_producing(f, stream, 300, Arc::clone(&stop)))
+    };
+    let reader = Reader::start(&server, &group, &users, seed);
+    let topology_arg = server.state_dir.join("deployments").join(&group).join("topology.toml");
+    let topology_arg = topology_arg.to_str().expect("utf-8").to_owned();
+    let started = Instant::now();
+    let mut kills = 0;
+    // At most 5: the server restarts a process that keeps dying with a backoff that doubles (8 s
+    // after the fifth), and the run must end with the active serving.
+    while started.elapsed() < Duration::from_secs(30) && kills < 5 {
+        // The restarted active serves again (the server restarts it with growing backoff).
+        server.wait_serving(&group).await;
+        let pids = (find_process(&["run", &topology_arg]), find_process(&["standby", &topology_arg]));
+        let before = (pids.0.map(cpu_ticks), pids.1.map(cpu_ticks));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2500..4500))).await;
+        if kills == 0
+            && let ((Some(a), Some(s)), (Some(a0), Some(s0))) = (pids, before)
+        {
+            // While events flow and the active serves: what following the changelog costs.
+            let (active, standby) = (cpu_ticks(a) - a0, cpu_ticks(s) - s0);
+            println!(
+                "standby CPU: {standby} ticks against the active's {active} ({:.0}%) over the same seconds",
+                100.0 * standby as f64 / active.max(1) as f64
+            );
+        }
+        let Some(pid) = find_process(&["run", &topology_arg]) else { continue };
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        kills += 1;
+    }
+    let mut r = reader.finish().await;
+    stop.store(true, Ordering::Relaxed);
+    events.extend(producer.await.expect("producer"));
+    println!(
+        "{} [{:?} into the test]",
+        r.summary(&format!("failover ({kills} kill -9s of the active in {:?})", started.elapsed())),
+        t.elapsed()
+    );
+    assert!(kills >= 3, "{kills} kills");
+    r.all_answered_and_none_went_back();
+    assert!(r.from_standby > 0, "no answer came from the standby");
+
+    // After the run every user equals the oracle, through the server (the active) and at the standby.
+    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &d.catalogue.oracle());
+    server.wait_serving(&group).await;
+    wait_equal_to_oracle(&server.url, &format!("?group={group}"), &want, Duration::from_secs(90)).await;
+    println!("standby: the active equals the oracle [{:?} into the test]", t.elapsed());
+    wait_equal_to_oracle(&standby_url, "", &want, Duration::from_secs(60)).await;
+    println!(
+        "standby: {} users equal the oracle through the server and at the standby [{:?} into the test]",
+        want.len(),
+        t.elapsed()
+    );
+
+    // 2. Kill -9 the standby: reads keep going to the active, and a new standby catches up.
+    let reader = Reader::start(&server, &group, &users, seed + 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = find_process(&["standby", &topology_arg]).expect("the standby's process");
+    let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    let killed = Instant::now();
+    let back = wait_for("a new standby to catch up", Duration::from_secs(60), || async {
+        let s = standby_view(&server, &group).await;
+        let new = s["url"].as_str().is_some_and(|u| u != standby_url);
+        if new && s["restarts"].as_u64() >= Some(1) && s["answers"] == true && s["lag_cuts"] == 0 {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    let caught_up = killed.elapsed();
+    let mut r = reader.finish().await;
+    println!("{}; a new standby caught up {caught_up:?} after the kill: {back}", r.summary("killed"));
+    r.all_answered_and_none_went_back();
+    assert_eq!(r.from_standby, 0, "the active answers while it serves");
+    let status = server.cli_ok(&["status", &group]);
+    assert!(status.contains("standby:      process 0 standby 0: answers, cut"), "{status}");
+    println!("{status}");
+
+    // 3. A server killed and started again adopts the standby: same process, same address.
+    let standby_pid = find_process(&["standby", &topology_arg]).expect("the standby's process");
+    let url = back["url"].clone();
+    let dir = server.state_dir.clone();
+    server.kill9();
+    let server = SquallServer::start(&dir, TOKEN);
+    let again = wait_for("the standby to be adopted", Duration::from_secs(30), || async {
+        let s = standby_view(&server, &group).await;
+        if s["answers"] == true && s["url"] == url { Ok(s) } else { Err(s.to_string()) }
+    })
+    .await;
+    assert_eq!(find_process(&["standby", &topology_arg]), Some(standby_pid), "adopted, not restarted: {again}");
+    println!("standby adopted by a restarted server: {again}");
+}
