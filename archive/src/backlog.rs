@@ -231,11 +231,12 @@ impl<'b> Rows<'b> {
     /// byte for byte for the source to decode (a dead letter, or other limits).
     fn archived(&self, i: usize, kind: EventKind, use_decoded: bool) -> Archived {
         let offset = self.offset.value(i);
-        let key = self.key.is_valid(i).then(|| self.key.value(i).to_vec());
         let event = self.event(i, kind);
         if use_decoded && let Some(e) = event {
-            return Archived { offset, key, payload: Vec::new(), decoded: Some(Ok(e)) };
+            // The key only goes to the dead-letter topic, which a decoded event never reaches.
+            return Archived { offset, key: None, payload: Vec::new(), decoded: Some(Ok(e)) };
         }
+        let key = self.key.is_valid(i).then(|| self.key.value(i).to_vec());
         let payload = if self.value.is_valid(i) {
             self.value.value(i).to_vec()
         } else {

@@ -19,7 +19,7 @@ use crate::partition::Partition;
 pub struct Archived {
     /// Its Kafka offset.
     pub offset: i64,
-    /// The original key bytes.
+    /// The original key bytes (may be left out when `decoded` is `Some(Ok(_))`, like the payload).
     pub key: Option<Vec<u8>>,
     /// The original payload bytes (may be left empty when `decoded` is `Some(Ok(_))`: only a
     /// dead letter carries them on).

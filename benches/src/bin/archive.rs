@@ -61,11 +61,13 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let started = Instant::now();
     let (mut files, mut bytes) = (0u64, 0u64);
+    let (mut push_s, mut encode_s) = (0f64, 0f64);
     for (topic, kind, records) in
         [("song-completions", EventKind::Song, &songs), ("ad-impressions", EventKind::Ad, &ads)]
     {
         for (n, chunk) in records.chunks(args.rows_per_file.max(1)).enumerate() {
             let from = (n * args.rows_per_file) as i64;
+            let phase = Instant::now();
             let mut file = FileBuilder::new(topic, 0, kind, DecodeLimits::default(), from);
             for (i, r) in chunk.iter().enumerate() {
                 file.push(RawRecord {
@@ -75,7 +77,10 @@ fn main() {
                     value: &r.value,
                 });
             }
+            push_s += phase.elapsed().as_secs_f64();
+            let phase = Instant::now();
             let encoded = file.finish().expect("encode").expect("rows");
+            encode_s += phase.elapsed().as_secs_f64();
             rt.block_on(archive.put_file(&encoded)).expect("store");
             files += 1;
             bytes += encoded.entry.bytes;
@@ -83,8 +88,10 @@ fn main() {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "archive events={} files={files} secs={secs:.2} events_per_s={:.0} bytes_per_event={:.2}",
+        "archive events={} files={files} secs={secs:.2} (decode and append {push_s:.2}, encode {encode_s:.2}, \
+         store {:.2}) events_per_s={:.0} bytes_per_event={:.2}",
         args.events,
+        secs - push_s - encode_s,
         args.events as f64 / secs,
         bytes as f64 / args.events as f64
     );
