@@ -411,19 +411,6 @@ impl KafkaSource {
         consumer.set_nonempty_callback(move || {
             let _ = wake_too.activate();
         });
-        // The leaders of the owned partitions, before they are assigned: a partition assigned
-        // while its leader is unknown has its start offset queried only after librdkafka's fixed
-        // 500 ms retry ("no current leader"), and every worker's first record would wait for it
-        // (`benches/RESULTS.md`). A broker that does not answer in time changes
-        // nothing else: librdkafka retries by itself.
-        let mut topics: Vec<&str> = owned.iter().map(|o| o.partition.topic.as_str()).collect();
-        topics.sort_unstable();
-        topics.dedup();
-        for topic in topics {
-            if let Err(error) = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
-                tracing::warn!(group_id = %config.group_id, %topic, %error, "no metadata before assigning; librdkafka retries");
-            }
-        }
         let reader = Reader::Archive { consumer, wake, batch: Vec::new() };
         let topic_of = |kind: EventKind| {
             config.partitions.iter().find(|(_, k)| *k == kind).map(|(p, _)| p.topic.clone()).unwrap_or_default()
@@ -457,6 +444,7 @@ impl KafkaSource {
             return Ok(());
         };
         let kafka_err = |source| SourceError::Kafka { group: self.config.group_id.clone(), source };
+        fetch_leaders(&consumer, &self.owned, &self.config.group_id);
         let mut tpl = TopicPartitionList::new();
         for o in self.owned.iter().filter(|o| !o.failed) {
             let offset = match (o.next, self.config.start_from) {
@@ -843,6 +831,22 @@ impl<'scope> ConsumeKafka<'scope> for Scope<'scope, Epoch> {
             }
         });
         Ok(SourceStreams { events, dead, progress, offsets })
+    }
+}
+
+/// Fetches the leaders of the owned partitions' topics, just before they are assigned (a
+/// backfilling source reads its archive first without the broker): a partition assigned while
+/// its leader is unknown has its start offset queried only after librdkafka's fixed 500 ms retry
+/// ("no current leader"), and every worker's first record would wait for it (`benches/RESULTS.md`).
+/// A broker that does not answer in time changes nothing else: librdkafka retries by itself.
+fn fetch_leaders(consumer: &BaseConsumer, owned: &[Owned], group_id: &str) {
+    let mut topics: Vec<&str> = owned.iter().map(|o| o.partition.topic.as_str()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    for topic in topics {
+        if let Err(error) = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
+            tracing::warn!(group_id = %group_id, %topic, %error, "no metadata before assigning; librdkafka retries");
+        }
     }
 }
 
