@@ -409,6 +409,16 @@ impl CheckpointDir {
             Self::check_key_groups(scope, m.key_groups)?;
         }
         let heads = self.part_headers(manifest.as_ref().map(|m| m.cut), &mut bytes).map_err(io)?;
+        // Process 0's compaction commits a new manifest and then deletes the parts it folded: if
+        // that happened between reading the manifest and listing the parts, the listing lacks
+        // parts the manifest read does not hold, and the fold would silently miss their changes
+        // (a restarted process recovering while process 0 already compacts). Read again.
+        if self.manifest().map_err(io)?.map(|m| m.cut) != manifest.as_ref().map(|m| m.cut) {
+            return Err(io(io::Error::new(
+                io::ErrorKind::NotFound,
+                "a compaction replaced the manifest while reading",
+            )));
+        }
         for (_, meta, _) in &heads {
             Self::check_key_groups(scope, meta.key_groups)?;
         }
@@ -621,12 +631,14 @@ impl CheckpointStore for CheckpointDir {
 
     fn recover(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
         self.scope = Some(scope.clone());
-        // Another process's compaction may replace a file between reading the manifest and
-        // reading the file: read again.
+        // Another process's compaction may replace the manifest, or a file, while this one reads
+        // them: read again.
         let mut attempts = 0;
         loop {
             match self.recover_once(scope) {
-                Err(CheckpointError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempts < 5 => {
+                Err(CheckpointError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempts < 20 =>
+                {
                     attempts += 1;
                 }
                 other => return other,
