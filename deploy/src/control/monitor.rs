@@ -48,10 +48,11 @@ pub struct Progress {
 
 impl Progress {
     /// Takes a reading of the counters (`None`: the processes did not answer), and from it the
-    /// events applied per second since the last reading.
+    /// events applied per second since the last reading that had them. A reading missed (a
+    /// heartbeat that timed out under load) keeps that baseline, so the events applied meanwhile
+    /// still show in the next rate instead of vanishing from the history.
     fn read(&mut self, status: Option<RunStatus>, now: Instant) {
         let Some(s) = status else {
-            self.last_applied = None;
             self.events_per_sec = 0.0;
             return;
         };
@@ -242,4 +243,25 @@ fn record(control: &Control, d: &Deployment, lag: Result<Vec<PartitionLag>, Stri
     observed.apply(Observation::Progress { lag, events_per_sec });
     let sample = Sample { at_ms: now_ms() as u64, lag: observed.total_lag(), events_per_sec };
     book.progress.entry(d.group_id.clone()).or_default().sample(sample);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_reading_keeps_the_baseline_of_the_rate() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let applied = |n: u64| Some(RunStatus { applied: n, ..Default::default() });
+        let mut p = Progress::default();
+        p.read(applied(100), at(0));
+        assert_eq!(p.events_per_sec, 0.0, "no rate from a first reading");
+        p.read(None, at(1));
+        assert_eq!(p.events_per_sec, 0.0, "no rate from a missed reading");
+        p.read(applied(400), at(3));
+        assert_eq!(p.events_per_sec, 100.0, "300 events over the 3 s since the last reading that had them");
+        p.read(applied(400), at(4));
+        assert_eq!(p.events_per_sec, 0.0);
+    }
 }
