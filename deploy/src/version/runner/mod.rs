@@ -241,6 +241,7 @@ pub async fn start(
     let backfilled = Arc::new(BackfillProgress::default());
     let (backfill, backfill_run) = open_backfill(&spec, &layout, &partitions, &resume_at, &backfilled).await?;
     let start_epoch = recovery.cut.unwrap_or(0).max(epoch_now(spec.state.epoch));
+    let recovery_cut = recovery.cut;
     let freshness = recovery.freshness(&spec, layout.workers);
     let dead_letters = Arc::new(DeadLetters::default());
     let pending = Arc::new(AtomicUsize::new(0));
@@ -279,7 +280,7 @@ pub async fn start(
         first_worker: layout.local().start,
         watermark: recovery.watermark,
     };
-    tracing::info!(group_id = %group_id, workers = layout.workers, process = layout.process, processes = layout.processes, partitions = dataflow.source.partitions.len(), "starting workers");
+    tracing::info!(group_id = %group_id, workers = layout.workers, process = layout.process, processes = layout.processes, partitions = dataflow.source.partitions.len(), recovered_cut = ?recovery_cut, start_epoch = dataflow.start_epoch, "starting workers");
     let guards = build_dataflow(timely_config(&layout, cluster), dataflow)?;
     Ok(Running {
         spec,
