@@ -247,6 +247,15 @@ impl Maintainer {
             return;
         }
         let Some(sealed) = self.sealed else {
+            // The first cut this worker writes must come after its own source started: a part
+            // holds this worker's partitions' offsets at its cut, and an earlier cut has none
+            // (each process, and each worker, starts its source at its own wall-clock epoch, so
+            // the frontier may pass cuts before it). Such a part, completed by the other workers'
+            // parts, made a cut whose recovery restarted these partitions from `start_from`.
+            let source_started = hook.offsets.borrow().keys().next().copied();
+            if source_started.is_none_or(|started| target < started) {
+                return;
+            }
             self.sealed = Some(target);
             return;
         };
