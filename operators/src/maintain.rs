@@ -387,15 +387,13 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                         m.watermark.receive(epoch, data.drain(..));
                     }
                 });
-                input.for_each(|time, data| {
-                    let Some(epoch) = time.least().copied() else { return };
-                    if least.is_none_or(|l| l >= epoch) {
-                        m.enter(epoch);
-                        m.apply(data);
-                    } else {
-                        stash.entry(epoch).or_insert_with(|| spare.pop().unwrap_or_default()).append(data);
-                    }
-                });
+                // Epochs are applied in order, each after the cuts up to it are sealed: first the
+                // stashed epochs the frontier has passed (they are older than anything in the
+                // input, which the frontier still counts), then the input. Applying the input
+                // first sealed the cuts up to its epoch without the stashed epochs before it, so
+                // a cut's state lacked events its offsets covered (lost at a recovery from it),
+                // and those events were applied with a watermark their epoch must not see
+                // (resends counted twice, users expired early).
                 while let Some(entry) = stash.first_entry() {
                     if least.is_some_and(|l| l < *entry.key()) {
                         break;
@@ -407,6 +405,15 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
                         spare.push(batch);
                     }
                 }
+                input.for_each(|time, data| {
+                    let Some(epoch) = time.least().copied() else { return };
+                    if least.is_none_or(|l| l >= epoch) {
+                        m.enter(epoch);
+                        m.apply(data);
+                    } else {
+                        stash.entry(epoch).or_insert_with(|| spare.pop().unwrap_or_default()).append(data);
+                    }
+                });
                 if let Some(l) = least {
                     m.enter(l);
                 }
@@ -429,6 +436,119 @@ impl<'scope> MaintainAttributes<'scope> for Stream<'scope, Epoch, Vec<Activity>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::activity::{TrackInfo, What};
+    use crate::attributes::{AttributeDecl, Declaration, Plan};
+    use crate::partition::Partition;
+    use squall_enrichment::Symbols;
+    use std::rc::Rc;
+    use timely::dataflow::operators::{Concat, Input, Operator, Probe};
+
+    fn play(user: &str, n: u128, symbols: &Symbols) -> Activity {
+        let track = TrackInfo { genre: symbols.intern("rock"), artist: symbols.unknown(), duration_ms: None };
+        let what = What::Play { track_id: "t".into(), ms_played: 200_000, track };
+        // Ids are hashes in the dataflow: spread them over all bits.
+        let dedup_key = n.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        Activity { user: user.into(), dedup_key, ts: 1_000 * n as i64, event_id: n.to_string().into(), what }
+    }
+
+    /// Regression (issue 26, the 2-process catch-up through kills): epoch 3 waits in the stash
+    /// while the frontier is at 2; the frontier then jumps to 5 while epoch 5's data is in the
+    /// input. Cut 4 must hold epoch 3's user, and no cut up to 5 epoch 5's: the input used to be
+    /// applied first, sealing cuts 3-5 without the stashed epoch, whose events a recovery from
+    /// those cuts (offsets past them) then lost.
+    #[test]
+    fn a_cut_holds_the_stashed_epochs_before_it_when_the_frontier_jumps() {
+        let (tx, rx) = crossbeam_channel::unbounded::<Part>();
+        timely::execute_directly(move |worker| {
+            let symbols = Symbols::default();
+            let decl = AttributeDecl {
+                name: "plays".into(),
+                op: "count".into(),
+                events: Some("song".into()),
+                ..Default::default()
+            };
+            let plan = Arc::new(Plan::compile(&Declaration::new(&[decl]).unwrap(), &symbols));
+            let store = Arc::new(UserStore::new(plan, symbols.clone(), 1));
+            let offsets: EpochOffsets = Rc::default();
+            let partition = Partition { topic: "t".into(), partition: 0 };
+            for epoch in 0..8 {
+                offsets.borrow_mut().insert(epoch, vec![(partition.clone(), epoch as i64 * 10)]);
+            }
+            let hook = CheckpointHook { offsets, parts: tx.clone(), restore: Restore::default(), first_epoch: 0 };
+            let (mut slow, mut fast, mut reports, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+                let (slow, first) = scope.new_input::<Vec<Activity>>();
+                let (fast, second) = scope.new_input::<Vec<Activity>>();
+                let (reports, progress) = scope.new_input::<Vec<Report>>();
+                let pending = Arc::new(AtomicUsize::new(0));
+                // `slow`'s data reaches the maintainer only once the frontier is at its epoch,
+                // as a remote process's can, after the progress that moved the frontier.
+                let first = first.unary_frontier::<CapacityContainerBuilder<Vec<Activity>>, _, _, _>(
+                    Pipeline,
+                    "Late",
+                    |_, _| {
+                        let mut held: Vec<(timely::dataflow::operators::Capability<Epoch>, Vec<Activity>)> = Vec::new();
+                        move |(input, frontier), output| {
+                            input.for_each(|cap, data| {
+                                held.push((cap.retain_least(0).expect("a time"), std::mem::take(data)))
+                            });
+                            held.retain_mut(|(cap, data)| {
+                                if frontier.frontier().iter().any(|f| f < cap.time()) {
+                                    return true;
+                                }
+                                output.session(&*cap).give_iterator(data.drain(..));
+                                false
+                            });
+                        }
+                    },
+                );
+                let (probe, _) =
+                    first.concat(second).maintain_attributes(progress, store, 60_000, pending, Some(hook)).probe();
+                (slow, fast, reports, probe)
+            });
+            let run_until = |worker: &mut timely::worker::Worker, epoch: Epoch| {
+                while probe.less_than(&epoch) {
+                    worker.step();
+                }
+            };
+            for input in [&mut slow, &mut fast] {
+                input.advance_to(2);
+            }
+            reports.advance_to(2);
+            slow.send(play("first", 1, &symbols));
+            slow.flush();
+            run_until(worker, 2);
+            // Epoch 3 arrives while `slow` holds the frontier at 2: stashed.
+            fast.advance_to(3);
+            fast.send(play("stashed", 2, &symbols));
+            fast.flush();
+            for _ in 0..10 {
+                worker.step();
+            }
+            fast.advance_to(5);
+            for _ in 0..10 {
+                worker.step();
+            }
+            // The frontier jumps to 5 with epoch 5's data in the input at once.
+            slow.advance_to(5);
+            slow.send(play("later", 3, &symbols));
+            slow.flush();
+            reports.advance_to(5);
+            run_until(worker, 5);
+            for input in [&mut slow, &mut fast] {
+                input.advance_to(7);
+            }
+            reports.advance_to(7);
+            run_until(worker, 7);
+        });
+        let parts: Vec<Part> = rx.try_iter().collect();
+        let users_of = |cut: Epoch| -> Vec<&str> {
+            parts.iter().filter(|p| p.cut == cut).flat_map(|p| p.users.iter().map(|(u, _)| u.as_str())).collect()
+        };
+        let through = |cut: Epoch| -> Vec<&str> { (0..=cut).flat_map(users_of).collect() };
+        assert!(through(4).contains(&"stashed"), "cut 4 lacks epoch 3's user: {:?}", through(4));
+        assert!(!through(5).contains(&"later"), "a cut up to 5 holds epoch 5's user: {:?}", through(5));
+        assert!(users_of(6).contains(&"later"), "cut 6 lacks epoch 5's user: {:?}", users_of(6));
+    }
 
     #[test]
     fn new_ids_are_grouped_by_key_group_and_bucket() {
