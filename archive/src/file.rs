@@ -344,7 +344,20 @@ pub enum FileError {
 
 /// Checks `bytes` against `entry` and decodes them (every batch, before any is returned).
 pub fn decode_file(entry: &FileEntry, bytes: Bytes) -> Result<Vec<RecordBatch>, FileError> {
-    let got_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
+    verify(entry, &bytes)?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(64 * 1024).build()?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(parquet::errors::ParquetError::from)?;
+    let mut check = Rows::new(entry);
+    for b in &batches {
+        check.next(b)?;
+    }
+    check.end(entry)?;
+    Ok(batches)
+}
+
+/// Size and checksum of `bytes` against the manifest entry.
+fn verify(entry: &FileEntry, bytes: &Bytes) -> Result<(), FileError> {
+    let got_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes));
     if bytes.len() as u64 != entry.bytes || got_hash != entry.xxh3 {
         return Err(FileError::Checksum {
             got: bytes.len() as u64,
@@ -353,30 +366,115 @@ pub fn decode_file(entry: &FileEntry, bytes: Bytes) -> Result<Vec<RecordBatch>, 
             want_hash: entry.xxh3.clone(),
         });
     }
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(64 * 1024).build()?;
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(parquet::errors::ParquetError::from)?;
-    let mut rows = 0u64;
-    let mut last = entry.from_offset - 1;
-    for b in &batches {
+    Ok(())
+}
+
+/// The checks of a file's rows as they are decoded: the archive's schema, increasing offsets, and
+/// at the end the rows and last offset the manifest entry gives.
+struct Rows {
+    rows: u64,
+    last: i64,
+}
+
+impl Rows {
+    fn new(entry: &FileEntry) -> Self {
+        Rows { rows: 0, last: entry.from_offset - 1 }
+    }
+
+    fn next(&mut self, b: &RecordBatch) -> Result<(), FileError> {
         if b.schema().fields() != schema().fields() {
             return Err(FileError::Schema(format!("{:?}", b.schema())));
         }
-        let offsets = column::<Int64Array>(b, "offset");
-        for o in offsets.values().iter() {
-            if *o <= last {
-                return Err(FileError::Content(format!("offset {o} after {last}")));
+        for o in column::<Int64Array>(b, "offset").values().iter() {
+            if *o <= self.last {
+                return Err(FileError::Content(format!("offset {o} after {}", self.last)));
             }
-            last = *o;
+            self.last = *o;
         }
-        rows += b.num_rows() as u64;
+        self.rows += b.num_rows() as u64;
+        Ok(())
     }
-    if rows != entry.rows || last != entry.last_offset {
-        return Err(FileError::Content(format!(
-            "{rows} rows ending at offset {last}, the manifest says {} ending at {}",
-            entry.rows, entry.last_offset
-        )));
+
+    fn end(&self, entry: &FileEntry) -> Result<(), FileError> {
+        if self.rows != entry.rows || self.last != entry.last_offset {
+            return Err(FileError::Content(format!(
+                "{} rows ending at offset {}, the manifest says {} ending at {}",
+                self.rows, self.last, entry.rows, entry.last_offset
+            )));
+        }
+        Ok(())
     }
-    Ok(batches)
+}
+
+/// A data file decoded a block of rows at a time, in offset order, so that only its compressed
+/// bytes and one block are held. Before any block is decoded, the `ts` column alone is read to
+/// know, for every block, the least event time of it and of every block after it: a reader
+/// merging several files by event time knows how far each could still reach back.
+pub struct FileBlocks {
+    entry: FileEntry,
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    /// Per block: the least `ts` of it and every later block (`i64::MAX`: none).
+    least_from: Vec<i64>,
+    next: usize,
+    check: Rows,
+    /// The end was reached (and checked) or a block failed: nothing more.
+    ended: bool,
+}
+
+impl FileBlocks {
+    /// Checks `bytes` against `entry` and prepares to decode them `block` rows at a time.
+    pub fn open(entry: &FileEntry, bytes: Bytes, block: usize) -> Result<FileBlocks, FileError> {
+        verify(entry, &bytes)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?;
+        let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["ts"]);
+        let mut least_from = Vec::new();
+        for b in builder.with_projection(mask).with_batch_size(block).build()? {
+            let b = b.map_err(parquet::errors::ParquetError::from)?;
+            let ts = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| FileError::Schema(format!("{:?}", b.schema())))?;
+            least_from.push(ts.iter().flatten().min().unwrap_or(i64::MAX));
+        }
+        for i in (1..least_from.len()).rev() {
+            least_from[i - 1] = least_from[i - 1].min(least_from[i]);
+        }
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(block).build()?;
+        Ok(FileBlocks { entry: entry.clone(), reader, least_from, next: 0, check: Rows::new(entry), ended: false })
+    }
+
+    /// Its manifest entry.
+    pub fn entry(&self) -> &FileEntry {
+        &self.entry
+    }
+
+    /// The least `ts` of the rows not decoded yet (`i64::MAX`: none left, or none has one).
+    pub fn least_ahead(&self) -> i64 {
+        self.least_from.get(self.next).copied().unwrap_or(i64::MAX)
+    }
+
+    /// The next block, checked as [`decode_file`] checks a file; after the last, the file's rows
+    /// and last offset are checked against the entry (an error then, else `None`). After an
+    /// error or the end, `None`.
+    pub fn next_block(&mut self) -> Option<Result<RecordBatch, FileError>> {
+        if self.ended {
+            return None;
+        }
+        let next = match self.reader.next() {
+            Some(Ok(b)) => {
+                self.next += 1;
+                Some(self.check.next(&b).map(|()| b))
+            }
+            Some(Err(e)) => Some(Err(FileError::Parquet(e.into()))),
+            None => {
+                self.next = self.least_from.len();
+                self.check.end(&self.entry).err().map(Err)
+            }
+        };
+        self.ended = !matches!(next, Some(Ok(_)));
+        next
+    }
 }
 
 fn column<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> &'b T {

@@ -364,6 +364,19 @@ impl Archive {
         let batches = batches.map_err(|source| ReadError::File { path: entry.path.clone(), source })?;
         Ok(ArchivedFile { entry, batches })
     }
+
+    /// Fetches and checks one data file, to be decoded `block` rows at a time
+    /// ([`crate::file::FileBlocks`]): only its compressed bytes are held until then.
+    pub async fn read_blocks(&self, entry: &FileEntry, block: usize) -> Result<crate::file::FileBlocks, ReadError> {
+        let path = Path::from(entry.path.as_str());
+        let store_err = |source| ReadError::Store { path: entry.path.clone(), source };
+        let bytes = self.store.get(&self.path(&path)).await.map_err(store_err)?.bytes().await.map_err(store_err)?;
+        let (e, path) = (entry.clone(), entry.path.clone());
+        tokio::task::spawn_blocking(move || crate::file::FileBlocks::open(&e, bytes, block))
+            .await
+            .expect("opening does not panic")
+            .map_err(|source| ReadError::File { path, source })
+    }
 }
 
 /// Syncs a local file (or directory) to disk.
@@ -435,6 +448,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = Archive::open(dir.path().join("archive").to_str().unwrap()).unwrap();
         (dir, archive)
+    }
+
+    /// A file read a block at a time gives the rows `read` gives, and before each block the least
+    /// `ts` of the rows left, however out of order the file is; a file whose rows disagree with
+    /// its entry fails at its end.
+    #[tokio::test]
+    async fn a_file_read_in_blocks_knows_how_far_back_its_rest_reaches() {
+        let (_dir, archive) = local();
+        // Event times out of order: a permutation of 1000 milliseconds.
+        let input: Vec<(i64, Vec<u8>)> = (0..1000i64)
+            .map(|i| {
+                let ts = 1_763_750_000_000 + (i * 7919) % 1000;
+                let v =
+                    format!(r#"{{"event_id":"e{i}","user_id":"u{}","track_id":"t1","ms_played":9,"ts":{ts}}}"#, i % 7);
+                (i, if i % 10 == 3 { b"{not json".to_vec() } else { v.into_bytes() })
+            })
+            .collect();
+        archive.put_file(&encode(0, &input)).await.unwrap();
+        let entry = archive.list(SONG, 0).await.unwrap().remove(0);
+        let whole: Vec<ArchivedRecord> = archive.read(&entry).await.unwrap().records().collect();
+        let mut blocks = archive.read_blocks(&entry, 64).await.unwrap();
+        let mut read: Vec<ArchivedRecord> = Vec::new();
+        loop {
+            let left = whole[read.len()..].iter().filter_map(|r| r.event.as_ref().map(|e| e.ts())).min();
+            assert_eq!(blocks.least_ahead(), left.unwrap_or(i64::MAX), "after {} rows", read.len());
+            match blocks.next_block() {
+                Some(b) => read.extend(records(&[b.unwrap()])),
+                None => break,
+            }
+        }
+        assert_eq!(read, whole);
+        let mut wrong = entry.clone();
+        wrong.rows += 1;
+        // (The checksum is the file's, so only the rows can disagree.)
+        let mut blocks = archive.read_blocks(&wrong, 64).await.unwrap();
+        let last = std::iter::from_fn(|| blocks.next_block()).last().unwrap();
+        assert!(last.unwrap_err().to_string().contains("the manifest says 1001"));
     }
 
     #[tokio::test]

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use arrow_array::{Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use compact_str::CompactString;
-use squall_archive::{Archive, ArchivedFile, FileEntry, ReadError};
+use squall_archive::file::FileBlocks;
+use squall_archive::{Archive, FileEntry, ReadError};
 use squall_enrichment::Symbols;
 use squall_operators::event::{AdImpression, SongCompletion};
 use squall_operators::{Event, Plan, key_groups};
+use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::{Exchange as _, Inspect, Operator, Probe};
@@ -24,8 +26,17 @@ use super::catalogue::Catalogue;
 /// together once every worker is past it.
 pub const BUCKET_MS: i64 = 60_000;
 
-/// Archive files each worker reads ahead of the one it hands out.
-const AHEAD: usize = 2;
+/// Archive files each worker fetches ahead of the ones it decodes.
+const AHEAD_FILES: usize = 2;
+
+/// Rows decoded at a time from an archive file.
+const BLOCK_ROWS: usize = 4096;
+
+/// Event time a worker hands out beyond what every worker has applied.
+const AHEAD_MS: i64 = 4 * 3_600_000;
+
+/// Blocks (or label buckets) a worker hands out per activation before it yields.
+const BLOCKS_PER_STEP: usize = 8;
 
 /// What every worker of a process shares.
 pub struct Job {
@@ -69,35 +80,49 @@ pub fn run(job: Arc<Job>, config: timely::Config) -> Result<(), String> {
         let (index, peers) = (worker.index(), worker.peers());
         let probe = worker.dataflow::<i64, _, _>(|scope| {
             let read = Arc::clone(&job);
+            // What every worker has applied: a worker hands out at most `AHEAD_MS` of event
+            // time beyond it, so the items waiting for the slowest worker stay bounded.
+            let applied = ProbeHandle::<i64>::new();
+            let behind = applied.clone();
             let items = source(scope, "ReadArchive", move |cap, info| {
                 let activator = scope.activator_for(info.address);
                 let mut reader = Reader::new(read, index, peers);
                 let mut cap = Some(cap);
                 move |output| {
                     let Some(c) = cap.as_mut() else { return };
-                    if let Some(labels) = reader.labels.take() {
-                        for (b, mut items) in labels {
-                            output.session(&c.delayed(&b)).give_container(&mut items);
+                    let done = behind.with_frontier(|f| f.first().copied()).unwrap_or(i64::MAX);
+                    let limit = done.saturating_add(AHEAD_MS / BUCKET_MS);
+                    let mut budget = BLOCKS_PER_STEP;
+                    loop {
+                        match reader.step(limit) {
+                            Step::Items(buckets) => {
+                                for (b, mut items) in buckets {
+                                    output.session(&c.delayed(&b)).give_container(&mut items);
+                                }
+                                budget -= 1;
+                                if budget == 0 {
+                                    activator.activate();
+                                    break;
+                                }
+                            }
+                            Step::Wait => {
+                                activator.activate_after(Duration::from_millis(1));
+                                break;
+                            }
+                            Step::Failed(why) => {
+                                output.session(c).give(Item::Failed(why));
+                                cap = None;
+                                return;
+                            }
+                            Step::Done => {
+                                cap = None;
+                                return;
+                            }
                         }
                     }
-                    match reader.next_file() {
+                    match reader.least() {
+                        Some(ts) => c.downgrade(&bucket(ts).max(*c.time())),
                         None => cap = None,
-                        Some(Err(why)) => {
-                            output.session(c).give(Item::Failed(why));
-                            cap = None;
-                        }
-                        Some(Ok(batches)) => {
-                            for (b, mut items) in batches {
-                                output.session(&c.delayed(&b)).give_container(&mut items);
-                            }
-                            match reader.least_ahead() {
-                                Some(next) => {
-                                    c.downgrade(&bucket(next).max(*c.time()));
-                                    activator.activate();
-                                }
-                                None => cap = None,
-                            }
-                        }
                     }
                 }
             })
@@ -155,6 +180,7 @@ pub fn run(job: Arc<Job>, config: timely::Config) -> Result<(), String> {
             );
             let gather = Arc::clone(&job);
             let (probe, _) = answers
+                .probe_with(&applied)
                 .exchange(|_| 0)
                 .inspect(move |a| gather.answers.lock().unwrap_or_else(|p| p.into_inner()).push(a.clone()))
                 .probe();
@@ -170,57 +196,142 @@ pub fn run(job: Arc<Job>, config: timely::Config) -> Result<(), String> {
     Ok(())
 }
 
-/// A file being read on the runtime.
-type Reading = tokio::task::JoinHandle<Result<ArchivedFile, ReadError>>;
+/// A file being fetched on the runtime.
+type Fetching = tokio::task::JoinHandle<Result<FileBlocks, ReadError>>;
 
 /// Items of one time bucket.
 type Buckets = BTreeMap<i64, Vec<Item>>;
 
-/// One worker's share of the inputs: its label rows (sent at once) and its files, read on the
-/// runtime a few ahead of the one handed out.
+/// What one [`Reader::step`] did.
+enum Step {
+    /// Items to hand out, by bucket.
+    Items(Buckets),
+    /// The next items are beyond the limit: wait for the other workers.
+    Wait,
+    /// A file could not be read.
+    Failed(String),
+    /// Everything is handed out.
+    Done,
+}
+
+/// One worker's share of the inputs, handed out about in event-time order: its label rows a
+/// bucket at a time and its files a block of rows at a time, merged by how far back each could
+/// still reach, so that what waits in the workers' stashes is bounded by [`AHEAD_MS`] (plus a
+/// block of each open file and the events' disorder) rather than the files' length.
 struct Reader {
     job: Arc<Job>,
-    labels: Option<Buckets>,
+    /// Its label rows by time: (ts, row).
+    labels: VecDeque<(i64, u32)>,
+    /// Its files not fetched yet, by first event time.
     files: VecDeque<(u8, FileEntry)>,
-    reading: VecDeque<(u8, FileEntry, Reading)>,
+    /// The next few, being fetched.
+    fetching: VecDeque<(u8, FileEntry, Fetching)>,
+    /// Files being decoded.
+    open: Vec<(u8, FileBlocks)>,
+}
+
+/// What the next step of a [`Reader`] hands out.
+enum Next {
+    Label,
+    Fetched,
+    Block(usize),
 }
 
 impl Reader {
     fn new(job: Arc<Job>, index: usize, peers: usize) -> Reader {
-        let mut labels = Buckets::new();
-        for (row, (user, ts)) in job.labels.iter().enumerate().skip(index).step_by(peers) {
-            labels.entry(bucket(*ts)).or_default().push(Item::Label { row: row as u64, user: user.clone(), ts: *ts });
-        }
+        let mut labels: Vec<(i64, u32)> =
+            job.labels.iter().enumerate().skip(index).step_by(peers).map(|(row, (_, ts))| (*ts, row as u32)).collect();
+        labels.sort_unstable();
         let files = job.files.iter().skip(index).step_by(peers).cloned().collect();
-        Reader { job, labels: Some(labels), files, reading: VecDeque::new() }
+        Reader { job, labels: labels.into(), files, fetching: VecDeque::new(), open: Vec::new() }
     }
 
-    /// The next file's events, by bucket; `None` when all are read.
-    fn next_file(&mut self) -> Option<Result<Buckets, String>> {
-        while self.reading.len() < AHEAD
+    /// The first event time of the next file to open.
+    fn next_file_ts(&self) -> Option<i64> {
+        let fetching = self.fetching.front().map(|(_, e, _)| e);
+        fetching.or(self.files.front().map(|(_, e)| e)).map(|e| e.ts_range.map_or(i64::MIN, |r| r.0))
+    }
+
+    /// The least event time this worker may still hand out (`None`: nothing left).
+    fn least(&self) -> Option<i64> {
+        self.choose().map(|(ts, _)| ts)
+    }
+
+    /// The least event time still to hand out, and where it is.
+    fn choose(&self) -> Option<(i64, Next)> {
+        let mut best: Option<(i64, Next)> = self.labels.front().map(|(ts, _)| (*ts, Next::Label));
+        let mut consider = |ts: i64, next: Next| {
+            if best.as_ref().is_none_or(|(b, _)| ts < *b) {
+                best = Some((ts, next));
+            }
+        };
+        if let Some(ts) = self.next_file_ts() {
+            consider(ts, Next::Fetched);
+        }
+        for (i, (_, f)) in self.open.iter().enumerate() {
+            consider(f.least_ahead(), Next::Block(i));
+        }
+        best
+    }
+
+    /// Hands out the items at the least event time left, unless its bucket is beyond `limit`.
+    fn step(&mut self, limit: i64) -> Step {
+        while self.fetching.len() < AHEAD_FILES
             && let Some((topic, entry)) = self.files.pop_front()
         {
             let (archive, e) = (self.job.archive.clone(), entry.clone());
-            let read = self.job.runtime.spawn(async move { archive.read(&e).await });
-            self.reading.push_back((topic, entry, read));
+            let read = self.job.runtime.spawn(async move { archive.read_blocks(&e, BLOCK_ROWS).await });
+            self.fetching.push_back((topic, entry, read));
         }
-        let (topic, entry, read) = self.reading.pop_front()?;
-        let file = match self.job.runtime.block_on(read) {
-            Ok(Ok(file)) => file,
-            Ok(Err(e)) => return Some(Err(e.to_string())),
-            Err(e) => return Some(Err(format!("{}: {e}", entry.path))),
-        };
+        // Files with no event left go, once the rest of their rows (dead letters) are read and
+        // the whole file checked against its entry.
+        let mut i = 0;
+        while i < self.open.len() {
+            if self.open[i].1.least_ahead() != i64::MAX {
+                i += 1;
+                continue;
+            }
+            let (_, mut file) = self.open.swap_remove(i);
+            while let Some(block) = file.next_block() {
+                if let Err(e) = block {
+                    return Step::Failed(format!("{}: {e}", file.entry().path));
+                }
+            }
+        }
+        let Some((ts, next)) = self.choose() else { return Step::Done };
+        if bucket(ts) > limit {
+            return Step::Wait;
+        }
         let mut out = Buckets::new();
-        for batch in &file.batches {
-            events(batch, topic, self.job.until, |p, e| out.entry(bucket(p.ts)).or_default().push(Item::Event(p, e)));
+        match next {
+            Next::Label => {
+                let b = bucket(ts);
+                while let Some(&(ts, row)) = self.labels.front().filter(|(ts, _)| bucket(*ts) == b) {
+                    self.labels.pop_front();
+                    let user = self.job.labels[row as usize].0.clone();
+                    out.entry(b).or_default().push(Item::Label { row: u64::from(row), user, ts });
+                }
+            }
+            Next::Fetched => {
+                let (topic, entry, read) = self.fetching.pop_front().expect("chosen");
+                match self.job.runtime.block_on(read) {
+                    Ok(Ok(file)) => self.open.push((topic, file)),
+                    Ok(Err(e)) => return Step::Failed(e.to_string()),
+                    Err(e) => return Step::Failed(format!("{}: {e}", entry.path)),
+                }
+            }
+            Next::Block(i) => {
+                let (topic, file) = &mut self.open[i];
+                match file.next_block() {
+                    Some(Ok(batch)) => events(&batch, *topic, self.job.until, |p, e| {
+                        out.entry(bucket(p.ts)).or_default().push(Item::Event(p, e));
+                    }),
+                    Some(Err(e)) => return Step::Failed(format!("{}: {e}", file.entry().path)),
+                    None => {}
+                }
+            }
         }
-        Some(Ok(out))
-    }
-
-    /// The least first event time of the files not handed out yet.
-    fn least_ahead(&self) -> Option<i64> {
-        let reading = self.reading.front().map(|(_, e, _)| e);
-        reading.or(self.files.front().map(|(_, e)| e)).and_then(|e| e.ts_range.map(|r| r.0))
+        Step::Items(out)
     }
 }
 
