@@ -351,31 +351,31 @@ impl Archive {
     /// Reads and checks one data file: its size and checksum must match the entry, and it must
     /// decode completely, or nothing from it is returned and the error names it.
     pub async fn read(&self, entry: &FileEntry) -> Result<ArchivedFile, ReadError> {
-        let path = Path::from(entry.path.as_str());
-        let store_err = |source| ReadError::Store { path: entry.path.clone(), source };
-        let bytes = self.store.get(&self.path(&path)).await.map_err(store_err)?.bytes().await.map_err(store_err)?;
-        let entry = entry.clone();
-        let (entry, batches) = tokio::task::spawn_blocking(move || {
-            let batches = decode_file(&entry, bytes);
-            (entry, batches)
-        })
-        .await
-        .expect("decoding does not panic");
-        let batches = batches.map_err(|source| ReadError::File { path: entry.path.clone(), source })?;
-        Ok(ArchivedFile { entry, batches })
+        let batches = self.checked(entry, decode_file).await?;
+        Ok(ArchivedFile { entry: entry.clone(), batches })
     }
 
     /// Fetches and checks one data file, to be decoded `block` rows at a time
     /// ([`crate::file::FileBlocks`]): only its compressed bytes are held until then.
     pub async fn read_blocks(&self, entry: &FileEntry, block: usize) -> Result<crate::file::FileBlocks, ReadError> {
+        self.checked(entry, move |e, bytes| crate::file::FileBlocks::open(e, bytes, block)).await
+    }
+
+    /// Fetches a data file's bytes and hands them with its entry to `check` (size, checksum,
+    /// decoding) off the runtime's threads; its error names the file.
+    async fn checked<T: Send + 'static>(
+        &self,
+        entry: &FileEntry,
+        check: impl FnOnce(&FileEntry, bytes::Bytes) -> Result<T, FileError> + Send + 'static,
+    ) -> Result<T, ReadError> {
         let path = Path::from(entry.path.as_str());
         let store_err = |source| ReadError::Store { path: entry.path.clone(), source };
         let bytes = self.store.get(&self.path(&path)).await.map_err(store_err)?.bytes().await.map_err(store_err)?;
-        let (e, path) = (entry.clone(), entry.path.clone());
-        tokio::task::spawn_blocking(move || crate::file::FileBlocks::open(&e, bytes, block))
+        let e = entry.clone();
+        tokio::task::spawn_blocking(move || check(&e, bytes))
             .await
-            .expect("opening does not panic")
-            .map_err(|source| ReadError::File { path, source })
+            .expect("checking a file does not panic")
+            .map_err(|source| ReadError::File { path: entry.path.clone(), source })
     }
 }
 
