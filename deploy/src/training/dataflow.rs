@@ -221,7 +221,7 @@ enum Step {
 struct Reader {
     job: Arc<Job>,
     /// Its label rows by time: (ts, row).
-    labels: VecDeque<(i64, u32)>,
+    labels: VecDeque<(i64, u64)>,
     /// Its files not fetched yet, by first event time.
     files: VecDeque<(u8, FileEntry)>,
     /// The next few, being fetched.
@@ -239,8 +239,8 @@ enum Next {
 
 impl Reader {
     fn new(job: Arc<Job>, index: usize, peers: usize) -> Reader {
-        let mut labels: Vec<(i64, u32)> =
-            job.labels.iter().enumerate().skip(index).step_by(peers).map(|(row, (_, ts))| (*ts, row as u32)).collect();
+        let mut labels: Vec<(i64, u64)> =
+            job.labels.iter().enumerate().skip(index).step_by(peers).map(|(row, (_, ts))| (*ts, row as u64)).collect();
         labels.sort_unstable();
         let files = job.files.iter().skip(index).step_by(peers).cloned().collect();
         Reader { job, labels: labels.into(), files, fetching: VecDeque::new(), open: Vec::new() }
@@ -309,7 +309,7 @@ impl Reader {
                 while let Some(&(ts, row)) = self.labels.front().filter(|(ts, _)| bucket(*ts) == b) {
                     self.labels.pop_front();
                     let user = self.job.labels[row as usize].0.clone();
-                    out.entry(b).or_default().push(Item::Label { row: u64::from(row), user, ts });
+                    out.entry(b).or_default().push(Item::Label { row, user, ts });
                 }
             }
             Next::Fetched => {
