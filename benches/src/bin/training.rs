@@ -214,8 +214,7 @@ fn main() {
         processes: 1,
         process: 0,
         hostfile: None,
-        cql: None,
-        keyspace: None,
+        catalogue: Default::default(),
     })
     .expect("training-data");
     let secs = started.elapsed().as_secs_f64();

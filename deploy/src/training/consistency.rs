@@ -87,12 +87,9 @@ pub struct ConsistencyArgs {
     /// Kafka bootstrap servers (default: the topology file's).
     #[arg(long)]
     pub brokers: Option<String>,
-    /// CQL contact points of the catalogue, comma separated host:port (default: the file's).
-    #[arg(long)]
-    pub cql: Option<String>,
-    /// CQL keyspace of the catalogue tables (default: the file's).
-    #[arg(long)]
-    pub keyspace: Option<String>,
+    /// Where the catalogue is read.
+    #[command(flatten)]
+    pub catalogue: super::CatalogueArgs,
 }
 
 /// Why the check could not run, or found differences.
@@ -295,8 +292,7 @@ fn spec(args: &ConsistencyArgs) -> Result<TopologySpec, ConsistencyError> {
         )));
     }
     args.brokers.iter().for_each(|v| v.clone_into(&mut spec.kafka.brokers));
-    args.cql.iter().for_each(|v| v.clone_into(&mut spec.cql.nodes));
-    args.keyspace.iter().for_each(|v| v.clone_into(&mut spec.cql.keyspace));
+    args.catalogue.apply(&mut spec);
     Ok(spec)
 }
 

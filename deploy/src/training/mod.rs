@@ -102,12 +102,29 @@ pub struct TrainingArgs {
     /// One line per process: `<timely host:port>`.
     #[arg(long)]
     pub hostfile: Option<PathBuf>,
-    /// CQL contact points of the catalogue, comma separated host:port.
+    /// Where the catalogue is read.
+    #[command(flatten)]
+    pub catalogue: CatalogueArgs,
+}
+
+/// Where the catalogue is read, over the topology file's `[cql]`: the flags `training-data` and
+/// `consistency` share.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CatalogueArgs {
+    /// CQL contact points of the catalogue, comma separated host:port (default: the topology file's).
     #[arg(long)]
     pub cql: Option<String>,
-    /// CQL keyspace of the catalogue tables.
+    /// CQL keyspace of the catalogue tables (default: the topology file's).
     #[arg(long)]
     pub keyspace: Option<String>,
+}
+
+impl CatalogueArgs {
+    /// Puts the flags given into `spec`.
+    pub fn apply(&self, spec: &mut TopologySpec) {
+        self.cql.iter().for_each(|v| v.clone_into(&mut spec.cql.nodes));
+        self.keyspace.iter().for_each(|v| v.clone_into(&mut spec.cql.keyspace));
+    }
 }
 
 /// Why no output was written.
@@ -192,8 +209,7 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
         }
         spec.runtime.workers = w;
     }
-    args.cql.iter().for_each(|v| v.clone_into(&mut spec.cql.nodes));
-    args.keyspace.iter().for_each(|v| v.clone_into(&mut spec.cql.keyspace));
+    args.catalogue.apply(&mut spec);
     let cluster = match (&args.hostfile, args.processes) {
         (None, 1) => None,
         (None, n) => return Err(TrainingError::Usage(format!("--processes {n} needs --hostfile"))),
