@@ -189,11 +189,13 @@ impl Side {
             Ok(_) => {}
             Err(_) => return false,
         }
-        self.partitions.iter().all(|p| {
-            self.consumer
-                .fetch_watermarks(&self.topic, *p, Duration::from_secs(5))
-                .is_ok_and(|(_, high)| self.position.get(p).copied().unwrap_or(0) >= high)
-        })
+        crate::kafka::high_watermarks(&self.consumer, &self.topic, &self.partitions, Duration::from_secs(5)).is_ok_and(
+            |highs| {
+                self.partitions
+                    .iter()
+                    .all(|p| highs.get(p).is_some_and(|high| self.position.get(p).copied().unwrap_or(0) >= *high))
+            },
+        )
     }
 
     /// Reads up to `max` messages (waiting at most `wait` for the first) into `comparer` as

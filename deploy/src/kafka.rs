@@ -220,6 +220,33 @@ fn watermarks(
         .collect()
 }
 
+/// The high watermarks (next offsets to be written) of `partitions` of `topic`, in one request per
+/// leader: a ListOffsets for the latest offset, which is what `fetch_watermarks` asks one
+/// partition at a time.
+pub fn high_watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<std::collections::HashMap<i32, i64>, String> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::End).map_err(|e| e.to_string())?;
+    }
+    let answered = consumer.offsets_for_times(tpl, timeout).map_err(|e| e.to_string())?;
+    answered
+        .elements()
+        .iter()
+        .map(|e| {
+            e.error().map_err(|err| format!("partition {}: {err}", e.partition()))?;
+            match e.offset() {
+                rdkafka::Offset::Offset(high) => Ok((e.partition(), high)),
+                other => Err(format!("partition {}: no latest offset ({other:?})", e.partition())),
+            }
+        })
+        .collect()
+}
+
 /// Per partition of `partitions`: the earliest offset the brokers still hold (the low watermark).
 pub fn earliest(
     reader: &BaseConsumer,

@@ -354,8 +354,9 @@ impl Follower {
             .map_err(|_| "feed_progress did not answer in time".to_owned())
             .and_then(|r| r.map_err(|e| e.to_string()))
             .and_then(|written| {
-                let highs = high_watermarks(&self.consumer, &self.topic, &self.partitions)
-                    .map_err(|e| format!("{} high watermarks: {e}", self.topic))?;
+                let highs =
+                    crate::kafka::high_watermarks(&self.consumer, &self.topic, &self.partitions, REQUEST_TIMEOUT)
+                        .map_err(|e| format!("{} high watermarks: {e}", self.topic))?;
                 Ok((written, highs))
             });
         match read {
@@ -610,27 +611,6 @@ impl StandbyArgs {
         };
         Ok((what, sources))
     }
-}
-
-/// The high watermarks of `partitions` of `topic` in one request per leader: a ListOffsets for the
-/// latest offset (timestamp -1), which is what `fetch_watermarks` asks one partition at a time.
-fn high_watermarks(consumer: &BaseConsumer, topic: &str, partitions: &[i32]) -> Result<HashMap<i32, i64>, String> {
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition_offset(topic, *p, Offset::End).map_err(|e| e.to_string())?;
-    }
-    let answered = consumer.offsets_for_times(tpl, REQUEST_TIMEOUT).map_err(|e| e.to_string())?;
-    answered
-        .elements()
-        .iter()
-        .map(|e| {
-            e.error().map_err(|err| format!("partition {}: {err}", e.partition()))?;
-            match e.offset() {
-                Offset::Offset(high) => Ok((e.partition(), high)),
-                other => Err(format!("partition {}: no latest offset ({other:?})", e.partition())),
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
