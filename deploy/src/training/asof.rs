@@ -169,7 +169,11 @@ impl AsOf {
     /// `user`'s attributes as of `ts` (every event before it applied), as the HTTP API answers
     /// them; `None` if they have none or were expired by then.
     pub fn answer(&self, user: &str, ts: i64) -> Option<Vec<u8>> {
-        let state = self.users.get(user)?;
+        self.answer_of(self.users.get(user)?, ts)
+    }
+
+    /// A user's attributes as of `ts` from their `state`, as [`AsOf::answer`].
+    pub fn answer_of(&self, state: &UserState, ts: i64) -> Option<Vec<u8>> {
         let clock = state.clock()?;
         if self.user_ttl_ms > 0 && clock < ts.saturating_sub(self.user_ttl_ms) {
             return None;
@@ -190,13 +194,15 @@ impl AsOf {
         Some((state.evidence(), self.json(state)))
     }
 
-    /// Every user's attributes as of `at` (every event before it applied), into `out`.
-    pub fn snapshot(&self, at: i64, out: &mut Vec<Answer>) {
-        for user in self.users.keys() {
-            if let Some(json) = self.answer(user, at) {
-                out.push(Answer::User { user: user.clone(), json });
-            }
-        }
+    /// Every user with their state, taken out (what a snapshot answers a share at a time, freeing
+    /// each state as it goes).
+    pub fn take_users(&mut self) -> std::collections::hash_map::IntoIter<CompactString, UserState> {
+        std::mem::take(&mut self.users).into_iter()
+    }
+
+    /// Events applied, resends dropped, users held and their states' bytes.
+    pub fn summary(&self) -> (u64, u64, usize, usize) {
+        (self.counts.0, self.counts.1, self.users(), self.state_bytes())
     }
 
     /// Users held.

@@ -1,7 +1,8 @@
 //! The timely dataflow of `squall training-data`: each worker reads its share of the archive's
 //! files (in order of their first event time) and of the label rows, everything is exchanged to
 //! the user's worker at the time bucket of its event time, and each worker applies a bucket once
-//! every worker has passed it ([`super::asof::AsOf`]). Answers go to worker 0.
+//! every worker has passed it ([`super::asof::AsOf`]). Answers go to worker 0, which spills them
+//! ([`super::spill`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use squall_archive::file::FileBlocks;
 use squall_archive::{Archive, FileEntry, ReadError};
 use squall_enrichment::Symbols;
 use squall_operators::event::{AdImpression, SongCompletion};
-use squall_operators::{Event, Plan, key_groups};
+use squall_operators::{Declaration, Event, Plan, key_groups};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::source;
@@ -21,6 +22,7 @@ use timely::dataflow::operators::{Exchange as _, Inspect, Operator, Probe};
 
 use super::asof::{Answer, AsOf, Item, Position};
 use super::catalogue::Catalogue;
+use super::spill::{Key, Rows, Spill, decode, encode};
 
 /// Event time per timely timestamp: the events and labels of one bucket are sorted and applied
 /// together once every worker is past it.
@@ -35,11 +37,22 @@ const BLOCK_ROWS: usize = 4096;
 /// Event time a worker hands out beyond what every worker has applied.
 const AHEAD_MS: i64 = 4 * 3_600_000;
 
+/// Users a worker answers per timestamp of a snapshot (`--at`).
+const SNAPSHOT_USERS: usize = 4096;
+
+/// Shares of a snapshot a worker has sent and worker 0 has not written yet, at most.
+const SHARES_IN_FLIGHT: i64 = 8;
+
+/// Rows of label answers a worker sends worker 0 at a time.
+const ROWS_PER_MESSAGE: usize = 4096;
+
 /// Blocks (or label buckets) a worker hands out per activation before it yields.
 const BLOCKS_PER_STEP: usize = 8;
 
 /// What every worker of a process shares.
 pub struct Job {
+    /// The version's declarations (the answered attributes are the output's columns).
+    pub declaration: Arc<Declaration>,
     /// The version's compiled plan.
     pub plan: Arc<Plan>,
     /// The process's symbols (the catalogue's and the plan's).
@@ -62,10 +75,65 @@ pub struct Job {
     pub user_ttl_ms: i64,
     /// Where files are read.
     pub runtime: tokio::runtime::Handle,
-    /// What worker 0 gathers.
-    pub answers: Mutex<Vec<Answer>>,
+    /// What worker 0 of process 0 does with the answers.
+    pub answers: Mutex<Answers>,
     /// Per worker: events applied, resends dropped, users held and their states' bytes.
     pub counts: Mutex<Vec<(u64, u64, usize, usize)>>,
+}
+
+/// What the workers send worker 0: their answers a batch of typed rows at a time, or a failure.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Sent {
+    /// A batch of [`Rows`], as Arrow IPC bytes ([`super::spill::encode`]).
+    Rows(Vec<u8>),
+    /// The job failed.
+    Failed(String),
+}
+
+/// The answers as worker 0 of process 0 receives them: spilled, until the first failure.
+#[derive(Default)]
+pub struct Answers {
+    /// Where they go (process 0 only).
+    pub spill: Option<Spill>,
+    /// Why the job failed: an archive file that cannot be read, or the spill.
+    pub failed: Option<String>,
+}
+
+impl Answers {
+    fn take(&mut self, sent: &Sent) {
+        if self.failed.is_some() {
+            return;
+        }
+        let pushed = match (sent, self.spill.as_mut()) {
+            (Sent::Failed(why), _) => Err(why.clone()),
+            (_, None) => Ok(()),
+            (Sent::Rows(bytes), Some(s)) => decode(bytes.clone()).and_then(|b| s.push(b).map_err(|e| e.to_string())),
+        };
+        if let Err(why) = pushed {
+            self.failed = Some(why);
+        }
+    }
+}
+
+/// Turns `answers` into `rows`, and `rows` into messages once they are `at_least` (failures at
+/// once).
+fn send(answers: &mut Vec<Answer>, rows: &mut Rows, at_least: usize, sent: &mut Vec<Sent>) {
+    for a in answers.drain(..) {
+        let pushed = match a {
+            Answer::Failed(why) => Err(why),
+            Answer::Label { row, json } => rows.push(Key::Row(row), json.as_deref()),
+            Answer::User { user, json } => rows.push(Key::User(user), Some(&json)),
+        };
+        if let Err(why) = pushed {
+            sent.push(Sent::Failed(why));
+        }
+    }
+    if !rows.is_empty() && rows.len() >= at_least {
+        sent.push(match rows.batch().and_then(|b| encode(&b)) {
+            Ok(bytes) => Sent::Rows(bytes),
+            Err(why) => Sent::Failed(why),
+        });
+    }
 }
 
 /// The timestamp of event time `ts`.
@@ -128,12 +196,17 @@ pub fn run(job: Arc<Job>, config: timely::Config) -> Result<(), String> {
             })
             .container::<Vec<Item>>();
 
+            // What worker 0 has written: a snapshot hands out its next users once it has all but the
+            // previous share.
+            let gathered = ProbeHandle::<i64>::new();
+            let written_by_0 = gathered.clone();
             let state = Arc::clone(&job);
             let route = move |i: &Item| i.user().map_or(0, |u| key_groups::owner(u, peers) as u64);
-            let answers = items.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Answer>>, _, _, _>(
+            let answers = items.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Sent>>, _, _, _>(
                 Exchange::new(route),
                 "AsOf",
-                move |cap, _info| {
+                move |cap, info| {
+                    let activator = scope.activator_for(info.address);
                     let mut cap = Some(cap);
                     let mut stash: BTreeMap<i64, Vec<Item>> = BTreeMap::new();
                     let mut asof = AsOf::new(
@@ -144,6 +217,10 @@ pub fn run(job: Arc<Job>, config: timely::Config) -> Result<(), String> {
                         state.user_ttl_ms,
                     );
                     let mut out = Vec::new();
+                    let mut rows = Rows::new(Arc::clone(&state.declaration), state.at.is_some());
+                    let mut sent = Vec::new();
+                    // With `--at`, once every item is applied: the users left to answer.
+                    let mut snapshot = None;
                     move |(input, frontier), output| {
                         input.for_each(|time, data| {
                             if let Some(t) = time.least() {
@@ -158,33 +235,65 @@ pub fn run(job: Arc<Job>, config: timely::Config) -> Result<(), String> {
                             asof.step(&mut entry.remove(), &mut out);
                         }
                         let Some(c) = cap.as_mut() else { return };
-                        if least.is_none()
-                            && let Some(at) = state.at
-                        {
-                            asof.snapshot(at, &mut out);
+                        // The rows go a batch at a time, the last ones once the input is done.
+                        send(&mut out, &mut rows, if least.is_some() { ROWS_PER_MESSAGE } else { 0 }, &mut sent);
+                        if !sent.is_empty() {
+                            output.session(c).give_iterator(sent.drain(..));
                         }
-                        if !out.is_empty() {
-                            output.session(c).give_iterator(out.drain(..));
-                        }
-                        match least {
-                            Some(l) if *c.time() < l => c.downgrade(&l),
-                            Some(_) => {}
-                            None => {
-                                let mut counts = state.counts.lock().unwrap_or_else(|p| p.into_inner());
-                                counts.push((asof.counts.0, asof.counts.1, asof.users(), asof.state_bytes()));
-                                cap = None;
+                        if let Some(l) = least {
+                            if *c.time() < l {
+                                c.downgrade(&l);
                             }
+                            return;
+                        }
+                        let Some(at) = state.at else {
+                            state.counts.lock().unwrap_or_else(|p| p.into_inner()).push(asof.summary());
+                            cap = None;
+                            return;
+                        };
+                        // The snapshot: `SNAPSHOT_USERS` users per timestamp, a share once worker
+                        // 0 has written all but `SHARES_IN_FLIGHT - 1` before it, each state
+                        // freed as it is answered; so neither the answers nor the states pile up.
+                        let users = snapshot.get_or_insert_with(|| {
+                            state.counts.lock().unwrap_or_else(|p| p.into_inner()).push(asof.summary());
+                            asof.take_users()
+                        });
+                        let written = written_by_0.with_frontier(|f| f.first().copied()).unwrap_or(i64::MAX);
+                        if written < c.time() + 2 - SHARES_IN_FLIGHT {
+                            activator.activate_after(Duration::from_millis(1));
+                            return;
+                        }
+                        let next = c.time() + 1;
+                        c.downgrade(&next);
+                        let mut taken = 0;
+                        for (user, s) in users.by_ref().take(SNAPSHOT_USERS) {
+                            taken += 1;
+                            if let Some(json) = asof.answer_of(&s, at) {
+                                out.push(Answer::User { user, json });
+                            }
+                        }
+                        send(&mut out, &mut rows, 0, &mut sent);
+                        output.session(c).give_iterator(sent.drain(..));
+                        if taken < SNAPSHOT_USERS {
+                            cap = None;
+                        } else {
+                            activator.activate();
                         }
                     }
                 },
             );
             let gather = Arc::clone(&job);
-            let (probe, _) = answers
+            answers
                 .probe_with(&applied)
                 .exchange(|_| 0)
-                .inspect(move |a| gather.answers.lock().unwrap_or_else(|p| p.into_inner()).push(a.clone()))
-                .probe();
-            probe
+                .inspect_core(move |event| {
+                    if let Ok((_, batch)) = event {
+                        let mut answers = gather.answers.lock().unwrap_or_else(|p| p.into_inner());
+                        batch.iter().for_each(|a| answers.take(a));
+                    }
+                })
+                .probe_with(&gathered);
+            gathered
         });
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(100)));

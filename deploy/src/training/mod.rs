@@ -37,8 +37,12 @@
 //!   archiver's files (a file per partition per minute by default), but all of them when each
 //!   file spans the whole history (one imported file per partition): measured in
 //!   `benches/RESULTS.md` ("Training data"). The labels are held from the start (about 40 bytes a
-//!   row), and the answers are gathered on worker 0 (their JSON, a few hundred bytes a row) to be
-//!   written in label order.
+//!   row, and the file's columns for the output). Each worker turns its answers into typed
+//!   columns and sends them to worker 0 of process 0 a batch at a time, which spills them in
+//!   sorted runs beside the output ([`spill`]), merged into label order (or user order) at the
+//!   end: a run of rows in memory, not every answer. A `--at` snapshot answers a share of each
+//!   worker's users at a time, freeing their states as it goes, a share once worker 0 has written
+//!   all but a few before it.
 //! - **Output** is written under a temporary name in the same folder and renamed once complete:
 //!   a failed run (a bad labels file, an unreadable archive file) writes nothing.
 
@@ -49,6 +53,7 @@ pub mod dataflow;
 pub mod labels;
 pub mod output;
 pub mod prefix;
+pub mod spill;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -60,7 +65,6 @@ use squall_operators::Plan;
 use squall_topologies::{SpecError, TopologySpec};
 
 use crate::version::cluster::{Cluster, HostfileError};
-use asof::Answer;
 use labels::LabelsError;
 use output::OutputError;
 
@@ -216,7 +220,7 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
         (Some(file), n) => Some(Cluster::from_hostfile(file, n, args.process)?),
     };
     let declaration = Arc::clone(&spec.attributes);
-    let labels = match &args.labels {
+    let mut labels = match &args.labels {
         Some(path) => {
             let labels = labels::read(path)?;
             let names = output::attribute_names(&declaration);
@@ -258,22 +262,26 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
     let catalogue = runtime.block_on(catalogue::Catalogue::load(&spec.cql.nodes, &spec.cql.keyspace, &symbols))?;
     let plan = Arc::new(Plan::compile(&declaration, &symbols));
     let n_files = files.len();
+    // The job takes the label rows' users and times (the labels keep their batches for the output).
+    let label_rows = labels
+        .as_mut()
+        .map(|l| std::mem::take(&mut l.users).into_iter().zip(l.ts.iter().copied()).collect())
+        .unwrap_or_default();
+    let spill = (args.process == 0).then(|| spill::Spill::new(&args.out, Arc::clone(&declaration), args.at.is_some()));
     let job = Arc::new(dataflow::Job {
+        declaration: Arc::clone(&declaration),
         plan,
         symbols,
         catalogue: Arc::new(catalogue),
         archive,
         files,
-        labels: labels
-            .as_ref()
-            .map(|l| l.users.iter().cloned().zip(l.ts.iter().copied()).collect())
-            .unwrap_or_default(),
+        labels: label_rows,
         at: args.at,
         until,
         dedup_horizon_ms: spec.state.dedup_horizon.as_millis() as i64,
         user_ttl_ms: spec.state.user_ttl.as_millis() as i64,
         runtime: runtime.handle().clone(),
-        answers: Mutex::new(Vec::new()),
+        answers: Mutex::new(dataflow::Answers { spill, failed: None }),
         counts: Mutex::new(Vec::new()),
     });
     let workers = spec.runtime.workers;
@@ -299,21 +307,14 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
         summary.users += c.2;
         summary.state_bytes += c.3;
     }
-    if args.process != 0 {
-        return Ok(summary);
+    if let Some(why) = answers.failed {
+        return Err(TrainingError::Dataflow(why));
     }
-    let mut rows: Vec<Option<Vec<u8>>> = vec![None; labels.as_ref().map_or(0, |l| l.len())];
-    let mut users = Vec::new();
-    for a in answers {
-        match a {
-            Answer::Failed(why) => return Err(TrainingError::Dataflow(why)),
-            Answer::Label { row, json } => rows[row as usize] = json,
-            Answer::User { user, json } => users.push((user, json)),
-        }
-    }
+    let Some(spill) = answers.spill else { return Ok(summary) };
+    let merge = spill.finish()?;
     summary.rows = match (&labels, args.at) {
-        (_, Some(at)) => output::write_snapshot(&args.out, at, &declaration, users)?,
-        (Some(l), None) => output::write_labels(&args.out, l, &declaration, &rows)?,
+        (_, Some(at)) => output::write_snapshot(&args.out, at, merge)?,
+        (Some(l), None) => output::write_labels(&args.out, l, merge)?,
         (None, None) => unreachable!("clap requires --labels or --at"),
     };
     tracing::info!(

@@ -1,20 +1,21 @@
 //! The output file: the label columns as they were, then one typed column per answered
-//! attribute, written as Parquet under a temporary name and renamed when complete.
+//! attribute, written as Parquet under a temporary name and renamed when complete. The typed
+//! columns are built as the answers arrive ([`super::spill`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{Float64Builder, Int64Builder, ListBuilder, MapBuilder, StringBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, DataType, Field, Schema};
-use compact_str::CompactString;
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use squall_operators::attributes::ValueType;
-use squall_operators::{Attributes, Declaration, Value};
+use squall_operators::{Declaration, Value};
 
 use super::labels::Labels;
+use super::spill::Merge;
 
 /// Why the output was not written.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,7 @@ pub enum OutputError {
 }
 
 /// One answered attribute's column.
-struct Column {
+pub(super) struct Column {
     name: String,
     builder: Builder,
 }
@@ -75,8 +76,13 @@ impl Column {
         Column { name: name.to_owned(), builder }
     }
 
+    /// The attribute's name.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Appends `v` (`None`: the user had no attributes).
-    fn push(&mut self, v: Option<&Value>) -> Result<(), ArrowError> {
+    pub(super) fn push(&mut self, v: Option<&Value>) -> Result<(), ArrowError> {
         let v = v.filter(|v| **v != Value::Null);
         match &mut self.builder {
             Builder::Int(b) => b.append_option(v.and_then(int)),
@@ -108,7 +114,8 @@ impl Column {
         Ok(())
     }
 
-    fn finish(&mut self) -> ArrayRef {
+    /// The values appended since the last `finish`.
+    pub(super) fn finish(&mut self) -> ArrayRef {
         match &mut self.builder {
             Builder::Int(b) => Arc::new(b.finish()),
             Builder::Float(b) => Arc::new(b.finish()),
@@ -121,7 +128,7 @@ impl Column {
 }
 
 /// The answered attributes of `declaration`, in answer order, each a column.
-fn columns(declaration: &Declaration) -> Vec<Column> {
+pub(super) fn columns(declaration: &Declaration) -> Vec<Column> {
     (declaration.attributes.iter().enumerate())
         .filter(|(_, a)| !a.hidden)
         .map(|(i, a)| Column::new(&a.name, declaration.value_type(i)))
@@ -133,33 +140,13 @@ pub fn attribute_names(declaration: &Declaration) -> Vec<&str> {
     declaration.attributes.iter().filter(|a| !a.hidden).map(|a| a.name.as_str()).collect()
 }
 
-fn parse(json: Option<&[u8]>) -> Option<Attributes> {
-    json.map(|j| serde_json::from_slice(j).expect("the attributes' own JSON parses"))
-}
-
-/// One batch: `front` columns, then the attributes of each row.
-fn batch(
-    front: Vec<(Field, ArrayRef)>,
-    declaration: &Declaration,
-    rows: impl Iterator<Item = Option<Attributes>>,
-) -> Result<RecordBatch, ArrowError> {
-    let mut cols = columns(declaration);
-    for attrs in rows {
-        for c in &mut cols {
-            c.push(attrs.as_ref().and_then(|a| a.get(&c.name)))?;
-        }
-    }
-    let (mut fields, mut arrays): (Vec<Field>, Vec<ArrayRef>) = front.into_iter().unzip();
-    for c in &mut cols {
-        let array = c.finish();
-        fields.push(Field::new(&c.name, array.data_type().clone(), true));
-        arrays.push(array);
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-}
-
-/// Writes `batches` to `path` through a temporary file in the same folder, renamed at the end.
-fn write(path: &Path, batches: impl Iterator<Item = Result<RecordBatch, ArrowError>>) -> Result<u64, OutputError> {
+/// Writes `batches` to `path` through a temporary file in the same folder, renamed at the end;
+/// an empty file of `empty`'s schema when there are none.
+fn write(
+    path: &Path,
+    empty: SchemaRef,
+    batches: impl Iterator<Item = Result<RecordBatch, String>>,
+) -> Result<u64, OutputError> {
     let err = |detail: String| OutputError::Write { path: path.to_owned(), detail };
     let name = path.file_name().ok_or_else(|| err("not a file name".into()))?.to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
@@ -170,17 +157,22 @@ fn write(path: &Path, batches: impl Iterator<Item = Result<RecordBatch, ArrowErr
             .build();
         let mut writer: Option<ArrowWriter<std::fs::File>> = None;
         let mut rows = 0u64;
+        let open = |schema: SchemaRef| {
+            let file = file.try_clone().map_err(|e| e.to_string())?;
+            ArrowWriter::try_new(file, schema, Some(props.clone())).map_err(|e| e.to_string())
+        };
         for b in batches {
-            let b = b.map_err(|e| e.to_string())?;
+            let b = b?;
             if writer.is_none() {
-                let w =
-                    ArrowWriter::try_new(file.try_clone().map_err(|e| e.to_string())?, b.schema(), Some(props.clone()));
-                writer = Some(w.map_err(|e| e.to_string())?);
+                writer = Some(open(b.schema())?);
             }
             rows += b.num_rows() as u64;
             writer.as_mut().expect("set above").write(&b).map_err(|e| e.to_string())?;
         }
-        let writer = writer.ok_or("nothing to write")?;
+        let writer = match writer {
+            Some(w) => w,
+            None => open(empty)?,
+        };
         writer.close().map_err(|e| e.to_string())?;
         file.sync_all().map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
@@ -192,48 +184,84 @@ fn write(path: &Path, batches: impl Iterator<Item = Result<RecordBatch, ArrowErr
     result.map_err(err)
 }
 
-/// Writes every label row with its attributes (`answers[row]`, JSON as the API answers them).
-pub fn write_labels(
-    path: &Path,
-    labels: &Labels,
-    declaration: &Declaration,
-    answers: &[Option<Vec<u8>>],
-) -> Result<u64, OutputError> {
-    let mut start = 0;
-    let batches = labels.batches.iter().map(|b| {
-        let front = b.schema().fields().iter().map(|f| f.as_ref().clone()).zip(b.columns().iter().cloned()).collect();
-        let rows = answers[start..start + b.num_rows()].iter().map(|j| parse(j.as_deref()));
-        start += b.num_rows();
-        batch(front, declaration, rows)
-    });
-    write(path, batches)
+/// `front`'s columns, then `merged`'s without its key.
+fn beside(front: &RecordBatch, merged: &RecordBatch) -> Result<RecordBatch, String> {
+    let (front_schema, merged_schema) = (front.schema(), merged.schema());
+    let fields = front_schema.fields().iter().chain(merged_schema.fields().iter().skip(1)).cloned();
+    let schema = Arc::new(Schema::new(fields.collect::<Vec<_>>()));
+    let columns = front.columns().iter().chain(merged.columns().iter().skip(1)).cloned().collect();
+    RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())
 }
 
-/// Writes every user's attributes as of `at`, by user id: columns `user_id`, `ts`, then the
-/// attributes.
-pub fn write_snapshot(
-    path: &Path,
-    at: i64,
-    declaration: &Declaration,
-    mut users: Vec<(CompactString, Vec<u8>)>,
-) -> Result<u64, OutputError> {
-    users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let batches = users.chunks(64 * 1024).map(|chunk| {
-        let ids = arrow_array::StringArray::from_iter_values(chunk.iter().map(|(u, _)| u.as_str()));
-        let ts = arrow_array::Int64Array::from_value(at, chunk.len());
-        let front = vec![
-            (Field::new("user_id", DataType::Utf8, false), Arc::new(ids) as ArrayRef),
-            (Field::new("ts", DataType::Int64, false), Arc::new(ts) as ArrayRef),
-        ];
-        batch(front, declaration, chunk.iter().map(|(_, j)| parse(Some(j))))
-    });
-    let empty = users.is_empty().then(|| batch(snapshot_front_empty(), declaration, std::iter::empty()));
-    write(path, empty.into_iter().chain(batches))
+/// The label rows a merged batch at a time.
+struct LabelRows<'a> {
+    batches: &'a [RecordBatch],
+    /// The next row: its batch and its row in it.
+    batch: usize,
+    offset: usize,
 }
 
-fn snapshot_front_empty() -> Vec<(Field, ArrayRef)> {
-    vec![
-        (Field::new("user_id", DataType::Utf8, false), Arc::new(arrow_array::StringArray::new_null(0)) as ArrayRef),
-        (Field::new("ts", DataType::Int64, false), Arc::new(arrow_array::Int64Array::new_null(0)) as ArrayRef),
-    ]
+impl LabelRows<'_> {
+    /// The next `n` rows.
+    fn take(&mut self, n: usize) -> Result<RecordBatch, String> {
+        let schema = self.batches.first().ok_or("answers for a labels file without rows")?.schema();
+        let mut parts = Vec::new();
+        let mut need = n;
+        while need > 0 {
+            let b = self.batches.get(self.batch).ok_or("more answers than label rows")?;
+            let len = (b.num_rows() - self.offset).min(need);
+            parts.push(b.slice(self.offset, len));
+            (self.offset, need) = (self.offset + len, need - len);
+            if self.offset == b.num_rows() {
+                (self.batch, self.offset) = (self.batch + 1, 0);
+            }
+        }
+        arrow_select::concat::concat_batches(&schema, &parts).map_err(|e| e.to_string())
+    }
+}
+
+/// Writes every label row with its attributes, merged from the answers' spill in row order.
+pub fn write_labels(path: &Path, labels: &Labels, mut merge: Merge) -> Result<u64, OutputError> {
+    let label_schema = labels.batches.first().map_or_else(|| Arc::new(Schema::empty()), |b| b.schema());
+    let empty = beside(&RecordBatch::new_empty(label_schema), &RecordBatch::new_empty(merge.schema()))
+        .map_err(|detail| OutputError::Write { path: path.to_owned(), detail })?;
+    let (total, mut next) = (labels.len() as u64, 0u64);
+    let mut rows = LabelRows { batches: &labels.batches, batch: 0, offset: 0 };
+    let mut batches = std::iter::from_fn(|| merge.next_batch().map_err(|e| e.to_string()).transpose());
+    let batches = std::iter::from_fn(|| {
+        let Some(merged) = batches.next() else {
+            return (next != total).then(|| Err(format!("label row {next} has no answer")));
+        };
+        let with_labels = || -> Result<RecordBatch, String> {
+            let merged = merged?;
+            let keys = merged.column(0).as_any().downcast_ref::<UInt64Array>().ok_or("the spill's rows are not u64")?;
+            for r in keys.values() {
+                if *r != next {
+                    return Err(format!("label row {next} answered as {r}"));
+                }
+                next += 1;
+            }
+            beside(&rows.take(merged.num_rows())?, &merged)
+        };
+        Some(with_labels())
+    });
+    write(path, empty.schema(), batches)
+}
+
+/// Writes every user's attributes as of `at`, merged from the answers' spill by user id:
+/// columns `user_id`, `ts`, then the attributes.
+pub fn write_snapshot(path: &Path, at: i64, mut merge: Merge) -> Result<u64, OutputError> {
+    let ts = Field::new("ts", DataType::Int64, false);
+    let with_ts = move |merged: RecordBatch| -> Result<RecordBatch, String> {
+        let schema = merged.schema();
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.insert(1, ts.clone());
+        let mut columns = merged.columns().to_vec();
+        columns.insert(1, Arc::new(Int64Array::from_value(at, merged.num_rows())) as ArrayRef);
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+    };
+    let empty = with_ts(RecordBatch::new_empty(merge.schema()))
+        .map_err(|detail| OutputError::Write { path: path.to_owned(), detail })?;
+    let batches = std::iter::from_fn(|| merge.next_batch().map_err(|e| e.to_string()).transpose());
+    write(path, empty.schema(), batches.map(|b| b.and_then(&with_ts)))
 }
