@@ -357,14 +357,31 @@ pub fn decode_file(entry: &FileEntry, bytes: Bytes) -> Result<Vec<RecordBatch>, 
 
 /// Size and checksum of `bytes` against the manifest entry.
 fn verify(entry: &FileEntry, bytes: &Bytes) -> Result<(), FileError> {
-    let got_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes));
-    if bytes.len() as u64 != entry.bytes || got_hash != entry.xxh3 {
-        return Err(FileError::Checksum {
-            got: bytes.len() as u64,
-            got_hash,
-            want: entry.bytes,
-            want_hash: entry.xxh3.clone(),
-        });
+    verify_sum(entry, bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// Checks the local file at `path` against `entry` as [`verify`] checks bytes, reading it a MiB
+/// at a time (its bytes are not held).
+fn verify_file(entry: &FileEntry, path: &std::path::Path) -> Result<(), FileError> {
+    use std::io::Read as _;
+    let io = |e: std::io::Error| FileError::Content(format!("cannot read {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let (mut hasher, mut buf, mut len) = (xxhash_rust::xxh3::Xxh3::new(), vec![0; 1 << 20], 0u64);
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    verify_sum(entry, len, hasher.digest())
+}
+
+fn verify_sum(entry: &FileEntry, len: u64, hash: u64) -> Result<(), FileError> {
+    let got_hash = format!("{hash:016x}");
+    if len != entry.bytes || got_hash != entry.xxh3 {
+        return Err(FileError::Checksum { got: len, got_hash, want: entry.bytes, want_hash: entry.xxh3.clone() });
     }
     Ok(())
 }
@@ -407,7 +424,7 @@ impl Rows {
 }
 
 /// A data file decoded a block of rows at a time, in offset order, so that only its compressed
-/// bytes and one block are held. Before any block is decoded, the `ts` column alone is read to
+/// bytes (or, read from a local file, each column's current page) and one block are held. Before any block is decoded, the `ts` column alone is read to
 /// know, for every block, the least event time of it and of every block after it: a reader
 /// merging several files by event time knows how far each could still reach back.
 pub struct FileBlocks {
@@ -425,7 +442,25 @@ impl FileBlocks {
     /// Checks `bytes` against `entry` and prepares to decode them `block` rows at a time.
     pub fn open(entry: &FileEntry, bytes: Bytes, block: usize) -> Result<FileBlocks, FileError> {
         verify(entry, &bytes)?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?;
+        FileBlocks::decoding(entry, || Ok(bytes.clone()), block)
+    }
+
+    /// Checks the local file at `path` against `entry` and prepares to decode it `block` rows at
+    /// a time, reading its pages from the file as they are decoded: neither its whole bytes nor
+    /// their compressed form are held, only each column's current page.
+    pub fn open_file(entry: &FileEntry, path: &std::path::Path, block: usize) -> Result<FileBlocks, FileError> {
+        verify_file(entry, path)?;
+        let io = |e: std::io::Error| FileError::Content(format!("cannot read {}: {e}", path.display()));
+        FileBlocks::decoding(entry, || std::fs::File::open(path).map_err(io), block)
+    }
+
+    /// Reads the `ts` column of what `source` gives, then prepares to decode it all.
+    fn decoding<T: parquet::file::reader::ChunkReader + 'static>(
+        entry: &FileEntry,
+        source: impl Fn() -> Result<T, FileError>,
+        block: usize,
+    ) -> Result<FileBlocks, FileError> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(source()?)?;
         let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["ts"]);
         let mut least_from = Vec::new();
         for b in builder.with_projection(mask).with_batch_size(block).build()? {
@@ -440,7 +475,7 @@ impl FileBlocks {
         for i in (1..least_from.len()).rev() {
             least_from[i - 1] = least_from[i - 1].min(least_from[i]);
         }
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(block).build()?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(source()?)?.with_batch_size(block).build()?;
         Ok(FileBlocks { entry: entry.clone(), reader, least_from, next: 0, check: Rows::new(entry), ended: false })
     }
 

@@ -356,9 +356,17 @@ impl Archive {
     }
 
     /// Fetches and checks one data file, to be decoded `block` rows at a time
-    /// ([`crate::file::FileBlocks`]): only its compressed bytes are held until then.
+    /// ([`crate::file::FileBlocks`]): only its compressed bytes are held until then. A local
+    /// archive's file is checked and then read from disk a page at a time as it is decoded.
     pub async fn read_blocks(&self, entry: &FileEntry, block: usize) -> Result<crate::file::FileBlocks, ReadError> {
-        self.checked(entry, move |e, bytes| crate::file::FileBlocks::open(e, bytes, block)).await
+        let Some(dir) = &self.local else {
+            return self.checked(entry, move |e, bytes| crate::file::FileBlocks::open(e, bytes, block)).await;
+        };
+        let (e, path) = (entry.clone(), dir.join(&entry.path));
+        tokio::task::spawn_blocking(move || crate::file::FileBlocks::open_file(&e, &path, block))
+            .await
+            .expect("checking a file does not panic")
+            .map_err(|source| ReadError::File { path: entry.path.clone(), source })
     }
 
     /// Fetches a data file's bytes and hands them with its entry to `check` (size, checksum,
@@ -455,7 +463,30 @@ mod tests {
     /// its entry fails at its end.
     #[tokio::test]
     async fn a_file_read_in_blocks_knows_how_far_back_its_rest_reaches() {
-        let (_dir, archive) = local();
+        let (_dir, local) = local();
+        let memory = Archive::new(Arc::new(object_store::memory::InMemory::new()), Path::from("archive"));
+        // Read from disk a page at a time, and fetched whole from an object store.
+        for archive in [local, memory] {
+            blocks_know_how_far_back_their_rest_reaches(archive).await;
+        }
+    }
+
+    /// A local file read a page at a time is checked whole first: one byte changed on disk and
+    /// nothing is decoded from it, the error names it.
+    #[tokio::test]
+    async fn a_local_file_altered_on_disk_is_refused_before_any_block() {
+        let (dir, archive) = local();
+        archive.put_file(&encode(0, &values(0, 100))).await.unwrap();
+        let entry = archive.list(SONG, 0).await.unwrap().remove(0);
+        let path = dir.path().join("archive").join(&entry.path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = archive.read_blocks(&entry, 64).await.err().expect("refused").to_string();
+        assert!(err.contains(&entry.path) && err.contains("xxh3"), "{err}");
+    }
+
+    async fn blocks_know_how_far_back_their_rest_reaches(archive: Archive) {
         // Event times out of order: a permutation of 1000 milliseconds.
         let input: Vec<(i64, Vec<u8>)> = (0..1000i64)
             .map(|i| {
