@@ -107,7 +107,7 @@ impl Answers {
         let pushed = match (sent, self.spill.as_mut()) {
             (Sent::Failed(why), _) => Err(why.clone()),
             (_, None) => Ok(()),
-            (Sent::Rows(bytes), Some(s)) => decode(bytes.clone()).and_then(|b| s.push(b).map_err(|e| e.to_string())),
+            (Sent::Rows(bytes), Some(s)) => decode(bytes).and_then(|b| s.push(b).map_err(|e| e.to_string())),
         };
         if let Err(why) = pushed {
             self.failed = Some(why);

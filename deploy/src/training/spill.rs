@@ -114,9 +114,8 @@ pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>, String> {
 }
 
 /// The batch [`encode`] wrote.
-pub fn decode(bytes: Vec<u8>) -> Result<RecordBatch, String> {
-    let mut r =
-        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+pub fn decode(bytes: &[u8]) -> Result<RecordBatch, String> {
+    let mut r = arrow_ipc::reader::StreamReader::try_new(bytes, None).map_err(|e| e.to_string())?;
     r.next().ok_or("an empty answers message")?.map_err(|e| e.to_string())
 }
 
@@ -371,7 +370,7 @@ mod tests {
         let mut built = Rows::new(declaration(), by_user);
         let mut send = |built: &mut Rows| {
             let bytes = encode(&built.batch().expect("a batch")).expect("encoded");
-            spill.push(decode(bytes).expect("decoded")).expect("pushed");
+            spill.push(decode(&bytes).expect("decoded")).expect("pushed");
         };
         for (key, json) in rows {
             built.push(key, json.as_deref().map(str::as_bytes)).expect("pushed");
