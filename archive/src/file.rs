@@ -340,6 +340,9 @@ pub enum FileError {
     /// The file's rows disagree with the manifest entry.
     #[error("{0}")]
     Content(String),
+    /// A local file could not be read.
+    #[error("cannot read the file: {0}")]
+    Read(#[from] std::io::Error),
 }
 
 /// Checks `bytes` against `entry` and decodes them (every batch, before any is returned).
@@ -364,11 +367,10 @@ fn verify(entry: &FileEntry, bytes: &Bytes) -> Result<(), FileError> {
 /// at a time (its bytes are not held).
 fn verify_file(entry: &FileEntry, path: &std::path::Path) -> Result<(), FileError> {
     use std::io::Read as _;
-    let io = |e: std::io::Error| FileError::Content(format!("cannot read {}: {e}", path.display()));
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut file = std::fs::File::open(path)?;
     let (mut hasher, mut buf, mut len) = (xxhash_rust::xxh3::Xxh3::new(), vec![0; 1 << 20], 0u64);
     loop {
-        let n = file.read(&mut buf).map_err(io)?;
+        let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -424,9 +426,10 @@ impl Rows {
 }
 
 /// A data file decoded a block of rows at a time, in offset order, so that only its compressed
-/// bytes (or, read from a local file, each column's current page) and one block are held. Before any block is decoded, the `ts` column alone is read to
-/// know, for every block, the least event time of it and of every block after it: a reader
-/// merging several files by event time knows how far each could still reach back.
+/// bytes (or, read from a local file, each column's current page) and one block are held.
+/// Before any block is decoded, the `ts` column alone is read to know, for every block, the least
+/// event time of it and of every block after it: a reader merging several files by event time
+/// knows how far each could still reach back.
 pub struct FileBlocks {
     entry: FileEntry,
     reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
@@ -450,8 +453,7 @@ impl FileBlocks {
     /// their compressed form are held, only each column's current page.
     pub fn open_file(entry: &FileEntry, path: &std::path::Path, block: usize) -> Result<FileBlocks, FileError> {
         verify_file(entry, path)?;
-        let io = |e: std::io::Error| FileError::Content(format!("cannot read {}: {e}", path.display()));
-        FileBlocks::decoding(entry, || std::fs::File::open(path).map_err(io), block)
+        FileBlocks::decoding(entry, || Ok(std::fs::File::open(path)?), block)
     }
 
     /// Reads the `ts` column of what `source` gives, then prepares to decode it all.
