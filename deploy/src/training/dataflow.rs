@@ -14,7 +14,7 @@ use squall_archive::file::FileBlocks;
 use squall_archive::{Archive, FileEntry, ReadError};
 use squall_enrichment::Symbols;
 use squall_operators::event::{AdImpression, SongCompletion};
-use squall_operators::{Declaration, Event, Plan, key_groups};
+use squall_operators::{Event, Plan, key_groups};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::source;
@@ -51,8 +51,6 @@ const BLOCKS_PER_STEP: usize = 8;
 
 /// What every worker of a process shares.
 pub struct Job {
-    /// The version's declarations (the answered attributes are the output's columns).
-    pub declaration: Arc<Declaration>,
     /// The version's compiled plan.
     pub plan: Arc<Plan>,
     /// The process's symbols (the catalogue's and the plan's).
@@ -217,7 +215,7 @@ pub fn run(job: Arc<Job>, config: timely::Config) -> Result<(), String> {
                         state.user_ttl_ms,
                     );
                     let mut out = Vec::new();
-                    let mut rows = Rows::new(Arc::clone(&state.declaration), state.at.is_some());
+                    let mut rows = Rows::new(state.plan.declaration(), state.at.is_some());
                     let mut sent = Vec::new();
                     // With `--at`, once every item is applied: the users left to answer.
                     let mut snapshot = None;

@@ -267,9 +267,8 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
         .as_mut()
         .map(|l| std::mem::take(&mut l.users).into_iter().zip(l.ts.iter().copied()).collect())
         .unwrap_or_default();
-    let spill = (args.process == 0).then(|| spill::Spill::new(&args.out, Arc::clone(&declaration), args.at.is_some()));
+    let spill = (args.process == 0).then(|| spill::Spill::new(&args.out, &declaration, args.at.is_some()));
     let job = Arc::new(dataflow::Job {
-        declaration: Arc::clone(&declaration),
         plan,
         symbols,
         catalogue: Arc::new(catalogue),

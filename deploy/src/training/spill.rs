@@ -48,7 +48,6 @@ pub fn key_name(by_user: bool) -> &'static str {
 /// Answers being built on a worker: each row's key and its attributes in typed columns, sent
 /// to worker 0 a batch at a time as Arrow IPC bytes ([`encode`]).
 pub struct Rows {
-    declaration: Arc<Declaration>,
     by_user: bool,
     keys: Vec<Key>,
     cols: Vec<Column>,
@@ -57,9 +56,8 @@ pub struct Rows {
 impl Rows {
     /// Rows of `declaration`'s answered attributes keyed by label row (or by user with
     /// `by_user`).
-    pub fn new(declaration: Arc<Declaration>, by_user: bool) -> Rows {
-        let cols = columns(&declaration);
-        Rows { declaration, by_user, keys: Vec::new(), cols }
+    pub fn new(declaration: &Declaration, by_user: bool) -> Rows {
+        Rows { by_user, keys: Vec::new(), cols: columns(declaration) }
     }
 
     /// Adds a row: `json` is the answer as the HTTP API gives it (`None`: nulls).
@@ -102,7 +100,12 @@ impl Rows {
         };
         let arrays: Vec<ArrayRef> =
             std::iter::once(key_array).chain(self.cols.iter_mut().map(|c| c.finish())).collect();
-        RecordBatch::try_new(schema(&self.declaration, self.by_user, &arrays), arrays).map_err(|e| e.to_string())
+        // The key, then the attributes with their builders' types.
+        let key_type = if self.by_user { DataType::Utf8 } else { DataType::UInt64 };
+        let fields = std::iter::once(Field::new(key_name(self.by_user), key_type, false))
+            .chain(self.cols.iter().zip(&arrays[1..]).map(|(c, a)| Field::new(c.name(), a.data_type().clone(), true)));
+        let schema = Arc::new(Schema::new(fields.collect::<Vec<_>>()));
+        RecordBatch::try_new(schema, arrays).map_err(|e| e.to_string())
     }
 }
 
@@ -150,10 +153,10 @@ impl SpillFile {
 impl Spill {
     /// Batches of [`Rows`] of `declaration` keyed by label row (or by user with `by_user`),
     /// spilled beside `out`.
-    pub fn new(out: &Path, declaration: Arc<Declaration>, by_user: bool) -> Spill {
+    pub fn new(out: &Path, declaration: &Declaration, by_user: bool) -> Spill {
         let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let path = out.with_file_name(format!(".{name}.spill-{}", std::process::id()));
-        let empty = Rows::new(Arc::clone(&declaration), by_user).batch().expect("an empty batch of its own schema");
+        let empty = Rows::new(declaration, by_user).batch().expect("an empty batch of its own schema");
         Spill {
             file: SpillFile(path),
             by_user,
@@ -236,15 +239,6 @@ impl Spill {
         }
         Ok(merge)
     }
-}
-
-/// The spill's schema: the key, then the attributes with their builders' types.
-fn schema(declaration: &Declaration, by_user: bool, arrays: &[ArrayRef]) -> SchemaRef {
-    let key = Field::new(key_name(by_user), if by_user { DataType::Utf8 } else { DataType::UInt64 }, false);
-    let names = super::output::attribute_names(declaration);
-    let fields = std::iter::once(key)
-        .chain(names.iter().zip(&arrays[1..]).map(|(n, a)| Field::new(*n, a.data_type().clone(), true)));
-    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
 }
 
 /// Where one run is read.
@@ -367,7 +361,7 @@ mod tests {
 
     /// Feeds `rows` to `spill` as workers send them: 1000 at a time, through IPC bytes.
     fn feed(spill: &mut Spill, by_user: bool, rows: impl Iterator<Item = (Key, Option<String>)>) {
-        let mut built = Rows::new(declaration(), by_user);
+        let mut built = Rows::new(&declaration(), by_user);
         let mut send = |built: &mut Rows| {
             let bytes = encode(&built.batch().expect("a batch")).expect("encoded");
             spill.push(decode(&bytes).expect("decoded")).expect("pushed");
@@ -391,7 +385,7 @@ mod tests {
     fn label_rows_come_back_in_row_order_across_runs_and_batches() {
         let dir = scratch("rows");
         let out = dir.join("out.parquet");
-        let mut spill = Spill::new(&out, declaration(), false);
+        let mut spill = Spill::new(&out, &declaration(), false);
         // Three runs and a part, rows in a scrambled order (a permutation: 7919 is prime to n).
         let n = 3 * RUN_ROWS as u64 + 1000;
         feed(
@@ -431,11 +425,11 @@ mod tests {
     fn users_come_back_sorted_and_nothing_spilled_means_no_rows() {
         let dir = scratch("users");
         let out = dir.join("snap.parquet");
-        let mut m = Spill::new(&out, declaration(), true).finish().expect("finished");
+        let mut m = Spill::new(&out, &declaration(), true).finish().expect("finished");
         assert_eq!(m.schema().field(0).name(), "user_id");
         assert!(m.next_batch().expect("merges").is_none());
 
-        let mut spill = Spill::new(&out, declaration(), true);
+        let mut spill = Spill::new(&out, &declaration(), true);
         let n = RUN_ROWS + 5;
         feed(
             &mut spill,
@@ -482,7 +476,7 @@ mod tests {
         }
         assert_eq!(start, n);
         let labels = super::super::labels::Labels { batches, users: Vec::new(), ts: vec![0; n] };
-        let mut spill = Spill::new(&out, declaration(), false);
+        let mut spill = Spill::new(&out, &declaration(), false);
         feed(
             &mut spill,
             false,
