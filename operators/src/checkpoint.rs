@@ -21,6 +21,11 @@
 //! a key group's rows are folded into a new base row only once its newer rows add up to a quarter
 //! of its base (amortized, each change is rewritten a bounded number of times), and dedup ids go
 //! with their time bucket, whole, when it expires.
+//!
+//! A standby reads the same state without changing anything ([`CheckpointStore::read`]) while the
+//! active process writes and compacts; taking over, it [`resume`](CheckpointStore::resume)s the
+//! store from the cut its state is at, which deletes what lies beyond that cut as recovery does,
+//! without reading the users again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -188,8 +193,8 @@ impl RecoveryScope {
 }
 
 /// Why a checkpoint could not be written, read or compacted. Every variant but
-/// [`KeyGroups`](Self::KeyGroups) may succeed when retried once the store is back (the writer
-/// retries with backoff); at start-up it stops squall.
+/// [`KeyGroups`](Self::KeyGroups) and [`NotLatest`](Self::NotLatest) may succeed when retried once
+/// the store is back (the writer retries with backoff); at start-up it stops squall.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// Local disk.
@@ -227,6 +232,22 @@ pub enum CheckpointError {
         /// What the topology says.
         configured: u32,
     },
+    /// [`CheckpointStore::resume`] was asked to continue from a cut that is not the latest
+    /// complete one: the state held is older (or newer) than what the checkpoints say.
+    #[error("the state held is at cut {cut} but the latest complete checkpoint is {latest:?}; recover instead")]
+    NotLatest {
+        /// The cut of the state held.
+        cut: Epoch,
+        /// The latest complete cut in the store.
+        latest: Option<Epoch>,
+    },
+    /// A compaction by another process changed the rows while [`CheckpointStore::read`] read
+    /// them, more often than it reads again: a new read will see the compacted rows.
+    #[error("a compaction changed the checkpoints while they were read ({what}); read again")]
+    Compacted {
+        /// What changed.
+        what: String,
+    },
 }
 
 impl From<crate::cql_schema::CqlStatementError> for CheckpointError {
@@ -251,6 +272,23 @@ pub trait CheckpointStore: Send + 'static {
     /// beyond it (rows of cuts that never completed) among what `scope` tidies or compacts.
     /// `None` when no cut is complete. Sets the scope for later compactions.
     fn recover(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError>;
+    /// Reads the key groups `scope` covers at the latest complete cut, as `recover` does, but
+    /// changes nothing: no deletes, and the store's scope and compaction bookkeeping are left as
+    /// they were. For a standby that bootstraps while the active process writes and compacts: a
+    /// compaction seen half done still folds to the state at the cut returned, and one that
+    /// removes what the read needs makes it read again (or fail, when that keeps happening).
+    fn read(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError>;
+    /// The latest complete cut, if any; reads no users or ids.
+    fn latest_complete(&mut self) -> Result<Option<Epoch>, CheckpointError>;
+    /// Makes the store ready for a writer that continues from `cut`, whose state the caller
+    /// already holds (a standby taking over), without reading any user or dedup-id blob: deletes
+    /// what lies beyond `cut` among what `scope` tidies or compacts, exactly as `recover` does for
+    /// rows of cuts that never completed, and sets the scope for later compactions. The
+    /// compaction bookkeeping `recover` builds from the rows it reads is rebuilt by the first
+    /// `compact` after it (which may read rows, on the checkpoint writer's thread). Errs with
+    /// [`CheckpointError::NotLatest`] if `cut` is not the latest complete cut; then nothing was
+    /// changed.
+    fn resume(&mut self, scope: &RecoveryScope, cut: Epoch) -> Result<(), CheckpointError>;
     /// Whether the parts of all `peers` workers (of every process) of `cut` are durable.
     fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError>;
     /// Folds, among what the scope compacts, what precedes the latest complete cut where that

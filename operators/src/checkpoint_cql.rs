@@ -30,6 +30,20 @@
 //! groups from recovery and its own writes). Process 0 deletes marks older than the compacted
 //! cut. Until a deletion the older rows fold to the same state, so every crash point is safe.
 //!
+//! A standby's [`read`](CheckpointStore::read) folds as recovery does but deletes nothing, beside
+//! the active process's writer and compactor. A rebase writes its base before it deletes what the
+//! base folds, and the fold takes the newest base up to the cut and only the rows after it, so a
+//! compaction seen half done (base written, older rows still there) folds to the same state.
+//! What a read cannot see in the rows it gets is a rebase that deleted rows it needs before or
+//! while it read them: so it reads each key group's keys again afterwards, folds the group again
+//! if a newer base has appeared, and starts over (at the later cut, complete by then) if a base
+//! lies beyond its cut. Expired dedup buckets go whole at a later cut's watermark: once done, it
+//! reads the marks again and starts over if a bucket it kept has expired by the latest complete
+//! cut since. [`resume`](CheckpointStore::resume) reads the marks and only the key columns of the
+//! rows of the key groups it compacts (`cut, writer`; `bucket, cut, writer`) to delete those
+//! beyond the cut, and leaves the compaction bookkeeping (bytes per key group, ids rows per bucket)
+//! to its first compaction, which reads those key groups' rows once.
+//!
 //! Partitions stay bounded: a group's holds its base plus changes worth a quarter of it, an ids
 //! partition the ids of one group within the horizon, the marks partition the cuts since the last
 //! compaction. Deletes leave tombstones until `gc_grace_seconds`; every row here is replaced
@@ -140,6 +154,12 @@ type Row = (i64, i32, Vec<u8>);
 /// A row of an ids partition: (bucket, cut, writer, blob).
 type IdsRow = (i64, i64, i32, Vec<u8>);
 
+/// The key of a row within a group partition: (cut, writer).
+type GroupKey = (i64, i32);
+
+/// The key of a row within an ids partition: (bucket, cut, writer).
+type IdsKey = (i64, i64, i32);
+
 /// What the compacting process knows of a key group it compacts.
 #[derive(Clone, Debug, Default)]
 struct GroupStats {
@@ -158,6 +178,8 @@ struct Statements {
     select_marks: PreparedStatement,
     select_group: PreparedStatement,
     select_ids: PreparedStatement,
+    select_group_keys: PreparedStatement,
+    select_ids_keys: PreparedStatement,
     delete_mark: PreparedStatement,
     delete_group_row: PreparedStatement,
     delete_ids_row: PreparedStatement,
@@ -198,6 +220,14 @@ impl Statements {
                 "SELECT bucket, cut, writer, ids FROM {ks}.checkpoint_ids WHERE group_id = ? AND key_group = ?"
             ))
             .await?,
+            select_group_keys: p(format!(
+                "SELECT cut, writer FROM {ks}.checkpoint_groups WHERE group_id = ? AND key_group = ?"
+            ))
+            .await?,
+            select_ids_keys: p(format!(
+                "SELECT bucket, cut, writer FROM {ks}.checkpoint_ids WHERE group_id = ? AND key_group = ?"
+            ))
+            .await?,
             delete_mark: p(format!("DELETE FROM {ks}.checkpoint_marks WHERE group_id = ? AND cut = ? AND worker = ?"))
                 .await?,
             delete_group_row: p(format!(
@@ -225,6 +255,9 @@ pub struct CqlCheckpoints {
     scope: Option<RecoveryScope>,
     /// The key groups this process compacts.
     groups: HashMap<u32, GroupStats>,
+    /// Whether `groups` is to be built from the rows before the next compaction: a resume did not
+    /// read them.
+    stale: bool,
     /// Bytes of group rows written since the last compaction, for the rebase budget.
     written: u64,
 }
@@ -243,6 +276,19 @@ struct Folded {
 
 /// Folds a key group's rows up to cut `limit` (-1: none is complete, every row is beyond).
 fn fold_group(rows: Vec<Row>, limit: i64, key_group: u32) -> Result<Folded, CheckpointError> {
+    let (live, mut f) = split_group(rows, limit);
+    for (c, w, blob) in live {
+        let rows: UserRows = bincode::deserialize(&blob)
+            .map_err(|e| corrupt(format!("key group {key_group} at cut {c} by writer {w}"), e))?;
+        fold_rows(&mut f.users, rows);
+    }
+    Ok(f)
+}
+
+/// Splits a key group's rows at cut `limit`: the rows a fold up to it reads, oldest first (the
+/// newest base up to it and the rows after that base), and the rest of a [`Folded`] without its
+/// users: the keys up to and beyond the cut and the compaction bookkeeping.
+fn split_group(rows: Vec<Row>, limit: i64) -> (Vec<Row>, Folded) {
     let base = rows.iter().filter(|r| r.1 == BASE && r.0 <= limit).map(|r| r.0).max();
     let mut f = Folded {
         users: HashMap::new(),
@@ -257,7 +303,9 @@ fn fold_group(rows: Vec<Row>, limit: i64, key_group: u32) -> Result<Folded, Chec
             f.beyond.push((row.0, row.1));
         } else {
             f.upto.push((row.0, row.1));
-            // Rows older than the base (or older bases) are folded into it already.
+            // Rows older than the base (or older bases) are folded into it already. So a
+            // compaction seen half done, its base written and the rows it folds not yet all
+            // deleted, folds to the same state: those rows are left out whether still there or not.
             let newer = match base {
                 Some(b) => row.0 > b || (row.0 == b && row.1 == BASE),
                 None => true,
@@ -269,18 +317,39 @@ fn fold_group(rows: Vec<Row>, limit: i64, key_group: u32) -> Result<Folded, Chec
     }
     // Oldest first; the base of a cut before the part rows of that cut (it folds them).
     live.sort_by_key(|r| (r.0, r.1 != BASE, r.1));
-    for (i, (c, w, blob)) in live.into_iter().enumerate() {
+    for (i, (_, _, blob)) in live.iter().enumerate() {
         if i == 0 {
             f.stats.base = blob.len() as u64;
         } else {
             f.stats.newer += blob.len() as u64;
         }
-        let rows: UserRows = bincode::deserialize(&blob)
-            .map_err(|e| corrupt(format!("key group {key_group} at cut {c} by writer {w}"), e))?;
-        fold_rows(&mut f.users, rows);
     }
-    Ok(f)
+    (live, f)
 }
+
+/// The cut of the newest base among `keys` (cut, writer).
+fn newest_base<'k>(keys: impl IntoIterator<Item = &'k GroupKey>) -> Option<i64> {
+    keys.into_iter().filter(|k| k.1 == BASE).map(|k| k.0).max()
+}
+
+/// The newest event time any worker had applied at `cut`, by the marks up to it.
+fn watermark_at(marks: &[Mark], cut: Epoch) -> i64 {
+    marks.iter().filter(|m| m.cut <= cut).map(|m| m.watermark).max().unwrap_or(i64::MIN)
+}
+
+/// What a fold of the checkpoints is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fold {
+    /// Recovery: sets the scope, deletes what lies beyond the cut among what it tidies or
+    /// compacts, and builds the compaction bookkeeping.
+    Recover,
+    /// A read that changes nothing, beside a writer and compactor in another process.
+    Read,
+}
+
+/// A read starts over, or folds a key group again, at most this many times when a compaction
+/// changes what it reads.
+const READ_ATTEMPTS: usize = 5;
 
 impl CqlCheckpoints {
     /// Creates the tables if missing and prepares the statements. The blocking
@@ -302,6 +371,7 @@ impl CqlCheckpoints {
             stmts,
             scope: None,
             groups: HashMap::new(),
+            stale: false,
             written: 0,
         })
     }
@@ -365,7 +435,7 @@ impl CqlCheckpoints {
     }
 
     /// The latest complete cut among `marks`.
-    fn latest_complete(marks: &[Mark]) -> Option<Epoch> {
+    fn latest_complete_in(marks: &[Mark]) -> Option<Epoch> {
         let mut by_cut: BTreeMap<Epoch, (usize, i32)> = BTreeMap::new();
         for m in marks.iter().filter(|m| m.worker >= 0 && m.worker < m.peers) {
             by_cut.entry(m.cut).or_insert((0, m.peers)).0 += 1;
@@ -381,6 +451,39 @@ impl CqlCheckpoints {
         self.select(&self.stmts.select_ids, (&self.group_id, key_group as i32)).await
     }
 
+    /// The keys (cut, writer) of a key group's rows, without their blobs.
+    async fn group_keys(&self, key_group: u32) -> Result<Vec<GroupKey>, CheckpointError> {
+        self.select(&self.stmts.select_group_keys, (&self.group_id, key_group as i32)).await
+    }
+
+    /// The keys (bucket, cut, writer) of a key group's ids rows, without their blobs.
+    async fn ids_keys(&self, key_group: u32) -> Result<Vec<IdsKey>, CheckpointError> {
+        self.select(&self.stmts.select_ids_keys, (&self.group_id, key_group as i32)).await
+    }
+
+    fn check_key_groups(scope: &RecoveryScope, marks: &[Mark]) -> Result<(), CheckpointError> {
+        let configured = scope.key_groups.count();
+        match marks.iter().find(|m| m.key_groups as u32 != configured) {
+            Some(m) => Err(CheckpointError::KeyGroups { written: m.key_groups as u32, configured }),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes the marks of cuts after `latest` (all, without a complete cut): cuts that never
+    /// completed.
+    async fn delete_marks_beyond(&self, marks: &[Mark], latest: Option<Epoch>) -> Result<(), CheckpointError> {
+        let beyond: Vec<_> = marks
+            .iter()
+            .filter(|m| latest.is_none_or(|l| m.cut > l))
+            .map(|m| Ok((&self.group_id, cut_value(m.cut)?, m.worker)))
+            .collect::<Result<_, CheckpointError>>()?;
+        if !beyond.is_empty() {
+            tracing::info!(group_id = %self.group_id, marks = beyond.len(), "removing the marks of incomplete cuts");
+        }
+        self.run_all(&self.stmts.delete_mark, beyond).await?;
+        Ok(())
+    }
+
     async fn write_parts_async(&mut self, parts: &[Part]) -> Result<u64, CheckpointError> {
         let mut bytes = 0u64;
         let mut groups = Vec::new();
@@ -392,21 +495,19 @@ impl CqlCheckpoints {
                 let blob = encode(&rows, || format!("key group {kg} of part {cut}/{worker}"))?;
                 bytes += blob.len() as u64 + 24;
                 if self.compacts(kg) {
+                    self.written += blob.len() as u64;
+                }
+                if self.compacts(kg) && !self.stale {
                     let s = self.groups.entry(kg).or_default();
                     // A group's first row stands for its base until it has one.
-                    if s.base == 0 {
-                        s.base = blob.len() as u64
-                    } else {
-                        s.newer += blob.len() as u64
-                    }
-                    self.written += blob.len() as u64;
+                    if s.base == 0 { s.base = blob.len() as u64 } else { s.newer += blob.len() as u64 }
                 }
                 groups.push((&self.group_id, kg as i32, cut, worker, blob));
             }
             for run in &part.dedup {
                 let blob = encode(&run.ids, || format!("ids of part {cut}/{worker}"))?;
                 bytes += blob.len() as u64 + 32;
-                if self.compacts(run.key_group) {
+                if self.compacts(run.key_group) && !self.stale {
                     self.groups
                         .entry(run.key_group)
                         .or_default()
@@ -444,26 +545,24 @@ impl CqlCheckpoints {
         Ok(bytes)
     }
 
-    async fn recover_async(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
-        self.scope = Some(scope.clone());
-        self.groups.clear();
-        let marks = self.marks().await?;
-        let configured = scope.key_groups.count();
-        if let Some(m) = marks.iter().find(|m| m.key_groups as u32 != configured) {
-            return Err(CheckpointError::KeyGroups { written: m.key_groups as u32, configured });
+    /// Folds the key groups `scope` covers at the latest complete cut, for recovery or for a
+    /// read that changes nothing (see [`Fold`]).
+    async fn fold_async(&mut self, scope: &RecoveryScope, fold: Fold) -> Result<Option<Recovered>, CheckpointError> {
+        let recover = fold == Fold::Recover;
+        if recover {
+            self.scope = Some(scope.clone());
+            self.groups.clear();
+            self.stale = false;
         }
-        let latest = Self::latest_complete(&marks);
-        if scope.tidy {
-            // Marks of cuts that never completed.
-            let beyond: Vec<_> = marks
-                .iter()
-                .filter(|m| latest.is_none_or(|l| m.cut > l))
-                .map(|m| Ok((&self.group_id, cut_value(m.cut)?, m.worker)))
-                .collect::<Result<_, CheckpointError>>()?;
-            if !beyond.is_empty() {
-                tracing::info!(group_id = %self.group_id, marks = beyond.len(), "removing the marks of incomplete cuts");
-            }
-            self.run_all(&self.stmts.delete_mark, beyond).await?;
+        let marks = self.marks().await?;
+        Self::check_key_groups(scope, &marks)?;
+        let latest = Self::latest_complete_in(&marks);
+        if recover && scope.tidy {
+            self.delete_marks_beyond(&marks, latest).await?;
+        }
+        if !recover && latest.is_none() {
+            // Recovery reads on only to delete the rows of cuts that never completed.
+            return Ok(None);
         }
         // Without a complete cut every row is of a cut that never completed: the reads below
         // still find and delete them, so that they never count once a later cut completes.
@@ -488,7 +587,7 @@ impl CqlCheckpoints {
         let this = &*self;
         let mut reads = futures::stream::iter(scope.reads())
             .map(|kg| async move {
-                let folded = fold_group(this.group_rows(kg).await?, limit, kg)?;
+                let folded = this.fold_key_group(kg, limit, fold).await?;
                 Ok::<_, CheckpointError>((kg, folded, this.ids_rows(kg).await?))
             })
             .buffer_unordered(READ_PARALLELISM);
@@ -499,7 +598,7 @@ impl CqlCheckpoints {
             let (kg, mut folded, ids) = read?;
             rec.bytes_read += folded.bytes;
             rec.users.extend(folded.users.drain());
-            let compacts = this.compacts(kg);
+            let compacts = recover && scope.compacts(kg);
             if compacts {
                 beyond_groups.extend(folded.beyond.iter().map(|(c, w)| (&this.group_id, kg as i32, *c, *w)));
             }
@@ -529,13 +628,141 @@ impl CqlCheckpoints {
             }
         }
         drop(reads);
+        rec.dedup.sort_by_key(|r| (r.key_group, r.bucket));
+        if !recover {
+            // A compaction at a later cut deletes the dedup buckets expired by its watermark,
+            // possibly before this read got to them: if a bucket kept here has expired by the
+            // latest complete cut now (every compaction that started before now is at that cut or
+            // an earlier one), read again.
+            let now = self.marks().await?;
+            if let Some(newest) = Self::latest_complete_in(&now).filter(|n| latest.is_some_and(|l| *n > l)) {
+                let expired = oldest_live_bucket(watermark_at(&now, newest), rec.bucket_ms * BUCKETS, rec.bucket_ms);
+                if expired > oldest {
+                    return Err(CheckpointError::Compacted {
+                        what: format!(
+                            "dedup buckets before {expired} may have expired at cut {newest}, after cut {cut}"
+                        ),
+                    });
+                }
+            }
+            tracing::debug!(group_id = %self.group_id, cut, bytes = rec.bytes_read, "read CQL checkpoint");
+            return Ok(latest.map(|_| rec));
+        }
         let removed = beyond_groups.len() + beyond_ids.len();
         self.run_all(&self.stmts.delete_group_row, beyond_groups).await?;
         self.run_all(&self.stmts.delete_ids_row, beyond_ids).await?;
         self.groups = stats;
-        rec.dedup.sort_by_key(|r| (r.key_group, r.bucket));
         tracing::debug!(group_id = %self.group_id, cut, removed, bytes = rec.bytes_read, "folded CQL checkpoint");
         Ok(latest.map(|_| rec))
+    }
+
+    /// Folds key group `kg` up to cut `limit`. A read ([`Fold::Read`]) then reads the group's keys
+    /// again: a rebase that ran meanwhile may have deleted rows it needed before it got to them
+    /// (its new base is there by then, since it writes the base first), so it folds the group
+    /// again if a newer base up to the cut has appeared, and errs if a base lies beyond the cut
+    /// (a compaction at a later cut: rows the cut needs may be gone, so the read starts over).
+    async fn fold_key_group(&self, kg: u32, limit: i64, fold: Fold) -> Result<Folded, CheckpointError> {
+        let mut attempts = 0;
+        loop {
+            let folded = fold_group(self.group_rows(kg).await?, limit, kg)?;
+            if fold == Fold::Recover {
+                return Ok(folded);
+            }
+            let read = newest_base(folded.upto.iter().chain(&folded.beyond));
+            let keys = self.group_keys(kg).await?;
+            let now = newest_base(&keys);
+            if let Some(base) = read.max(now).filter(|b| *b > limit) {
+                return Err(CheckpointError::Compacted {
+                    what: format!("key group {kg} was rebased at cut {base}, after cut {limit}"),
+                });
+            }
+            if now == read {
+                return Ok(folded);
+            }
+            attempts += 1;
+            if attempts >= READ_ATTEMPTS {
+                return Err(CheckpointError::Compacted {
+                    what: format!("key group {kg} was rebased {attempts} times"),
+                });
+            }
+        }
+    }
+
+    /// [`Fold::Read`], started over while a compaction changes what it reads.
+    async fn read_async(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
+        let mut attempts = 1;
+        loop {
+            match self.fold_async(scope, Fold::Read).await {
+                Err(CheckpointError::Compacted { what }) if attempts < READ_ATTEMPTS => {
+                    tracing::debug!(group_id = %self.group_id, what, attempts, "compacted while read; reading again");
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn resume_async(&mut self, scope: &RecoveryScope, cut: Epoch) -> Result<(), CheckpointError> {
+        let marks = self.marks().await?;
+        Self::check_key_groups(scope, &marks)?;
+        let latest = Self::latest_complete_in(&marks);
+        if latest != Some(cut) {
+            return Err(CheckpointError::NotLatest { cut, latest });
+        }
+        self.scope = Some(scope.clone());
+        self.groups.clear();
+        self.stale = true;
+        if scope.tidy {
+            self.delete_marks_beyond(&marks, latest).await?;
+        }
+        // As recovery: the rows of cuts that never completed, in the key groups this process
+        // compacts; found by their keys alone.
+        let limit = cut_value(cut)?;
+        let this = &*self;
+        let beyond: Vec<(u32, Vec<GroupKey>, Vec<IdsKey>)> =
+            futures::stream::iter(scope.reads().filter(|kg| scope.compacts(*kg)))
+                .map(|kg| async move {
+                    let (mut groups, mut ids) = futures::try_join!(this.group_keys(kg), this.ids_keys(kg))?;
+                    groups.retain(|(c, _)| *c > limit);
+                    ids.retain(|(_, c, _)| *c > limit);
+                    Ok::<_, CheckpointError>((kg, groups, ids))
+                })
+                .buffer_unordered(READ_PARALLELISM)
+                .try_collect()
+                .await?;
+        let mut beyond_groups = Vec::new();
+        let mut beyond_ids = Vec::new();
+        for (kg, groups, ids) in &beyond {
+            beyond_groups.extend(groups.iter().map(|(c, w)| (&self.group_id, *kg as i32, *c, *w)));
+            beyond_ids.extend(ids.iter().map(|(b, c, w)| (&self.group_id, *kg as i32, *b, *c, *w)));
+        }
+        let removed = beyond_groups.len() + beyond_ids.len();
+        let (a, b) = futures::join!(
+            self.run_all(&self.stmts.delete_group_row, beyond_groups),
+            self.run_all(&self.stmts.delete_ids_row, beyond_ids)
+        );
+        a?;
+        b?;
+        tracing::debug!(group_id = %self.group_id, cut, removed, "resumed CQL checkpoint");
+        Ok(())
+    }
+
+    /// The compaction bookkeeping of the key groups this process compacts, from every row they
+    /// hold: after a resume, which did not read them. Reads the groups' rows (not the ids blobs).
+    async fn group_stats(&self) -> Result<HashMap<u32, GroupStats>, CheckpointError> {
+        let Some(scope) = &self.scope else { return Ok(HashMap::new()) };
+        futures::stream::iter(scope.reads().filter(|kg| scope.compacts(*kg)))
+            .map(|kg| async move {
+                // Every row counts, as the writes since the last compaction do.
+                let (_, mut folded) = split_group(self.group_rows(kg).await?, i64::MAX);
+                for (bucket, c, w) in self.ids_keys(kg).await? {
+                    folded.stats.ids.entry(bucket).or_default().push((c, w));
+                }
+                Ok::<_, CheckpointError>((kg, folded.stats))
+            })
+            .buffer_unordered(READ_PARALLELISM)
+            .try_collect()
+            .await
     }
 
     /// Writes a new base of `kg` at `cut` and deletes the rows it folded; the rows deleted.
@@ -563,8 +790,12 @@ impl CqlCheckpoints {
 
     async fn compact_async(&mut self, horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError> {
         let marks = self.marks().await?;
-        let Some(cut) = Self::latest_complete(&marks) else { return Ok(None) };
-        let watermark = marks.iter().filter(|m| m.cut <= cut).map(|m| m.watermark).max().unwrap_or(i64::MIN);
+        let Some(cut) = Self::latest_complete_in(&marks) else { return Ok(None) };
+        if self.stale {
+            self.groups = self.group_stats().await?;
+            self.stale = false;
+        }
+        let watermark = watermark_at(&marks, cut);
         let bucket_ms = marks.iter().map(|m| m.bucket_ms).find(|b| *b > 0).unwrap_or(0);
         let mut removed = 0;
         let candidates =
@@ -616,7 +847,22 @@ impl CheckpointStore for CqlCheckpoints {
 
     fn recover(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
         let runtime = self.runtime.clone();
-        runtime.block_on(self.recover_async(scope))
+        runtime.block_on(self.fold_async(scope, Fold::Recover))
+    }
+
+    fn read(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
+        let runtime = self.runtime.clone();
+        runtime.block_on(self.read_async(scope))
+    }
+
+    fn latest_complete(&mut self) -> Result<Option<Epoch>, CheckpointError> {
+        let runtime = self.runtime.clone();
+        Ok(Self::latest_complete_in(&runtime.block_on(self.marks())?))
+    }
+
+    fn resume(&mut self, scope: &RecoveryScope, cut: Epoch) -> Result<(), CheckpointError> {
+        let runtime = self.runtime.clone();
+        runtime.block_on(self.resume_async(scope, cut))
     }
 
     fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError> {

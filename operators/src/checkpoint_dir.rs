@@ -23,6 +23,10 @@
 //! compaction; dedup ids go to one file per bucket, deleted whole when the bucket expires. The manifest's rename is the commit: until then the old
 //! manifest and the parts fold to the same state, and files it does not name are removed by the
 //! next recovery.
+//!
+//! A standby's read folds as recovery does and removes nothing, so it may run beside process 0's
+//! compaction (see the notes in the fold). A resume finds the latest complete cut from the part
+//! files' names and the headers of the newest cuts' parts only, and removes what recovery would.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -238,6 +242,9 @@ struct PartFile {
     path: PathBuf,
 }
 
+/// A part file with its header read.
+type Head = (PartFile, PartMeta, Header);
+
 /// A version's checkpoint directory: `<root>/<group_id>/`. See the module notes.
 #[derive(Clone, Debug)]
 pub struct CheckpointDir {
@@ -345,12 +352,15 @@ impl CheckpointDir {
     }
 
     /// The headers of the parts newer than `after`, skipping parts deleted since the listing.
-    fn part_headers(&self, after: Option<Epoch>, bytes: &mut u64) -> io::Result<Vec<(PartFile, PartMeta, Header)>> {
+    fn part_headers(&self, after: Option<Epoch>, bytes: &mut u64) -> io::Result<Vec<Head>> {
+        let parts = self.parts()?.into_iter().filter(|p| after.is_none_or(|m| p.cut > m));
+        Self::headers(parts, bytes)
+    }
+
+    /// The headers of `parts`, skipping parts deleted since they were listed.
+    fn headers(parts: impl IntoIterator<Item = PartFile>, bytes: &mut u64) -> io::Result<Vec<Head>> {
         let mut out = Vec::new();
-        for p in self.parts()? {
-            if after.is_some_and(|m| p.cut <= m) {
-                continue;
-            }
+        for p in parts {
             match Reader::open(&p.path, bytes) {
                 Ok((_, header)) => {
                     let meta = header.part.clone().ok_or_else(|| invalid(p.path.display(), "not a part"))?;
@@ -364,7 +374,7 @@ impl CheckpointDir {
     }
 
     /// The latest cut all of whose parts are among `heads`.
-    fn latest_complete(heads: &[(PartFile, PartMeta, Header)]) -> Option<Epoch> {
+    fn latest_complete_in(heads: &[Head]) -> Option<Epoch> {
         let mut by_cut: BTreeMap<Epoch, (usize, u32)> = BTreeMap::new();
         for (p, meta, _) in heads {
             by_cut.entry(p.cut).or_insert((0, meta.peers)).0 += 1;
@@ -401,7 +411,64 @@ impl CheckpointDir {
         Ok(removed)
     }
 
-    fn recover_once(&self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
+    /// Errs (NotFound: read again) if the manifest is no longer `read`.
+    ///
+    /// Process 0's compaction commits a new manifest and then deletes the parts it folded: if
+    /// that happened between reading the manifest and listing the parts, the listing lacks parts
+    /// the manifest read does not hold, and a fold would silently miss their changes (a restarted
+    /// process recovering, or a standby reading, while process 0 compacts). Read again.
+    fn same_manifest(&self, read: Option<&Manifest>) -> io::Result<()> {
+        if self.manifest()?.map(|m| m.cut) != read.map(|m| m.cut) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "a compaction replaced the manifest while reading"));
+        }
+        Ok(())
+    }
+
+    /// Runs `once` again, up to 20 times, while it fails on a file another process's compaction
+    /// replaced or removed under it; then returns that error (the caller may retry).
+    fn retrying<T>(&self, mut once: impl FnMut() -> Result<T, CheckpointError>) -> Result<T, CheckpointError> {
+        let mut attempts = 0;
+        loop {
+            match once() {
+                Err(CheckpointError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempts < 20 =>
+                {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The manifest, the latest complete cut, and the headers of that cut's parts (none when it
+    /// is the manifest's cut). Lists the part files and reads the headers of the newest cuts'
+    /// parts only, down to the first complete cut: the rule recovery follows, at the cost of a
+    /// cut's headers or two.
+    fn latest_once(&self) -> io::Result<(Option<Manifest>, Option<Epoch>, Vec<Head>)> {
+        let manifest = self.manifest()?;
+        let after = manifest.as_ref().map(|m| m.cut);
+        let mut by_cut: BTreeMap<Epoch, Vec<PartFile>> = BTreeMap::new();
+        for p in self.parts()?.into_iter().filter(|p| after.is_none_or(|m| p.cut > m)) {
+            by_cut.entry(p.cut).or_default().push(p);
+        }
+        let mut bytes = 0;
+        let mut latest = (after, Vec::new());
+        for (cut, parts) in by_cut.into_iter().rev() {
+            let heads = Self::headers(parts, &mut bytes)?;
+            if Self::latest_complete_in(&heads) == Some(cut) {
+                latest = (Some(cut), heads);
+                break;
+            }
+        }
+        self.same_manifest(manifest.as_ref())?;
+        Ok((manifest, latest.0, latest.1))
+    }
+
+    /// Folds the key groups `scope` covers at the latest complete cut; with `tidy`, also removes
+    /// the files nothing refers to (recovery by process 0). Without it, nothing is changed: a
+    /// read-only fold, safe beside a writer and a compactor in other processes (see the notes in
+    /// the body).
+    fn fold_once(&self, scope: &RecoveryScope, tidy: bool) -> Result<Option<Recovered>, CheckpointError> {
         let mut bytes = 0u64;
         let io = |e| self.error(e);
         let manifest = self.manifest().map_err(io)?;
@@ -409,21 +476,12 @@ impl CheckpointDir {
             Self::check_key_groups(scope, m.key_groups)?;
         }
         let heads = self.part_headers(manifest.as_ref().map(|m| m.cut), &mut bytes).map_err(io)?;
-        // Process 0's compaction commits a new manifest and then deletes the parts it folded: if
-        // that happened between reading the manifest and listing the parts, the listing lacks
-        // parts the manifest read does not hold, and the fold would silently miss their changes
-        // (a restarted process recovering while process 0 already compacts). Read again.
-        if self.manifest().map_err(io)?.map(|m| m.cut) != manifest.as_ref().map(|m| m.cut) {
-            return Err(io(io::Error::new(
-                io::ErrorKind::NotFound,
-                "a compaction replaced the manifest while reading",
-            )));
-        }
+        self.same_manifest(manifest.as_ref()).map_err(io)?;
         for (_, meta, _) in &heads {
             Self::check_key_groups(scope, meta.key_groups)?;
         }
-        let latest = Self::latest_complete(&heads).or(manifest.as_ref().map(|m| m.cut));
-        if scope.tidy {
+        let latest = Self::latest_complete_in(&heads).or(manifest.as_ref().map(|m| m.cut));
+        if tidy {
             // Parts beyond the latest complete cut belong to cuts that never completed; those at
             // or below the manifest's cut are folded into it.
             let from = manifest.as_ref().map_or(0, |m| m.cut + 1);
@@ -436,7 +494,13 @@ impl CheckpointDir {
         let reads = scope.reads();
         let mut rec = Recovered { cut, ..Default::default() };
         let mut info = CutInfo::new(cut, manifest.as_ref());
-        // Oldest first: the manifest's files, then the parts.
+        // Oldest first: the manifest's files, then the parts. A compaction in another process
+        // that happens meanwhile is safe for the fold: its new files have names of their own and
+        // count only once its manifest is renamed in (the manifest checked above is the one
+        // whose files are read), and it deletes the parts and files it replaced only after that
+        // rename; a part or file gone under this fold fails it with NotFound, and it reads again.
+        // Parts the manifest already folded are skipped (`part_headers` takes those after its
+        // cut), so a compaction committed but not yet tidied still folds to this cut's state.
         if let Some(m) = &manifest {
             for (s, segment) in m.segments.iter().enumerate() {
                 if !(0..scope.key_groups.count()).any(|g| reads.contains(&g) && segment_of(g, m.key_groups) == s) {
@@ -450,7 +514,7 @@ impl CheckpointDir {
                 }
             }
         }
-        let folded: Vec<&(PartFile, PartMeta, Header)> = heads.iter().filter(|(p, _, _)| p.cut <= cut).collect();
+        let folded: Vec<&Head> = heads.iter().filter(|(p, _, _)| p.cut <= cut).collect();
         for (p, meta, header) in &folded {
             info.absorb(p, meta);
             let (mut r, _) = Reader::open(&p.path, &mut bytes).map_err(io)?;
@@ -545,8 +609,8 @@ impl CheckpointDir {
         let mut bytes = 0;
         let manifest = self.manifest()?;
         let heads = self.part_headers(manifest.as_ref().map(|m| m.cut), &mut bytes)?;
-        let Some(cut) = Self::latest_complete(&heads) else { return Ok(None) };
-        let folded: Vec<&(PartFile, PartMeta, Header)> = heads.iter().filter(|(p, _, _)| p.cut <= cut).collect();
+        let Some(cut) = Self::latest_complete_in(&heads) else { return Ok(None) };
+        let folded: Vec<&Head> = heads.iter().filter(|(p, _, _)| p.cut <= cut).collect();
         let key_groups = folded[0].1.key_groups;
         let mut next = manifest.clone().unwrap_or_else(|| Manifest {
             cut,
@@ -633,17 +697,41 @@ impl CheckpointStore for CheckpointDir {
         self.scope = Some(scope.clone());
         // Another process's compaction may replace the manifest, or a file, while this one reads
         // them: read again.
-        let mut attempts = 0;
-        loop {
-            match self.recover_once(scope) {
-                Err(CheckpointError::Io { source, .. })
-                    if source.kind() == io::ErrorKind::NotFound && attempts < 20 =>
-                {
-                    attempts += 1;
-                }
-                other => return other,
+        self.retrying(|| self.fold_once(scope, scope.tidy))
+    }
+
+    fn read(&mut self, scope: &RecoveryScope) -> Result<Option<Recovered>, CheckpointError> {
+        self.retrying(|| self.fold_once(scope, false))
+    }
+
+    fn latest_complete(&mut self) -> Result<Option<Epoch>, CheckpointError> {
+        self.retrying(|| self.latest_once().map(|(_, latest, _)| latest).map_err(|e| self.error(e)))
+    }
+
+    fn resume(&mut self, scope: &RecoveryScope, cut: Epoch) -> Result<(), CheckpointError> {
+        let (manifest, latest, heads) = self.retrying(|| self.latest_once().map_err(|e| self.error(e)))?;
+        if let Some(m) = &manifest {
+            Self::check_key_groups(scope, m.key_groups)?;
+        }
+        for (_, meta, _) in &heads {
+            Self::check_key_groups(scope, meta.key_groups)?;
+        }
+        if latest != Some(cut) {
+            return Err(CheckpointError::NotLatest { cut, latest });
+        }
+        self.scope = Some(scope.clone());
+        if scope.tidy {
+            // As recovery: parts beyond the cut belong to cuts that never completed, those at or
+            // below the manifest's cut are folded into it, and files the manifest does not name
+            // are left by a compaction that crashed. Compaction keeps no other bookkeeping here
+            // (it reads the manifest and the parts each time).
+            let from = manifest.as_ref().map_or(0, |m| m.cut + 1);
+            let removed = self.tidy(manifest.as_ref(), from..cut + 1).map_err(|e| self.error(e))?;
+            if removed > 0 {
+                tracing::info!(dir = %self.dir.display(), removed, cut, "removed checkpoint files beyond the resumed cut");
             }
         }
+        Ok(())
     }
 
     fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError> {
