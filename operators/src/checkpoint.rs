@@ -553,6 +553,13 @@ pub(crate) mod tests {
         UserSnapshot { plan: 7, words: vec![plays as u32, 1, 2], names: vec!["rock".into()] }
     }
 
+    /// Asserts that two folds give the same state (all but the bytes read).
+    pub fn assert_same_state(a: &Recovered, b: &Recovered) {
+        assert_eq!((a.cut, a.bucket_ms, a.watermark, &a.offsets), (b.cut, b.bucket_ms, b.watermark, &b.offsets));
+        assert_eq!(a.users, b.users, "users at cut {}", a.cut);
+        assert_eq!(a.dedup, b.dedup, "dedup ids at cut {}", a.cut);
+    }
+
     pub fn id(n: u64) -> Fingerprint {
         Fingerprint { hi: n.wrapping_mul(0x9E37_79B9_7F4A_7C15), lo: n as u16 }
     }

@@ -750,7 +750,7 @@ impl CheckpointStore for CheckpointDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::tests::{id, p, snapshot};
+    use crate::checkpoint::tests::{assert_same_state, id, p, snapshot};
     use crate::key_groups::KeyGroups;
 
     fn scope(local: Range<usize>, peers: usize, tidy: bool) -> RecoveryScope {
@@ -761,6 +761,205 @@ mod tests {
         let root = std::env::temp_dir().join(format!("squall-ckpt-{}-{line}", std::process::id()));
         let d = CheckpointDir::open(&root, "g-v1").unwrap();
         (root, d)
+    }
+
+    /// Complete cuts 1 to 3 of two workers (b expires at 3), and worker 0's part of cut 4, which
+    /// never completes: it brings a new user, `ghost`, and changes `a`.
+    fn three_cuts_and_a_part(dir: &CheckpointDir) {
+        dir.write_parts(&[p(1, 0, &[("a", 1)], 1), p(1, 1, &[("b", 1)], 1)]).unwrap();
+        dir.write_parts(&[p(2, 0, &[("a", 2)], 2), p(2, 1, &[("c", 1)], 2)]).unwrap();
+        let mut expired = p(3, 1, &[], 3);
+        expired.expired = vec!["b".into()];
+        dir.write_parts(&[p(3, 0, &[("a", 3)], 3), expired]).unwrap();
+        dir.write_part(&p(4, 0, &[("ghost", 4), ("a", 4)], 4)).unwrap();
+    }
+
+    /// The state of [`three_cuts_and_a_part`] at cut 3.
+    fn check_cut_3(rec: &Recovered) {
+        assert_eq!(rec.cut, 3);
+        assert_eq!(rec.users, HashMap::from([("a".into(), snapshot(3)), ("c".into(), snapshot(1))]));
+        assert_eq!(rec.offsets.values().copied().collect::<Vec<_>>(), vec![3, 3]);
+        assert_eq!(rec.dedup.iter().map(|r| r.ids.len()).sum::<usize>(), 6);
+    }
+
+    #[test]
+    fn a_read_folds_as_recovery_does_and_deletes_nothing() {
+        let (root, mut dir) = dir(line!());
+        let all = scope(0..2, 2, true);
+        assert!(dir.read(&all).unwrap().is_none());
+        three_cuts_and_a_part(&dir);
+        let read = dir.read(&all).unwrap().unwrap();
+        check_cut_3(&read);
+        assert!(dir.path().join(part_name(4, 0)).exists(), "a read deletes nothing");
+        assert_eq!(dir.scope, None, "nor sets the scope");
+        // Recovery (of a fresh handle, as after a restart) returns the same, and does delete.
+        let recovered = CheckpointDir::open(&root, "g-v1").unwrap().recover(&all).unwrap().unwrap();
+        assert_same_state(&read, &recovered);
+        assert_eq!(read.bytes_read, recovered.bytes_read);
+        assert!(!dir.path().join(part_name(4, 0)).exists(), "recovery deletes the incomplete cut");
+
+        // A compaction seen half done, its manifest committed and the parts it folded not yet
+        // deleted (they are put back here), reads as before it.
+        dir.write_parts(&[p(4, 0, &[("a", 4)], 4), p(4, 1, &[("d", 1)], 4)]).unwrap();
+        dir.write_part(&p(5, 1, &[("d", 2)], 5)).unwrap();
+        let before = dir.read(&all).unwrap().unwrap();
+        assert_eq!(before.cut, 4);
+        let folded: Vec<(PathBuf, Vec<u8>)> = dir
+            .parts()
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.cut <= 4)
+            .map(|f| {
+                let bytes = fs::read(&f.path).unwrap();
+                (f.path, bytes)
+            })
+            .collect();
+        assert_eq!(CheckpointStore::compact(&mut dir, 1_000_000).unwrap().map(|c| c.0), Some(4));
+        for (path, bytes) in &folded {
+            fs::write(path, bytes).unwrap();
+        }
+        let half_done = dir.read(&all).unwrap().unwrap();
+        assert_same_state(&before, &half_done);
+        assert!(dir.path().join(part_name(5, 1)).exists());
+        // Each process of another layout reads its own key groups; together, the same users.
+        let mut users = HashMap::new();
+        for w in 0..3 {
+            users.extend(dir.read(&scope(w..w + 1, 3, w == 0)).unwrap().unwrap().users);
+        }
+        assert_eq!(users, before.users);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A standby's reads while the active process writes and compacts (every third cut) return
+    /// the state at the cut they report, or an error (a file gone under them too often), never
+    /// another state.
+    #[test]
+    fn a_read_beside_a_writer_and_a_compactor_gives_the_state_at_its_cut() {
+        const CUTS: u64 = 120;
+        let (root, mut active) = dir(line!());
+        let all = scope(0..2, 2, true);
+        let user = |cut: u64, worker: usize| format!("u{}", (cut as usize * 3 + worker) % 11);
+        let part = |cut: u64, worker: usize| p(cut, worker, &[(user(cut, worker).as_str(), cut as usize)], cut as i64);
+        // At cut c: each user's newest write up to it, and the ids of the live buckets (c - 8 on).
+        let expected = |cut: u64| {
+            let mut users = HashMap::new();
+            let mut ids = Vec::new();
+            for c in 1..=cut {
+                for w in 0..2 {
+                    users.insert(user(c, w), snapshot(c as usize));
+                    if c + 8 >= cut {
+                        ids.push(id(c * 10 + w as u64));
+                    }
+                }
+            }
+            ids.sort_by_key(|i| (i.hi, i.lo));
+            (users, ids)
+        };
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (checked, retried) = std::thread::scope(|s| {
+            s.spawn(|| {
+                for cut in 1..=CUTS {
+                    active.write_parts(&[part(cut, 0), part(cut, 1)]).unwrap();
+                    if cut % 3 == 0 {
+                        CheckpointStore::compact(&mut active, 8_000).unwrap();
+                    }
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
+            let mut standby = CheckpointDir::open(&root, "g-v1").unwrap();
+            let (mut checked, mut retried) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                match standby.read(&all) {
+                    Ok(Some(rec)) => {
+                        let mut ids: Vec<Fingerprint> = rec.dedup.iter().flat_map(|r| r.ids.clone()).collect();
+                        ids.sort_by_key(|i| (i.hi, i.lo));
+                        assert_eq!((rec.users, ids), expected(rec.cut), "the state read at cut {}", rec.cut);
+                        checked += 1;
+                    }
+                    Ok(None) => {}
+                    Err(CheckpointError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => retried += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            (checked, retried)
+        });
+        assert!(checked > 0, "no read completed ({retried} gave up)");
+        let last = CheckpointDir::open(&root, "g-v1").unwrap().read(&all).unwrap().unwrap();
+        assert_eq!(last.cut, CUTS);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn the_latest_complete_cut_is_the_newest_with_every_part() {
+        let (root, mut dir) = dir(line!());
+        assert_eq!(dir.latest_complete().unwrap(), None);
+        dir.write_part(&p(1, 0, &[("a", 1)], 1)).unwrap();
+        assert_eq!(dir.latest_complete().unwrap(), None);
+        three_cuts_and_a_part(&dir);
+        assert_eq!(dir.latest_complete().unwrap(), Some(3));
+        // Compacted into the manifest, cut 3 is still the latest; then cut 4 completes.
+        assert_eq!(CheckpointStore::compact(&mut dir, 1_000_000).unwrap().map(|c| c.0), Some(3));
+        assert_eq!(dir.latest_complete().unwrap(), Some(3));
+        dir.write_part(&p(4, 1, &[], 4)).unwrap();
+        assert_eq!(dir.latest_complete().unwrap(), Some(4));
+        assert_eq!(dir.latest_complete().unwrap(), dir.read(&scope(0..2, 2, true)).unwrap().map(|r| r.cut));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_resume_deletes_what_lies_beyond_its_cut_and_writing_and_compaction_go_on() {
+        let (root, mut dir) = dir(line!());
+        let all = scope(0..2, 2, true);
+        three_cuts_and_a_part(&dir);
+        let held = dir.read(&all).unwrap().unwrap();
+        // Another process (not process 0) tidies nothing.
+        CheckpointDir::open(&root, "g-v1").unwrap().resume(&scope(1..2, 2, false), 3).unwrap();
+        assert!(dir.path().join(part_name(4, 0)).exists());
+        dir.resume(&all, 3).unwrap();
+        assert_eq!(dir.scope.as_ref(), Some(&all));
+        assert!(!dir.path().join(part_name(4, 0)).exists(), "cut 4's part is gone");
+        let fresh = || CheckpointDir::open(&root, "g-v1").unwrap();
+        let after = fresh().recover(&all).unwrap().unwrap();
+        check_cut_3(&after);
+        assert_same_state(&held, &after);
+
+        // The writer goes on from cut 3: cuts 4 and 5 fold onto it.
+        dir.write_parts(&[p(4, 0, &[("a", 40)], 4), p(4, 1, &[("c", 40)], 4)]).unwrap();
+        let mut gone = p(5, 1, &[("d", 50)], 5);
+        gone.expired = vec!["c".into()];
+        dir.write_parts(&[p(5, 0, &[("a", 50)], 5), gone]).unwrap();
+        let before = fresh().recover(&all).unwrap().unwrap();
+        assert_eq!(before.cut, 5);
+        assert_eq!(before.users, HashMap::from([("a".into(), snapshot(50)), ("d".into(), snapshot(50))]));
+        assert_eq!(before.offsets.values().copied().collect::<Vec<_>>(), vec![5, 5]);
+        // A compaction after the resume folds everything and keeps the state exactly.
+        assert_eq!(CheckpointStore::compact(&mut dir, 1_000_000).unwrap().map(|c| c.0), Some(5));
+        assert!(dir.parts().unwrap().is_empty());
+        assert_same_state(&before, &fresh().recover(&all).unwrap().unwrap());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_resume_from_a_cut_that_is_not_the_latest_complete_one_changes_nothing() {
+        let (root, mut dir) = dir(line!());
+        let all = scope(0..2, 2, true);
+        assert!(matches!(dir.resume(&all, 1), Err(CheckpointError::NotLatest { cut: 1, latest: None })));
+        three_cuts_and_a_part(&dir);
+        for cut in [2, 4] {
+            match dir.resume(&all, cut) {
+                Err(CheckpointError::NotLatest { cut: c, latest: Some(3) }) if c == cut => {}
+                other => panic!("resume at {cut}: {other:?}"),
+            }
+        }
+        let message = dir.resume(&all, 2).unwrap_err().to_string();
+        assert!(
+            message.contains("at cut 2") && message.contains("Some(3)") && message.contains("recover"),
+            "{message}"
+        );
+        assert!(dir.path().join(part_name(4, 0)).exists(), "nothing was deleted");
+        assert_eq!(dir.scope, None, "nor the scope set");
+        check_cut_3(&CheckpointDir::open(&root, "g-v1").unwrap().recover(&all).unwrap().unwrap());
+        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
