@@ -29,6 +29,7 @@ pub mod changelog;
 mod counters;
 pub mod profile;
 pub mod progress;
+pub mod replica;
 
 pub use progress::now_ms;
 
@@ -226,6 +227,8 @@ impl Shared {
 pub struct Feeds {
     feeds: Vec<Arc<Shared>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The replica feed, for a version with standbys.
+    replica: Option<replica::Replica>,
 }
 
 impl Feeds {
@@ -253,11 +256,44 @@ impl Feeds {
                 .push(std::thread::Builder::new().name(format!("feed-{}", sink.name())).spawn(move || run(s, sink))?);
             feeds.push(shared);
         }
-        Ok(Feeds { feeds, threads: Mutex::new(threads) })
+        Ok(Feeds { feeds, threads: Mutex::new(threads), replica: None })
+    }
+
+    /// The process is a standby that took over at `cut` ([`replica::Replica::taken_over`]).
+    pub fn taken_over(&self, cut: Epoch) {
+        if let Some(r) = &self.replica {
+            r.taken_over(cut);
+        }
+    }
+
+    /// The highest cut an answer of a process with standbys may claim
+    /// ([`replica::Replica::claimable`]); `None` without the replica feed or before it wrote one.
+    pub fn claimable(&self) -> Option<Epoch> {
+        self.replica.as_ref().and_then(replica::Replica::claimable)
+    }
+
+    /// Adds the replica feed (a version with standbys).
+    pub fn with_replica(mut self, replica: replica::Replica) -> Feeds {
+        self.replica = Some(replica);
+        self
+    }
+
+    /// Whether any feed is on.
+    pub fn any(&self) -> bool {
+        !self.feeds.is_empty() || self.replica.is_some()
+    }
+
+    /// Whether a feed that rewrites recovered users (profile, changelog) wrote less than `cut`:
+    /// [`Feeds::recovered`] then needs every user's snapshot.
+    pub fn behind(&self, cut: Epoch) -> bool {
+        self.feeds.iter().any(|f| f.lock().written.is_none_or(|w| w < cut))
     }
 
     /// A worker's checkpoint part: the users it changed before `part.cut`.
     pub fn part(&self, part: &Part) {
+        if let Some(r) = &self.replica {
+            r.part(part);
+        }
         for f in &self.feeds {
             let mut s = f.lock();
             if s.latest.is_some_and(|l| l >= part.cut) {
@@ -279,6 +315,9 @@ impl Feeds {
 
     /// Every part of `cut` is durable.
     pub fn complete(&self, cut: Epoch) {
+        if let Some(r) = &self.replica {
+            r.complete(cut);
+        }
         for f in &self.feeds {
             let mut s = f.lock();
             f.complete(&mut s, cut);
@@ -288,6 +327,9 @@ impl Feeds {
     /// The state was recovered at `cut` with `users` (this process's): every feed that wrote less
     /// than `cut` writes them all again at `cut`.
     pub fn recovered<'a>(&self, cut: Epoch, users: impl IntoIterator<Item = (&'a String, &'a UserSnapshot)> + Clone) {
+        if let Some(r) = &self.replica {
+            r.recovered(cut);
+        }
         for f in &self.feeds {
             let mut s = f.lock();
             if s.written.is_some_and(|w| w >= cut) {
@@ -303,6 +345,9 @@ impl Feeds {
     /// The last cut feed `name` wrote and recorded durably (`feed_progress`), if it is on and
     /// wrote one.
     pub fn written(&self, name: &str) -> Option<Epoch> {
+        if name == replica::NAME {
+            return self.replica.as_ref().and_then(replica::Replica::written);
+        }
         self.feeds.iter().find(|f| f.name == name).and_then(|f| f.lock().written)
     }
 
@@ -322,6 +367,7 @@ impl Feeds {
                     last_error: s.failing_since.and(s.last_error.clone()),
                 }
             })
+            .chain(self.replica.as_ref().map(replica::Replica::status))
             .collect()
     }
 
@@ -343,6 +389,9 @@ impl Feeds {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
+        }
+        if let Some(r) = &self.replica {
+            r.stop(until.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)));
         }
     }
 }
