@@ -5,7 +5,8 @@
 //!
 //! A handle does not say how its process came to be ours: [`Origin`] is `Spawned` for a child of
 //! this server, and `Adopted` for a process an earlier server started and this one took over
-//! ([`Launcher::find`] hands those back as [`Survivor`]s). Dropping a handle leaves its process
+//! ([`Launcher::find`] hands those back as [`Survivor`]s), or for a standby that became the
+//! run's process ([`Launcher::take_over`]). Dropping a handle leaves its process
 //! running: only [`Signal`]s stop it, so a server that exits without stopping its versions leaves
 //! them to the next one.
 
@@ -47,6 +48,15 @@ pub struct LaunchSpec {
     pub standbys: usize,
 }
 
+impl LaunchSpec {
+    /// Whether a standby may take over when this run's process dies ([`Launcher::take_over`]): a
+    /// version (not a standby or an archiver) of one process, deployed with standbys. A
+    /// multi-process version restarts whole, as its processes fail as a unit.
+    pub fn standby_may_take_over(&self) -> bool {
+        self.standby.is_none() && self.archiver.is_none() && self.processes == 1 && self.standbys > 0
+    }
+}
+
 /// Which standby a [`LaunchSpec`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StandbyOf {
@@ -66,7 +76,8 @@ pub enum Origin {
         /// Its process id.
         pid: Option<u32>,
     },
-    /// Started by an earlier server (this one is not its parent) and taken over by this one.
+    /// Not started as this run's process by this server: started by an earlier server and
+    /// taken over by this one, or a standby that took over as the run's process.
     Adopted {
         /// Its process id.
         pid: u32,
@@ -209,6 +220,15 @@ pub trait Launcher: Send + Sync + 'static {
     /// process order (records of processes that are gone, or whose pid now belongs to another
     /// process, are left out, and those processes are never signalled).
     fn find(&self, spec: &LaunchSpec) -> BoxFuture<'static, Vec<Survivor>>;
+
+    /// Asks a standby of the single-process version `spec` to become its process 0, in place,
+    /// after that process died (only called when [`LaunchSpec::standby_may_take_over`]): the
+    /// handles of the new run, adopted (`Origin::Adopted`), or `None` when no standby could (then
+    /// the supervisor restarts the run as before). The default has no standbys to ask.
+    fn take_over(&self, spec: &LaunchSpec) -> BoxFuture<'static, Option<Vec<ProcessHandle>>> {
+        let _ = spec;
+        Box::pin(async { None })
+    }
 }
 
 /// A fresh launch id: 16 hex digits, different for every process started.
