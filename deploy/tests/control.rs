@@ -19,9 +19,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use squall::control::lag::LagSource;
 use squall::control::launcher::{
-    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, Survivor, launch_id,
+    LaunchSpec, Launcher, Origin, ProcessEvent, ProcessHandle, ProcessSide, Signal, StandbyOf, Survivor, launch_id,
 };
+use squall::control::state::Observation;
 use squall::control::statedir::StateDir;
+use squall::control::supervisor::{Begin, Supervisor};
 use squall::control::{Control, ServerConfig, api};
 use squall::kafka::{Inputs, KafkaSetupError, PartitionLag};
 use squall::values::GroupId;
@@ -64,6 +66,12 @@ struct FakeState {
     heartbeats: HashMap<(GroupId, usize), usize>,
     /// The program of each deployment's last run.
     programs: HashMap<GroupId, PathBuf>,
+    /// Whether a standby takes over when asked (`Launcher::take_over`): a new process 0, adopted.
+    take_over: bool,
+    /// How long a take-over takes.
+    take_over_delay: Duration,
+    /// Take-overs asked for, per deployment.
+    take_overs: HashMap<GroupId, usize>,
 }
 
 impl FakeLauncher {
@@ -88,6 +96,34 @@ impl FakeLauncher {
     fn heartbeats(&self, group: &str, index: usize) -> usize {
         self.with(|s| s.heartbeats.get(&(g(group), index)).copied().unwrap_or(0))
     }
+
+    fn take_overs(&self, group: &str) -> usize {
+        self.with(|s| s.take_overs.get(&g(group)).copied().unwrap_or(0))
+    }
+}
+
+/// Starts fake process `index` of `group` on this runtime (announcing that it serves unless
+/// `hold_ready`), recorded in `state`, the state of `fleet`.
+fn spawn_process(
+    fleet: &Arc<Mutex<FakeState>>,
+    state: &mut FakeState,
+    group: &GroupId,
+    index: usize,
+    origin: Origin,
+    announce: bool,
+) -> Result<ProcessHandle, String> {
+    let id = launch_id();
+    let (handle, side) = ProcessHandle::new(origin, id.clone());
+    let (kill, killed) = oneshot::channel();
+    state.kills.insert((group.clone(), index), kill);
+    let (adopter, adoptions) = mpsc::unbounded_channel();
+    state.adopters.insert((group.clone(), index), (id.clone(), adopter));
+    *state.alive.entry(group.clone()).or_default() += 1;
+    state.launch_ids.entry(group.clone()).or_default().push(id.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let process = FakeProcess { group: group.clone(), index, launch_id: id, fleet: Arc::clone(fleet) };
+    tokio::spawn(run_process(process, listener, side, adoptions, killed, announce));
+    Ok(handle)
 }
 
 impl Launcher for FakeLauncher {
@@ -100,21 +136,10 @@ impl Launcher for FakeLauncher {
         }
         *state.starts.entry(spec.group_id.clone()).or_default() += 1;
         state.programs.insert(spec.group_id.clone(), spec.program.clone());
+        let announce = !self.hold_ready.load(SeqCst);
         for index in 0..spec.processes {
-            let id = launch_id();
-            let (handle, side) = ProcessHandle::new(Origin::Spawned { pid: None }, id.clone());
-            let (kill, killed) = oneshot::channel();
-            state.kills.insert((spec.group_id.clone(), index), kill);
-            let (adopter, adoptions) = mpsc::unbounded_channel();
-            state.adopters.insert((spec.group_id.clone(), index), (id.clone(), adopter));
-            *state.alive.entry(spec.group_id.clone()).or_default() += 1;
-            state.launch_ids.entry(spec.group_id.clone()).or_default().push(id.clone());
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            let process =
-                FakeProcess { group: spec.group_id.clone(), index, launch_id: id, fleet: Arc::clone(&self.state) };
-            let announce = !self.hold_ready.load(SeqCst);
-            tokio::spawn(run_process(process, listener, side, adoptions, killed, announce));
-            handles.push(handle);
+            let origin = Origin::Spawned { pid: None };
+            handles.push(spawn_process(&self.state, &mut state, &spec.group_id, index, origin, announce)?);
         }
         Ok(handles)
     }
@@ -131,6 +156,25 @@ impl Launcher for FakeLauncher {
             }
         }
         Box::pin(async move { found })
+    }
+
+    /// A new process 0 that stands for the standby that took over, after `take_over_delay`, if
+    /// `take_over` is set; else `None`. Every request is counted.
+    fn take_over(&self, spec: &LaunchSpec) -> BoxFuture<'static, Option<Vec<ProcessHandle>>> {
+        let (fleet, group, announce) = (Arc::clone(&self.state), spec.group_id.clone(), !self.hold_ready.load(SeqCst));
+        let (succeeds, delay) = self.with(|s| {
+            *s.take_overs.entry(group.clone()).or_default() += 1;
+            (s.take_over, s.take_over_delay)
+        });
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            if !succeeds {
+                return None;
+            }
+            let mut state = fleet.lock().unwrap();
+            let origin = Origin::Adopted { pid: 2000 };
+            spawn_process(&fleet, &mut state, &group, 0, origin, announce).ok().map(|h| vec![h])
+        })
     }
 }
 
@@ -721,4 +765,152 @@ async fn a_version_runs_the_binary_it_was_deployed_with() {
     again.wait_state("personalization-v1", "running").await;
     assert_eq!(h.launcher.with(|s| s.programs[&g("personalization-v1")].clone()), path);
     again.control.shutdown().await;
+}
+
+// ---------------------------------------------------------------- supervisor, standbys taking over
+
+/// What a supervisor reported, each with when (on the test's clock).
+type Reports = Arc<Mutex<Vec<(tokio::time::Instant, Observation)>>>;
+
+/// A supervisor of `spec` that starts a run, and what it reports.
+fn supervise(launcher: &Arc<FakeLauncher>, spec: LaunchSpec) -> (Supervisor, Reports) {
+    let reports: Reports = Arc::default();
+    let r = Arc::clone(&reports);
+    let report = Arc::new(move |o| r.lock().unwrap().push((tokio::time::Instant::now(), o)));
+    (Supervisor::spawn(launcher.clone(), spec, Begin::Start, report), reports)
+}
+
+/// Version 1 of `group` with `processes` and `standbys` per process.
+fn version(group: &str, processes: usize, standbys: usize) -> LaunchSpec {
+    LaunchSpec {
+        group_id: g(group),
+        program: PathBuf::from("/fake/squall"),
+        topology: PathBuf::from("/fake/topology.toml"),
+        version: 1,
+        workers: 1,
+        processes,
+        start_from: Default::default(),
+        backfill: None,
+        archiver: None,
+        standby: None,
+        standbys,
+    }
+}
+
+/// The observations reported so far, by kind.
+fn kinds(reports: &Reports) -> Vec<&'static str> {
+    let kind = |o: &Observation| match o {
+        Observation::Launched { .. } => "launched",
+        Observation::Adopted { .. } => "adopted",
+        Observation::Ready { .. } => "ready",
+        Observation::Died { .. } => "died",
+        Observation::Halted => "halted",
+        Observation::Backfilling(_) => "backfilling",
+        Observation::Progress { .. } => "progress",
+    };
+    reports.lock().unwrap().iter().map(|(_, o)| kind(o)).collect()
+}
+
+/// Waits until the supervisor has reported `n` observations.
+async fn reported(reports: &Reports, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while reports.lock().unwrap().len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {n} observations: {:?}", kinds(reports));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How long after observation `a` observation `b` was reported.
+fn between(reports: &Reports, a: usize, b: usize) -> Duration {
+    let r = reports.lock().unwrap();
+    r[b].0 - r[a].0
+}
+
+/// The first backoff of a run that died young.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_takes_over_a_dead_single_process_version_at_once_instead_of_a_restart() {
+    let launcher = Arc::new(FakeLauncher::default());
+    launcher.with(|s| s.take_over = true);
+    let (supervisor, reports) = supervise(&launcher, version("p-v1", 1, 1));
+    reported(&reports, 2).await;
+    launcher.kill("p-v1", 0);
+    reported(&reports, 5).await;
+    assert_eq!(kinds(&reports), ["launched", "ready", "died", "adopted", "ready"]);
+    let ids = launcher.with(|s| s.launch_ids[&g("p-v1")].clone());
+    assert_eq!(reports.lock().unwrap()[3].1, Observation::Adopted { launch_ids: vec![ids[1].clone()] });
+    assert!(between(&reports, 2, 3) < FIRST_BACKOFF, "no backoff: {:?}", between(&reports, 2, 3));
+    assert_eq!((launcher.starts("p-v1"), launcher.take_overs("p-v1"), launcher.alive("p-v1")), (1, 1, 1));
+    // The promoted process dies young too: another standby takes over, still at once.
+    launcher.kill("p-v1", 0);
+    reported(&reports, 8).await;
+    assert_eq!(kinds(&reports)[5..], ["died", "adopted", "ready"]);
+    assert!(between(&reports, 5, 6) < FIRST_BACKOFF, "no backoff: {:?}", between(&reports, 5, 6));
+    assert_eq!((launcher.starts("p-v1"), launcher.take_overs("p-v1")), (1, 2));
+    supervisor.halt().await;
+    assert_eq!(kinds(&reports)[8..], ["halted"]);
+    assert_eq!(launcher.alive("p-v1"), 0, "the adopted process is stopped like a started one");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_version_no_standby_takes_over_is_restarted_after_a_backoff() {
+    let launcher = Arc::new(FakeLauncher::default());
+    let (supervisor, reports) = supervise(&launcher, version("p-v1", 1, 2));
+    reported(&reports, 2).await;
+    launcher.kill("p-v1", 0);
+    reported(&reports, 5).await;
+    assert_eq!(kinds(&reports), ["launched", "ready", "died", "launched", "ready"]);
+    assert!(between(&reports, 2, 3) >= FIRST_BACKOFF, "{:?}", between(&reports, 2, 3));
+    assert_eq!((launcher.starts("p-v1"), launcher.take_overs("p-v1")), (2, 1));
+    supervisor.halt().await;
+    assert_eq!(launcher.alive("p-v1"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn standbys_are_asked_only_for_single_process_versions_deployed_with_them() {
+    let launcher = Arc::new(FakeLauncher::default());
+    launcher.with(|s| s.take_over = true);
+    let standby = StandbyOf { process: 0, replica: 0, processes: 1 };
+    let specs = [
+        version("no-standbys-v1", 1, 0),
+        version("two-processes-v1", 2, 1),
+        LaunchSpec { standby: Some(standby), ..version("a-standby-v1", 1, 1) },
+    ];
+    for spec in specs {
+        let group = spec.group_id.to_string();
+        let ready = spec.processes;
+        let (supervisor, reports) = supervise(&launcher, spec);
+        reported(&reports, 1 + ready).await;
+        launcher.kill(&group, 0);
+        reported(&reports, 2 * (1 + ready) + 1).await;
+        let run: Vec<&str> = std::iter::once("launched").chain(std::iter::repeat_n("ready", ready)).collect();
+        assert_eq!(kinds(&reports), [&run[..], &["died"], &run[..]].concat(), "{group}");
+        assert_eq!((launcher.starts(&group), launcher.take_overs(&group)), (2, 0), "{group}");
+        supervisor.halt().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_a_standby_takes_over_stops_what_took_over() {
+    for takes_over in [true, false] {
+        let launcher = Arc::new(FakeLauncher::default());
+        launcher.with(|s| (s.take_over, s.take_over_delay) = (takes_over, Duration::from_secs(3)));
+        let (supervisor, reports) = supervise(&launcher, version("p-v1", 1, 1));
+        reported(&reports, 2).await;
+        launcher.kill("p-v1", 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while launcher.take_overs("p-v1") == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no standby was asked: {:?}", kinds(&reports));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        supervisor.halt().await;
+        let expected: &[&str] = if takes_over {
+            &["launched", "ready", "died", "adopted", "halted"]
+        } else {
+            &["launched", "ready", "died", "halted"]
+        };
+        assert_eq!(kinds(&reports), expected);
+        assert_eq!((launcher.starts("p-v1"), launcher.alive("p-v1")), (1, 0), "nothing left running");
+    }
 }

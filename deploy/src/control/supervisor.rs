@@ -4,6 +4,11 @@
 //! when told to. A supervisor started by a server that resumes its registry first looks for the
 //! run an earlier server left running and adopts it, or stops what is left of it
 //! ([`super::state::resume`] decides); [`retire`] does the same for a stopped deployment.
+//!
+//! When the process of a single-process version deployed with standbys dies, the supervisor
+//! first asks a standby to take over as that process ([`Launcher::take_over`]), at once, and
+//! supervises the promoted process as an adopted run; only if no standby can does it restart the
+//! run, with backoff.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,18 +127,29 @@ async fn supervise(
         Begin::Start => None,
     };
     let mut quick_failures = 0u32;
+    // Whatever is adopted is run (and so stopped, if a stop came meanwhile) before the loop ends.
     while !*stop.borrow() || adopted.is_some() {
         let started = Instant::now();
         match run_once(launcher.as_ref(), &spec, &report, &mut stop, adopted.take()).await {
             Ended::Stopped => break,
             Ended::Died(why) => {
-                tracing::warn!(group_id = %spec.group_id, why = %why, "deployment processes died; restarting");
+                tracing::warn!(group_id = %spec.group_id, why = %why, "deployment processes died");
                 report(Observation::Died { why });
+                // Not raced against a stop: a standby asked may be taking over, and what took
+                // over is run above and stopped there.
+                if spec.standby_may_take_over() && !*stop.borrow() {
+                    adopted = launcher.take_over(&spec).await;
+                    if adopted.is_some() {
+                        // Not a restart: no backoff, and no quick failure.
+                        continue;
+                    }
+                }
                 if started.elapsed() > Duration::from_secs(60) {
                     quick_failures = 0;
                 }
                 quick_failures += 1;
                 let backoff = Duration::from_millis(250 * (1u64 << quick_failures.min(7))).min(Duration::from_secs(30));
+                tracing::info!(group_id = %spec.group_id, backoff_ms = backoff.as_millis() as u64, "restarting the deployment's processes");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => {}
