@@ -12,14 +12,21 @@
 //! certainly the ones launched (same pid, start time, boot and launch id, see
 //! [`RunFile::identify`]), watches each for exit through a pidfd (the restarted server is not
 //! their parent) and verifies it over HTTP (`/v1/status` answers with its launch id).
+//!
+//! [`Launcher::take_over`] asks a standby of a single-process version whose process died to
+//! become its process 0 in place (`POST /v1/take-over`), then adopts it like a survivor. The
+//! standby's own watcher notices the handover when the version's runtime file names its process
+//! (`promoted`): it lets the process go without signalling it, so that the standby's supervisor
+//! starts a fresh standby while the version's supervisor watches the promoted process.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use rustix::process::{Pid, PidfdFlags, Signal as UnixSignal};
 use tokio::io::unix::AsyncFd;
@@ -30,6 +37,7 @@ use super::launcher::{
     launch_id,
 };
 use super::statedir::{DeploymentDir, StateDir, tail};
+use crate::values::GroupId;
 use crate::version::counters::RunStatus;
 use crate::version::runfile::{Identity, RunFile};
 use squall_feeds::now_ms;
@@ -38,6 +46,12 @@ use squall_feeds::now_ms;
 const READY_POLL: Duration = Duration::from_millis(20);
 /// How long a process found running has to answer `/v1/status` before it counts as unverified.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a standby's watcher reads its version's runtime file, to notice that it took over.
+const PROMOTION_POLL: Duration = Duration::from_millis(100);
+/// How long a standby has to answer `POST /v1/take-over` (it takes a few seconds at worst).
+const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a standby that may have taken over, but cannot be adopted, has to exit once killed.
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts versions as detached `squall run` processes, and finds the ones an earlier server left.
 #[derive(Clone, Debug)]
@@ -113,7 +127,8 @@ impl Launcher for ChildLauncher {
                 Err(e) => return failed(handles, format!("cannot start {}: {e}", spec.program.display())),
             };
             let (handle, side) = ProcessHandle::new(Origin::Spawned { pid: child.id() }, id.clone());
-            tokio::spawn(watch(Watched::Child(child), index, runfile, id, log_path.clone(), side));
+            let promotion = promotion_of(&dir, spec);
+            tokio::spawn(watch(Watched::Child(child), index, runfile, id, log_path.clone(), promotion, side));
             handles.push(handle);
         }
         Ok(handles)
@@ -133,40 +148,183 @@ impl Launcher for ChildLauncher {
                         continue;
                     }
                 };
-                let Some((pidfd, file)) = survivor(&spec, index, file) else { continue };
+                // A standby records the process whose users it holds.
+                let process = spec.standby.map_or(index, |s| s.process);
+                let Some((pidfd, file)) = survivor(&spec.group_id, process, file) else { continue };
                 let verified = match &file.url {
                     Some(url) => verify(&http, url, &file).await,
                     None => Ok(()), // still starting: its readiness will come through the file
                 };
-                let (handle, side) = ProcessHandle::new(Origin::Adopted { pid: file.pid }, file.launch_id.clone());
-                // `AsyncFd::new` is deprecated because a `T` could close or swap its descriptor
-                // while registered (tokio#8587); an `OwnedFd` moved into it cannot, and the safe
-                // replacement, `AsyncFd::register`, is `unsafe` to call.
-                #[allow(deprecated)]
-                let watched = match AsyncFd::new(pidfd) {
-                    Ok(fd) => Watched::Pidfd(fd),
+                let watching =
+                    Watching { index, runfile: path, log: log_of(&dir, &spec), promotion: promotion_of(&dir, &spec) };
+                let handle = match adopt(pidfd, &file, watching) {
+                    Ok(h) => h,
                     Err(e) => {
                         tracing::warn!(group_id = %spec.group_id, error = %e, "cannot watch a pidfd");
                         continue;
                     }
                 };
-                tokio::spawn(watch(watched, index, path, file.launch_id.clone(), log_of(&dir, &spec), side));
                 found.push(Survivor { index, handle, verified });
             }
             found
         })
     }
+
+    fn take_over(&self, spec: &LaunchSpec) -> BoxFuture<'static, Option<Vec<ProcessHandle>>> {
+        let (dir, spec, http) = (self.state.deployment(&spec.group_id), spec.clone(), self.http.clone());
+        Box::pin(async move {
+            if !spec.standby_may_take_over() || !clear_for_take_over(&spec.group_id, &dir.runfile(0)) {
+                return None;
+            }
+            let asked = Instant::now();
+            for replica in 0..spec.standbys {
+                match take_over_by(&http, &dir, &spec.group_id, replica).await {
+                    Ok(handle) => {
+                        tracing::info!(
+                            group_id = %spec.group_id, replica, origin = ?handle.origin, launch_id = %handle.launch_id,
+                            elapsed_ms = asked.elapsed().as_millis() as u64,
+                            "a standby took over as process 0"
+                        );
+                        return Some(vec![handle]);
+                    }
+                    Err(why) => {
+                        tracing::warn!(group_id = %spec.group_id, replica, %why, "the standby did not take over");
+                    }
+                }
+            }
+            None
+        })
+    }
 }
 
-/// The process `file` records as process `index` of `spec`, with a pidfd for it, if it is still
-/// the process that was launched. Stale records (the process is gone, or its pid now names
-/// another process) are logged and dropped; their pids are never signalled.
-fn survivor(spec: &LaunchSpec, index: usize, file: RunFile) -> Option<(OwnedFd, RunFile)> {
-    let group_id = &spec.group_id;
-    // A standby records the process whose users it holds.
-    let process = spec.standby.map_or(index, |s| s.process);
+/// Whether standbys may be asked to take over as process 0 of `group_id`, whose runtime file is
+/// `runfile`: not if the file names a process that still runs (the process did not die, so a
+/// standby taking over would make two). A stale or unreadable file is removed, so that whatever
+/// the file says afterwards was written by the standby asked.
+fn clear_for_take_over(group_id: &GroupId, runfile: &Path) -> bool {
+    match RunFile::read(runfile) {
+        Ok(None) => return true,
+        Ok(Some(file)) => {
+            if let Some((_, file)) = survivor(group_id, 0, file) {
+                tracing::warn!(%group_id, pid = file.pid, launch_id = %file.launch_id, "process 0 still runs: no standby is asked to take over");
+                return false;
+            }
+        }
+        Err(e) => tracing::warn!(%group_id, error = %e, "unreadable runtime file of process 0: removed"),
+    }
+    match std::fs::remove_file(runfile) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!(%group_id, error = %e, "cannot remove the stale runtime file of process 0: no standby is asked to take over");
+            false
+        }
+    }
+}
+
+/// Asks standby `replica` of process 0 of `group_id` to take over as process 0, and adopts it if
+/// it did: the handle to it, or why not.
+async fn take_over_by(
+    http: &reqwest::Client,
+    dir: &DeploymentDir,
+    group_id: &GroupId,
+    replica: usize,
+) -> Result<ProcessHandle, String> {
+    let standby = match RunFile::read(&dir.standby_runfile(0, replica)) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err("it has no runtime file (not running)".into()),
+        Err(e) => return Err(format!("its runtime file is unreadable: {e}")),
+    };
+    let Some(url) = standby.url.clone() else { return Err("it does not serve yet".into()) };
+    // Its pidfd before the request: the process asked is the process adopted, or killed.
+    let Some((pidfd, standby)) = survivor(group_id, 0, standby) else {
+        return Err("its runtime file is stale".into());
+    };
+    let runfile = dir.runfile(0);
+    let new_launch_id = launch_id();
+    let request = TakeOver { launch_id: &standby.launch_id, new_launch_id: &new_launch_id, runtime_file: &runfile };
+    let answer = http.post(format!("{url}/v1/take-over")).json(&request).timeout(TAKE_OVER_TIMEOUT).send().await;
+    // What the version's runtime file says now, if it names the standby under its new launch id.
+    let version = || match RunFile::read(&runfile) {
+        Ok(Some(f)) if f.launch_id == new_launch_id && promoted(&f, &standby) => Some(f),
+        _ => None,
+    };
+    // Watched under the version's runtime file, and with its own log (its output goes there).
+    let watching =
+        || Watching { index: 0, runfile: runfile.clone(), log: dir.standby_log(0, replica), promotion: None };
+    let file = match answer {
+        Ok(resp) if resp.status() == reqwest::StatusCode::OK => match version() {
+            Some(f) => f,
+            None => {
+                let why =
+                    format!("it answered 200 but {} does not name it as launch {new_launch_id}", runfile.display());
+                return Err(kill(pidfd, &standby, watching(), why).await);
+            }
+        },
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(format!("it answered {status}: {}", body.chars().take(500).collect::<String>()));
+        }
+        // The request never reached it: it is still a standby (or gone).
+        Err(e) if e.is_connect() => return Err(format!("it cannot be reached: {e}")),
+        // No answer: it may still be taking over. Adopt it if it did, else it must not later.
+        Err(e) => match version() {
+            Some(f) => f,
+            None => return Err(kill(pidfd, &standby, watching(), format!("it did not answer: {e}")).await),
+        },
+    };
+    let Some(url) = file.url.clone() else {
+        return Err(kill(pidfd, &standby, watching(), "it took over without an address".into()).await);
+    };
+    if let Err(e) = verify(http, &url, &file).await {
+        return Err(kill(pidfd, &standby, watching(), format!("it took over but is not verified: {e}")).await);
+    }
+    adopt(pidfd, &file, watching()).map_err(|e| format!("it took over but cannot be watched: {e}"))
+}
+
+/// Kills a standby that may have taken over but is not adopted (a fresh run of the version is
+/// about to start), waits a little for it to exit, and says why (`why`, and what became of it).
+async fn kill(pidfd: OwnedFd, standby: &RunFile, watching: Watching, why: String) -> String {
+    match adopt(pidfd, standby, watching) {
+        Ok(mut handle) => {
+            handle.signal(Signal::Kill);
+            match tokio::time::timeout(KILL_GRACE, handle.exited()).await {
+                Ok(_) => format!("{why}; killed it"),
+                Err(_) => format!("{why}; killed it, but it had not exited {KILL_GRACE:?} later"),
+            }
+        }
+        Err(e) => format!("{why}; cannot kill it ({e})"),
+    }
+}
+
+/// The body of `POST /v1/take-over`, which asks a standby to become its version's process 0.
+#[derive(serde::Serialize)]
+struct TakeOver<'a> {
+    /// The standby's own launch id, as its runtime file records it.
+    launch_id: &'a str,
+    /// The launch id of its new role.
+    new_launch_id: &'a str,
+    /// Where it records itself as the version's process 0.
+    runtime_file: &'a Path,
+}
+
+/// Whether `version`, a version's runtime file, records the process that `standby` records (the
+/// standby's own runtime file, read while it was one): same pid, start time and boot. A standby
+/// that took over writes its version's runtime file under another launch id but is the same
+/// process; a stale file whose pid the kernel has since given to the standby has another start
+/// time.
+fn promoted(version: &RunFile, standby: &RunFile) -> bool {
+    version.pid == standby.pid && version.start_time == standby.start_time && version.boot_id == standby.boot_id
+}
+
+/// The process `file` records as process `process` of `group_id` (or a standby of it), with a
+/// pidfd for it, if it is still the process that was launched. Stale records (the process is
+/// gone, or its pid now names another process) are logged and dropped; their pids are never
+/// signalled.
+fn survivor(group_id: &GroupId, process: usize, file: RunFile) -> Option<(OwnedFd, RunFile)> {
     if file.group_id != group_id.as_str() || file.process != process {
-        tracing::warn!(%group_id, index, recorded = ?(&file.group_id, file.process), "runtime file of another process: ignored");
+        tracing::warn!(%group_id, process, recorded = ?(&file.group_id, file.process), "runtime file of another process: ignored");
         return None;
     }
     let pid = i32::try_from(file.pid).ok().and_then(Pid::from_raw)?;
@@ -175,18 +333,18 @@ fn survivor(spec: &LaunchSpec, index: usize, file: RunFile) -> Option<(OwnedFd, 
     let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::NONBLOCK) {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::info!(%group_id, index, pid = file.pid, error = %e, "stale runtime file: its process is gone");
+            tracing::info!(%group_id, process, pid = file.pid, error = %e, "stale runtime file: its process is gone");
             return None;
         }
     };
     match file.identify() {
         Identity::Same => Some((pidfd, file)),
         Identity::Gone => {
-            tracing::info!(%group_id, index, pid = file.pid, "stale runtime file: its process is gone");
+            tracing::info!(%group_id, process, pid = file.pid, "stale runtime file: its process is gone");
             None
         }
         Identity::Other(why) => {
-            tracing::warn!(%group_id, index, pid = file.pid, %why, "stale runtime file: its pid belongs to another process now");
+            tracing::warn!(%group_id, process, pid = file.pid, %why, "stale runtime file: its pid belongs to another process now");
             None
         }
     }
@@ -198,6 +356,12 @@ fn runfile_of(dir: &DeploymentDir, spec: &LaunchSpec, index: usize) -> PathBuf {
         Some(s) => dir.standby_runfile(s.process, s.replica),
         None => dir.runfile(index),
     }
+}
+
+/// The runtime file of the version process that `spec`'s process may become: a standby's version's
+/// process it stands by for (see [`promoted`]); none for a version's or archiver's process.
+fn promotion_of(dir: &DeploymentDir, spec: &LaunchSpec) -> Option<PathBuf> {
+    spec.standby.map(|s| dir.runfile(s.process))
 }
 
 /// The log `spec`'s processes append to (a standby's is its own).
@@ -372,6 +536,46 @@ impl Watched {
             },
         }
     }
+
+    /// Whether the process still runs, as far as can be told without waiting.
+    fn running(&mut self) -> bool {
+        match self {
+            Watched::Child(child) => matches!(child.try_wait(), Ok(None)),
+            Watched::Pidfd(fd) => fd.readable().now_or_never().is_none(),
+        }
+    }
+
+    /// Stops watching the process and leaves it running; a child is still reaped when it exits.
+    fn let_go(self) {
+        if let Watched::Child(mut child) = self {
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
+    }
+}
+
+/// How a watched process is known: its index in its run, its runtime file, its log, and the
+/// runtime file of the version process it may become (a standby's).
+struct Watching {
+    index: usize,
+    runfile: PathBuf,
+    log: PathBuf,
+    promotion: Option<PathBuf>,
+}
+
+/// A handle to the running process `file` records, which `pidfd` names: watched (and signalled)
+/// through the pidfd, as this server is not its parent or does not watch it as its child.
+fn adopt(pidfd: OwnedFd, file: &RunFile, watching: Watching) -> std::io::Result<ProcessHandle> {
+    // `AsyncFd::new` is deprecated because a `T` could close or swap its descriptor while
+    // registered (tokio#8587); an `OwnedFd` moved into it cannot, and the safe replacement,
+    // `AsyncFd::register`, is `unsafe` to call.
+    #[allow(deprecated)]
+    let watched = Watched::Pidfd(AsyncFd::new(pidfd)?);
+    let (handle, side) = ProcessHandle::new(Origin::Adopted { pid: file.pid }, file.launch_id.clone());
+    let Watching { index, runfile, log, promotion } = watching;
+    tokio::spawn(watch(watched, index, runfile, file.launch_id.clone(), log, promotion, side));
+    Ok(handle)
 }
 
 /// What signals the process: its pid while it is a child that has not been reaped (so the pid
@@ -407,12 +611,18 @@ impl Signaller {
 /// Watches process `index`: reports its readiness (its runtime file names its address) and its
 /// exit, and signals it as asked. When the handle is dropped the process is left running (a
 /// child is still reaped when it exits).
+///
+/// A standby is given `promotion`, the runtime file of the version process it stands by for:
+/// once that file records this very process ([`promoted`]) while it runs, the standby took over.
+/// Then it is reported `Exited` (its supervisor starts a fresh standby) and let go, never
+/// signalled again by this watcher: the version's supervisor watches it now.
 async fn watch(
     mut watched: Watched,
     index: usize,
     runfile: PathBuf,
     launch_id: String,
     log_path: PathBuf,
+    promotion: Option<PathBuf>,
     side: ProcessSide,
 ) {
     let ProcessSide { events, mut signals } = side;
@@ -422,12 +632,19 @@ async fn watch(
     };
     let ready = ready(&runfile, &launch_id);
     tokio::pin!(ready);
+    // Its own record, once it serves (a standby takes over only then).
+    let mut record: Option<RunFile> = None;
+    let mut poll = tokio::time::interval(PROMOTION_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut announced, mut detached, mut terminated) = (false, false, false);
-    let status = loop {
+    let end = loop {
         tokio::select! {
-            status = watched.exited() => break status,
-            url = &mut ready, if !announced => {
+            // Its exit first: a process that exited is reported exited, never taken over.
+            biased;
+            status = watched.exited() => break End::Exited(status),
+            (url, file) = &mut ready, if !announced => {
                 announced = true;
+                record = Some(file);
                 let _ = events.send(ProcessEvent::Ready(url));
             }
             signal = signals.recv(), if !detached => match signal {
@@ -438,7 +655,27 @@ async fn watch(
                 // Nobody supervises it any more: leave it running for a later server.
                 None => detached = true,
             },
+            _ = poll.tick(), if record.is_some() && promotion.is_some() => {
+                if let (Some(me), Some(path)) = (&record, &promotion)
+                    && let Ok(Some(version)) = RunFile::read(path)
+                    && promoted(&version, me)
+                {
+                    break End::TookOver { pid: me.pid, process: version.process };
+                }
+            }
         }
+    };
+    let status = match end {
+        End::TookOver { pid, process } if watched.running() => {
+            tracing::info!(pid, process, "a standby took over as a version process: no longer watched as a standby");
+            let why = format!("standby (pid {pid}) took over as process {process} of the version");
+            let _ = events.send(ProcessEvent::Exited(why));
+            watched.let_go();
+            return;
+        }
+        // It exited meanwhile: reported as any exit.
+        End::TookOver { .. } => watched.exited().await,
+        End::Exited(status) => status,
     };
     if terminated && let Ok(mut log) = OpenOptions::new().append(true).open(&log_path) {
         let _ = writeln!(log, "=== squall server: process {index} stopped ({status}) at {} ms", now_ms());
@@ -447,17 +684,27 @@ async fn watch(
     let _ = events.send(ProcessEvent::Exited(why));
 }
 
-/// The address of the process launched as `launch_id`, once its runtime file names it.
-async fn ready(runfile: &Path, launch_id: &str) -> String {
+/// The address of the process launched as `launch_id`, once its runtime file names it, and the
+/// file.
+async fn ready(runfile: &Path, launch_id: &str) -> (String, RunFile) {
     let mut poll = tokio::time::interval(READY_POLL);
     loop {
         poll.tick().await;
-        if let Ok(Some(RunFile { launch_id: id, url: Some(url), .. })) = RunFile::read(runfile)
-            && id == launch_id
+        if let Ok(Some(file)) = RunFile::read(runfile)
+            && file.launch_id == launch_id
+            && let Some(url) = file.url.clone()
         {
-            return url;
+            return (url, file);
         }
     }
+}
+
+/// Why [`watch`] stopped watching for events.
+enum End {
+    /// The process exited, so.
+    Exited(String),
+    /// The standby (pid `pid`) took over as process `process` of its version.
+    TookOver { pid: u32, process: usize },
 }
 
 /// Picks `n` free loopback ports (for timely's cluster addresses and the processes' HTTP).
@@ -465,4 +712,272 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let listeners: Vec<std::net::TcpListener> =
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
     listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::version::runfile::start_time;
+
+    /// A scratch directory of this test process.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("squall-child-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A stand-in for a standby: a shell that runs until its stdin closes, and the runtime file it
+    /// would write once it serves.
+    fn standby(launch_id: &str) -> (tokio::process::Child, RunFile) {
+        let child =
+            tokio::process::Command::new("sh").args(["-c", "read x; :"]).stdin(Stdio::piped()).spawn().expect("sh");
+        let pid = child.id().unwrap();
+        let file = RunFile {
+            launch_id: launch_id.into(),
+            pid,
+            start_time: start_time(pid).unwrap(),
+            url: Some("http://127.0.0.1:9".into()),
+            ..RunFile::of_this_process("p-v1", 0, launch_id).unwrap()
+        };
+        (child, file)
+    }
+
+    async fn next(handle: &mut ProcessHandle) -> ProcessEvent {
+        tokio::time::timeout(Duration::from_secs(10), handle.next_event()).await.expect("an event in time")
+    }
+
+    /// A shell standing in for the standby launched as `launch_id` (its command line has
+    /// `--launch-id <launch_id>`), and its runtime file, serving at `url`, once its identity is
+    /// readable.
+    async fn identified_standby(launch_id: &str, url: String) -> (tokio::process::Child, RunFile) {
+        let child = tokio::process::Command::new("sh")
+            .args(["-c", "read x; :", "sh", "--launch-id", launch_id])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let pid = child.id().unwrap();
+        let file = RunFile {
+            pid,
+            start_time: start_time(pid).unwrap(),
+            url: Some(url),
+            ..RunFile::of_this_process("p-v1", 0, launch_id).unwrap()
+        };
+        // The kernel fills in a new command line a moment after `spawn` returns.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while file.identify() != Identity::Same {
+            assert!(Instant::now() < deadline, "{:?}", file.identify());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (child, file)
+    }
+
+    /// A standby's HTTP side that takes over as asked (writing the version's runtime file as the
+    /// process `me`), and serves `/v1/status` as whoever its runtime file says; the take-over
+    /// requests it received.
+    async fn taking_over(me: RunFile) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+        use axum::extract::State;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let state = (Arc::new(Mutex::new(RunFile { url: Some(url.clone()), ..me })), Arc::clone(&asked));
+        type Shared = (Arc<Mutex<RunFile>>, Arc<Mutex<Vec<serde_json::Value>>>);
+        let router = axum::Router::new()
+            .route(
+                "/v1/take-over",
+                axum::routing::post(
+                    |State((me, asked)): State<Shared>, body: axum::Json<serde_json::Value>| async move {
+                        asked.lock().unwrap().push(body.0.clone());
+                        let mut me = me.lock().unwrap();
+                        me.launch_id = body["new_launch_id"].as_str().unwrap().to_owned();
+                        me.write(Path::new(body["runtime_file"].as_str().unwrap())).unwrap();
+                        axum::Json(serde_json::json!({ "url": me.url }))
+                    },
+                ),
+            )
+            .route(
+                "/v1/status",
+                axum::routing::get(|State((me, _)): State<Shared>| async move {
+                    let me = me.lock().unwrap();
+                    axum::Json(RunStatus {
+                        launch_id: Some(me.launch_id.clone()),
+                        pid: Some(me.pid),
+                        ..Default::default()
+                    })
+                }),
+            )
+            .with_state(state);
+        tokio::spawn(crate::version::http::serve(listener, router, std::future::pending()));
+        (url, asked)
+    }
+
+    /// A standby's HTTP side that answers every request with `status`.
+    async fn answering(status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
+        let router = axum::Router::new().fallback(move || async move { (status, "not caught up") });
+        tokio::spawn(crate::version::http::serve(listener, router, std::future::pending()));
+        url
+    }
+
+    /// A standby's HTTP side that hangs up on every request without answering.
+    async fn hanging_up() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_standby_that_can_takes_over_and_is_adopted_as_process_0() {
+        let state = StateDir::new(scratch("take-over"));
+        let launcher = ChildLauncher::new(state.clone(), None, None, false, Duration::from_secs(60)).unwrap();
+        let spec = LaunchSpec {
+            group_id: "p-v1".parse().unwrap(),
+            program: "/nonexistent/squall".into(),
+            topology: "/nonexistent/topology.toml".into(),
+            version: 1,
+            workers: 1,
+            processes: 1,
+            start_from: Default::default(),
+            backfill: None,
+            archiver: None,
+            standby: None,
+            standbys: 4,
+        };
+        let dir = state.deployment(&spec.group_id);
+        std::fs::create_dir_all(dir.path()).unwrap();
+        // Process 0 died and left its runtime file.
+        let dead = RunFile { pid: 4_194_305 + 7, ..RunFile::of_this_process("p-v1", 0, "0000dead00000000").unwrap() };
+        dead.write(&dir.runfile(0)).unwrap();
+        // Replica 0 is not caught up, replica 1 hangs up (it may be taking over: it is killed),
+        // replica 2 takes over, replica 3 is never asked.
+        let (mut refusing, refusing_file) = identified_standby("0000standby0000", answering(409).await).await;
+        let (mut hanging, hanging_file) = identified_standby("0000standby0001", hanging_up().await).await;
+        let (mut taking, taking_file) = identified_standby("0000standby0002", String::new()).await;
+        let (url, asked) = taking_over(taking_file.clone()).await;
+        let taking_file = RunFile { url: Some(url.clone()), ..taking_file };
+        let (mut unasked, unasked_file) = identified_standby("0000standby0003", answering(500).await).await;
+        for (replica, f) in [&refusing_file, &hanging_file, &taking_file, &unasked_file].into_iter().enumerate() {
+            f.write(&dir.standby_runfile(0, replica)).unwrap();
+        }
+
+        let mut handles = launcher.take_over(&spec).await.expect("a standby took over");
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(
+            asked,
+            [serde_json::json!({
+                "launch_id": "0000standby0002",
+                "new_launch_id": handles[0].launch_id,
+                "runtime_file": dir.runfile(0),
+            })]
+        );
+        let file = RunFile::read(&dir.runfile(0)).unwrap().unwrap();
+        assert_eq!((file.pid, &file.launch_id), (taking_file.pid, &handles[0].launch_id));
+        assert_eq!(handles[0].origin, Origin::Adopted { pid: taking_file.pid });
+        let mut handle = handles.pop().unwrap();
+        assert_eq!(next(&mut handle).await, ProcessEvent::Ready(url));
+        // The one that hung up was killed; the others run on as standbys.
+        let hung = hanging.wait().await.unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&hung), Some(9), "{hung}");
+        assert_eq!(refusing.try_wait().unwrap(), None);
+        assert_eq!(unasked.try_wait().unwrap(), None);
+        // The adopted process is signalled through its pidfd.
+        handle.signal(Signal::Kill);
+        assert!(handle.exited().await.starts_with("process 0 exited"));
+        let killed = taking.wait().await.unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed), Some(9), "{killed}");
+        for mut c in [refusing, unasked] {
+            drop(c.stdin.take());
+            c.wait().await.unwrap();
+        }
+
+        // With process 0's runtime file naming a live process, no standby is asked.
+        let (mut running, running_file) = identified_standby("0000running0000", String::new()).await;
+        running_file.write(&dir.runfile(0)).unwrap();
+        assert!(launcher.take_over(&spec).await.is_none());
+        assert!(dir.runfile(0).exists(), "a live process's file stays");
+        drop(running.stdin.take());
+        running.wait().await.unwrap();
+        std::fs::remove_dir_all(state.path()).unwrap();
+    }
+
+    #[test]
+    fn the_version_file_names_a_standby_that_took_over_by_pid_start_time_and_boot() {
+        let standby = RunFile::of_this_process("p-v1", 0, "aaaa").unwrap();
+        let version = RunFile { launch_id: "bbbb".into(), url: Some("http://127.0.0.1:1".into()), ..standby.clone() };
+        assert!(promoted(&version, &standby), "another launch id, the same process");
+        // A stale file whose pid the kernel has since given to the standby.
+        assert!(!promoted(&RunFile { start_time: standby.start_time + 1, ..version.clone() }, &standby));
+        assert!(!promoted(&RunFile { pid: standby.pid + 1, ..version.clone() }, &standby));
+        assert!(!promoted(&RunFile { boot_id: "another-boot".into(), ..version }, &standby));
+    }
+
+    #[tokio::test]
+    async fn a_standby_that_took_over_is_let_go_unsignalled_and_still_reaped() {
+        let dir = scratch("took-over");
+        let (own, version) = (dir.join("standby-0-0.json"), dir.join("process-0.json"));
+        let (mut child, file) = standby("0000standby0000");
+        let stdin = child.stdin.take();
+        file.write(&own).unwrap();
+        let (mut handle, side) = ProcessHandle::new(Origin::Spawned { pid: Some(file.pid) }, file.launch_id.clone());
+        let watched = Watched::Child(child);
+        tokio::spawn(watch(watched, 0, own, file.launch_id.clone(), dir.join("log"), Some(version.clone()), side));
+        assert_eq!(next(&mut handle).await, ProcessEvent::Ready("http://127.0.0.1:9".into()));
+        // A stale version file (another process, its pid) changes nothing.
+        RunFile { pid: file.pid + 1, ..file.clone() }.write(&version).unwrap();
+        assert!(tokio::time::timeout(PROMOTION_POLL * 3, handle.next_event()).await.is_err());
+        RunFile { launch_id: "0000version00000".into(), ..file.clone() }.write(&version).unwrap();
+        let why = format!("standby (pid {}) took over as process 0 of the version", file.pid);
+        assert_eq!(next(&mut handle).await, ProcessEvent::Exited(why));
+        // No longer signalled by its standby's supervisor.
+        handle.signal(Signal::Kill);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(start_time(file.pid).unwrap(), file.start_time, "it runs on");
+        // When it exits, it is reaped (no zombie left).
+        drop(stdin);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while start_time(file.pid).is_ok() {
+            assert!(Instant::now() < deadline, "pid {} was not reaped", file.pid);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_standby_that_exits_is_reported_exited_even_when_the_version_file_names_it() {
+        let dir = scratch("exited");
+        let (own, version) = (dir.join("standby-0-0.json"), dir.join("process-0.json"));
+        let (mut child, file) = standby("0000standby0001");
+        file.write(&own).unwrap();
+        RunFile { launch_id: "0000version00001".into(), ..file.clone() }.write(&version).unwrap();
+        // It has exited (a zombie, not reaped yet) before its watcher looks at anything.
+        drop(child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(format!("/proc/{}/stat", file.pid)).unwrap().contains(") Z ") {
+            assert!(Instant::now() < deadline, "pid {} did not exit", file.pid);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (mut handle, side) = ProcessHandle::new(Origin::Spawned { pid: Some(file.pid) }, file.launch_id.clone());
+        tokio::spawn(watch(
+            Watched::Child(child),
+            0,
+            own,
+            file.launch_id.clone(),
+            dir.join("log"),
+            Some(version),
+            side,
+        ));
+        let why = handle.exited().await;
+        assert!(why.starts_with("process 0 exited (exit status: 0)"), "{why}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
