@@ -439,7 +439,7 @@ fn print_detail(d: &DeploymentDetail) {
         "processes:    {} x {} workers{}",
         v.deployment.processes,
         v.deployment.workers,
-        if v.adopted { " (adopted from an earlier server)" } else { "" }
+        if v.adopted { " (adopted: started by an earlier server, or a standby that took over)" } else { "" }
     );
     match &v.deployment.binary {
         Some(h) => println!("binary:       {h}"),
@@ -614,7 +614,11 @@ fn print_archive(a: &ArchiveView) {
         (None, Some(e)) => println!("files:     cannot list the archive: {e}"),
         (None, None) => println!("files:     not listed yet"),
     }
-    println!("restarts:  {}{}", a.restarts, if a.adopted { " (adopted from an earlier server)" } else { "" });
+    println!(
+        "restarts:  {}{}",
+        a.restarts,
+        if a.adopted { " (adopted: started by an earlier server, or a standby that took over)" } else { "" }
+    );
     if let Some(e) = &a.last_error {
         println!("last error: {e}");
     }

@@ -463,10 +463,6 @@ impl RunArgs {
         set(&mut spec.cql.keyspace, &self.keyspace);
         set(&mut spec.http.listen, &self.listen);
         if let Some(n) = self.standbys {
-            anyhow::ensure!(
-                n == 0 || spec.feed.changelog,
-                "--standbys {n}: a standby follows the changelog; [feed] changelog is off"
-            );
             spec.runtime.standbys = n;
         }
         if let Some(d) = &self.checkpoint_dir {
@@ -518,29 +514,8 @@ async fn serve_version(
     let running = runner::start(spec.clone(), tokio::runtime::Handle::current(), cluster)
         .await
         .with_context(|| format!("cannot start {group_id}"))?;
-    let counters = Counters::new(
-        &group_id,
-        running.layout.local(),
-        Arc::clone(&running.store),
-        running.enricher.clone(),
-        Arc::clone(&running.dead_letters),
-    )
-    .with_backfill(running.backfill.clone())
-    .with_freshness(Arc::clone(&running.freshness));
-    let api = Arc::new(Api {
-        topology: spec.name.clone(),
-        version: spec.version,
-        group_id: group_id.clone(),
-        store: Arc::clone(&running.store),
-        metrics,
-        counters,
-        recovered_cut: running.recovered_cut,
-        launch_id: managed.launch_id.clone(),
-        feeds: running.feeds.clone(),
-        lease: managed.adopt_timeout.map(|t| Arc::new(Lease::new(t))),
-        routing,
-        standbys: spec.runtime.standbys,
-    });
+    let lease = managed.adopt_timeout.map(|t| Arc::new(Lease::new(t)));
+    let api = version_api(&spec, &running, metrics, managed.launch_id.clone(), lease, routing);
     let addr = listener.local_addr()?;
     if let Some(cut) = running.recovered_cut {
         println!("squall: {group_id} recovered from checkpoint cut {cut}");
@@ -575,11 +550,47 @@ async fn serve_version(
     Ok(())
 }
 
-/// `squall standby`: follows the changelog on a thread of its own and serves the users of its
-/// process until SIGTERM, Ctrl-C or the end of its lease.
+/// The HTTP API of a running version process.
+fn version_api(
+    spec: &TopologySpec,
+    running: &runner::Running,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    launch_id: Option<String>,
+    lease: Option<Arc<Lease>>,
+    routing: Option<http::Routing>,
+) -> Arc<Api> {
+    let group_id = spec.group_id();
+    let counters = Counters::new(
+        &group_id,
+        running.layout.local(),
+        Arc::clone(&running.store),
+        running.enricher.clone(),
+        Arc::clone(&running.dead_letters),
+    )
+    .with_backfill(running.backfill.clone())
+    .with_freshness(Arc::clone(&running.freshness));
+    Arc::new(Api {
+        topology: spec.name.clone(),
+        version: spec.version,
+        group_id,
+        store: Arc::clone(&running.store),
+        metrics,
+        counters,
+        recovered_cut: running.recovered_cut,
+        launch_id,
+        feeds: running.feeds.clone(),
+        lease,
+        routing,
+        standbys: spec.runtime.standbys,
+    })
+}
+
+/// `squall standby`: follows the replica feed on a thread of its own and serves the users of its
+/// process until SIGTERM, Ctrl-C or the end of its lease; asked to take over, it becomes the
+/// version's process on the same address and runs until the same.
 fn standby(args: squall::version::standby::StandbyArgs) -> anyhow::Result<()> {
-    use squall::version::standby::{self, Standby, StandbyApi};
-    let (what, sources) = args.settings()?;
+    use squall::version::standby::{self, Promote, Standby, StandbyApi};
+    let (what, spec, sources) = args.settings()?;
     let metrics = telemetry::metrics_with_labels(&[
         ("topology", what.topology.clone()),
         ("version", what.version.to_string()),
@@ -595,28 +606,76 @@ fn standby(args: squall::version::standby::StandbyArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let state = Arc::new(Standby::new(what.clone()));
+    let state = Arc::new(Standby::new(what.clone(), spec.clone())?);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (state, stop, handle) = (Arc::clone(&state), Arc::clone(&stop), rt.handle().clone());
         std::thread::Builder::new().name("standby-follow".into()).spawn(move || {
             if let Err(e) = standby::follow(state, sources, handle, stop) {
                 // Nothing to save: the server starts a standby that exits again.
-                tracing::error!(error = %e, "standby: cannot follow the changelog; exiting");
+                tracing::error!(error = %e, "standby: cannot follow the replica feed; exiting");
                 std::process::exit(1);
             }
         })?
     };
+    let lease = args.adopt_timeout.map(|t| Arc::new(Lease::new(t)));
+    // What it runs once it took over: the version, its runtime file, and its API.
+    let promoted: Arc<std::sync::Mutex<Option<Promoted>>> = Arc::default();
+    let url_cell: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let promote: Promote = {
+        let (spec, metrics, lease, promoted, url_cell) =
+            (spec.clone(), metrics.clone(), lease.clone(), Arc::clone(&promoted), Arc::clone(&url_cell));
+        let standby_file = runfile.clone();
+        Arc::new(move |warm, req| {
+            let (spec, metrics, lease, promoted, url_cell, standby_file) = (
+                spec.clone(),
+                metrics.clone(),
+                lease.clone(),
+                Arc::clone(&promoted),
+                Arc::clone(&url_cell),
+                standby_file.clone(),
+            );
+            Box::pin(async move {
+                let group_id = spec.group_id();
+                let (running, used) = runner::take_over(spec.clone(), tokio::runtime::Handle::current(), warm)
+                    .await
+                    .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+                let cut = running.recovered_cut.unwrap_or(0);
+                let api = version_api(&spec, &running, metrics, Some(req.launch_id.clone()), lease, None);
+                let router = http::router(Arc::clone(&api));
+                // The server adopts it as the version's process 0 through this file.
+                let mut file = RunFile::of_this_process(&group_id, 0, &req.launch_id).map_err(|e| e.to_string())?;
+                file.url = url_cell.get().cloned();
+                file.write(&req.runtime_file)
+                    .map_err(|e| format!("cannot write {}: {e}", req.runtime_file.display()))?;
+                if let Some((path, f)) = &standby_file
+                    && let Err(e) = f.remove(path)
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove the standby's runtime file");
+                }
+                let reporter = tokio::spawn(report(api, group_id));
+                *promoted.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Promoted { running, runfile: (req.runtime_file, file), reporter });
+                Ok((router, cut, used))
+            })
+        })
+    };
     let api = Arc::new(StandbyApi {
         standby: state,
         launch_id: args.launch_id.clone(),
-        lease: args.adopt_timeout.map(|t| Arc::new(Lease::new(t))),
+        lease,
         metrics,
+        url: std::sync::OnceLock::new(),
+        promote,
+        promoted: std::sync::OnceLock::new(),
+        taking_over: std::sync::atomic::AtomicBool::new(false),
     });
     let result = rt.block_on(async {
         let listener =
             TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
         let url = format!("http://{}", listener.local_addr()?);
+        let _ = api.url.set(url.clone());
+        let _ = url_cell.set(url.clone());
         if let Some((path, file)) = &mut runfile {
             file.url = Some(url.clone());
             file.write(path).with_context(|| format!("cannot write --runtime-file {}", path.display()))?;
@@ -627,7 +686,7 @@ fn standby(args: squall::version::standby::StandbyArgs) -> anyhow::Result<()> {
             let Some(lease) = lease else { return shutdown_signal().await };
             tokio::select! {
                 _ = shutdown_signal() => {}
-                _ = lease.expired() => tracing::warn!(timeout = ?lease.timeout(), "no squall server has renewed this standby's lease: stopping"),
+                _ = lease.expired() => tracing::warn!(timeout = ?lease.timeout(), "no squall server has renewed this process's lease: stopping"),
             }
         };
         http::serve(listener, standby::router(api), stop_serving).await?;
@@ -640,7 +699,28 @@ fn standby(args: squall::version::standby::StandbyArgs) -> anyhow::Result<()> {
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove the runtime file");
     }
+    let promoted = promoted.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(p) = promoted {
+        p.reporter.abort();
+        tracing::info!("stopping workers");
+        p.running.shutdown();
+        let running = p.running;
+        let joined = rt.block_on(async { tokio::task::spawn_blocking(move || running.join()).await });
+        let (path, file) = &p.runfile;
+        if let Err(e) = file.remove(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the runtime file");
+        }
+        joined?.map_err(|e| anyhow::Error::msg(e.to_string()))?;
+    }
     result
+}
+
+/// A standby that took over: the version it runs, the runtime file it records it in, and the
+/// throughput log's task.
+struct Promoted {
+    running: runner::Running,
+    runfile: (PathBuf, RunFile),
+    reporter: tokio::task::JoinHandle<()>,
 }
 
 async fn shutdown_signal() {

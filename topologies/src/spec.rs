@@ -251,8 +251,9 @@ pub struct RuntimeSpec {
     pub workers: usize,
     /// Events in enrichment before the sources pause.
     pub max_pending: usize,
-    /// Standby replicas per process: each follows the version's changelog for the users of its
-    /// process and answers for them while that process is down. Needs `[feed] changelog = true`.
+    /// Standby replicas per process: each holds the state of its process one complete cut behind
+    /// it (bootstrapped from the checkpoint, then following the version's replica feed), answers
+    /// for its users while that process is down, and takes over its consumption when it dies.
     pub standbys: usize,
     /// A standby more than this many cuts behind its active process answers no query.
     pub standby_max_lag: u64,
@@ -332,12 +333,6 @@ pub enum Invalid {
     /// `runtime.workers` out of range.
     #[error("runtime.workers = {0}: use 1..=256")]
     Workers(usize),
-    /// Standbys without the changelog they follow.
-    #[error(
-        "runtime.standbys = {0}: a standby follows the version's changelog; set `changelog = true` under [feed], \
-         or standbys = 0"
-    )]
-    StandbysWithoutChangelog(usize),
     /// Too many standbys.
     #[error("runtime.standbys = {0}: use 0..={MAX_STANDBYS}")]
     Standbys(usize),
@@ -479,9 +474,6 @@ impl TopologySpec {
         }
         if self.runtime.standbys > MAX_STANDBYS {
             return Err(Invalid::Standbys(self.runtime.standbys));
-        }
-        if self.runtime.standbys > 0 && !self.feed.changelog {
-            return Err(Invalid::StandbysWithoutChangelog(self.runtime.standbys));
         }
         match (self.state.checkpoint_store, &self.state.checkpoint_dir) {
             (Some(CheckpointStoreKind::Dir), None) => return Err(Invalid::NoCheckpointDir),
@@ -673,22 +665,15 @@ mod tests {
     }
 
     #[test]
-    fn standbys_need_the_changelog_they_follow() {
+    fn standbys_are_bounded_and_need_no_feed() {
         let base = "name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n";
         let spec = TopologySpec::from_toml(base).unwrap();
         assert_eq!((spec.runtime.standbys, spec.runtime.standby_max_lag), (0, 10));
-        let err = TopologySpec::from_toml(&format!("{base}[runtime]\nstandbys = 1\n")).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "topology <text>: runtime.standbys = 1: a standby follows the version's changelog; set `changelog = true` \
-             under [feed], or standbys = 0"
-        );
-        let ok = format!("{base}[runtime]\nstandbys = 1\nstandby_max_lag = 3\n[feed]\nchangelog = true\n");
+        let ok = format!("{base}[runtime]\nstandbys = 1\nstandby_max_lag = 3\n");
         let spec = TopologySpec::from_toml(&ok).unwrap();
         assert_eq!((spec.runtime.standbys, spec.runtime.standby_max_lag), (1, 3));
-        let err = TopologySpec::from_toml(&format!("{base}[runtime]\nstandbys = 5\n[feed]\nchangelog = true\n"))
-            .unwrap_err()
-            .to_string();
+        assert!(!spec.feed.changelog, "the replica feed is internal: no [feed] needed");
+        let err = TopologySpec::from_toml(&format!("{base}[runtime]\nstandbys = 5\n")).unwrap_err().to_string();
         assert_eq!(err, "topology <text>: runtime.standbys = 5: use 0..=4");
     }
 

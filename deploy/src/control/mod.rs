@@ -486,12 +486,6 @@ impl Control {
         if standbys > max {
             return Err(bad(format!("standbys = {standbys}: use 0..={max}")));
         }
-        if standbys > 0 && !spec.feed.changelog {
-            return Err(bad(format!(
-                "standbys = {standbys}: a standby follows the version's changelog; set `changelog = true` under \
-                 [feed] in the topology file, or deploy without standbys"
-            )));
-        }
         let start_from: StartPosition = match &req.start_from {
             Some(s) => s.parse().map_err(|e| bad(format!("start_from {e}")))?,
             None => StartPosition::default(),

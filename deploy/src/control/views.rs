@@ -92,7 +92,7 @@ pub struct DeployRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1)]
     pub since: Option<String>,
-    /// Standby replicas per process (0 to 4; needs `[feed] changelog = true`); default: the
+    /// Standby replicas per process (0 to 4); default: the
     /// file's `runtime.standbys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 4)]

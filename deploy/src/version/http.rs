@@ -47,7 +47,7 @@ pub struct Api {
     /// Where the other processes of a multi-process version are (queries for their users go there).
     pub routing: Option<Routing>,
     /// Standby replicas per process (`runtime.standbys`): with any, an answer's `as_of.cut` is at
-    /// most the cut the changelog feed has durably written.
+    /// most the cut the replica feed has durably written.
     pub standbys: usize,
 }
 
@@ -328,9 +328,10 @@ async fn attributes(
     let freshness = api.counters.freshness();
     let mut as_of = freshness.as_of();
     if api.standbys > 0 {
-        // A standby answering after this process dies has read the changelog up to what the feed
-        // recorded as written: claim no more, so that answers never go back across a failover.
-        as_of.cut = as_of.cut.min(api.feeds.as_ref().and_then(|f| f.written("changelog")).unwrap_or(0));
+        // A standby answering after this process dies has read the replica feed up to what it
+        // recorded as written (or holds the cut this process took over at): claim no more, so
+        // that answers never go back across a failover.
+        as_of.cut = as_of.cut.min(api.feeds.as_ref().and_then(|f| f.claimable()).unwrap_or(0));
     }
     if bounds != ReadBounds::default() {
         match freshness.check(&bounds, &as_of, crate::version::freshness::now_ms()) {

@@ -1,53 +1,70 @@
-//! A standby replica of one process of a version (`squall standby`): it follows the version's
-//! changelog topic `<group id>.attributes` instead of the input topics, keeps for each user its
-//! process owns ([`super::cluster::owner_process`], the one rule) the latest message by `cut`, and
-//! answers `GET /v1/users/{user_id}/attributes` with the active process's JSON while that process
-//! is down. No enrichment, no dedup, no checkpoints: what it holds is what the active wrote.
+//! A standby replica of one process of a version (`squall standby`): it holds the process's state
+//! one complete cut behind it, answers `GET /v1/users/{user_id}/attributes` while that process is
+//! down, and takes over its consumption when the squall server asks (`POST /v1/take-over`),
+//! without reading the state back from the checkpoint store.
 //!
 //! # Notes
-//! - **Reading.** Every partition from the earliest offset, assigned (no group membership, no
-//!   commits: a restarted standby reads the compacted topic again). The changelog is at least
-//!   once: a message whose `cut` is not above the one kept for its user is dropped.
-//! - **Its cut.** A *sync* reads the cut the changelog feed of its process has recorded as
-//!   durably written (`feed_progress`, [`squall_feeds::progress::written`]) and only then the
-//!   topic's high watermarks, and completes once every partition is read up to them: every
-//!   message of a cut up to that written cut is then applied, so the standby's cut is that
-//!   written cut. A sync runs every [`SYNC_EVERY`], and at once when a query asks.
-//! - **Answers never go back.** An active process with standbys answers at most its changelog's
+//! - **What it holds.** The same [`UserStore`] a version process holds (every user of its process,
+//!   as [`squall_operators::UserState`]), the dedup ids of the process's key groups within the
+//!   horizon, and the input offsets and event-time watermark of its cut: what recovery from a
+//!   checkpoint gives a process. No enrichment, no dedup work, no checkpoints of its own.
+//! - **Bootstrap, then follow.** It reads the process's key groups at the latest complete
+//!   checkpoint (without changing anything in the store, [`CheckpointStore::read`]), then follows
+//!   partition `process` of the replica topic (`squall_feeds::replica`) from the first batch after
+//!   that cut, applying each batch whole when its marker arrives. A batch that starts beyond its
+//!   cut (the active recovered from a later checkpoint than the replica had written) makes it
+//!   bootstrap again.
+//! - **Its cut.** A *sync* reads the cut the replica feed of its process has recorded as written
+//!   (`feed_progress`) and only then the partition's high watermark, and completes once it has
+//!   read up to it: every batch up to that written cut is then applied. A sync runs every
+//!   [`SYNC_EVERY`], and at once when a query asks.
+//! - **Answers never go back.** An active process with standbys answers at most the replica's
 //!   written cut (`version/http.rs`). Each answer of a standby waits for a sync that *started*
-//!   after the query arrived, so it reflects at least every cut recorded before then, which is at
-//!   least any cut the active answered before the query. A restarted active recovers at the latest
-//!   complete checkpoint, which is at least the changelog's written cut (the feed writes complete
-//!   cuts only). Attribute values the active held beyond its `as_of` cut may go back (see the
-//!   README's "Guarantees").
-//! - **Lag.** `lag_cuts` is the latest written cut read minus the standby's cut: how far it is
-//!   behind the changelog. The control plane routes to a standby only within
-//!   `runtime.standby_max_lag` cuts.
+//!   after the query arrived, so it reflects at least every cut recorded before then. A restarted
+//!   active recovers at the latest complete checkpoint, which is at least the replica's written
+//!   cut. Attribute values the active held beyond its `as_of` cut may go back (see the README's
+//!   "Guarantees").
+//! - **Taking over.** Asked by the server once its active has died, it reads the partition to its
+//!   end (nothing more can come), hands its state to the runner ([`runner::take_over`]: the
+//!   checkpoint store is only told where to continue from, [`CheckpointStore::resume`], and falls
+//!   back to a recovery if its latest complete cut is beyond the standby's), and serves the
+//!   version's API on the same address, as the version's process: the server adopts it through
+//!   the runtime file it writes.
+//! - **Lag.** `lag_cuts` is the latest written cut read minus the standby's cut. The control plane
+//!   routes to a standby only within `runtime.standby_max_lag` cuts.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
-use axum::response::Response;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::future::BoxFuture;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use tokio::sync::watch;
+use squall_enrichment::Symbols;
+use squall_feeds::replica::{self, Marker, Record};
+use squall_operators::checkpoint::{CheckpointStore, DedupRun, RecoveryScope, oldest_live_bucket};
+use squall_operators::dedup::{BUCKETS, Fingerprint};
+use squall_operators::{Epoch, KeyGroups, Partition, Plan, UserState, UserStore};
+use squall_topologies::TopologySpec;
+use tokio::sync::{oneshot, watch};
+use tower::ServiceExt as _;
 
 use crate::version::cluster::owner_process;
 use crate::version::counters::RunStatus;
 use crate::version::freshness::{AsOf, Freshness, NO_WATERMARK, ReadBounds};
 use crate::version::http::{ApiError, Bounds, UserAttributesBody, UserPath, bad_bound, unmet};
 use crate::version::lease::Lease;
+use crate::version::runner::{self, Warm};
 
 /// How often a standby syncs when no query asks.
 pub const SYNC_EVERY: Duration = Duration::from_millis(200);
@@ -75,49 +92,102 @@ pub struct Replicated {
     pub epoch: Duration,
 }
 
+impl Replicated {
+    /// The workers of its process among the version's.
+    fn local(&self) -> std::ops::Range<usize> {
+        self.process * self.workers..(self.process + 1) * self.workers
+    }
+}
+
 /// What `/v1/status` shows of a standby.
 #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, utoipa::ToSchema)]
 pub struct StandbyStatus {
     /// The process of the version whose users it holds.
     pub process: usize,
-    /// The cut it answers at: the changelog's written cut its last sync completed.
+    /// The cut it answers at: the last batch it applied.
     pub cut: u64,
-    /// The changelog's latest written cut it has read.
+    /// The replica feed's latest written cut it has read.
     pub written_cut: Option<u64>,
-    /// `written_cut - cut`: cuts it is behind the changelog.
+    /// `written_cut - cut`: cuts it is behind the replica feed.
     pub lag_cuts: u64,
-    /// Messages behind the high watermarks of its sync under way, if one is.
+    /// Messages behind the high watermark of its sync under way, if one is.
     pub behind_messages: Option<i64>,
-    /// Messages read from the changelog.
+    /// Messages read from the replica topic.
     pub messages: u64,
-    /// Of those, messages dropped because their cut was not above the one kept.
+    /// Of the records read, those dropped: records of a batch cut short (never followed by its
+    /// marker; its retry brings them again).
     pub dropped: u64,
     /// Why its last sync failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// A user's latest message.
-struct Kept {
-    cut: u64,
-    attributes: Box<RawValue>,
+/// The state a standby holds: what a recovery from the checkpoint at `cut` would give its process.
+struct Held {
+    store: Arc<UserStore>,
+    cut: Epoch,
+    /// Dedup ids by key group and bucket.
+    dedup: BTreeMap<(u32, i64), Vec<Fingerprint>>,
+    bucket_ms: i64,
+    watermark: i64,
+    offsets: BTreeMap<Partition, i64>,
 }
 
-/// The part of a changelog message a standby keeps.
-#[derive(Deserialize)]
-struct Incoming {
-    cut: u64,
-    attributes: Box<RawValue>,
+impl Held {
+    fn empty(plan: &Arc<Plan>, symbols: &Symbols, what: &Replicated, key_groups: KeyGroups, ttl_ms: i64) -> Held {
+        let store =
+            UserStore::with_key_groups(Arc::clone(plan), symbols.clone(), what.workers * what.processes, key_groups)
+                .with_user_ttl(ttl_ms);
+        Held {
+            store: Arc::new(store),
+            cut: 0,
+            dedup: BTreeMap::new(),
+            bucket_ms: 0,
+            watermark: i64::MIN,
+            offsets: BTreeMap::new(),
+        }
+    }
+
+    fn add_ids(&mut self, run: DedupRun) {
+        self.dedup.entry((run.key_group, run.bucket)).or_default().extend(run.ids);
+    }
+
+    /// Forgets the dedup buckets the process's workers have forgotten (the same horizon as
+    /// recovery's).
+    fn expire_ids(&mut self) {
+        let oldest = oldest_live_bucket(self.watermark, self.bucket_ms * BUCKETS, self.bucket_ms);
+        self.dedup.retain(|(_, bucket), _| *bucket >= oldest);
+    }
+
+    /// What the runner takes over.
+    fn warm(&self) -> Warm {
+        Warm {
+            store: Arc::clone(&self.store),
+            cut: self.cut,
+            watermark: self.watermark,
+            bucket_ms: self.bucket_ms,
+            offsets: self.offsets.clone(),
+            dedup: self
+                .dedup
+                .iter()
+                .map(|((key_group, bucket), ids)| DedupRun { key_group: *key_group, bucket: *bucket, ids: ids.clone() })
+                .collect(),
+        }
+    }
 }
 
-/// A standby's state, shared by its reader thread and its HTTP API.
+/// A standby's state, shared by its follower thread and its HTTP API.
 pub struct Standby {
     what: Replicated,
-    users: RwLock<HashMap<Box<str>, Kept>>,
+    spec: TopologySpec,
+    plan: Arc<Plan>,
+    symbols: Symbols,
+    key_groups: KeyGroups,
+    held: RwLock<Held>,
     cut: AtomicU64,
     /// The latest written cut read, `u64::MAX` for none.
     written: AtomicU64,
-    /// Messages behind the current sync's targets, -1 when no sync is under way.
+    /// Messages behind the current sync's target, -1 when no sync is under way.
     behind: AtomicI64,
     messages: AtomicU64,
     dropped: AtomicU64,
@@ -127,15 +197,29 @@ pub struct Standby {
     completed: watch::Sender<u64>,
     asked: AtomicBool,
     freshness: Freshness,
+    /// A takeover the server asked for, waiting for the follower.
+    take_over: Mutex<Option<oneshot::Sender<Result<Warm, String>>>>,
+    /// Whether it read the replica to its end for a takeover: what it holds is final, and
+    /// queries no longer wait for a sync.
+    handed_over: AtomicBool,
 }
 
 impl Standby {
-    /// An empty standby of `what`.
-    pub fn new(what: Replicated) -> Standby {
+    /// An empty standby of `what`, for the version `spec` describes.
+    pub fn new(what: Replicated, spec: TopologySpec) -> anyhow::Result<Standby> {
+        let symbols = Symbols::default();
+        let plan = Arc::new(Plan::compile(&spec.attributes, &symbols));
+        let key_groups = KeyGroups::new(spec.state.key_groups).map_err(|e| anyhow::anyhow!("state.key_groups: {e}"))?;
+        let ttl = spec.state.user_ttl.as_millis() as i64;
+        let held = Held::empty(&plan, &symbols, &what, key_groups, ttl);
         let freshness = Freshness::new(what.epoch, None, 1, None, NO_WATERMARK);
-        Standby {
+        Ok(Standby {
             what,
-            users: RwLock::new(HashMap::new()),
+            spec,
+            plan,
+            symbols,
+            key_groups,
+            held: RwLock::new(held),
             cut: AtomicU64::new(0),
             written: AtomicU64::new(u64::MAX),
             behind: AtomicI64::new(-1),
@@ -146,7 +230,9 @@ impl Standby {
             completed: watch::Sender::new(0),
             asked: AtomicBool::new(false),
             freshness,
-        }
+            take_over: Mutex::new(None),
+            handed_over: AtomicBool::new(false),
+        })
     }
 
     /// Whether `user_id` is one of the users this standby holds.
@@ -155,40 +241,105 @@ impl Standby {
         owner_process(user_id, w.workers, w.processes) == w.process
     }
 
-    /// Keeps `attributes` at `cut` for `user_id` unless what is kept is as new; whether it was kept.
-    fn apply(users: &mut HashMap<Box<str>, Kept>, user_id: &str, cut: u64, attributes: Box<RawValue>) -> bool {
-        match users.get_mut(user_id) {
-            Some(k) if k.cut >= cut => false,
-            Some(k) => {
-                *k = Kept { cut, attributes };
-                true
-            }
-            None => {
-                users.insert(user_id.into(), Kept { cut, attributes });
-                true
-            }
-        }
+    fn held(&self) -> std::sync::RwLockReadGuard<'_, Held> {
+        self.held.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies a batch of (user, message value) read from the changelog.
-    fn apply_batch(&self, batch: Vec<(String, Vec<u8>)>) {
-        let parsed: Vec<(String, Incoming)> = batch
-            .into_iter()
-            .filter(|(user, _)| self.holds(user))
-            .filter_map(|(user, value)| match serde_json::from_slice::<Incoming>(&value) {
-                Ok(m) => Some((user, m)),
-                Err(e) => {
-                    tracing::warn!(user_id = %user, error = %e, "standby: a changelog message it cannot read: skipped");
-                    None
-                }
-            })
-            .collect();
-        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
-        for (user, m) in parsed {
-            if !Standby::apply(&mut users, &user, m.cut, m.attributes) {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+    fn held_mut(&self) -> std::sync::RwLockWriteGuard<'_, Held> {
+        self.held.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces what it holds with the checkpoint `store` holds of its process at the latest
+    /// complete cut (nothing, if none is complete); the cut.
+    fn bootstrap(&self, store: &mut dyn CheckpointStore) -> Result<Epoch, String> {
+        let w = &self.what;
+        let scope = RecoveryScope {
+            key_groups: self.key_groups,
+            peers: w.workers * w.processes,
+            local: w.local(),
+            tidy: false,
+        };
+        let started = Instant::now();
+        let recovered = store.read(&scope).map_err(|e| format!("read the checkpoint ({}): {e}", store.location()))?;
+        let mut held =
+            Held::empty(&self.plan, &self.symbols, w, self.key_groups, self.spec.state.user_ttl.as_millis() as i64);
+        let Some(rec) = recovered else {
+            *self.held_mut() = held;
+            self.cut.store(0, Ordering::SeqCst);
+            return Ok(0);
+        };
+        let local = w.local();
+        for (user, snapshot) in &rec.users {
+            if local.contains(&held.store.owner(user)) {
+                let state = UserState::restore(snapshot, &self.plan, &self.symbols)
+                    .map_err(|e| format!("user {user:?} of checkpoint cut {}: {e}", rec.cut))?;
+                held.store.map_of(user).insert(user.as_str().into(), state);
             }
         }
+        let covers = self.key_groups.covering(local, scope.peers);
+        for run in rec.dedup {
+            if covers.contains(&run.key_group) {
+                held.add_ids(run);
+            }
+        }
+        held.cut = rec.cut;
+        held.watermark = rec.watermark;
+        held.bucket_ms = rec.bucket_ms;
+        held.offsets = rec.offsets;
+        tracing::info!(
+            group_id = %w.group_id, process = w.process, cut = rec.cut, users = held.store.users(),
+            bytes_read = rec.bytes_read, elapsed = ?started.elapsed(), "standby: bootstrapped from the checkpoint"
+        );
+        *self.held_mut() = held;
+        self.cut.store(rec.cut, Ordering::SeqCst);
+        Ok(rec.cut)
+    }
+
+    /// Applies a batch whose marker is `marker`; `false` (nothing applied) when the batch starts
+    /// beyond its cut and it must bootstrap again.
+    fn apply(&self, records: Vec<Record>, marker: Marker) -> Result<bool, String> {
+        let cut = self.held().cut;
+        if marker.cut <= cut {
+            // A batch it has (the bootstrap's checkpoint was later than it).
+            return Ok(true);
+        }
+        if marker.from > cut {
+            tracing::warn!(group_id = %self.what.group_id, cut, from = marker.from, "standby: a batch starts beyond its cut; bootstrapping again");
+            return Ok(false);
+        }
+        // Users go in under the read lock (the maps lock themselves); the cut moves last.
+        let mut ids = Vec::new();
+        {
+            let held = self.held();
+            for r in records {
+                match r {
+                    Record::User(user, snapshot) => {
+                        let state = UserState::restore(&snapshot, &self.plan, &self.symbols)
+                            .map_err(|e| format!("user {user:?} of replica cut {}: {e}", marker.cut))?;
+                        held.store.map_of(&user).insert(user.as_str().into(), state);
+                    }
+                    Record::Expired(user) => {
+                        held.store.map_of(&user).remove(user.as_str());
+                    }
+                    Record::Ids(run) => ids.push(run),
+                    Record::Cut(_) => {}
+                }
+            }
+        }
+        let mut held = self.held_mut();
+        for run in ids {
+            held.add_ids(run);
+        }
+        held.cut = marker.cut;
+        held.watermark = held.watermark.max(marker.watermark);
+        if marker.bucket_ms > 0 {
+            held.bucket_ms = marker.bucket_ms;
+        }
+        held.offsets.extend(marker.offsets);
+        held.expire_ids();
+        drop(held);
+        self.cut.store(marker.cut, Ordering::SeqCst);
+        Ok(true)
     }
 
     /// The status `/v1/status` shows.
@@ -208,8 +359,16 @@ impl Standby {
         }
     }
 
+    /// Users it holds.
+    pub fn users(&self) -> u64 {
+        self.held().store.users() as u64
+    }
+
     /// Waits for a sync that starts after now; false if none completed within [`SYNC_TIMEOUT`].
     pub async fn synced(&self) -> bool {
+        if self.handed_over.load(Ordering::SeqCst) {
+            return true;
+        }
         let want = self.started.load(Ordering::SeqCst) + 1;
         let mut rx = self.completed.subscribe();
         self.asked.store(true, Ordering::SeqCst);
@@ -218,6 +377,17 @@ impl Standby {
 
     fn set_error(&self, e: Option<String>) {
         *self.error.write().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    /// Asks the follower for the state to take over with, once it has read the replica to its end.
+    async fn take_state(&self) -> Result<Warm, String> {
+        let (tx, rx) = oneshot::channel();
+        *self.take_over.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the standby's follower has stopped".into()),
+            Err(_) => Err("the standby did not read the replica to its end within 10 s".into()),
+        }
     }
 }
 
@@ -232,16 +402,16 @@ pub struct Sources {
     pub keyspace: String,
 }
 
-/// A sync under way: what it read, and the offsets to reach.
+/// A sync under way: what it read, and the offset to reach.
 struct Target {
     number: u64,
     written: Option<u64>,
-    highs: HashMap<i32, i64>,
+    high: i64,
 }
 
-/// Follows the changelog into `standby` until `stop` is set (on a thread of its own; CQL reads go
-/// through `runtime`). An error is one retrying cannot mend (the consumer cannot be made or
-/// assigned): the process should exit, and its supervisor start it again.
+/// Follows the replica into `standby` until `stop` is set or it hands its state over (on a thread
+/// of its own; CQL reads go through `runtime`). An error is one retrying cannot mend (the consumer
+/// cannot be made): the process should exit, and its supervisor start it again.
 pub fn follow(
     standby: Arc<Standby>,
     sources: Sources,
@@ -250,49 +420,92 @@ pub fn follow(
 ) -> Result<(), String> {
     let Some(mut f) = Follower::open(standby, &sources, runtime, &stop)? else { return Ok(()) };
     while !stop.load(Ordering::Relaxed) {
+        if !f.positioned {
+            if let Err(e) = f.bootstrap() {
+                tracing::warn!(error = %e, "standby: cannot bootstrap; retrying");
+                f.standby.set_error(Some(e));
+                if wait_or_stop(&stop, Duration::from_secs(1)) {
+                    break;
+                }
+            }
+            continue;
+        }
+        let asked = f.standby.take_over.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(reply) = asked {
+            let drained = f.drain();
+            if drained.is_ok() {
+                f.standby.handed_over.store(true, Ordering::SeqCst);
+                f.standby.completed.send_replace(u64::MAX);
+            }
+            let failed = drained.is_err();
+            let _ = reply.send(drained.map(|()| f.standby.held().warm()));
+            if failed {
+                continue;
+            }
+            return Ok(());
+        }
         if f.target.is_none()
             && (f.standby.asked.swap(false, Ordering::SeqCst) || f.last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY))
         {
             f.start_sync();
         }
         // A standby that is caught up completes its sync without waiting for a poll.
-        complete_if_reached(&f.standby, &mut f.target, &f.next, &mut f.last_sync);
-        f.read();
-        complete_if_reached(&f.standby, &mut f.target, &f.next, &mut f.last_sync);
+        f.complete_if_reached();
+        if let Err(e) = f.read(None) {
+            tracing::warn!(error = %e, "standby: bootstrapping again");
+            f.standby.set_error(Some(e));
+            f.positioned = false;
+            continue;
+        }
+        f.complete_if_reached();
     }
     Ok(())
 }
 
-/// What follows the changelog: the consumer, where it is, and the sync under way.
+/// What follows the replica: the checkpoint store it bootstraps from, the consumer, where it is,
+/// and the sync under way.
 struct Follower {
     standby: Arc<Standby>,
     runtime: tokio::runtime::Handle,
-    session: scylla::client::session::Session,
+    session: Arc<scylla::client::session::Session>,
+    checkpoints: Box<dyn CheckpointStore>,
     keyspace: String,
     progress_key: String,
     consumer: BaseConsumer,
     topic: String,
-    partitions: Vec<i32>,
-    /// The next offset to read per partition.
-    next: HashMap<i32, i64>,
+    partition: i32,
+    /// Whether it bootstrapped and reads from the batch after its cut.
+    positioned: bool,
+    /// The next offset to read.
+    next: i64,
+    /// Records of the batch being read, until its marker.
+    batch: Vec<Record>,
     target: Option<Target>,
     last_sync: Option<Instant>,
 }
 
 impl Follower {
-    /// Connects to the store and the broker and assigns every partition of the changelog from
-    /// the beginning, retrying until they answer and the topic exists; `None` if stopped first.
+    /// Connects to the store and the broker, retrying until they answer; `None` if stopped first.
     fn open(
         standby: Arc<Standby>,
         sources: &Sources,
         runtime: tokio::runtime::Handle,
         stop: &AtomicBool,
     ) -> Result<Option<Follower>, String> {
-        let topic = squall_feeds::changelog::topic(&standby.what.group_id);
-        let progress_key = squall_feeds::progress::key("changelog", (standby.what.process, standby.what.processes));
-        let session = loop {
-            match runtime.block_on(squall_feeds::profile::connect(&sources.cql)) {
-                Ok(s) => break s,
+        let what = &standby.what;
+        let topic = replica::topic(&what.group_id);
+        let progress_key = squall_feeds::progress::key(replica::NAME, (what.process, what.processes));
+        let (session, checkpoints) = loop {
+            let opened = runtime.block_on(async {
+                let session = Arc::new(squall_feeds::profile::connect(&sources.cql).await.map_err(|e| e.to_string())?);
+                let store = runner::open_checkpoints(&standby.spec, Arc::clone(&session), &what.group_id, &runtime)
+                    .await
+                    .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+                Ok::<_, String>((session, store))
+            });
+            match opened {
+                Ok((session, Some(store))) => break (session, store),
+                Ok((_, None)) => return Err("the version has no checkpoint store to bootstrap from".into()),
                 Err(e) => standby.set_error(Some(format!("CQL {}: {e}", sources.cql))),
             }
             if wait_or_stop(stop, Duration::from_secs(1)) {
@@ -301,70 +514,72 @@ impl Follower {
         };
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &sources.brokers)
-            // Never joins a group or commits: it assigns every partition itself, from the beginning.
-            .set("group.id", format!("squall-standby-{}", standby.what.group_id))
+            // Never joins a group or commits: it assigns its partition itself.
+            .set("group.id", format!("squall-standby-{}", what.group_id))
             .set("enable.auto.commit", "false")
-            // Low latency on a broker that waits the whole fetch.max.wait.ms for drained partitions.
             .set("fetch.wait.max.ms", "10")
+            .set("fetch.message.max.bytes", (4 << 20).to_string())
             .create()
-            .map_err(|e| format!("the changelog consumer: {e}"))?;
-        // The topic appears when the active starts its feed.
-        let partitions = loop {
-            match partitions_of(&consumer, &topic) {
-                Ok(p) if !p.is_empty() => break p,
-                Ok(_) => standby.set_error(Some(format!("no topic {topic} yet"))),
-                Err(e) => standby.set_error(Some(format!("{topic}: {e}"))),
-            }
-            if wait_or_stop(stop, Duration::from_millis(500)) {
-                return Ok(None);
-            }
-        };
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(&topic, *p, Offset::Beginning).map_err(|e| format!("{topic} [{p}]: {e}"))?;
-        }
-        consumer.assign(&tpl).map_err(|e| format!("assign {topic}: {e}"))?;
-        standby.set_error(None);
-        tracing::info!(%topic, partitions = partitions.len(), process = standby.what.process, "standby: following the changelog");
+            .map_err(|e| format!("the replica consumer: {e}"))?;
+        tracing::info!(%topic, process = what.process, "standby: following the replica feed");
         Ok(Some(Follower {
-            standby,
             runtime,
             session,
+            checkpoints,
             keyspace: sources.keyspace.clone(),
             progress_key,
             consumer,
             topic,
-            partitions,
-            next: HashMap::new(),
+            partition: what.process as i32,
+            positioned: false,
+            next: 0,
+            batch: Vec::new(),
             target: None,
             last_sync: None,
+            standby,
         }))
     }
 
-    /// Starts a sync: the written cut first, then the high watermarks, so that every message of a
-    /// cut up to that one is below them.
+    /// Reads the checkpoint, then finds the first batch after its cut on the replica topic (which
+    /// the active creates when it starts).
+    fn bootstrap(&mut self) -> Result<(), String> {
+        let cut = self.standby.bootstrap(&mut *self.checkpoints)?;
+        let start = replica::first_after(&self.consumer, &self.topic, self.partition, cut, REQUEST_TIMEOUT)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(start)).map_err(|e| e.to_string())?;
+        self.consumer.assign(&tpl).map_err(|e| format!("assign {}: {e}", self.topic))?;
+        self.next = start;
+        self.batch.clear();
+        self.positioned = true;
+        self.standby.set_error(None);
+        tracing::info!(topic = %self.topic, partition = self.partition, cut, offset = start, "standby: reading the replica from the batch after its cut");
+        Ok(())
+    }
+
+    /// Starts a sync: the written cut first, then the high watermark, so that every batch up to
+    /// that cut is below it.
     fn start_sync(&mut self) {
         let number = self.standby.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let what = &self.standby.what;
-        let written =
-            squall_feeds::progress::written(&self.session, &self.keyspace, &what.group_id, &self.progress_key);
+        let group_id = &self.standby.what.group_id;
+        let written = squall_feeds::progress::written(&self.session, &self.keyspace, group_id, &self.progress_key);
         let read = self
             .runtime
             .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, written).await })
             .map_err(|_| "feed_progress did not answer in time".to_owned())
             .and_then(|r| r.map_err(|e| e.to_string()))
             .and_then(|written| {
-                let highs =
-                    crate::kafka::high_watermarks(&self.consumer, &self.topic, &self.partitions, REQUEST_TIMEOUT)
-                        .map_err(|e| format!("{} high watermarks: {e}", self.topic))?;
-                Ok((written, highs))
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
+                    .map_err(|e| format!("{} [{}] high watermark: {e}", self.topic, self.partition))?;
+                Ok((written, high))
             });
         match read {
-            Ok((written, highs)) => {
+            Ok((written, high)) => {
                 if let Some(w) = written {
                     self.standby.written.store(w, Ordering::SeqCst);
                 }
-                self.target = Some(Target { number, written, highs });
+                self.target = Some(Target { number, written, high });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "standby: a sync failed; retrying");
@@ -374,53 +589,87 @@ impl Follower {
         }
     }
 
-    /// Reads what the changelog has (up to 4096 messages), waiting briefly for the first, and
-    /// applies it.
-    fn read(&mut self) {
-        let hurry = self.target.is_some() || self.standby.asked.load(Ordering::Relaxed);
+    /// Completes the sync under way once the partition is read up to its target.
+    fn complete_if_reached(&mut self) {
+        let Some(t) = &self.target else { return };
+        let behind = (t.high - self.next).max(0);
+        self.standby.behind.store(behind, Ordering::Relaxed);
+        if behind > 0 {
+            return;
+        }
+        if let Some(w) = t.written
+            && self.standby.cut.load(Ordering::SeqCst) < w
+        {
+            // Read up to the high watermark read after the written cut, and still below it: the
+            // feed recorded a cut it had not written (it cannot), or the topic was recreated.
+            self.standby.set_error(Some(format!("the replica feed recorded cut {w} but the topic ends before it")));
+        } else {
+            self.standby.set_error(None);
+        }
+        self.standby.completed.send_replace(t.number);
+        self.standby.behind.store(-1, Ordering::Relaxed);
+        self.last_sync = Some(Instant::now());
+        self.target = None;
+    }
+
+    /// Reads what the partition has (up to 256 messages, waiting briefly for the first) and
+    /// applies every batch whose marker it read; with `until`, reads nothing at or beyond it.
+    /// An error means it must bootstrap again.
+    fn read(&mut self, until: Option<i64>) -> Result<(), String> {
+        let hurry = self.target.is_some() || self.standby.asked.load(Ordering::Relaxed) || until.is_some();
         let mut timeout = Duration::from_millis(if hurry { 1 } else { 10 });
-        let mut batch = Vec::new();
-        while batch.len() < 4096 {
+        for _ in 0..256 {
+            if until.is_some_and(|u| self.next >= u) {
+                break;
+            }
             let Some(m) = self.consumer.poll(timeout) else { break };
             timeout = Duration::ZERO;
-            match m {
-                Ok(m) => {
-                    self.next.insert(m.partition(), m.offset() + 1);
-                    self.standby.messages.fetch_add(1, Ordering::Relaxed);
-                    if let (Some(Ok(user)), Some(value)) = (m.key().map(std::str::from_utf8), m.payload()) {
-                        batch.push((user.to_owned(), value.to_vec()));
-                    }
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(error = %e, "standby: replica read error");
+                    continue;
                 }
-                Err(e) => tracing::debug!(error = %e, "standby: changelog read error"),
+            };
+            self.next = m.offset() + 1;
+            self.standby.messages.fetch_add(1, Ordering::Relaxed);
+            let records = match m.payload().map(replica::decode) {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => return Err(format!("{} @{}: cannot decode: {e}", self.topic, m.offset())),
+                None => continue,
+            };
+            for r in records {
+                if let Record::Cut(marker) = r {
+                    let batch = std::mem::take(&mut self.batch);
+                    if !self.standby.apply(batch, marker)? {
+                        return Err("the replica continues from a later checkpoint".into());
+                    }
+                } else {
+                    self.batch.push(r);
+                }
             }
         }
-        if !batch.is_empty() {
-            self.standby.apply_batch(batch);
-        }
+        Ok(())
     }
-}
 
-/// Completes the sync under way once every partition is read up to its targets.
-fn complete_if_reached(
-    standby: &Standby,
-    target: &mut Option<Target>,
-    next: &HashMap<i32, i64>,
-    last_sync: &mut Option<Instant>,
-) {
-    let Some(t) = target else { return };
-    let behind: i64 = t.highs.iter().map(|(p, h)| (h - next.get(p).copied().unwrap_or(0)).max(0)).sum();
-    standby.behind.store(behind, Ordering::Relaxed);
-    if behind > 0 {
-        return;
+    /// Reads the partition to its end and drops a batch cut short: the active has died, nothing
+    /// more comes.
+    fn drain(&mut self) -> Result<(), String> {
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
+            .map_err(|e| format!("{} [{}] high watermark: {e}", self.topic, self.partition))?;
+        let until = Instant::now() + Duration::from_secs(8);
+        while self.next < high {
+            if Instant::now() > until {
+                return Err(format!("{} [{}]: read to {} of {high} in time", self.topic, self.partition, self.next));
+            }
+            self.read(Some(high))?;
+        }
+        let dropped = std::mem::take(&mut self.batch).len();
+        self.standby.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        Ok(())
     }
-    if let Some(w) = t.written {
-        standby.cut.fetch_max(w, Ordering::SeqCst);
-    }
-    standby.set_error(None);
-    standby.completed.send_replace(t.number);
-    standby.behind.store(-1, Ordering::Relaxed);
-    *last_sync = Some(Instant::now());
-    *target = None;
 }
 
 /// Sleeps `d` unless `stop` is set; whether it is.
@@ -429,17 +678,32 @@ fn wait_or_stop(stop: &AtomicBool, d: Duration) -> bool {
     stop.load(Ordering::Relaxed)
 }
 
-fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
-    let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-    let mut ps: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    ps.sort_unstable();
-    Ok(ps)
+/// What the server sends to make a standby its version's process.
+#[derive(Deserialize, Serialize, Debug)]
+pub struct TakeOver {
+    /// The standby's own launch id (proof that the request comes from its server).
+    pub launch_id: String,
+    /// The runtime file of the version's process it becomes.
+    pub runtime_file: PathBuf,
 }
+
+/// The answer to a takeover: where it serves as the version's process.
+#[derive(Deserialize, Serialize, Debug)]
+pub struct TookOver {
+    /// Its address (the same as a standby's).
+    pub url: String,
+    /// The cut it took over at.
+    pub cut: Epoch,
+    /// Whether it continued from the state it held (else it recovered from the checkpoint).
+    pub warm: bool,
+    /// Milliseconds from the request to consuming.
+    pub elapsed_ms: f64,
+}
+
+/// Makes a process of the version from the state handed over: starts its workers and returns the
+/// version's router, the cut and whether the state was used (provided by `squall standby`'s main).
+pub type Promote =
+    Arc<dyn Fn(Warm, TakeOver) -> BoxFuture<'static, Result<(Router, Epoch, bool), String>> + Send + Sync>;
 
 /// What a standby's HTTP API serves.
 pub struct StandbyApi {
@@ -451,20 +715,34 @@ pub struct StandbyApi {
     pub lease: Option<Arc<Lease>>,
     /// Prometheus metrics of the process.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Its address.
+    pub url: OnceLock<String>,
+    /// Turns it into a version process.
+    pub promote: Promote,
+    /// The version's router once it took over.
+    pub promoted: OnceLock<Router>,
+    /// Whether a takeover has begun.
+    pub taking_over: AtomicBool,
 }
 
-/// The standby's routes: the attribute read, `/v1/status`, health and metrics.
+/// The standby's routes: the attribute read, `/v1/status`, `/v1/take-over`, health and metrics;
+/// once it took over, every request goes to the version's routes.
 pub fn router(api: Arc<StandbyApi>) -> Router {
-    Router::new()
+    let standby = Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/metrics", get(|State(api): State<Arc<StandbyApi>>| async move { api.metrics.render() }))
         .route("/v1/status", get(status))
         .route("/v1/users/{user_id}/attributes", get(attributes))
+        .route("/v1/take-over", post(take_over))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint").hint("GET /v1/users/{user_id}/attributes")
         })
         .route_layer(axum::middleware::from_fn(crate::version::http::track_latency))
-        .with_state(api)
+        .with_state(Arc::clone(&api));
+    Router::new().fallback(move |req: Request| {
+        let to = api.promoted.get().cloned().unwrap_or_else(|| standby.clone());
+        async move { to.oneshot(req).await.into_response() }
+    })
 }
 
 #[derive(Deserialize)]
@@ -485,7 +763,7 @@ async fn status(
     let s = &api.standby;
     Json(RunStatus {
         group_id: s.what.group_id.clone(),
-        users: s.users.read().unwrap_or_else(|p| p.into_inner()).len() as u64,
+        users: s.users(),
         launch_id: api.launch_id.clone(),
         pid: Some(std::process::id()),
         standby: Some(s.status()),
@@ -510,7 +788,7 @@ async fn attributes(
     }
     if !s.synced().await {
         let error = s.error.read().unwrap_or_else(|p| p.into_inner()).clone();
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the standby cannot read the changelog now")
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the standby cannot read the replica feed now")
             .detail(error.unwrap_or_else(|| format!("no sync completed within {SYNC_TIMEOUT:?}")))
             .hint("retry; the version's active process answers once it serves again"));
     }
@@ -522,23 +800,85 @@ async fn attributes(
             Ok(Ok(())) => {}
         }
     }
-    let users = s.users.read().unwrap_or_else(|p| p.into_inner());
-    let Some(kept) = users.get(user_id.as_str()) else {
-        return Err(crate::version::http::no_attributes(&w.topology, w.version, &user_id));
+    let store = Arc::clone(&s.held().store);
+    let body = store.view(&user_id, |attributes| {
+        let body = UserAttributesBody {
+            user_id: &user_id,
+            topology: &w.topology,
+            version: w.version,
+            group_id: &w.group_id,
+            attributes,
+            as_of,
+        };
+        serde_json::to_vec(&body)
+    });
+    match body {
+        Some(Ok(json)) => Ok(crate::version::http::json_answer(json)),
+        Some(Err(e)) => {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot serialise the attributes")
+                .detail(e.to_string()))
+        }
+        None => Err(crate::version::http::no_attributes(&w.topology, w.version, &user_id)),
+    }
+}
+
+/// `POST /v1/take-over`: become the version's process (see the module notes).
+async fn take_over(
+    State(api): State<Arc<StandbyApi>>,
+    body: Result<Json<TakeOver>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid takeover request")
+                .detail(e.body_text())
+                .into_response();
+        }
     };
-    let body = UserAttributesBody {
-        user_id: &user_id,
-        topology: &w.topology,
-        version: w.version,
-        group_id: &w.group_id,
-        attributes: &*kept.attributes,
-        as_of,
+    if api.launch_id.as_deref() != Some(req.launch_id.as_str()) {
+        return ApiError::new(StatusCode::BAD_REQUEST, "launch_id is not this standby's")
+            .hint("only the squall server that started a standby asks it to take over")
+            .into_response();
+    }
+    if api.taking_over.swap(true, Ordering::SeqCst) {
+        return ApiError::new(StatusCode::CONFLICT, "this standby is taking over already").into_response();
+    }
+    let started = Instant::now();
+    let s = Arc::clone(&api.standby);
+    let warm = match s.take_state().await {
+        Ok(w) => w,
+        Err(e) => {
+            api.taking_over.store(false, Ordering::SeqCst);
+            return ApiError::new(StatusCode::CONFLICT, "the standby cannot take over").detail(e).into_response();
+        }
     };
-    let json = serde_json::to_vec(&body).map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot serialise the attributes").detail(e.to_string())
-    })?;
-    drop(users);
-    Ok(crate::version::http::json_answer(json))
+    let held_cut = warm.cut;
+    match (api.promote)(warm, req).await {
+        Ok((router, cut, warm)) => {
+            let _ = api.promoted.set(router);
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(group_id = %s.what.group_id, held_cut, cut, warm, elapsed_ms, "standby: took over as the version's process");
+            // The line people and tests read, like a version's "recovered from checkpoint cut".
+            let from = if warm { "from the state it held" } else { "recovered from the checkpoint" };
+            println!(
+                "squall: {} taken over by its standby at cut {cut} in {elapsed_ms:.0} ms, {from}",
+                s.what.group_id
+            );
+            let url = api.url.get().cloned().unwrap_or_default();
+            Json(TookOver { url, cut, warm, elapsed_ms }).into_response()
+        }
+        // The follower has stopped: this process is neither a standby nor the version now.
+        Err(e) => {
+            tracing::error!(group_id = %s.what.group_id, error = %e, "standby: the takeover failed; exiting");
+            let resp =
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the takeover failed").detail(e).into_response();
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                std::process::exit(1);
+            });
+            resp
+        }
+    }
 }
 
 /// `squall standby`'s arguments (set by the squall server, which starts and supervises standbys).
@@ -565,6 +905,9 @@ pub struct StandbyArgs {
     /// CQL contact points of the store the version's feeds record their progress in.
     #[arg(long)]
     pub cql: Option<String>,
+    /// The version's checkpoint directory (as `squall run --checkpoint-dir`).
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
     /// HTTP listen address (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
@@ -580,21 +923,33 @@ pub struct StandbyArgs {
 }
 
 impl StandbyArgs {
-    /// What the standby replicates and where it reads from: the topology file, then these flags.
-    pub fn settings(&self) -> anyhow::Result<(Replicated, Sources)> {
-        let mut spec = squall_topologies::TopologySpec::load(&self.topology)?;
+    /// What the standby replicates, the version's settings (the file, then these flags), and
+    /// where it reads from.
+    pub fn settings(&self) -> anyhow::Result<(Replicated, TopologySpec, Sources)> {
+        let mut spec = TopologySpec::load(&self.topology)?;
         if let Some(v) = self.version {
             spec = spec.with_version(v)?;
         }
-        anyhow::ensure!(
-            spec.feed.changelog,
-            "{}: a standby follows the changelog; [feed] changelog is off",
-            spec.group_id()
-        );
         anyhow::ensure!((1..=64).contains(&self.processes), "--processes {}: use 1..=64", self.processes);
         anyhow::ensure!(self.process < self.processes, "--process {}: use 0..{}", self.process, self.processes);
         let workers = self.workers.unwrap_or(spec.runtime.workers);
         anyhow::ensure!((1..=256).contains(&workers), "--workers {workers}: use 1..=256");
+        spec.runtime.workers = workers;
+        if let Some(b) = &self.brokers {
+            spec.kafka.brokers.clone_from(b);
+        }
+        if let Some(c) = &self.cql {
+            spec.cql.nodes.clone_from(c);
+        }
+        if let Some(d) = &self.checkpoint_dir {
+            spec.state.checkpoint_dir = Some(d.clone());
+        }
+        anyhow::ensure!(
+            spec.state.checkpoints() != squall_topologies::spec::CheckpointTarget::None,
+            "{}: a standby bootstraps from the version's checkpoints; set state.checkpoint_dir (or --checkpoint-dir) \
+             or state.checkpoint_store = \"cql\"",
+            spec.group_id()
+        );
         let what = Replicated {
             topology: spec.name.clone(),
             version: spec.version,
@@ -605,11 +960,11 @@ impl StandbyArgs {
             epoch: spec.state.epoch,
         };
         let sources = Sources {
-            brokers: self.brokers.clone().unwrap_or(spec.kafka.brokers),
-            cql: self.cql.clone().unwrap_or(spec.cql.nodes),
-            keyspace: spec.cql.keyspace,
+            brokers: spec.kafka.brokers.clone(),
+            cql: spec.cql.nodes.clone(),
+            keyspace: spec.cql.keyspace.clone(),
         };
-        Ok((what, sources))
+        Ok((what, spec, sources))
     }
 }
 
@@ -617,46 +972,64 @@ impl StandbyArgs {
 mod tests {
     use super::*;
 
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).unwrap()
+    fn spec() -> TopologySpec {
+        TopologySpec::from_toml("name = \"p\"\nversion = 1\nattributes = \"personalization_v1\"\n").unwrap()
     }
 
-    #[test]
-    fn a_message_whose_cut_is_not_above_the_kept_one_is_dropped() {
-        let mut users = HashMap::new();
-        assert!(Standby::apply(&mut users, "u", 5, raw(r#"{"plays":1}"#)));
-        assert!(!Standby::apply(&mut users, "u", 5, raw(r#"{"plays":9}"#)), "the same cut again");
-        assert!(!Standby::apply(&mut users, "u", 4, raw(r#"{"plays":0}"#)), "an older cut");
-        assert_eq!(users["u"].attributes.get(), r#"{"plays":1}"#);
-        assert!(Standby::apply(&mut users, "u", 6, raw(r#"{"plays":2}"#)));
-        assert_eq!((users["u"].cut, users["u"].attributes.get()), (6, r#"{"plays":2}"#));
-    }
-
-    #[test]
-    fn a_standby_keeps_only_the_users_of_its_process() {
-        let what = |process| Replicated {
+    fn what(process: usize) -> Replicated {
+        Replicated {
             topology: "p".into(),
             version: 1,
             group_id: "p-v1".into(),
             process,
-            processes: 2,
+            processes: 1,
             workers: 2,
             epoch: Duration::from_secs(1),
-        };
-        let (a, b) = (Standby::new(what(0)), Standby::new(what(1)));
-        let batch: Vec<(String, Vec<u8>)> = (0..50)
-            .map(|i| {
-                (format!("u{i}"), format!(r#"{{"user_id":"u{i}","attributes":{{"plays":{i}}},"cut":3}}"#).into_bytes())
-            })
-            .collect();
-        a.apply_batch(batch.clone());
-        b.apply_batch(batch);
-        let (na, nb) = (a.users.read().unwrap().len(), b.users.read().unwrap().len());
-        assert_eq!(na + nb, 50);
-        assert!(na > 0 && nb > 0);
-        for i in 0..50 {
-            let u = format!("u{i}");
-            assert_eq!(a.users.read().unwrap().contains_key(u.as_str()), owner_process(&u, 2, 2) == 0);
         }
+    }
+
+    fn marker(from: Epoch, cut: Epoch) -> Record {
+        Record::Cut(Marker { from, cut, watermark: cut as i64 * 1000, bucket_ms: 1000, offsets: Vec::new() })
+    }
+
+    fn user(s: &Standby, name: &str) -> Record {
+        let state = UserState::default();
+        Record::User(name.into(), state.snapshot(&s.plan, &s.symbols))
+    }
+
+    fn apply(s: &Standby, mut records: Vec<Record>) -> bool {
+        let Some(Record::Cut(m)) = records.pop() else { panic!("a batch ends with its marker") };
+        s.apply(records, m).unwrap()
+    }
+
+    #[test]
+    fn a_batch_moves_the_cut_and_its_users_and_one_from_beyond_the_cut_asks_for_a_bootstrap() {
+        let s = Standby::new(what(0), spec()).unwrap();
+        assert!(apply(&s, vec![user(&s, "a"), user(&s, "b"), marker(0, 3)]));
+        assert_eq!((s.cut.load(Ordering::SeqCst), s.users()), (3, 2));
+        assert!(apply(&s, vec![Record::Expired("a".into()), marker(3, 4)]));
+        assert_eq!((s.cut.load(Ordering::SeqCst), s.users()), (4, 1));
+        // A batch it has already: nothing changes.
+        assert!(apply(&s, vec![user(&s, "z"), marker(2, 4)]));
+        assert_eq!(s.users(), 1);
+        // A batch from a later cut than its own: it must bootstrap again, and applies nothing.
+        assert!(!apply(&s, vec![user(&s, "c"), marker(6, 7)]));
+        assert_eq!((s.cut.load(Ordering::SeqCst), s.users()), (4, 1));
+        // A batch from an earlier cut than its own (it bootstrapped past the batch's start).
+        assert!(apply(&s, vec![user(&s, "d"), marker(2, 5)]));
+        assert_eq!((s.cut.load(Ordering::SeqCst), s.users()), (5, 2));
+    }
+
+    #[test]
+    fn dedup_ids_are_kept_by_key_group_and_bucket_and_forgotten_past_the_horizon() {
+        let s = Standby::new(what(0), spec()).unwrap();
+        let ids = |bucket| Record::Ids(DedupRun { key_group: 1, bucket, ids: vec![Fingerprint::default()] });
+        assert!(apply(&s, vec![ids(1), ids(1), ids(2), marker(0, 3)]));
+        let warm = s.held().warm();
+        assert_eq!(warm.dedup.iter().map(|r| (r.bucket, r.ids.len())).collect::<Vec<_>>(), vec![(1, 2), (2, 1)]);
+        assert_eq!((warm.cut, warm.watermark, warm.bucket_ms), (3, 3000, 1000));
+        // The watermark moves BUCKETS buckets past bucket 1 and 2: both go.
+        assert!(apply(&s, vec![ids(20), marker(3, 20)]));
+        assert_eq!(s.held().warm().dedup.iter().map(|r| r.bucket).collect::<Vec<_>>(), vec![20]);
     }
 }

@@ -199,6 +199,23 @@ impl Layout {
     }
 }
 
+/// The state of a single-process version's process that a standby held, handed over to continue
+/// from ([`take_over`]): what [`CheckpointStore::recover`] would give at `cut`.
+pub struct Warm {
+    /// Every user of the process, in the store its workers will use.
+    pub store: Arc<UserStore>,
+    /// The cut it is at.
+    pub cut: Epoch,
+    /// The event-time watermark at the cut (`i64::MIN`: none).
+    pub watermark: i64,
+    /// Event-time milliseconds per dedup bucket (0: none).
+    pub bucket_ms: i64,
+    /// The next offset of each input partition at the cut.
+    pub offsets: BTreeMap<Partition, i64>,
+    /// The retained dedup ids of the process's key groups.
+    pub dedup: Vec<squall_operators::checkpoint::DedupRun>,
+}
+
 /// Connects to the store and brokers named by `spec` and starts its workers on this process, alone
 /// or as process `cluster.process` of a timely cluster. Lookups run on `runtime`.
 pub async fn start(
@@ -206,32 +223,73 @@ pub async fn start(
     runtime: tokio::runtime::Handle,
     cluster: Option<Cluster>,
 ) -> Result<Running, StartError> {
+    launch(spec, runtime, cluster, None).await.map(|(running, _)| running)
+}
+
+/// Starts the workers of a single-process version from the state a standby held, without reading
+/// it back from the checkpoint store: the store is told to continue from the state's cut
+/// ([`CheckpointStore::resume`]). If the store's latest complete cut is beyond it (the process
+/// died after completing a cut and before its replica feed wrote it), the state is dropped and the
+/// process recovers from the checkpoint as [`start`] does. The running version, and whether the
+/// held state was used.
+pub async fn take_over(
+    spec: TopologySpec,
+    runtime: tokio::runtime::Handle,
+    warm: Warm,
+) -> Result<(Running, bool), StartError> {
+    launch(spec, runtime, None, Some(warm)).await
+}
+
+async fn launch(
+    spec: TopologySpec,
+    runtime: tokio::runtime::Handle,
+    cluster: Option<Cluster>,
+    warm: Option<Warm>,
+) -> Result<(Running, bool), StartError> {
     let layout = Layout::new(spec.runtime.workers, cluster.as_ref());
     let group_id = spec.group_id();
     let catalogue = CqlCatalogue::connect(&spec.cql.nodes, &spec.cql.keyspace).await.map_err(StartError::Connect)?;
     let session = Arc::clone(catalogue.session());
     let partitions = input_partitions(&spec).await?;
 
-    let symbols = Symbols::default();
-    let enricher = Enricher::new(Arc::new(catalogue), symbols.clone(), spec.enrichment.clone(), runtime.clone());
-    // The declaration, compiled once for this process's workers.
-    let plan = Arc::new(Plan::compile(&spec.attributes, &symbols));
     let key_groups = KeyGroups::new(spec.state.key_groups).map_err(StartError::KeyGroups)?;
-    let store = Arc::new(
-        UserStore::with_key_groups(plan, symbols, layout.peers(), key_groups)
-            .with_user_ttl(spec.state.user_ttl.as_millis() as i64),
-    );
+    let fresh_store = |symbols: Symbols| {
+        // The declaration, compiled once for this process's workers.
+        let plan = Arc::new(Plan::compile(&spec.attributes, &symbols));
+        Arc::new(
+            UserStore::with_key_groups(plan, symbols, layout.peers(), key_groups)
+                .with_user_ttl(spec.state.user_ttl.as_millis() as i64),
+        )
+    };
+    let checkpoint_store = open_checkpoints(&spec, Arc::clone(&session), &group_id, &runtime).await?;
+    // A standby's state, if the checkpoint store is where it was.
+    let (warm, checkpoint_store) = match warm {
+        None => (None, checkpoint_store),
+        Some(w) => resume(w, checkpoint_store, &layout, &group_id).await?,
+    };
+    let store = match &warm {
+        Some(w) => Arc::clone(&w.store),
+        None => fresh_store(Symbols::default()),
+    };
+    let symbols = store.symbols().clone();
+    let enricher = Enricher::new(Arc::new(catalogue), symbols, spec.enrichment.clone(), runtime.clone());
     let shutdown = Arc::new(AtomicBool::new(false));
     if spec.enrichment.preload {
         preload::preload_catalogue(&enricher, &group_id, Arc::clone(&shutdown), &runtime).await;
     }
 
-    let checkpoint_store = open_checkpoints(&spec, Arc::clone(&session), &group_id, &runtime).await?;
     let feeds = start_feeds(&spec, &store, session, &layout, checkpoint_store.is_none(), &runtime).await?;
-    let (recovery, writer) = match checkpoint_store {
-        None => (Recovery::default(), None),
-        Some(ckpt) => {
+    let used_warm = warm.is_some();
+    let (recovery, writer) = match (checkpoint_store, warm) {
+        (None, None) => (Recovery::default(), None),
+        (None, Some(w)) => (Recovery::of(w, &layout, feeds.as_deref()), None),
+        (Some(ckpt), None) => {
             let (ckpt, recovery) = recover(ckpt, &layout, &store, &group_id, feeds.as_deref()).await?;
+            let writer = start_writer(ckpt, &spec, &layout, feeds.clone())?;
+            (recovery, Some(writer))
+        }
+        (Some(ckpt), Some(w)) => {
+            let recovery = Recovery::of(w, &layout, feeds.as_deref());
             let writer = start_writer(ckpt, &spec, &layout, feeds.clone())?;
             (recovery, Some(writer))
         }
@@ -282,7 +340,7 @@ pub async fn start(
     };
     tracing::info!(group_id = %group_id, workers = layout.workers, process = layout.process, processes = layout.processes, partitions = dataflow.source.partitions.len(), recovered_cut = ?recovery_cut, start_epoch = dataflow.start_epoch, "starting workers");
     let guards = build_dataflow(timely_config(&layout, cluster), dataflow)?;
-    Ok(Running {
+    let running = Running {
         spec,
         layout,
         store,
@@ -295,7 +353,98 @@ pub async fn start(
         shutdown,
         guards,
         writers: parts.map(|w| w.threads).unwrap_or_default(),
+    };
+    Ok((running, used_warm))
+}
+
+/// Step (a takeover): tells the checkpoint store to continue from the held state's cut, or, when
+/// its latest complete cut is another, drops the state (`None`: recover as a restart does). Only
+/// the latest complete cut is read here; what lies beyond it is deleted by the checkpoint writer
+/// before its first write ([`ResumeFirst`]), so the workers need not wait for it.
+async fn resume(
+    warm: Warm,
+    checkpoint_store: Option<Box<dyn CheckpointStore>>,
+    layout: &Layout,
+    group_id: &str,
+) -> Result<(Option<Warm>, Option<Box<dyn CheckpointStore>>), StartError> {
+    let Some(mut ckpt) = checkpoint_store else { return Ok((Some(warm), None)) };
+    let scope = RecoveryScope {
+        key_groups: warm.store.key_groups(),
+        peers: layout.peers(),
+        local: layout.local(),
+        tidy: layout.tidies(),
+    };
+    let cut = warm.cut;
+    let (ckpt, latest) = tokio::task::spawn_blocking(move || {
+        let latest = ckpt.latest_complete();
+        (ckpt, latest)
     })
+    .await
+    .map_err(|e| StartError::Blocking { step: "read the latest complete checkpoint", error: e.to_string() })?;
+    let latest = latest.map_err(StartError::Recover)?;
+    let resumed = latest == Some(cut) || (latest.is_none() && cut == 0);
+    tracing::info!(%group_id, cut, ?latest, resumed, "taking over from a standby's state");
+    if !resumed {
+        tracing::warn!(%group_id, cut, ?latest, "the checkpoint is not at the held state's cut: recovering from it instead");
+        return Ok((None, Some(ckpt)));
+    }
+    let ckpt: Box<dyn CheckpointStore> = match latest {
+        Some(cut) => Box::new(ResumeFirst { inner: ckpt, pending: Some((scope, cut)) }),
+        None => ckpt,
+    };
+    Ok((Some(warm), Some(ckpt)))
+}
+
+/// A checkpoint store that is [`resume`](CheckpointStore::resume)d from a cut before anything
+/// else is done with it: on the checkpoint writer's thread, before its first write, so that a
+/// takeover's workers start at once. A failed resume fails that write, which the writer retries.
+struct ResumeFirst {
+    inner: Box<dyn CheckpointStore>,
+    pending: Option<(RecoveryScope, Epoch)>,
+}
+
+impl ResumeFirst {
+    fn ensure(&mut self) -> Result<(), CheckpointError> {
+        if let Some((scope, cut)) = &self.pending {
+            let started = std::time::Instant::now();
+            self.inner.resume(scope, *cut)?;
+            tracing::info!(cut, elapsed = ?started.elapsed(), store = %self.inner.location(), "checkpoints resumed from the standby's cut");
+            self.pending = None;
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointStore for ResumeFirst {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn write_parts(&mut self, parts: &[Part]) -> Result<u64, CheckpointError> {
+        self.ensure()?;
+        self.inner.write_parts(parts)
+    }
+    fn recover(&mut self, scope: &RecoveryScope) -> Result<Option<checkpoint::Recovered>, CheckpointError> {
+        self.pending = None;
+        self.inner.recover(scope)
+    }
+    fn read(&mut self, scope: &RecoveryScope) -> Result<Option<checkpoint::Recovered>, CheckpointError> {
+        self.inner.read(scope)
+    }
+    fn latest_complete(&mut self) -> Result<Option<Epoch>, CheckpointError> {
+        self.inner.latest_complete()
+    }
+    fn resume(&mut self, scope: &RecoveryScope, cut: Epoch) -> Result<(), CheckpointError> {
+        self.pending = None;
+        self.inner.resume(scope, cut)
+    }
+    fn is_complete(&mut self, cut: Epoch, peers: usize) -> Result<bool, CheckpointError> {
+        self.ensure()?;
+        self.inner.is_complete(cut, peers)
+    }
+    fn compact(&mut self, dedup_horizon_ms: i64) -> Result<Option<(Epoch, usize)>, CheckpointError> {
+        self.ensure()?;
+        self.inner.compact(dedup_horizon_ms)
+    }
 }
 
 /// Step: the archive to apply first (`kafka.backfill`), checked against what Kafka still holds
@@ -332,7 +481,7 @@ async fn input_partitions(spec: &TopologySpec) -> Result<Vec<(Partition, EventKi
 }
 
 /// Step: the checkpoint store `spec` names, if checkpoints are on.
-async fn open_checkpoints(
+pub(crate) async fn open_checkpoints(
     spec: &TopologySpec,
     session: Arc<scylla::client::session::Session>,
     group_id: &str,
@@ -366,6 +515,38 @@ impl Recovery {
     /// Where `workers` workers starting from this recovery publish their cuts.
     fn freshness(&self, spec: &TopologySpec, workers: usize) -> Arc<Freshness> {
         Arc::new(Freshness::new(spec.state.epoch, spec.slo.freshness, workers, self.cut, self.watermark))
+    }
+}
+
+impl Recovery {
+    /// What a held state gives: as a recovery at its cut.
+    fn of(w: Warm, layout: &Layout, feeds: Option<&Feeds>) -> Recovery {
+        let key_groups = w.store.key_groups();
+        let mut restore = vec![Restore::default(); layout.peers()];
+        for worker in layout.local() {
+            let covers = key_groups.covering(worker..worker + 1, layout.peers());
+            restore[worker] = Restore {
+                dedup: w.dedup.iter().filter(|run| covers.contains(&run.key_group)).cloned().collect(),
+                bucket_ms: w.bucket_ms,
+                watermark: w.watermark,
+            };
+        }
+        if let Some(feeds) = feeds {
+            if feeds.behind(w.cut) {
+                // The profile or changelog feed wrote less than the cut: it writes every user again.
+                let users = snapshots(&w.store);
+                feeds.recovered(w.cut, users.iter().map(|(u, s)| (u, s)));
+            } else {
+                feeds.recovered(w.cut, std::iter::empty());
+            }
+            feeds.taken_over(w.cut);
+        }
+        Recovery {
+            cut: (w.cut > 0).then_some(w.cut),
+            watermark: if w.watermark == i64::MIN { NO_WATERMARK } else { w.watermark },
+            resume_at: w.offsets.into_iter().filter(|(_, o)| *o >= 0).collect(),
+            restore,
+        }
     }
 }
 
@@ -436,6 +617,18 @@ async fn recover(
     Ok((ckpt, recovery))
 }
 
+/// Every user of `store` with their snapshot.
+fn snapshots(store: &UserStore) -> Vec<(String, squall_operators::UserSnapshot)> {
+    let (plan, symbols) = (store.plan(), store.symbols());
+    store
+        .maps_covering(0..store.key_groups().count())
+        .iter()
+        .flat_map(|map| {
+            map.iter().map(|e| (e.key().to_string(), e.value().snapshot(plan, symbols))).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Where the workers' parts go, and the threads that take them.
 struct Parts {
     parts: crossbeam_channel::Sender<Part>,
@@ -479,7 +672,8 @@ async fn start_feeds(
     runtime: &tokio::runtime::Handle,
 ) -> Result<Option<Arc<Feeds>>, StartError> {
     let f = &spec.feed;
-    if !f.any() {
+    let standbys = spec.runtime.standbys > 0;
+    if !f.any() && !standbys {
         return Ok(None);
     }
     let version = squall_feeds::Version {
@@ -505,7 +699,7 @@ async fn start_feeds(
             &spec.kafka.brokers,
             f.changelog_partitions,
             f.changelog_replication,
-            session,
+            Arc::clone(&session),
             keyspace,
             runtime.clone(),
         )
@@ -513,9 +707,31 @@ async fn start_feeds(
         .map_err(StartError::Feeds)?;
         sinks.push((Box::new(sink), written));
     }
-    let feeds = Feeds::start(sinks, complete_on_parts.then_some(layout.workers), f.deadline)
-        .map_err(|e| StartError::Dataflow(format!("cannot start the feed threads: {e}")))?;
-    tracing::info!(group_id = %spec.group_id(), profile = f.profile, changelog = f.changelog, "attribute feeds started");
+    let thread_error = |e: std::io::Error| StartError::Dataflow(format!("cannot start the feed threads: {e}"));
+    let mut feeds =
+        Feeds::start(sinks, complete_on_parts.then_some(layout.workers), f.deadline).map_err(thread_error)?;
+    if standbys {
+        let (writer, written) = squall_feeds::replica::TopicWriter::open(
+            &spec.kafka.brokers,
+            &spec.group_id(),
+            (layout.process, layout.processes),
+            f.changelog_replication,
+            session,
+            keyspace,
+            runtime.clone(),
+        )
+        .await
+        .map_err(StartError::Feeds)?;
+        let replica = squall_feeds::replica::Replica::start(
+            Box::new(writer),
+            written,
+            complete_on_parts.then_some(layout.workers),
+            f.deadline,
+        )
+        .map_err(thread_error)?;
+        feeds = feeds.with_replica(replica);
+    }
+    tracing::info!(group_id = %spec.group_id(), profile = f.profile, changelog = f.changelog, replica = standbys, "attribute feeds started");
     Ok(Some(Arc::new(feeds)))
 }
 
