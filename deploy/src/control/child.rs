@@ -40,6 +40,7 @@ use super::statedir::{DeploymentDir, StateDir, tail};
 use crate::values::GroupId;
 use crate::version::counters::RunStatus;
 use crate::version::runfile::{Identity, RunFile};
+use crate::version::standby::TakeOver;
 use squall_feeds::now_ms;
 
 /// How often a starting process's runtime file is read until it names the process's address.
@@ -241,12 +242,12 @@ async fn take_over_by(
         return Err("its runtime file is stale".into());
     };
     let runfile = dir.runfile(0);
-    let new_launch_id = launch_id();
-    let request = TakeOver { launch_id: &standby.launch_id, new_launch_id: &new_launch_id, runtime_file: &runfile };
+    // It keeps its launch id (the one on its command line, which a later server's `find` checks).
+    let request = TakeOver { launch_id: standby.launch_id.clone(), runtime_file: runfile.clone() };
     let answer = http.post(format!("{url}/v1/take-over")).json(&request).timeout(TAKE_OVER_TIMEOUT).send().await;
-    // What the version's runtime file says now, if it names the standby under its new launch id.
+    // What the version's runtime file says now, if it names the standby.
     let version = || match RunFile::read(&runfile) {
-        Ok(Some(f)) if f.launch_id == new_launch_id && promoted(&f, &standby) => Some(f),
+        Ok(Some(f)) if f.launch_id == standby.launch_id && promoted(&f, &standby) => Some(f),
         _ => None,
     };
     // Watched under the version's runtime file, and with its own log (its output goes there).
@@ -256,8 +257,11 @@ async fn take_over_by(
         Ok(resp) if resp.status() == reqwest::StatusCode::OK => match version() {
             Some(f) => f,
             None => {
-                let why =
-                    format!("it answered 200 but {} does not name it as launch {new_launch_id}", runfile.display());
+                let why = format!(
+                    "it answered 200 but {} does not name it as launch {}",
+                    runfile.display(),
+                    standby.launch_id
+                );
                 return Err(kill(pidfd, &standby, watching(), why).await);
             }
         },
@@ -298,21 +302,8 @@ async fn kill(pidfd: OwnedFd, standby: &RunFile, watching: Watching, why: String
     }
 }
 
-/// The body of `POST /v1/take-over`, which asks a standby to become its version's process 0.
-#[derive(serde::Serialize)]
-struct TakeOver<'a> {
-    /// The standby's own launch id, as its runtime file records it.
-    launch_id: &'a str,
-    /// The launch id of its new role.
-    new_launch_id: &'a str,
-    /// Where it records itself as the version's process 0.
-    runtime_file: &'a Path,
-}
-
 /// Whether `version`, a version's runtime file, records the process that `standby` records (the
-/// standby's own runtime file, read while it was one): same pid, start time and boot. A standby
-/// that took over writes its version's runtime file under another launch id but is the same
-/// process; a stale file whose pid the kernel has since given to the standby has another start
+/// standby's own runtime file, read while it was one): same pid, start time and boot. A stale file whose pid the kernel has since given to the standby has another start
 /// time.
 fn promoted(version: &RunFile, standby: &RunFile) -> bool {
     version.pid == standby.pid && version.start_time == standby.start_time && version.boot_id == standby.boot_id
@@ -478,6 +469,8 @@ impl ChildLauncher {
             .args(["--version", &spec.version.to_string()])
             .args(["--workers", &spec.workers.to_string()])
             .args(["--process", &s.process.to_string(), "--processes", &s.processes.to_string()])
+            .arg("--checkpoint-dir")
+            .arg(self.state.checkpoints())
             .args(["--launch-id", launch_id])
             .arg("--runtime-file")
             .arg(runfile)
@@ -789,8 +782,7 @@ mod tests {
                 axum::routing::post(
                     |State((me, asked)): State<Shared>, body: axum::Json<serde_json::Value>| async move {
                         asked.lock().unwrap().push(body.0.clone());
-                        let mut me = me.lock().unwrap();
-                        me.launch_id = body["new_launch_id"].as_str().unwrap().to_owned();
+                        let me = me.lock().unwrap();
                         me.write(Path::new(body["runtime_file"].as_str().unwrap())).unwrap();
                         axum::Json(serde_json::json!({ "url": me.url }))
                     },
@@ -876,12 +868,12 @@ mod tests {
             asked,
             [serde_json::json!({
                 "launch_id": "0000standby0002",
-                "new_launch_id": handles[0].launch_id,
                 "runtime_file": dir.runfile(0),
             })]
         );
         let file = RunFile::read(&dir.runfile(0)).unwrap().unwrap();
-        assert_eq!((file.pid, &file.launch_id), (taking_file.pid, &handles[0].launch_id));
+        assert_eq!((file.pid, &file.launch_id), (taking_file.pid, &taking_file.launch_id));
+        assert_eq!(handles[0].launch_id, taking_file.launch_id, "it keeps the launch id on its command line");
         assert_eq!(handles[0].origin, Origin::Adopted { pid: taking_file.pid });
         let mut handle = handles.pop().unwrap();
         assert_eq!(next(&mut handle).await, ProcessEvent::Ready(url));
