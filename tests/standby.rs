@@ -1,15 +1,19 @@
 //! Standby replicas through `squall server`, against the real broker and CQL server: a version
-//! deployed with `standbys = 1` and its changelog on, events flowing for 20k users, a reader
+//! deployed with `standbys = 1` (no attribute feed), events flowing for 20k users, a reader
 //! querying random users through the server every few milliseconds.
 //!
-//! 1. The active process is SIGKILLed 5 times, every few seconds: every query is answered
-//!    (0 failed), no user's `as_of.cut` ever decreases, some answers come from the standby, and
-//!    afterwards every user equals the oracle, through the server and at the standby itself.
+//! 1. The active process is SIGKILLed 5 times, every few seconds: each time its standby takes
+//!    over (the version's process is then the standby's process) and a new standby is started;
+//!    every query is answered (0 failed), no user's `as_of.cut` ever decreases, some answers come
+//!    from the standby, and afterwards every user equals the oracle (exactly once through the
+//!    takeovers: dedup is off and nothing is sent twice), through the server and at the standby.
 //! 2. The standby is SIGKILLed: reads keep going to the active (0 failed), and a new standby is
 //!    started and catches up (its lag in cuts reaches 0).
-//! 3. The server is SIGKILLed and started again: it adopts the standby (the same process).
+//! 3. The server is SIGKILLed and started again: it adopts the standby and the version's process
+//!    (a standby that took over), the same processes.
 //!
-//! The longest gap between two answered queries and the p99 latency are printed.
+//! The longest gap between two answered queries, the p99 latency and the time from each kill to
+//! the standby serving as the version are printed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use squall_operators::Event;
 use squall_tests::deployment::{Deployment, Stream, state_dir};
-use squall_tests::server::{SquallServer, find_process, wait_equal_to_oracle};
+use squall_tests::server::{SquallServer, wait_equal_to_oracle};
 use squall_tests::{Fixture, produce, stream_config_without_resends, wait_for};
 use squall_topologies::oracle;
 
@@ -187,6 +191,31 @@ async fn standby_view(server: &SquallServer, group: &str) -> serde_json::Value {
     d["standby_replicas"][0].clone()
 }
 
+/// The pid of the process serving at `url` (its `/v1/status`).
+async fn pid_at(url: &str) -> Option<u32> {
+    let body: serde_json::Value = reqwest::get(format!("{url}/v1/status")).await.ok()?.json().await.ok()?;
+    body["pid"].as_u64().map(|p| p as u32)
+}
+
+/// The pid of the version's process 0, as the server lists its address.
+async fn active_pid(server: &SquallServer, group: &str) -> Option<u32> {
+    let (_, d) = server.get(&format!("/v1/deployments/{group}")).await;
+    pid_at(d["urls"][0].as_str()?).await
+}
+
+/// Lines of the deployment's logs (the version's and its standbys') that contain `what`.
+fn log_lines(server: &SquallServer, group: &str, what: &str) -> Vec<String> {
+    let dir = server.state_dir.join("deployments").join(group);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("the deployment's directory").flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            out.extend(text.lines().filter(|l| l.contains(what)).map(str::to_owned));
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_killed() {
     let seed: u64 = std::env::var("SQUALL_STANDBY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
@@ -202,7 +231,6 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
                 // Dedup off and no resends: an event applied twice after a recovery shows up.
                 ("state", "epoch = \"200ms\"\ndedup_horizon = \"0s\""),
                 ("runtime", "workers = 2\nstandbys = 1\nstandby_max_lag = 10"),
-                ("feed", "changelog = true\nchangelog_partitions = 4"),
             ],
         )
     })
@@ -231,7 +259,6 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     })
     .await;
     println!("standby serving [{:?} into the test]: {view}", t.elapsed());
-    let standby_url = view["url"].as_str().expect("the standby's address").to_owned();
     let mut users: Vec<String> = events.iter().map(|e| e.user_id().to_owned()).collect();
     users.sort_unstable();
     users.dedup();
@@ -244,41 +271,70 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
         tokio::spawn(keep_producing(f, stream, 300, Arc::clone(&stop)))
     };
     let reader = Reader::start(&server, &group, &users, seed);
-    let topology_arg = server.state_dir.join("deployments").join(&group).join("topology.toml");
-    let topology_arg = topology_arg.to_str().expect("utf-8").to_owned();
     let started = Instant::now();
     let mut kills = 0;
-    // At most 5: the server restarts a process that keeps dying with a backoff that doubles (8 s
-    // after the fifth), and the run must end with the active serving.
-    while started.elapsed() < Duration::from_secs(30) && kills < 5 {
-        // The restarted active serves again (the server restarts it with growing backoff).
+    let mut takeovers = Vec::new();
+    while started.elapsed() < Duration::from_secs(40) && kills < 5 {
         server.wait_serving(&group).await;
-        let pids = (find_process(&["run", &topology_arg]), find_process(&["standby", &topology_arg]));
-        let before = (pids.0.map(cpu_ticks), pids.1.map(cpu_ticks));
+        let active = active_pid(&server, &group).await.expect("the active's pid");
+        // A standby that answers: the takeover needs one that holds the state (not the process
+        // that took over last time, which the server lists under its standby address until the
+        // new standby serves).
+        let (sb, standby_pid) = wait_for("a standby to answer", Duration::from_secs(60), || async {
+            let s = standby_view(&server, &group).await;
+            let pid = match s["url"].as_str() {
+                Some(url) => pid_at(url).await,
+                None => None,
+            };
+            match pid {
+                Some(p) if s["answers"] == true && p != active => Ok((s, p)),
+                _ => Err(s.to_string()),
+            }
+        })
+        .await;
+        let _ = sb;
+        let before = (cpu_ticks(active), cpu_ticks(standby_pid));
         tokio::time::sleep(Duration::from_millis(rng.random_range(2500..4500))).await;
-        if kills == 0
-            && let ((Some(a), Some(s)), (Some(a0), Some(s0))) = (pids, before)
-        {
-            // While events flow and the active serves: what following the changelog costs.
-            let (active, standby) = (cpu_ticks(a) - a0, cpu_ticks(s) - s0);
+        if kills == 0 {
+            // While events flow and the active serves: what following the replica costs.
+            let (a, s) = (cpu_ticks(active) - before.0, cpu_ticks(standby_pid) - before.1);
             println!(
-                "standby CPU: {standby} ticks against the active's {active} ({:.0}%) over the same seconds",
-                100.0 * standby as f64 / active.max(1) as f64
+                "standby CPU: {s} ticks against the active's {a} ({:.0}%) over the same seconds",
+                100.0 * s as f64 / a.max(1) as f64
             );
         }
-        let Some(pid) = find_process(&["run", &topology_arg]) else { continue };
-        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill").args(["-KILL", &active.to_string()]).status();
+        let killed = Instant::now();
         kills += 1;
+        // The standby's process becomes the version's process 0; the server lists it.
+        wait_for("the standby to take over", Duration::from_secs(30), || async {
+            match active_pid(&server, &group).await {
+                Some(p) if p == standby_pid => Ok(()),
+                other => Err(format!("process 0 is {other:?}, the standby is {standby_pid}")),
+            }
+        })
+        .await;
+        takeovers.push(killed.elapsed());
     }
     let mut r = reader.finish().await;
     stop.store(true, Ordering::Relaxed);
     events.extend(producer.await.expect("producer"));
+    takeovers.sort();
+    let took = log_lines(&server, &group, "taken over by its standby at cut");
+    let warm = took.iter().filter(|l| l.contains("from the state it held")).count();
     println!(
-        "{} [{:?} into the test]",
+        "{} [{:?} into the test]; {} takeovers ({warm} from the held state), kill to serving: {:?}",
         r.summary(&format!("failover ({kills} kill -9s of the active in {:?})", started.elapsed())),
-        t.elapsed()
+        t.elapsed(),
+        took.len(),
+        takeovers
     );
+    for l in &took {
+        println!("  {l}");
+    }
     assert!(kills >= 3, "{kills} kills");
+    assert_eq!(took.len(), kills, "every kill is taken over by the standby: {took:?}");
+    assert!(warm >= 1, "no takeover continued from the standby's state: {took:?}");
     r.all_answered_and_none_went_back();
     assert!(r.from_standby > 0, "no answer came from the standby");
 
@@ -287,6 +343,17 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     server.wait_serving(&group).await;
     wait_equal_to_oracle(&server.url, &format!("?group={group}"), &want, Duration::from_secs(90)).await;
     println!("standby: the active equals the oracle [{:?} into the test]", t.elapsed());
+    let active = active_pid(&server, &group).await.expect("the active's pid");
+    let sb = wait_for("a standby to answer", Duration::from_secs(60), || async {
+        let s = standby_view(&server, &group).await;
+        let pid = match s["url"].as_str() {
+            Some(url) => pid_at(url).await,
+            None => None,
+        };
+        if s["answers"] == true && pid.is_some_and(|p| p != active) { Ok(s) } else { Err(s.to_string()) }
+    })
+    .await;
+    let standby_url = sb["url"].as_str().expect("the standby's address").to_owned();
     wait_equal_to_oracle(&standby_url, "", &want, Duration::from_secs(60)).await;
     println!(
         "standby: {} users equal the oracle through the server and at the standby [{:?} into the test]",
@@ -297,13 +364,14 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     // 2. Kill -9 the standby: reads keep going to the active, and a new standby catches up.
     let reader = Reader::start(&server, &group, &users, seed + 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = find_process(&["standby", &topology_arg]).expect("the standby's process");
+    let pid = pid_at(&standby_url).await.expect("the standby's process");
+    let restarts = sb["restarts"].as_u64().unwrap_or(0);
     let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
     let killed = Instant::now();
     let back = wait_for("a new standby to catch up", Duration::from_secs(60), || async {
         let s = standby_view(&server, &group).await;
         let new = s["url"].as_str().is_some_and(|u| u != standby_url);
-        if new && s["restarts"].as_u64() >= Some(1) && s["answers"] == true && s["lag_cuts"] == 0 {
+        if new && s["restarts"].as_u64() > Some(restarts) && s["answers"] == true && s["lag_cuts"] == 0 {
             Ok(s)
         } else {
             Err(s.to_string())
@@ -320,8 +388,10 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     println!("{status}");
 
     // 3. A server killed and started again adopts the standby: same process, same address.
-    let standby_pid = find_process(&["standby", &topology_arg]).expect("the standby's process");
     let url = back["url"].clone();
+    let standby_pid = pid_at(url.as_str().expect("the standby's address")).await.expect("the standby's process");
+    // The version's process is a standby that took over: a restarted server adopts it too.
+    let active = active_pid(&server, &group).await.expect("the active's pid");
     let dir = server.state_dir.clone();
     server.kill9();
     let server = SquallServer::start(&dir, TOKEN);
@@ -330,6 +400,13 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
         if s["answers"] == true && s["url"] == url { Ok(s) } else { Err(s.to_string()) }
     })
     .await;
-    assert_eq!(find_process(&["standby", &topology_arg]), Some(standby_pid), "adopted, not restarted: {again}");
+    let pid = pid_at(url.as_str().expect("the standby's address")).await;
+    assert_eq!(pid, Some(standby_pid), "adopted, not restarted: {again}");
+    server.wait_serving(&group).await;
+    assert_eq!(
+        active_pid(&server, &group).await,
+        Some(active),
+        "the promoted standby is adopted as the version's process"
+    );
     println!("standby adopted by a restarted server: {again}");
 }

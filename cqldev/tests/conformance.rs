@@ -62,6 +62,9 @@ const DELETE_GROUP_ROW: &str =
 const INSERT_IDS: &str =
     "INSERT INTO ks.checkpoint_ids (group_id, key_group, bucket, cut, writer, ids) VALUES (?, ?, ?, ?, ?, ?)";
 const SELECT_IDS: &str = "SELECT bucket, cut, writer, ids FROM ks.checkpoint_ids WHERE group_id = ? AND key_group = ?";
+/// The keys only (a standby taking over finds the rows beyond its cut without reading blobs).
+const SELECT_GROUP_KEYS: &str = "SELECT cut, writer FROM ks.checkpoint_groups WHERE group_id = ? AND key_group = ?";
+const SELECT_IDS_KEYS: &str = "SELECT bucket, cut, writer FROM ks.checkpoint_ids WHERE group_id = ? AND key_group = ?";
 const DELETE_IDS_ROW: &str = "DELETE FROM ks.checkpoint_ids WHERE group_id = ? AND key_group = ? AND bucket = ? \
     AND cut = ? AND writer = ?";
 // enrichment/src/catalogue.rs
@@ -366,6 +369,14 @@ async fn a_delete_by_full_primary_key_removes_only_that_row() {
     let ids = session.execute_unpaged(&select_ids, ("g", 3)).await.unwrap().into_rows_result().unwrap();
     let ids: Vec<(i64, i64, i32, Vec<u8>)> = ids.rows().unwrap().collect::<Result<_, _>>().unwrap();
     assert_eq!(ids.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>(), [(1, 0), (2, -1), (2, 0)]);
+    let keys = prepare(&session, SELECT_GROUP_KEYS).await;
+    let keys = session.execute_unpaged(&keys, ("g", 3)).await.unwrap().into_rows_result().unwrap();
+    let keys: Vec<(i64, i32)> = keys.rows().unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(keys, [(1, 0), (2, -1), (2, 0)]);
+    let keys = prepare(&session, SELECT_IDS_KEYS).await;
+    let keys = session.execute_unpaged(&keys, ("g", 3)).await.unwrap().into_rows_result().unwrap();
+    let keys: Vec<(i64, i64, i32)> = keys.rows().unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(keys.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>(), [(1, 0), (2, -1), (2, 0)]);
 }
 
 #[tokio::test]
