@@ -662,7 +662,7 @@ async fn watch(
         End::TookOver { pid, process } if watched.running() => {
             tracing::info!(pid, process, "a standby took over as a version process: no longer watched as a standby");
             let why = format!("standby (pid {pid}) took over as process {process} of the version");
-            let _ = events.send(ProcessEvent::Exited(why));
+            let _ = events.send(ProcessEvent::TookOver(why));
             watched.let_go();
             return;
         }
@@ -929,7 +929,7 @@ mod tests {
         assert!(tokio::time::timeout(PROMOTION_POLL * 3, handle.next_event()).await.is_err());
         RunFile { launch_id: "0000version00000".into(), ..file.clone() }.write(&version).unwrap();
         let why = format!("standby (pid {}) took over as process 0 of the version", file.pid);
-        assert_eq!(next(&mut handle).await, ProcessEvent::Exited(why));
+        assert_eq!(next(&mut handle).await, ProcessEvent::TookOver(why));
         // No longer signalled by its standby's supervisor.
         handle.signal(Signal::Kill);
         tokio::time::sleep(Duration::from_millis(200)).await;

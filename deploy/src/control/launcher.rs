@@ -91,6 +91,9 @@ pub enum ProcessEvent {
     Ready(String),
     /// It exited (or can no longer be watched); why, with the end of its log when there is one.
     Exited(String),
+    /// A standby that took over as its version's process: it runs on, no longer this run's (the
+    /// version's supervisor watches it); not a failure, so a fresh standby starts at once.
+    TookOver(String),
 }
 
 /// How the supervisor asks a process to end.
@@ -152,7 +155,7 @@ impl ProcessHandle {
     /// Waits until the process has exited.
     pub async fn exited(&mut self) -> String {
         loop {
-            if let ProcessEvent::Exited(why) = self.next_event().await {
+            if let ProcessEvent::Exited(why) | ProcessEvent::TookOver(why) = self.next_event().await {
                 return why;
             }
         }

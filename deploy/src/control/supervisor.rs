@@ -113,6 +113,8 @@ async fn adopt(launcher: &dyn Launcher, spec: &LaunchSpec) -> Option<Vec<Process
 enum Ended {
     Stopped,
     Died(String),
+    /// Its process (a standby) took over as its version's process.
+    TookOver(String),
 }
 
 async fn supervise(
@@ -132,6 +134,11 @@ async fn supervise(
         let started = Instant::now();
         match run_once(launcher.as_ref(), &spec, &report, &mut stop, adopted.take()).await {
             Ended::Stopped => break,
+            Ended::TookOver(why) => {
+                // Not a failure: a fresh standby starts at once, with no backoff.
+                tracing::info!(group_id = %spec.group_id, why = %why, "standby took over; starting a fresh one");
+                report(Observation::Died { why });
+            }
             Ended::Died(why) => {
                 tracing::warn!(group_id = %spec.group_id, why = %why, "deployment processes died");
                 report(Observation::Died { why });
@@ -197,6 +204,8 @@ async fn run_once(
         };
         match next {
             Some((process, ProcessEvent::Ready(url))) => report(Observation::Ready { process, url }),
+            // A standby's run has one process, and it lives on as the version's.
+            Some((_, ProcessEvent::TookOver(why))) => return Ended::TookOver(why),
             Some((dead, ProcessEvent::Exited(why))) => {
                 // The others cannot go on without it: take them down before the restart.
                 for (i, p) in processes.iter().enumerate() {
