@@ -9,40 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use scylla::client::session::Session;
 use squall_enrichment::schema;
-use squall_operators::checkpoint::{CheckpointError, CheckpointStore, DedupRun, Part, Recovered, RecoveryScope};
+use squall_operators::UserSnapshot;
+use squall_operators::checkpoint::{CheckpointError, CheckpointStore, Part, Recovered, RecoveryScope};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
 use squall_operators::dedup::Fingerprint;
-use squall_operators::{KeyGroups, Partition, UserSnapshot};
+use squall_tests::parts::{id, key_groups, off, part, snapshot};
 use squall_tests::{cql, unique};
-
-fn key_groups() -> KeyGroups {
-    KeyGroups::new(64).unwrap()
-}
-
-fn snapshot(plays: usize) -> UserSnapshot {
-    UserSnapshot { plan: 7, words: vec![plays as u32, 1, 2], names: vec!["rock".into()] }
-}
-
-fn id(n: u64) -> Fingerprint {
-    Fingerprint { hi: n.wrapping_mul(0x9E37_79B9_7F4A_7C15), lo: n as u16 }
-}
-
-/// A part of 2 workers with one dedup id in bucket `cut` (buckets of 1 s, event time `cut` s).
-fn part(cut: u64, worker: usize, users: &[(&str, usize)], offset: i64) -> Part {
-    let key_group = key_groups().of(users.first().map_or("x", |u| u.0));
-    Part {
-        cut,
-        worker,
-        peers: 2,
-        key_groups: key_groups(),
-        users: users.iter().map(|(u, n)| (u.to_string(), snapshot(*n))).collect(),
-        dedup: vec![DedupRun { key_group, bucket: cut as i64, ids: vec![id(cut * 10 + worker as u64)] }],
-        bucket_ms: 1000,
-        watermark: cut as i64 * 1000,
-        offsets: vec![(Partition { topic: "t".into(), partition: worker as i32 }, offset)],
-        ..Default::default()
-    }
-}
 
 /// A part of worker 0 that writes every user of `users` with `plays`.
 fn crowd_part(cut: u64, users: &[String], plays: usize) -> Part {
@@ -56,11 +28,6 @@ fn crowd(n: usize) -> (Vec<String>, u32) {
     let target = (0..64).find(|g| !taken.contains(g)).unwrap();
     let users = (0..400_000).map(|i| format!("u{i}")).filter(|u| key_groups().of(u) == target).take(n).collect();
     (users, target)
-}
-
-/// Runs blocking store calls off the runtime's threads (they `block_on` it).
-fn off<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| s.spawn(f).join().expect("thread"))
 }
 
 /// A fresh keyspace on the test server.

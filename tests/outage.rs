@@ -14,11 +14,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use squall::generate::{CatalogueGen, EventGen, Generated};
 use squall_enrichment::schema;
-use squall_operators::checkpoint::{CheckpointError, CheckpointStore, DedupRun, Part, RecoveryScope};
+use squall_operators::checkpoint::{CheckpointError, CheckpointStore, Part, RecoveryScope};
 use squall_operators::checkpoint_cql::CqlCheckpoints;
-use squall_operators::dedup::Fingerprint;
-use squall_operators::{Event, EventKind, KeyGroups, Partition, UserSnapshot};
+use squall_operators::{Event, EventKind, KeyGroups};
 use squall_tests::outage::{Broker, CqlServer, PrivateFixture, metric};
+use squall_tests::parts::{id, key_groups, off, part, snapshot};
 use squall_tests::{Squall, stream_config_without_resends, unique, wait_for, wait_for_committed_at_end};
 use squall_topologies::oracle;
 
@@ -297,36 +297,6 @@ async fn kill_9_with_cql_checkpoints_loses_nothing_and_counts_nothing_twice() {
     squall.stop();
 }
 
-/// A user's state as checkpoints keep it; the store treats it as opaque, so any words do.
-fn snapshot(plays: usize) -> UserSnapshot {
-    UserSnapshot { plan: 7, words: vec![plays as u32, 1, 2], names: vec!["rock".into()] }
-}
-
-fn key_groups() -> KeyGroups {
-    KeyGroups::new(64).unwrap()
-}
-
-fn id(n: u64) -> Fingerprint {
-    Fingerprint { hi: n.wrapping_mul(0x9E37_79B9_7F4A_7C15), lo: n as u16 }
-}
-
-/// A part of 2 workers with one dedup id in bucket `cut` (buckets of 1 s, event time `cut` s).
-fn part(cut: u64, worker: usize, users: &[(&str, usize)], offset: i64) -> Part {
-    let key_group = key_groups().of(users.first().map_or("x", |u| u.0));
-    Part {
-        cut,
-        worker,
-        peers: 2,
-        key_groups: key_groups(),
-        users: users.iter().map(|(u, n)| (u.to_string(), snapshot(*n))).collect(),
-        dedup: vec![DedupRun { key_group, bucket: cut as i64, ids: vec![id(cut * 10 + worker as u64)] }],
-        bucket_ms: 1000,
-        watermark: cut as i64 * 1000,
-        offsets: vec![(Partition { topic: "t".into(), partition: worker as i32 }, offset)],
-        ..Default::default()
-    }
-}
-
 /// Every stored row of `table` in `keyspace` (a full scan; small test tables only).
 async fn rows(session: &scylla::client::session::Session, keyspace: &str, select: &str) -> Vec<(String, i64)> {
     let q = format!("SELECT {select} FROM {keyspace}");
@@ -478,10 +448,4 @@ async fn cql_checkpoint_store_recovers_the_latest_complete_cut_and_compacts() {
     // The other version was never touched.
     let v2 = off(|| other.recover(&RecoveryScope::single(key_groups(), 1))).unwrap().expect("v2's cut");
     assert_eq!((v2.cut, v2.users["a"].clone()), (10, snapshot(9)));
-}
-
-/// Runs `f` on a thread outside the runtime (the stores' blocking methods drive their requests on
-/// the runtime and may not run on one of its threads).
-fn off<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| s.spawn(f).join().expect("thread"))
 }

@@ -7,6 +7,7 @@
 
 pub mod deployment;
 pub mod outage;
+pub mod parts;
 pub mod server;
 
 use std::collections::BTreeMap;
