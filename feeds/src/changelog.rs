@@ -50,9 +50,12 @@ pub struct Message<'a> {
     pub events_hash: String,
 }
 
-/// Counts failed deliveries.
-struct Deliveries {
-    failed: Arc<AtomicU64>,
+/// Counts the failed deliveries of a feed's producer (the changelog's, the replica's).
+pub(crate) struct Deliveries {
+    /// The feed.
+    pub(crate) feed: &'static str,
+    /// Messages not delivered.
+    pub(crate) failed: Arc<AtomicU64>,
 }
 
 impl ClientContext for Deliveries {}
@@ -62,19 +65,33 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %e, "changelog delivery failed");
+            tracing::debug!(feed = self.feed, error = %e, "feed delivery failed");
         }
     }
 }
 
 /// Creates `topic` compacted, unless it exists.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, replication: i32) -> Result<(), FeedError> {
+    // Compacted: a reader that starts from the beginning gets every user's latest value.
+    create_topic_with(brokers, topic, partitions, replication, &[("cleanup.policy", "compact")]).await.map(|_| ())
+}
+
+/// Creates `topic` with `config` unless it exists (a feed's topic: the changelog's, the
+/// replica's); the admin client, for what the caller does next.
+pub(crate) async fn create_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    config: &[(&str, &str)],
+) -> Result<AdminClient<DefaultClientContext>, FeedError> {
     let err = |message: String| FeedError::Kafka { topic: topic.to_owned(), message };
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(|e| err(e.to_string()))?;
-    let new = NewTopic::new(topic, partitions.max(1), TopicReplication::Fixed(replication.max(1)))
-        // Compacted: a reader that starts from the beginning gets every user's latest value.
-        .set("cleanup.policy", "compact");
+    let mut new = NewTopic::new(topic, partitions.max(1), TopicReplication::Fixed(replication.max(1)));
+    for (key, value) in config {
+        new = new.set(key, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics([&new], &options).await.map_err(|e| err(e.to_string()))?;
     for r in results {
@@ -83,7 +100,7 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, replicati
             Err((_, code)) => return Err(err(format!("cannot create it: {code}"))),
         }
     }
-    Ok(())
+    Ok(admin)
 }
 
 /// Publishes changed users to the version's changelog topic.
@@ -116,7 +133,7 @@ impl ChangelogSink {
             .set("enable.idempotence", "true")
             // A batch of users per cut: let librdkafka batch them.
             .set("linger.ms", "5")
-            .create_with_context(Deliveries { failed: Arc::clone(&failed) })
+            .create_with_context(Deliveries { feed: "changelog", failed: Arc::clone(&failed) })
             .map_err(|e| FeedError::Kafka { topic: topic.clone(), message: e.to_string() })?;
         let (progress, written) =
             Progress::open(session, keyspace, &version.group_id, "changelog", version.share).await?;

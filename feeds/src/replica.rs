@@ -28,20 +28,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{AdminOptions, NewPartitions};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use squall_operators::checkpoint::{DedupRun, Part};
 use squall_operators::{Epoch, Partition, UserSnapshot};
 use tokio::runtime::Handle;
 
+use crate::changelog::Deliveries;
 use crate::counters::FeedCounters;
 use crate::progress::Progress;
 use crate::{FeedError, FeedStatus};
@@ -421,23 +420,6 @@ fn run(f: Arc<Shared>, mut writer: Box<dyn Writer>) {
     }
 }
 
-/// Counts failed deliveries.
-struct Deliveries {
-    failed: Arc<AtomicU64>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %e, "replica delivery failed");
-        }
-    }
-}
-
 /// Writes batches to partition `process` of the replica topic and records progress in
 /// `feed_progress`.
 pub struct TopicWriter {
@@ -471,7 +453,7 @@ impl TopicWriter {
             .set("enable.idempotence", "true")
             .set("linger.ms", "2")
             .set("message.max.bytes", (2 * MESSAGE_BYTES).to_string())
-            .create_with_context(Deliveries { failed: Arc::clone(&failed) })
+            .create_with_context(Deliveries { feed: NAME, failed: Arc::clone(&failed) })
             .map_err(|e| FeedError::Kafka { topic: topic.clone(), message: e.to_string() })?;
         let (progress, written) = Progress::open(session, keyspace, group_id, NAME, (process, processes)).await?;
         let writer = TopicWriter { topic, partition: process as i32, producer, failed, progress, runtime };
@@ -535,20 +517,10 @@ impl Writer for TopicWriter {
 /// partitions if it has fewer.
 async fn ensure_topic(brokers: &str, topic: &str, partitions: i32, replication: i32) -> Result<(), FeedError> {
     let err = |message: String| FeedError::Kafka { topic: topic.to_owned(), message };
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(|e| err(e.to_string()))?;
     let retention = RETENTION.as_millis().to_string();
-    let new = NewTopic::new(topic, partitions.max(1), TopicReplication::Fixed(replication.max(1)))
-        .set("cleanup.policy", "delete")
-        .set("retention.ms", &retention);
+    let config = [("cleanup.policy", "delete"), ("retention.ms", retention.as_str())];
+    let admin = crate::changelog::create_topic_with(brokers, topic, partitions, replication, &config).await?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics([&new], &options).await.map_err(|e| err(e.to_string()))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(err(format!("cannot create it: {code}"))),
-        }
-    }
     let metadata = admin
         .inner()
         .fetch_metadata(Some(topic), Duration::from_secs(10))
