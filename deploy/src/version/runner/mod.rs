@@ -253,14 +253,6 @@ async fn launch(
     let partitions = input_partitions(&spec).await?;
 
     let key_groups = KeyGroups::new(spec.state.key_groups).map_err(StartError::KeyGroups)?;
-    let fresh_store = |symbols: Symbols| {
-        // The declaration, compiled once for this process's workers.
-        let plan = Arc::new(Plan::compile(&spec.attributes, &symbols));
-        Arc::new(
-            UserStore::with_key_groups(plan, symbols, layout.peers(), key_groups)
-                .with_user_ttl(spec.state.user_ttl.as_millis() as i64),
-        )
-    };
     let checkpoint_store = open_checkpoints(&spec, Arc::clone(&session), &group_id, &runtime).await?;
     // A standby's state, if the checkpoint store is where it was.
     let (warm, checkpoint_store) = match warm {
@@ -269,7 +261,15 @@ async fn launch(
     };
     let store = match &warm {
         Some(w) => Arc::clone(&w.store),
-        None => fresh_store(Symbols::default()),
+        None => {
+            let symbols = Symbols::default();
+            // The declaration, compiled once for this process's workers.
+            let plan = Arc::new(Plan::compile(&spec.attributes, &symbols));
+            Arc::new(
+                UserStore::with_key_groups(plan, symbols, layout.peers(), key_groups)
+                    .with_user_ttl(spec.state.user_ttl.as_millis() as i64),
+            )
+        }
     };
     let symbols = store.symbols().clone();
     let enricher = Enricher::new(Arc::new(catalogue), symbols, spec.enrichment.clone(), runtime.clone());
@@ -516,9 +516,7 @@ impl Recovery {
     fn freshness(&self, spec: &TopologySpec, workers: usize) -> Arc<Freshness> {
         Arc::new(Freshness::new(spec.state.epoch, spec.slo.freshness, workers, self.cut, self.watermark))
     }
-}
 
-impl Recovery {
     /// What a held state gives: as a recovery at its cut.
     fn of(w: Warm, layout: &Layout, feeds: Option<&Feeds>) -> Recovery {
         let key_groups = w.store.key_groups();
@@ -543,7 +541,7 @@ impl Recovery {
         }
         Recovery {
             cut: (w.cut > 0).then_some(w.cut),
-            watermark: if w.watermark == i64::MIN { NO_WATERMARK } else { w.watermark },
+            watermark: w.watermark,
             resume_at: w.offsets.into_iter().filter(|(_, o)| *o >= 0).collect(),
             restore,
         }
