@@ -258,8 +258,9 @@ struct RunArgs {
     /// server; without it the process runs until it is stopped.
     #[arg(long, value_parser = humantime::parse_duration, requires = "launch_id")]
     adopt_timeout: Option<Duration>,
-    /// Standby replicas the version has (overrides `runtime.standbys`): with any, answers claim
-    /// no later cut than the changelog has durably written, which a standby can reach.
+    /// Standby replicas the version has (overrides `runtime.standbys`): with any, the process
+    /// writes the replica feed, and answers claim no later cut than it has durably written, which
+    /// a standby can reach.
     #[arg(long)]
     standbys: Option<usize>,
 }

@@ -17,7 +17,7 @@ pub struct Routes {
     registry: Arc<RegistryData>,
     serving: HashMap<GroupId, Arc<[String]>>,
     /// Per version, per process: the addresses of its standbys that may answer (serving, within
-    /// `runtime.standby_max_lag` cuts of the changelog).
+    /// `runtime.standby_max_lag` cuts of the replica feed).
     standbys: HashMap<GroupId, Arc<[Vec<String>]>>,
 }
 

@@ -58,7 +58,7 @@ pub struct RunStatus {
     /// The cut its answers reflect and the event-to-servable delays (`[slo] freshness`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freshness: Option<FreshnessStatus>,
-    /// A standby replica's cut and lag behind the changelog (`squall standby`); none for a version process.
+    /// A standby replica's cut and lag behind the replica feed (`squall standby`); none for a version process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby: Option<crate::version::standby::StandbyStatus>,
 }

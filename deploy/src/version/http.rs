@@ -80,8 +80,8 @@ pub struct UserAttributes {
 }
 
 /// What `GET /v1/users/{user_id}/attributes` writes: the JSON of [`UserAttributes`] (same fields
-/// in the same order), serialised straight from the user's state (an active process) or the
-/// changelog's JSON (a standby) with borrowed strings.
+/// in the same order), serialised straight from the user's state (an active process or a
+/// standby) with borrowed strings.
 #[derive(Serialize)]
 pub(crate) struct UserAttributesBody<'a, A: Serialize> {
     pub(crate) user_id: &'a str,

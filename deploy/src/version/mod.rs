@@ -9,8 +9,8 @@
 //! - [`counters`]: the process's counters, read by `/v1/status` and exported as metrics.
 //! - [`freshness`]: the cut answers reflect, the bounds a read may ask for, the freshness objective.
 //! - [`cluster`]: the layout of a multi-process version and which process owns a user.
-//! - [`standby`]: `squall standby`, a replica of one process's users that follows the changelog
-//!   and answers while that process is down.
+//! - [`standby`]: `squall standby`, a replica of one process's state that follows the replica
+//!   feed, answers while that process is down, and takes over its consumption when it dies.
 //! - [`lease`]: the server's lease on the process; [`runfile`]: who the process is and where it serves.
 
 pub mod cluster;
