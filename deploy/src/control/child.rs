@@ -53,6 +53,9 @@ const PROMOTION_POLL: Duration = Duration::from_millis(100);
 const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a standby that may have taken over, but cannot be adopted, has to exit once killed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a standby that took over stays routable as a standby after its watcher noticed, so
+/// that the version's supervisor reports it serving first.
+const HANDOVER_GRACE: Duration = Duration::from_millis(500);
 
 /// Starts versions as detached `squall run` processes, and finds the ones an earlier server left.
 #[derive(Clone, Debug)]
@@ -662,6 +665,11 @@ async fn watch(
         End::TookOver { pid, process } if watched.running() => {
             tracing::info!(pid, process, "a standby took over as a version process: no longer watched as a standby");
             let why = format!("standby (pid {pid}) took over as process {process} of the version");
+            // The standby's entry leaves the routing snapshot when this is reported; the version's
+            // supervisor reports the process serving once it has adopted it, tens of milliseconds
+            // after the standby wrote the file this watcher read. Until both, queries for the
+            // version had nowhere to go (a 503 in one CI run): report the handover a little later.
+            tokio::time::sleep(HANDOVER_GRACE).await;
             let _ = events.send(ProcessEvent::TookOver(why));
             watched.let_go();
             return;
