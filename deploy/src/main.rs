@@ -622,31 +622,31 @@ fn standby(args: squall::version::standby::StandbyArgs) -> anyhow::Result<()> {
     let lease = args.adopt_timeout.map(|t| Arc::new(Lease::new(t)));
     // What it runs once it took over: the version, its runtime file, and its API.
     let promoted: Arc<std::sync::Mutex<Option<Promoted>>> = Arc::default();
-    let url_cell: Arc<std::sync::OnceLock<String>> = Arc::default();
     let promote: Promote = {
-        let (spec, metrics, lease, promoted, url_cell) =
-            (spec.clone(), metrics.clone(), lease.clone(), Arc::clone(&promoted), Arc::clone(&url_cell));
+        let (spec, metrics, lease, promoted) = (spec.clone(), metrics.clone(), lease.clone(), Arc::clone(&promoted));
         let standby_file = runfile.clone();
-        Arc::new(move |warm, req| {
-            let (spec, metrics, lease, promoted, url_cell, standby_file) = (
-                spec.clone(),
-                metrics.clone(),
-                lease.clone(),
-                Arc::clone(&promoted),
-                Arc::clone(&url_cell),
-                standby_file.clone(),
-            );
+        let process = what.process;
+        Arc::new(move |warm, req, url| {
+            let (spec, metrics, lease, promoted, standby_file) =
+                (spec.clone(), metrics.clone(), lease.clone(), Arc::clone(&promoted), standby_file.clone());
             Box::pin(async move {
                 let group_id = spec.group_id();
-                let (running, used) = runner::take_over(spec.clone(), tokio::runtime::Handle::current(), warm)
+                let routing = req.cluster.clone().map(|cluster| http::Routing {
+                    cluster,
+                    workers: spec.runtime.workers,
+                    client: reqwest::Client::new(),
+                });
+                let rt = tokio::runtime::Handle::current();
+                let (running, used) = runner::take_over(spec.clone(), rt, warm, req.cluster.clone())
                     .await
                     .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
                 let cut = running.recovered_cut.unwrap_or(0);
-                let api = version_api(&spec, &running, metrics, Some(req.launch_id.clone()), lease, None);
+                let api = version_api(&spec, &running, metrics, Some(req.launch_id.clone()), lease, routing);
                 let router = http::router(Arc::clone(&api));
-                // The server adopts it as the version's process 0 through this file.
-                let mut file = RunFile::of_this_process(&group_id, 0, &req.launch_id).map_err(|e| e.to_string())?;
-                file.url = url_cell.get().cloned();
+                // The server adopts it as the version's process through this file.
+                let mut file =
+                    RunFile::of_this_process(&group_id, process, &req.launch_id).map_err(|e| e.to_string())?;
+                file.url = Some(url);
                 file.write(&req.runtime_file)
                     .map_err(|e| format!("cannot write {}: {e}", req.runtime_file.display()))?;
                 if let Some((path, f)) = &standby_file
@@ -676,7 +676,6 @@ fn standby(args: squall::version::standby::StandbyArgs) -> anyhow::Result<()> {
             TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
         let url = format!("http://{}", listener.local_addr()?);
         let _ = api.url.set(url.clone());
-        let _ = url_cell.set(url.clone());
         if let Some((path, file)) = &mut runfile {
             file.url = Some(url.clone());
             file.write(path).with_context(|| format!("cannot write --runtime-file {}", path.display()))?;

@@ -158,10 +158,11 @@ impl Launcher for FakeLauncher {
         Box::pin(async move { found })
     }
 
-    /// A new process 0 that stands for the standby that took over, after `take_over_delay`, if
-    /// `take_over` is set; else `None`. Every request is counted.
+    /// New processes (one per process of the version) that stand for the standbys that took over,
+    /// after `take_over_delay`, if `take_over` is set; else `None`. Every request is counted.
     fn take_over(&self, spec: &LaunchSpec) -> BoxFuture<'static, Option<Vec<ProcessHandle>>> {
         let (fleet, group, announce) = (Arc::clone(&self.state), spec.group_id.clone(), !self.hold_ready.load(SeqCst));
+        let processes = spec.processes;
         let (succeeds, delay) = self.with(|s| {
             *s.take_overs.entry(group.clone()).or_default() += 1;
             (s.take_over, s.take_over_delay)
@@ -173,7 +174,7 @@ impl Launcher for FakeLauncher {
             }
             let mut state = fleet.lock().unwrap();
             let origin = Origin::Adopted { pid: 2000 };
-            spawn_process(&fleet, &mut state, &group, 0, origin, announce).ok().map(|h| vec![h])
+            (0..processes).map(|i| spawn_process(&fleet, &mut state, &group, i, origin, announce).ok()).collect()
         })
     }
 }
@@ -799,6 +800,7 @@ fn kinds(reports: &Reports) -> Vec<&'static str> {
         Observation::Adopted { .. } => "adopted",
         Observation::Ready { .. } => "ready",
         Observation::Died { .. } => "died",
+        Observation::TookOver { .. } => "took over",
         Observation::Halted => "halted",
         Observation::Backfilling(_) => "backfilling",
         Observation::Progress { .. } => "progress",
@@ -863,15 +865,12 @@ async fn a_dead_version_no_standby_takes_over_is_restarted_after_a_backoff() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn standbys_are_asked_only_for_single_process_versions_deployed_with_them() {
+async fn standbys_are_asked_only_for_versions_deployed_with_them() {
     let launcher = Arc::new(FakeLauncher::default());
     launcher.with(|s| s.take_over = true);
     let standby = StandbyOf { process: 0, replica: 0, processes: 1 };
-    let specs = [
-        version("no-standbys-v1", 1, 0),
-        version("two-processes-v1", 2, 1),
-        LaunchSpec { standby: Some(standby), ..version("a-standby-v1", 1, 1) },
-    ];
+    let specs =
+        [version("no-standbys-v1", 1, 0), LaunchSpec { standby: Some(standby), ..version("a-standby-v1", 1, 1) }];
     for spec in specs {
         let group = spec.group_id.to_string();
         let ready = spec.processes;
@@ -884,6 +883,14 @@ async fn standbys_are_asked_only_for_single_process_versions_deployed_with_them(
         assert_eq!((launcher.starts(&group), launcher.take_overs(&group)), (2, 0), "{group}");
         supervisor.halt().await;
     }
+    // A version of two processes: its standbys take over both, as one run.
+    let (supervisor, reports) = supervise(&launcher, version("two-processes-v1", 2, 1));
+    reported(&reports, 3).await;
+    launcher.kill("two-processes-v1", 1);
+    reported(&reports, 7).await;
+    assert_eq!(kinds(&reports), ["launched", "ready", "ready", "died", "adopted", "ready", "ready"]);
+    assert_eq!((launcher.starts("two-processes-v1"), launcher.take_overs("two-processes-v1")), (1, 1));
+    supervisor.halt().await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,8 +13,9 @@
 //! [`RunFile::identify`]), watches each for exit through a pidfd (the restarted server is not
 //! their parent) and verifies it over HTTP (`/v1/status` answers with its launch id).
 //!
-//! [`Launcher::take_over`] asks a standby of a single-process version whose process died to
-//! become its process 0 in place (`POST /v1/take-over`), then adopts it like a survivor. The
+//! [`Launcher::take_over`] asks a standby of each process of a version whose run died to become
+//! that process in place (`POST /v1/take-over`; a cluster's standbys all at once, as a new timely
+//! cluster), then adopts them like survivors. The
 //! standby's own watcher notices the handover when the version's runtime file names its process
 //! (`promoted`): it lets the process go without signalling it, so that the standby's supervisor
 //! starts a fresh standby while the version's supervisor watches the promoted process.
@@ -38,6 +39,7 @@ use super::launcher::{
 };
 use super::statedir::{DeploymentDir, StateDir, tail};
 use crate::values::GroupId;
+use crate::version::cluster::Cluster;
 use crate::version::counters::RunStatus;
 use crate::version::runfile::{Identity, RunFile};
 use crate::version::standby::TakeOver;
@@ -53,9 +55,6 @@ const PROMOTION_POLL: Duration = Duration::from_millis(100);
 const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a standby that may have taken over, but cannot be adopted, has to exit once killed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// How long a standby that took over stays routable as a standby after its watcher noticed, so
-/// that the version's supervisor reports it serving first.
-const HANDOVER_GRACE: Duration = Duration::from_millis(500);
 
 /// Starts versions as detached `squall run` processes, and finds the ones an earlier server left.
 #[derive(Clone, Debug)]
@@ -177,76 +176,131 @@ impl Launcher for ChildLauncher {
     fn take_over(&self, spec: &LaunchSpec) -> BoxFuture<'static, Option<Vec<ProcessHandle>>> {
         let (dir, spec, http) = (self.state.deployment(&spec.group_id), spec.clone(), self.http.clone());
         Box::pin(async move {
-            if !spec.standby_may_take_over() || !clear_for_take_over(&spec.group_id, &dir.runfile(0)) {
+            let g = &spec.group_id;
+            if !spec.standby_may_take_over() || !(0..spec.processes).all(|p| clear_for_take_over(g, p, &dir.runfile(p)))
+            {
                 return None;
             }
             let asked = Instant::now();
-            for replica in 0..spec.standbys {
-                match take_over_by(&http, &dir, &spec.group_id, replica).await {
-                    Ok(handle) => {
-                        tracing::info!(
-                            group_id = %spec.group_id, replica, origin = ?handle.origin, launch_id = %handle.launch_id,
-                            elapsed_ms = asked.elapsed().as_millis() as u64,
-                            "a standby took over as process 0"
-                        );
-                        return Some(vec![handle]);
-                    }
-                    Err(why) => {
-                        tracing::warn!(group_id = %spec.group_id, replica, %why, "the standby did not take over");
+            if spec.processes == 1 {
+                for replica in 0..spec.standbys {
+                    match take_over_by(&http, &dir, g, (0, replica), None).await {
+                        Ok(handle) => {
+                            tracing::info!(
+                                group_id = %g, replica, origin = ?handle.origin, launch_id = %handle.launch_id,
+                                elapsed_ms = asked.elapsed().as_millis() as u64,
+                                "a standby took over as process 0"
+                            );
+                            return Some(vec![handle]);
+                        }
+                        Err(why) => tracing::warn!(group_id = %g, replica, %why, "the standby did not take over"),
                     }
                 }
+                return None;
             }
-            None
+            let handles = take_over_cluster(&http, &dir, &spec).await;
+            match &handles {
+                Ok(h) => tracing::info!(
+                    group_id = %g, processes = h.len(), elapsed_ms = asked.elapsed().as_millis() as u64,
+                    "every process's standby took over, as one cluster"
+                ),
+                Err(why) => tracing::warn!(group_id = %g, %why, "the standbys did not take over"),
+            }
+            handles.ok()
         })
     }
 }
 
-/// Whether standbys may be asked to take over as process 0 of `group_id`, whose runtime file is
-/// `runfile`: not if the file names a process that still runs (the process did not die, so a
-/// standby taking over would make two). A stale or unreadable file is removed, so that whatever
-/// the file says afterwards was written by the standby asked.
-fn clear_for_take_over(group_id: &GroupId, runfile: &Path) -> bool {
+/// Asks one standby of every process of the multi-process version `spec` to take over at once, as
+/// a new timely cluster of the standbys (fresh timely ports; each keeps its HTTP address): the
+/// handles, in process order, once all of them did. If one did not, those that did (or may have)
+/// are killed, and the version restarts from its checkpoint.
+async fn take_over_cluster(
+    http: &reqwest::Client,
+    dir: &DeploymentDir,
+    spec: &LaunchSpec,
+) -> Result<Vec<ProcessHandle>, String> {
+    let mut chosen = Vec::with_capacity(spec.processes);
+    for process in 0..spec.processes {
+        // The first standby of the process that serves (the others, if any, stay standbys).
+        let serving = (0..spec.standbys).find_map(|replica| {
+            let file = RunFile::read(&dir.standby_runfile(process, replica)).ok().flatten()?;
+            let url = file.url.as_deref()?;
+            Some((replica, url.strip_prefix("http://")?.to_owned()))
+        });
+        let Some((replica, addr)) = serving else {
+            return Err(format!("process {process} has no standby that serves"));
+        };
+        chosen.push((replica, addr));
+    }
+    let ports = free_ports(spec.processes).map_err(|e| format!("no free ports for the cluster: {e}"))?;
+    let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let web: Vec<Option<String>> = chosen.iter().map(|(_, addr)| Some(addr.clone())).collect();
+    let asks = chosen.iter().enumerate().map(|(process, (replica, _))| {
+        let cluster = Cluster { process, addresses: addresses.clone(), http: web.clone() };
+        take_over_by(http, dir, &spec.group_id, (process, *replica), Some(cluster))
+    });
+    let answers = futures::future::join_all(asks).await;
+    if answers.iter().all(Result::is_ok) {
+        return Ok(answers.into_iter().flatten().collect());
+    }
+    let why: Vec<String> =
+        answers.iter().enumerate().filter_map(|(p, a)| a.as_ref().err().map(|e| format!("process {p}: {e}"))).collect();
+    // The ones that took over cannot form the cluster without the others.
+    for mut h in answers.into_iter().flatten() {
+        h.signal(Signal::Kill);
+        let _ = tokio::time::timeout(KILL_GRACE, h.exited()).await;
+    }
+    Err(why.join("; "))
+}
+
+/// Whether standbys may be asked to take over as process `process` of `group_id`, whose runtime
+/// file is `runfile`: not if the file names a process that still runs (the process did not die,
+/// so a standby taking over would make two). A stale or unreadable file is removed, so that
+/// whatever the file says afterwards was written by the standby asked.
+fn clear_for_take_over(group_id: &GroupId, process: usize, runfile: &Path) -> bool {
     match RunFile::read(runfile) {
         Ok(None) => return true,
         Ok(Some(file)) => {
-            if let Some((_, file)) = survivor(group_id, 0, file) {
-                tracing::warn!(%group_id, pid = file.pid, launch_id = %file.launch_id, "process 0 still runs: no standby is asked to take over");
+            if let Some((_, file)) = survivor(group_id, process, file) {
+                tracing::warn!(%group_id, process, pid = file.pid, launch_id = %file.launch_id, "the process still runs: no standby is asked to take over");
                 return false;
             }
         }
-        Err(e) => tracing::warn!(%group_id, error = %e, "unreadable runtime file of process 0: removed"),
+        Err(e) => tracing::warn!(%group_id, process, error = %e, "unreadable runtime file: removed"),
     }
     match std::fs::remove_file(runfile) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => {
-            tracing::warn!(%group_id, error = %e, "cannot remove the stale runtime file of process 0: no standby is asked to take over");
+            tracing::warn!(%group_id, process, error = %e, "cannot remove a stale runtime file: no standby is asked to take over");
             false
         }
     }
 }
 
-/// Asks standby `replica` of process 0 of `group_id` to take over as process 0, and adopts it if
-/// it did: the handle to it, or why not.
+/// Asks standby `replica` of process `process` of `group_id` to take over as that process (in
+/// `cluster` when the version has several), and adopts it if it did: the handle to it, or why not.
 async fn take_over_by(
     http: &reqwest::Client,
     dir: &DeploymentDir,
     group_id: &GroupId,
-    replica: usize,
+    (process, replica): (usize, usize),
+    cluster: Option<Cluster>,
 ) -> Result<ProcessHandle, String> {
-    let standby = match RunFile::read(&dir.standby_runfile(0, replica)) {
+    let standby = match RunFile::read(&dir.standby_runfile(process, replica)) {
         Ok(Some(f)) => f,
         Ok(None) => return Err("it has no runtime file (not running)".into()),
         Err(e) => return Err(format!("its runtime file is unreadable: {e}")),
     };
     let Some(url) = standby.url.clone() else { return Err("it does not serve yet".into()) };
     // Its pidfd before the request: the process asked is the process adopted, or killed.
-    let Some((pidfd, standby)) = survivor(group_id, 0, standby) else {
+    let Some((pidfd, standby)) = survivor(group_id, process, standby) else {
         return Err("its runtime file is stale".into());
     };
-    let runfile = dir.runfile(0);
+    let runfile = dir.runfile(process);
     // It keeps its launch id (the one on its command line, which a later server's `find` checks).
-    let request = TakeOver { launch_id: standby.launch_id.clone(), runtime_file: runfile.clone() };
+    let request = TakeOver { launch_id: standby.launch_id.clone(), runtime_file: runfile.clone(), cluster };
     let answer = http.post(format!("{url}/v1/take-over")).json(&request).timeout(TAKE_OVER_TIMEOUT).send().await;
     // What the version's runtime file says now, if it names the standby.
     let version = || match RunFile::read(&runfile) {
@@ -254,8 +308,12 @@ async fn take_over_by(
         _ => None,
     };
     // Watched under the version's runtime file, and with its own log (its output goes there).
-    let watching =
-        || Watching { index: 0, runfile: runfile.clone(), log: dir.standby_log(0, replica), promotion: None };
+    let watching = || Watching {
+        index: process,
+        runfile: runfile.clone(),
+        log: dir.standby_log(process, replica),
+        promotion: None,
+    };
     let file = match answer {
         Ok(resp) if resp.status() == reqwest::StatusCode::OK => match version() {
             Some(f) => f,
@@ -665,11 +723,8 @@ async fn watch(
         End::TookOver { pid, process } if watched.running() => {
             tracing::info!(pid, process, "a standby took over as a version process: no longer watched as a standby");
             let why = format!("standby (pid {pid}) took over as process {process} of the version");
-            // The standby's entry leaves the routing snapshot when this is reported; the version's
-            // supervisor reports the process serving once it has adopted it, tens of milliseconds
-            // after the standby wrote the file this watcher read. Until both, queries for the
-            // version had nowhere to go (a 503 in one CI run): report the handover a little later.
-            tokio::time::sleep(HANDOVER_GRACE).await;
+            // Routing keeps its address until the version's supervisor, which adopts it, reports it
+            // serving (`Control::observe_standby`).
             let _ = events.send(ProcessEvent::TookOver(why));
             watched.let_go();
             return;

@@ -393,6 +393,7 @@ pub(super) async fn user_attributes(
     let did_not_answer = |e: crate::version::http::ProxyError| {
         ApiError::new(StatusCode::BAD_GATEWAY, format!("{} did not answer", route.group_id)).detail(e.to_string())
     };
+    let started = std::time::Instant::now();
     let answer = match (proxy_attributes(control.http(), &route.url, &user_id, &bounds).await, &route.standby) {
         (Ok(answer), _) => answer,
         // The active process died under the query (or before routing saw it): its standby answers.
@@ -402,6 +403,9 @@ pub(super) async fn user_attributes(
         }
         (Err(e), None) => return Err(did_not_answer(e)),
     };
+    if started.elapsed() >= crate::version::http::SLOW_REQUEST {
+        tracing::info!(group_id = %route.group_id, url = %route.url, elapsed = ?started.elapsed(), status = answer.status().as_u16(), "a slow answer from a version");
+    }
     if bounds == ReadBounds::default() || answer.status() != StatusCode::OK {
         return Ok(answer);
     }

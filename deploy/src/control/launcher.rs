@@ -49,11 +49,12 @@ pub struct LaunchSpec {
 }
 
 impl LaunchSpec {
-    /// Whether a standby may take over when this run's process dies ([`Launcher::take_over`]): a
-    /// version (not a standby or an archiver) of one process, deployed with standbys. A
-    /// multi-process version restarts whole, as its processes fail as a unit.
+    /// Whether standbys may take over when this run's processes die ([`Launcher::take_over`]): a
+    /// version (not a standby or an archiver) deployed with standbys. A multi-process version's
+    /// processes fail as a unit (a timely cluster cannot lose a member), so one standby of every
+    /// process takes over at once, as a new cluster.
     pub fn standby_may_take_over(&self) -> bool {
-        self.standby.is_none() && self.archiver.is_none() && self.processes == 1 && self.standbys > 0
+        self.standby.is_none() && self.archiver.is_none() && self.standbys > 0
     }
 }
 
@@ -224,10 +225,11 @@ pub trait Launcher: Send + Sync + 'static {
     /// process, are left out, and those processes are never signalled).
     fn find(&self, spec: &LaunchSpec) -> BoxFuture<'static, Vec<Survivor>>;
 
-    /// Asks a standby of the single-process version `spec` to become its process 0, in place,
-    /// after that process died (only called when [`LaunchSpec::standby_may_take_over`]): the
-    /// handles of the new run, adopted (`Origin::Adopted`), or `None` when no standby could (then
-    /// the supervisor restarts the run as before). The default has no standbys to ask.
+    /// Asks standbys of version `spec` to become its processes, in place, after its run died
+    /// (only called when [`LaunchSpec::standby_may_take_over`]; every process, as one cluster,
+    /// when it has several): the handles of the new run, adopted (`Origin::Adopted`), or `None`
+    /// when the standbys could not (then the supervisor restarts the run as before). The default
+    /// has no standbys to ask.
     fn take_over(&self, spec: &LaunchSpec) -> BoxFuture<'static, Option<Vec<ProcessHandle>>> {
         let _ = spec;
         Box::pin(async { None })

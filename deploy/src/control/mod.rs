@@ -279,7 +279,18 @@ impl Control {
         let after = observed.serving();
         if after != before {
             // Under the book's lock, so that the snapshot follows the observations in order.
+            let serves = after.is_some();
             self.routes.set_serving(g, after);
+            // A standby that took over is routed to as one until now (`Watched::handed_over`).
+            let mut handed_over = false;
+            if serves {
+                for (_, w) in book.standbys.iter_mut().filter(|((k, _), _)| k == g) {
+                    handed_over |= w.handed_over.take().is_some();
+                }
+            }
+            if handed_over {
+                self.publish_standbys(g, &book);
+            }
         }
     }
 
@@ -307,10 +318,7 @@ impl Control {
     fn observe_standby(&self, key: &standbys::Key, o: Observation) {
         let mut book = self.book();
         let Some(w) = book.standbys.get_mut(key) else { return };
-        if matches!(o, Observation::Launched { .. } | Observation::Adopted { .. } | Observation::Died { .. }) {
-            w.status = None;
-        }
-        w.observed.apply(o);
+        w.apply(o, self.routes.load().serving(&key.0).is_some());
         self.publish_standbys(&key.0, &book);
     }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::launcher::{LaunchSpec, StandbyOf};
 use super::registry::Deployment;
-use super::state::Observed;
+use super::state::{Observation, Observed};
 use crate::values::GroupId;
 use crate::version::standby::StandbyStatus;
 
@@ -28,9 +28,31 @@ pub(super) struct Watched {
     pub(super) users: Option<u64>,
     /// `runtime.standby_max_lag` of its version.
     pub(super) max_lag: u64,
+    /// The address it served at when it took over as its version's process: still routed to
+    /// as a standby until the version's supervisor, which adopts it, reports the version serving
+    /// (else queries would have nowhere to go in between).
+    pub(super) handed_over: Option<String>,
 }
 
 impl Watched {
+    /// Applies `o`. A takeover keeps the address it served at as [`Watched::handed_over`], unless
+    /// the version serves already (`version_serves`: the version's supervisor adopted it first).
+    pub(super) fn apply(&mut self, o: Observation, version_serves: bool) {
+        if matches!(o, Observation::TookOver { .. }) && !version_serves {
+            self.handed_over = self.url().map(str::to_owned);
+        }
+        if matches!(
+            o,
+            Observation::Launched { .. }
+                | Observation::Adopted { .. }
+                | Observation::Died { .. }
+                | Observation::TookOver { .. }
+        ) {
+            self.status = None;
+        }
+        self.observed.apply(o);
+    }
+
     /// Its address, when it serves.
     fn url(&self) -> Option<&str> {
         self.observed.processes.first().and_then(|p| p.url.as_deref())
@@ -66,8 +88,11 @@ pub(super) fn answering(g: &GroupId, processes: usize, all: &HashMap<Key, Watche
         all.iter().filter(|((k, _), _)| k == g).map(|((_, s), w)| (s, w)).collect();
     mine.sort_by_key(|(s, _)| **s);
     for (s, w) in mine {
-        if let (Some(slot), true, Some(url)) = (out.get_mut(s.process), w.answers(), w.url()) {
+        let Some(slot) = out.get_mut(s.process) else { continue };
+        if let (true, Some(url)) = (w.answers(), w.url()) {
             slot.push(url.to_owned());
+        } else if let Some(url) = &w.handed_over {
+            slot.push(url.clone());
         }
     }
     out
@@ -120,7 +145,6 @@ pub(super) fn views(g: &GroupId, all: &HashMap<Key, Watched>) -> Vec<StandbyView
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::state::Observation;
 
     fn watched(url: Option<&str>, lag: Option<u64>) -> Watched {
         let mut w = Watched { max_lag: 3, ..Watched::default() };
@@ -147,5 +171,25 @@ mod tests {
             v.iter().map(|v| (v.process, v.replica, v.answers)).collect::<Vec<_>>(),
             [(0, 0, true), (0, 1, false), (1, 0, false)]
         );
+    }
+
+    #[test]
+    fn a_standby_that_took_over_is_routed_to_until_the_version_serves() {
+        let g: GroupId = "p-v1".parse().unwrap();
+        let of = StandbyOf { process: 0, replica: 0, processes: 1 };
+        let mut all = HashMap::new();
+        all.insert((g.clone(), of), watched(Some("http://a"), Some(0)));
+        let w = all.get_mut(&(g.clone(), of)).unwrap();
+        w.apply(Observation::TookOver { why: "took over".into() }, false);
+        assert!(!w.answers(), "it is no longer a standby");
+        // A fresh standby is launched at once; it does not serve yet.
+        w.observed.apply(Observation::Launched { launch_ids: vec!["id2".into()] });
+        assert_eq!(answering(&g, 1, &all), vec![vec!["http://a".to_owned()]]);
+        all.get_mut(&(g.clone(), of)).unwrap().handed_over = None;
+        assert_eq!(answering(&g, 1, &all), vec![Vec::<String>::new()]);
+        // Adopted and serving before its standby's watcher noticed: nothing to keep.
+        let mut w = watched(Some("http://a"), Some(0));
+        w.apply(Observation::TookOver { why: "took over".into() }, true);
+        assert_eq!(w.handed_over, None);
     }
 }

@@ -138,6 +138,12 @@ pub enum Observation {
         /// Why, with the end of the log.
         why: String,
     },
+    /// The run's process, a standby, took over as its version's process: it ended as a standby
+    /// (like [`Observation::Died`]: a fresh standby starts), and lives on as the version's.
+    TookOver {
+        /// Which process it became, and its pid.
+        why: String,
+    },
     /// The run was stopped on purpose.
     Halted,
     /// A reading of whether its processes still read an archive of the topics (`--backfill`).
@@ -171,7 +177,7 @@ impl Observed {
                     slot.url = Some(url);
                 }
             }
-            Observation::Died { why } => {
+            Observation::Died { why } | Observation::TookOver { why } => {
                 self.processes.clear();
                 self.restarts += 1;
                 self.last_error = Some(why);

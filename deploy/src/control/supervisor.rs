@@ -5,10 +5,10 @@
 //! run an earlier server left running and adopts it, or stops what is left of it
 //! ([`super::state::resume`] decides); [`retire`] does the same for a stopped deployment.
 //!
-//! When the process of a single-process version deployed with standbys dies, the supervisor
-//! first asks a standby to take over as that process ([`Launcher::take_over`]), at once, and
-//! supervises the promoted process as an adopted run; only if no standby can does it restart the
-//! run, with backoff.
+//! When a process of a version deployed with standbys dies, the supervisor first asks standbys to
+//! take over as its processes ([`Launcher::take_over`]: one standby, or one per process of a
+//! cluster), at once, and supervises the promoted processes as an adopted run; only if the
+//! standbys cannot does it restart the run, with backoff.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,7 +137,7 @@ async fn supervise(
             Ended::TookOver(why) => {
                 // Not a failure: a fresh standby starts at once, with no backoff.
                 tracing::info!(group_id = %spec.group_id, why = %why, "standby took over; starting a fresh one");
-                report(Observation::Died { why });
+                report(Observation::TookOver { why });
             }
             Ended::Died(why) => {
                 tracing::warn!(group_id = %spec.group_id, why = %why, "deployment processes died");

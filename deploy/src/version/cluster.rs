@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// This process's place in a version's cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cluster {
     /// This process's index, `0..addresses.len()`.
     pub process: usize,

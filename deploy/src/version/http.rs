@@ -194,8 +194,14 @@ pub async fn track_latency(req: axum::extract::Request, next: axum::middleware::
     let seconds = started.elapsed().as_secs_f64();
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
     crate::version::counters::record_request(route, resp.status(), seconds);
+    if seconds >= SLOW_REQUEST.as_secs_f64() {
+        tracing::info!(route, status = resp.status().as_u16(), ms = seconds * 1e3, "a slow request");
+    }
     resp
 }
+
+/// A request that takes at least this long is logged (its latency is in the histogram either way).
+pub const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Serves `router` on `listener` until `shutdown` completes.
 pub async fn serve(

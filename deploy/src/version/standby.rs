@@ -14,10 +14,11 @@
 //!   that cut, applying each batch whole when its marker arrives. A batch that starts beyond its
 //!   cut (the active recovered from a later checkpoint than the replica had written) makes it
 //!   bootstrap again.
-//! - **Its cut.** A *sync* reads the cut the replica feed of its process has recorded as written
-//!   (`feed_progress`) and only then the partition's high watermark, and completes once it has
-//!   read up to it: every batch up to that written cut is then applied. A sync runs every
-//!   [`SYNC_EVERY`], and at once when a query asks.
+//! - **Its cut.** A *sync* reads the partition's high watermark and completes once it has read
+//!   up to it: every batch acknowledged before the sync started is then applied. Every
+//!   [`SYNC_EVERY`] a sync first reads the cut the replica feed of its process has recorded as
+//!   written (`feed_progress`), for its lag; a query's sync, started at once when a query asks,
+//!   needs only the high watermark.
 //! - **Answers never go back.** An active process with standbys answers at most the replica's
 //!   written cut (`version/http.rs`). Each answer of a standby waits for a sync that *started*
 //!   after the query arrived, so it reflects at least every cut recorded before then. A restarted
@@ -59,7 +60,7 @@ use squall_topologies::TopologySpec;
 use tokio::sync::{oneshot, watch};
 use tower::ServiceExt as _;
 
-use crate::version::cluster::owner_process;
+use crate::version::cluster::{Cluster, owner_process};
 use crate::version::counters::RunStatus;
 use crate::version::freshness::{AsOf, Freshness, NO_WATERMARK, ReadBounds};
 use crate::version::http::{ApiError, Bounds, UserAttributesBody, UserPath, bad_bound, unmet};
@@ -72,6 +73,8 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(200);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the broker and the CQL store have to answer a sync's requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A sync's requests, or a query's wait for its sync, taking longer than this are logged.
+const SLOW_REQUESTS: Duration = Duration::from_millis(20);
 
 /// What a standby replicates.
 #[derive(Clone, Debug)]
@@ -444,10 +447,11 @@ pub fn follow(
             }
             return Ok(());
         }
-        if f.target.is_none()
-            && (f.standby.asked.swap(false, Ordering::SeqCst) || f.last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY))
-        {
-            f.start_sync();
+        if f.target.is_none() {
+            let due = |t: Option<Instant>| t.is_none_or(|t| t.elapsed() >= SYNC_EVERY);
+            if f.standby.asked.swap(false, Ordering::SeqCst) || due(f.last_sync) {
+                f.start_sync(due(f.last_progress));
+            }
         }
         // A standby that is caught up completes its sync without waiting for a poll.
         f.complete_if_reached();
@@ -482,6 +486,8 @@ struct Follower {
     batch: Vec<Record>,
     target: Option<Target>,
     last_sync: Option<Instant>,
+    /// When a sync last read the written cut.
+    last_progress: Option<Instant>,
 }
 
 impl Follower {
@@ -536,6 +542,7 @@ impl Follower {
             batch: Vec::new(),
             target: None,
             last_sync: None,
+            last_progress: None,
             standby,
         }))
     }
@@ -556,24 +563,36 @@ impl Follower {
         Ok(())
     }
 
-    /// Starts a sync: the written cut first, then the high watermark, so that every batch up to
-    /// that cut is below it.
-    fn start_sync(&mut self) {
+    /// Starts a sync: with `progress`, the written cut first (for the lag and a check), then the
+    /// high watermark, so that every batch up to that cut is below it. A query's sync needs only
+    /// the high watermark: the active claims a cut only once its batch is acknowledged, so every
+    /// cut claimed before the sync started lies below it.
+    fn start_sync(&mut self, progress: bool) {
         let number = self.standby.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let group_id = &self.standby.what.group_id;
-        let written = squall_feeds::progress::written(&self.session, &self.keyspace, group_id, &self.progress_key);
-        let read = self
-            .runtime
-            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, written).await })
-            .map_err(|_| "feed_progress did not answer in time".to_owned())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-            .and_then(|written| {
-                let (_, high) = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
-                    .map_err(|e| format!("{} [{}] high watermark: {e}", self.topic, self.partition))?;
-                Ok((written, high))
-            });
+        let t = Instant::now();
+        let written = match progress {
+            true => {
+                self.last_progress = Some(t);
+                let group_id = &self.standby.what.group_id;
+                let written =
+                    squall_feeds::progress::written(&self.session, &self.keyspace, group_id, &self.progress_key);
+                self.runtime
+                    .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, written).await })
+                    .map_err(|_| "feed_progress did not answer in time".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            false => Ok(None),
+        };
+        let read = written.and_then(|written| {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
+                .map_err(|e| format!("{} [{}] high watermark: {e}", self.topic, self.partition))?;
+            Ok((written, high))
+        });
+        if t.elapsed() > SLOW_REQUESTS {
+            tracing::info!(elapsed = ?t.elapsed(), "standby: a sync's requests were slow");
+        }
         match read {
             Ok((written, high)) => {
                 if let Some(w) = written {
@@ -685,6 +704,30 @@ pub struct TakeOver {
     pub launch_id: String,
     /// The runtime file of the version's process it becomes.
     pub runtime_file: PathBuf,
+    /// For a version of several processes: the timely cluster it forms with the other processes'
+    /// standbys, asked at the same time (its `process` is the standby's; the HTTP addresses are
+    /// the standbys' own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+impl TakeOver {
+    /// Why `self` cannot make the standby of `what` its version's process, if it cannot.
+    fn mismatch(&self, what: &Replicated) -> Option<String> {
+        match &self.cluster {
+            None if what.processes > 1 => {
+                Some(format!("the version has {} processes: the request must give the cluster", what.processes))
+            }
+            Some(c) if c.process != what.process || c.processes() != what.processes => Some(format!(
+                "the cluster names process {} of {}; this standby holds process {} of {}",
+                c.process,
+                c.processes(),
+                what.process,
+                what.processes
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to a takeover: where it serves as the version's process.
@@ -700,10 +743,11 @@ pub struct TookOver {
     pub elapsed_ms: f64,
 }
 
-/// Makes a process of the version from the state handed over: starts its workers and returns the
-/// version's router, the cut and whether the state was used (provided by `squall standby`'s main).
+/// Makes a process of the version, serving at the standby's address (the `String`), from the state
+/// handed over: starts its workers and returns the version's router, the cut and whether the state
+/// was used (provided by `squall standby`'s main).
 pub type Promote =
-    Arc<dyn Fn(Warm, TakeOver) -> BoxFuture<'static, Result<(Router, Epoch, bool), String>> + Send + Sync>;
+    Arc<dyn Fn(Warm, TakeOver, String) -> BoxFuture<'static, Result<(Router, Epoch, bool), String>> + Send + Sync>;
 
 /// What a standby's HTTP API serves.
 pub struct StandbyApi {
@@ -786,7 +830,12 @@ async fn attributes(
         )
         .hint("query the squall server"));
     }
-    if !s.synced().await {
+    let t = Instant::now();
+    let synced = s.synced().await;
+    if t.elapsed() > SLOW_REQUESTS {
+        tracing::info!(elapsed = ?t.elapsed(), "standby: a query waited for its sync");
+    }
+    if !synced {
         let error = s.error.read().unwrap_or_else(|p| p.into_inner()).clone();
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the standby cannot read the replica feed now")
             .detail(error.unwrap_or_else(|| format!("no sync completed within {SYNC_TIMEOUT:?}")))
@@ -840,6 +889,9 @@ async fn take_over(
             .hint("only the squall server that started a standby asks it to take over")
             .into_response();
     }
+    if let Some(why) = req.mismatch(&api.standby.what) {
+        return ApiError::new(StatusCode::BAD_REQUEST, "invalid takeover request").detail(why).into_response();
+    }
     if api.taking_over.swap(true, Ordering::SeqCst) {
         return ApiError::new(StatusCode::CONFLICT, "this standby is taking over already").into_response();
     }
@@ -853,7 +905,8 @@ async fn take_over(
         }
     };
     let held_cut = warm.cut;
-    match (api.promote)(warm, req).await {
+    let url = api.url.get().cloned().unwrap_or_default();
+    match (api.promote)(warm, req, url.clone()).await {
         Ok((router, cut, warm)) => {
             let _ = api.promoted.set(router);
             let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -864,7 +917,6 @@ async fn take_over(
                 "squall: {} taken over by its standby at cut {cut} in {elapsed_ms:.0} ms, {from}",
                 s.what.group_id
             );
-            let url = api.url.get().cloned().unwrap_or_default();
             Json(TookOver { url, cut, warm, elapsed_ms }).into_response()
         }
         // The follower has stopped: this process is neither a standby nor the version now.

@@ -3,6 +3,7 @@
 //! start offsets, configure timely, build the dataflow. A [`StartError`] names the step that failed.
 
 mod committer;
+mod connect;
 mod preload;
 
 use std::cell::RefCell;
@@ -199,8 +200,8 @@ impl Layout {
     }
 }
 
-/// The state of a single-process version's process that a standby held, handed over to continue
-/// from ([`take_over`]): what [`CheckpointStore::recover`] would give at `cut`.
+/// The state of a version's process that a standby held, handed over to continue from
+/// ([`take_over`]): what [`CheckpointStore::recover`] would give at `cut`.
 pub struct Warm {
     /// Every user of the process, in the store its workers will use.
     pub store: Arc<UserStore>,
@@ -226,18 +227,21 @@ pub async fn start(
     launch(spec, runtime, cluster, None).await.map(|(running, _)| running)
 }
 
-/// Starts the workers of a single-process version from the state a standby held, without reading
-/// it back from the checkpoint store: the store is told to continue from the state's cut
-/// ([`CheckpointStore::resume`]). If the store's latest complete cut is beyond it (the process
-/// died after completing a cut and before its replica feed wrote it), the state is dropped and the
-/// process recovers from the checkpoint as [`start`] does. The running version, and whether the
-/// held state was used.
+/// Starts the workers of a version's process from the state a standby held, without reading it
+/// back from the checkpoint store: the store is told to continue from the state's cut
+/// ([`CheckpointStore::resume`]). If the store's latest complete cut is another (the process died
+/// after completing a cut and before its replica feed wrote it), the state is dropped and the
+/// process recovers from the checkpoint as [`start`] does. In a cluster (`cluster`, every process
+/// taken over by its standby at once) each process decides so alone: all continue from the same
+/// latest complete cut, some from the state they held, others from the checkpoint. The running
+/// version, and whether the held state was used.
 pub async fn take_over(
     spec: TopologySpec,
     runtime: tokio::runtime::Handle,
     warm: Warm,
+    cluster: Option<Cluster>,
 ) -> Result<(Running, bool), StartError> {
-    launch(spec, runtime, None, Some(warm)).await
+    launch(spec, runtime, cluster, Some(warm)).await
 }
 
 async fn launch(
@@ -339,7 +343,7 @@ async fn launch(
         watermark: recovery.watermark,
     };
     tracing::info!(group_id = %group_id, workers = layout.workers, process = layout.process, processes = layout.processes, partitions = dataflow.source.partitions.len(), recovered_cut = ?recovery_cut, start_epoch = dataflow.start_epoch, "starting workers");
-    let guards = build_dataflow(timely_config(&layout, cluster), dataflow)?;
+    let guards = build_dataflow(layout.workers, cluster.as_ref(), dataflow)?;
     let running = Running {
         spec,
         layout,
@@ -389,6 +393,17 @@ async fn resume(
         return Ok((None, Some(ckpt)));
     }
     let ckpt: Box<dyn CheckpointStore> = match latest {
+        // In a cluster every process resumes before its workers start, as a recovery does: process
+        // 0 also deletes the marks of incomplete cuts of every worker, which must not race with
+        // another process's first write (none comes before the cluster forms, which waits for
+        // process 0's workers).
+        Some(cut) if layout.processes > 1 => {
+            let mut ckpt = ckpt;
+            tokio::task::spawn_blocking(move || ckpt.resume(&scope, cut).map(|()| ckpt))
+                .await
+                .map_err(|e| StartError::Blocking { step: "resume the checkpoints", error: e.to_string() })?
+                .map_err(StartError::Recover)?
+        }
         Some(cut) => Box::new(ResumeFirst { inner: ckpt, pending: Some((scope, cut)) }),
         None => ckpt,
     };
@@ -802,23 +817,6 @@ fn event_clock<'scope>(
     clock
 }
 
-/// Step: timely's configuration, one process or a cluster.
-fn timely_config(layout: &Layout, cluster: Option<Cluster>) -> timely::Config {
-    match cluster {
-        None => timely::Config::process(layout.workers),
-        Some(c) => timely::Config {
-            communication: timely::CommunicationConfig::Cluster {
-                threads: layout.workers,
-                process: c.process,
-                addresses: c.addresses,
-                report: false,
-                zerocopy: false,
-            },
-            worker: timely::WorkerConfig::default(),
-        },
-    }
-}
-
 /// What every worker's dataflow is built from.
 struct Dataflow {
     source: SourceConfig,
@@ -843,9 +841,13 @@ struct CheckpointParts {
 
 /// Step: starts the workers and builds the dataflow on each; in a cluster this returns once
 /// every process has connected.
-fn build_dataflow(config: timely::Config, d: Dataflow) -> Result<WorkerGuards<Result<(), WorkerError>>, StartError> {
+fn build_dataflow(
+    workers: usize,
+    cluster: Option<&Cluster>,
+    d: Dataflow,
+) -> Result<WorkerGuards<Result<(), WorkerError>>, StartError> {
     let stop = Arc::clone(&d.source.shutdown);
-    timely::execute(config, move |worker| {
+    connect::execute(workers, cluster, move |worker| {
         let built = worker.dataflow::<Epoch, _, _>(|scope| {
             let source = scope.consume_kafka(&d.source, d.start_epoch)?;
             let counts = Arc::clone(&d.dead_letters);
