@@ -13,7 +13,9 @@
 //!    (a standby that took over), the same processes.
 //!
 //! The longest gap between two answered queries, the p99 latency and the time from each kill to
-//! the standby serving as the version are printed.
+//! the standby serving as the version are printed. `SQUALL_STANDBY_USERS` sets the users of the
+//! stream (20k), `SQUALL_STANDBY_SAMPLE` compares only a random sample of them with the oracle
+//! (for the bench's million users; every user is compared otherwise).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +47,15 @@ struct Reads {
     last_answer: Option<Instant>,
     longest_gap: Duration,
     cuts: HashMap<String, u64>,
+    /// Queries that took longer than [`SLOW`]: when each started, how long it took, who answered.
+    slow: Vec<(Instant, Duration, String)>,
 }
+
+/// The tests of this file, one at a time: each measures gaps and latencies on the same 2 cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A query slower than this is listed in the summary with when it started.
+const SLOW: Duration = Duration::from_millis(20);
 
 impl Reads {
     /// Records one query of `user`, started at `started`.
@@ -53,6 +63,14 @@ impl Reads {
         let now = Instant::now();
         let r = self;
         r.latencies_ms.push(now.duration_since(started).as_secs_f64() * 1000.0);
+        if now - started > SLOW {
+            let who = match &answer {
+                Ok(body) if body["as_of"]["standby"] == true => "the standby".to_owned(),
+                Ok(_) => "the version".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            };
+            r.slow.push((started, now - started, who));
+        }
         match answer {
             Ok(body) => {
                 r.answered += 1;
@@ -79,6 +97,16 @@ impl Reads {
         let some = |v: &[String]| v[..v.len().min(3)].to_vec();
         assert!(self.failed.is_empty(), "{} queries failed, e.g. {:?}", self.failed.len(), some(&self.failed));
         assert!(self.went_back.is_empty(), "answers went back: {:?}", some(&self.went_back));
+    }
+
+    /// The slow queries, one line each, with when they started after `since`.
+    fn slow_queries(&self, since: Instant) -> String {
+        self.slow
+            .iter()
+            .map(|(at, took, who)| {
+                format!("  slow query: started {:?} in, took {took:?}, {who}\n", at.duration_since(since))
+            })
+            .collect()
     }
 
     /// One line: answers, failures, the longest gap and latencies.
@@ -191,6 +219,23 @@ async fn standby_view(server: &SquallServer, group: &str) -> serde_json::Value {
     d["standby_replicas"][0].clone()
 }
 
+/// The version's standbys as the server shows them, in process order.
+async fn standby_views(server: &SquallServer, group: &str) -> Vec<serde_json::Value> {
+    let (_, d) = server.get(&format!("/v1/deployments/{group}")).await;
+    d["standby_replicas"].as_array().cloned().unwrap_or_default()
+}
+
+/// The pids of the version's processes, as the server lists their addresses (`None` while one is
+/// not listed or does not answer).
+async fn active_pids(server: &SquallServer, group: &str) -> Option<Vec<u32>> {
+    let (_, d) = server.get(&format!("/v1/deployments/{group}")).await;
+    let mut pids = Vec::new();
+    for url in d["urls"].as_array()? {
+        pids.push(pid_at(url.as_str()?).await?);
+    }
+    Some(pids)
+}
+
 /// The pid of the process serving at `url` (its `/v1/status`).
 async fn pid_at(url: &str) -> Option<u32> {
     let body: serde_json::Value = reqwest::get(format!("{url}/v1/status")).await.ok()?.json().await.ok()?;
@@ -218,6 +263,7 @@ fn log_lines(server: &SquallServer, group: &str, what: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_killed() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let seed: u64 = std::env::var("SQUALL_STANDBY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     println!("standby test seed {seed} (rerun with SQUALL_STANDBY_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -305,6 +351,7 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
         }
         let _ = std::process::Command::new("kill").args(["-KILL", &active.to_string()]).status();
         let killed = Instant::now();
+        println!("standby: kill {} of the active at {:?} in", kills + 1, killed.duration_since(started));
         kills += 1;
         // The standby's process becomes the version's process 0; the server lists it.
         wait_for("the standby to take over", Duration::from_secs(30), || async {
@@ -332,6 +379,7 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     for l in &took {
         println!("  {l}");
     }
+    print!("{}", r.slow_queries(started));
     assert!(kills >= 3, "{kills} kills");
     assert_eq!(took.len(), kills, "every kill is taken over by the standby: {took:?}");
     assert!(warm >= 1, "no takeover continued from the standby's state: {took:?}");
@@ -339,7 +387,17 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
     assert!(r.from_standby > 0, "no answer came from the standby");
 
     // After the run every user equals the oracle, through the server (the active) and at the standby.
-    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &d.catalogue.oracle());
+    let mut want = oracle::expected(&squall_tests::declaration(1), events.iter(), &d.catalogue.oracle());
+    // Comparing over HTTP takes about 3 ms a user: the bench's million users are compared in a
+    // random sample of `SQUALL_STANDBY_SAMPLE` (every user otherwise, as in CI).
+    if let Some(n) = std::env::var("SQUALL_STANDBY_SAMPLE").ok().and_then(|s| s.parse::<usize>().ok())
+        && n < want.len()
+    {
+        let all = want.len();
+        let keep = rand::seq::index::sample(&mut rng, all, n).into_iter().collect::<std::collections::BTreeSet<_>>();
+        want = want.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, kv)| kv).collect();
+        println!("standby: comparing a random sample of {n} of the {all} users with the oracle");
+    }
     server.wait_serving(&group).await;
     wait_equal_to_oracle(&server.url, &format!("?group={group}"), &want, Duration::from_secs(90)).await;
     println!("standby: the active equals the oracle [{:?} into the test]", t.elapsed());
@@ -412,4 +470,121 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
         "the promoted standby is adopted as the version's process"
     );
     println!("standby adopted by a restarted server: {again}");
+}
+
+/// A version of two processes with a standby each: a `kill -9` of either process takes the
+/// version's run down (its processes fail as a unit), and the two standbys take over at once as a
+/// new timely cluster, each from the state it held; every query is answered meanwhile, no cut goes
+/// back, and afterwards every user equals the oracle.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_of_two_processes_is_taken_over_by_the_standbys_of_both_as_one_cluster() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let seed: u64 = std::env::var("SQUALL_STANDBY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("standby cluster test seed {seed} (rerun with SQUALL_STANDBY_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let t = Instant::now();
+    let d = Deployment::new("standby-cluster", 43, 4, |f, name| {
+        f.topology(
+            name,
+            1,
+            "personalization_v1",
+            &[
+                ("state", "epoch = \"200ms\"\ndedup_horizon = \"0s\""),
+                ("runtime", "workers = 1\nstandbys = 1\nstandby_max_lag = 10"),
+            ],
+        )
+    })
+    .await;
+    let group = d.group(1);
+    let server = SquallServer::start(&state_dir("squall-standby-cluster"), TOKEN);
+    server.cli_ok(&["deploy", d.file(), "--processes", "2"]);
+    let users_in_stream = 5_000;
+    let mut stream = Stream::new(stream_config_without_resends(users_in_stream, d.catalogue), seed, T0);
+    let (records, mut events) = stream.batch(&d.f, 3 * users_in_stream as usize);
+    produce(records).await;
+    server.wait_serving(&group).await;
+    let mut users: Vec<String> = events.iter().map(|e| e.user_id().to_owned()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let users = Arc::new(users);
+    // Both standbys answer, and hold every user of the first batch between them (and the new
+    // users of the events since).
+    let both_answer = || async {
+        let views = standby_views(&server, &group).await;
+        let held: u64 = views.iter().filter_map(|v| v["users"].as_u64()).sum();
+        let answering = views.iter().filter(|v| v["answers"] == true).count();
+        if answering == 2 && held >= users.len() as u64 { Ok(views) } else { Err(format!("{views:?}")) }
+    };
+    let views = wait_for("both standbys to hold every user", Duration::from_secs(90), both_answer).await;
+    let held: Vec<&serde_json::Value> = views.iter().map(|v| &v["users"]).collect();
+    println!(
+        "standby cluster: both standbys serve, holding {held:?} of {} users [{:?} into the test]",
+        users.len(),
+        t.elapsed()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let f = Fixture { songs: d.f.songs.clone(), ads: d.f.ads.clone(), keyspace: d.f.keyspace.clone() };
+        tokio::spawn(keep_producing(f, stream, 200, Arc::clone(&stop)))
+    };
+    let reader = Reader::start(&server, &group, &users, seed);
+    let started = Instant::now();
+    let mut takeovers = Vec::new();
+    let kills = 3;
+    for kill in 0..kills {
+        server.wait_serving(&group).await;
+        let actives = active_pids(&server, &group).await.expect("the processes' pids");
+        // Standbys that answer and are not the processes that took over last time.
+        let standbys = wait_for("both standbys to answer", Duration::from_secs(60), || async {
+            let views = both_answer().await?;
+            let mut pids = Vec::new();
+            for v in &views {
+                let pid = pid_at(v["url"].as_str().unwrap_or_default()).await;
+                match pid {
+                    Some(p) if !actives.contains(&p) => pids.push(p),
+                    _ => return Err(format!("{views:?}")),
+                }
+            }
+            Ok(pids)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3000))).await;
+        let victim = rng.random_range(0..2);
+        let _ = std::process::Command::new("kill").args(["-KILL", &actives[victim].to_string()]).status();
+        let killed = Instant::now();
+        println!("standby cluster: kill {} of process {victim} at {:?} in", kill + 1, killed.duration_since(started));
+        // The standbys' processes become the version's processes 0 and 1; the server lists them.
+        wait_for("the standbys to take over", Duration::from_secs(30), || async {
+            match active_pids(&server, &group).await {
+                Some(p) if p == standbys => Ok(()),
+                other => Err(format!("the processes are {other:?}, the standbys {standbys:?}")),
+            }
+        })
+        .await;
+        takeovers.push(killed.elapsed());
+    }
+    let mut r = reader.finish().await;
+    stop.store(true, Ordering::Relaxed);
+    events.extend(producer.await.expect("producer"));
+    let took = log_lines(&server, &group, "taken over by its standby at cut");
+    let warm = took.iter().filter(|l| l.contains("from the state it held")).count();
+    println!(
+        "{} [{:?} into the test]; {} takeovers ({warm} from the held state), kill to serving: {takeovers:?}",
+        r.summary(&format!("cluster failover ({kills} kill -9s of a process in {:?})", started.elapsed())),
+        t.elapsed(),
+        took.len(),
+    );
+    for l in &took {
+        println!("  {l}");
+    }
+    print!("{}", r.slow_queries(started));
+    assert_eq!(took.len(), 2 * kills, "each kill is taken over by both standbys: {took:?}");
+    assert!(warm >= 2, "no takeover continued from the standbys' state: {took:?}");
+    r.all_answered_and_none_went_back();
+
+    let want = oracle::expected(&squall_tests::declaration(1), events.iter(), &d.catalogue.oracle());
+    server.wait_serving(&group).await;
+    wait_equal_to_oracle(&server.url, &format!("?group={group}"), &want, Duration::from_secs(90)).await;
+    println!("standby cluster: {} users equal the oracle [{:?} into the test]", want.len(), t.elapsed());
 }
