@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(ArchiveView::of(&a, None, None).state, ArchiveState::Starting);
         let mut o = Observed::default();
         o.apply(Observation::Launched { launch_ids: vec!["1".into()] });
-        o.apply(Observation::Ready { process: 0, url: "http://h".into() });
+        o.apply(Observation::Ready { process: 0, url: "http://h".into(), pid: None });
         assert_eq!(ArchiveView::of(&a, Some(&o), Some(&Ok(3))).state, ArchiveState::Running);
         assert_eq!(ArchiveView::of(&a, Some(&o), Some(&Ok(3))).files, Some(3));
         o.apply(Observation::Died { why: "killed".into() });

@@ -85,6 +85,16 @@ pub enum Origin {
     },
 }
 
+impl Origin {
+    /// Its process id, if known.
+    pub fn pid(&self) -> Option<u32> {
+        match *self {
+            Origin::Spawned { pid } => pid,
+            Origin::Adopted { pid } => Some(pid),
+        }
+    }
+}
+
 /// What a process reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessEvent {

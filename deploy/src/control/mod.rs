@@ -280,7 +280,8 @@ impl Control {
         if after != before {
             // Under the book's lock, so that the snapshot follows the observations in order.
             let serves = after.is_some();
-            self.routes.set_serving(g, after);
+            let pids = observed.processes.iter().map(|p| p.pid).collect();
+            self.routes.set_serving_at(g, after, pids);
             // A standby that took over is routed to as one until now (`Watched::handed_over`).
             let mut handed_over = false;
             if serves {

@@ -16,6 +16,8 @@ use crate::values::GroupId;
 pub struct Routes {
     registry: Arc<RegistryData>,
     serving: HashMap<GroupId, Arc<[String]>>,
+    /// The process ids of the serving processes, where the server knows them (its own host's).
+    pids: HashMap<GroupId, Arc<[Option<u32>]>>,
     /// Per version, per process: the addresses of its standbys that may answer (serving, within
     /// `runtime.standby_max_lag` cuts of the replica feed).
     standbys: HashMap<GroupId, Arc<[Vec<String>]>>,
@@ -30,6 +32,8 @@ pub struct Route {
     pub url: String,
     /// A standby of that process to ask at once if `url` cannot be reached.
     pub standby: Option<String>,
+    /// The process id of the process at `url`, when the server knows it.
+    pub pid: Option<u32>,
 }
 
 /// Why a query cannot be routed.
@@ -86,9 +90,14 @@ impl Routes {
         let owner = crate::version::cluster::owner_process(user_id, d.workers, d.processes);
         let standby = self.standbys.get(group).and_then(|s| s.get(owner)).and_then(|u| u.first()).cloned();
         match self.serving(group).filter(|u| u.len() == d.processes) {
-            Some(urls) => Ok(Route { group_id: group.clone(), url: urls[owner].clone(), standby }),
+            Some(urls) => {
+                let pid = self.pids.get(group).and_then(|p| p.get(owner).copied().flatten());
+                Ok(Route { group_id: group.clone(), url: urls[owner].clone(), standby, pid })
+            }
             // The active process is down (died, restarting): its standby answers.
-            None => standby.map(|url| Route { group_id: group.clone(), url, standby: None }).ok_or_else(not_serving),
+            None => standby
+                .map(|url| Route { group_id: group.clone(), url, standby: None, pid: None })
+                .ok_or_else(not_serving),
         }
     }
 }
@@ -106,11 +115,7 @@ impl Routing {
     /// Publishes a newly committed registry.
     pub fn set_registry(&self, registry: &RegistryData) {
         let registry = Arc::new(registry.clone());
-        self.0.rcu(|r| Routes {
-            registry: Arc::clone(&registry),
-            serving: r.serving.clone(),
-            standbys: r.standbys.clone(),
-        });
+        self.0.rcu(|r| Routes { registry: Arc::clone(&registry), ..(**r).clone() });
     }
 
     /// Publishes the standbys of `g` that may answer, per process (`None`: it has none).
@@ -122,20 +127,33 @@ impl Routing {
                 Some(u) => standbys.insert(g.clone(), Arc::clone(u)),
                 None => standbys.remove(g),
             };
-            Routes { registry: Arc::clone(&r.registry), serving: r.serving.clone(), standbys }
+            Routes { standbys, ..(**r).clone() }
         });
     }
 
     /// Publishes whether every process of `g` serves, and where.
     pub fn set_serving(&self, g: &GroupId, urls: Option<Vec<String>>) {
+        self.set_serving_at(g, urls, Vec::new());
+    }
+
+    /// Publishes whether every process of `g` serves, where, and the process ids the server knows
+    /// of them (in process order; missing or `None` where not known).
+    pub fn set_serving_at(&self, g: &GroupId, urls: Option<Vec<String>>, pids: Vec<Option<u32>>) {
         let urls: Option<Arc<[String]>> = urls.map(Into::into);
+        let pids: Arc<[Option<u32>]> = pids.into();
         self.0.rcu(|r| {
-            let mut serving = r.serving.clone();
+            let (mut serving, mut known) = (r.serving.clone(), r.pids.clone());
             match &urls {
-                Some(u) => serving.insert(g.clone(), Arc::clone(u)),
-                None => serving.remove(g),
+                Some(u) => {
+                    serving.insert(g.clone(), Arc::clone(u));
+                    known.insert(g.clone(), Arc::clone(&pids));
+                }
+                None => {
+                    serving.remove(g);
+                    known.remove(g);
+                }
             };
-            Routes { registry: Arc::clone(&r.registry), serving, standbys: r.standbys.clone() }
+            Routes { serving, pids: known, ..(**r).clone() }
         });
     }
 }
@@ -173,7 +191,8 @@ mod tests {
         let r = routing.load();
         for user in ["u1", "u2", "u3", "alice", "bob"] {
             let owner = crate::version::cluster::owner_process(user, 2, 2);
-            let want = Route { group_id: g("p-v1"), url: ["http://a", "http://b"][owner].into(), standby: None };
+            let want =
+                Route { group_id: g("p-v1"), url: ["http://a", "http://b"][owner].into(), standby: None, pid: None };
             assert_eq!(r.route(None, None, user).as_ref(), Ok(&want));
             assert_eq!(r.route(None, Some("p"), user).as_ref(), Ok(&want));
         }

@@ -150,7 +150,7 @@ mod tests {
         let mut w = Watched { max_lag: 3, ..Watched::default() };
         w.observed.apply(Observation::Launched { launch_ids: vec!["id".into()] });
         if let Some(u) = url {
-            w.observed.apply(Observation::Ready { process: 0, url: u.into() });
+            w.observed.apply(Observation::Ready { process: 0, url: u.into(), pid: None });
         }
         w.status = lag.map(|l| StandbyStatus { written_cut: Some(10), lag_cuts: l, ..StandbyStatus::default() });
         w

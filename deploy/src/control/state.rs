@@ -110,6 +110,8 @@ pub struct ProcessSlot {
     pub launch_id: String,
     /// The HTTP address it announced (`None`: not yet).
     pub url: Option<String>,
+    /// Its process id on this host, when the server knows it.
+    pub pid: Option<u32>,
 }
 
 /// Something observed of a deployment's processes.
@@ -131,6 +133,8 @@ pub enum Observation {
         process: usize,
         /// Its HTTP address.
         url: String,
+        /// Its process id on this host, when known.
+        pid: Option<u32>,
     },
     /// The run ended against the operator's wishes (a process exited, or the run could not
     /// start); it will be restarted.
@@ -160,7 +164,9 @@ pub enum Observation {
 impl Observed {
     /// Applies an observation.
     pub fn apply(&mut self, o: Observation) {
-        let slots = |ids: Vec<String>| ids.into_iter().map(|launch_id| ProcessSlot { launch_id, url: None }).collect();
+        let slots = |ids: Vec<String>| {
+            ids.into_iter().map(|launch_id| ProcessSlot { launch_id, url: None, pid: None }).collect()
+        };
         match o {
             Observation::Launched { launch_ids } => {
                 self.processes = slots(launch_ids);
@@ -172,9 +178,10 @@ impl Observed {
                 self.adopted = true;
                 self.backfilling = None;
             }
-            Observation::Ready { process, url } => {
+            Observation::Ready { process, url, pid } => {
                 if let Some(slot) = self.processes.get_mut(process) {
                     slot.url = Some(url);
+                    slot.pid = pid;
                 }
             }
             Observation::Died { why } | Observation::TookOver { why } => {
@@ -487,7 +494,10 @@ mod tests {
             let n = self.registry.deployments[&g(group)].processes;
             self.observe(group, launched(n));
             for i in 0..n {
-                self.observe(group, Observation::Ready { process: i, url: format!("http://127.0.0.1:{}", 9000 + i) });
+                self.observe(
+                    group,
+                    Observation::Ready { process: i, url: format!("http://127.0.0.1:{}", 9000 + i), pid: None },
+                );
             }
             self.observe(group, Observation::Progress { lag: Ok(lag(total)), events_per_sec: 0.0 });
         }
@@ -500,9 +510,9 @@ mod tests {
     #[test]
     fn a_new_deployment_starts_then_catches_up_then_runs() {
         let mut w = World::with(Starting);
-        w.observe("p-v1", Observation::Ready { process: 0, url: "http://a".into() });
+        w.observe("p-v1", Observation::Ready { process: 0, url: "http://a".into(), pid: None });
         assert_eq!(w.state("p-v1"), Starting, "one of two processes serves");
-        w.observe("p-v1", Observation::Ready { process: 1, url: "http://b".into() });
+        w.observe("p-v1", Observation::Ready { process: 1, url: "http://b".into(), pid: None });
         assert_eq!(w.state("p-v1"), CatchingUp, "serving, lag not known yet");
         assert_eq!(w.observed[&g("p-v1")].serving(), Some(vec!["http://a".into(), "http://b".into()]));
         w.observe("p-v1", Observation::Progress { lag: Ok(lag(THRESHOLD + 1)), events_per_sec: 0.0 });
@@ -533,9 +543,9 @@ mod tests {
             assert_eq!((o.restarts, o.last_error.as_deref()), (restarts + 1, Some("process 1 exited (signal 9)")));
             // The restart begins: still failed until all processes serve again.
             w.observe("p-v1", launched(2));
-            w.observe("p-v1", Observation::Ready { process: 0, url: "http://a".into() });
+            w.observe("p-v1", Observation::Ready { process: 0, url: "http://a".into(), pid: None });
             assert_eq!(w.state("p-v1"), Failed);
-            w.observe("p-v1", Observation::Ready { process: 1, url: "http://b".into() });
+            w.observe("p-v1", Observation::Ready { process: 1, url: "http://b".into(), pid: None });
             assert!(w.state("p-v1").serving(), "served again after dying in {from}");
         }
     }
@@ -553,8 +563,8 @@ mod tests {
         for o in [
             launched(2),
             Observation::Adopted { launch_ids: vec!["a".into(), "b".into()] },
-            Observation::Ready { process: 0, url: "http://a".into() },
-            Observation::Ready { process: 1, url: "http://b".into() },
+            Observation::Ready { process: 0, url: "http://a".into(), pid: None },
+            Observation::Ready { process: 1, url: "http://b".into(), pid: None },
             Observation::Progress { lag: Ok(lag(0)), events_per_sec: 1.0 },
             Observation::Died { why: "x".into() },
         ] {
@@ -703,8 +713,8 @@ mod tests {
         assert!(o.adopted);
         assert_eq!(o.processes.iter().map(|p| p.launch_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(w.state("p-v1"), Starting);
-        w.observe("p-v1", Observation::Ready { process: 0, url: "http://a".into() });
-        w.observe("p-v1", Observation::Ready { process: 1, url: "http://b".into() });
+        w.observe("p-v1", Observation::Ready { process: 0, url: "http://a".into(), pid: None });
+        w.observe("p-v1", Observation::Ready { process: 1, url: "http://b".into(), pid: None });
         assert_eq!(w.state("p-v1"), CatchingUp);
         assert_eq!(w.observed[&g("p-v1")].restarts, 0, "adopting is not a restart");
         // It dies later: failed, and the run that replaces it is this server's own.

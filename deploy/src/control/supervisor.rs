@@ -203,7 +203,10 @@ async fn run_once(
             }
         };
         match next {
-            Some((process, ProcessEvent::Ready(url))) => report(Observation::Ready { process, url }),
+            Some((process, ProcessEvent::Ready(url))) => {
+                let pid = processes[process].origin.pid();
+                report(Observation::Ready { process, url, pid })
+            }
             // A standby's run has one process, and it lives on as the version's.
             Some((_, ProcessEvent::TookOver(why))) => return Ended::TookOver(why),
             Some((dead, ProcessEvent::Exited(why))) => {

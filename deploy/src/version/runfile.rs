@@ -137,6 +137,29 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether process `pid` is gone or on its way out: no such process, a zombie, or exiting (the
+/// kernel's `PF_EXITING`, set as soon as a `kill -9` is acted on, while the process's memory is
+/// still being freed and its sockets are still open).
+pub fn exiting(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => parse_exiting(&stat).unwrap_or(false),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
+/// `PF_EXITING` in `include/linux/sched.h`.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether a `/proc/<pid>/stat` line says zombie, dead or exiting (field 3, the state, and field
+/// 9, the flags).
+fn parse_exiting(stat: &str) -> Option<bool> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let flags: u64 = fields.nth(5)?.parse().ok()?;
+    Some(matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0)
+}
+
 fn boot_id() -> io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_owned())
 }
@@ -144,6 +167,17 @@ fn boot_id() -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_exiting_when_its_flags_or_state_say_so() {
+        let line = |state: &str, flags: u64| format!("1234 (squall (x) y) {state} 1 1234 1234 0 -1 {flags} 5 0 0 0");
+        assert_eq!(parse_exiting(&line("S", 0x400040)), Some(false));
+        assert_eq!(parse_exiting(&line("R", 0x400044)), Some(true), "PF_EXITING");
+        assert_eq!(parse_exiting(&line("Z", 0x400040)), Some(true), "a zombie");
+        assert_eq!(parse_exiting("garbage"), None);
+        assert!(!exiting(std::process::id()), "this test is not exiting");
+        assert!(exiting(u32::MAX), "no such process");
+    }
 
     fn file() -> RunFile {
         RunFile::of_this_process("p-v1", 0, "0123456789abcdef").expect("this process")
