@@ -49,7 +49,12 @@ struct Reads {
     cuts: HashMap<String, u64>,
     /// Queries that took longer than [`SLOW`]: when each started, how long it took, who answered.
     slow: Vec<(Instant, Duration, String)>,
+    /// Gaps between two answers longer than [`LONG_GAP`]: when each ended, and how long.
+    gaps: Vec<(Instant, Duration)>,
 }
+
+/// A gap between two answers longer than this is listed in the summary with when it ended.
+const LONG_GAP: Duration = Duration::from_millis(50);
 
 /// The tests of this file, one at a time: each measures gaps and latencies on the same 2 cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -76,6 +81,9 @@ impl Reads {
                 r.answered += 1;
                 if let Some(last) = r.last_answer {
                     r.longest_gap = r.longest_gap.max(now - last);
+                    if now - last > LONG_GAP {
+                        r.gaps.push((now, now - last));
+                    }
                 }
                 r.last_answer = Some(now);
                 if body["as_of"]["standby"] == true {
@@ -99,14 +107,15 @@ impl Reads {
         assert!(self.went_back.is_empty(), "answers went back: {:?}", some(&self.went_back));
     }
 
-    /// The slow queries, one line each, with when they started after `since`.
+    /// The slow queries and the long gaps, one line each, with when they started (ended) after
+    /// `since`.
     fn slow_queries(&self, since: Instant) -> String {
-        self.slow
-            .iter()
-            .map(|(at, took, who)| {
-                format!("  slow query: started {:?} in, took {took:?}, {who}\n", at.duration_since(since))
-            })
-            .collect()
+        let slow = self.slow.iter().map(|(at, took, who)| {
+            format!("  slow query: started {:?} in, took {took:?}, {who}\n", at.duration_since(since))
+        });
+        let gaps =
+            self.gaps.iter().map(|(at, gap)| format!("  long gap: {gap:?}, ended {:?} in\n", at.duration_since(since)));
+        slow.chain(gaps).collect()
     }
 
     /// One line: answers, failures, the longest gap and latencies.
@@ -192,12 +201,20 @@ impl Reader {
     }
 }
 
-/// Produces `per_tick` events every 100 ms until `stop`; the events sent.
+/// Produces `per_tick` events every 100 ms until `stop`, with one producer (making and dropping
+/// one per batch blocks a runtime thread for milliseconds, which the reader's gaps would show);
+/// the events sent.
 async fn keep_producing(f: Fixture, mut stream: Stream, per_tick: usize, stop: Arc<AtomicBool>) -> Vec<Event> {
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", squall_tests::brokers())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
     let mut sent = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let (records, events) = stream.batch(&f, per_tick);
-        produce(records).await;
+        squall_tests::send_all(&producer, records, Duration::from_secs(30)).await;
         sent.extend(events);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -271,7 +288,7 @@ fn log_lines(server: &SquallServer, group: &str, what: &str) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_killed() {
     let _one = ONE_AT_A_TIME.lock().await;
     let seed: u64 = std::env::var("SQUALL_STANDBY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
@@ -492,7 +509,7 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
 /// version's run down (its processes fail as a unit), and the two standbys take over at once as a
 /// new timely cluster, each from the state it held; every query is answered meanwhile, no cut goes
 /// back, and afterwards every user equals the oracle.
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_of_two_processes_is_taken_over_by_the_standbys_of_both_as_one_cluster() {
     let _one = ONE_AT_A_TIME.lock().await;
     let seed: u64 = std::env::var("SQUALL_STANDBY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
