@@ -288,26 +288,31 @@ fn log_lines(server: &SquallServer, group: &str, what: &str) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_killed() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// The seed of a test's random choices (`SQUALL_STANDBY_SEED`, else a fresh one, printed), and a
+/// deployment of version 1 with a standby per process, 200 ms epochs and dedup off (nothing is
+/// sent twice, so an event applied twice after a takeover shows up), `workers` per process.
+async fn standby_deployment(name: &str, catalogue_seed: u64, workers: usize) -> (u64, Deployment) {
     let seed: u64 = std::env::var("SQUALL_STANDBY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("standby test seed {seed} (rerun with SQUALL_STANDBY_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let t = Instant::now();
-    let d = Deployment::new("standby", 41, 4, |f, name| {
+    println!("{name} test seed {seed} (rerun with SQUALL_STANDBY_SEED={seed})");
+    let runtime = format!("workers = {workers}\nstandbys = 1\nstandby_max_lag = 10");
+    let d = Deployment::new(name, catalogue_seed, 4, |f, name| {
         f.topology(
             name,
             1,
             "personalization_v1",
-            &[
-                // Dedup off and no resends: an event applied twice after a recovery shows up.
-                ("state", "epoch = \"200ms\"\ndedup_horizon = \"0s\""),
-                ("runtime", "workers = 2\nstandbys = 1\nstandby_max_lag = 10"),
-            ],
+            &[("state", "epoch = \"200ms\"\ndedup_horizon = \"0s\""), ("runtime", runtime.as_str())],
         )
     })
     .await;
+    (seed, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_killed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let t = Instant::now();
+    let (seed, d) = standby_deployment("standby", 41, 2).await;
+    let mut rng = StdRng::seed_from_u64(seed);
     let group = d.group(1);
     let server = SquallServer::start(&state_dir("squall-standby"), TOKEN);
     server.cli_ok(&["deploy", d.file()]);
@@ -512,22 +517,9 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_of_two_processes_is_taken_over_by_the_standbys_of_both_as_one_cluster() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let seed: u64 = std::env::var("SQUALL_STANDBY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("standby cluster test seed {seed} (rerun with SQUALL_STANDBY_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
     let t = Instant::now();
-    let d = Deployment::new("standby-cluster", 43, 4, |f, name| {
-        f.topology(
-            name,
-            1,
-            "personalization_v1",
-            &[
-                ("state", "epoch = \"200ms\"\ndedup_horizon = \"0s\""),
-                ("runtime", "workers = 1\nstandbys = 1\nstandby_max_lag = 10"),
-            ],
-        )
-    })
-    .await;
+    let (seed, d) = standby_deployment("standby-cluster", 43, 1).await;
+    let mut rng = StdRng::seed_from_u64(seed);
     let group = d.group(1);
     let server = SquallServer::start(&state_dir("squall-standby-cluster"), TOKEN);
     server.cli_ok(&["deploy", d.file(), "--processes", "2"]);
