@@ -263,6 +263,28 @@ async fn active_pids(server: &SquallServer, group: &str) -> Option<Vec<u32>> {
     Some(pids)
 }
 
+/// `kill -9`s process `victim` (printing `what` and when, after `since`) and waits until the server
+/// lists the `standbys`' processes as the version's, in process order; how long that took.
+async fn kill_until_taken_over(
+    server: &SquallServer,
+    group: &str,
+    victim: u32,
+    standbys: &[u32],
+    (what, since): (&str, Instant),
+) -> Duration {
+    let _ = std::process::Command::new("kill").args(["-KILL", &victim.to_string()]).status();
+    let killed = Instant::now();
+    println!("{what} at {:?} in", killed.duration_since(since));
+    wait_for("the standbys to take over", Duration::from_secs(30), || async {
+        match active_pids(server, group).await {
+            Some(p) if p == standbys => Ok(()),
+            other => Err(format!("the version's processes are {other:?}, the standbys {standbys:?}")),
+        }
+    })
+    .await;
+    killed.elapsed()
+}
+
 /// The pid of the process serving at `url` (its `/v1/status`).
 async fn pid_at(url: &str) -> Option<u32> {
     let body: serde_json::Value = reqwest::get(format!("{url}/v1/status")).await.ok()?.json().await.ok()?;
@@ -385,19 +407,9 @@ async fn a_standby_answers_while_the_active_is_killed_and_is_restarted_when_kill
                 rss_mb(active)
             );
         }
-        let _ = std::process::Command::new("kill").args(["-KILL", &active.to_string()]).status();
-        let killed = Instant::now();
-        println!("standby: kill {} of the active at {:?} in", kills + 1, killed.duration_since(started));
         kills += 1;
-        // The standby's process becomes the version's process 0; the server lists it.
-        wait_for("the standby to take over", Duration::from_secs(30), || async {
-            match active_pid(&server, &group).await {
-                Some(p) if p == standby_pid => Ok(()),
-                other => Err(format!("process 0 is {other:?}, the standby is {standby_pid}")),
-            }
-        })
-        .await;
-        takeovers.push(killed.elapsed());
+        let what = format!("standby: kill {kills} of the active");
+        takeovers.push(kill_until_taken_over(&server, &group, active, &[standby_pid], (&what, started)).await);
     }
     let mut r = reader.finish().await;
     stop.store(true, Ordering::Relaxed);
@@ -576,18 +588,8 @@ async fn a_version_of_two_processes_is_taken_over_by_the_standbys_of_both_as_one
         .await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3000))).await;
         let victim = rng.random_range(0..2);
-        let _ = std::process::Command::new("kill").args(["-KILL", &actives[victim].to_string()]).status();
-        let killed = Instant::now();
-        println!("standby cluster: kill {} of process {victim} at {:?} in", kill + 1, killed.duration_since(started));
-        // The standbys' processes become the version's processes 0 and 1; the server lists them.
-        wait_for("the standbys to take over", Duration::from_secs(30), || async {
-            match active_pids(&server, &group).await {
-                Some(p) if p == standbys => Ok(()),
-                other => Err(format!("the processes are {other:?}, the standbys {standbys:?}")),
-            }
-        })
-        .await;
-        takeovers.push(killed.elapsed());
+        let what = format!("standby cluster: kill {} of process {victim}", kill + 1);
+        takeovers.push(kill_until_taken_over(&server, &group, actives[victim], &standbys, (&what, started)).await);
     }
     let mut r = reader.finish().await;
     stop.store(true, Ordering::Relaxed);
