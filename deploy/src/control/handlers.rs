@@ -423,20 +423,23 @@ const DYING_CHECK: Duration = Duration::from_millis(10);
 /// exiting never answers again, so its standby's answer (which reflects every cut the active had
 /// claimed before the query) cannot be followed by an earlier one from it.
 async fn or_if_dead(active: impl Future<Output = Result<Response, ProxyError>>, route: &Route) -> Option<Response> {
+    let answered = |answer: Result<Response, ProxyError>| match answer {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::debug!(group_id = %route.group_id, url = %route.url, error = %e, "asking the standby");
+            None
+        }
+    };
+    // Without its process id (not on this host) there is nothing to check.
+    let Some(pid) = route.pid else { return answered(active.await) };
     tokio::pin!(active);
     let mut check = tokio::time::interval_at(tokio::time::Instant::now() + DYING_CHECK, DYING_CHECK);
     loop {
         tokio::select! {
-            answer = &mut active => return match answer {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    tracing::debug!(group_id = %route.group_id, url = %route.url, error = %e, "asking the standby");
-                    None
-                }
-            },
+            answer = &mut active => return answered(answer),
             _ = check.tick() => {
-                if route.pid.is_some_and(crate::version::runfile::exiting) {
-                    tracing::debug!(group_id = %route.group_id, url = %route.url, pid = ?route.pid, "the active is exiting: asking the standby");
+                if crate::version::runfile::exiting(pid) {
+                    tracing::debug!(group_id = %route.group_id, url = %route.url, pid, "the active is exiting: asking the standby");
                     return None;
                 }
             }
