@@ -99,7 +99,14 @@ async fn metrics_carry_fixed_labels_lag_and_the_versions_series() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_renders_deployments_and_charts_in_chromium() {
     let (f, server, group) = running_version(300).await;
-    // More events once the version is up, so that the monitor sees them being applied.
+    // More events once the version is up and the monitor has read its counters once (the
+    // baseline a rate needs: on a loaded machine the first reading came after the events were all
+    // applied, and the history never showed them), so that the monitor sees them being applied.
+    wait_for("the monitor's first reading of the version's counters", Duration::from_secs(30), || async {
+        let (_, d) = server.get(&format!("/v1/deployments/{group}")).await;
+        if d["status"].is_object() { Ok(()) } else { Err(d.to_string()) }
+    })
+    .await;
     let more: Vec<_> = (0..3000)
         .map(|i| {
             let e = json!({"event_id": format!("m{i}"), "user_id": format!("u{}", i % 10), "track_id": "t1",
