@@ -257,7 +257,9 @@ pub fn run(job: Arc<Job>, config: timely::Config) -> Result<(), String> {
                             asof.take_users()
                         });
                         let written = written_by_0.with_frontier(|f| f.first().copied()).unwrap_or(i64::MAX);
-                        if written < c.time() + 2 - SHARES_IN_FLIGHT {
+                        // (Saturating: with no item before `at` the capability is still at
+                        // i64::MIN.)
+                        if written < c.time().saturating_add(2 - SHARES_IN_FLIGHT) {
                             activator.activate_after(Duration::from_millis(1));
                             return;
                         }
