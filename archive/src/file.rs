@@ -393,15 +393,17 @@ fn verify_sum(entry: &FileEntry, len: u64, hash: u64) -> Result<(), FileError> {
 struct Rows {
     rows: u64,
     last: i64,
+    /// The columns decoded: the archive's, or those of a projection.
+    fields: arrow_schema::Fields,
 }
 
 impl Rows {
     fn new(entry: &FileEntry) -> Self {
-        Rows { rows: 0, last: entry.from_offset - 1 }
+        Rows { rows: 0, last: entry.from_offset - 1, fields: schema().fields().clone() }
     }
 
     fn next(&mut self, b: &RecordBatch) -> Result<(), FileError> {
-        if b.schema().fields() != schema().fields() {
+        if *b.schema().fields() != self.fields {
             return Err(FileError::Schema(format!("{:?}", b.schema())));
         }
         for o in column::<Int64Array>(b, "offset").values().iter() {
@@ -445,7 +447,7 @@ impl FileBlocks {
     /// Checks `bytes` against `entry` and prepares to decode them `block` rows at a time.
     pub fn open(entry: &FileEntry, bytes: Bytes, block: usize) -> Result<FileBlocks, FileError> {
         verify(entry, &bytes)?;
-        FileBlocks::decoding(entry, || Ok(bytes.clone()), block)
+        FileBlocks::decoding(entry, || Ok(bytes.clone()), block, None)
     }
 
     /// Checks the local file at `path` against `entry` and prepares to decode it `block` rows at
@@ -453,14 +455,38 @@ impl FileBlocks {
     /// their compressed form are held, only each column's current page.
     pub fn open_file(entry: &FileEntry, path: &std::path::Path, block: usize) -> Result<FileBlocks, FileError> {
         verify_file(entry, path)?;
-        FileBlocks::decoding(entry, || Ok(std::fs::File::open(path)?), block)
+        FileBlocks::decoding(entry, || Ok(std::fs::File::open(path)?), block, None)
     }
 
-    /// Reads the `ts` column of what `source` gives, then prepares to decode it all.
+    /// [`FileBlocks::open_file`] decoding only `columns` (and `offset`, which the checks read), in
+    /// the archive's column order: a column not decoded holds no page (nor dictionary) in memory.
+    pub fn open_file_columns(
+        entry: &FileEntry,
+        path: &std::path::Path,
+        block: usize,
+        columns: &[&str],
+    ) -> Result<FileBlocks, FileError> {
+        verify_file(entry, path)?;
+        FileBlocks::decoding(entry, || Ok(std::fs::File::open(path)?), block, Some(columns))
+    }
+
+    /// [`FileBlocks::open`] decoding only `columns`, as [`FileBlocks::open_file_columns`].
+    pub fn open_columns(
+        entry: &FileEntry,
+        bytes: Bytes,
+        block: usize,
+        columns: &[&str],
+    ) -> Result<FileBlocks, FileError> {
+        verify(entry, &bytes)?;
+        FileBlocks::decoding(entry, || Ok(bytes.clone()), block, Some(columns))
+    }
+
+    /// Reads the `ts` column of what `source` gives, then prepares to decode it all (or `columns`).
     fn decoding<T: parquet::file::reader::ChunkReader + 'static>(
         entry: &FileEntry,
         source: impl Fn() -> Result<T, FileError>,
         block: usize,
+        columns: Option<&[&str]>,
     ) -> Result<FileBlocks, FileError> {
         let builder = ParquetRecordBatchReaderBuilder::try_new(source()?)?;
         let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["ts"]);
@@ -477,8 +503,21 @@ impl FileBlocks {
         for i in (1..least_from.len()).rev() {
             least_from[i - 1] = least_from[i - 1].min(least_from[i]);
         }
-        let reader = ParquetRecordBatchReaderBuilder::try_new(source()?)?.with_batch_size(block).build()?;
-        Ok(FileBlocks { entry: entry.clone(), reader, least_from, next: 0, check: Rows::new(entry), ended: false })
+        let builder = ParquetRecordBatchReaderBuilder::try_new(source()?)?.with_batch_size(block);
+        let mut check = Rows::new(entry);
+        let reader = match columns {
+            None => builder.build()?,
+            Some(columns) => {
+                let wanted = |name: &str| name == "offset" || columns.contains(&name);
+                let mask = parquet::arrow::ProjectionMask::columns(
+                    builder.parquet_schema(),
+                    schema().fields().iter().map(|f| f.name().as_str()).filter(|n| wanted(n)),
+                );
+                check.fields = schema().fields().iter().filter(|f| wanted(f.name())).cloned().collect();
+                builder.with_projection(mask).build()?
+            }
+        };
+        Ok(FileBlocks { entry: entry.clone(), reader, least_from, next: 0, check, ended: false })
     }
 
     /// Its manifest entry.

@@ -359,14 +359,34 @@ impl Archive {
     /// ([`crate::file::FileBlocks`]): only its compressed bytes are held until then. A local
     /// archive's file is checked and then read from disk a page at a time as it is decoded.
     pub async fn read_blocks(&self, entry: &FileEntry, block: usize) -> Result<crate::file::FileBlocks, ReadError> {
+        self.read_blocks_of(entry, block, None).await
+    }
+
+    /// [`Archive::read_blocks`] decoding only `columns` (and `offset`): what a reader that needs
+    /// a few columns holds is those columns' pages, not every column's.
+    pub async fn read_blocks_of(
+        &self,
+        entry: &FileEntry,
+        block: usize,
+        columns: Option<&'static [&'static str]>,
+    ) -> Result<crate::file::FileBlocks, ReadError> {
+        use crate::file::FileBlocks;
         let Some(dir) = &self.local else {
-            return self.checked(entry, move |e, bytes| crate::file::FileBlocks::open(e, bytes, block)).await;
+            return self
+                .checked(entry, move |e, bytes| match columns {
+                    None => FileBlocks::open(e, bytes, block),
+                    Some(c) => FileBlocks::open_columns(e, bytes, block, c),
+                })
+                .await;
         };
         let (e, path) = (entry.clone(), dir.join(&entry.path));
-        tokio::task::spawn_blocking(move || crate::file::FileBlocks::open_file(&e, &path, block))
-            .await
-            .expect("checking a file does not panic")
-            .map_err(|source| ReadError::File { path: entry.path.clone(), source })
+        tokio::task::spawn_blocking(move || match columns {
+            None => FileBlocks::open_file(&e, &path, block),
+            Some(c) => FileBlocks::open_file_columns(&e, &path, block, c),
+        })
+        .await
+        .expect("checking a file does not panic")
+        .map_err(|source| ReadError::File { path: entry.path.clone(), source })
     }
 
     /// Fetches a data file's bytes and hands them with its entry to `check` (size, checksum,
@@ -514,6 +534,34 @@ mod tests {
         wrong.rows += 1;
         // (The checksum is the file's, so only the rows can disagree.)
         let mut blocks = archive.read_blocks(&wrong, 64).await.unwrap();
+        let last = std::iter::from_fn(|| blocks.next_block()).last().unwrap();
+        assert!(last.unwrap_err().to_string().contains("the manifest says 1001"));
+
+        // Some columns only: those and `offset`, in the archive's order, with the same values
+        // and the same checks.
+        use arrow_array::Array as _;
+        const COLUMNS: &[&str] = &["ts", "user_id"];
+        let mut blocks = archive.read_blocks_of(&entry, 64, Some(COLUMNS)).await.unwrap();
+        let mut rows = 0;
+        while let Some(b) = blocks.next_block() {
+            let b = b.unwrap();
+            let names: Vec<&str> = b.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+            assert_eq!(names, ["offset", "user_id", "ts"]);
+            let (offset, user, ts) = (
+                b.column(0).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap(),
+                b.column(1).as_any().downcast_ref::<arrow_array::StringArray>().unwrap(),
+                b.column(2).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap(),
+            );
+            for i in 0..b.num_rows() {
+                let r = &whole[rows + i];
+                assert_eq!(offset.value(i), r.offset);
+                let event = r.event.as_ref().map(|e| (e.user_id().to_owned(), e.ts()));
+                assert_eq!(user.is_valid(i).then(|| (user.value(i).to_owned(), ts.value(i))), event);
+            }
+            rows += b.num_rows();
+        }
+        assert_eq!(rows, whole.len());
+        let mut blocks = archive.read_blocks_of(&wrong, 64, Some(COLUMNS)).await.unwrap();
         let last = std::iter::from_fn(|| blocks.next_block()).last().unwrap();
         assert!(last.unwrap_err().to_string().contains("the manifest says 1001"));
     }

@@ -46,6 +46,10 @@ const SHARES_IN_FLIGHT: i64 = 8;
 /// Rows of label answers a worker sends worker 0 at a time.
 const ROWS_PER_MESSAGE: usize = 4096;
 
+/// The archive's columns the job reads ([`events`]): the rest (the raw value, the key, the
+/// Kafka timestamp, dead letters' reasons) are not decoded, and hold no pages in memory.
+const COLUMNS: &[&str] = &["partition", "offset", "event_id", "user_id", "ts", "track_id", "ms_played", "ad_id"];
+
 /// Blocks (or label buckets) a worker hands out per activation before it yields.
 const BLOCKS_PER_STEP: usize = 8;
 
@@ -389,7 +393,8 @@ impl Reader {
             && let Some((topic, entry)) = self.files.pop_front()
         {
             let (archive, e) = (self.job.archive.clone(), entry.clone());
-            let read = self.job.runtime.spawn(async move { archive.read_blocks(&e, BLOCK_ROWS).await });
+            let read =
+                self.job.runtime.spawn(async move { archive.read_blocks_of(&e, BLOCK_ROWS, Some(COLUMNS)).await });
             self.fetching.push_back((topic, entry, read));
         }
         // Files with no event left go, once the rest of their rows (dead letters) are read and
