@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -182,36 +182,41 @@ impl Spill {
         Ok(())
     }
 
-    /// Sorts the rows received since the last run by key and writes them as a run.
+    /// Sorts the rows received since the last run by key and writes them as a run, a batch at a
+    /// time taken from the received batches (no sorted copy of the whole run in memory).
     fn write_run(&mut self) -> Result<(), OutputError> {
         if self.pending_rows == 0 {
             return Ok(());
         }
-        let all = arrow_select::concat::concat_batches(&self.schema, &self.pending).map_err(|e| self.file.err(e))?;
-        (self.pending, self.pending_rows) = (Vec::new(), 0);
-        let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        // Every row as (batch, row), by key (keys are distinct: label rows, or users).
+        let mut order: Vec<(usize, usize)> =
+            pending.iter().enumerate().flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r))).collect();
         if self.by_user {
-            let keys = all.column(0).as_any().downcast_ref::<StringArray>().expect("its own key column");
-            order.sort_unstable_by(|a, b| keys.value(*a as usize).cmp(keys.value(*b as usize)));
+            let keys: Vec<&StringArray> = pending
+                .iter()
+                .map(|b| b.column(0).as_any().downcast_ref::<StringArray>().expect("its own key column"))
+                .collect();
+            order.sort_unstable_by(|a, b| keys[a.0].value(a.1).cmp(keys[b.0].value(b.1)));
         } else {
-            let keys = all.column(0).as_any().downcast_ref::<UInt64Array>().expect("its own key column");
-            order.sort_unstable_by_key(|i| keys.value(*i as usize));
+            let keys: Vec<&UInt64Array> = pending
+                .iter()
+                .map(|b| b.column(0).as_any().downcast_ref::<UInt64Array>().expect("its own key column"))
+                .collect();
+            order.sort_unstable_by_key(|(b, r)| keys[*b].value(*r));
         }
-        let batch =
-            arrow_select::take::take_record_batch(&all, &UInt32Array::from(order)).map_err(|e| self.file.err(e))?;
-        drop(all);
         if self.writer.is_none() {
             let file = File::create(&self.file.0).map_err(|e| self.file.err(e))?;
             let w = FileWriter::try_new(BufWriter::new(file), &self.schema).map_err(|e| self.file.err(e))?;
             self.writer = Some(w);
         }
         let writer = self.writer.as_mut().expect("created above");
+        let refs: Vec<&RecordBatch> = pending.iter().collect();
         let start = self.batches;
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let len = BATCH_ROWS.min(batch.num_rows() - offset);
-            writer.write(&batch.slice(offset, len)).map_err(|e| self.file.err(e))?;
-            offset += len;
+        for rows in order.chunks(BATCH_ROWS) {
+            let batch = arrow_select::interleave::interleave_record_batch(&refs, rows).map_err(|e| self.file.err(e))?;
+            writer.write(&batch).map_err(|e| self.file.err(e))?;
             self.batches += 1;
         }
         self.runs.push(start..self.batches);
