@@ -65,8 +65,8 @@ pub struct Job {
     pub archive: Archive,
     /// Every data file to read, by first event time, with its topic's index among the inputs.
     pub files: Vec<(u8, FileEntry)>,
-    /// The label rows (user, time), or empty with `at`.
-    pub labels: Vec<(CompactString, i64)>,
+    /// The label rows' users and times, or none with `at`.
+    pub labels: super::labels::Rows,
     /// With `--at`: every user's attributes as of this time.
     pub at: Option<i64>,
     /// Events at or after this time are not read (no label can see them).
@@ -333,8 +333,8 @@ enum Step {
 /// block of each open file and the events' disorder) rather than the files' length.
 struct Reader {
     job: Arc<Job>,
-    /// Its label rows by time: (ts, row).
-    labels: VecDeque<(i64, u64)>,
+    /// Its label rows by time (4 bytes a row; the times are the job's).
+    labels: VecDeque<u32>,
     /// Its files not fetched yet, by first event time.
     files: VecDeque<(u8, FileEntry)>,
     /// The next few, being fetched.
@@ -352,9 +352,9 @@ enum Next {
 
 impl Reader {
     fn new(job: Arc<Job>, index: usize, peers: usize) -> Reader {
-        let mut labels: Vec<(i64, u64)> =
-            job.labels.iter().enumerate().skip(index).step_by(peers).map(|(row, (_, ts))| (*ts, row as u64)).collect();
-        labels.sort_unstable();
+        // The labels file has at most u32::MAX rows (`labels::read`).
+        let mut labels: Vec<u32> = (index..job.labels.len()).step_by(peers).map(|row| row as u32).collect();
+        labels.sort_unstable_by_key(|row| (job.labels.ts[*row as usize], *row));
         let files = job.files.iter().skip(index).step_by(peers).cloned().collect();
         Reader { job, labels: labels.into(), files, fetching: VecDeque::new(), open: Vec::new() }
     }
@@ -372,7 +372,8 @@ impl Reader {
 
     /// The least event time still to hand out, and where it is.
     fn choose(&self) -> Option<(i64, Next)> {
-        let mut best: Option<(i64, Next)> = self.labels.front().map(|(ts, _)| (*ts, Next::Label));
+        let label_ts = |row: &u32| self.job.labels.ts[*row as usize];
+        let mut best: Option<(i64, Next)> = self.labels.front().map(|row| (label_ts(row), Next::Label));
         let mut consider = |ts: i64, next: Next| {
             if best.as_ref().is_none_or(|(b, _)| ts < *b) {
                 best = Some((ts, next));
@@ -420,9 +421,11 @@ impl Reader {
         match next {
             Next::Label => {
                 let b = bucket(ts);
-                while let Some(&(ts, row)) = self.labels.front().filter(|(ts, _)| bucket(*ts) == b) {
+                let label_ts = |row: u32| self.job.labels.ts[row as usize];
+                while let Some(row) = self.labels.front().copied().filter(|row| bucket(label_ts(*row)) == b) {
                     self.labels.pop_front();
-                    let user = self.job.labels[row as usize].0.clone();
+                    let (row, ts) = (u64::from(row), label_ts(row));
+                    let user = self.job.labels.user(row as usize).into();
                     out.entry(b).or_default().push(Item::Label { row, user, ts });
                 }
             }

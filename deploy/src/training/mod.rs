@@ -36,8 +36,9 @@
 //!   of the files whose event-time ranges overlap the oldest unapplied minute: small with the
 //!   archiver's files (a file per partition per minute by default), but all of them when each
 //!   file spans the whole history (one imported file per partition): measured in
-//!   `benches/RESULTS.md` ("Training data"). The labels are held from the start (about 40 bytes a
-//!   row, and the file's columns for the output). Each worker turns its answers into typed
+//!   `benches/RESULTS.md` ("Training data"). Of the labels, each row's user and time are held
+//!   from the start (about 20 bytes a row); the file's other columns are read again, a batch at
+//!   a time, while the output is written. Each worker turns its answers into typed
 //!   columns and sends them to worker 0 of process 0 a batch at a time, which spills them in
 //!   sorted runs beside the output ([`spill`]), merged into label order (or user order) at the
 //!   end: a run of rows in memory, not every answer. A `--at` snapshot answers a share of each
@@ -224,15 +225,13 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
         Some(path) => {
             let labels = labels::read(path)?;
             let names = output::attribute_names(&declaration);
-            for b in labels.batches.iter().take(1) {
-                if let Some(f) = b.schema().fields().iter().find(|f| names.contains(&f.name().as_str())) {
-                    return Err(TrainingError::Usage(format!(
-                        "{}: the label column `{}` has the name of an attribute of version {}; rename it",
-                        path.display(),
-                        f.name(),
-                        spec.version
-                    )));
-                }
+            if let Some(f) = labels.schema.fields().iter().find(|f| names.contains(&f.name().as_str())) {
+                return Err(TrainingError::Usage(format!(
+                    "{}: the label column `{}` has the name of an attribute of version {}; rename it",
+                    path.display(),
+                    f.name(),
+                    spec.version
+                )));
             }
             Some(labels)
         }
@@ -247,7 +246,7 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
     let archive = Archive::open(&args.archive)?;
     let until = match (&labels, args.at) {
         (_, Some(at)) => at,
-        (Some(l), None) => l.ts.iter().copied().max().unwrap_or(i64::MIN),
+        (Some(l), None) => l.rows.ts.iter().copied().max().unwrap_or(i64::MIN),
         (None, None) => unreachable!("clap requires --labels or --at"),
     };
     let topics = [spec.kafka.song_completions.clone(), spec.kafka.ad_impressions.clone()];
@@ -262,11 +261,8 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
     let catalogue = runtime.block_on(catalogue::Catalogue::load(&spec.cql.nodes, &spec.cql.keyspace, &symbols))?;
     let plan = Arc::new(Plan::compile(&declaration, &symbols));
     let n_files = files.len();
-    // The job takes the label rows' users and times (the labels keep their batches for the output).
-    let label_rows = labels
-        .as_mut()
-        .map(|l| std::mem::take(&mut l.users).into_iter().zip(l.ts.iter().copied()).collect())
-        .unwrap_or_default();
+    // The job takes the label rows' users and times; the other columns are read again for the output.
+    let label_rows = labels.as_mut().map(|l| std::mem::replace(&mut l.rows, labels::Rows::empty()));
     let spill = (args.process == 0).then(|| spill::Spill::new(&args.out, &declaration, args.at.is_some()));
     let job = Arc::new(dataflow::Job {
         plan,
@@ -274,7 +270,7 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
         catalogue: Arc::new(catalogue),
         archive,
         files,
-        labels: label_rows,
+        labels: label_rows.unwrap_or_else(labels::Rows::empty),
         at: args.at,
         until,
         dedup_horizon_ms: spec.state.dedup_horizon.as_millis() as i64,
@@ -313,7 +309,7 @@ pub fn main(args: TrainingArgs) -> Result<Summary, TrainingError> {
     let merge = spill.finish()?;
     summary.rows = match (&labels, args.at) {
         (_, Some(at)) => output::write_snapshot(&args.out, at, merge)?,
-        (Some(l), None) => output::write_labels(&args.out, l, merge)?,
+        (Some(l), None) => output::write_labels(&args.out, l, &job.labels, merge)?,
         (None, None) => unreachable!("clap requires --labels or --at"),
     };
     tracing::info!(

@@ -14,8 +14,8 @@ use parquet::file::properties::WriterProperties;
 use squall_operators::attributes::ValueType;
 use squall_operators::{Declaration, Value};
 
-use super::labels::Labels;
-use super::spill::Merge;
+use super::labels::{self as label, Labels};
+use super::spill::{BATCH_ROWS, Merge};
 
 /// Why the output was not written.
 #[derive(Debug, thiserror::Error)]
@@ -193,43 +193,59 @@ fn beside(front: &RecordBatch, merged: &RecordBatch) -> Result<RecordBatch, Stri
     RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())
 }
 
-/// The label rows a merged batch at a time.
+/// The label rows a merged batch at a time, read again from the labels file.
 struct LabelRows<'a> {
-    batches: &'a [RecordBatch],
-    /// The next row: its batch and its row in it.
-    batch: usize,
-    offset: usize,
+    batches: Box<dyn Iterator<Item = Result<RecordBatch, String>> + 'a>,
+    schema: SchemaRef,
+    /// The rest of the batch read last.
+    rest: Option<RecordBatch>,
 }
 
 impl LabelRows<'_> {
     /// The next `n` rows.
     fn take(&mut self, n: usize) -> Result<RecordBatch, String> {
-        let schema = self.batches.first().ok_or("answers for a labels file without rows")?.schema();
         let mut parts = Vec::new();
         let mut need = n;
         while need > 0 {
-            let b = self.batches.get(self.batch).ok_or("more answers than label rows")?;
-            let len = (b.num_rows() - self.offset).min(need);
-            parts.push(b.slice(self.offset, len));
-            (self.offset, need) = (self.offset + len, need - len);
-            if self.offset == b.num_rows() {
-                (self.batch, self.offset) = (self.batch + 1, 0);
+            let b = match self.rest.take() {
+                Some(b) => b,
+                None => self.batches.next().ok_or("more answers than label rows")??,
+            };
+            let len = b.num_rows().min(need);
+            parts.push(b.slice(0, len));
+            need -= len;
+            if len < b.num_rows() {
+                self.rest = Some(b.slice(len, b.num_rows() - len));
             }
         }
-        arrow_select::concat::concat_batches(&schema, &parts).map_err(|e| e.to_string())
+        arrow_select::concat::concat_batches(&self.schema, &parts).map_err(|e| e.to_string())
     }
 }
 
-/// Writes every label row with its attributes, merged from the answers' spill in row order.
-pub fn write_labels(path: &Path, labels: &Labels, mut merge: Merge) -> Result<u64, OutputError> {
-    let label_schema = labels.batches.first().map_or_else(|| Arc::new(Schema::empty()), |b| b.schema());
-    let empty = beside(&RecordBatch::new_empty(label_schema), &RecordBatch::new_empty(merge.schema()))
-        .map_err(|detail| OutputError::Write { path: path.to_owned(), detail })?;
-    let (total, mut next) = (labels.len() as u64, 0u64);
-    let mut rows = LabelRows { batches: &labels.batches, batch: 0, offset: 0 };
-    let mut batches = std::iter::from_fn(|| merge.next_batch().map_err(|e| e.to_string()).transpose());
+/// Writes every label row with its attributes, merged from the answers' spill in row order:
+/// the labels file's columns read again (checked to hold `rows`, what was answered), then the
+/// attributes.
+pub fn write_labels(path: &Path, labels: &Labels, rows: &label::Rows, merge: Merge) -> Result<u64, OutputError> {
+    write_labels_in(path, labels, rows, merge, BATCH_ROWS)
+}
+
+/// [`write_labels`], the labels file read `label_batch_rows` rows at a time.
+pub(super) fn write_labels_in(
+    path: &Path,
+    labels: &Labels,
+    rows: &label::Rows,
+    mut merge: Merge,
+    label_batch_rows: usize,
+) -> Result<u64, OutputError> {
+    let failed = |detail: String| OutputError::Write { path: path.to_owned(), detail };
+    let empty = beside(&RecordBatch::new_empty(Arc::clone(&labels.schema)), &RecordBatch::new_empty(merge.schema()))
+        .map_err(failed)?;
+    let (total, mut next) = (rows.len() as u64, 0u64);
+    let batches = labels.batches(rows, label_batch_rows).map_err(|e| failed(e.to_string()))?;
+    let mut label_rows = LabelRows { batches, schema: Arc::clone(&labels.schema), rest: None };
+    let mut merged = std::iter::from_fn(|| merge.next_batch().map_err(|e| e.to_string()).transpose());
     let batches = std::iter::from_fn(|| {
-        let Some(merged) = batches.next() else {
+        let Some(merged) = merged.next() else {
             return (next != total).then(|| Err(format!("label row {next} has no answer")));
         };
         let with_labels = || -> Result<RecordBatch, String> {
@@ -241,7 +257,7 @@ pub fn write_labels(path: &Path, labels: &Labels, mut merge: Merge) -> Result<u6
                 }
                 next += 1;
             }
-            beside(&rows.take(merged.num_rows())?, &merged)
+            beside(&label_rows.take(merged.num_rows())?, &merged)
         };
         Some(with_labels())
     });

@@ -467,49 +467,63 @@ mod tests {
             Field::new("ts", DataType::Int64, false),
             Field::new("label", DataType::Int64, false),
         ]));
-        let mut batches = Vec::new();
-        let mut start = 0;
-        for len in [3, 1, BATCH_ROWS + 7, n - BATCH_ROWS - 11] {
-            let rows = start..start + len;
-            let columns: Vec<ArrayRef> = vec![
-                Arc::new(StringArray::from_iter_values(rows.clone().map(|r| format!("u{r}")))),
-                Arc::new(Int64Array::from_iter_values(rows.clone().map(|r| r as i64 * 1000))),
-                Arc::new(Int64Array::from_iter_values(rows.map(|r| r as i64))),
-            ];
-            batches.push(RecordBatch::try_new(Arc::clone(&schema), columns).expect("a batch"));
-            start += len;
-        }
-        assert_eq!(start, n);
-        let labels = super::super::labels::Labels { batches, users: Vec::new(), ts: vec![0; n] };
-        let mut spill = Spill::new(&out, &declaration(), false);
-        feed(
-            &mut spill,
-            false,
-            (0..n as u64).rev().map(|row| (Key::Row(row), Some(format!(r#"{{"plays":{}}}"#, 2 * row)))),
-        );
-        let written = super::super::output::write_labels(&out, &labels, spill.finish().expect("finished"));
-        assert_eq!(written.expect("written"), n as u64);
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&out).expect("the output"))
-            .expect("a Parquet file")
-            .build()
-            .expect("a reader");
-        let mut row = 0i64;
-        for b in reader {
-            let b = b.expect("a batch");
-            let names: Vec<&str> = b.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
-            assert_eq!(names, ["user_id", "ts", "label", "plays"]);
-            let col = |i: usize| b.column(i).as_any().downcast_ref::<Int64Array>().expect("int64").clone();
-            let users = b.column(0).as_any().downcast_ref::<StringArray>().expect("text").clone();
-            let (label, plays) = (col(2), col(3));
-            for i in 0..b.num_rows() {
-                assert_eq!(
-                    (users.value(i), label.value(i), plays.value(i)),
-                    (format!("u{row}").as_str(), row, 2 * row)
-                );
-                row += 1;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values((0..n).map(|r| format!("u{r}")))),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|r| r as i64 * 1000))),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|r| r as i64))),
+        ];
+        let file = dir.join("labels.parquet");
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(File::create(&file).expect("labels"), Arc::clone(&schema), None)
+                .expect("a writer");
+        w.write(&RecordBatch::try_new(Arc::clone(&schema), columns).expect("a batch")).expect("written");
+        w.close().expect("closed");
+        let labels = super::super::labels::read(&file).expect("labels read");
+        assert_eq!(labels.len(), n);
+        // The labels file read again in batches that do not line up with the merged ones.
+        for label_batch in [3, 1000, BATCH_ROWS + 7] {
+            let mut spill = Spill::new(&out, &declaration(), false);
+            feed(
+                &mut spill,
+                false,
+                (0..n as u64).rev().map(|row| (Key::Row(row), Some(format!(r#"{{"plays":{}}}"#, 2 * row)))),
+            );
+            let merge = spill.finish().expect("finished");
+            let written = super::super::output::write_labels_in(&out, &labels, &labels.rows, merge, label_batch);
+            assert_eq!(written.expect("written"), n as u64);
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&out).expect("the output"))
+                .expect("a Parquet file")
+                .build()
+                .expect("a reader");
+            let mut row = 0i64;
+            for b in reader {
+                let b = b.expect("a batch");
+                let names: Vec<&str> = b.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+                assert_eq!(names, ["user_id", "ts", "label", "plays"]);
+                let col = |i: usize| b.column(i).as_any().downcast_ref::<Int64Array>().expect("int64").clone();
+                let users = b.column(0).as_any().downcast_ref::<StringArray>().expect("text").clone();
+                let (label, plays) = (col(2), col(3));
+                for i in 0..b.num_rows() {
+                    assert_eq!(
+                        (users.value(i), label.value(i), plays.value(i)),
+                        (format!("u{row}").as_str(), row, 2 * row)
+                    );
+                    row += 1;
+                }
             }
+            assert_eq!(row, n as i64);
         }
-        assert_eq!(row, n as i64);
+        // A labels file changed after it was read: an error naming the first row that differs,
+        // and no output.
+        std::fs::remove_file(&out).expect("removed");
+        let mut changed = labels.rows.clone();
+        changed.ts[n - 5] += 1;
+        let mut spill = Spill::new(&out, &declaration(), false);
+        feed(&mut spill, false, (0..n as u64).map(|row| (Key::Row(row), None)));
+        let e = super::super::output::write_labels(&out, &labels, &changed, spill.finish().expect("finished"))
+            .expect_err("a changed file");
+        assert!(e.to_string().contains(&format!("row {}: the labels file changed", n - 4)), "{e}");
+        assert!(!out.exists());
         std::fs::remove_dir_all(dir).expect("removed");
     }
 }
